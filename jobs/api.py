@@ -1,0 +1,216 @@
+"""`/api/jobs/`: submit, list, detail and attempts of jobs."""
+
+from collections.abc import Mapping
+from decimal import Decimal
+
+import django_filters
+from django.db.models import Q
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from accounts.selectors import team_list_submittable
+
+from .models import JobExecution, JobKind, JobStatus
+from .selectors import execution_list_for_job, job_list_visible
+from .services import job_submit
+
+MAX_ARGV = 256
+MAX_ARG_LENGTH = 8192
+MAX_ENV = 128
+MAX_SELECTOR = 32
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses fields it does not know, so a typo ("cpus") is an error, not a default."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, Mapping):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return super().to_internal_value(data)
+
+
+class ResourcesSerializer(StrictSerializer):
+    cpu = serializers.DecimalField(
+        max_digits=9,
+        decimal_places=3,
+        min_value=Decimal("0.001"),
+        default=Decimal(1),
+        help_text="CPU cores, e.g. 0.5",
+    )
+    memory_mb = serializers.IntegerField(min_value=0, max_value=16 * 1024 * 1024, default=256)
+    gpu = serializers.IntegerField(min_value=0, max_value=1024, default=0)
+
+
+class JobSubmitSerializer(StrictSerializer):
+    team = serializers.SlugField(required=False, help_text="Team slug; optional with one team.")
+    name = serializers.CharField(max_length=200)
+    kind = serializers.ChoiceField(choices=JobKind.choices, default=JobKind.COMMAND)
+    command = serializers.ListField(
+        child=serializers.CharField(max_length=MAX_ARG_LENGTH, trim_whitespace=False),
+        min_length=1,
+        max_length=MAX_ARGV,
+        help_text='argv, e.g. ["sh", "-c", "echo hello"]',
+    )
+    env = serializers.DictField(
+        child=serializers.CharField(
+            max_length=MAX_ARG_LENGTH, allow_blank=True, trim_whitespace=False
+        ),
+        required=False,
+        default=dict,
+    )
+    resources = ResourcesSerializer(required=False)
+    queue = serializers.SlugField(max_length=63, default="default")
+    priority = serializers.IntegerField(min_value=-1000, max_value=1000, default=0)
+    max_retries = serializers.IntegerField(min_value=0, max_value=20, default=0)
+    retry_backoff_seconds = serializers.IntegerField(min_value=0, max_value=86400, default=10)
+    timeout_seconds = serializers.IntegerField(
+        min_value=1, max_value=7 * 86400, required=False, allow_null=True, default=None
+    )
+    node_selector = serializers.DictField(
+        child=serializers.CharField(max_length=63), required=False, default=dict
+    )
+    idempotency_key = serializers.CharField(max_length=200, required=False, default="")
+    not_before = serializers.DateTimeField(required=False, allow_null=True, default=None)
+
+    def validate_env(self, value):
+        if len(value) > MAX_ENV:
+            raise serializers.ValidationError(f"At most {MAX_ENV} variables.")
+        for key in value:
+            if not key or "=" in key or "\x00" in key or len(key) > 256:
+                raise serializers.ValidationError(f"Invalid variable name: {key[:64]!r}.")
+        return value
+
+    def validate_node_selector(self, value):
+        if len(value) > MAX_SELECTOR:
+            raise serializers.ValidationError(f"At most {MAX_SELECTOR} labels.")
+        return value
+
+    def validate_team(self, slug):
+        team = team_list_submittable(user=self.context["request"].user).filter(slug=slug).first()
+        if team is None:
+            raise serializers.ValidationError("No team with this slug that you may submit to.")
+        return team
+
+    def validate(self, attrs):
+        if "team" not in attrs:
+            teams = list(team_list_submittable(user=self.context["request"].user)[:2])
+            if not teams:
+                raise serializers.ValidationError(
+                    {"team": ["You are not in any team that may submit jobs."]}
+                )
+            if len(teams) > 1:
+                raise serializers.ValidationError(
+                    {"team": ["You may submit for several teams; say which one."]}
+                )
+            attrs["team"] = teams[0]
+        resources = attrs.pop("resources", None) or ResourcesSerializer().to_internal_value({})
+        attrs["cpu_millis"] = int(resources["cpu"] * 1000)
+        attrs["memory_mb"] = resources["memory_mb"]
+        attrs["gpu"] = resources["gpu"]
+        return attrs
+
+
+class JobSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    team = serializers.CharField(source="team.slug")
+    kind = serializers.CharField()
+    command = serializers.ListField(child=serializers.CharField())
+    status = serializers.CharField()
+    pending_reason = serializers.CharField()
+    node = serializers.SerializerMethodField()
+    attempts = serializers.IntegerField()
+    exit_code = serializers.SerializerMethodField()
+    error = serializers.SerializerMethodField()
+    output_tail = serializers.SerializerMethodField()
+    resources = serializers.SerializerMethodField()
+    queue = serializers.CharField()
+    priority = serializers.IntegerField()
+    max_retries = serializers.IntegerField()
+    timeout_seconds = serializers.IntegerField()
+    node_selector = serializers.DictField()
+    idempotency_key = serializers.CharField()
+    not_before = serializers.DateTimeField()
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField()
+
+    def _last(self, job, field):
+        execution = job.last_execution
+        return getattr(execution, field) if execution is not None else None
+
+    def get_node(self, job) -> str | None:
+        return job.last_execution.node.name if job.last_execution is not None else None
+
+    def get_exit_code(self, job) -> int | None:
+        return self._last(job, "exit_code")
+
+    def get_error(self, job) -> str:
+        return self._last(job, "error") or ""
+
+    def get_output_tail(self, job) -> str:
+        return self._last(job, "log_tail") or ""
+
+    def get_resources(self, job) -> dict:
+        return {"cpu": job.cpu_millis / 1000, "memory_mb": job.memory_mb, "gpu": job.gpu}
+
+
+class ExecutionSerializer(serializers.ModelSerializer):
+    node = serializers.CharField(source="node.name")
+
+    class Meta:
+        model = JobExecution
+        fields = [
+            "attempt",
+            "token",
+            "node",
+            "status",
+            "exit_code",
+            "error",
+            "reserved_at",
+            "started_at",
+            "finished_at",
+            "log_tail",
+        ]
+
+
+class JobFilter(django_filters.FilterSet):
+    status = django_filters.ChoiceFilter(choices=JobStatus.choices)
+    name = django_filters.CharFilter()
+    queue = django_filters.CharFilter()
+    team = django_filters.CharFilter(field_name="team__slug")
+    node = django_filters.CharFilter(method="filter_node")
+    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    def filter_node(self, queryset, name, value):
+        return queryset.filter(Q(last_execution__node__name=value))
+
+
+class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    serializer_class = JobSerializer
+    filterset_class = JobFilter
+
+    def get_queryset(self):
+        return job_list_visible(user=self.request.user)
+
+    def create(self, request):
+        serializer = JobSubmitSerializer(data=request.data, context={"request": request})
+        serializer.is_valid(raise_exception=True)
+        spec = dict(serializer.validated_data)
+        team = spec.pop("team")
+        submission = job_submit(team=team, spec=spec, user=request.user)
+        job = self.get_queryset().get(pk=submission.job.pk)
+        return Response(
+            JobSerializer(job).data,
+            status=status.HTTP_201_CREATED if submission.created else status.HTTP_200_OK,
+        )
+
+    @action(detail=True, methods=["get"])
+    def executions(self, request, pk=None):
+        job = self.get_object()
+        data = ExecutionSerializer(execution_list_for_job(job=job), many=True).data
+        return Response(data)

@@ -1,0 +1,183 @@
+"""Job definitions, jobs (requested runs) and executions (attempts on nodes)."""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+
+
+class JobKind(models.TextChoices):
+    COMMAND = "command", "Command"
+
+
+class JobStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RESERVED = "reserved", "Reserved"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+TERMINAL_JOB_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class PendingReason(models.TextChoices):
+    # Empty: accepted, not yet considered by a scheduling cycle.
+    NONE = "", "Waiting for the scheduler"
+    WAITING_DEPENDENCIES = "waiting_dependencies", "Waiting for dependencies"
+    WAITING_RETRY = "waiting_retry", "Waiting to retry"
+    INSUFFICIENT_CAPACITY = "insufficient_capacity", "No node has free capacity"
+    QUEUE_QUOTA = "queue_quota", "Queue quota reached"
+    UNSCHEDULABLE = "unschedulable", "No node could ever hold it"
+    NODE_SELECTOR = "node_selector", "No ready node matches the node selector"
+
+
+class ExecutionStatus(models.TextChoices):
+    RESERVED = "reserved", "Reserved"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+    LOST = "lost", "Lost"
+
+
+class JobSpec(models.Model):
+    """What to run and what it needs: shared by definitions and the jobs made from them."""
+
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=16, choices=JobKind.choices, default=JobKind.COMMAND)
+    command = models.JSONField(default=list, blank=True, help_text='argv, e.g. ["python", "-V"]')
+    env = models.JSONField(default=dict, blank=True, help_text='e.g. {"LOG_LEVEL": "debug"}')
+    parameters = models.JSONField(default=dict, blank=True)
+    cpu_millis = models.PositiveIntegerField(default=1000, help_text="Thousandths of a core.")
+    memory_mb = models.PositiveIntegerField(default=256)
+    gpu = models.PositiveIntegerField(default=0)
+    queue = models.CharField(max_length=63, default="default")
+    priority = models.IntegerField(default=0, help_text="Higher runs first.")
+    max_retries = models.PositiveIntegerField(default=0)
+    retry_backoff_seconds = models.PositiveIntegerField(default=10)
+    timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
+    node_selector = models.JSONField(default=dict, blank=True, help_text='e.g. {"zone": "b"}')
+
+    class Meta:
+        abstract = True
+
+
+class JobDefinition(JobSpec):
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="definitions")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["team", "name"], name="definition_team_name_unique"),
+            models.CheckConstraint(condition=Q(cpu_millis__gte=1), name="definition_cpu_positive"),
+        ]
+
+    def __str__(self):
+        return f"{self.team}/{self.name}"
+
+
+class Job(JobSpec):
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="jobs")
+    definition = models.ForeignKey(
+        JobDefinition, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
+    )
+    submitted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.PENDING)
+    pending_reason = models.CharField(
+        max_length=32, choices=PendingReason.choices, default=PendingReason.NONE, blank=True
+    )
+    idempotency_key = models.CharField(max_length=200, blank=True)
+    not_before = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_execution = models.ForeignKey(
+        "JobExecution", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=JobStatus.values), name="job_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(pending_reason__in=PendingReason.values),
+                name="job_pending_reason_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(status=JobStatus.PENDING) | Q(pending_reason=""),
+                name="job_pending_reason_only_when_pending",
+            ),
+            models.CheckConstraint(condition=Q(cpu_millis__gte=1), name="job_cpu_positive"),
+            models.UniqueConstraint(
+                fields=["team", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="job_idempotency_key_unique_per_team",
+            ),
+        ]
+        indexes = [
+            # Used by the scheduling cycle: pending jobs, highest priority then oldest first.
+            models.Index(
+                F("priority").desc(),
+                F("created_at"),
+                F("id"),
+                name="job_pending_order",
+                condition=Q(status=JobStatus.PENDING),
+            ),
+            # Used by the jobs list filters.
+            models.Index(fields=["status", "-created_at"], name="job_status_created"),
+            models.Index(fields=["team", "-created_at"], name="job_team_created"),
+        ]
+
+    def __str__(self):
+        return f"job {self.pk} {self.name} ({self.status})"
+
+    @property
+    def resources(self) -> dict:
+        return {"cpu_millis": self.cpu_millis, "memory_mb": self.memory_mb, "gpu": self.gpu}
+
+
+class JobExecution(models.Model):
+    """One attempt of a job on one node. Its token is what every message carries."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="executions")
+    attempt = models.PositiveIntegerField()
+    node = models.ForeignKey("nodes.Node", on_delete=models.PROTECT, related_name="executions")
+    token = models.CharField(max_length=64, unique=True)
+    status = models.CharField(
+        max_length=16, choices=ExecutionStatus.choices, default=ExecutionStatus.RESERVED
+    )
+    exit_code = models.IntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    reserved_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    log_path = models.CharField(max_length=500, blank=True)
+    log_tail = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["job", "attempt"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "attempt"], name="execution_job_attempt_unique"),
+            models.CheckConstraint(condition=Q(attempt__gte=1), name="execution_attempt_positive"),
+            models.CheckConstraint(
+                condition=Q(status__in=ExecutionStatus.values), name="execution_status_valid"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["node", "status"], name="execution_node_status"),
+        ]
+
+    def __str__(self):
+        return self.token
+
+
+def execution_token(job_id: int, attempt: int) -> str:
+    return f"job-{job_id}-attempt-{attempt}"

@@ -1,0 +1,18 @@
+"""Reads for jobs, always through the caller's teams."""
+
+from django.db.models import QuerySet
+
+from accounts.models import User
+
+from .models import Job, JobExecution
+
+
+def job_list_visible(*, user: User) -> QuerySet[Job]:
+    jobs = Job.objects.select_related("team", "last_execution__node")
+    if user.is_staff:
+        return jobs
+    return jobs.filter(team__memberships__user=user)
+
+
+def execution_list_for_job(*, job: Job) -> QuerySet[JobExecution]:
+    return job.executions.select_related("node").order_by("attempt")

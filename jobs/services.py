@@ -1,0 +1,217 @@
+"""Writes for jobs: submission, and the lifecycle of executions on nodes.
+
+Lock order, shared with resources.cycle: job, then execution, then allocation, then
+node. Every status change is a conditional UPDATE on the expected status, so a lost
+race (a duplicate message, a second worker) is detected and changes nothing.
+"""
+
+import logging
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts.models import Team, User
+from nodes.models import Node
+from nodes.selectors import node_capacity_holds, node_capacity_maxima
+from resources.services import allocation_activate, allocation_release, scheduler_wake
+from scheduler_site.celery import app as celery_app
+
+from .models import ExecutionStatus, Job, JobExecution, JobStatus, PendingReason
+
+logger = logging.getLogger(__name__)
+
+EXECUTION_TASK = "jobs.run_execution"
+RETRY_BACKOFF_CAP_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class Submission:
+    job: Job
+    created: bool  # False when an earlier job with the same idempotency key was returned
+
+
+def _format_cpu(cpu_millis: int) -> str:
+    cores = cpu_millis / 1000
+    return f"{cores:g} CPU"
+
+
+def job_request_check_fits(*, cpu_millis: int, memory_mb: int, gpu: int) -> None:
+    """Reject a request that no registered node could hold even when empty."""
+    if node_capacity_holds(cpu_millis=cpu_millis, memory_mb=memory_mb, gpu=gpu):
+        return
+    largest = node_capacity_maxima()
+    if largest["cpu_millis"] is None:
+        raise ValidationError(
+            {"resources": ["No node is registered, so no node can run this job."]}
+        )
+    messages = []
+    if cpu_millis > largest["cpu_millis"]:
+        messages.append(
+            f"Requests {_format_cpu(cpu_millis)}, but the largest node has "
+            f"{_format_cpu(largest['cpu_millis'])}."
+        )
+    if memory_mb > largest["memory_mb"]:
+        messages.append(
+            f"Requests {memory_mb} MB of memory, but the largest node has "
+            f"{largest['memory_mb']} MB."
+        )
+    if gpu > largest["gpu"]:
+        messages.append(f"Requests {gpu} GPU, but the most any node has is {largest['gpu']}.")
+    if not messages:
+        messages.append(
+            f"No registered node has {_format_cpu(cpu_millis)}, {memory_mb} MB of memory and "
+            f"{gpu} GPU at once."
+        )
+    raise ValidationError({"resources": messages})
+
+
+def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submission:
+    """Accept a job for `team`. `spec` holds validated JobSpec fields plus the job's own
+    `idempotency_key` and `not_before`. Resubmitting a known idempotency key returns the
+    first job unchanged."""
+    key = spec.get("idempotency_key", "")
+    if key:
+        existing = Job.objects.filter(team=team, idempotency_key=key).first()
+        if existing is not None:
+            return Submission(job=existing, created=False)
+    job_request_check_fits(
+        cpu_millis=spec["cpu_millis"], memory_mb=spec["memory_mb"], gpu=spec["gpu"]
+    )
+    try:
+        with transaction.atomic():
+            job = Job.objects.create(team=team, submitted_by=user, **spec)
+            scheduler_wake()
+    except IntegrityError:
+        # A concurrent submission with the same key won the race; return its job.
+        existing = Job.objects.filter(team=team, idempotency_key=key).first() if key else None
+        if existing is None:
+            raise
+        return Submission(job=existing, created=False)
+    logger.info("job submitted job=%s team=%s name=%s", job.id, team.slug, job.name)
+    return Submission(job=job, created=True)
+
+
+def execution_publish(*, token: str) -> None:
+    """Send the execution's message; the router picks its node's queue.
+
+    A message that cannot be sent is not an error here: the execution stays `reserved`
+    in PostgreSQL, which is what reconciliation reads.
+    """
+    try:
+        celery_app.send_task(EXECUTION_TASK, kwargs={"token": token})
+    except Exception:
+        logger.exception("could not publish execution token=%s", token)
+
+
+def execution_claim(*, token: str, node_name: str) -> JobExecution | None:
+    """Claim a reserved execution for the node about to run it.
+
+    Returns None, and changes nothing, if the token is unknown, not meant for this node,
+    or already claimed or finished: that message was a duplicate or stale.
+    """
+    now = timezone.now()
+    node_id = Node.objects.filter(name=node_name).values_list("id", flat=True).first()
+    with transaction.atomic():
+        # Only columns of the claimed row in the WHERE: a join here would become a
+        # subquery that PostgreSQL does not re-check after waiting for a racing claim.
+        claimed = JobExecution.objects.filter(
+            token=token, status=ExecutionStatus.RESERVED, node_id=node_id
+        ).update(status=ExecutionStatus.RUNNING, started_at=now)
+        if not claimed:
+            return None
+        execution = JobExecution.objects.select_related("job", "node", "allocation").get(
+            token=token
+        )
+        allocation_activate(execution_id=execution.id)
+        Job.objects.filter(pk=execution.job_id, status=JobStatus.RESERVED).update(
+            status=JobStatus.RUNNING, started_at=now
+        )
+    logger.info(
+        "execution claimed job=%s attempt=%s node=%s token=%s",
+        execution.job_id,
+        execution.attempt,
+        node_name,
+        token,
+    )
+    return execution
+
+
+def retry_delay_seconds(*, backoff_seconds: int, attempt: int) -> float:
+    """Exponential back-off from `backoff_seconds`, doubled per attempt, capped, with jitter."""
+    base = min(backoff_seconds * 2 ** (attempt - 1), RETRY_BACKOFF_CAP_SECONDS)
+    return base * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not security
+
+
+def execution_finish(
+    *, token: str, exit_code: int | None, error: str = "", log_path: str = "", log_tail: str = ""
+) -> JobExecution | None:
+    """Record how a running execution ended, release its allocation, and move the job on:
+    to `succeeded`, back to `pending` for a retry, or to `failed` when out of retries."""
+    now = timezone.now()
+    succeeded = exit_code == 0 and not error
+    status = ExecutionStatus.SUCCEEDED if succeeded else ExecutionStatus.FAILED
+    with transaction.atomic():
+        job_id = JobExecution.objects.filter(token=token).values_list("job_id", flat=True).first()
+        if job_id is None:
+            return None
+        job = Job.objects.select_for_update().get(pk=job_id)
+        finished = JobExecution.objects.filter(token=token, status=ExecutionStatus.RUNNING).update(
+            status=status,
+            exit_code=exit_code,
+            error=error,
+            finished_at=now,
+            log_path=log_path,
+            log_tail=log_tail,
+        )
+        if not finished:
+            logger.warning("execution not running, outcome ignored token=%s", token)
+            return None
+        execution = JobExecution.objects.get(token=token)
+        allocation_release(execution_id=execution.id)
+        if job.status in (JobStatus.RESERVED, JobStatus.RUNNING):
+            if succeeded:
+                job.status, job.finished_at = JobStatus.SUCCEEDED, now
+            elif job.attempts <= job.max_retries:
+                delay = retry_delay_seconds(
+                    backoff_seconds=job.retry_backoff_seconds, attempt=job.attempts
+                )
+                job.status, job.pending_reason = JobStatus.PENDING, PendingReason.WAITING_RETRY
+                job.not_before = now + timedelta(seconds=delay)
+            else:
+                job.status, job.finished_at = JobStatus.FAILED, now
+            job.save(update_fields=["status", "pending_reason", "not_before", "finished_at"])
+        scheduler_wake()
+    logger.info(
+        "execution finished job=%s attempt=%s node=%s token=%s status=%s exit_code=%s"
+        " job_status=%s",
+        job.id,
+        execution.attempt,
+        execution.node_id,
+        token,
+        status,
+        exit_code,
+        job.status,
+    )
+    return execution
+
+
+def execution_republish_stale(*, older_than_seconds: float) -> int:
+    """Re-publish reserved executions no node has claimed in time, with the same token.
+
+    The broker may have lost the message (Redis is disposable); a duplicate is harmless
+    because the node claims the token in the database before running anything.
+    """
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    tokens = list(
+        JobExecution.objects.filter(status=ExecutionStatus.RESERVED, reserved_at__lt=cutoff)
+        .order_by("reserved_at")
+        .values_list("token", flat=True)
+    )
+    for token in tokens:
+        logger.warning("re-publishing unclaimed execution token=%s", token)
+        execution_publish(token=token)
+    return len(tokens)

@@ -1,0 +1,78 @@
+"""Execution nodes: their capacity, what is allocated on them, and their liveness."""
+
+from django.db import models
+from django.db.models import F, Q
+
+
+class NodeStatus(models.TextChoices):
+    READY = "ready", "Ready"
+    CORDONED = "cordoned", "Cordoned"
+    DRAINING = "draining", "Draining"
+    OFFLINE = "offline", "Offline"
+
+
+RESOURCES = ("cpu_millis", "memory_mb", "gpu")
+
+
+class Node(models.Model):
+    name = models.CharField(
+        max_length=63,
+        unique=True,
+        help_text="DNS-label style, e.g. gpu-01; the node's Celery queue is node.<name>.",
+    )
+    address = models.CharField(max_length=255, blank=True)
+    status = models.CharField(max_length=16, choices=NodeStatus.choices, default=NodeStatus.READY)
+    labels = models.JSONField(default=dict, blank=True, help_text='e.g. {"zone": "a"}')
+
+    cpu_millis = models.PositiveIntegerField(help_text="Capacity in thousandths of a core.")
+    memory_mb = models.PositiveIntegerField()
+    gpu = models.PositiveIntegerField(default=0)
+
+    # Kept equal to the sum of the node's live allocations by resources.services.
+    allocated_cpu_millis = models.PositiveIntegerField(default=0)
+    allocated_memory_mb = models.PositiveIntegerField(default=0)
+    allocated_gpu = models.PositiveIntegerField(default=0)
+
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
+    agent_version = models.CharField(max_length=32, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=NodeStatus.values), name="node_status_valid"
+            ),
+            # Invariant 1: no oversubscription can be committed, whatever the code does.
+            *(
+                models.CheckConstraint(
+                    condition=Q(**{f"allocated_{r}__gte": 0}) & Q(**{f"allocated_{r}__lte": F(r)}),
+                    name=f"node_allocated_{r}_within_capacity",
+                )
+                for r in RESOURCES
+            ),
+        ]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def queue_name(self) -> str:
+        return node_queue_name(self.name)
+
+    @property
+    def free_cpu_millis(self) -> int:
+        return self.cpu_millis - self.allocated_cpu_millis
+
+    @property
+    def free_memory_mb(self) -> int:
+        return self.memory_mb - self.allocated_memory_mb
+
+    @property
+    def free_gpu(self) -> int:
+        return self.gpu - self.allocated_gpu
+
+
+def node_queue_name(node_name: str) -> str:
+    return f"node.{node_name}"

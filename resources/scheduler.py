@@ -1,0 +1,103 @@
+"""The scheduler process: one leader at a time, woken by NOTIFY, with a safety tick.
+
+Leadership is a PostgreSQL session advisory lock held on a connection of its own, so it
+ends the moment the leader's process or connection dies, and a standby takes it on
+its next try. The same connection LISTENs for wake-ups.
+"""
+
+import logging
+import signal
+import time
+
+import psycopg
+from django.conf import settings
+from django.db import DatabaseError, InterfaceError, close_old_connections
+
+from .cycle import run_cycle
+from .services import SCHEDULER_CHANNEL
+
+logger = logging.getLogger(__name__)
+
+# Arbitrary but fixed: the advisory lock that makes a scheduler the leader.
+LEADER_LOCK_ID = 0x5C4ED
+SHUTDOWN_POLL_SECONDS = 0.5
+
+
+def leader_conninfo() -> dict:
+    db = settings.DATABASES["default"]
+    params = {
+        "dbname": db["NAME"],
+        "user": db.get("USER") or None,
+        "password": db.get("PASSWORD") or None,
+        "host": db.get("HOST") or None,
+        "port": db.get("PORT") or None,
+        "application_name": "scheduler-leader",
+    }
+    return {k: v for k, v in params.items() if v is not None}
+
+
+class Scheduler:
+    def __init__(self, *, tick_seconds: float, batch_size: int, standby_seconds: float = 1.0):
+        self.tick_seconds = tick_seconds
+        self.batch_size = batch_size
+        self.standby_seconds = standby_seconds
+        self.conn: psycopg.Connection | None = None
+        self.is_leader = False
+        self.shutdown = False
+
+    def install_signal_handlers(self) -> None:
+        def stop(signum, frame):
+            logger.info("scheduler stopping on %s", signal.Signals(signum).name)
+            self.shutdown = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def try_to_lead(self) -> bool:
+        if self.conn is None or self.conn.closed:
+            self.conn = psycopg.connect(**leader_conninfo(), autocommit=True)
+        acquired = self.conn.execute(
+            "SELECT pg_try_advisory_lock(%s)", [LEADER_LOCK_ID]
+        ).fetchone()[0]
+        if acquired:
+            # LISTEN before the first cycle, so nothing committed after it is missed.
+            self.conn.execute(f"LISTEN {SCHEDULER_CHANNEL}")
+            self.is_leader = True
+            logger.info("scheduler is the leader")
+        return acquired
+
+    def wait_for_wakeup(self, timeout: float) -> None:
+        """Return on a notification, after `timeout`, or soon after a shutdown request."""
+        deadline = time.monotonic() + timeout
+        while not self.shutdown and (left := deadline - time.monotonic()) > 0:
+            if list(self.conn.notifies(timeout=min(left, SHUTDOWN_POLL_SECONDS), stop_after=1)):
+                break
+        # Many commits may have notified during the last cycle; one more cycle serves all.
+        for _ in self.conn.notifies(timeout=0.001):
+            pass
+
+    def step(self) -> bool:
+        """Run one cycle; True when there may be more to place right away."""
+        close_old_connections()
+        result = run_cycle(batch_size=self.batch_size)
+        return result.placed > 0 and result.considered >= self.batch_size
+
+    def lose_leadership(self) -> None:
+        self.is_leader = False
+        if self.conn is not None:
+            self.conn.close()
+        self.conn = None
+
+    def run(self) -> None:
+        while not self.shutdown:
+            try:
+                if not self.is_leader and not self.try_to_lead():
+                    time.sleep(self.standby_seconds)
+                    continue
+                if not self.step():
+                    self.wait_for_wakeup(self.tick_seconds)
+            except (psycopg.Error, DatabaseError, InterfaceError):
+                logger.exception("scheduler lost the database; retrying")
+                self.lose_leadership()
+                time.sleep(self.standby_seconds)
+        self.lose_leadership()

@@ -1,0 +1,17 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from jobs import views as job_views
+
+from . import health
+
+urlpatterns = [
+    path("", job_views.dashboard, name="dashboard"),
+    path("jobs/<int:pk>/", job_views.job_detail, name="job-page"),
+    path("admin/", admin.site.urls),
+    path("api/", include("accounts.urls")),
+    path("api/", include("jobs.urls")),
+    path("api/", include("nodes.urls")),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+]

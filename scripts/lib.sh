@@ -1,0 +1,66 @@
+# Shared by scripts/up and scripts/test: the virtualenv and the local services.
+# shellcheck shell=bash
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+die() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+
+ensure_venv() {
+    local python
+    python="$(command -v python3.11 || command -v python3 || true)"
+    [ -n "$python" ] || die "Python 3.11 is needed (python3.11 or python3 on PATH)."
+    "$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+        || die "Python 3.11 is needed; $python is $("$python" -V 2>&1)."
+    if [ ! -x "$PY" ]; then
+        say "Creating the virtualenv in .venv"
+        "$python" -m venv "$VENV"
+    fi
+    local stamp="$VENV/.requirements.sha256" want
+    want="$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        say "Installing requirements"
+        "$PY" -m pip install --quiet --disable-pip-version-check --upgrade pip
+        "$PY" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements.txt"
+        echo "$want" > "$stamp"
+    fi
+}
+
+ensure_postgres() {
+    command -v pg_isready >/dev/null || die "PostgreSQL client tools are missing: apt-get install postgresql"
+    if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+        command -v pg_ctlcluster >/dev/null \
+            || die "PostgreSQL is not running on 127.0.0.1:5432 and is not installed here: apt-get install postgresql"
+        say "Starting PostgreSQL"
+        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+        for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+        pg_isready -q -h 127.0.0.1 -p 5432 || die "PostgreSQL did not start; see /var/log/postgresql/"
+    fi
+}
+
+redis_up() { [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = "PONG" ]; }
+
+ensure_redis() {
+    command -v redis-cli >/dev/null || die "Redis is missing: apt-get install redis-server"
+    if ! redis_up; then
+        command -v redis-server >/dev/null \
+            || die "Redis is not running on 127.0.0.1:6379 and is not installed here: apt-get install redis-server"
+        say "Starting Redis"
+        mkdir -p /var/lib/redis /var/log/redis
+        redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+            --dir /var/lib/redis --logfile /var/log/redis/ci.log
+        for _ in $(seq 30); do redis_up && break; sleep 0.5; done
+        redis_up || die "Redis did not start; see /var/log/redis/ci.log"
+    fi
+}
+
+# The default database (DATABASE_URL unset) is created on first use.
+ensure_database() {
+    [ -z "${DATABASE_URL:-}" ] || return 0
+    if ! psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'scheduler'" | grep -q 1; then
+        say "Creating the database 'scheduler'"
+        createdb -h 127.0.0.1 -U postgres scheduler
+    fi
+}

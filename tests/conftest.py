@@ -1,0 +1,82 @@
+import pytest
+import redis
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from accounts.models import Role, Team, User
+from accounts.services import api_token_issue, team_add_member
+from nodes.models import Node
+from tests.processes import Cluster
+
+
+@pytest.fixture
+def broker():
+    """The test Redis database, emptied before and after the test."""
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def cluster(transactional_db, broker, tmp_path, request):
+    cluster = Cluster(tmp_path)
+    yield cluster
+    cluster.stop_all()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(cluster.logs())
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def team(db):
+    return Team.objects.create(name="Blue", slug="blue")
+
+
+@pytest.fixture
+def other_team(db):
+    return Team.objects.create(name="Red", slug="red")
+
+
+@pytest.fixture
+def member(team):
+    user = User.objects.create_user("alice", password="correct horse battery")
+    team_add_member(team=team, user=user, role=Role.MEMBER)
+    return user
+
+
+@pytest.fixture
+def outsider(other_team):
+    user = User.objects.create_user("mallory", password="correct horse battery")
+    team_add_member(team=other_team, user=user, role=Role.MEMBER)
+    return user
+
+
+def token_client(user) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_token_issue(user=user, name='test').key}")
+    return client
+
+
+@pytest.fixture
+def api(member):
+    return token_client(member)
+
+
+@pytest.fixture
+def outsider_api(outsider):
+    return token_client(outsider)
+
+
+@pytest.fixture
+def small_node(db):
+    """A registered node (no agent running) so submissions have somewhere to fit."""
+    return Node.objects.create(name="static-1", cpu_millis=4000, memory_mb=8192, gpu=1)

@@ -1,0 +1,188 @@
+"""Real platform processes for tests: the scheduler and node agents as subprocesses.
+
+Each runs `manage.py` against the test database and the test Redis database, writes its
+output to a log file under the test's tmp dir, and is always stopped (SIGTERM, then
+SIGKILL of its whole process group) when the test ends.
+"""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+from django.conf import settings
+from django.db import connection
+
+from nodes.models import Node
+from resources.scheduler import LEADER_LOCK_ID
+from scheduler_site.celery import app as celery_app
+
+BASE_DIR = Path(settings.BASE_DIR)
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+
+
+def raw_connection() -> psycopg.Connection:
+    """A connection of the test's own, for samplers that run beside the processes."""
+    db = settings.DATABASES["default"]
+    return psycopg.connect(
+        dbname=db["NAME"],
+        user=db["USER"],
+        host=db["HOST"],
+        port=db["PORT"] or 5432,
+        autocommit=True,
+    )
+
+
+class Process:
+    def __init__(self, name: str, argv: list[str], env: dict, log_path: Path):
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = log_path
+        self.popen: subprocess.Popen | None = None
+
+    def start(self) -> "Process":
+        log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            cwd=BASE_DIR,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal_group(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signum)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no clean-up runs."""
+        self.signal_group(signal.SIGKILL)
+        self.popen.wait(timeout=10)
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.popen is None:
+            return
+        if self.popen.poll() is None:
+            self.signal_group(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=timeout)
+        self.signal_group(signal.SIGKILL)
+        self.popen.wait(timeout=10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Cluster:
+    """Starts platform processes for one test and stops them all afterwards."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp_path = tmp_path
+        self.processes: list[Process] = []
+        self.env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "DATABASE_URL": self._database_url(),
+            "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+            "NODE_WORK_DIR": str(tmp_path / "work"),
+            "JOB_LOG_DIR": str(tmp_path / "job-logs"),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    @staticmethod
+    def _database_url() -> str:
+        db = connection.settings_dict
+        return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
+
+    def _start(self, name: str, *args: str) -> Process:
+        process = Process(
+            name,
+            [sys.executable, str(BASE_DIR / "manage.py"), *args],
+            self.env,
+            self.tmp_path / f"{name}.log",
+        )
+        self.processes.append(process.start())
+        return process
+
+    def start_scheduler(self, name: str = "scheduler", wait_leader: bool = True) -> Process:
+        process = self._start(name, "run_scheduler")
+        if wait_leader:
+            wait_until(lambda: self.leader_pid() is not None, 30, message="a scheduler leader")
+        return process
+
+    def leader_pid(self) -> int | None:
+        with raw_connection() as conn:
+            row = conn.execute(
+                "SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                " WHERE l.locktype = 'advisory' AND l.granted AND l.objid = %s"
+                " AND l.database ="
+                " (SELECT oid FROM pg_database WHERE datname = current_database())",
+                [LEADER_LOCK_ID],
+            ).fetchone()
+        return row[0] if row else None
+
+    def start_node(
+        self,
+        name: str,
+        *,
+        cpu: float,
+        memory_mb: int = 4096,
+        gpu: int = 0,
+        labels: dict | None = None,
+        slots: int | None = None,
+        wait: bool = True,
+    ) -> Process:
+        args = [
+            "run_node",
+            f"--name={name}",
+            f"--cpu={cpu}",
+            f"--memory-mb={memory_mb}",
+            f"--gpu={gpu}",
+        ]
+        args += [f"--label={k}={v}" for k, v in (labels or {}).items()]
+        if slots:
+            args.append(f"--slots={slots}")
+        process = self._start(name, *args)
+        if wait:
+            self.wait_node_ready(name, process)
+        return process
+
+    def wait_node_ready(self, name: str, process: Process, timeout: float = 30) -> None:
+        def ready():
+            if not process.alive:
+                raise AssertionError(f"node agent {name} exited:\n{process.log()[-3000:]}")
+            if not Node.objects.filter(name=name).exists():
+                return False
+            replies = celery_app.control.ping(timeout=0.5)
+            return any(host.startswith(f"{name}@") for reply in replies for host in reply)
+
+        wait_until(ready, timeout, interval=0.2, message=f"node agent {name}")
+
+    def stop_all(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"===== {p.name}\n{p.log()[-4000:]}" for p in self.processes)
