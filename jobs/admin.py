@@ -47,7 +47,7 @@ class JobAdmin(admin.ModelAdmin):
         "name",
         "team",
         "status",
-        "pending_reason",
+        "waiting_because",
         "node",
         "attempts",
         "created_at",
@@ -74,6 +74,10 @@ class JobAdmin(admin.ModelAdmin):
         "finished_at",
         *SPEC_FIELDS,
     ]
+
+    @admin.display(description="waiting because", ordering="pending_reason")
+    def waiting_because(self, job):
+        return job.waiting_because
 
     @admin.display(description="node")
     def node(self, job):

@@ -22,8 +22,8 @@ TERMINAL_JOB_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCEL
 
 
 class PendingReason(models.TextChoices):
-    # Empty: accepted, not yet considered by a scheduling cycle.
-    NONE = "", "Waiting for the scheduler"
+    # Empty: not waiting, or accepted and not yet looked at by a scheduling cycle.
+    NONE = "", "None"
     WAITING_DEPENDENCIES = "waiting_dependencies", "Waiting for dependencies"
     WAITING_RETRY = "waiting_retry", "Waiting to retry"
     INSUFFICIENT_CAPACITY = "insufficient_capacity", "No node has free capacity"
@@ -138,6 +138,17 @@ class Job(JobSpec):
 
     def __str__(self):
         return f"job {self.pk} {self.name} ({self.status})"
+
+    @property
+    def waiting_because(self) -> str:
+        """Why a pending job waits, in words; empty for a job that is not pending."""
+        if self.status != JobStatus.PENDING:
+            return ""
+        return (
+            self.get_pending_reason_display()
+            if self.pending_reason
+            else "Waiting for the scheduler"
+        )
 
     @property
     def resources(self) -> dict:

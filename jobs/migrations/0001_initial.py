@@ -61,7 +61,7 @@ class Migration(migrations.Migration):
                 ('timeout_seconds', models.PositiveIntegerField(blank=True, null=True)),
                 ('node_selector', models.JSONField(blank=True, default=dict, help_text='e.g. {"zone": "b"}')),
                 ('status', models.CharField(choices=[('pending', 'Pending'), ('reserved', 'Reserved'), ('running', 'Running'), ('succeeded', 'Succeeded'), ('failed', 'Failed'), ('cancelled', 'Cancelled')], default='pending', max_length=16)),
-                ('pending_reason', models.CharField(blank=True, choices=[('', 'Waiting for the scheduler'), ('waiting_dependencies', 'Waiting for dependencies'), ('waiting_retry', 'Waiting to retry'), ('insufficient_capacity', 'No node has free capacity'), ('queue_quota', 'Queue quota reached'), ('unschedulable', 'No node could ever hold it'), ('node_selector', 'No ready node matches the node selector')], default='', max_length=32)),
+                ('pending_reason', models.CharField(blank=True, choices=[('', 'None'), ('waiting_dependencies', 'Waiting for dependencies'), ('waiting_retry', 'Waiting to retry'), ('insufficient_capacity', 'No node has free capacity'), ('queue_quota', 'Queue quota reached'), ('unschedulable', 'No node could ever hold it'), ('node_selector', 'No ready node matches the node selector')], default='', max_length=32)),
                 ('idempotency_key', models.CharField(blank=True, max_length=200)),
                 ('not_before', models.DateTimeField(blank=True, null=True)),
                 ('attempts', models.PositiveIntegerField(default=0)),
