@@ -10,6 +10,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from accounts.selectors import team_list_submittable
+from resources.models import DEFAULT_QUEUE_NAME
 
 from .models import JobExecution, JobKind, JobStatus
 from .selectors import execution_list_for_job, job_list_visible
@@ -62,7 +63,7 @@ class JobSubmitSerializer(StrictSerializer):
         default=dict,
     )
     resources = ResourcesSerializer(required=False)
-    queue = serializers.SlugField(max_length=63, default="default")
+    queue = serializers.SlugField(max_length=63, default=DEFAULT_QUEUE_NAME)
     priority = serializers.IntegerField(min_value=-1000, max_value=1000, default=0)
     max_retries = serializers.IntegerField(min_value=0, max_value=20, default=0)
     retry_backoff_seconds = serializers.IntegerField(min_value=0, max_value=86400, default=10)
@@ -127,7 +128,7 @@ class JobSerializer(serializers.Serializer):
     error = serializers.SerializerMethodField()
     output_tail = serializers.SerializerMethodField()
     resources = serializers.SerializerMethodField()
-    queue = serializers.CharField()
+    queue = serializers.CharField(source="queue.name")
     priority = serializers.IntegerField()
     max_retries = serializers.IntegerField()
     timeout_seconds = serializers.IntegerField()
@@ -180,7 +181,7 @@ class ExecutionSerializer(serializers.ModelSerializer):
 class JobFilter(django_filters.FilterSet):
     status = django_filters.ChoiceFilter(choices=JobStatus.choices)
     name = django_filters.CharFilter()
-    queue = django_filters.CharFilter()
+    queue = django_filters.CharFilter(field_name="queue__name")
     team = django_filters.CharFilter(field_name="team__slug")
     node = django_filters.CharFilter(method="filter_node")
     created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")

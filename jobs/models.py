@@ -52,7 +52,9 @@ class JobSpec(models.Model):
     cpu_millis = models.PositiveIntegerField(default=1000, help_text="Thousandths of a core.")
     memory_mb = models.PositiveIntegerField(default=256)
     gpu = models.PositiveIntegerField(default=0)
-    queue = models.CharField(max_length=63, default="default")
+    queue = models.ForeignKey(
+        "resources.Queue", on_delete=models.PROTECT, related_name="%(class)ss"
+    )
     priority = models.IntegerField(default=0, help_text="Higher runs first.")
     max_retries = models.PositiveIntegerField(default=0)
     retry_backoff_seconds = models.PositiveIntegerField(default=10)
@@ -123,12 +125,14 @@ class Job(JobSpec):
             ),
         ]
         indexes = [
-            # Used by the scheduling cycle: pending jobs, highest priority then oldest first.
+            # Used by the scheduling cycle: each queue's pending jobs, highest priority
+            # then oldest first.
             models.Index(
+                F("queue"),
                 F("priority").desc(),
                 F("created_at"),
                 F("id"),
-                name="job_pending_order",
+                name="job_pending_by_queue",
                 condition=Q(status=JobStatus.PENDING),
             ),
             # Used by the jobs list filters.

@@ -8,7 +8,7 @@ from .models import Job, JobExecution
 
 
 def job_list_visible(*, user: User) -> QuerySet[Job]:
-    jobs = Job.objects.select_related("team", "last_execution__node")
+    jobs = Job.objects.select_related("team", "queue", "last_execution__node")
     if user.is_staff:
         return jobs
     return jobs.filter(team__memberships__user=user)

@@ -17,6 +17,8 @@ from django.utils import timezone
 from accounts.models import Team, User
 from nodes.models import Node
 from nodes.selectors import node_capacity_holds, node_capacity_maxima
+from resources.models import DEFAULT_QUEUE_NAME, Queue
+from resources.selectors import queue_list_for_team
 from resources.services import allocation_activate, allocation_release, scheduler_wake
 from scheduler_site.celery import app as celery_app
 
@@ -69,21 +71,54 @@ def job_request_check_fits(*, cpu_millis: int, memory_mb: int, gpu: int) -> None
     raise ValidationError({"resources": messages})
 
 
+def job_queue_for_team(*, team: Team, name: str) -> Queue:
+    """The queue `name`, if `team` may submit into it; the same answer for a queue that
+    does not exist and one the team may not use, so names of others' queues do not leak."""
+    queue = queue_list_for_team(team=team).filter(name=name).first()
+    if queue is None:
+        raise ValidationError(
+            {"queue": [f"No queue named {name!r} that team {team.slug} may submit to."]}
+        )
+    return queue
+
+
+def job_request_check_quota(*, queue: Queue, cpu_millis: int, memory_mb: int, gpu: int) -> None:
+    """Reject a request larger than its queue's whole quota: it could never start."""
+    messages = []
+    if queue.quota_cpu_millis is not None and cpu_millis > queue.quota_cpu_millis:
+        messages.append(
+            f"Requests {_format_cpu(cpu_millis)}, but queue {queue.name} allows at most "
+            f"{_format_cpu(queue.quota_cpu_millis)} at once."
+        )
+    if queue.quota_memory_mb is not None and memory_mb > queue.quota_memory_mb:
+        messages.append(
+            f"Requests {memory_mb} MB of memory, but queue {queue.name} allows at most "
+            f"{queue.quota_memory_mb} MB at once."
+        )
+    if queue.quota_gpu is not None and gpu > queue.quota_gpu:
+        messages.append(
+            f"Requests {gpu} GPU, but queue {queue.name} allows at most {queue.quota_gpu} at once."
+        )
+    if messages:
+        raise ValidationError({"resources": messages})
+
+
 def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submission:
-    """Accept a job for `team`. `spec` holds validated JobSpec fields plus the job's own
-    `idempotency_key` and `not_before`. Resubmitting a known idempotency key returns the
-    first job unchanged."""
+    """Accept a job for `team`. `spec` holds validated JobSpec fields, with `queue` as a
+    queue name (the default queue when absent), plus the job's own `idempotency_key` and
+    `not_before`. Resubmitting a known idempotency key returns the first job unchanged."""
     key = spec.get("idempotency_key", "")
     if key:
         existing = Job.objects.filter(team=team, idempotency_key=key).first()
         if existing is not None:
             return Submission(job=existing, created=False)
-    job_request_check_fits(
-        cpu_millis=spec["cpu_millis"], memory_mb=spec["memory_mb"], gpu=spec["gpu"]
-    )
+    queue = job_queue_for_team(team=team, name=spec.get("queue", DEFAULT_QUEUE_NAME))
+    request = {"cpu_millis": spec["cpu_millis"], "memory_mb": spec["memory_mb"], "gpu": spec["gpu"]}
+    job_request_check_fits(**request)
+    job_request_check_quota(queue=queue, **request)
     try:
         with transaction.atomic():
-            job = Job.objects.create(team=team, submitted_by=user, **spec)
+            job = Job.objects.create(team=team, submitted_by=user, **{**spec, "queue": queue})
             scheduler_wake()
     except IntegrityError:
         # A concurrent submission with the same key won the race; return its job.

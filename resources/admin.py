@@ -1,6 +1,33 @@
 from django.contrib import admin
 
-from .models import Allocation
+from .models import DEFAULT_QUEUE_NAME, Allocation, Queue
+
+
+@admin.register(Queue)
+class QueueAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "all_teams",
+        "weight",
+        "priority",
+        "strategy",
+        "quota_cpu",
+        "quota_memory_mb",
+        "quota_gpu",
+    ]
+    list_filter = ["all_teams", "strategy"]
+    search_fields = ["name"]
+    filter_horizontal = ["teams"]
+
+    @admin.display(description="CPU quota", ordering="quota_cpu_millis")
+    def quota_cpu(self, queue):
+        return "" if queue.quota_cpu_millis is None else f"{queue.quota_cpu_millis / 1000:g}"
+
+    def has_delete_permission(self, request, obj=None):
+        # Jobs submitted without a queue go to the default one.
+        if obj is not None and obj.name == DEFAULT_QUEUE_NAME:
+            return False
+        return super().has_delete_permission(request, obj)
 
 
 @admin.register(Allocation)

@@ -1,7 +1,60 @@
-"""Allocations: the resources an execution holds on a node."""
+"""Queues that jobs are submitted into, and allocations: what an execution holds on a node."""
 
 from django.db import models
 from django.db.models import Q
+
+# Every team may submit here; created by migration and never deleted.
+DEFAULT_QUEUE_NAME = "default"
+
+
+class PlacementStrategy(models.TextChoices):
+    BINPACK = "binpack", "Bin-pack: the fullest node that fits"
+    SPREAD = "spread", "Spread: the emptiest node that fits"
+
+
+class Queue(models.Model):
+    """Where teams submit jobs: who may use it, its fair share, its quota and priority.
+
+    The scheduler serves queues of higher priority first, and among equals the one
+    furthest below its weighted share of the cluster (dominant resource fair share).
+    """
+
+    name = models.SlugField(max_length=63, unique=True, help_text="e.g. gpu-training")
+    all_teams = models.BooleanField(
+        default=False, help_text="Every team may submit here; otherwise only the teams listed."
+    )
+    teams = models.ManyToManyField("accounts.Team", blank=True, related_name="queues")
+    weight = models.PositiveIntegerField(
+        default=1, help_text="Fair share: weight 3 deserves three times what weight 1 does."
+    )
+    priority = models.IntegerField(
+        default=0, help_text="Higher is served first, before any fair-share ordering."
+    )
+    strategy = models.CharField(
+        max_length=16, choices=PlacementStrategy.choices, default=PlacementStrategy.BINPACK
+    )
+    # The most this queue's jobs may hold at once; empty is no limit.
+    quota_cpu_millis = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Thousandths of a core, e.g. 8000 for 8 CPU."
+    )
+    quota_memory_mb = models.PositiveIntegerField(null=True, blank=True)
+    quota_gpu = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(weight__gte=1, weight__lte=1000), name="queue_weight_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(strategy__in=PlacementStrategy.values), name="queue_strategy_valid"
+            ),
+        ]
+
+    def __str__(self):
+        return self.name
 
 
 class AllocationStatus(models.TextChoices):

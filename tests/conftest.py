@@ -6,6 +6,7 @@ from rest_framework.test import APIClient
 from accounts.models import Role, Team, User
 from accounts.services import api_token_issue, team_add_member
 from nodes.models import Node
+from resources.models import DEFAULT_QUEUE_NAME, Queue
 from tests.processes import Cluster
 
 
@@ -37,7 +38,14 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture
-def team(db):
+def default_queue(db):
+    """The queue every team may use. A migration creates it, but transactional tests empty
+    every table when they end, so the tests after them need it made again."""
+    return Queue.objects.get_or_create(name=DEFAULT_QUEUE_NAME, defaults={"all_teams": True})[0]
+
+
+@pytest.fixture
+def team(default_queue):
     return Team.objects.create(name="Blue", slug="blue")
 
 

@@ -153,3 +153,49 @@ def test_the_list_has_a_fixed_number_of_queries(api, small_node, django_assert_m
     with django_assert_max_num_queries(4):
         response = api.get("/api/jobs/", {"page_size": 20})
     assert len(response.json()["results"]) == 20
+
+
+def test_a_job_goes_to_the_default_queue_unless_it_names_another(api, small_node, team):
+    from resources.models import Queue
+
+    Queue.objects.create(name="batch").teams.add(team)
+    first = api.post("/api/jobs/", ECHO, format="json").json()
+    second = api.post("/api/jobs/", {**ECHO, "queue": "batch"}, format="json").json()
+    assert (first["queue"], second["queue"]) == ("default", "batch")
+    assert Job.objects.get(pk=second["id"]).queue.name == "batch"
+    assert api.get("/api/jobs/", {"queue": "batch"}).json()["count"] == 1
+
+
+@pytest.mark.parametrize("queue", ["nowhere", "red-only"])
+def test_an_unknown_queue_or_one_the_team_may_not_use_is_a_400_naming_queue(
+    api, small_node, other_team, queue
+):
+    from resources.models import Queue
+
+    Queue.objects.create(name="red-only").teams.add(other_team)
+    response = api.post("/api/jobs/", {**ECHO, "queue": queue}, format="json")
+    assert response.status_code == 400
+    assert response.json() == {"queue": [f"No queue named '{queue}' that team blue may submit to."]}
+    assert not Job.objects.exists()
+
+
+def test_a_request_larger_than_the_whole_queue_quota_is_refused(api, small_node, team):
+    from resources.models import Queue
+
+    Queue.objects.create(name="small", all_teams=True, quota_cpu_millis=1500, quota_gpu=0)
+    response = api.post(
+        "/api/jobs/",
+        {**ECHO, "queue": "small", "resources": {"cpu": 2, "gpu": 1}},
+        format="json",
+    )
+    assert response.status_code == 400
+    assert response.json() == {
+        "resources": [
+            "Requests 2 CPU, but queue small allows at most 1.5 CPU at once.",
+            "Requests 1 GPU, but queue small allows at most 0 at once.",
+        ]
+    }
+    ok = api.post(
+        "/api/jobs/", {**ECHO, "queue": "small", "resources": {"cpu": 1.5}}, format="json"
+    )
+    assert ok.status_code == 201

@@ -8,8 +8,8 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def job(team):
-    return Job.objects.create(team=team, name="visible-job", command=["true"])
+def job(team, default_queue):
+    return Job.objects.create(team=team, queue=default_queue, name="visible-job", command=["true"])
 
 
 def test_the_dashboard_needs_a_login(client):

@@ -5,7 +5,7 @@ import pytest
 from jobs.models import Job, JobExecution, JobStatus, PendingReason
 from nodes.models import Node, NodeStatus
 from resources.cycle import place_pending_jobs, run_cycle
-from resources.models import Allocation, AllocationStatus
+from resources.models import DEFAULT_QUEUE_NAME, Allocation, AllocationStatus, Queue
 from resources.selectors import allocation_node_name
 
 pytestmark = pytest.mark.django_db
@@ -13,6 +13,7 @@ pytestmark = pytest.mark.django_db
 
 def make_jobs(team, count, **spec):
     spec = {"name": "j", "command": ["true"], "cpu_millis": 1000, "memory_mb": 100, **spec}
+    spec.setdefault("queue", Queue.objects.get(name=DEFAULT_QUEUE_NAME))
     return Job.objects.bulk_create([Job(team=team, **spec) for _ in range(count)])
 
 
