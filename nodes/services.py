@@ -1,9 +1,10 @@
-"""Writes for nodes: registration and heartbeats."""
+"""Writes for nodes: registration, heartbeats, and the end of a drain."""
 
 import logging
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from resources.services import scheduler_wake
@@ -63,3 +64,22 @@ def node_register(
 
 def node_heartbeat(*, name: str) -> bool:
     return bool(Node.objects.filter(name=name).update(last_heartbeat=timezone.now()))
+
+
+# Nothing allocated on the node: every allocation holds at least one CPU milli, since a
+# job must request some CPU, so zero counters mean no live allocation.
+EMPTY = Q(allocated_cpu_millis=0, allocated_memory_mb=0, allocated_gpu=0)
+
+
+def node_drain_complete() -> int:
+    """Draining nodes with nothing left on them become cordoned; how many did."""
+    names = list(
+        Node.objects.filter(EMPTY, status=NodeStatus.DRAINING).values_list("name", flat=True)
+    )
+    if not names:
+        return 0
+    done = Node.objects.filter(EMPTY, name__in=names, status=NodeStatus.DRAINING).update(
+        status=NodeStatus.CORDONED, updated_at=timezone.now()
+    )
+    logger.info("nodes drained, now cordoned nodes=%s", ",".join(names))
+    return done

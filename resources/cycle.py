@@ -1,17 +1,21 @@
 """The scheduling cycle: place pending jobs on ready nodes, in one transaction.
 
-Snapshot (lock the pending jobs this cycle takes, then the ready nodes), place in memory
-with `resources.placement`, write executions, allocations, job statuses and node
-counters in a fixed number of statements, commit once, then publish one message per
-placement. The number of queries does not grow with the number of jobs or nodes.
+Snapshot: lock each queue's next pending jobs (SKIP LOCKED), then the nodes; read the
+queues and what their jobs hold now. Plan in memory with `resources.placement`: queues
+by fair share, jobs by priority then age, nodes by the queue's strategy. Write the
+executions, allocations, job statuses, node counters and pending reasons in a fixed
+number of statements, commit once, then publish one message per placement over one
+producer connection. The number of queries does not grow with the number of jobs,
+queues or nodes.
 """
 
+import json
 import logging
-from collections import defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 
-from django.db import transaction
-from django.db.models import F, OuterRef, Q, Subquery
+from django.db import connection, transaction
+from django.db.models import Case, F, OuterRef, Subquery, Sum, Value, When
 from django.utils import timezone
 
 from jobs.models import (
@@ -22,131 +26,184 @@ from jobs.models import (
     PendingReason,
     execution_token,
 )
-from jobs.services import execution_publish
+from jobs.services import execution_publish_many
 from nodes.models import Node, NodeStatus
+from nodes.services import node_drain_complete
 
-from .models import Allocation, AllocationStatus
-from .placement import NodeSlot, Request, Unplaced, choose_node
+from .models import LIVE_ALLOCATION_STATUSES, Allocation, AllocationStatus, Queue
+from .placement import (
+    NodeSlot,
+    PendingJob,
+    QueueState,
+    Request,
+    Resources,
+    Strategy,
+    plan_placements,
+)
+from .routing import routes_known
 
 logger = logging.getLogger(__name__)
+
+# Each queue's next `per_queue` pending jobs that are due, in its order, locked so that
+# a second scheduler (or a cancel) skips them rather than waiting. Per queue, so that a
+# long backlog in one queue cannot hide another queue's jobs from the fair-share order.
+# Served by the job_pending_by_queue index.
+PENDING_JOBS_SQL = """
+SELECT j.id, j.queue_id, j.cpu_millis, j.memory_mb, j.gpu, j.node_selector, j.attempts,
+       j.pending_reason
+FROM resources_queue q
+CROSS JOIN LATERAL (
+    SELECT id, queue_id, cpu_millis, memory_mb, gpu, node_selector, attempts, pending_reason,
+           priority, created_at
+    FROM jobs_job
+    WHERE queue_id = q.id
+      AND status = %(pending)s
+      AND (not_before IS NULL OR not_before <= %(now)s)
+    ORDER BY priority DESC, created_at, id
+    LIMIT %(per_queue)s
+    FOR UPDATE SKIP LOCKED
+) j
+ORDER BY q.id, j.priority DESC, j.created_at, j.id
+"""
 
 
 @dataclass
 class CycleResult:
     considered: int = 0
-    tokens: list[str] = field(default_factory=list)
-    waiting: dict[str, int] = field(default_factory=dict)
+    placements: list[tuple[str, str]] = field(default_factory=list)  # (token, node name)
+    waiting: dict[str, int] = field(default_factory=dict)  # reason -> jobs
+    batch_full: bool = False  # some queue had more due jobs than one batch
 
     @property
     def placed(self) -> int:
-        return len(self.tokens)
+        return len(self.placements)
+
+    @property
+    def tokens(self) -> list[str]:
+        return [token for token, _ in self.placements]
 
 
 def run_cycle(*, batch_size: int) -> CycleResult:
-    """One full cycle: place and commit, then publish the placed executions."""
+    """One full cycle: settle drained nodes, place and commit, then publish."""
+    node_drain_complete()
     result = place_pending_jobs(batch_size=batch_size)
-    for token in result.tokens:
-        execution_publish(token=token)
+    # The router would look each token's node up in the database; this cycle has just
+    # committed those allocations, so it tells the router instead.
+    with routes_known(dict(result.placements)):
+        execution_publish_many(tokens=result.tokens)
     return result
+
+
+@dataclass(frozen=True)
+class _Pending:
+    job: PendingJob
+    attempts: int
+    pending_reason: str
+
+
+def _lock_pending_jobs(*, now, per_queue: int) -> list[_Pending]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            PENDING_JOBS_SQL, {"pending": JobStatus.PENDING, "now": now, "per_queue": per_queue}
+        )
+        rows = cursor.fetchall()
+    pending = []
+    for job_id, queue_id, cpu, memory, gpu, selector, attempts, reason in rows:
+        if isinstance(selector, str):  # Django has psycopg hand jsonb over as text
+            selector = json.loads(selector)
+        request = Request(cpu, memory, gpu, selector or {})
+        pending.append(_Pending(PendingJob(job_id, queue_id, request), attempts, reason))
+    return pending
+
+
+def _queue_states(queue_ids: set[int]) -> dict[int, QueueState]:
+    return {
+        queue.id: QueueState(
+            id=queue.id,
+            name=queue.name,
+            weight=queue.weight,
+            priority=queue.priority,
+            strategy=Strategy(queue.strategy),
+            quota_cpu_millis=queue.quota_cpu_millis,
+            quota_memory_mb=queue.quota_memory_mb,
+            quota_gpu=queue.quota_gpu,
+        )
+        for queue in Queue.objects.filter(id__in=queue_ids)
+    }
+
+
+def _queue_usage(queues: dict[int, QueueState]) -> None:
+    """What each queue's jobs hold now. Read after the node locks, so a cycle that ran
+    just before (a leader that lost its lock mid-cycle) is seen once it has committed."""
+    usage = (
+        Allocation.objects.filter(
+            status__in=LIVE_ALLOCATION_STATUSES, execution__job__queue_id__in=list(queues)
+        )
+        .values(queue=F("execution__job__queue_id"))
+        .annotate(cpu=Sum("cpu_millis"), memory=Sum("memory_mb"), gpu=Sum("gpu"))
+        .order_by()
+    )
+    for row in usage:
+        queues[row["queue"]].allocated = Resources(row["cpu"], row["memory"], row["gpu"])
+
+
+def _node_slot(node: Node) -> NodeSlot:
+    return NodeSlot(
+        id=node.id,
+        name=node.name,
+        cpu_millis=node.cpu_millis,
+        memory_mb=node.memory_mb,
+        gpu=node.gpu,
+        free_cpu_millis=node.free_cpu_millis,
+        free_memory_mb=node.free_memory_mb,
+        free_gpu=node.free_gpu,
+        labels=node.labels,
+    )
 
 
 @transaction.atomic
 def place_pending_jobs(*, batch_size: int) -> CycleResult:
+    """Place up to `batch_size` due jobs of each queue; commit once."""
     now = timezone.now()
     # Jobs first, then nodes: every service that touches both locks them in this order.
-    jobs = list(
-        Job.objects.select_for_update(skip_locked=True)
-        .filter(status=JobStatus.PENDING)
-        .filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
-        .order_by("-priority", "created_at", "id")
-        .only(
-            "id", "cpu_millis", "memory_mb", "gpu", "node_selector", "attempts", "pending_reason"
-        )[:batch_size]
-    )
-    result = CycleResult(considered=len(jobs))
-    if not jobs:
+    pending = _lock_pending_jobs(now=now, per_queue=batch_size)
+    result = CycleResult(considered=len(pending))
+    if not pending:
         return result
-    nodes = list(Node.objects.select_for_update().filter(status=NodeStatus.READY).order_by("id"))
-    slots = [
-        NodeSlot(
-            id=n.id,
-            name=n.name,
-            cpu_millis=n.cpu_millis,
-            memory_mb=n.memory_mb,
-            gpu=n.gpu,
-            free_cpu_millis=n.free_cpu_millis,
-            free_memory_mb=n.free_memory_mb,
-            free_gpu=n.free_gpu,
-            labels=n.labels,
-        )
-        for n in nodes
-    ]
+    per_queue = Counter(p.job.queue_id for p in pending)
+    result.batch_full = max(per_queue.values()) >= batch_size
+    queues = _queue_states(set(per_queue))
+    # Every node that is not offline counts towards the cluster the shares are of; only
+    # ready ones take work. All are locked, so two overlapping cycles queue up here.
+    nodes = list(Node.objects.select_for_update().exclude(status=NodeStatus.OFFLINE).order_by("id"))
+    capacity = Resources(
+        sum(n.cpu_millis for n in nodes), sum(n.memory_mb for n in nodes), sum(n.gpu for n in nodes)
+    )
+    _queue_usage(queues)
+    slots = {n.id: _node_slot(n) for n in nodes if n.status == NodeStatus.READY}
+    plan = plan_placements(
+        jobs=[p.job for p in pending], queues=queues, nodes=slots.values(), capacity=capacity
+    )
 
-    executions: list[JobExecution] = []
-    allocations: list[Allocation] = []
-    waiting: dict[str, list[int]] = defaultdict(list)
-    touched: dict[int, NodeSlot] = {}
-    for job in jobs:
-        request = Request(job.cpu_millis, job.memory_mb, job.gpu, job.node_selector or {})
-        choice = choose_node(slots, request)
-        if isinstance(choice, Unplaced):
-            if job.pending_reason != choice.value:
-                waiting[choice.value].append(job.id)
-            result.waiting[choice.value] = result.waiting.get(choice.value, 0) + 1
-            continue
-        choice.take(request)
-        touched[choice.id] = choice
-        attempt = job.attempts + 1
-        token = execution_token(job.id, attempt)
-        executions.append(
-            JobExecution(
-                job_id=job.id,
-                attempt=attempt,
-                node_id=choice.id,
-                token=token,
-                status=ExecutionStatus.RESERVED,
-                reserved_at=now,
+    by_job = {p.job.id: p for p in pending}
+    if plan.placements:
+        _write_placements(plan.placements, by_job, nodes, slots, now)
+        names = {n.id: n.name for n in nodes}
+        result.placements = [
+            (execution_token(job.id, by_job[job.id].attempts + 1), names[slot.id])
+            for job, slot in plan.placements
+        ]
+    changed: dict[str, list[int]] = {}
+    for job_id, reason in plan.waiting.items():
+        result.waiting[reason.value] = result.waiting.get(reason.value, 0) + 1
+        if by_job[job_id].pending_reason != reason.value:
+            changed.setdefault(reason.value, []).append(job_id)
+    if changed:
+        Job.objects.filter(id__in=[i for ids in changed.values() for i in ids]).update(
+            pending_reason=Case(
+                *[When(id__in=ids, then=Value(reason)) for reason, ids in changed.items()]
             )
         )
-        allocations.append(
-            Allocation(
-                node_id=choice.id,
-                cpu_millis=job.cpu_millis,
-                memory_mb=job.memory_mb,
-                gpu=job.gpu,
-                status=AllocationStatus.RESERVED,
-            )
-        )
-        result.tokens.append(token)
-
-    if executions:
-        JobExecution.objects.bulk_create(executions)
-        for execution, allocation in zip(executions, allocations, strict=True):
-            allocation.execution_id = execution.id
-        Allocation.objects.bulk_create(allocations)
-        Job.objects.filter(id__in=[e.job_id for e in executions]).update(
-            status=JobStatus.RESERVED,
-            pending_reason=PendingReason.NONE,
-            attempts=F("attempts") + 1,
-            last_execution=Subquery(
-                JobExecution.objects.filter(job_id=OuterRef("pk"))
-                .order_by("-attempt")
-                .values("id")[:1]
-            ),
-        )
-        by_id = {n.id: n for n in nodes}
-        changed = []
-        for slot in touched.values():
-            node = by_id[slot.id]
-            node.allocated_cpu_millis = node.cpu_millis - slot.free_cpu_millis
-            node.allocated_memory_mb = node.memory_mb - slot.free_memory_mb
-            node.allocated_gpu = node.gpu - slot.free_gpu
-            changed.append(node)
-        Node.objects.bulk_update(
-            changed, ["allocated_cpu_millis", "allocated_memory_mb", "allocated_gpu"]
-        )
-    for reason, job_ids in waiting.items():
-        Job.objects.filter(id__in=job_ids).update(pending_reason=reason)
     if result.placed or result.waiting:
         logger.info(
             "cycle considered=%s placed=%s waiting=%s",
@@ -155,3 +212,53 @@ def place_pending_jobs(*, batch_size: int) -> CycleResult:
             result.waiting,
         )
     return result
+
+
+def _write_placements(placements, by_job, nodes, slots, now) -> None:
+    """Executions, allocations, job statuses and node counters: four statements."""
+    executions = JobExecution.objects.bulk_create(
+        [
+            JobExecution(
+                job_id=job.id,
+                attempt=by_job[job.id].attempts + 1,
+                node_id=slot.id,
+                token=execution_token(job.id, by_job[job.id].attempts + 1),
+                status=ExecutionStatus.RESERVED,
+                reserved_at=now,
+            )
+            for job, slot in placements
+        ]
+    )
+    Allocation.objects.bulk_create(
+        [
+            Allocation(
+                execution_id=execution.id,
+                node_id=slot.id,
+                cpu_millis=job.request.cpu_millis,
+                memory_mb=job.request.memory_mb,
+                gpu=job.request.gpu,
+                status=AllocationStatus.RESERVED,
+            )
+            for execution, (job, slot) in zip(executions, placements, strict=True)
+        ]
+    )
+    Job.objects.filter(id__in=[job.id for job, _ in placements]).update(
+        status=JobStatus.RESERVED,
+        pending_reason=PendingReason.NONE,
+        attempts=F("attempts") + 1,
+        last_execution=Subquery(
+            JobExecution.objects.filter(job_id=OuterRef("pk")).order_by("-attempt").values("id")[:1]
+        ),
+    )
+    touched = {slot.id for _, slot in placements}
+    changed = []
+    for node in nodes:
+        if node.id in touched:
+            slot = slots[node.id]
+            node.allocated_cpu_millis = node.cpu_millis - slot.free_cpu_millis
+            node.allocated_memory_mb = node.memory_mb - slot.free_memory_mb
+            node.allocated_gpu = node.gpu - slot.free_gpu
+            changed.append(node)
+    Node.objects.bulk_update(
+        changed, ["allocated_cpu_millis", "allocated_memory_mb", "allocated_gpu"]
+    )

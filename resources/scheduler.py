@@ -6,6 +6,7 @@ its next try. The same connection LISTENs for wake-ups.
 """
 
 import logging
+import os
 import signal
 import time
 
@@ -31,7 +32,8 @@ def leader_conninfo() -> dict:
         "password": db.get("PASSWORD") or None,
         "host": db.get("HOST") or None,
         "port": db.get("PORT") or None,
-        "application_name": "scheduler-leader",
+        # Names the process, so an operator (or a test) can tell which one leads.
+        "application_name": f"scheduler-leader-{os.getpid()}",
     }
     return {k: v for k, v in params.items() if v is not None}
 
@@ -80,7 +82,7 @@ class Scheduler:
         """Run one cycle; True when there may be more to place right away."""
         close_old_connections()
         result = run_cycle(batch_size=self.batch_size)
-        return result.placed > 0 and result.considered >= self.batch_size
+        return result.placed > 0 and result.batch_full
 
     def lose_leadership(self) -> None:
         self.is_leader = False

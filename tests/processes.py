@@ -133,15 +133,21 @@ class Cluster:
         return process
 
     def leader_pid(self) -> int | None:
+        """The process id of the scheduler that holds the leader lock, if one does."""
         with raw_connection() as conn:
             row = conn.execute(
-                "SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                "SELECT split_part(a.application_name, '-', 3)::int"
+                " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
                 " WHERE l.locktype = 'advisory' AND l.granted AND l.objid = %s"
                 " AND l.database ="
                 " (SELECT oid FROM pg_database WHERE datname = current_database())",
                 [LEADER_LOCK_ID],
             ).fetchone()
         return row[0] if row else None
+
+    def leader(self) -> "Process":
+        pid = self.leader_pid()
+        return next(p for p in self.processes if p.popen is not None and p.popen.pid == pid)
 
     def start_node(
         self,

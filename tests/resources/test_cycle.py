@@ -1,11 +1,16 @@
 """One scheduling cycle, run in this process against the real database and broker."""
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 
 from jobs.models import Job, JobExecution, JobStatus, PendingReason
 from nodes.models import Node, NodeStatus
 from resources.cycle import place_pending_jobs, run_cycle
 from resources.models import DEFAULT_QUEUE_NAME, Allocation, AllocationStatus, Queue
+from resources.placement import Strategy, Unplaced
+from resources.routing import route_task, routes_known
 from resources.selectors import allocation_node_name
 
 pytestmark = pytest.mark.django_db
@@ -40,6 +45,14 @@ def test_it_fills_nodes_up_to_capacity_and_leaves_the_rest_waiting(team, broker)
     assert broker.llen("node.large") == 3
 
 
+def test_a_placed_job_is_not_placed_again(team, broker):
+    Node.objects.create(name="one", cpu_millis=8000, memory_mb=4096)
+    make_jobs(team, 3)
+    assert run_cycle(batch_size=10).placed == 3
+    assert run_cycle(batch_size=10).placed == 0
+    assert JobExecution.objects.count() == 3
+
+
 def test_it_places_higher_priority_first(team, broker):
     Node.objects.create(name="one", cpu_millis=1000, memory_mb=4096)
     low = make_jobs(team, 1, priority=0)[0]
@@ -47,6 +60,15 @@ def test_it_places_higher_priority_first(team, broker):
     place_pending_jobs(batch_size=10)
     assert Job.objects.get(pk=high.pk).status == JobStatus.RESERVED
     assert Job.objects.get(pk=low.pk).status == JobStatus.PENDING
+
+
+def test_it_leaves_jobs_that_are_not_due_yet_alone(team, broker):
+    Node.objects.create(name="one", cpu_millis=4000, memory_mb=4096)
+    later = make_jobs(team, 1, not_before=timezone.now() + timedelta(hours=1))[0]
+    result = place_pending_jobs(batch_size=10)
+    assert result.considered == 0
+    later.refresh_from_db()
+    assert (later.status, later.pending_reason) == (JobStatus.PENDING, PendingReason.NONE)
 
 
 def test_it_honours_node_selectors_and_says_why_a_job_waits(team, broker):
@@ -62,34 +84,119 @@ def test_it_honours_node_selectors_and_says_why_a_job_waits(team, broker):
     assert (to_c.status, to_c.pending_reason) == (JobStatus.PENDING, PendingReason.NODE_SELECTOR)
 
 
-def test_it_skips_cordoned_nodes(team, broker):
-    Node.objects.create(
-        name="cordoned", cpu_millis=4000, memory_mb=4096, status=NodeStatus.CORDONED
-    )
+@pytest.mark.parametrize("status", [NodeStatus.CORDONED, NodeStatus.DRAINING, NodeStatus.OFFLINE])
+def test_it_gives_no_new_work_to_nodes_that_are_not_ready(team, broker, status):
+    Node.objects.create(name="resting", cpu_millis=4000, memory_mb=4096, status=status)
     job = make_jobs(team, 1)[0]
     place_pending_jobs(batch_size=10)
     job.refresh_from_db()
-    assert job.pending_reason == PendingReason.INSUFFICIENT_CAPACITY
+    assert (job.status, job.pending_reason) == (
+        JobStatus.PENDING,
+        PendingReason.INSUFFICIENT_CAPACITY,
+    )
 
 
-@pytest.mark.parametrize("jobs", [10, 200])
+def test_a_quota_caps_a_queue_even_on_an_idle_cluster(team, broker):
+    Node.objects.create(name="big", cpu_millis=16000, memory_mb=65536)
+    capped = Queue.objects.create(name="capped", all_teams=True, quota_cpu_millis=2000)
+    jobs = make_jobs(team, 5, queue=capped)
+    result = place_pending_jobs(batch_size=10)
+    assert result.placed == 2
+    assert result.waiting == {PendingReason.QUEUE_QUOTA: 3}
+    assert [j.pending_reason for j in Job.objects.filter(status=JobStatus.PENDING)] == [
+        PendingReason.QUEUE_QUOTA
+    ] * 3
+    # What its jobs already hold counts: a second cycle places nothing more.
+    assert place_pending_jobs(batch_size=10).placed == 0
+    # Once one ends, one more may start.
+    Allocation.objects.filter(execution__job=jobs[0]).update(
+        status=AllocationStatus.RELEASED, released_at=timezone.now()
+    )
+    assert place_pending_jobs(batch_size=10).placed == 1
+
+
+def test_a_long_backlog_in_one_queue_does_not_hide_another_queues_jobs(team, broker):
+    Node.objects.create(name="one", cpu_millis=2000, memory_mb=4096)
+    busy = Queue.objects.create(name="busy", all_teams=True)
+    quiet = Queue.objects.create(name="quiet", all_teams=True)
+    make_jobs(team, 20, queue=busy)  # all older than the quiet queue's job
+    newcomer = make_jobs(team, 1, queue=quiet)[0]
+    result = place_pending_jobs(batch_size=5)
+    assert result.considered == 6
+    assert result.batch_full
+    newcomer.refresh_from_db()
+    assert newcomer.status == JobStatus.RESERVED
+
+
+def test_a_spread_queue_uses_the_emptiest_nodes_and_a_binpack_queue_the_fullest(team, broker):
+    for i in range(3):
+        Node.objects.create(name=f"n{i}", cpu_millis=4000, memory_mb=4096)
+    spread = Queue.objects.create(name="spread", all_teams=True, strategy=Strategy.SPREAD)
+    make_jobs(team, 3, queue=spread)
+    place_pending_jobs(batch_size=10)
+    assert sorted(JobExecution.objects.values_list("node__name", flat=True)) == ["n0", "n1", "n2"]
+    make_jobs(team, 2)  # the default queue bin-packs: both on one node, all now equal
+    place_pending_jobs(batch_size=10)
+    packed = JobExecution.objects.exclude(job__queue=spread).values_list("node__name", flat=True)
+    assert list(packed) == ["n0", "n0"]
+
+
+def test_a_higher_priority_queue_is_served_first(team, broker):
+    Node.objects.create(name="one", cpu_millis=2000, memory_mb=4096)
+    urgent = Queue.objects.create(name="urgent", all_teams=True, priority=10)
+    make_jobs(team, 2)  # older, default queue
+    first = make_jobs(team, 2, queue=urgent)
+    place_pending_jobs(batch_size=10)
+    assert {j.status for j in Job.objects.filter(pk__in=[j.pk for j in first])} == {
+        JobStatus.RESERVED
+    }
+
+
+@pytest.mark.parametrize(("jobs", "nodes", "queues"), [(10, 5, 1), (300, 40, 4)])
 def test_a_cycle_issues_the_same_number_of_queries_whatever_the_size(
-    team, broker, jobs, django_assert_num_queries
+    team, broker, jobs, nodes, queues, django_assert_num_queries
 ):
-    for i in range(20):
-        Node.objects.create(name=f"n{i}", cpu_millis=64000, memory_mb=65536)
-    make_jobs(team, jobs)
+    Node.objects.bulk_create(
+        [Node(name=f"n{i}", cpu_millis=64000, memory_mb=65536) for i in range(nodes)]
+        + [
+            Node(name=f"cordoned{i}", cpu_millis=1000, memory_mb=1024, status="cordoned")
+            for i in range(3)
+        ]
+    )
+    for q in range(queues):
+        queue = Queue.objects.create(name=f"q{q}", all_teams=True, weight=q + 1)
+        make_jobs(team, jobs // queues, queue=queue)
     make_jobs(team, 3, node_selector={"zone": "nowhere"})
-    # savepoint, jobs, nodes, executions, allocations, jobs update, nodes update,
-    # waiting jobs update, release savepoint
-    with django_assert_num_queries(9):
+    make_jobs(team, 2, cpu_millis=128000)  # more than any node has
+    # savepoint, pending jobs, queues, nodes, queue usage, executions, allocations,
+    # placed jobs, node counters, pending reasons, release savepoint
+    with django_assert_num_queries(11):
         result = place_pending_jobs(batch_size=1000)
     assert result.placed == jobs
+    assert result.waiting == {
+        Unplaced.NODE_SELECTOR.value: 3,
+        Unplaced.INSUFFICIENT_CAPACITY.value: 2,
+    }
+
+
+def test_run_cycle_turns_a_drained_node_with_nothing_left_into_a_cordoned_one(team, broker):
+    drained = Node.objects.create(
+        name="drained", cpu_millis=4000, memory_mb=4096, status=NodeStatus.DRAINING
+    )
+    busy = Node.objects.create(
+        name="busy",
+        cpu_millis=4000,
+        memory_mb=4096,
+        status=NodeStatus.DRAINING,
+        allocated_cpu_millis=1000,
+    )
+    run_cycle(batch_size=10)
+    drained.refresh_from_db()
+    busy.refresh_from_db()
+    assert (drained.status, busy.status) == (NodeStatus.CORDONED, NodeStatus.DRAINING)
 
 
 def test_the_router_sends_an_execution_to_its_nodes_queue(team, broker):
-    from resources.routing import route_task
-
     Node.objects.create(name="gpu-01", cpu_millis=1000, memory_mb=4096)
     make_jobs(team, 1)
     token = place_pending_jobs(batch_size=1).tokens[0]
@@ -98,3 +205,22 @@ def test_the_router_sends_an_execution_to_its_nodes_queue(team, broker):
     Allocation.objects.update(status=AllocationStatus.RELEASED, released_at="2026-01-01T00:00Z")
     assert route_task("jobs.run_execution", (), {"token": token}, {}) == {"queue": "control"}
     assert route_task("jobs.republish_stale_executions", (), {}, {}) == {"queue": "control"}
+
+
+def test_the_router_takes_nodes_the_cycle_knows_without_a_query(
+    team, broker, django_assert_num_queries
+):
+    with routes_known({"job-1-attempt-1": "node-a"}), django_assert_num_queries(0):
+        assert route_task("jobs.run_execution", (), {"token": "job-1-attempt-1"}, {}) == {
+            "queue": "node.node-a"
+        }
+    # Outside the block, the database answers again.
+    with django_assert_num_queries(1):
+        route_task("jobs.run_execution", (), {"token": "job-1-attempt-1"}, {})
+
+
+def test_every_unplaced_reason_is_a_pending_reason():
+    assert {reason.value for reason in Unplaced} <= set(PendingReason.values)
+    from resources.models import PlacementStrategy
+
+    assert set(PlacementStrategy.values) == {s.value for s in Strategy}

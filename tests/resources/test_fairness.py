@@ -1,0 +1,96 @@
+"""Fair share over many cycles: queues with long backlogs on a saturated cluster.
+
+Cycles run in this process against the real database. Between cycles, some executions
+end through the same services a node agent calls (claim, then finish), chosen at random,
+so the cluster keeps freeing room and the scheduler keeps choosing who gets it.
+"""
+
+import random
+
+import pytest
+from django.db.models import Sum
+
+from jobs.models import ExecutionStatus, Job, JobExecution
+from jobs.services import execution_claim, execution_finish
+from nodes.models import Node
+from resources.cycle import place_pending_jobs
+from resources.models import LIVE_ALLOCATION_STATUSES, Allocation, Queue
+
+pytestmark = pytest.mark.django_db
+
+
+def backlog(team, queue, count):
+    Job.objects.bulk_create(
+        [
+            Job(team=team, queue=queue, name=f"{queue.name}-{i}", command=["true"], cpu_millis=1000)
+            for i in range(count)
+        ]
+    )
+
+
+def held_cpu(queue) -> int:
+    return (
+        Allocation.objects.filter(
+            status__in=LIVE_ALLOCATION_STATUSES, execution__job__queue=queue
+        ).aggregate(cpu=Sum("cpu_millis"))["cpu"]
+        or 0
+    )
+
+
+def finish_some(rng: random.Random, fraction: float) -> int:
+    """End a random share of the placed executions, as their node agents would."""
+    placed = list(
+        JobExecution.objects.filter(status=ExecutionStatus.RESERVED).select_related("node")
+    )
+    ended = rng.sample(placed, k=max(1, int(len(placed) * fraction)))
+    for execution in ended:
+        assert execution_claim(token=execution.token, node_name=execution.node.name)
+        execution_finish(token=execution.token, exit_code=0)
+    return len(ended)
+
+
+def run_rounds(queues, rounds: int, seed: int) -> dict[str, list[int]]:
+    rng = random.Random(seed)
+    samples: dict[str, list[int]] = {q.name: [] for q in queues}
+    for _ in range(rounds):
+        place_pending_jobs(batch_size=1000)
+        for queue in queues:
+            samples[queue.name].append(held_cpu(queue))
+        finish_some(rng, fraction=0.3)
+    return samples
+
+
+def test_weights_of_three_to_one_share_a_saturated_cluster_three_to_one(team):
+    for i in range(5):
+        Node.objects.create(name=f"n{i}", cpu_millis=4000, memory_mb=8192)  # 20 CPU in all
+    heavy = Queue.objects.create(name="heavy", all_teams=True, weight=3)
+    light = Queue.objects.create(name="light", all_teams=True, weight=1)
+    backlog(team, heavy, 400)
+    backlog(team, light, 400)
+
+    samples = run_rounds([heavy, light], rounds=40, seed=3)
+
+    # The cluster stayed full and both queues kept a backlog the whole time.
+    assert all(h + lo == 20_000 for h, lo in zip(samples["heavy"], samples["light"], strict=True))
+    assert Job.objects.filter(queue=light, status="pending").exists()
+    ratio = sum(samples["heavy"]) / sum(samples["light"])
+    assert 3 * 0.9 <= ratio <= 3 * 1.1, ratio
+
+
+def test_a_queue_at_its_quota_stays_there_and_the_others_share_the_rest_by_weight(team):
+    for i in range(4):
+        Node.objects.create(name=f"n{i}", cpu_millis=6000, memory_mb=8192)  # 24 CPU in all
+    capped = Queue.objects.create(name="capped", all_teams=True, weight=10, quota_cpu_millis=4000)
+    heavy = Queue.objects.create(name="heavy", all_teams=True, weight=2)
+    light = Queue.objects.create(name="light", all_teams=True, weight=1)
+    for queue in (capped, heavy, light):
+        backlog(team, queue, 300)
+
+    samples = run_rounds([capped, heavy, light], rounds=30, seed=11)
+
+    # However large its weight, the capped queue never holds more than its quota...
+    assert max(samples["capped"]) == 4000
+    # ...and the other two share the remaining 20 CPU two to one.
+    ratio = sum(samples["heavy"]) / sum(samples["light"])
+    assert 2 * 0.9 <= ratio <= 2 * 1.1, ratio
+    assert Job.objects.filter(queue=capped, pending_reason="queue_quota").exists()
