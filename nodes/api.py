@@ -1,8 +1,13 @@
-"""`/api/nodes/`: the cluster's nodes, their capacity and what is allocated."""
+"""`/api/nodes/`: the cluster's nodes, their capacity and what is allocated; staff
+cordon, drain and uncordon them."""
 
 from rest_framework import serializers, viewsets
+from rest_framework.decorators import action
+from rest_framework.permissions import IsAdminUser
+from rest_framework.response import Response
 
 from .models import Node
+from .services import node_cordon, node_drain, node_uncordon
 
 
 class NodeSerializer(serializers.ModelSerializer):
@@ -41,3 +46,22 @@ class NodeViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = NodeSerializer
     lookup_field = "name"
     filterset_fields = ["status"]
+
+    def _transition(self, change) -> Response:
+        node = change(name=self.get_object().name)
+        return Response(NodeSerializer(node).data)
+
+    @action(detail=True, methods=["post"], permission_classes=[IsAdminUser])
+    def cordon(self, request, name=None):
+        """No new work; what runs there carries on."""
+        return self._transition(node_cordon)
+
+    @action(detail=True, methods=["post"], permission_classes=[IsAdminUser])
+    def drain(self, request, name=None):
+        """No new work; cordoned once what runs there has finished."""
+        return self._transition(node_drain)
+
+    @action(detail=True, methods=["post"], permission_classes=[IsAdminUser])
+    def uncordon(self, request, name=None):
+        """Ready for new work again."""
+        return self._transition(node_uncordon)

@@ -1,10 +1,10 @@
-"""Writes for nodes: registration, heartbeats, and the end of a drain."""
+"""Writes for nodes: registration, heartbeats, and cordon, drain and uncordon."""
 
 import logging
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Case, Q, Value, When
 from django.utils import timezone
 
 from resources.services import scheduler_wake
@@ -69,6 +69,55 @@ def node_heartbeat(*, name: str) -> bool:
 # Nothing allocated on the node: every allocation holds at least one CPU milli, since a
 # job must request some CPU, so zero counters mean no live allocation.
 EMPTY = Q(allocated_cpu_millis=0, allocated_memory_mb=0, allocated_gpu=0)
+
+
+def _node_after_transition(*, name: str, changed: bool, unchanged_ok: tuple, action: str) -> Node:
+    """The node once a transition ran; an error if it could not run on this node."""
+    node = Node.objects.get(name=name)
+    if not changed and node.status not in unchanged_ok:
+        raise ValidationError(f"Node {name} is {node.status}; it cannot be {action}.")
+    if changed:
+        logger.info("node %s node=%s status=%s", action, name, node.status)
+    return node
+
+
+def node_cordon(*, name: str) -> Node:
+    """No new work goes to the node; what runs there carries on."""
+    changed = Node.objects.filter(
+        name=name, status__in=(NodeStatus.READY, NodeStatus.DRAINING)
+    ).update(status=NodeStatus.CORDONED, updated_at=timezone.now())
+    return _node_after_transition(
+        name=name, changed=bool(changed), unchanged_ok=(NodeStatus.CORDONED,), action="cordoned"
+    )
+
+
+def node_drain(*, name: str) -> Node:
+    """No new work goes to the node; it becomes cordoned once nothing is left on it
+    (at once if nothing is; otherwise `node_drain_complete` does it later)."""
+    changed = Node.objects.filter(
+        name=name, status__in=(NodeStatus.READY, NodeStatus.DRAINING)
+    ).update(
+        status=Case(
+            When(EMPTY, then=Value(NodeStatus.CORDONED)), default=Value(NodeStatus.DRAINING)
+        ),
+        updated_at=timezone.now(),
+    )
+    return _node_after_transition(
+        name=name, changed=bool(changed), unchanged_ok=(NodeStatus.CORDONED,), action="drained"
+    )
+
+
+def node_uncordon(*, name: str) -> Node:
+    """The node takes new work again; the scheduler is woken to give it some."""
+    with transaction.atomic():
+        changed = Node.objects.filter(
+            name=name, status__in=(NodeStatus.CORDONED, NodeStatus.DRAINING)
+        ).update(status=NodeStatus.READY, updated_at=timezone.now())
+        if changed:
+            scheduler_wake()
+    return _node_after_transition(
+        name=name, changed=bool(changed), unchanged_ok=(NodeStatus.READY,), action="uncordoned"
+    )
 
 
 def node_drain_complete() -> int:

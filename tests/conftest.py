@@ -80,6 +80,16 @@ def api(member):
 
 
 @pytest.fixture
+def staff(db):
+    return User.objects.create_user("root", password="correct horse battery", is_staff=True)
+
+
+@pytest.fixture
+def staff_api(staff):
+    return token_client(staff)
+
+
+@pytest.fixture
 def outsider_api(outsider):
     return token_client(outsider)
 
