@@ -1,6 +1,5 @@
 """`/api/jobs/`: submit, list, detail and attempts of jobs."""
 
-from collections.abc import Mapping
 from decimal import Decimal
 
 import django_filters
@@ -11,6 +10,7 @@ from rest_framework.response import Response
 
 from accounts.selectors import team_list_submittable
 from resources.models import DEFAULT_QUEUE_NAME
+from scheduler_site.serializers import StrictSerializer
 
 from .models import JobExecution, JobKind, JobStatus
 from .selectors import execution_list_for_job, job_list_visible
@@ -20,17 +20,6 @@ MAX_ARGV = 256
 MAX_ARG_LENGTH = 8192
 MAX_ENV = 128
 MAX_SELECTOR = 32
-
-
-class StrictSerializer(serializers.Serializer):
-    """Refuses fields it does not know, so a typo ("cpus") is an error, not a default."""
-
-    def to_internal_value(self, data):
-        if isinstance(data, Mapping):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
-        return super().to_internal_value(data)
 
 
 class ResourcesSerializer(StrictSerializer):

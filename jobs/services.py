@@ -210,6 +210,22 @@ def retry_delay_seconds(*, backoff_seconds: int, attempt: int) -> float:
     return base * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not security
 
 
+def _job_after_attempt(job: Job, *, succeeded: bool, now) -> None:
+    """Move a locked job on once its current attempt has ended: to `succeeded`, back to
+    `pending` for a retry, or to `failed` when out of retries."""
+    if job.status not in (JobStatus.RESERVED, JobStatus.RUNNING):
+        return
+    if succeeded:
+        job.status, job.finished_at = JobStatus.SUCCEEDED, now
+    elif job.attempts <= job.max_retries:
+        delay = retry_delay_seconds(backoff_seconds=job.retry_backoff_seconds, attempt=job.attempts)
+        job.status, job.pending_reason = JobStatus.PENDING, PendingReason.WAITING_RETRY
+        job.not_before = now + timedelta(seconds=delay)
+    else:
+        job.status, job.finished_at = JobStatus.FAILED, now
+    job.save(update_fields=["status", "pending_reason", "not_before", "finished_at"])
+
+
 def execution_finish(
     *, token: str, exit_code: int | None, error: str = "", log_path: str = "", log_tail: str = ""
 ) -> JobExecution | None:
@@ -236,18 +252,7 @@ def execution_finish(
             return None
         execution = JobExecution.objects.get(token=token)
         allocation_release(execution_id=execution.id)
-        if job.status in (JobStatus.RESERVED, JobStatus.RUNNING):
-            if succeeded:
-                job.status, job.finished_at = JobStatus.SUCCEEDED, now
-            elif job.attempts <= job.max_retries:
-                delay = retry_delay_seconds(
-                    backoff_seconds=job.retry_backoff_seconds, attempt=job.attempts
-                )
-                job.status, job.pending_reason = JobStatus.PENDING, PendingReason.WAITING_RETRY
-                job.not_before = now + timedelta(seconds=delay)
-            else:
-                job.status, job.finished_at = JobStatus.FAILED, now
-            job.save(update_fields=["status", "pending_reason", "not_before", "finished_at"])
+        _job_after_attempt(job, succeeded=succeeded, now=now)
         scheduler_wake()
     logger.info(
         "execution finished job=%s attempt=%s node=%s token=%s status=%s exit_code=%s"
@@ -258,6 +263,45 @@ def execution_finish(
         token,
         status,
         exit_code,
+        job.status,
+    )
+    return execution
+
+
+def execution_release_stuck(*, execution_id: int, released_by: str) -> JobExecution | None:
+    """An operator releases the allocation of an execution that is stuck (its node agent
+    died, or its message was lost for good): the allocation is released, exactly once;
+    the execution, if not over, ends `failed` with an error saying so; and the job moves
+    on as after any failed attempt (a retry if it has retries left).
+
+    Returns None, and changes nothing, when the allocation was already released. A
+    process still running on the node is not stopped; its outcome is ignored when it
+    reports.
+    """
+    now = timezone.now()
+    error = f"allocation released by {released_by}: the execution was stuck"
+    with transaction.atomic():
+        job_id = JobExecution.objects.filter(pk=execution_id).values_list("job_id", flat=True)
+        job = Job.objects.select_for_update().filter(pk__in=job_id).first()
+        if job is None:
+            return None
+        ended = JobExecution.objects.filter(
+            pk=execution_id, status__in=(ExecutionStatus.RESERVED, ExecutionStatus.RUNNING)
+        ).update(status=ExecutionStatus.FAILED, error=error, finished_at=now)
+        released = allocation_release(execution_id=execution_id)
+        if not (ended or released):
+            return None
+        if ended and job.last_execution_id == execution_id:
+            _job_after_attempt(job, succeeded=False, now=now)
+        scheduler_wake()
+        execution = JobExecution.objects.get(pk=execution_id)
+    logger.warning(
+        "allocation released by an operator job=%s attempt=%s node=%s token=%s by=%s job_status=%s",
+        job.id,
+        execution.attempt,
+        execution.node_id,
+        execution.token,
+        released_by,
         job.status,
     )
     return execution

@@ -94,6 +94,10 @@ class Allocation(models.Model):
             ),
         ]
         indexes = [
+            # Used by GET /api/allocations/, newest first, and its status filter.
+            models.Index(fields=["status", "-created_at"], name="allocation_status_created"),
+            # Used by GET /api/allocations/?node=...
+            models.Index(fields=["node", "-created_at"], name="allocation_node_created"),
             # Used by the usage figures and the consistency checks: live allocations per node.
             models.Index(
                 fields=["node", "status"],

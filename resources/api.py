@@ -1,0 +1,199 @@
+"""`/api/queues/`, `/api/allocations/` and `/api/resources/usage/`."""
+
+from decimal import Decimal
+
+import django_filters
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.permissions import IsAdminUser, IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.models import Team
+from jobs.services import execution_release_stuck
+from scheduler_site.serializers import StrictSerializer
+
+from .models import AllocationStatus, PlacementStrategy
+from .selectors import allocation_list_visible, queue_list_visible, usage_summary
+from .services import queue_create, queue_delete, queue_update
+
+
+def _cpu(millis: int | None) -> float | None:
+    return None if millis is None else millis / 1000
+
+
+# --- Queues ----------------------------------------------------------------------------
+
+
+class QuotaSerializer(StrictSerializer):
+    """The most a queue's jobs may hold at once; null (or left out) is no limit."""
+
+    cpu = serializers.DecimalField(
+        max_digits=9, decimal_places=3, min_value=Decimal(0), allow_null=True, default=None
+    )
+    memory_mb = serializers.IntegerField(
+        min_value=0, max_value=2**31 - 1, allow_null=True, default=None
+    )
+    gpu = serializers.IntegerField(min_value=0, max_value=2**31 - 1, allow_null=True, default=None)
+
+
+class QueueInputSerializer(StrictSerializer):
+    name = serializers.SlugField(max_length=63)
+    all_teams = serializers.BooleanField(default=False)
+    teams = serializers.ListField(child=serializers.SlugField(), max_length=1000, default=list)
+    weight = serializers.IntegerField(min_value=1, max_value=1000, default=1)
+    priority = serializers.IntegerField(min_value=-1000, max_value=1000, default=0)
+    strategy = serializers.ChoiceField(
+        choices=PlacementStrategy.choices, default=PlacementStrategy.BINPACK
+    )
+    quota = QuotaSerializer(required=False)
+
+    def validate_teams(self, slugs):
+        teams = list(Team.objects.filter(slug__in=slugs))
+        missing = sorted(set(slugs) - {team.slug for team in teams})
+        if missing:
+            raise serializers.ValidationError(f"No team with the slug {', '.join(missing)}.")
+        return teams
+
+    def validate(self, attrs):
+        # A quota given replaces the whole quota: a resource left out has no limit.
+        quota = attrs.pop("quota", None)
+        if quota is not None:
+            cpu = quota.get("cpu")
+            attrs["quota_cpu_millis"] = None if cpu is None else int(cpu * 1000)
+            attrs["quota_memory_mb"] = quota.get("memory_mb")
+            attrs["quota_gpu"] = quota.get("gpu")
+        return attrs
+
+
+class QueueSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    all_teams = serializers.BooleanField()
+    teams = serializers.SerializerMethodField()
+    weight = serializers.IntegerField()
+    priority = serializers.IntegerField()
+    strategy = serializers.CharField()
+    quota = serializers.SerializerMethodField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+    def get_teams(self, queue) -> list[str]:
+        """Staff see every team listed; members only their own teams among them."""
+        user = self.context["request"].user
+        mine = self.context["my_team_ids"]
+        return sorted(t.slug for t in queue.teams.all() if user.is_staff or t.id in mine)
+
+    def get_quota(self, queue) -> dict:
+        return {
+            "cpu": _cpu(queue.quota_cpu_millis),
+            "memory_mb": queue.quota_memory_mb,
+            "gpu": queue.quota_gpu,
+        }
+
+
+class QueueViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Everyone lists the queues their teams may submit into; staff create, change and
+    delete them."""
+
+    serializer_class = QueueSerializer
+    lookup_field = "name"
+
+    def get_queryset(self):
+        return queue_list_visible(user=self.request.user).prefetch_related("teams")
+
+    def get_permissions(self):
+        if self.action in ("list", "retrieve"):
+            return [IsAuthenticated()]
+        return [IsAdminUser()]
+
+    def get_serializer_context(self):
+        user = self.request.user
+        mine = set() if user.is_staff else set(user.memberships.values_list("team_id", flat=True))
+        return {**super().get_serializer_context(), "my_team_ids": mine}
+
+    def _render(self, queue, code=status.HTTP_200_OK) -> Response:
+        queue = self.get_queryset().get(pk=queue.pk)
+        return Response(self.get_serializer(queue).data, status=code)
+
+    def create(self, request):
+        data = QueueInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        return self._render(queue_create(**data.validated_data), status.HTTP_201_CREATED)
+
+    def update(self, request, name=None, partial=False):
+        queue = self.get_object()
+        data = QueueInputSerializer(data=request.data, partial=partial)
+        data.is_valid(raise_exception=True)
+        return self._render(queue_update(queue=queue, **data.validated_data))
+
+    def partial_update(self, request, name=None):
+        return self.update(request, name=name, partial=True)
+
+    def destroy(self, request, name=None):
+        queue_delete(queue=self.get_object())
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- Allocations -----------------------------------------------------------------------
+
+
+class AllocationSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    job = serializers.IntegerField(source="execution.job_id")
+    attempt = serializers.IntegerField(source="execution.attempt")
+    token = serializers.CharField(source="execution.token")
+    execution_status = serializers.CharField(source="execution.status")
+    node = serializers.CharField(source="node.name")
+    team = serializers.CharField(source="execution.job.team.slug")
+    queue = serializers.CharField(source="execution.job.queue.name")
+    resources = serializers.SerializerMethodField()
+    status = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    activated_at = serializers.DateTimeField()
+    released_at = serializers.DateTimeField()
+
+    def get_resources(self, allocation) -> dict:
+        return {
+            "cpu": _cpu(allocation.cpu_millis),
+            "memory_mb": allocation.memory_mb,
+            "gpu": allocation.gpu,
+        }
+
+
+class AllocationFilter(django_filters.FilterSet):
+    node = django_filters.CharFilter(field_name="node__name")
+    status = django_filters.ChoiceFilter(choices=AllocationStatus.choices)
+    team = django_filters.CharFilter(field_name="execution__job__team__slug")
+    queue = django_filters.CharFilter(field_name="execution__job__queue__name")
+    job = django_filters.NumberFilter(field_name="execution__job_id")
+
+
+class AllocationViewSet(viewsets.ReadOnlyModelViewSet):
+    serializer_class = AllocationSerializer
+    filterset_class = AllocationFilter
+
+    def get_queryset(self):
+        return allocation_list_visible(user=self.request.user)
+
+    @action(detail=True, methods=["post"], permission_classes=[IsAdminUser])
+    def release(self, request, pk=None):
+        """Release a stuck allocation; its execution ends failed, saying who released it."""
+        allocation = self.get_object()
+        released = execution_release_stuck(
+            execution_id=allocation.execution_id, released_by=request.user.username
+        )
+        if released is None:
+            raise serializers.ValidationError(
+                {"non_field_errors": [f"Allocation {allocation.pk} is already released."]}
+            )
+        return Response(self.get_serializer(self.get_queryset().get(pk=allocation.pk)).data)
+
+
+# --- Usage -----------------------------------------------------------------------------
+
+
+class UsageView(APIView):
+    """Capacity, allocated and free: the cluster, each node, and your teams and queues."""
+
+    def get(self, request):
+        return Response(usage_summary(user=request.user))
