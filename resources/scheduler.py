@@ -14,6 +14,8 @@ import psycopg
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, close_old_connections
 
+from jobs.services import execution_republish_stale
+
 from .cycle import run_cycle
 from .services import SCHEDULER_CHANNEL
 
@@ -65,7 +67,10 @@ class Scheduler:
             # LISTEN before the first cycle, so nothing committed after it is missed.
             self.conn.execute(f"LISTEN {SCHEDULER_CHANNEL}")
             self.is_leader = True
-            logger.info("scheduler is the leader")
+            # The previous leader may have died between a cycle's commit and its publish;
+            # a node claims each token once, so a second message for one is harmless.
+            republished = execution_republish_stale(older_than_seconds=0)
+            logger.info("scheduler is the leader; re-published %s reserved executions", republished)
         return acquired
 
     def wait_for_wakeup(self, timeout: float) -> None:

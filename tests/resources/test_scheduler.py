@@ -1,0 +1,39 @@
+"""The scheduler process's leadership, run in this process against the real database."""
+
+import pytest
+
+from jobs.models import Job
+from nodes.models import Node
+from resources.cycle import place_pending_jobs
+from resources.models import DEFAULT_QUEUE_NAME, Queue
+from resources.scheduler import Scheduler
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_only_one_scheduler_leads_at_a_time_and_the_next_takes_over(db):
+    first = Scheduler(tick_seconds=1, batch_size=10)
+    second = Scheduler(tick_seconds=1, batch_size=10)
+    try:
+        assert first.try_to_lead()
+        assert not second.try_to_lead()
+        first.lose_leadership()
+        assert second.try_to_lead()
+    finally:
+        first.lose_leadership()
+        second.lose_leadership()
+
+
+def test_a_new_leader_republishes_what_its_predecessor_committed_but_never_sent(team, broker):
+    Node.objects.create(name="n1", cpu_millis=4000, memory_mb=4096)
+    queue = Queue.objects.get(name=DEFAULT_QUEUE_NAME)
+    Job.objects.create(team=team, queue=queue, name="j", command=["true"])
+    # A leader that committed its cycle and died before publishing.
+    assert place_pending_jobs(batch_size=10).placed == 1
+    assert broker.llen("node.n1") == 0
+    scheduler = Scheduler(tick_seconds=1, batch_size=10)
+    try:
+        assert scheduler.try_to_lead()
+    finally:
+        scheduler.lose_leadership()
+    assert broker.llen("node.n1") == 1
