@@ -1,8 +1,9 @@
 """Checks of the resource accounting, sampled from SQL while real processes run.
 
 AccountingSampler polls, on a connection of its own, every node's counters and the live
-allocations behind them, and records any moment where a node held more than its
-capacity or its counters disagreed with its allocations.
+allocations behind them, and what each queue's jobs hold, and records any moment where a
+node held more than its capacity, its counters disagreed with its allocations, or a
+queue held more than its quota.
 """
 
 import threading
@@ -26,6 +27,19 @@ GROUP BY n.id
 """
 
 
+# Each queue's quota and what its jobs hold now.
+QUEUE_ACCOUNTING_SQL = """
+SELECT q.name, q.quota_cpu_millis, q.quota_memory_mb, q.quota_gpu,
+       COALESCE(SUM(a.cpu_millis), 0), COALESCE(SUM(a.memory_mb), 0), COALESCE(SUM(a.gpu), 0)
+FROM resources_queue q
+LEFT JOIN jobs_job j ON j.queue_id = q.id
+LEFT JOIN jobs_jobexecution e ON e.job_id = j.id
+LEFT JOIN resources_allocation a
+       ON a.execution_id = e.id AND a.status IN ('reserved', 'active')
+GROUP BY q.id
+"""
+
+
 class AccountingSampler(threading.Thread):
     """Polls the accounting every few milliseconds while the test runs, recording breaches."""
 
@@ -35,14 +49,24 @@ class AccountingSampler(threading.Thread):
         self.samples = 0
         self.violations: list[str] = []
         self.max_running: dict[str, int] = {}
+        self.max_queue_cpu: dict[str, int] = {}
 
     def run(self):
         with raw_connection() as conn:
             while not self.stopped.is_set():
                 for row in conn.execute(NODE_ACCOUNTING_SQL).fetchall():
                     self.check(row)
+                for row in conn.execute(QUEUE_ACCOUNTING_SQL).fetchall():
+                    self.check_queue(row)
                 self.samples += 1
                 time.sleep(0.01)
+
+    def check_queue(self, row):
+        name, quotas, held = row[0], row[1:4], row[4:7]
+        self.max_queue_cpu[name] = max(self.max_queue_cpu.get(name, 0), held[0])
+        for resource, quota, used in zip(("cpu", "memory", "gpu"), quotas, held, strict=True):
+            if quota is not None and used > quota:
+                self.violations.append(f"queue {name} {resource}: holds {used} > quota {quota}")
 
     def check(self, row):
         name, *capacity = row[:4]

@@ -117,14 +117,19 @@ class Cluster:
         return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
 
     def _start(self, name: str, *args: str) -> Process:
-        process = Process(
-            name,
-            [sys.executable, str(BASE_DIR / "manage.py"), *args],
-            self.env,
-            self.tmp_path / f"{name}.log",
-        )
+        return self._start_python(name, str(BASE_DIR / "manage.py"), *args)
+
+    def _start_python(self, name: str, *args: str) -> Process:
+        process = Process(name, [sys.executable, *args], self.env, self.tmp_path / f"{name}.log")
         self.processes.append(process.start())
         return process
+
+    def start_submitter(self, name: str, *, team: str, queues: list[str], count: int, **options):
+        """A process submitting `count` jobs through the submission service (tests.submitter)."""
+        args = [f"--name={name}", f"--team={team}", f"--count={count}"]
+        args += [f"--queue={queue}" for queue in queues]
+        args += [f"--{key.replace('_', '-')}={value}" for key, value in options.items()]
+        return self._start_python(name, "-m", "tests.submitter", *args)
 
     def start_scheduler(self, name: str = "scheduler", wait_leader: bool = True) -> Process:
         process = self._start(name, "run_scheduler")

@@ -1,0 +1,82 @@
+"""Submitters, two schedulers and small nodes all at once, and the leader killed mid-run.
+
+Everything is a real process: three submitter processes, two `run_scheduler` processes
+(one leads, one stands by) and three node agents with little room, while a sampler polls
+the accounting in SQL. The leader gets SIGKILL while work is still arriving.
+"""
+
+import pytest
+from django.db.models import Count
+
+from jobs.models import Job, JobStatus
+from nodes.models import Node
+from resources.models import Allocation, AllocationStatus, Queue
+from tests.accounting import AccountingSampler
+from tests.processes import wait_until
+
+pytestmark = pytest.mark.e2e
+
+SUBMITTERS = 3
+JOBS_EACH = 30
+
+
+def test_racing_submitters_schedulers_and_nodes_never_oversubscribe_or_lose_a_job(cluster, team):
+    Queue.objects.create(name="race-a", all_teams=True, weight=2, quota_cpu_millis=2000)
+    Queue.objects.create(name="race-b", all_teams=True)
+    cluster.start_node("node-a", cpu=2, memory_mb=1024)
+    cluster.start_node("node-b", cpu=1.5, memory_mb=512)
+    cluster.start_node("node-c", cpu=1, memory_mb=1024)
+    first = cluster.start_scheduler("scheduler-1")
+    second = cluster.start_scheduler("scheduler-2", wait_leader=False)
+    total = SUBMITTERS * JOBS_EACH
+    sampler = AccountingSampler()
+    sampler.start()
+    try:
+        submitters = [
+            cluster.start_submitter(
+                f"submitter-{i}",
+                team=team.slug,
+                queues=["race-a", "race-b", "default"],
+                count=JOBS_EACH,
+                seed=i,
+                max_pause=0.15,
+            )
+            for i in range(SUBMITTERS)
+        ]
+        # Kill the leader once it has placed a good share of the work, while more arrives.
+        wait_until(
+            lambda: Job.objects.exclude(status=JobStatus.PENDING).count() >= total // 3,
+            60,
+            message="placements under way",
+        )
+        leader = cluster.leader()
+        assert not any(s.popen.poll() is not None for s in submitters), "submitters ended early"
+        leader.kill()
+        standby = second if leader is first else first
+        wait_until(
+            lambda: cluster.leader_pid() == standby.popen.pid, 15, message="the standby to lead"
+        )
+        for submitter in submitters:
+            assert submitter.popen.wait(timeout=120) == 0, submitter.log()
+        wait_until(
+            lambda: Job.objects.filter(status=JobStatus.SUCCEEDED).count() == total,
+            180,
+            interval=0.5,
+            message=f"{total} jobs to succeed",
+        )
+    finally:
+        sampler.stop()
+
+    assert sampler.samples > 100
+    assert sampler.violations == []
+    assert Job.objects.count() == total
+    # Nothing lost, nothing placed twice: one execution, one allocation per job.
+    assert set(Job.objects.annotate(n=Count("executions")).values_list("n", flat=True)) == {1}
+    assert Allocation.objects.count() == total
+    assert not Allocation.objects.exclude(status=AllocationStatus.RELEASED).exists()
+    assert set(
+        Node.objects.values_list("allocated_cpu_millis", "allocated_memory_mb", "allocated_gpu")
+    ) == {(0, 0, 0)}
+    # The quota was reached, so it was what held race-a back (never beyond: see violations).
+    assert sampler.max_queue_cpu["race-a"] == 2000
+    assert "scheduler is the leader" in standby.log()
