@@ -244,7 +244,7 @@ class JobRetry(models.Model):
         ordering = ["job", "attempt"]
         constraints = [
             models.UniqueConstraint(fields=["job", "attempt"], name="retry_job_attempt_unique"),
-            models.CheckConstraint(condition=Q(attempt__gte=2), name="retry_attempt_after_first"),
+            models.CheckConstraint(condition=Q(attempt__gte=1), name="retry_attempt_positive"),
         ]
 
     def __str__(self):

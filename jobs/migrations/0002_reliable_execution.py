@@ -90,6 +90,6 @@ class Migration(migrations.Migration):
         ),
         migrations.AddConstraint(
             model_name='jobretry',
-            constraint=models.CheckConstraint(condition=models.Q(('attempt__gte', 2)), name='retry_attempt_after_first'),
+            constraint=models.CheckConstraint(condition=models.Q(('attempt__gte', 1)), name='retry_attempt_positive'),
         ),
     ]
