@@ -235,7 +235,6 @@ def execution_finish(
             logger.warning("execution not running, outcome ignored token=%s", token)
             return None
         execution = JobExecution.objects.get(token=token)
-        allocation_release(execution_id=execution.id)
         if job.status in (JobStatus.RESERVED, JobStatus.RUNNING):
             if status == ExecutionStatus.SUCCEEDED:
                 _end_job(job, JobStatus.SUCCEEDED, now)
@@ -250,6 +249,8 @@ def execution_finish(
                 _end_job(job, JobStatus.FAILED, now)
             job.save(update_fields=JOB_LIFECYCLE_FIELDS)
         scheduler_wake()
+        # Last, so the node row (every finish and every cycle needs it) is held briefly.
+        allocation_release(execution_id=execution.id)
     logger.info(
         "execution finished job=%s attempt=%s node=%s token=%s status=%s exit_code=%s"
         " error=%r job_status=%s",

@@ -1,9 +1,10 @@
 """The scheduling cycle: place pending jobs on ready nodes, in one transaction.
 
-Snapshot (lock the pending jobs this cycle takes, then the ready nodes), place in memory
-with `resources.placement`, write executions, allocations, job statuses and node
-counters in a fixed number of statements, commit once, then publish one message per
-placement. The number of queries does not grow with the number of jobs or nodes.
+Snapshot (lock the ready nodes, then stream the pending jobs in priority order until
+the cluster is full), place in memory with `resources.placement`, write executions,
+allocations, job statuses and node counters in a fixed number of statements, commit
+once, then publish one message per placement. The number of queries does not grow with
+the number of jobs or nodes, and a cycle that finds no room does not read the backlog.
 """
 
 import logging
@@ -50,22 +51,27 @@ def run_cycle(*, batch_size: int) -> CycleResult:
     return result
 
 
+# Pending jobs are read from the database this many at a time.
+FETCH_CHUNK = 256
+
+
+def _stream(candidates, limit: int):
+    """Pending jobs as tuples, highest priority then oldest first, read a chunk at a time."""
+    return (
+        candidates.order_by("-priority", "created_at", "id")
+        .values_list(
+            "id", "cpu_millis", "memory_mb", "gpu", "node_selector", "attempts", "pending_reason"
+        )[:limit]
+        .iterator(chunk_size=FETCH_CHUNK)
+    )
+
+
 @transaction.atomic
 def place_pending_jobs(*, batch_size: int) -> CycleResult:
     now = timezone.now()
-    # Jobs first, then nodes: every service that touches both locks them in this order.
-    jobs = list(
-        Job.objects.select_for_update(skip_locked=True)
-        .filter(status=JobStatus.PENDING)
-        .filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
-        .order_by("-priority", "created_at", "id")
-        .only(
-            "id", "cpu_millis", "memory_mb", "gpu", "node_selector", "attempts", "pending_reason"
-        )[:batch_size]
-    )
-    result = CycleResult(considered=len(jobs))
-    if not jobs:
-        return result
+    # Nodes first, then jobs. Jobs are taken with SKIP LOCKED, so the cycle never waits
+    # for a job lock while it holds the nodes, and a cancel holding a job never waits
+    # for a cycle that waits for it.
     nodes = list(Node.objects.select_for_update().filter(status=NodeStatus.READY).order_by("id"))
     slots = [
         NodeSlot(
@@ -81,27 +87,44 @@ def place_pending_jobs(*, batch_size: int) -> CycleResult:
         )
         for n in nodes
     ]
-
+    with_room = sum(slot.free_cpu_millis > 0 for slot in slots)
+    candidates = (
+        Job.objects.select_for_update(skip_locked=True)
+        .filter(status=JobStatus.PENDING)
+        .filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
+    )
+    if not with_room:
+        # Every job needs some CPU and no node has any: only tell new arrivals why they wait.
+        candidates = candidates.filter(pending_reason=PendingReason.NONE)
+    rows = _stream(candidates, batch_size)
+    result = CycleResult()
     executions: list[JobExecution] = []
     allocations: list[Allocation] = []
     waiting: dict[str, list[int]] = defaultdict(list)
     touched: dict[int, NodeSlot] = {}
-    for job in jobs:
-        request = Request(job.cpu_millis, job.memory_mb, job.gpu, job.node_selector or {})
+
+    def wait(job_id: int, reason: str, why: Unplaced) -> None:
+        if reason != why.value:
+            waiting[why.value].append(job_id)
+        result.waiting[why.value] = result.waiting.get(why.value, 0) + 1
+
+    filled_up = False
+    for job_id, cpu_millis, memory_mb, gpu, selector, attempts, reason in rows:
+        result.considered += 1
+        request = Request(cpu_millis, memory_mb, gpu, selector or {})
         choice = choose_node(slots, request)
         if isinstance(choice, Unplaced):
-            if job.pending_reason != choice.value:
-                waiting[choice.value].append(job.id)
-            result.waiting[choice.value] = result.waiting.get(choice.value, 0) + 1
+            wait(job_id, reason, choice)
             continue
+        had_room = choice.free_cpu_millis > 0
         choice.take(request)
+        with_room -= had_room and choice.free_cpu_millis <= 0
         touched[choice.id] = choice
-        attempt = job.attempts + 1
-        token = execution_token(job.id, attempt)
+        token = execution_token(job_id, attempts + 1)
         executions.append(
             JobExecution(
-                job_id=job.id,
-                attempt=attempt,
+                job_id=job_id,
+                attempt=attempts + 1,
                 node_id=choice.id,
                 token=token,
                 status=ExecutionStatus.RESERVED,
@@ -111,13 +134,17 @@ def place_pending_jobs(*, batch_size: int) -> CycleResult:
         allocations.append(
             Allocation(
                 node_id=choice.id,
-                cpu_millis=job.cpu_millis,
-                memory_mb=job.memory_mb,
-                gpu=job.gpu,
+                cpu_millis=cpu_millis,
+                memory_mb=memory_mb,
+                gpu=gpu,
                 status=AllocationStatus.RESERVED,
             )
         )
         result.tokens.append(token)
+        if not with_room:
+            filled_up = True  # the rest of the backlog keeps its reasons
+            break
+    rows.close()
 
     if executions:
         JobExecution.objects.bulk_create(executions)
@@ -145,6 +172,15 @@ def place_pending_jobs(*, batch_size: int) -> CycleResult:
         Node.objects.bulk_update(
             changed, ["allocated_cpu_millis", "allocated_memory_mb", "allocated_gpu"]
         )
+    if filled_up:
+        # Jobs that arrived since the last cycle learn why they wait (the ones placed
+        # above are no longer pending by now).
+        arrivals = candidates.filter(pending_reason=PendingReason.NONE)
+        for job_id, cpu_millis, memory_mb, gpu, selector, _, reason in _stream(
+            arrivals, batch_size
+        ):
+            request = Request(cpu_millis, memory_mb, gpu, selector or {})
+            wait(job_id, reason, choose_node(slots, request))
     for reason, job_ids in waiting.items():
         Job.objects.filter(id__in=job_ids).update(pending_reason=reason)
     if result.placed or result.waiting:

@@ -117,7 +117,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_WORKER_SEND_TASK_EVENTS = True
-CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_TASK_SEND_SENT_EVENT = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
@@ -137,6 +137,8 @@ CELERY_BEAT_SCHEDULE = {
 # --- Scheduler and node agents -------------------------------------------------------
 # How often the scheduler runs a cycle when nothing wakes it.
 SCHEDULER_TICK_SECONDS = env.float("SCHEDULER_TICK_SECONDS", default=5.0)
+# After a wake-up, how long the scheduler gathers further wake-ups into the same cycle.
+SCHEDULER_COALESCE_SECONDS = env.float("SCHEDULER_COALESCE_SECONDS", default=0.003)
 # How many pending jobs one cycle considers.
 SCHEDULER_BATCH_SIZE = env.int("SCHEDULER_BATCH_SIZE", default=10_000)
 # How often a node agent writes its heartbeat.
