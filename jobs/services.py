@@ -17,7 +17,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import Team, User
-from nodes.models import Node, NodeStatus
+from nodes.models import Node, NodeStatus, node_queue_name
 from nodes.selectors import node_capacity_holds, node_capacity_maxima
 from resources.services import allocation_activate, allocation_release, scheduler_wake
 from scheduler_site.celery import app as celery_app
@@ -116,14 +116,16 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
     return Submission(job=job, created=True)
 
 
-def execution_publish(*, token: str) -> None:
-    """Send the execution's message; the router picks its node's queue.
+def execution_publish(*, token: str, node_name: str | None = None) -> None:
+    """Send the execution's message to its node's queue. The scheduler, which has just
+    placed it, names the node; otherwise the router looks it up from the allocation.
 
     A message that cannot be sent is not an error here: the execution stays `reserved`
     in PostgreSQL, which is what reconciliation reads.
     """
+    queue = node_queue_name(node_name) if node_name else None
     try:
-        celery_app.send_task(EXECUTION_TASK, kwargs={"token": token})
+        celery_app.send_task(EXECUTION_TASK, kwargs={"token": token}, queue=queue)
     except Exception:
         logger.exception("could not publish execution token=%s", token)
 

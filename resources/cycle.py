@@ -8,6 +8,7 @@ the number of jobs or nodes, and a cycle that finds no room does not read the ba
 """
 
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -32,22 +33,43 @@ from .placement import NodeSlot, Request, Unplaced, choose_node
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Dispatch:
+    token: str
+    node_name: str
+
+
 @dataclass
 class CycleResult:
     considered: int = 0
-    tokens: list[str] = field(default_factory=list)
+    dispatches: list[Dispatch] = field(default_factory=list)
     waiting: dict[str, int] = field(default_factory=dict)
 
     @property
     def placed(self) -> int:
-        return len(self.tokens)
+        return len(self.dispatches)
+
+    @property
+    def tokens(self) -> list[str]:
+        return [d.token for d in self.dispatches]
 
 
 def run_cycle(*, batch_size: int) -> CycleResult:
     """One full cycle: place and commit, then publish the placed executions."""
+    started = time.perf_counter()
     result = place_pending_jobs(batch_size=batch_size)
-    for token in result.tokens:
-        execution_publish(token=token)
+    placed = time.perf_counter()
+    for dispatch in result.dispatches:
+        execution_publish(token=dispatch.token, node_name=dispatch.node_name)
+    if result.placed or result.waiting:
+        logger.info(
+            "cycle considered=%s placed=%s waiting=%s place_ms=%.1f publish_ms=%.1f",
+            result.considered,
+            result.placed,
+            result.waiting,
+            (placed - started) * 1000,
+            (time.perf_counter() - placed) * 1000,
+        )
     return result
 
 
@@ -140,7 +162,7 @@ def place_pending_jobs(*, batch_size: int) -> CycleResult:
                 status=AllocationStatus.RESERVED,
             )
         )
-        result.tokens.append(token)
+        result.dispatches.append(Dispatch(token, choice.name))
         if not with_room:
             filled_up = True  # the rest of the backlog keeps its reasons
             break
@@ -183,11 +205,4 @@ def place_pending_jobs(*, batch_size: int) -> CycleResult:
             wait(job_id, reason, choose_node(slots, request))
     for reason, job_ids in waiting.items():
         Job.objects.filter(id__in=job_ids).update(pending_reason=reason)
-    if result.placed or result.waiting:
-        logger.info(
-            "cycle considered=%s placed=%s waiting=%s",
-            result.considered,
-            result.placed,
-            result.waiting,
-        )
     return result
