@@ -17,7 +17,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import Team, User
-from nodes.models import Node, NodeStatus, node_queue_name
+from nodes.models import NodeStatus, node_queue_name
 from nodes.selectors import node_capacity_holds, node_capacity_maxima
 from resources.services import allocation_activate, allocation_release, scheduler_wake
 from scheduler_site.celery import app as celery_app
@@ -130,14 +130,13 @@ def execution_publish(*, token: str, node_name: str | None = None) -> None:
         logger.exception("could not publish execution token=%s", token)
 
 
-def execution_claim(*, token: str, node_name: str) -> JobExecution | None:
+def execution_claim(*, token: str, node_id: int) -> JobExecution | None:
     """Claim a reserved execution for the node about to run it.
 
     Returns None, and changes nothing, if the token is unknown, not meant for this node,
     or already claimed or finished: that message was a duplicate or stale.
     """
     now = timezone.now()
-    node_id = Node.objects.filter(name=node_name).values_list("id", flat=True).first()
     with transaction.atomic():
         # Only columns of the claimed row in the WHERE: a join here would become a
         # subquery that PostgreSQL does not re-check after waiting for a racing claim.
@@ -157,7 +156,7 @@ def execution_claim(*, token: str, node_name: str) -> JobExecution | None:
         "execution claimed job=%s attempt=%s node=%s token=%s",
         execution.job_id,
         execution.attempt,
-        node_name,
+        execution.node.name,
         token,
     )
     return execution
@@ -208,15 +207,17 @@ def execution_finish(
     log_path: str = "",
     log_tail: str = "",
     cancelled: bool = False,
-) -> JobExecution | None:
+) -> bool:
     """Record how a running execution ended, release its allocation, and move the job on:
     to `succeeded`, `cancelled`, back to `pending` for a retry, or to `failed` (the
-    dead-letter view) when out of retries."""
+    dead-letter view) when out of retries. False when it was not running (a late or
+    duplicate report), which changes nothing."""
     now = timezone.now()
     with transaction.atomic():
-        job_id = JobExecution.objects.filter(token=token).values_list("job_id", flat=True).first()
-        if job_id is None:
-            return None
+        found = JobExecution.objects.filter(token=token).values_list("id", "job_id").first()
+        if found is None:
+            return False
+        execution_id, job_id = found
         job = Job.objects.select_for_update().get(pk=job_id)
         cancelled = cancelled or job.cancel_requested_at is not None
         if cancelled:
@@ -225,7 +226,9 @@ def execution_finish(
             status = ExecutionStatus.SUCCEEDED
         else:
             status = ExecutionStatus.FAILED
-        finished = JobExecution.objects.filter(token=token, status=ExecutionStatus.RUNNING).update(
+        finished = JobExecution.objects.filter(
+            pk=execution_id, status=ExecutionStatus.RUNNING
+        ).update(
             status=status,
             exit_code=exit_code,
             error="cancelled" if cancelled else error,
@@ -235,8 +238,7 @@ def execution_finish(
         )
         if not finished:
             logger.warning("execution not running, outcome ignored token=%s", token)
-            return None
-        execution = JobExecution.objects.get(token=token)
+            return False
         if job.status in (JobStatus.RESERVED, JobStatus.RUNNING):
             if status == ExecutionStatus.SUCCEEDED:
                 _end_job(job, JobStatus.SUCCEEDED, now)
@@ -252,20 +254,17 @@ def execution_finish(
             job.save(update_fields=JOB_LIFECYCLE_FIELDS)
         scheduler_wake()
         # Last, so the node row (every finish and every cycle needs it) is held briefly.
-        allocation_release(execution_id=execution.id)
+        allocation_release(execution_id=execution_id)
     logger.info(
-        "execution finished job=%s attempt=%s node=%s token=%s status=%s exit_code=%s"
-        " error=%r job_status=%s",
+        "execution finished job=%s token=%s status=%s exit_code=%s error=%r job_status=%s",
         job.id,
-        execution.attempt,
-        execution.node_id,
         token,
         status,
         exit_code,
         error,
         job.status,
     )
-    return execution
+    return True
 
 
 class JobStateError(ValidationError):

@@ -5,7 +5,7 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
-from nodes.agent import current_node_name
+from nodes.agent import current_node
 
 from .runner import run_job, running
 from .services import (
@@ -21,17 +21,18 @@ logger = logging.getLogger(__name__)
 
 @shared_task(name=EXECUTION_TASK, ignore_result=True)
 def run_execution(token: str) -> None:
-    node_name = current_node_name()
-    if node_name is None:
+    node = current_node()
+    if node is None:
         logger.warning("execution message reached a process that is no node agent token=%s", token)
         return
+    node_id, node_name = node
     # Tracked before the claim, so no heartbeat can miss a claimed execution.
     tracked = running.track(token)
     if tracked is None:
         logger.info("dropped duplicate execution message token=%s node=%s", token, node_name)
         return
     try:
-        execution = execution_claim(token=token, node_name=node_name)
+        execution = execution_claim(token=token, node_id=node_id)
         if execution is None:
             logger.info(
                 "dropped duplicate or stale execution message token=%s node=%s", token, node_name

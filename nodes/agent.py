@@ -22,17 +22,18 @@ from .services import node_heartbeat
 
 logger = logging.getLogger(__name__)
 
-_node_name: str | None = None
+_node: tuple[int, str] | None = None
 
 
-def become_node(name: str) -> None:
-    """Mark this process as the agent of node `name`; execution tasks run only where set."""
-    global _node_name
-    _node_name = name
+def become_node(node_id: int, name: str) -> None:
+    """Mark this process as the agent of a node; execution tasks run only where set."""
+    global _node
+    _node = (node_id, name)
 
 
-def current_node_name() -> str | None:
-    return _node_name
+def current_node() -> tuple[int, str] | None:
+    """(id, name) of the node this process is the agent of, if it is one."""
+    return _node
 
 
 def detect_cpu_millis() -> int:

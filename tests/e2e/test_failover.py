@@ -89,7 +89,8 @@ def test_a_running_execution_its_node_does_not_report_is_failed_over(cluster, ap
     # Placed and claimed in the database, as if node-a had started it; node-a never
     # received the message (nothing was published), so no process exists for it.
     token = place_pending_jobs(batch_size=1).tokens[0]
-    assert execution_claim(token=token, node_name="node-a") is not None
+    node_a = Node.objects.get(name="node-a")
+    assert execution_claim(token=token, node_id=node_a.id) is not None
     cluster.start_maintenance()
     cluster.start_scheduler()
     wait_until(

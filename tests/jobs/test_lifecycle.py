@@ -43,13 +43,13 @@ def test_cancelling_a_placed_job_releases_its_allocation(api, small_node, broker
     small_node.refresh_from_db()
     assert small_node.allocated_cpu_millis == 0
     # The message that may still arrive finds nothing to claim.
-    assert execution_claim(token=job.last_execution.token, node_name=small_node.name) is None
+    assert execution_claim(token=job.last_execution.token, node_id=small_node.id) is None
 
 
 def test_cancelling_a_running_job_asks_its_node_and_waits(api, small_node, broker):
     job_id = submit(api)
     token = place_pending_jobs(batch_size=10).tokens[0]
-    execution_claim(token=token, node_name=small_node.name)
+    execution_claim(token=token, node_id=small_node.id)
     body = api.post(f"/api/jobs/{job_id}/cancel/").json()
     assert body["status"] == "running"
     assert body["cancel_requested_at"] is not None

@@ -72,7 +72,7 @@ class Command(BaseCommand):
         reaped = agent.reap_orphans(node.name)
         if reaped:
             self.stdout.write(f"killed {reaped} job process group(s) left by a previous agent")
-        agent.become_node(node.name)
+        agent.become_node(node.id, node.name)
         loop = agent.AgentLoop(node.name)
         loop.start()
         try:
