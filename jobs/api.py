@@ -1,25 +1,30 @@
 """`/api/jobs/`: submit, list, detail and attempts of jobs."""
 
+import json
 from decimal import Decimal
+from pathlib import Path
 
 import django_filters
 from django.db.models import Q
+from django.http import FileResponse, HttpResponse
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.response import Response
 
 from accounts.selectors import team_list_submittable
 from resources.models import DEFAULT_QUEUE_NAME
 from scheduler_site.serializers import StrictSerializer
 
-from .models import JobExecution, JobKind, JobStatus
+from .models import JobExecution, JobKind, JobRetry, JobStatus
 from .selectors import execution_list_for_job, job_list_visible
-from .services import job_submit
+from .services import job_acknowledge, job_cancel, job_requeue, job_submit
 
 MAX_ARGV = 256
 MAX_ARG_LENGTH = 8192
 MAX_ENV = 128
 MAX_SELECTOR = 32
+MAX_PARAMETERS_BYTES = 64 * 1024
 
 
 class ResourcesSerializer(StrictSerializer):
@@ -42,7 +47,14 @@ class JobSubmitSerializer(StrictSerializer):
         child=serializers.CharField(max_length=MAX_ARG_LENGTH, trim_whitespace=False),
         min_length=1,
         max_length=MAX_ARGV,
-        help_text='argv, e.g. ["sh", "-c", "echo hello"]',
+        required=False,
+        help_text='argv, e.g. ["sh", "-c", "echo hello"]; for kind "command"',
+    )
+    callable = serializers.CharField(
+        max_length=200, required=False, help_text="Dotted name allowed by JOB_CALLABLES"
+    )
+    parameters = serializers.DictField(
+        required=False, default=dict, help_text="Keyword arguments of a callable; JOB_PARAMETERS"
     )
     env = serializers.DictField(
         child=serializers.CharField(
@@ -73,6 +85,11 @@ class JobSubmitSerializer(StrictSerializer):
                 raise serializers.ValidationError(f"Invalid variable name: {key[:64]!r}.")
         return value
 
+    def validate_parameters(self, value):
+        if len(json.dumps(value)) > MAX_PARAMETERS_BYTES:
+            raise serializers.ValidationError(f"At most {MAX_PARAMETERS_BYTES} bytes as JSON.")
+        return value
+
     def validate_node_selector(self, value):
         if len(value) > MAX_SELECTOR:
             raise serializers.ValidationError(f"At most {MAX_SELECTOR} labels.")
@@ -85,6 +102,16 @@ class JobSubmitSerializer(StrictSerializer):
         return team
 
     def validate(self, attrs):
+        if attrs["kind"] == JobKind.COMMAND:
+            if "callable" in attrs:
+                raise serializers.ValidationError({"callable": ['Only for kind "callable".']})
+            if not attrs.get("command"):
+                raise serializers.ValidationError({"command": ["This field is required."]})
+        else:
+            if "command" in attrs:
+                raise serializers.ValidationError({"command": ['Only for kind "command".']})
+            if not attrs.get("callable"):
+                raise serializers.ValidationError({"callable": ["This field is required."]})
         if "team" not in attrs:
             teams = list(team_list_submittable(user=self.context["request"].user)[:2])
             if not teams:
@@ -109,6 +136,8 @@ class JobSerializer(serializers.Serializer):
     team = serializers.CharField(source="team.slug")
     kind = serializers.CharField()
     command = serializers.ListField(child=serializers.CharField())
+    callable = serializers.CharField()
+    parameters = serializers.DictField()
     status = serializers.CharField()
     pending_reason = serializers.CharField()
     node = serializers.SerializerMethodField()
@@ -127,6 +156,12 @@ class JobSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField()
     finished_at = serializers.DateTimeField()
+    cancel_requested_at = serializers.DateTimeField()
+    dead_letter = serializers.SerializerMethodField()
+    acknowledged_at = serializers.DateTimeField()
+
+    def get_dead_letter(self, job) -> bool:
+        return job.status == JobStatus.FAILED and job.acknowledged_at is None
 
     def _last(self, job, field):
         execution = job.last_execution
@@ -146,6 +181,18 @@ class JobSerializer(serializers.Serializer):
 
     def get_resources(self, job) -> dict:
         return {"cpu": job.cpu_millis / 1000, "memory_mb": job.memory_mb, "gpu": job.gpu}
+
+
+class RetrySerializer(serializers.ModelSerializer):
+    requested_by = serializers.CharField(source="requested_by.username", default=None)
+
+    class Meta:
+        model = JobRetry
+        fields = ["attempt", "reason", "due_at", "requested_by", "created_at"]
+
+
+class JobDetailSerializer(JobSerializer):
+    retries = RetrySerializer(many=True)
 
 
 class ExecutionSerializer(serializers.ModelSerializer):
@@ -175,6 +222,11 @@ class JobFilter(django_filters.FilterSet):
     node = django_filters.CharFilter(method="filter_node")
     created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    dead_letter = django_filters.BooleanFilter(method="filter_dead_letter")
+
+    def filter_dead_letter(self, queryset, name, value):
+        dead = Q(status=JobStatus.FAILED, acknowledged_at__isnull=True)
+        return queryset.filter(dead) if value else queryset.exclude(dead)
 
     def filter_node(self, queryset, name, value):
         return queryset.filter(Q(last_execution__node__name=value))
@@ -185,7 +237,8 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     filterset_class = JobFilter
 
     def get_queryset(self):
-        return job_list_visible(user=self.request.user)
+        jobs = job_list_visible(user=self.request.user)
+        return jobs if self.action == "list" else jobs.prefetch_related("retries__requested_by")
 
     def create(self, request):
         serializer = JobSubmitSerializer(data=request.data, context={"request": request})
@@ -199,8 +252,53 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
             status=status.HTTP_201_CREATED if submission.created else status.HTTP_200_OK,
         )
 
+    def retrieve(self, request, pk=None):
+        job = self.get_object()
+        return Response(JobDetailSerializer(job).data)
+
+    def get_changeable_object(self):
+        """The job, if the caller may change it: 404 if they cannot see it, 403 for a viewer."""
+        job = self.get_object()
+        if not team_list_submittable(user=self.request.user).filter(pk=job.team_id).exists():
+            raise PermissionDenied("Viewers may look at this team's jobs but not change them.")
+        return job
+
+    def _changed(self, job):
+        return Response(JobDetailSerializer(self.get_queryset().get(pk=job.pk)).data)
+
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        return self._changed(job_cancel(job=self.get_changeable_object(), user=request.user))
+
+    @action(detail=True, methods=["post"])
+    def retry(self, request, pk=None):
+        return self._changed(job_requeue(job=self.get_changeable_object(), user=request.user))
+
+    @action(detail=True, methods=["post"])
+    def acknowledge(self, request, pk=None):
+        return self._changed(job_acknowledge(job=self.get_changeable_object(), user=request.user))
+
     @action(detail=True, methods=["get"])
     def executions(self, request, pk=None):
         job = self.get_object()
         data = ExecutionSerializer(execution_list_for_job(job=job), many=True).data
         return Response(data)
+
+    @action(detail=True, methods=["get"])
+    def logs(self, request, pk=None):
+        """The log of one attempt (`?attempt=N`, default the latest) as plain text."""
+        job = self.get_object()
+        executions = execution_list_for_job(job=job)
+        attempt = request.query_params.get("attempt")
+        if attempt is not None:
+            if not attempt.isdigit():
+                raise ValidationError({"attempt": ["A whole number."]})
+            executions = executions.filter(attempt=int(attempt))
+        execution = executions.last()
+        if execution is None:
+            raise NotFound("No such attempt." if attempt else "The job has not run yet.")
+        path = Path(execution.log_path) if execution.log_path else None
+        if path is not None and path.is_file():
+            return FileResponse(path.open("rb"), content_type="text/plain; charset=utf-8")
+        # The log lives on the node's disk; from here only the kept tail can be shown.
+        return HttpResponse(execution.log_tail, content_type="text/plain; charset=utf-8")

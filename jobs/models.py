@@ -7,6 +7,7 @@ from django.db.models import F, Q
 
 class JobKind(models.TextChoices):
     COMMAND = "command", "Command"
+    CALLABLE = "callable", "Python callable"
 
 
 class JobStatus(models.TextChoices):
@@ -47,6 +48,11 @@ class JobSpec(models.Model):
     name = models.CharField(max_length=200)
     kind = models.CharField(max_length=16, choices=JobKind.choices, default=JobKind.COMMAND)
     command = models.JSONField(default=list, blank=True, help_text='argv, e.g. ["python", "-V"]')
+    callable = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Dotted name from settings.JOB_CALLABLES, e.g. jobs.callables.echo_parameters",
+    )
     env = models.JSONField(default=dict, blank=True, help_text='e.g. {"LOG_LEVEL": "debug"}')
     parameters = models.JSONField(default=dict, blank=True)
     cpu_millis = models.PositiveIntegerField(default=1000, help_text="Thousandths of a core.")
@@ -65,6 +71,15 @@ class JobSpec(models.Model):
         abstract = True
 
 
+def kind_matches_target(prefix: str) -> models.CheckConstraint:
+    """A command job names no callable and a callable job names one."""
+    return models.CheckConstraint(
+        condition=Q(kind=JobKind.COMMAND, callable="")
+        | (Q(kind=JobKind.CALLABLE) & ~Q(callable="")),
+        name=f"{prefix}_kind_matches_target",
+    )
+
+
 class JobDefinition(JobSpec):
     team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="definitions")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -75,6 +90,7 @@ class JobDefinition(JobSpec):
         constraints = [
             models.UniqueConstraint(fields=["team", "name"], name="definition_team_name_unique"),
             models.CheckConstraint(condition=Q(cpu_millis__gte=1), name="definition_cpu_positive"),
+            kind_matches_target("definition"),
         ]
 
     def __str__(self):
@@ -102,6 +118,10 @@ class Job(JobSpec):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Set by a cancel of a running job; its node kills the process group and confirms.
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    # A failed job is in the dead-letter view until it is requeued or acknowledged.
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -123,6 +143,7 @@ class Job(JobSpec):
                 condition=~Q(idempotency_key=""),
                 name="job_idempotency_key_unique_per_team",
             ),
+            kind_matches_target("job"),
         ]
         indexes = [
             # Used by the scheduling cycle: each queue's pending jobs, highest priority
@@ -138,6 +159,12 @@ class Job(JobSpec):
             # Used by the jobs list filters.
             models.Index(fields=["status", "-created_at"], name="job_status_created"),
             models.Index(fields=["team", "-created_at"], name="job_team_created"),
+            # Used by the dead-letter view: failed and not yet acknowledged.
+            models.Index(
+                fields=["-created_at"],
+                name="job_dead_letter",
+                condition=Q(status=JobStatus.FAILED, acknowledged_at__isnull=True),
+            ),
         ]
 
     def __str__(self):
@@ -188,10 +215,44 @@ class JobExecution(models.Model):
         ]
         indexes = [
             models.Index(fields=["node", "status"], name="execution_node_status"),
+            # Used by reconciliation: reserved executions no node has claimed yet.
+            models.Index(
+                fields=["reserved_at"],
+                name="execution_unclaimed",
+                condition=Q(status=ExecutionStatus.RESERVED),
+            ),
         ]
 
     def __str__(self):
         return self.token
+
+
+class JobRetry(models.Model):
+    """A retry planned for a job: which attempt will run, why, and from when."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="retries")
+    attempt = models.PositiveIntegerField(help_text="The attempt number the retry will run as.")
+    reason = models.CharField(max_length=500, help_text='e.g. "exit code 3", "node lost"')
+    due_at = models.DateTimeField()
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Who requeued the job by hand; empty for automatic retries.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["job", "attempt"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "attempt"], name="retry_job_attempt_unique"),
+            models.CheckConstraint(condition=Q(attempt__gte=1), name="retry_attempt_positive"),
+        ]
+
+    def __str__(self):
+        return f"retry of job {self.job_id} as attempt {self.attempt}: {self.reason}"
 
 
 def execution_token(job_id: int, attempt: int) -> str:

@@ -1,28 +1,38 @@
-"""Runs one execution's command on this node and says how it ended.
+"""Runs one execution on this node and says how it ended.
 
-The command gets its own process group (so a timeout or a cancel kills everything it
-started), a working directory of its own, the job's environment on top of a minimal
-base (the agent's own environment, with its database URL and secrets, is not passed
-on), and a log file that stdout and stderr stream to.
+The job runs in a process group of its own, so a timeout, a cancel or the memory limit
+kills everything it started. It gets a working directory of its own and the job's
+environment on top of a minimal base; the agent's own environment, with its database
+URL and secrets, is not passed on. Its stdout and stderr stream through a pipe into a
+log file capped at JOB_LOG_MAX_BYTES, and the last JOB_LOG_TAIL_BYTES are kept for the
+database. With `setpriv` available, the job's process dies with the agent's.
+
+`running` is this agent's registry of what it runs: the heartbeat reports its tokens,
+cancels and the memory watch act on it.
 """
 
 import contextlib
+import json
 import logging
 import os
 import shutil
 import signal
 import subprocess
+import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
 
-from .models import JobExecution
+from .models import JobExecution, JobKind
+from .procfs import resident_mb_by_group
 
 logger = logging.getLogger(__name__)
 
 # Passed through from the agent so ordinary commands behave; nothing else is.
 BASE_ENV_NAMES = ("PATH", "LANG", "LC_ALL", "TZ")
+SETPRIV = shutil.which("setpriv")
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,98 @@ class Outcome:
     error: str
     log_path: str
     log_tail: str
+    cancelled: bool = False
+
+
+class TrackedExecution:
+    """An execution this agent has taken on, from before its claim to after its finish."""
+
+    def __init__(self, token: str):
+        self.token = token
+        self.memory_limit_mb = 0  # known once claimed; 0 means no limit
+        self.pgid: int | None = None
+        self.kill_reason = ""  # why the agent killed it, if it did
+        self.cancelled = False
+        self.lock = threading.Lock()
+
+    def kill(self, reason: str, *, cancelled: bool = False) -> None:
+        with self.lock:
+            if self.kill_reason:
+                return
+            self.kill_reason, self.cancelled = reason, cancelled
+            pgid = self.pgid
+        if pgid is not None:
+            kill_process_group(pgid, settings.JOB_KILL_GRACE_SECONDS)
+
+    def started(self, pgid: int) -> None:
+        """Record the process group; a kill asked for before the start takes effect now."""
+        with self.lock:
+            self.pgid = pgid
+            pending = self.kill_reason
+        if pending:
+            kill_process_group(pgid, settings.JOB_KILL_GRACE_SECONDS)
+
+
+class RunningRegistry:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._items: dict[str, TrackedExecution] = {}
+
+    def track(self, token: str) -> "TrackedExecution | None":
+        """Start tracking `token`; None when this agent already runs it (a duplicate)."""
+        with self._lock:
+            if token in self._items:
+                return None
+            tracked = self._items[token] = TrackedExecution(token)
+        return tracked
+
+    def untrack(self, tracked: "TrackedExecution") -> None:
+        with self._lock:
+            if self._items.get(tracked.token) is tracked:
+                del self._items[tracked.token]
+
+    def tokens(self) -> list[str]:
+        with self._lock:
+            return sorted(self._items)
+
+    def cancel(self, token: str) -> None:
+        with self._lock:
+            tracked = self._items.get(token)
+        if tracked is not None:
+            logger.info("cancelling execution token=%s", token)
+            threading.Thread(
+                target=tracked.kill, args=("cancelled",), kwargs={"cancelled": True}
+            ).start()
+
+    def enforce_memory_limits(self) -> None:
+        with self._lock:
+            watched = [t for t in self._items.values() if t.pgid is not None and not t.kill_reason]
+        if not watched:
+            return
+        resident = resident_mb_by_group()
+        for tracked in watched:
+            used = resident.get(tracked.pgid, 0.0)
+            if tracked.memory_limit_mb and used > tracked.memory_limit_mb:
+                logger.warning(
+                    "execution over its memory limit token=%s resident_mb=%.0f limit_mb=%s",
+                    tracked.token,
+                    used,
+                    tracked.memory_limit_mb,
+                )
+                threading.Thread(
+                    target=tracked.kill,
+                    args=(f"exceeded memory limit of {tracked.memory_limit_mb} MB",),
+                ).start()
+
+
+running = RunningRegistry()
+
+
+def job_argv(execution: JobExecution) -> list[str]:
+    job = execution.job
+    if job.kind == JobKind.CALLABLE:
+        return [sys.executable, "-m", "jobs.callable_runner", job.callable]
+    return list(job.command)
 
 
 def job_environment(execution: JobExecution, node_name: str, workdir: Path) -> dict[str, str]:
@@ -39,10 +141,13 @@ def job_environment(execution: JobExecution, node_name: str, workdir: Path) -> d
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env["HOME"] = str(workdir)
     env.update({str(k): str(v) for k, v in job.env.items()})
+    if job.kind == JobKind.CALLABLE:
+        env["PYTHONPATH"] = str(settings.BASE_DIR)
     env.update(
         JOB_ID=str(job.id),
         JOB_ATTEMPT=str(execution.attempt),
         JOB_TOKEN=execution.token,
+        JOB_PARAMETERS=json.dumps(job.parameters),
         NODE_NAME=node_name,
         JOB_CPU_MILLIS=str(job.cpu_millis),
         JOB_MEMORY_MB=str(job.memory_mb),
@@ -51,11 +156,40 @@ def job_environment(execution: JobExecution, node_name: str, workdir: Path) -> d
     return env
 
 
-def read_tail(path: Path, size: int) -> str:
-    with path.open("rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - size))
-        return f.read().decode("utf-8", errors="replace")
+class LogPump(threading.Thread):
+    """Copies the job's output to its log file up to a cap, keeping the latest tail."""
+
+    def __init__(self, source, log_path: Path, max_bytes: int, tail_bytes: int):
+        super().__init__(daemon=True)
+        self.source, self.log_path = source, log_path
+        self.max_bytes, self.tail_bytes = max_bytes, tail_bytes
+        self.tail = bytearray()
+        self.written = 0
+        self.dropped = 0
+
+    def run(self):
+        with self.log_path.open("wb") as log:
+            while chunk := self.source.read1(65536):
+                room = self.max_bytes - self.written
+                if room > 0:
+                    log.write(chunk[:room])
+                    self.written += min(room, len(chunk))
+                self.dropped += max(0, len(chunk) - max(room, 0))
+                self.tail += chunk
+                del self.tail[: -self.tail_bytes]
+            if self.dropped:
+                log.write(f"\n[log truncated: {self.dropped} more bytes not kept]\n".encode())
+        self.source.close()
+
+    def tail_text(self) -> str:
+        return bytes(self.tail).decode("utf-8", errors="replace")
+
+
+def executable_exists(program: str, path: str) -> bool:
+    """Checked before the start because behind setpriv a missing program is just exit 127."""
+    if os.sep in program:
+        return not os.path.isabs(program) or os.access(program, os.X_OK)
+    return shutil.which(program, path=path) is not None
 
 
 def kill_process_group(pgid: int, grace_seconds: float, proc: subprocess.Popen | None = None):
@@ -67,6 +201,8 @@ def kill_process_group(pgid: int, grace_seconds: float, proc: subprocess.Popen |
     if proc is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace_seconds)
+    elif grace_seconds:
+        threading.Event().wait(grace_seconds)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
 
@@ -79,53 +215,67 @@ def describe_exit(returncode: int) -> str:
     return f"exit code {returncode}"
 
 
-def run_command(*, execution: JobExecution, node_name: str) -> Outcome:
+def run_job(*, execution: JobExecution, node_name: str, tracked: TrackedExecution) -> Outcome:
     job = execution.job
     workdir = Path(settings.NODE_WORK_DIR) / node_name / execution.token
     log_dir = Path(settings.JOB_LOG_DIR)
     log_path = log_dir / f"{execution.token}.log"
     workdir.mkdir(parents=True, exist_ok=True)
     log_dir.mkdir(parents=True, exist_ok=True)
-    error = ""
-    exit_code: int | None = None
+    env = job_environment(execution, node_name, workdir)
+    argv = job_argv(execution)
+    if not executable_exists(argv[0], env["PATH"]):
+        error = f"could not start {argv[0]!r}: no such executable on PATH"
+        log_path.write_text(f"{error}\n")
+        shutil.rmtree(workdir, ignore_errors=True)
+        return Outcome(None, error, str(log_path), f"{error}\n")
+    if SETPRIV:
+        argv = [SETPRIV, "--pdeathsig", "KILL", "--", *argv]
     try:
-        with log_path.open("wb") as log:
-            try:
-                proc = subprocess.Popen(
-                    job.command,
-                    cwd=workdir,
-                    env=job_environment(execution, node_name, workdir),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                error = f"could not start {job.command[0]!r}: {exc.strerror or exc}"
-                log.write(f"{error}\n".encode())
-            else:
-                logger.info(
-                    "execution started job=%s attempt=%s node=%s token=%s pid=%s",
-                    job.id,
-                    execution.attempt,
-                    node_name,
-                    execution.token,
-                    proc.pid,
-                )
-                try:
-                    exit_code = proc.wait(timeout=job.timeout_seconds)
-                    error = describe_exit(exit_code)
-                except subprocess.TimeoutExpired:
-                    kill_process_group(proc.pid, settings.JOB_KILL_GRACE_SECONDS, proc)
-                    exit_code = proc.wait()
-                    error = f"timed out after {job.timeout_seconds} s"
-                # Whatever the command left running in its group goes with it.
-                kill_process_group(proc.pid, 0)
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            error = f"could not start {job_argv(execution)[0]!r}: {exc.strerror or exc}"
+            log_path.write_text(f"{error}\n")
+            return Outcome(None, error, str(log_path), f"{error}\n")
+        pump = LogPump(
+            proc.stdout, log_path, settings.JOB_LOG_MAX_BYTES, settings.JOB_LOG_TAIL_BYTES
+        )
+        pump.start()
+        tracked.started(proc.pid)
+        logger.info(
+            "execution started job=%s attempt=%s node=%s token=%s pid=%s",
+            job.id,
+            execution.attempt,
+            node_name,
+            execution.token,
+            proc.pid,
+        )
+        timed_out = False
+        try:
+            exit_code = proc.wait(timeout=job.timeout_seconds)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            kill_process_group(proc.pid, settings.JOB_KILL_GRACE_SECONDS, proc)
+            exit_code = proc.wait()
+        # Whatever the job left running in its group goes with it, which also closes
+        # the pipe so the log pump can finish.
+        kill_process_group(proc.pid, 0)
+        pump.join()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return Outcome(
-        exit_code=exit_code,
-        error=error,
-        log_path=str(log_path),
-        log_tail=read_tail(log_path, settings.JOB_LOG_TAIL_BYTES),
-    )
+    if tracked.kill_reason:
+        error = tracked.kill_reason
+    elif timed_out:
+        error = f"timed out after {job.timeout_seconds} s"
+    else:
+        error = describe_exit(exit_code)
+    return Outcome(exit_code, error, str(log_path), pump.tail_text(), tracked.cancelled)

@@ -16,3 +16,12 @@ def job_list_visible(*, user: User) -> QuerySet[Job]:
 
 def execution_list_for_job(*, job: Job) -> QuerySet[JobExecution]:
     return job.executions.select_related("node").order_by("attempt")
+
+
+def execution_tokens_cancel_requested(*, tokens: list[str]) -> list[str]:
+    """Which of these running executions belong to jobs someone asked to cancel."""
+    return list(
+        JobExecution.objects.filter(
+            token__in=tokens, job__cancel_requested_at__isnull=False
+        ).values_list("token", flat=True)
+    )

@@ -12,19 +12,30 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from celery.utils import uuid
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import Team, User
-from nodes.models import Node
+from nodes.models import NodeStatus
 from nodes.selectors import node_capacity_holds, node_capacity_maxima
 from resources.models import DEFAULT_QUEUE_NAME, Queue
 from resources.selectors import queue_list_for_team
 from resources.services import allocation_activate, allocation_release, scheduler_wake
 from scheduler_site.celery import app as celery_app
 
-from .models import ExecutionStatus, Job, JobExecution, JobStatus, PendingReason
+from .models import (
+    TERMINAL_JOB_STATUSES,
+    ExecutionStatus,
+    Job,
+    JobExecution,
+    JobKind,
+    JobRetry,
+    JobStatus,
+    PendingReason,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +84,14 @@ def job_request_check_fits(*, cpu_millis: int, memory_mb: int, gpu: int) -> None
     raise ValidationError({"resources": messages})
 
 
+def job_callable_check_allowed(name: str) -> None:
+    if name not in settings.JOB_CALLABLES:
+        allowed = ", ".join(settings.JOB_CALLABLES) or "none"
+        raise ValidationError(
+            {"callable": [f"{name!r} is not an allowed callable (allowed: {allowed})."]}
+        )
+
+
 def job_queue_for_team(*, team: Team, name: str) -> Queue:
     """The queue `name`, if `team` may submit into it; the same answer for a queue that
     does not exist and one the team may not use, so names of others' queues do not leak."""
@@ -114,6 +133,8 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
         existing = Job.objects.filter(team=team, idempotency_key=key).first()
         if existing is not None:
             return Submission(job=existing, created=False)
+    if spec.get("kind") == JobKind.CALLABLE:
+        job_callable_check_allowed(spec.get("callable", ""))
     queue = job_queue_for_team(team=team, name=spec.get("queue", DEFAULT_QUEUE_NAME))
     request = {"cpu_millis": spec["cpu_millis"], "memory_mb": spec["memory_mb"], "gpu": spec["gpu"]}
     job_request_check_fits(**request)
@@ -171,14 +192,13 @@ def execution_publish_many(*, tokens: Sequence[str]) -> None:
         logger.exception("could not publish %s executions", len(tokens))
 
 
-def execution_claim(*, token: str, node_name: str) -> JobExecution | None:
+def execution_claim(*, token: str, node_id: int) -> JobExecution | None:
     """Claim a reserved execution for the node about to run it.
 
     Returns None, and changes nothing, if the token is unknown, not meant for this node,
     or already claimed or finished: that message was a duplicate or stale.
     """
     now = timezone.now()
-    node_id = Node.objects.filter(name=node_name).values_list("id", flat=True).first()
     with transaction.atomic():
         # Only columns of the claimed row in the WHERE: a join here would become a
         # subquery that PostgreSQL does not re-check after waiting for a racing claim.
@@ -198,7 +218,7 @@ def execution_claim(*, token: str, node_name: str) -> JobExecution | None:
         "execution claimed job=%s attempt=%s node=%s token=%s",
         execution.job_id,
         execution.attempt,
-        node_name,
+        execution.node.name,
         token,
     )
     return execution
@@ -210,73 +230,260 @@ def retry_delay_seconds(*, backoff_seconds: int, attempt: int) -> float:
     return base * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not security
 
 
-def _job_after_attempt(job: Job, *, succeeded: bool, now) -> None:
-    """Move a locked job on once its current attempt has ended: to `succeeded`, back to
-    `pending` for a retry, or to `failed` when out of retries."""
+def _plan_retry(
+    *, job: Job, reason: str, delay_seconds: float, now, requested_by: User | None = None
+) -> JobRetry:
+    """Put the job back to pending for its next attempt, recording why and from when."""
+    due_at = now + timedelta(seconds=delay_seconds)
+    job.status, job.pending_reason = JobStatus.PENDING, PendingReason.WAITING_RETRY
+    job.not_before, job.finished_at = due_at, None
+    retry = JobRetry.objects.create(
+        job=job,
+        attempt=job.attempts + 1,
+        reason=reason[:500],
+        due_at=due_at,
+        requested_by=requested_by,
+    )
+    logger.info(
+        "retry planned job=%s attempt=%s reason=%r due_at=%s",
+        job.id,
+        retry.attempt,
+        reason,
+        due_at.isoformat(),
+    )
+    return retry
+
+
+def _end_job(job: Job, status: str, now) -> None:
+    job.status, job.pending_reason, job.finished_at = status, PendingReason.NONE, now
+
+
+JOB_LIFECYCLE_FIELDS = ["status", "pending_reason", "not_before", "finished_at"]
+
+
+def _job_after_attempt(job: Job, *, status: str, error: str, now) -> None:
+    """Move a locked job on once its current attempt ended with `status`: to `succeeded`,
+    `cancelled`, back to `pending` for a retry, or to `failed` when out of retries."""
     if job.status not in (JobStatus.RESERVED, JobStatus.RUNNING):
         return
-    if succeeded:
-        job.status, job.finished_at = JobStatus.SUCCEEDED, now
+    if status == ExecutionStatus.SUCCEEDED:
+        _end_job(job, JobStatus.SUCCEEDED, now)
+    elif status == ExecutionStatus.CANCELLED:
+        _end_job(job, JobStatus.CANCELLED, now)
     elif job.attempts <= job.max_retries:
         delay = retry_delay_seconds(backoff_seconds=job.retry_backoff_seconds, attempt=job.attempts)
-        job.status, job.pending_reason = JobStatus.PENDING, PendingReason.WAITING_RETRY
-        job.not_before = now + timedelta(seconds=delay)
+        _plan_retry(job=job, reason=error, delay_seconds=delay, now=now)
     else:
-        job.status, job.finished_at = JobStatus.FAILED, now
-    job.save(update_fields=["status", "pending_reason", "not_before", "finished_at"])
+        _end_job(job, JobStatus.FAILED, now)
+    job.save(update_fields=JOB_LIFECYCLE_FIELDS)
 
 
 def execution_finish(
-    *, token: str, exit_code: int | None, error: str = "", log_path: str = "", log_tail: str = ""
-) -> JobExecution | None:
+    *,
+    token: str,
+    exit_code: int | None,
+    error: str = "",
+    log_path: str = "",
+    log_tail: str = "",
+    cancelled: bool = False,
+) -> bool:
     """Record how a running execution ended, release its allocation, and move the job on:
-    to `succeeded`, back to `pending` for a retry, or to `failed` when out of retries."""
+    to `succeeded`, `cancelled`, back to `pending` for a retry, or to `failed` (the
+    dead-letter view) when out of retries. False when it was not running (a late or
+    duplicate report), which changes nothing."""
     now = timezone.now()
-    succeeded = exit_code == 0 and not error
-    status = ExecutionStatus.SUCCEEDED if succeeded else ExecutionStatus.FAILED
     with transaction.atomic():
-        job_id = JobExecution.objects.filter(token=token).values_list("job_id", flat=True).first()
-        if job_id is None:
-            return None
+        found = JobExecution.objects.filter(token=token).values_list("id", "job_id").first()
+        if found is None:
+            return False
+        execution_id, job_id = found
         job = Job.objects.select_for_update().get(pk=job_id)
-        finished = JobExecution.objects.filter(token=token, status=ExecutionStatus.RUNNING).update(
+        cancelled = cancelled or job.cancel_requested_at is not None
+        if cancelled:
+            status = ExecutionStatus.CANCELLED
+        elif exit_code == 0 and not error:
+            status = ExecutionStatus.SUCCEEDED
+        else:
+            status = ExecutionStatus.FAILED
+        finished = JobExecution.objects.filter(
+            pk=execution_id, status=ExecutionStatus.RUNNING
+        ).update(
             status=status,
             exit_code=exit_code,
-            error=error,
+            error="cancelled" if cancelled else error,
             finished_at=now,
             log_path=log_path,
             log_tail=log_tail,
         )
         if not finished:
             logger.warning("execution not running, outcome ignored token=%s", token)
-            return None
-        execution = JobExecution.objects.get(token=token)
-        allocation_release(execution_id=execution.id)
-        _job_after_attempt(job, succeeded=succeeded, now=now)
+            return False
+        _job_after_attempt(job, status=status, error=error, now=now)
         scheduler_wake()
+        # Last, so the node row (every finish and every cycle needs it) is held briefly.
+        allocation_release(execution_id=execution_id)
     logger.info(
-        "execution finished job=%s attempt=%s node=%s token=%s status=%s exit_code=%s"
-        " job_status=%s",
+        "execution finished job=%s token=%s status=%s exit_code=%s error=%r job_status=%s",
         job.id,
-        execution.attempt,
-        execution.node_id,
         token,
         status,
         exit_code,
+        error,
         job.status,
     )
-    return execution
+    return True
 
 
-def execution_release_stuck(*, execution_id: int, released_by: str) -> JobExecution | None:
-    """An operator releases the allocation of an execution that is stuck (its node agent
-    died, or its message was lost for good): the allocation is released, exactly once;
-    the execution, if not over, ends `failed` with an error saying so; and the job moves
-    on as after any failed attempt (a retry if it has retries left).
+class JobStateError(ValidationError):
+    """The job is not in a state that allows the action; answered as a 400 on `status`."""
 
-    Returns None, and changes nothing, when the allocation was already released. A
-    process still running on the node is not stopped; its outcome is ignored when it
-    reports.
+    def __init__(self, message: str):
+        super().__init__({"status": [message]})
+
+
+def job_cancel(*, job: Job, user: User | None = None) -> Job:
+    """Cancel a job. Pending or placed-but-unstarted: at once. Running: its node is asked
+    to kill the process group, and the job becomes `cancelled` when the node confirms
+    (or when the node is found lost)."""
+    now = timezone.now()
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job.pk)
+        if job.status in TERMINAL_JOB_STATUSES:
+            raise JobStateError(
+                f"The job already ended ({job.status}); there is nothing to cancel."
+            )
+        if job.status == JobStatus.RESERVED:
+            execution = job.last_execution
+            unstarted = JobExecution.objects.filter(
+                pk=execution.pk, status=ExecutionStatus.RESERVED
+            ).update(status=ExecutionStatus.CANCELLED, error="cancelled", finished_at=now)
+            if unstarted:
+                allocation_release(execution_id=execution.pk)
+                _end_job(job, JobStatus.CANCELLED, now)
+            else:
+                job.cancel_requested_at = now  # claimed meanwhile: it is running now
+        elif job.status == JobStatus.PENDING:
+            _end_job(job, JobStatus.CANCELLED, now)
+            job.not_before = None
+        else:
+            job.cancel_requested_at = job.cancel_requested_at or now
+        job.save(update_fields=[*JOB_LIFECYCLE_FIELDS, "cancel_requested_at"])
+        scheduler_wake()
+    logger.info(
+        "job cancel job=%s by=%s status=%s", job.id, user.username if user else "-", job.status
+    )
+    return job
+
+
+def job_requeue(*, job: Job, user: User | None = None) -> Job:
+    """Run a failed or cancelled job again, as its next attempt, right away."""
+    now = timezone.now()
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job.pk)
+        if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+            raise JobStateError(
+                f"Only a failed or cancelled job can be requeued; this one is {job.status}."
+            )
+        who = user.username if user else "an operator"
+        _plan_retry(
+            job=job, reason=f"requeued by {who}", delay_seconds=0, now=now, requested_by=user
+        )
+        job.acknowledged_at = job.cancel_requested_at = None
+        job.save(update_fields=[*JOB_LIFECYCLE_FIELDS, "acknowledged_at", "cancel_requested_at"])
+        scheduler_wake()
+    return job
+
+
+def job_acknowledge(*, job: Job, user: User | None = None) -> Job:
+    """Take a failed job out of the dead-letter view without running it again."""
+    updated = Job.objects.filter(
+        pk=job.pk, status=JobStatus.FAILED, acknowledged_at__isnull=True
+    ).update(acknowledged_at=timezone.now())
+    job.refresh_from_db()
+    if not updated and job.status != JobStatus.FAILED:
+        raise JobStateError(f"Only a failed job can be acknowledged; this one is {job.status}.")
+    return job
+
+
+def execution_fail_over(*, execution_id: int, reason: str) -> bool:
+    """An execution that will never report (its node or its process is gone): mark it
+    lost, release its allocation, and retry the job elsewhere. A lost attempt counts as
+    an attempt, but not against `max_retries`: it is the platform's failure, not the
+    job's; NODE_LOST_MAX_RETRIES bounds it for a job that keeps killing its nodes."""
+    now = timezone.now()
+    with transaction.atomic():
+        job_id = JobExecution.objects.filter(pk=execution_id).values_list("job_id", flat=True).get()
+        job = Job.objects.select_for_update().get(pk=job_id)
+        lost = JobExecution.objects.filter(
+            pk=execution_id, status__in=(ExecutionStatus.RESERVED, ExecutionStatus.RUNNING)
+        ).update(status=ExecutionStatus.LOST, error=reason, finished_at=now)
+        if not lost:
+            return False
+        allocation_release(execution_id=execution_id)
+        if job.status in (JobStatus.RESERVED, JobStatus.RUNNING):
+            times_lost = job.executions.filter(status=ExecutionStatus.LOST).count()
+            if job.cancel_requested_at is not None:
+                _end_job(job, JobStatus.CANCELLED, now)
+            elif times_lost <= settings.NODE_LOST_MAX_RETRIES:
+                _plan_retry(job=job, reason=reason, delay_seconds=0, now=now)
+            else:
+                _end_job(job, JobStatus.FAILED, now)
+            job.save(update_fields=JOB_LIFECYCLE_FIELDS)
+        scheduler_wake()
+    logger.warning(
+        "execution lost job=%s execution=%s reason=%r job_status=%s",
+        job.id,
+        execution_id,
+        reason,
+        job.status,
+    )
+    return True
+
+
+def executions_fail_over_node(*, node_id: int, reason: str) -> int:
+    """Fail over every live execution of a node that is gone."""
+    ids = list(
+        JobExecution.objects.filter(
+            node_id=node_id, status__in=(ExecutionStatus.RESERVED, ExecutionStatus.RUNNING)
+        ).values_list("id", flat=True)
+    )
+    return sum(execution_fail_over(execution_id=i, reason=reason) for i in ids)
+
+
+def executions_fail_over_unreported(*, grace_seconds: float) -> int:
+    """Fail over running executions that their live node no longer reports.
+
+    An agent tracks a token before claiming it and stops after finishing it, and stamps
+    each heartbeat before it lists its tokens: an execution started before that stamp
+    and missing from the list has no process on the node (it died, or the agent was
+    restarted under it).
+    """
+    stale = list(
+        JobExecution.objects.filter(
+            status=ExecutionStatus.RUNNING,
+            node__status__in=(NodeStatus.READY, NodeStatus.CORDONED, NodeStatus.DRAINING),
+            started_at__lt=F("node__last_heartbeat") - timedelta(seconds=grace_seconds),
+        ).values_list("id", "token", "node__name", "node__running_tokens")
+    )
+    failed_over = 0
+    for execution_id, token, node_name, reported in stale:
+        if token in reported:
+            continue
+        failed_over += execution_fail_over(
+            execution_id=execution_id, reason=f"process vanished on node {node_name}"
+        )
+    return failed_over
+
+
+def execution_release_stuck(*, execution_id: int, released_by: str) -> bool:
+    """An operator releases the allocation of an execution that is stuck (its message is
+    lost for good, or its agent is wedged): the allocation is released, exactly once; the
+    execution, if not over, ends `failed` with an error saying so; and the job moves on as
+    after any failed attempt (a retry if it has retries left, `cancelled` if a cancel was
+    asked for).
+
+    False, and nothing changes, when the allocation was already released. A process still
+    running on the node is not stopped; its outcome is ignored when it reports.
     """
     now = timezone.now()
     error = f"allocation released by {released_by}: the execution was stuck"
@@ -284,27 +491,27 @@ def execution_release_stuck(*, execution_id: int, released_by: str) -> JobExecut
         job_id = JobExecution.objects.filter(pk=execution_id).values_list("job_id", flat=True)
         job = Job.objects.select_for_update().filter(pk__in=job_id).first()
         if job is None:
-            return None
+            return False
         ended = JobExecution.objects.filter(
             pk=execution_id, status__in=(ExecutionStatus.RESERVED, ExecutionStatus.RUNNING)
         ).update(status=ExecutionStatus.FAILED, error=error, finished_at=now)
+        if ended and job.last_execution_id == execution_id:
+            cancelled = job.cancel_requested_at is not None
+            status = ExecutionStatus.CANCELLED if cancelled else ExecutionStatus.FAILED
+            _job_after_attempt(job, status=status, error=error, now=now)
+        # Last, as in a finish, so the node row is held briefly.
         released = allocation_release(execution_id=execution_id)
         if not (ended or released):
-            return None
-        if ended and job.last_execution_id == execution_id:
-            _job_after_attempt(job, succeeded=False, now=now)
+            return False
         scheduler_wake()
-        execution = JobExecution.objects.get(pk=execution_id)
     logger.warning(
-        "allocation released by an operator job=%s attempt=%s node=%s token=%s by=%s job_status=%s",
+        "allocation released by an operator job=%s execution=%s by=%s job_status=%s",
         job.id,
-        execution.attempt,
-        execution.node_id,
-        execution.token,
+        execution_id,
         released_by,
         job.status,
     )
-    return execution
+    return True
 
 
 def execution_republish_stale(*, older_than_seconds: float) -> int:

@@ -5,14 +5,15 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
-from nodes.agent import current_node_name
+from nodes.agent import current_node
 
-from .runner import run_command
+from .runner import run_job, running
 from .services import (
     EXECUTION_TASK,
     execution_claim,
     execution_finish,
     execution_republish_stale,
+    executions_fail_over_unreported,
 )
 
 logger = logging.getLogger(__name__)
@@ -20,31 +21,49 @@ logger = logging.getLogger(__name__)
 
 @shared_task(name=EXECUTION_TASK, ignore_result=True)
 def run_execution(token: str) -> None:
-    node_name = current_node_name()
-    if node_name is None:
+    node = current_node()
+    if node is None:
         logger.warning("execution message reached a process that is no node agent token=%s", token)
         return
-    execution = execution_claim(token=token, node_name=node_name)
-    if execution is None:
-        logger.info(
-            "dropped duplicate or stale execution message token=%s node=%s", token, node_name
-        )
+    node_id, node_name = node
+    # Tracked before the claim, so no heartbeat can miss a claimed execution.
+    tracked = running.track(token)
+    if tracked is None:
+        logger.info("dropped duplicate execution message token=%s node=%s", token, node_name)
         return
     try:
-        outcome = run_command(execution=execution, node_name=node_name)
-    except Exception as exc:
-        logger.exception("agent failed to run execution token=%s node=%s", token, node_name)
-        execution_finish(token=token, exit_code=None, error=f"node agent error: {exc}")
-        return
-    execution_finish(
-        token=token,
-        exit_code=outcome.exit_code,
-        error=outcome.error,
-        log_path=outcome.log_path,
-        log_tail=outcome.log_tail,
-    )
+        execution = execution_claim(token=token, node_id=node_id)
+        if execution is None:
+            logger.info(
+                "dropped duplicate or stale execution message token=%s node=%s", token, node_name
+            )
+            return
+        tracked.memory_limit_mb = execution.job.memory_mb
+        try:
+            outcome = run_job(execution=execution, node_name=node_name, tracked=tracked)
+        except Exception as exc:
+            logger.exception("agent failed to run execution token=%s node=%s", token, node_name)
+            execution_finish(token=token, exit_code=None, error=f"node agent error: {exc}")
+            return
+        execution_finish(
+            token=token,
+            exit_code=outcome.exit_code,
+            error=outcome.error,
+            log_path=outcome.log_path,
+            log_tail=outcome.log_tail,
+            cancelled=outcome.cancelled,
+        )
+    finally:
+        running.untrack(tracked)
 
 
-@shared_task(name="jobs.republish_stale_executions", ignore_result=True)
-def republish_stale_executions() -> int:
-    return execution_republish_stale(older_than_seconds=settings.EXECUTION_DISPATCH_TIMEOUT_SECONDS)
+@shared_task(name="jobs.reconcile_executions", ignore_result=True)
+def reconcile_executions() -> dict:
+    return {
+        "republished": execution_republish_stale(
+            older_than_seconds=settings.EXECUTION_DISPATCH_TIMEOUT_SECONDS
+        ),
+        "failed_over": executions_fail_over_unreported(
+            grace_seconds=settings.NODE_HEARTBEAT_SECONDS
+        ),
+    }

@@ -1,28 +1,39 @@
-"""The node agent's in-process state: which node this process is, its host's capacity,
-and the heartbeat thread."""
+"""The node agent's in-process parts: which node this process is, its host's capacity,
+the loop that heartbeats, applies cancels and watches memory, and the clean-up of
+what a previous agent of this node left running."""
 
+import contextlib
 import logging
 import os
+import signal
 import threading
+import time
 from pathlib import Path
 
+from django.conf import settings
 from django.db import DatabaseError, InterfaceError, close_old_connections, connection
+from django.utils import timezone
+
+from jobs.procfs import groups_with_env
+from jobs.runner import running
+from jobs.selectors import execution_tokens_cancel_requested
 
 from .services import node_heartbeat
 
 logger = logging.getLogger(__name__)
 
-_node_name: str | None = None
+_node: tuple[int, str] | None = None
 
 
-def become_node(name: str) -> None:
-    """Mark this process as the agent of node `name`; execution tasks run only where set."""
-    global _node_name
-    _node_name = name
+def become_node(node_id: int, name: str) -> None:
+    """Mark this process as the agent of a node; execution tasks run only where set."""
+    global _node
+    _node = (node_id, name)
 
 
-def current_node_name() -> str | None:
-    return _node_name
+def current_node() -> tuple[int, str] | None:
+    """(id, name) of the node this process is the agent of, if it is one."""
+    return _node
 
 
 def detect_cpu_millis() -> int:
@@ -38,23 +49,55 @@ def detect_gpu() -> int:
     return len(list(nvidia.iterdir())) if nvidia.is_dir() else 0
 
 
-class Heartbeat(threading.Thread):
-    """Writes the node's heartbeat every `interval` seconds until stopped."""
+def reap_orphans(node_name: str) -> int:
+    """Kill the process groups a previous agent of this node left behind (it was killed
+    or crashed). Their executions are failed over and run again elsewhere, so letting
+    them go on would run the same work twice."""
+    groups = groups_with_env("NODE_NAME", node_name) - {os.getpgid(0)}
+    for pgid in groups:
+        logger.warning("killing leftover job process group pgid=%s node=%s", pgid, node_name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    return len(groups)
 
-    def __init__(self, node_name: str, interval: float):
-        super().__init__(name=f"heartbeat-{node_name}", daemon=True)
+
+class AgentLoop(threading.Thread):
+    """Heartbeats with the running tokens, applies cancels, and enforces memory limits."""
+
+    def __init__(self, node_name: str):
+        super().__init__(name=f"agent-{node_name}", daemon=True)
         self.node_name = node_name
-        self.interval = interval
         self.stopped = threading.Event()
 
     def run(self):
-        while not self.stopped.wait(self.interval):
+        next_heartbeat = next_cancel_check = 0.0
+        while not self.stopped.wait(settings.NODE_MEMORY_POLL_SECONDS):
+            running.enforce_memory_limits()
+            now = time.monotonic()
+            if now < min(next_heartbeat, next_cancel_check):
+                continue
             close_old_connections()
             try:
-                node_heartbeat(name=self.node_name)
+                if now >= next_cancel_check:
+                    self.apply_cancels()
+                    next_cancel_check = now + settings.NODE_CANCEL_POLL_SECONDS
+                if now >= next_heartbeat:
+                    self.heartbeat()
+                    next_heartbeat = now + settings.NODE_HEARTBEAT_SECONDS
             except (DatabaseError, InterfaceError):
-                logger.warning("heartbeat failed node=%s; will retry", self.node_name)
+                logger.warning("agent loop lost the database node=%s; will retry", self.node_name)
         connection.close()
+
+    def heartbeat(self):
+        # Stamp first, then list: a token claimed before the stamp is in the list.
+        at = timezone.now()
+        node_heartbeat(name=self.node_name, at=at, running_tokens=running.tokens())
+
+    def apply_cancels(self):
+        tokens = running.tokens()
+        if tokens:
+            for token in execution_tokens_cancel_requested(tokens=tokens):
+                running.cancel(token)
 
     def stop(self):
         self.stopped.set()

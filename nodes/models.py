@@ -34,6 +34,8 @@ class Node(models.Model):
     allocated_gpu = models.PositiveIntegerField(default=0)
 
     last_heartbeat = models.DateTimeField(null=True, blank=True)
+    # The execution tokens the agent was running at its last heartbeat.
+    running_tokens = models.JSONField(default=list, blank=True)
     agent_version = models.CharField(max_length=32, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

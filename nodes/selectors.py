@@ -2,7 +2,7 @@
 
 from django.db.models import Max
 
-from .models import Node
+from .models import Node, NodeStatus
 
 
 def node_capacity_holds(*, cpu_millis: int, memory_mb: int, gpu: int) -> bool:
@@ -21,3 +21,13 @@ def node_capacity_maxima() -> dict:
 
 def node_list():
     return Node.objects.order_by("name")
+
+
+def node_ids_offline_with_live_executions() -> list[int]:
+    return list(
+        Node.objects.filter(
+            status=NodeStatus.OFFLINE, executions__status__in=("reserved", "running")
+        )
+        .distinct()
+        .values_list("id", flat=True)
+    )

@@ -1,6 +1,7 @@
-"""Writes for nodes: registration, heartbeats, and cordon, drain and uncordon."""
+"""Writes for nodes: registration, heartbeats, loss, and cordon, drain and uncordon."""
 
 import logging
+from datetime import datetime, timedelta
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -49,6 +50,8 @@ def node_register(
     node.address = address
     node.agent_version = agent_version
     node.last_heartbeat = timezone.now()
+    # A new agent runs nothing yet; whatever the old one ran is found and failed over.
+    node.running_tokens = []
     node.save()
     scheduler_wake()
     logger.info(
@@ -62,8 +65,28 @@ def node_register(
     return node
 
 
-def node_heartbeat(*, name: str) -> bool:
-    return bool(Node.objects.filter(name=name).update(last_heartbeat=timezone.now()))
+def node_heartbeat(*, name: str, at: datetime, running_tokens: list[str]) -> bool:
+    """Record that the agent was alive at `at`, running exactly `running_tokens`."""
+    return bool(
+        Node.objects.filter(name=name).update(last_heartbeat=at, running_tokens=running_tokens)
+    )
+
+
+def nodes_mark_lost(*, older_than_seconds: float) -> list[str]:
+    """Nodes silent for longer than `older_than_seconds` go offline; returns their names."""
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    with transaction.atomic():
+        names = list(
+            Node.objects.select_for_update(skip_locked=True)
+            .exclude(status=NodeStatus.OFFLINE)
+            .filter(last_heartbeat__lt=cutoff)
+            .values_list("name", flat=True)
+        )
+        if names:
+            Node.objects.filter(name__in=names).update(status=NodeStatus.OFFLINE)
+    for name in names:
+        logger.warning("node lost node=%s silent_for_more_than=%ss", name, older_than_seconds)
+    return names
 
 
 # Nothing allocated on the node: every allocation holds at least one CPU milli, since a

@@ -182,7 +182,7 @@ class AllocationViewSet(viewsets.ReadOnlyModelViewSet):
         released = execution_release_stuck(
             execution_id=allocation.execution_id, released_by=request.user.username
         )
-        if released is None:
+        if not released:
             raise serializers.ValidationError(
                 {"non_field_errors": [f"Allocation {allocation.pk} is already released."]}
             )

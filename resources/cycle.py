@@ -1,16 +1,19 @@
 """The scheduling cycle: place pending jobs on ready nodes, in one transaction.
 
-Snapshot: lock each queue's next pending jobs (SKIP LOCKED), then the nodes; read the
-queues and what their jobs hold now. Plan in memory with `resources.placement`: queues
-by fair share, jobs by priority then age, nodes by the queue's strategy. Write the
-executions, allocations, job statuses, node counters and pending reasons in a fixed
-number of statements, commit once, then publish one message per placement over one
-producer connection. The number of queries does not grow with the number of jobs,
-queues or nodes.
+Snapshot: lock the nodes, then each queue's next due pending jobs (SKIP LOCKED), as many
+as the free room could take; read the queues and what their jobs hold now. Plan in
+memory with `resources.placement`: queues by fair share, jobs by priority then age,
+nodes by the queue's strategy. Write the executions, allocations, job statuses, node
+counters and pending reasons in a fixed number of statements, commit once, then publish
+one message per placement over one producer connection. The number of queries does not
+grow with the number of jobs, queues or nodes, and a cycle that finds no room reads only
+the jobs that have not been told why they wait.
 """
 
 import json
 import logging
+import math
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -40,7 +43,8 @@ logger = logging.getLogger(__name__)
 # Each queue's next `per_queue` pending jobs that are due, in its order, locked so that
 # a second scheduler (or a cancel) skips them rather than waiting. Per queue, so that a
 # long backlog in one queue cannot hide another queue's jobs from the fair-share order.
-# Served by the job_pending_by_queue index.
+# With `arrivals_only`, only jobs no cycle has looked at yet. Served by the
+# job_pending_by_queue index.
 PENDING_JOBS_SQL = """
 SELECT j.id, j.queue_id, j.cpu_millis, j.memory_mb, j.gpu, j.node_selector, j.attempts,
        j.pending_reason
@@ -52,6 +56,7 @@ CROSS JOIN LATERAL (
     WHERE queue_id = q.id
       AND status = %(pending)s
       AND (not_before IS NULL OR not_before <= %(now)s)
+      AND (NOT %(arrivals_only)s OR pending_reason = '')
     ORDER BY priority DESC, created_at, id
     LIMIT %(per_queue)s
     FOR UPDATE SKIP LOCKED
@@ -60,12 +65,25 @@ ORDER BY q.id, j.priority DESC, j.created_at, j.id
 """
 
 
+# A cycle reads, per queue, enough jobs to fill the free CPU if each asked for this
+# much, at least MIN_JOBS_PER_QUEUE and at most the batch size. Reading (and locking)
+# the whole backlog when a completion has freed one core would cost more than placing.
+# A cycle that placed work and read a full window is followed by another at once.
+TYPICAL_SMALL_JOB_CPU_MILLIS = 100
+MIN_JOBS_PER_QUEUE = 256
+
+
+def jobs_per_queue(*, free_cpu_millis: int, batch_size: int) -> int:
+    wanted = math.ceil(free_cpu_millis / TYPICAL_SMALL_JOB_CPU_MILLIS)
+    return min(batch_size, max(MIN_JOBS_PER_QUEUE, wanted))
+
+
 @dataclass
 class CycleResult:
     considered: int = 0
     placements: list[tuple[str, str]] = field(default_factory=list)  # (token, node name)
     waiting: dict[str, int] = field(default_factory=dict)  # reason -> jobs
-    batch_full: bool = False  # some queue had more due jobs than one batch
+    batch_full: bool = False  # some queue may have more due jobs than this cycle read
 
     @property
     def placed(self) -> int:
@@ -79,11 +97,22 @@ class CycleResult:
 def run_cycle(*, batch_size: int) -> CycleResult:
     """One full cycle: settle drained nodes, place and commit, then publish."""
     node_drain_complete()
+    started = time.perf_counter()
     result = place_pending_jobs(batch_size=batch_size)
+    placed = time.perf_counter()
     # The router would look each token's node up in the database; this cycle has just
     # committed those allocations, so it tells the router instead.
     with routes_known(dict(result.placements)):
         execution_publish_many(tokens=result.tokens)
+    if result.placed or result.waiting:
+        logger.info(
+            "cycle considered=%s placed=%s waiting=%s place_ms=%.1f publish_ms=%.1f",
+            result.considered,
+            result.placed,
+            result.waiting,
+            (placed - started) * 1000,
+            (time.perf_counter() - placed) * 1000,
+        )
     return result
 
 
@@ -94,10 +123,16 @@ class _Pending:
     pending_reason: str
 
 
-def _lock_pending_jobs(*, now, per_queue: int) -> list[_Pending]:
+def _lock_pending_jobs(*, now, per_queue: int, arrivals_only: bool) -> list[_Pending]:
     with connection.cursor() as cursor:
         cursor.execute(
-            PENDING_JOBS_SQL, {"pending": JobStatus.PENDING, "now": now, "per_queue": per_queue}
+            PENDING_JOBS_SQL,
+            {
+                "pending": JobStatus.PENDING,
+                "now": now,
+                "per_queue": per_queue,
+                "arrivals_only": arrivals_only,
+            },
         )
         rows = cursor.fetchall()
     pending = []
@@ -156,24 +191,30 @@ def _node_slot(node: Node) -> NodeSlot:
 
 @transaction.atomic
 def place_pending_jobs(*, batch_size: int) -> CycleResult:
-    """Place up to `batch_size` due jobs of each queue; commit once."""
+    """Place due jobs, up to `batch_size` of each queue; commit once."""
     now = timezone.now()
-    # Jobs first, then nodes: every service that touches both locks them in this order.
-    pending = _lock_pending_jobs(now=now, per_queue=batch_size)
+    # Nodes first, then jobs. Jobs are taken with SKIP LOCKED, so the cycle never waits
+    # for a job lock while it holds the nodes, and a cancel holding a job never waits for
+    # a cycle that waits for it. Every node that is not offline counts towards the
+    # cluster the shares are of; only ready ones take work. Two overlapping cycles (a
+    # leader that lost its lock mid-cycle) queue up here.
+    nodes = list(Node.objects.select_for_update().exclude(status=NodeStatus.OFFLINE).order_by("id"))
+    slots = {n.id: _node_slot(n) for n in nodes if n.status == NodeStatus.READY}
+    free_cpu = sum(slot.free_cpu_millis for slot in slots.values())
+    # Every job needs some CPU: with none free, only tell new arrivals why they wait.
+    arrivals_only = free_cpu == 0
+    per_queue_limit = jobs_per_queue(free_cpu_millis=free_cpu, batch_size=batch_size)
+    pending = _lock_pending_jobs(now=now, per_queue=per_queue_limit, arrivals_only=arrivals_only)
     result = CycleResult(considered=len(pending))
     if not pending:
         return result
     per_queue = Counter(p.job.queue_id for p in pending)
-    result.batch_full = max(per_queue.values()) >= batch_size
+    result.batch_full = not arrivals_only and max(per_queue.values()) >= per_queue_limit
     queues = _queue_states(set(per_queue))
-    # Every node that is not offline counts towards the cluster the shares are of; only
-    # ready ones take work. All are locked, so two overlapping cycles queue up here.
-    nodes = list(Node.objects.select_for_update().exclude(status=NodeStatus.OFFLINE).order_by("id"))
     capacity = Resources(
         sum(n.cpu_millis for n in nodes), sum(n.memory_mb for n in nodes), sum(n.gpu for n in nodes)
     )
     _queue_usage(queues)
-    slots = {n.id: _node_slot(n) for n in nodes if n.status == NodeStatus.READY}
     plan = plan_placements(
         jobs=[p.job for p in pending], queues=queues, nodes=slots.values(), capacity=capacity
     )
@@ -194,13 +235,6 @@ def place_pending_jobs(*, batch_size: int) -> CycleResult:
             pending_reason=Case(
                 *[When(id__in=ids, then=Value(reason)) for reason, ids in changed.items()]
             )
-        )
-    if result.placed or result.waiting:
-        logger.info(
-            "cycle considered=%s placed=%s waiting=%s",
-            result.considered,
-            result.placed,
-            result.waiting,
         )
     return result
 

@@ -79,8 +79,9 @@ class Scheduler:
         while not self.shutdown and (left := deadline - time.monotonic()) > 0:
             if list(self.conn.notifies(timeout=min(left, SHUTDOWN_POLL_SECONDS), stop_after=1)):
                 break
-        # Many commits may have notified during the last cycle; one more cycle serves all.
-        for _ in self.conn.notifies(timeout=0.001):
+        # Gather what else commits in the next moment: one cycle then serves a burst of
+        # submissions or completions, instead of one cycle each.
+        for _ in self.conn.notifies(timeout=settings.SCHEDULER_COALESCE_SECONDS):
             pass
 
     def step(self) -> bool:

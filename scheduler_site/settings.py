@@ -117,22 +117,28 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_WORKER_SEND_TASK_EVENTS = True
-CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_TASK_SEND_SENT_EVENT = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
 # Maintenance run by beat on the control worker; DatabaseScheduler stores these rows.
 CELERY_BEAT_SCHEDULE = {
-    "republish-stale-executions": {
-        "task": "jobs.republish_stale_executions",
+    "reconcile-executions": {
+        "task": "jobs.reconcile_executions",
         "schedule": env.float("RECONCILE_INTERVAL_SECONDS", default=10.0),
+    },
+    "detect-lost-nodes": {
+        "task": "nodes.detect_lost_nodes",
+        "schedule": env.float("NODE_LOST_CHECK_SECONDS", default=5.0),
     },
 }
 
 # --- Scheduler and node agents -------------------------------------------------------
 # How often the scheduler runs a cycle when nothing wakes it.
 SCHEDULER_TICK_SECONDS = env.float("SCHEDULER_TICK_SECONDS", default=5.0)
+# After a wake-up, how long the scheduler gathers further wake-ups into the same cycle.
+SCHEDULER_COALESCE_SECONDS = env.float("SCHEDULER_COALESCE_SECONDS", default=0.003)
 # How many pending jobs one cycle considers.
 SCHEDULER_BATCH_SIZE = env.int("SCHEDULER_BATCH_SIZE", default=10_000)
 # How often a node agent writes its heartbeat.
@@ -142,8 +148,21 @@ EXECUTION_DISPATCH_TIMEOUT_SECONDS = env.float("EXECUTION_DISPATCH_TIMEOUT_SECON
 # Where node agents give each execution a working directory, and keep its log.
 NODE_WORK_DIR = Path(env.str("NODE_WORK_DIR", default=str(BASE_DIR / "var" / "work")))
 JOB_LOG_DIR = Path(env.str("JOB_LOG_DIR", default=str(BASE_DIR / "var" / "job-logs")))
+# How much of a job's output its log file keeps; the rest is counted, not kept.
+JOB_LOG_MAX_BYTES = env.int("JOB_LOG_MAX_BYTES", default=10 * 1024 * 1024)
 # How much of the end of a job's output is kept in the database.
 JOB_LOG_TAIL_BYTES = env.int("JOB_LOG_TAIL_BYTES", default=4096)
+# A node whose last heartbeat is older than this is offline; its executions are retried.
+NODE_LOST_AFTER_SECONDS = env.float("NODE_LOST_AFTER_SECONDS", default=30.0)
+# How many times one job may be retried because its node or process was lost.
+NODE_LOST_MAX_RETRIES = env.int("NODE_LOST_MAX_RETRIES", default=3)
+# How often an agent looks for cancelled executions, and samples its jobs' memory.
+NODE_CANCEL_POLL_SECONDS = env.float("NODE_CANCEL_POLL_SECONDS", default=1.0)
+NODE_MEMORY_POLL_SECONDS = env.float("NODE_MEMORY_POLL_SECONDS", default=0.25)
+# Dotted names of the Python callables that `callable` jobs may run.
+JOB_CALLABLES = env.list(
+    "JOB_CALLABLES", default=["jobs.callables.echo_parameters", "jobs.callables.sleep"]
+)
 # Seconds a killed job gets between SIGTERM and SIGKILL.
 JOB_KILL_GRACE_SECONDS = env.float("JOB_KILL_GRACE_SECONDS", default=5.0)
 

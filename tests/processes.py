@@ -34,6 +34,41 @@ def wait_until(predicate, timeout: float, interval: float = 0.05, message: str =
     raise AssertionError(f"timed out after {timeout} s waiting for {message}")
 
 
+REDIS_SERVER_ARGV = [
+    "redis-server",
+    "--daemonize",
+    "yes",
+    "--bind",
+    "127.0.0.1",
+    "-::1",
+    "--port",
+    "6379",
+    "--save",
+    "",
+    "--appendonly",
+    "no",
+    "--dir",
+    "/var/lib/redis",
+    "--logfile",
+    "/var/log/redis/ci.log",
+]
+
+
+def restart_redis() -> None:
+    """Stop the local Redis without saving (all messages are lost) and start it again."""
+    subprocess.run(["redis-cli", "-h", "127.0.0.1", "shutdown", "nosave"], check=False)
+    wait_until(lambda: not _redis_answers(), 10, message="Redis to stop")
+    subprocess.run(REDIS_SERVER_ARGV, check=True)
+    wait_until(_redis_answers, 10, message="Redis to start")
+
+
+def _redis_answers() -> bool:
+    result = subprocess.run(
+        ["redis-cli", "-h", "127.0.0.1", "ping"], capture_output=True, text=True, check=False
+    )
+    return result.stdout.strip() == "PONG"
+
+
 def raw_connection() -> psycopg.Connection:
     """A connection of the test's own, for samplers that run beside the processes."""
     db = settings.DATABASES["default"]
@@ -117,19 +152,70 @@ class Cluster:
         return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
 
     def _start(self, name: str, *args: str) -> Process:
-        return self._start_python(name, str(BASE_DIR / "manage.py"), *args)
+        return self._spawn(name, [sys.executable, str(BASE_DIR / "manage.py"), *args])
 
-    def _start_python(self, name: str, *args: str) -> Process:
-        process = Process(name, [sys.executable, *args], self.env, self.tmp_path / f"{name}.log")
+    def _spawn(self, name: str, argv: list[str]) -> Process:
+        process = Process(name, argv, self.env, self.tmp_path / f"{name}.log")
         self.processes.append(process.start())
         return process
+
+    def start_beat(self) -> Process:
+        return self._spawn(
+            "beat",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "scheduler_site",
+                "beat",
+                "-S",
+                "django_celery_beat.schedulers:DatabaseScheduler",
+                "--pidfile=",
+                "--loglevel=INFO",
+            ],
+        )
+
+    def start_control_worker(self) -> Process:
+        process = self._spawn(
+            "control",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "scheduler_site",
+                "worker",
+                "-Q",
+                "control",
+                "-n",
+                "control@%h",
+                "--concurrency=2",
+                "--pool=threads",
+                "--loglevel=INFO",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+        )
+
+        def ready():
+            replies = celery_app.control.ping(timeout=0.5)
+            return any(host.startswith("control@") for reply in replies for host in reply)
+
+        wait_until(ready, 30, interval=0.2, message="the control worker")
+        return process
+
+    def start_maintenance(self) -> None:
+        """Beat and the control worker: reconciliation and node-loss handling."""
+        self.start_control_worker()
+        self.start_beat()
 
     def start_submitter(self, name: str, *, team: str, queues: list[str], count: int, **options):
         """A process submitting `count` jobs through the submission service (tests.submitter)."""
         args = [f"--name={name}", f"--team={team}", f"--count={count}"]
         args += [f"--queue={queue}" for queue in queues]
         args += [f"--{key.replace('_', '-')}={value}" for key, value in options.items()]
-        return self._start_python(name, "-m", "tests.submitter", *args)
+        return self._spawn(name, [sys.executable, "-m", "tests.submitter", *args])
 
     def start_scheduler(self, name: str = "scheduler", wait_leader: bool = True) -> Process:
         process = self._start(name, "run_scheduler")

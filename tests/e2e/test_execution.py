@@ -1,5 +1,6 @@
 """Execution on a real node agent: duplicates, timeouts, retries, environment."""
 
+import itertools
 import subprocess
 import uuid
 
@@ -51,17 +52,14 @@ def test_the_same_execution_message_delivered_three_times_runs_once(cluster, api
     assert job.status == JobStatus.SUCCEEDED
     # And one more after it finished: a stale token does nothing.
     celery_app.send_task(EXECUTION_TASK, kwargs={"token": execution.token}, queue="node.node-a")
-    wait_until(lambda: "token=" + execution.token in cluster.processes[0].log(), 5)
-    wait_until(
-        lambda: (
-            cluster.processes[0]
-            .log()
-            .count(f"dropped duplicate or stale execution message token={execution.token}")
-            == 3
-        ),
-        10,
-        message="three dropped duplicates",
-    )
+
+    def dropped():
+        return sum(
+            "dropped duplicate" in line and f"token={execution.token} " in line
+            for line in cluster.processes[0].log().splitlines()
+        )
+
+    wait_until(lambda: dropped() == 3, 10, message="three dropped duplicates")
     assert marker.read_text() == "run\n"
     assert JobExecution.objects.filter(job_id=job_id).count() == 1
 
@@ -131,3 +129,112 @@ def test_the_job_sees_its_environment_but_not_the_agents_secrets(cluster, api):
     assert "DATABASE_URL" not in output
     assert "SECRET_KEY" not in output
     assert f"/node-a/job-{job_id}-attempt-1" in output
+
+
+def test_a_job_past_its_memory_limit_fails_with_the_memory_reason(cluster, api):
+    cluster.start_node("node-a", cpu=1, memory_mb=1024)
+    cluster.start_scheduler()
+    job_id = submit(
+        api,
+        command=["python3", "-c", "import time; x = bytearray(300 * 2**20); time.sleep(30)"],
+        resources={"cpu": 1, "memory_mb": 100},
+    )
+    job = wait_finished(job_id)
+    assert job.status == JobStatus.FAILED
+    assert job.last_execution.error == "exceeded memory limit of 100 MB"
+    assert job.last_execution.allocation.status == AllocationStatus.RELEASED
+
+
+def test_cancelling_a_running_job_kills_it_and_frees_its_allocation(cluster, api):
+    cluster.start_node("node-a", cpu=1)
+    cluster.start_scheduler()
+    marker = f"cancel-marker-{uuid.uuid4().hex[:8]}"
+    job_id = submit(api, command=["sh", "-c", f"sleep 300 # {marker}"])
+    wait_until(lambda: processes_matching(marker), 15, message="the job to start")
+    response = api.post(f"/api/jobs/{job_id}/cancel/")
+    assert response.status_code == 200
+    assert response.json()["cancel_requested_at"] is not None
+    wait_until(
+        lambda: Job.objects.get(pk=job_id).status == JobStatus.CANCELLED,
+        5,
+        message="the job to be cancelled",
+    )
+    execution = JobExecution.objects.get(job_id=job_id)
+    assert execution.status == "cancelled"
+    assert execution.allocation.status == AllocationStatus.RELEASED
+    assert execution.node.allocated_cpu_millis == 0
+    wait_until(lambda: not processes_matching(marker), 5, message="no process left behind")
+
+
+def test_an_always_failing_job_backs_off_then_sits_in_the_dead_letter_view(cluster, api, tmp_path):
+    cluster.start_node("node-a", cpu=1)
+    cluster.start_scheduler()
+    ok = tmp_path / "ok"
+    job_id = submit(
+        api,
+        command=["sh", "-c", f"test -f {ok} || exit 1"],
+        max_retries=2,
+        retry_backoff_seconds=3,
+    )
+    job = wait_finished(job_id, timeout=60)
+    assert job.status == JobStatus.FAILED and job.attempts == 3
+    runs = list(JobExecution.objects.filter(job_id=job_id).order_by("attempt"))
+    gaps = [(b.started_at - a.finished_at).total_seconds() for a, b in itertools.pairwise(runs)]
+    # Back-off of 3 s, then 6 s, each with +-20% jitter.
+    assert 2.4 <= gaps[0] < gaps[1], gaps
+    assert gaps[1] >= 4.8, gaps
+    retries = api.get(f"/api/jobs/{job_id}/").json()["retries"]
+    assert [(r["attempt"], r["reason"]) for r in retries] == [
+        (2, "exit code 1"),
+        (3, "exit code 1"),
+    ]
+    dead = api.get("/api/jobs/", {"dead_letter": "true"}).json()
+    assert [j["id"] for j in dead["results"]] == [job_id]
+
+    ok.touch()
+    response = api.post(f"/api/jobs/{job_id}/retry/")
+    assert response.status_code == 200
+    assert response.json()["status"] == "pending"
+    job = wait_finished(job_id)
+    assert job.status == JobStatus.SUCCEEDED and job.attempts == 4
+    assert api.get("/api/jobs/", {"dead_letter": "true"}).json()["count"] == 0
+
+
+def test_a_callable_job_runs_with_its_parameters(cluster, api):
+    cluster.start_node("node-a", cpu=1)
+    cluster.start_scheduler()
+    response = api.post(
+        "/api/jobs/",
+        {
+            "name": "echo",
+            "kind": "callable",
+            "callable": "jobs.callables.echo_parameters",
+            "parameters": {"day": "2026-11-23", "rows": 3},
+        },
+        format="json",
+    )
+    assert response.status_code == 201, response.json()
+    job = wait_finished(response.json()["id"])
+    assert job.status == JobStatus.SUCCEEDED
+    assert job.last_execution.log_tail == '{"day": "2026-11-23", "rows": 3}\n'
+
+
+def test_a_jobs_log_is_served_capped_with_its_tail_kept(cluster, api):
+    cluster.start_node("node-a", cpu=1)
+    cluster.start_scheduler()
+    # About 2 MB of output against a 1 MB cap (tests/settings.py), then a last line.
+    job_id = submit(
+        api,
+        command=["sh", "-c", "yes 0123456789abcdef | head -c 2000000; echo; echo the end"],
+    )
+    job = wait_finished(job_id)
+    assert job.status == JobStatus.SUCCEEDED
+    assert job.last_execution.log_tail.endswith("0123456789abcdef\n0\nthe end\n")
+    response = api.get(f"/api/jobs/{job_id}/logs/", {"attempt": 1})
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    body = b"".join(response.streaming_content).decode()
+    assert body.startswith("0123456789abcdef\n")
+    assert 1_048_576 <= len(body) < 1_048_576 + 200
+    assert body.endswith(f"[log truncated: {2_000_000 + 9 - 1_048_576} more bytes not kept]\n")
+    assert api.get(f"/api/jobs/{job_id}/logs/", {"attempt": 2}).status_code == 404

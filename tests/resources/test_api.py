@@ -198,7 +198,7 @@ def test_staff_release_a_stuck_allocation_exactly_once(staff_api, cluster_state)
         execution__job__team__slug="red"
     )
     execution = allocation.execution
-    assert execution_claim(token=execution.token, node_name=allocation.node.name)
+    assert execution_claim(token=execution.token, node_id=allocation.node_id)
     node = allocation.node
     before = (node.allocated_cpu_millis, node.allocated_gpu)
 

@@ -39,12 +39,10 @@ def held_cpu(queue) -> int:
 
 def finish_some(rng: random.Random, fraction: float) -> int:
     """End a random share of the placed executions, as their node agents would."""
-    placed = list(
-        JobExecution.objects.filter(status=ExecutionStatus.RESERVED).select_related("node")
-    )
+    placed = list(JobExecution.objects.filter(status=ExecutionStatus.RESERVED))
     ended = rng.sample(placed, k=max(1, int(len(placed) * fraction)))
     for execution in ended:
-        assert execution_claim(token=execution.token, node_name=execution.node.name)
+        assert execution_claim(token=execution.token, node_id=execution.node_id)
         execution_finish(token=execution.token, exit_code=0)
     return len(ended)
 

@@ -16,6 +16,7 @@ DEMO_JOBS = [
     ("two-cores", ["sh", "-c", "nproc; sleep 1; echo done"], 2),
     ("uname", ["uname", "-a"], 0.25),
 ]
+DEMO_CALLABLE = ("callable-echo", "jobs.callables.echo_parameters", {"report": "daily", "rows": 3})
 
 
 class Command(BaseCommand):
@@ -39,10 +40,23 @@ class Command(BaseCommand):
                 "gpu": 0,
                 "idempotency_key": f"demo-{name}",
             }
-            try:
-                ids.append(job_submit(team=team_obj, spec=spec).job.id)
-            except ValidationError as exc:
-                raise CommandError(f"{name}: {' '.join(exc.messages)}") from exc
+            ids.append(self.submit(team_obj, spec))
+        name, dotted, parameters = DEMO_CALLABLE
+        ids.append(
+            self.submit(
+                team_obj,
+                {
+                    "name": name,
+                    "kind": "callable",
+                    "callable": dotted,
+                    "parameters": parameters,
+                    "cpu_millis": 250,
+                    "memory_mb": 64,
+                    "gpu": 0,
+                    "idempotency_key": f"demo-{name}",
+                },
+            )
+        )
         deadline = time.monotonic() + wait
         jobs = Job.objects.filter(id__in=ids)
         while time.monotonic() < deadline and jobs.exclude(status__in=TERMINAL_JOB_STATUSES):
@@ -50,3 +64,9 @@ class Command(BaseCommand):
         for job in jobs.select_related("last_execution__node").order_by("id"):
             node = job.last_execution.node.name if job.last_execution else "-"
             self.stdout.write(f"  job {job.id:>4}  {job.name:<16} {job.status:<10} on {node}")
+
+    def submit(self, team, spec) -> int:
+        try:
+            return job_submit(team=team, spec=spec).job.id
+        except ValidationError as exc:
+            raise CommandError(f"{spec['name']}: {' '.join(exc.messages)}") from exc

@@ -7,7 +7,6 @@ runs a Celery worker on the node's own queue, `node.NAME`, in this process.
 import re
 import socket
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
@@ -70,9 +69,12 @@ class Command(BaseCommand):
             f"node {node.name}: {cpu_millis / 1000:g} CPU, {memory_mb} MB, {gpu} GPU, "
             f"labels {node.labels}, {slots} slots, queue {node.queue_name}"
         )
-        agent.become_node(node.name)
-        heartbeat = agent.Heartbeat(node.name, settings.NODE_HEARTBEAT_SECONDS)
-        heartbeat.start()
+        reaped = agent.reap_orphans(node.name)
+        if reaped:
+            self.stdout.write(f"killed {reaped} job process group(s) left by a previous agent")
+        agent.become_node(node.id, node.name)
+        loop = agent.AgentLoop(node.name)
+        loop.start()
         try:
             app.worker_main(
                 argv=[
@@ -88,4 +90,4 @@ class Command(BaseCommand):
                 ]
             )
         finally:
-            heartbeat.stop()
+            loop.stop()

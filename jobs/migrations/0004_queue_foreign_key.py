@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('jobs', '0002_queue_reference'),
+        ('jobs', '0003_queue_reference'),
     ]
 
     operations = [

@@ -1,5 +1,5 @@
 # Jobs and definitions name their queue by foreign key: first the new column, filled
-# from the old slug. (The old column goes in 0003: PostgreSQL refuses to alter a table
+# from the old slug. (The old column goes in 0004: PostgreSQL refuses to alter a table
 # with pending foreign-key checks in the same transaction.)
 
 import django.db.models.deletion
@@ -33,7 +33,7 @@ def unlink_queues(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('jobs', '0001_initial'),
+        ('jobs', '0002_reliable_execution'),
         ('resources', '0002_queue'),
     ]
 

@@ -1,0 +1,230 @@
+"""Throughput and submit-to-start latency of the whole platform, against bare Celery.
+
+    .venv/bin/python bench/throughput.py [--jobs 400] [--latency-samples 200] [--slots 8]
+
+Sets up its own database (scheduler_bench_tp) and Redis database (12), starts a real
+scheduler and one node agent (--slots threads, as much CPU as slots, 1 CPU per job),
+and a bare Celery worker with the same pool, concurrency, acks and prefetch running the
+same command (`true`). Measures completed jobs per second for each, then, with free
+capacity, the latency from a job's creation to its start, one job at a time. The last
+line printed is one JSON object of the figures.
+"""
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DB_NAME = "scheduler_bench_tp"
+BROKER_URL = "redis://127.0.0.1:6379/12"
+WORK = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
+ENV = {
+    **os.environ,
+    "DJANGO_SETTINGS_MODULE": "scheduler_site.settings",
+    "SECRET_KEY": "bench-only",
+    "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB_NAME}",
+    "CELERY_BROKER_URL": BROKER_URL,
+    "NODE_WORK_DIR": str(WORK / "work"),
+    "JOB_LOG_DIR": str(WORK / "logs"),
+    "LOG_LEVEL": "WARNING",
+    "PYTHONPATH": str(ROOT),
+}
+os.environ.update(ENV)
+sys.path.insert(0, str(ROOT))
+
+
+def psql(sql: str) -> None:
+    subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", sql],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def start(name: str, argv: list[str]) -> subprocess.Popen:
+    log = (WORK / f"{name}.log").open("wb")
+    return subprocess.Popen(
+        argv, cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    for p in processes:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in processes:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.005):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise SystemExit(f"timed out waiting for {what}; logs in {WORK}")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=400)
+    parser.add_argument("--latency-samples", type=int, default=200)
+    parser.add_argument("--slots", type=int, default=8)
+    args = parser.parse_args()
+
+    psql(f"DROP DATABASE IF EXISTS {DB_NAME}")
+    psql(f"CREATE DATABASE {DB_NAME}")
+    import django
+
+    django.setup()
+    import redis
+    from django.core.management import call_command
+
+    from accounts.models import Team
+    from jobs.models import Job, JobStatus
+    from jobs.services import job_submit
+    from nodes.models import Node
+
+    broker = redis.Redis.from_url(BROKER_URL)
+    broker.flushdb()
+    call_command("migrate", verbosity=0)
+    team = Team.objects.create(name="Bench", slug="bench")
+    manage = [sys.executable, str(ROOT / "manage.py")]
+    celery = [sys.executable, "-m", "celery"]
+    worker_flags = [
+        "--pool=threads",
+        f"--concurrency={args.slots}",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel=WARNING",
+    ]
+    processes = [
+        start("scheduler", [*manage, "run_scheduler"]),
+        start(
+            "node",
+            [
+                *manage,
+                "run_node",
+                "--name",
+                "bench",
+                f"--cpu={args.slots}",
+                "--memory-mb=65536",
+                f"--slots={args.slots}",
+                "--loglevel=WARNING",
+            ],
+        ),
+        start(
+            "bare",
+            [
+                *celery,
+                "-A",
+                "bench.bare_celery",
+                "worker",
+                "-Q",
+                "bare",
+                "-n",
+                "bare@%h",
+                *worker_flags,
+            ],
+        ),
+    ]
+    try:
+        wait_for(lambda: Node.objects.filter(name="bench").exists(), 30, "the node", 0.1)
+        time.sleep(3)  # workers connected and consuming
+        spec = {
+            "name": "trivial",
+            "command": ["true"],
+            "cpu_millis": 1000,
+            "memory_mb": 16,
+            "gpu": 0,
+        }
+
+        def platform_run(count: int) -> float:
+            started = time.perf_counter()
+            ids = [job_submit(team=team, spec=spec).job.id for _ in range(count)]
+            wait_for(
+                lambda: Job.objects.filter(id__in=ids, status=JobStatus.SUCCEEDED).count() == count,
+                300,
+                "the platform jobs",
+                0.02,
+            )
+            return count / (time.perf_counter() - started)
+
+        from bench.bare_celery import COUNTER, run_command
+
+        def bare_run(count: int) -> float:
+            broker.delete(COUNTER)
+            started = time.perf_counter()
+            for _ in range(count):
+                run_command.delay(["true"])
+            wait_for(lambda: int(broker.get(COUNTER) or 0) == count, 300, "the bare tasks", 0.02)
+            return count / (time.perf_counter() - started)
+
+        platform_run(20)  # warm-up: connections, imports
+        bare_run(20)
+        platform = platform_run(args.jobs)
+        bare = bare_run(args.jobs)
+        print(
+            f"throughput: platform {platform:.1f} jobs/s, bare Celery {bare:.1f} tasks/s "
+            f"({args.jobs} trivial jobs, {args.slots} slots)"
+        )
+
+        latencies = []
+        for _ in range(args.latency_samples):
+            job = job_submit(team=team, spec=spec).job
+            wait_for(
+                lambda j=job: Job.objects.filter(pk=j.pk, started_at__isnull=False).exists(),
+                30,
+                "a job to start",
+                0.002,
+            )
+            job.refresh_from_db()
+            latencies.append((job.started_at - job.created_at).total_seconds() * 1000)
+            wait_for(
+                lambda j=job: Job.objects.filter(pk=j.pk, status=JobStatus.SUCCEEDED).exists(),
+                30,
+                "a job to end",
+                0.002,
+            )
+        p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+        print(
+            f"submit-to-start over {len(latencies)} jobs: p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
+            f"mean {statistics.fmean(latencies):.1f} ms"
+        )
+    finally:
+        stop(processes)
+        broker.flushdb()
+        from django.db import connections
+
+        connections.close_all()
+        psql(f"DROP DATABASE IF EXISTS {DB_NAME}")
+    print(
+        json.dumps(
+            {
+                "platform_jobs_per_second": round(platform, 1),
+                "bare_celery_jobs_per_second": round(bare, 1),
+                "ratio": round(platform / bare, 3),
+                "submit_to_start_p50_ms": round(p50, 1),
+                "submit_to_start_p99_ms": round(p99, 1),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
