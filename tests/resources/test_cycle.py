@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from jobs.models import Job, JobExecution, JobStatus, PendingReason
 from nodes.models import Node, NodeStatus
-from resources.cycle import place_pending_jobs, run_cycle
+from resources.cycle import MIN_JOBS_PER_QUEUE, jobs_per_queue, place_pending_jobs, run_cycle
 from resources.models import DEFAULT_QUEUE_NAME, Allocation, AllocationStatus, Queue
 from resources.placement import Strategy, Unplaced
 from resources.routing import route_task, routes_known
@@ -126,6 +126,35 @@ def test_a_long_backlog_in_one_queue_does_not_hide_another_queues_jobs(team, bro
     assert result.batch_full
     newcomer.refresh_from_db()
     assert newcomer.status == JobStatus.RESERVED
+
+
+def test_a_full_cluster_reads_only_the_jobs_no_cycle_has_looked_at(team, broker):
+    Node.objects.create(name="one", cpu_millis=2000, memory_mb=4096)
+    make_jobs(team, 5)
+    assert place_pending_jobs(batch_size=100).placed == 2  # full now; three told why
+    newcomers = make_jobs(team, 2)
+    result = place_pending_jobs(batch_size=100)
+    assert (result.considered, result.placed, result.batch_full) == (2, 0, False)
+    for job in newcomers:
+        job.refresh_from_db()
+        assert job.pending_reason == PendingReason.INSUFFICIENT_CAPACITY
+
+
+def test_a_cycle_reads_as_many_jobs_per_queue_as_the_free_room_could_take():
+    assert jobs_per_queue(free_cpu_millis=1000, batch_size=10_000) == MIN_JOBS_PER_QUEUE
+    assert jobs_per_queue(free_cpu_millis=1_000_000, batch_size=10_000) == 10_000
+    assert jobs_per_queue(free_cpu_millis=50_000, batch_size=10_000) == 500
+    assert jobs_per_queue(free_cpu_millis=1000, batch_size=10) == 10
+
+
+def test_a_cycle_with_little_room_reads_a_window_and_says_there_may_be_more(team, broker):
+    Node.objects.create(name="one", cpu_millis=1000, memory_mb=4096)
+    make_jobs(team, MIN_JOBS_PER_QUEUE + 10, cpu_millis=1, memory_mb=1)
+    result = place_pending_jobs(batch_size=10_000)
+    assert result.considered == MIN_JOBS_PER_QUEUE
+    assert result.placed == MIN_JOBS_PER_QUEUE
+    assert result.batch_full  # the scheduler runs another cycle at once
+    assert place_pending_jobs(batch_size=10_000).placed == 10
 
 
 def test_a_spread_queue_uses_the_emptiest_nodes_and_a_binpack_queue_the_fullest(team, broker):
