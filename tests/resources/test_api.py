@@ -235,6 +235,9 @@ def test_a_released_job_with_retries_left_goes_back_to_pending(staff_api, team):
     assert staff_api.post(f"/api/allocations/{allocation.pk}/release/").status_code == 200
     job.refresh_from_db()
     assert (job.status, job.pending_reason) == (JobStatus.PENDING, PendingReason.WAITING_RETRY)
+    assert list(job.retries.values_list("attempt", "reason")) == [
+        (2, "allocation released by root: the execution was stuck")
+    ]
     allocation.refresh_from_db()
     assert allocation.status == AllocationStatus.RELEASED
 
