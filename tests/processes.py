@@ -16,6 +16,8 @@ from pathlib import Path
 import psycopg
 from django.conf import settings
 from django.db import connection
+from kombu.exceptions import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from nodes.models import Node
 from resources.scheduler import LEADER_LOCK_ID
@@ -67,6 +69,19 @@ def _redis_answers() -> bool:
         ["redis-cli", "-h", "127.0.0.1", "ping"], capture_output=True, text=True, check=False
     )
     return result.stdout.strip() == "PONG"
+
+
+def workers_answering_ping() -> list[str]:
+    """Hostnames of the Celery workers that answer a ping; none while the broker is away.
+
+    A connection of its own each time: a pooled one may have died with a restarted Redis.
+    """
+    try:
+        with celery_app.connection_for_write() as conn:
+            replies = celery_app.control.ping(timeout=0.5, connection=conn)
+    except (OperationalError, RedisConnectionError):
+        return []
+    return [host for reply in replies for host in reply]
 
 
 def raw_connection() -> psycopg.Connection:
@@ -199,8 +214,7 @@ class Cluster:
         )
 
         def ready():
-            replies = celery_app.control.ping(timeout=0.5)
-            return any(host.startswith("control@") for reply in replies for host in reply)
+            return any(host.startswith("control@") for host in workers_answering_ping())
 
         wait_until(ready, 30, interval=0.2, message="the control worker")
         return process
@@ -272,8 +286,7 @@ class Cluster:
                 raise AssertionError(f"node agent {name} exited:\n{process.log()[-3000:]}")
             if not Node.objects.filter(name=name).exists():
                 return False
-            replies = celery_app.control.ping(timeout=0.5)
-            return any(host.startswith(f"{name}@") for reply in replies for host in reply)
+            return any(host.startswith(f"{name}@") for host in workers_answering_ping())
 
         wait_until(ready, timeout, interval=0.2, message=f"node agent {name}")
 
