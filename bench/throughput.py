@@ -37,6 +37,7 @@ ENV = {
     "PYTHONPATH": str(ROOT),
 }
 os.environ.update(ENV)
+POLL_SECONDS = 0.05
 sys.path.insert(0, str(ROOT))
 
 
@@ -106,11 +107,13 @@ def main() -> None:
     team = Team.objects.create(name="Bench", slug="bench")
     manage = [sys.executable, str(ROOT / "manage.py")]
     celery = [sys.executable, "-m", "celery"]
+    # The node agent's worker settings (run_node), for the bare worker too.
     worker_flags = [
         "--pool=threads",
         f"--concurrency={args.slots}",
         "--without-gossip",
         "--without-mingle",
+        "--task-events",
         "--loglevel=WARNING",
     ]
     processes = [
@@ -157,12 +160,9 @@ def main() -> None:
         def platform_run(count: int) -> float:
             started = time.perf_counter()
             ids = [job_submit(team=team, spec=spec).job.id for _ in range(count)]
-            wait_for(
-                lambda: Job.objects.filter(id__in=ids, status=JobStatus.SUCCEEDED).count() == count,
-                300,
-                "the platform jobs",
-                0.02,
-            )
+            done = Job.objects.filter(id__range=(ids[0], ids[-1]), status=JobStatus.SUCCEEDED)
+            # Polled gently: this process shares the two cores with what it measures.
+            wait_for(lambda: done.count() == count, 300, "the platform jobs", POLL_SECONDS)
             return count / (time.perf_counter() - started)
 
         from bench.bare_celery import COUNTER, run_command
@@ -172,7 +172,9 @@ def main() -> None:
             started = time.perf_counter()
             for _ in range(count):
                 run_command.delay(["true"])
-            wait_for(lambda: int(broker.get(COUNTER) or 0) == count, 300, "the bare tasks", 0.02)
+            wait_for(
+                lambda: int(broker.get(COUNTER) or 0) == count, 300, "the bare tasks", POLL_SECONDS
+            )
             return count / (time.perf_counter() - started)
 
         platform_run(20)  # warm-up: connections, imports
