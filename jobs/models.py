@@ -199,6 +199,9 @@ class JobExecution(models.Model):
     exit_code = models.IntegerField(null=True, blank=True)
     error = models.TextField(blank=True)
     reserved_at = models.DateTimeField()
+    # When reconciliation last sent its message again (the cycle's own send is at
+    # reserved_at), so a backlog waiting for worker slots is not re-sent every pass.
+    republished_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     log_path = models.CharField(max_length=500, blank=True)

@@ -15,7 +15,7 @@ from celery.utils import uuid
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.models import Team, User
@@ -520,13 +520,17 @@ def execution_republish_stale(*, older_than_seconds: float) -> int:
     The broker may have lost the message (Redis is disposable); a duplicate is harmless
     because the node claims the token in the database before running anything.
     """
-    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
-    tokens = list(
-        JobExecution.objects.filter(status=ExecutionStatus.RESERVED, reserved_at__lt=cutoff)
-        .order_by("reserved_at")
-        .values_list("token", flat=True)
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=older_than_seconds)
+    stale = JobExecution.objects.filter(
+        Q(republished_at__isnull=True) | Q(republished_at__lt=cutoff),
+        status=ExecutionStatus.RESERVED,
+        reserved_at__lt=cutoff,
     )
-    for token in tokens:
-        logger.warning("re-publishing unclaimed execution token=%s", token)
-        execution_publish(token=token)
+    tokens = list(stale.order_by("reserved_at").values_list("token", flat=True))
+    if not tokens:
+        return 0
+    JobExecution.objects.filter(token__in=tokens).update(republished_at=now)
+    logger.warning("re-publishing %s unclaimed executions: %s", len(tokens), " ".join(tokens[:20]))
+    execution_publish_many(tokens=tokens)
     return len(tokens)
