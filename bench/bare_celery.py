@@ -11,7 +11,7 @@ COUNTER = "bench:bare:done"
 
 app = Celery("bare", broker=BROKER_URL)
 app.conf.update(
-    task_acks_late=True,
+    task_acks_late=False,  # as the platform's workers (scheduler_site.settings)
     worker_prefetch_multiplier=1,
     task_ignore_result=True,
     task_default_queue="bare",

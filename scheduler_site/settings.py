@@ -112,7 +112,11 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "control"
 CELERY_TASK_ROUTES = ("resources.routing.route_task",)
-CELERY_TASK_ACKS_LATE = True
+# Messages are acknowledged on receipt. PostgreSQL, not the broker, knows what has run:
+# a message acknowledged but never claimed is re-published by reconciliation. Late acks
+# would only add Redis redeliveries, and with Celery 5.7 a worker holding late-acked
+# messages when Redis restarts dies restoring them on the closed connection.
+CELERY_TASK_ACKS_LATE = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
