@@ -1,8 +1,9 @@
 """Writes for jobs: submission, and the lifecycle of executions on nodes.
 
-Lock order, shared with resources.cycle: job, then execution, then allocation, then
-node. Every status change is a conditional UPDATE on the expected status, so a lost
-race (a duplicate message, a second worker) is detected and changes nothing.
+Lock order in these services: job, then execution, then allocation, then node. The
+scheduling cycle locks nodes first but takes jobs with SKIP LOCKED, so it never waits
+for a job lock. Every status change is a conditional UPDATE on the expected status, so
+a lost race (a duplicate message, a second worker) is detected and changes nothing.
 """
 
 import logging
@@ -153,18 +154,6 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
     return Submission(job=job, created=True)
 
 
-def execution_publish(*, token: str) -> None:
-    """Send the execution's message; the router picks its node's queue.
-
-    A message that cannot be sent is not an error here: the execution stays `reserved`
-    in PostgreSQL, which is what reconciliation reads.
-    """
-    try:
-        celery_app.send_task(EXECUTION_TASK, kwargs={"token": token})
-    except Exception:
-        logger.exception("could not publish execution token=%s", token)
-
-
 def execution_publish_many(*, tokens: Sequence[str]) -> None:
     """Send many executions' messages over one producer connection, pipelined.
 
@@ -172,8 +161,8 @@ def execution_publish_many(*, tokens: Sequence[str]) -> None:
     with the two calls `send_task` itself makes: its per-call option handling costs as
     much as the publishing when a cycle sends thousands. The queue is not re-declared per
     message: a node's queue is declared by its own worker, and a message for it is
-    addressed to it by name. As with `execution_publish`, a failure here loses nothing:
-    whatever was not sent stays `reserved` in PostgreSQL and reconciliation sends it again.
+    addressed to it by name. A failure here loses nothing: whatever was not sent stays
+    `reserved` in PostgreSQL, and reconciliation sends it again.
     """
     if not tokens:
         return

@@ -86,15 +86,6 @@ def fits_now(node: NodeSlot, request: Request) -> bool:
     )
 
 
-def fits_capacity(node: NodeSlot, request: Request) -> bool:
-    """Could the node hold the request if it were empty?"""
-    return (
-        request.cpu_millis <= node.cpu_millis
-        and request.memory_mb <= node.memory_mb
-        and request.gpu <= node.gpu
-    )
-
-
 def free_fraction_after(node: NodeSlot, request: Request) -> Fraction:
     """Mean share of the node's resources left free once the request is placed (0 = full).
 
