@@ -108,6 +108,8 @@ REST_FRAMEWORK = {
 
 # --- Celery (namespace CELERY_) -------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")
+# Redis without the restore-on-close that kills a worker when Redis restarts (see broker.py).
+CELERY_BROKER_TRANSPORT = "scheduler_site.broker:Transport"
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "control"

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 from django.conf import settings
@@ -36,37 +37,49 @@ def wait_until(predicate, timeout: float, interval: float = 0.05, message: str =
     raise AssertionError(f"timed out after {timeout} s waiting for {message}")
 
 
-REDIS_SERVER_ARGV = [
-    "redis-server",
-    "--daemonize",
-    "yes",
-    "--bind",
-    "127.0.0.1",
-    "-::1",
-    "--port",
-    "6379",
-    "--save",
-    "",
-    "--appendonly",
-    "no",
-    "--dir",
-    "/var/lib/redis",
-    "--logfile",
-    "/var/log/redis/ci.log",
-]
+def _broker_port() -> str:
+    """The port of the broker the suite uses: CI's Redis on 6379, or a private one."""
+    return str(urlsplit(settings.CELERY_BROKER_URL).port or 6379)
+
+
+def _redis_server_argv() -> list[str]:
+    port = _broker_port()
+    return [
+        "redis-server",
+        "--daemonize",
+        "yes",
+        "--bind",
+        "127.0.0.1",
+        "-::1",
+        "--port",
+        port,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        "/var/lib/redis",
+        "--logfile",
+        "/var/log/redis/ci.log" if port == "6379" else f"/var/log/redis/{port}.log",
+    ]
 
 
 def restart_redis() -> None:
-    """Stop the local Redis without saving (all messages are lost) and start it again."""
-    subprocess.run(["redis-cli", "-h", "127.0.0.1", "shutdown", "nosave"], check=False)
+    """Stop the broker's Redis without saving (all messages are lost) and start it again."""
+    subprocess.run(
+        ["redis-cli", "-h", "127.0.0.1", "-p", _broker_port(), "shutdown", "nosave"], check=False
+    )
     wait_until(lambda: not _redis_answers(), 10, message="Redis to stop")
-    subprocess.run(REDIS_SERVER_ARGV, check=True)
+    subprocess.run(_redis_server_argv(), check=True)
     wait_until(_redis_answers, 10, message="Redis to start")
 
 
 def _redis_answers() -> bool:
     result = subprocess.run(
-        ["redis-cli", "-h", "127.0.0.1", "ping"], capture_output=True, text=True, check=False
+        ["redis-cli", "-h", "127.0.0.1", "-p", _broker_port(), "ping"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     return result.stdout.strip() == "PONG"
 
