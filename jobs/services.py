@@ -15,7 +15,7 @@ from datetime import timedelta
 from celery.utils import uuid
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -24,7 +24,11 @@ from nodes.models import NodeStatus
 from nodes.selectors import node_capacity_holds, node_capacity_maxima
 from resources.models import DEFAULT_QUEUE_NAME, Queue
 from resources.selectors import queue_list_for_team
-from resources.services import allocation_activate, allocation_release, scheduler_wake
+from resources.services import (
+    SCHEDULER_CHANNEL,
+    allocation_release,
+    scheduler_wake,
+)
 from scheduler_site.celery import app as celery_app
 
 from .models import (
@@ -181,28 +185,36 @@ def execution_publish_many(*, tokens: Sequence[str]) -> None:
         logger.exception("could not publish %s executions", len(tokens))
 
 
+# One statement, so the claim is one round trip and one commit. The execution's UPDATE
+# filters on columns of the claimed row only: PostgreSQL re-checks those after waiting
+# for a racing claim, so exactly one claim wins.
+_CLAIM_SQL = """
+WITH execution AS (
+    UPDATE jobs_jobexecution SET status = 'running', started_at = %(now)s
+     WHERE token = %(token)s AND status = 'reserved' AND node_id = %(node_id)s
+ RETURNING id, job_id
+), allocation AS (
+    UPDATE resources_allocation a SET status = 'active', activated_at = %(now)s
+      FROM execution WHERE a.execution_id = execution.id AND a.status = 'reserved'
+), job AS (
+    UPDATE jobs_job j SET status = 'running', started_at = %(now)s
+      FROM execution WHERE j.id = execution.job_id AND j.status = 'reserved'
+)
+SELECT id FROM execution
+"""
+
+
 def execution_claim(*, token: str, node_id: int) -> JobExecution | None:
     """Claim a reserved execution for the node about to run it.
 
     Returns None, and changes nothing, if the token is unknown, not meant for this node,
     or already claimed or finished: that message was a duplicate or stale.
     """
-    now = timezone.now()
-    with transaction.atomic():
-        # Only columns of the claimed row in the WHERE: a join here would become a
-        # subquery that PostgreSQL does not re-check after waiting for a racing claim.
-        claimed = JobExecution.objects.filter(
-            token=token, status=ExecutionStatus.RESERVED, node_id=node_id
-        ).update(status=ExecutionStatus.RUNNING, started_at=now)
-        if not claimed:
+    with connection.cursor() as cursor:
+        cursor.execute(_CLAIM_SQL, {"token": token, "node_id": node_id, "now": timezone.now()})
+        if cursor.fetchone() is None:
             return None
-        execution = JobExecution.objects.select_related("job", "node", "allocation").get(
-            token=token
-        )
-        allocation_activate(execution_id=execution.id)
-        Job.objects.filter(pk=execution.job_id, status=JobStatus.RESERVED).update(
-            status=JobStatus.RUNNING, started_at=now
-        )
+    execution = JobExecution.objects.select_related("job", "node", "allocation").get(token=token)
     logger.info(
         "execution claimed job=%s attempt=%s node=%s token=%s",
         execution.job_id,
@@ -281,6 +293,15 @@ def execution_finish(
     dead-letter view) when out of retries. False when it was not running (a late or
     duplicate report), which changes nothing."""
     now = timezone.now()
+    if exit_code == 0 and not error and not cancelled:
+        job_id = _execution_finish_succeeded(
+            token=token, now=now, log_path=log_path, log_tail=log_tail
+        )
+        if job_id is not None:
+            logger.info(
+                "execution finished job=%s token=%s status=succeeded exit_code=0", job_id, token
+            )
+            return True
     with transaction.atomic():
         found = JobExecution.objects.filter(token=token).values_list("id", "job_id").first()
         if found is None:
@@ -321,6 +342,60 @@ def execution_finish(
         job.status,
     )
     return True
+
+
+# A success is the common ending, so it is one statement and one round trip: its row
+# locks (job, then execution, allocation and node, in the order above) are held only
+# while PostgreSQL runs and commits it, never while the agent waits for its turn to send
+# the next statement. It does nothing when the job has a cancel pending, is not live, or
+# the execution is not running; the general path then decides.
+_FINISH_SUCCEEDED_SQL = """
+WITH job AS (
+    SELECT j.id FROM jobs_job j
+     WHERE j.id = (SELECT job_id FROM jobs_jobexecution WHERE token = %(token)s)
+       AND j.status IN ('reserved', 'running') AND j.cancel_requested_at IS NULL
+       FOR UPDATE
+), execution AS (
+    UPDATE jobs_jobexecution e
+       SET status = 'succeeded', exit_code = 0, error = '', finished_at = %(now)s,
+           log_path = %(log_path)s, log_tail = %(log_tail)s
+      FROM job
+     WHERE e.job_id = job.id AND e.token = %(token)s AND e.status = 'running'
+ RETURNING e.id, e.job_id
+), job_ended AS (
+    UPDATE jobs_job j SET status = 'succeeded', pending_reason = '', finished_at = %(now)s
+      FROM execution WHERE j.id = execution.job_id
+), allocation AS (
+    UPDATE resources_allocation a SET status = 'released', released_at = %(now)s
+      FROM execution
+     WHERE a.execution_id = execution.id AND a.status IN ('reserved', 'active')
+ RETURNING a.node_id, a.cpu_millis, a.memory_mb, a.gpu
+), node AS (
+    UPDATE nodes_node n
+       SET allocated_cpu_millis = n.allocated_cpu_millis - allocation.cpu_millis,
+           allocated_memory_mb = n.allocated_memory_mb - allocation.memory_mb,
+           allocated_gpu = n.allocated_gpu - allocation.gpu
+      FROM allocation WHERE n.id = allocation.node_id
+)
+SELECT execution.job_id, pg_notify(%(channel)s, '') FROM execution
+"""
+
+
+def _execution_finish_succeeded(*, token: str, now, log_path: str, log_tail: str) -> int | None:
+    """The job's id when this ended the running execution as a success, else None."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _FINISH_SUCCEEDED_SQL,
+            {
+                "token": token,
+                "now": now,
+                "log_path": log_path,
+                "log_tail": log_tail,
+                "channel": SCHEDULER_CHANNEL,
+            },
+        )
+        row = cursor.fetchone()
+    return row[0] if row else None
 
 
 class JobStateError(ValidationError):

@@ -27,14 +27,6 @@ from .models import (
 logger = logging.getLogger(__name__)
 
 
-def allocation_activate(*, execution_id: int) -> bool:
-    return bool(
-        Allocation.objects.filter(
-            execution_id=execution_id, status=AllocationStatus.RESERVED
-        ).update(status=AllocationStatus.ACTIVE, activated_at=timezone.now())
-    )
-
-
 def allocation_release(*, execution_id: int) -> bool:
     """Release the execution's allocation and give its resources back to the node.
 

@@ -110,6 +110,9 @@ REST_FRAMEWORK = {
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")
 # Redis without the restore-on-close that kills a worker when Redis restarts (see broker.py).
 CELERY_BROKER_TRANSPORT = "scheduler_site.broker:Transport"
+# Celery closes Django's connections every 2 * N tasks; close_old_db_connections in
+# celery.py applies CONN_MAX_AGE and health checks instead.
+CELERY_DB_REUSE_MAX = 1_000_000_000
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "control"

@@ -66,7 +66,7 @@ def run_burst(cluster, api, broker, fault):
     control_log = next(p for p in cluster.processes if p.name == "control").log()
     assert "unclaimed executions: job-" in control_log
     # Every process rode out the fault (a dead agent would also show as a second run).
-    assert [p.name for p in cluster.processes if not p.alive()] == []
+    assert [p.name for p in cluster.processes if not p.alive] == []
 
 
 def test_a_flushed_broker_mid_burst_loses_no_job(cluster, api, broker):
