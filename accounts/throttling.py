@@ -7,10 +7,12 @@ reached the request is let through: the broker's Redis is disposable, the API is
 """
 
 import logging
+import re
 import time
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.exceptions import ImproperlyConfigured
 from redis.exceptions import RedisError
 from rest_framework.throttling import BaseThrottle
 
@@ -19,10 +21,16 @@ logger = logging.getLogger(__name__)
 PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])[a-z]*\s*$")
+
+
 def parse_rate(rate: str) -> tuple[int, int]:
-    """(requests, seconds) from "100/minute", "5/s", "1000/hour" or "10000/day"."""
-    number, _, period = rate.partition("/")
-    return int(number), PERIODS[period.strip()[0]]
+    """(requests, seconds) from "100/minute", "5/s", "1000/hour", "10000/day" or "3/5s"."""
+    match = RATE_RE.match(rate)
+    if match is None:
+        raise ImproperlyConfigured(f"Bad throttle rate {rate!r}; e.g. 600/minute or 3/5s.")
+    number, multiple, period = match.groups()
+    return int(number), int(multiple or 1) * PERIODS[period]
 
 
 class WindowThrottle(BaseThrottle):
