@@ -7,7 +7,15 @@ class AccountsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
+        from django.contrib.auth.signals import user_logged_in, user_login_failed
+
+        from .audit import record_session_login, record_session_login_failure
+
         checks.register(check_throttle_rates)
+        user_logged_in.connect(record_session_login, dispatch_uid="audit_session_login")
+        user_login_failed.connect(
+            record_session_login_failure, dispatch_uid="audit_session_login_failure"
+        )
 
 
 def check_throttle_rates(app_configs, **kwargs):

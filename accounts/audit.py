@@ -181,6 +181,8 @@ class AuditMiddleware:
             else next((match.kwargs[k] for k in ("pk", "name", "id") if k in match.kwargs), "")
         ) or data.get("id", "")
         object_repr = str(target) if target is not None else str(data.get("name", object_id))
+        if target is not None:
+            object_type = target._meta.model_name
         team_id = hints.get("team_id")
         if team_id is None and target is not None:
             team_id = target.pk if isinstance(target, Team) else getattr(target, "team_id", None)
@@ -273,3 +275,32 @@ class AuditedModelAdmin(admin.ModelAdmin):
                 change={"selected": request.POST.getlist(ACTION_CHECKBOX_NAME)[:1000]},
             )
         return response
+
+
+def record_session_login(sender, request, user, **kwargs):
+    """A browser or admin login (`user_logged_in`); API logins go through the middleware."""
+    audit_event_record(
+        action="auth.session_login",
+        actor=user,
+        object_type=user._meta.model_name,
+        object_id=user.pk,
+        object_repr=user.get_username(),
+        remote_addr=client_address(request) if request is not None else None,
+        method=getattr(request, "method", None) or "",
+        path=getattr(request, "path", ""),
+    )
+
+
+def record_session_login_failure(sender, credentials, request=None, **kwargs):
+    """A refused browser or admin login (`user_login_failed`); the API's own are recorded
+    by the middleware, with the same action."""
+    if request is None or request.path.startswith("/api/"):
+        return
+    audit_event_record(
+        action="auth.login_failed",
+        outcome=AuditOutcome.FAILED,
+        remote_addr=client_address(request),
+        method=request.method or "",
+        path=request.path,
+        change={"username": str(credentials.get("username", ""))[:150]},
+    )

@@ -7,6 +7,7 @@ import time
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.test import Client
 from rest_framework.test import APIClient
 
 from accounts.throttling import parse_rate
@@ -81,3 +82,12 @@ def test_rates_read_as_requests_per_period(rate, parsed):
 def test_a_bad_rate_is_a_configuration_error(rate):
     with pytest.raises(ImproperlyConfigured):
         parse_rate(rate)
+
+
+def test_browser_login_attempts_share_the_login_throttle(settings, member):
+    settings.API_THROTTLE_RATES = {**GENEROUS, "login": "1/minute"}
+    browser = Client(REMOTE_ADDR=random_address())
+    assert browser.post("/login/", {"username": "alice", "password": "x"}).status_code == 200
+    refused = browser.post("/login/", {"username": "alice", "password": "correct horse battery"})
+    assert refused.status_code == 429
+    assert 1 <= int(refused["Retry-After"]) <= 60

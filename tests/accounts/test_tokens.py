@@ -116,7 +116,7 @@ def test_a_session_needs_the_csrf_token_for_changes(member):
     assert refused.status_code == 403
     assert "CSRF" in refused.json()["detail"]
     assert ApiToken.objects.filter(name="web").count() == 0
-    browser.get("/admin/login/")  # any page that renders a form sets the CSRF cookie
+    browser.get("/login/")  # a page with a form sets the CSRF cookie
     csrf = browser.cookies["csrftoken"].value
     accepted = browser.post(
         "/api/auth/tokens/",
@@ -125,3 +125,16 @@ def test_a_session_needs_the_csrf_token_for_changes(member):
         headers={"X-CSRFToken": csrf},
     )
     assert accepted.status_code == 201, accepted.content
+
+
+def test_members_log_in_to_the_browser_with_a_csrf_protected_form(member):
+    browser = Client(enforce_csrf_checks=True)
+    form = browser.get("/login/")
+    assert form.status_code == 200
+    credentials = {"username": "alice", "password": "correct horse battery"}
+    assert browser.post("/login/", credentials).status_code == 403  # no CSRF token
+    credentials["csrfmiddlewaretoken"] = browser.cookies["csrftoken"].value
+    response = browser.post("/login/", credentials)
+    assert (response.status_code, response["Location"]) == (302, "/")
+    assert browser.get("/").status_code == 200
+    assert browser.get("/api/auth/me/").json()["username"] == "alice"
