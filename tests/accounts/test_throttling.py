@@ -91,3 +91,16 @@ def test_browser_login_attempts_share_the_login_throttle(settings, member):
     refused = browser.post("/login/", {"username": "alice", "password": "correct horse battery"})
     assert refused.status_code == 429
     assert 1 <= int(refused["Retry-After"]) <= 60
+
+
+def test_requests_pass_unthrottled_while_redis_is_unreachable(settings, member):
+    settings.API_THROTTLE_RATES = {**GENEROUS, "token": "1/minute"}
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
+        }
+    }
+    client = token_client(member)
+    assert [client.get("/api/auth/me/").status_code for _ in range(3)] == [200, 200, 200]
