@@ -5,7 +5,7 @@ from datetime import timedelta
 
 import django_filters
 from django.conf import settings
-from django.contrib.auth import authenticate
+from django.contrib.auth import authenticate, logout
 from django.utils import timezone
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.permissions import AllowAny, BasePermission, IsAuthenticated
@@ -60,6 +60,9 @@ class LogoutView(APIView):
         if isinstance(request.auth, ApiToken):
             api_token_revoke(token=request.auth)
             audit_describe(request, target=request.auth)
+        else:
+            # A browser's session: ending it is its logout.
+            logout(request._request)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

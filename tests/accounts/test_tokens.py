@@ -138,3 +138,10 @@ def test_members_log_in_to_the_browser_with_a_csrf_protected_form(member):
     assert (response.status_code, response["Location"]) == (302, "/")
     assert browser.get("/").status_code == 200
     assert browser.get("/api/auth/me/").json()["username"] == "alice"
+
+
+def test_logout_with_a_session_ends_the_session(member):
+    browser = Client()
+    browser.force_login(member)
+    assert browser.post("/api/auth/logout/").status_code == 204
+    assert browser.get("/api/auth/me/").status_code == 401
