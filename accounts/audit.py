@@ -186,7 +186,11 @@ class AuditMiddleware:
         team_id = hints.get("team_id")
         if team_id is None and target is not None:
             team_id = target.pk if isinstance(target, Team) else getattr(target, "team_id", None)
-        if team_id is None and isinstance(data.get("team"), str) and outcome == "succeeded":
+        if (
+            team_id is None
+            and isinstance(data.get("team"), str)
+            and outcome == AuditOutcome.SUCCEEDED
+        ):
             team_id = Team.objects.filter(slug=data["team"]).values_list("pk", flat=True).first()
 
         change = hints["change"] if "change" in hints else _request_change(request, body)
