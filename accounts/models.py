@@ -119,7 +119,7 @@ class AuditEvent(models.Model):
             models.Index(fields=["-at", "-id"], name="audit_at_idx"),
             models.Index(fields=["team", "-at", "-id"], name="audit_team_at_idx"),
             models.Index(fields=["action", "-at", "-id"], name="audit_action_at_idx"),
-            models.Index(fields=["actor", "-at", "-id"], name="audit_actor_at_idx"),
+            models.Index(fields=["actor_name", "-at", "-id"], name="audit_actor_at_idx"),
         ]
         constraints = [
             models.CheckConstraint(

@@ -99,6 +99,8 @@ def test_staff_list_and_revoke_everyones_tokens(staff_api, outsider):
         ({"name": "ci", "expires_at": "2001-01-01T00:00:00Z"}, "expires_at"),
         ({"name": "ci", "scopes": ["all"]}, "scopes"),
         ({"name": ["ci"]}, "name"),
+        ({"name": None}, "name"),
+        (["ci"], "non_field_errors"),
     ],
 )
 def test_bad_token_input_is_a_400_naming_the_field(api, member, payload, field):

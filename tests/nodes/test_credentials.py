@@ -121,7 +121,13 @@ def test_bad_registration_is_a_400_naming_the_field(agent, payload, field):
 
 @pytest.mark.parametrize(
     "payload",
-    [{"running_tokens": "job-1"}, {"running_tokens": [["x"]]}, {"tokens": []}],
+    [
+        {"running_tokens": "job-1"},
+        {"running_tokens": [["x"]]},
+        {"running_tokens": ["x" * 101]},
+        {"tokens": []},
+        ["job-1"],
+    ],
 )
 def test_a_bad_heartbeat_is_a_400(agent, payload):
     agent.post("/api/nodes/register/", REGISTER, format="json")
