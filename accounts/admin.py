@@ -1,7 +1,8 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin
 
-from .models import ApiToken, Membership, Team, User
+from .audit import AuditedModelAdmin
+from .models import ApiToken, AuditEvent, Membership, Team, User
 
 
 class MembershipInline(admin.TabularInline):
@@ -11,12 +12,12 @@ class MembershipInline(admin.TabularInline):
 
 
 @admin.register(User)
-class PlatformUserAdmin(UserAdmin):
+class PlatformUserAdmin(AuditedModelAdmin, UserAdmin):
     pass
 
 
 @admin.register(Team)
-class TeamAdmin(admin.ModelAdmin):
+class TeamAdmin(AuditedModelAdmin):
     list_display = ["name", "slug", "created_at"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
@@ -24,7 +25,7 @@ class TeamAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(AuditedModelAdmin):
     list_display = [
         "name",
         "user",
@@ -42,4 +43,24 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         # Keys are issued through the API, which shows the secret once.
+        return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """Read only: the audit log is written by the platform, never edited."""
+
+    list_display = ["at", "actor_name", "action", "outcome", "object_type", "object_repr", "team"]
+    list_filter = ["action", "outcome", "team"]
+    search_fields = ["actor_name", "action", "object_repr", "object_id"]
+    list_select_related = ["team"]
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False

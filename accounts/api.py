@@ -1,17 +1,24 @@
-"""`/api/auth/`: log in for a token, log out, who am I."""
+"""`/api/auth/`: log in for a token, log out, who am I, the caller's tokens; and
+`/api/audit/`, the audit log for team admins."""
 
 from datetime import timedelta
 
+import django_filters
 from django.conf import settings
-from django.contrib.auth import authenticate
+from django.contrib.auth import authenticate, logout
 from django.utils import timezone
-from rest_framework import serializers, status
-from rest_framework.permissions import AllowAny
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.permissions import AllowAny, BasePermission, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .models import ApiToken
+from scheduler_site.serializers import StrictSerializer
+
+from .audit import audit_describe
+from .models import ApiToken, AuditEvent
+from .selectors import api_token_list_visible, audit_event_list_visible, team_list_administered
 from .services import api_token_issue, api_token_revoke
+from .throttling import AnonThrottle, LoginThrottle
 
 
 class LoginSerializer(serializers.Serializer):
@@ -22,18 +29,26 @@ class LoginSerializer(serializers.Serializer):
 class LoginView(APIView):
     authentication_classes = []
     permission_classes = [AllowAny]
+    throttle_classes = [AnonThrottle, LoginThrottle]
 
     def post(self, request):
         serializer = LoginSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         user = authenticate(request, **serializer.validated_data)
         if user is None:
+            audit_describe(
+                request,
+                action="auth.login_failed",
+                change={"username": serializer.validated_data["username"]},
+                record_failure=True,
+            )
             return Response(
                 {"non_field_errors": ["Unable to log in with the given username and password."]},
                 status=status.HTTP_400_BAD_REQUEST,
             )
         expires_at = timezone.now() + timedelta(days=settings.API_LOGIN_TOKEN_DAYS)
         issued = api_token_issue(user=user, name="login", expires_at=expires_at)
+        audit_describe(request, target=issued.token, actor=user, change={})
         return Response(
             {"token": issued.key, "expires_at": expires_at, "username": user.username},
             status=status.HTTP_200_OK,
@@ -44,6 +59,10 @@ class LogoutView(APIView):
     def post(self, request):
         if isinstance(request.auth, ApiToken):
             api_token_revoke(token=request.auth)
+            audit_describe(request, target=request.auth)
+        else:
+            # A browser's session: ending it is its logout.
+            logout(request._request)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -62,3 +81,129 @@ class MeView(APIView):
                 ],
             }
         )
+
+
+# --- Tokens ----------------------------------------------------------------------------
+
+
+class TokenSerializer(serializers.ModelSerializer):
+    """A token as listed: never its secret nor its digest."""
+
+    user = serializers.CharField(source="user.username")
+
+    class Meta:
+        model = ApiToken
+        fields = [
+            "id",
+            "name",
+            "prefix",
+            "user",
+            "created_at",
+            "expires_at",
+            "last_used_at",
+            "revoked_at",
+        ]
+
+
+class IssuedTokenSerializer(TokenSerializer):
+    token = serializers.SerializerMethodField(help_text="The key; shown only in this answer.")
+
+    class Meta(TokenSerializer.Meta):
+        fields = [*TokenSerializer.Meta.fields, "token"]
+
+    def get_token(self, token) -> str:
+        return self.context["key"]
+
+
+class TokenCreateSerializer(StrictSerializer):
+    name = serializers.CharField(max_length=100, help_text="e.g. nightly-reports")
+    expires_at = serializers.DateTimeField(
+        required=False, allow_null=True, default=None, help_text="Leave out for no expiry."
+    )
+
+    def validate_expires_at(self, value):
+        if value is not None and value <= timezone.now():
+            raise serializers.ValidationError("Must be in the future.")
+        return value
+
+
+class TokenViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Your API tokens (staff: everyone's). Creating one shows its key once; deleting
+    one revokes it (it stays listed, with `revoked_at`)."""
+
+    serializer_class = TokenSerializer
+
+    def get_queryset(self):
+        return api_token_list_visible(user=self.request.user)
+
+    def create(self, request):
+        data = TokenCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        issued = api_token_issue(user=request.user, **data.validated_data)
+        audit_describe(request, target=issued.token)
+        answer = IssuedTokenSerializer(issued.token, context={"key": issued.key})
+        return Response(answer.data, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, instance):
+        api_token_revoke(token=instance)
+        audit_describe(self.request, target=instance)
+
+
+# --- Audit -----------------------------------------------------------------------------
+
+
+class IsTeamAdminOrStaff(BasePermission):
+    message = "Only team admins and staff may read the audit log."
+
+    def has_permission(self, request, view):
+        return team_list_administered(user=request.user).exists()
+
+
+class AuditEventSerializer(serializers.ModelSerializer):
+    actor = serializers.CharField(source="actor_name")
+    team = serializers.CharField(source="team.slug", default=None)
+
+    class Meta:
+        model = AuditEvent
+        fields = [
+            "id",
+            "at",
+            "actor",
+            "token",
+            "action",
+            "outcome",
+            "status_code",
+            "object_type",
+            "object_id",
+            "object_repr",
+            "team",
+            "remote_addr",
+            "method",
+            "path",
+            "change",
+        ]
+
+
+class AuditEventFilter(django_filters.FilterSet):
+    team = django_filters.CharFilter(field_name="team__slug")
+    action = django_filters.CharFilter()
+    actor = django_filters.CharFilter(field_name="actor_name")
+    after = django_filters.IsoDateTimeFilter(field_name="at", lookup_expr="gte")
+    before = django_filters.IsoDateTimeFilter(field_name="at", lookup_expr="lt")
+
+
+class AuditEventViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """What was changed, by whom, from where: staff see every event, a team admin those
+    of their teams. Filters `team`, `action`, `actor`, `after`, `before`."""
+
+    serializer_class = AuditEventSerializer
+    filterset_class = AuditEventFilter
+    permission_classes = [IsAuthenticated, IsTeamAdminOrStaff]
+
+    def get_queryset(self):
+        return audit_event_list_visible(user=self.request.user)

@@ -1,9 +1,10 @@
-"""Users, teams, memberships and API tokens."""
+"""Users, teams, memberships, API tokens and the audit log."""
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 
 class User(AbstractUser):
@@ -70,3 +71,61 @@ class ApiToken(models.Model):
 
     def __str__(self):
         return f"{self.name} ({self.prefix}…) for {self.user}"
+
+
+class AuditOutcome(models.TextChoices):
+    SUCCEEDED = "succeeded", "Succeeded"
+    DENIED = "denied", "Denied"
+    FAILED = "failed", "Failed"
+
+
+class AuditEvent(models.Model):
+    """One state-changing request or admin action: who, what, on which object, when, from
+    where, and the change asked for (with anything that looks secret redacted)."""
+
+    at = models.DateTimeField(default=timezone.now)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="audit_events",
+    )
+    # Kept when the user is deleted; "node:<name>" for a node agent's credential.
+    actor_name = models.CharField(max_length=150, blank=True)
+    token = models.ForeignKey(
+        ApiToken, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events"
+    )
+    action = models.CharField(max_length=100, help_text="e.g. job.cancel, queue.update")
+    outcome = models.CharField(
+        max_length=16, choices=AuditOutcome.choices, default=AuditOutcome.SUCCEEDED
+    )
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    object_type = models.CharField(max_length=100, blank=True)
+    object_id = models.CharField(max_length=100, blank=True)
+    object_repr = models.CharField(max_length=200, blank=True)
+    team = models.ForeignKey(
+        Team, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events"
+    )
+    remote_addr = models.GenericIPAddressField(null=True, blank=True)
+    method = models.CharField(max_length=8, blank=True)
+    path = models.CharField(max_length=255, blank=True)
+    change = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        # Used by /api/audit/: newest first, filtered by team, action or actor.
+        indexes = [
+            models.Index(fields=["-at", "-id"], name="audit_at_idx"),
+            models.Index(fields=["team", "-at", "-id"], name="audit_team_at_idx"),
+            models.Index(fields=["action", "-at", "-id"], name="audit_action_at_idx"),
+            models.Index(fields=["actor_name", "-at", "-id"], name="audit_actor_at_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(outcome__in=AuditOutcome.values), name="audit_outcome_valid"
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor_name or '-'} {self.action}"

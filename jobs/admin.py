@@ -1,5 +1,7 @@
 from django.contrib import admin
 
+from accounts.audit import AuditedModelAdmin
+
 from .models import Job, JobDefinition, JobExecution
 
 SPEC_FIELDS = [
@@ -21,7 +23,7 @@ SPEC_FIELDS = [
 
 
 @admin.register(JobDefinition)
-class JobDefinitionAdmin(admin.ModelAdmin):
+class JobDefinitionAdmin(AuditedModelAdmin):
     list_display = ["name", "team", "kind", "cpu_millis", "memory_mb", "gpu", "queue", "updated_at"]
     list_filter = ["team", "kind", "queue"]
     search_fields = ["name"]
@@ -41,7 +43,7 @@ class JobExecutionInline(admin.TabularInline):
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(AuditedModelAdmin):
     list_display = [
         "id",
         "name",
@@ -88,7 +90,7 @@ class JobAdmin(admin.ModelAdmin):
 
 
 @admin.register(JobExecution)
-class JobExecutionAdmin(admin.ModelAdmin):
+class JobExecutionAdmin(AuditedModelAdmin):
     list_display = ["token", "node", "status", "exit_code", "error", "started_at", "finished_at"]
     list_filter = ["status", "node"]
     search_fields = ["token"]

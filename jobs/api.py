@@ -12,7 +12,8 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.response import Response
 
-from accounts.selectors import team_list_submittable
+from accounts.audit import audit_describe
+from accounts.selectors import team_list_submittable, team_list_visible
 from resources.models import DEFAULT_QUEUE_NAME
 from scheduler_site.serializers import StrictSerializer
 
@@ -25,6 +26,7 @@ MAX_ARG_LENGTH = 8192
 MAX_ENV = 128
 MAX_SELECTOR = 32
 MAX_PARAMETERS_BYTES = 64 * 1024
+VIEWERS_MAY_NOT_SUBMIT = "Viewers may look at this team's jobs but not submit them."
 
 
 class ResourcesSerializer(StrictSerializer):
@@ -96,8 +98,11 @@ class JobSubmitSerializer(StrictSerializer):
         return value
 
     def validate_team(self, slug):
-        team = team_list_submittable(user=self.context["request"].user).filter(slug=slug).first()
+        user = self.context["request"].user
+        team = team_list_submittable(user=user).filter(slug=slug).first()
         if team is None:
+            if team_list_visible(user=user).filter(slug=slug).exists():
+                raise PermissionDenied(VIEWERS_MAY_NOT_SUBMIT)
             raise serializers.ValidationError("No team with this slug that you may submit to.")
         return team
 
@@ -113,7 +118,10 @@ class JobSubmitSerializer(StrictSerializer):
             if not attrs.get("callable"):
                 raise serializers.ValidationError({"callable": ["This field is required."]})
         if "team" not in attrs:
-            teams = list(team_list_submittable(user=self.context["request"].user)[:2])
+            user = self.context["request"].user
+            teams = list(team_list_submittable(user=user)[:2])
+            if not teams and team_list_visible(user=user).exists():
+                raise PermissionDenied(VIEWERS_MAY_NOT_SUBMIT)
             if not teams:
                 raise serializers.ValidationError(
                     {"team": ["You are not in any team that may submit jobs."]}
@@ -259,6 +267,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     def get_changeable_object(self):
         """The job, if the caller may change it: 404 if they cannot see it, 403 for a viewer."""
         job = self.get_object()
+        audit_describe(self.request, target=job)
         if not team_list_submittable(user=self.request.user).filter(pk=job.team_id).exists():
             raise PermissionDenied("Viewers may look at this team's jobs but not change them.")
         return job

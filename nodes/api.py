@@ -1,13 +1,27 @@
 """`/api/nodes/`: the cluster's nodes, their capacity and what is allocated; staff
-cordon, drain and uncordon them."""
+cordon, drain and uncordon them; node agents register and heartbeat with their own
+credential."""
 
-from rest_framework import serializers, viewsets
+from decimal import Decimal
+
+from django.utils import timezone
+from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 
-from .models import Node
-from .services import node_cordon, node_drain, node_uncordon
+from accounts.audit import audit_describe
+from scheduler_site.serializers import StrictSerializer
+
+from .authentication import IsNodeAgent, NodeCredentialAuthentication
+from .models import NODE_NAME_RE, Node
+from .services import node_cordon, node_drain, node_heartbeat, node_register, node_uncordon
+
+MAX_LABELS = 32
+MAX_RUNNING_TOKENS = 10_000
+# Names that would collide with the routes under /api/nodes/.
+RESERVED_NODE_NAMES = frozenset({"register"})
 
 
 class NodeSerializer(serializers.ModelSerializer):
@@ -41,6 +55,50 @@ class NodeSerializer(serializers.ModelSerializer):
         }
 
 
+class NodeRegisterSerializer(StrictSerializer):
+    name = serializers.RegexField(NODE_NAME_RE, max_length=63, help_text="e.g. node-a")
+    cpu = serializers.DecimalField(
+        max_digits=9, decimal_places=3, min_value=Decimal("0.001"), help_text="CPU cores"
+    )
+    memory_mb = serializers.IntegerField(min_value=0, max_value=2**31 - 1)
+    gpu = serializers.IntegerField(min_value=0, max_value=1024, default=0)
+    labels = serializers.DictField(
+        child=serializers.CharField(max_length=63, allow_blank=True), required=False, default=dict
+    )
+    address = serializers.CharField(max_length=255, required=False, default="", allow_blank=True)
+    agent_version = serializers.CharField(
+        max_length=32, required=False, default="", allow_blank=True
+    )
+
+    def validate_name(self, name):
+        if name in RESERVED_NODE_NAMES:
+            raise serializers.ValidationError(f"{name!r} is reserved.")
+        return name
+
+    def validate_labels(self, labels):
+        if len(labels) > MAX_LABELS:
+            raise serializers.ValidationError(f"At most {MAX_LABELS} labels.")
+        if any(not key or len(key) > 63 for key in labels):
+            raise serializers.ValidationError("Label keys are 1 to 63 characters.")
+        return labels
+
+
+class NodeHeartbeatSerializer(StrictSerializer):
+    running_tokens = serializers.ListField(
+        child=serializers.CharField(max_length=100),
+        max_length=MAX_RUNNING_TOKENS,
+        default=list,
+        help_text="The execution tokens the agent is running, e.g. job-12-attempt-1",
+    )
+
+
+def _own_node_name(request, name: str) -> str:
+    """`name`, if the caller's credential is this node's; 403 otherwise."""
+    if request.auth.node_name != name:
+        raise PermissionDenied("This credential belongs to another node.")
+    return name
+
+
 class NodeViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = Node.objects.order_by("name")
     serializer_class = NodeSerializer
@@ -65,3 +123,37 @@ class NodeViewSet(viewsets.ReadOnlyModelViewSet):
     def uncordon(self, request, name=None):
         """Ready for new work again."""
         return self._transition(node_uncordon)
+
+    @action(
+        detail=False,
+        methods=["post"],
+        authentication_classes=[NodeCredentialAuthentication],
+        permission_classes=[IsNodeAgent],
+    )
+    def register(self, request):
+        """A node agent registers its node (or updates its capacity and labels)."""
+        data = NodeRegisterSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        spec = dict(data.validated_data)
+        name = _own_node_name(request, spec.pop("name"))
+        spec["cpu_millis"] = int(spec.pop("cpu") * 1000)
+        node = node_register(name=name, **spec)
+        audit_describe(request, target=node)
+        return Response(NodeSerializer(node).data, status=status.HTTP_200_OK)
+
+    @action(
+        detail=True,
+        methods=["post"],
+        authentication_classes=[NodeCredentialAuthentication],
+        permission_classes=[IsNodeAgent],
+    )
+    def heartbeat(self, request, name=None):
+        """A node agent says it is alive and which executions it is running."""
+        _own_node_name(request, name)
+        data = NodeHeartbeatSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        if not node_heartbeat(
+            name=name, at=timezone.now(), running_tokens=data.validated_data["running_tokens"]
+        ):
+            raise NotFound("This node is not registered; register it first.")
+        return Response(NodeSerializer(Node.objects.get(name=name)).data)

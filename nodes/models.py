@@ -1,4 +1,7 @@
-"""Execution nodes: their capacity, what is allocated on them, and their liveness."""
+"""Execution nodes: their capacity, what is allocated on them, their liveness, and the
+credentials their agents authenticate with."""
+
+import re
 
 from django.db import models
 from django.db.models import F, Q
@@ -12,6 +15,8 @@ class NodeStatus(models.TextChoices):
 
 
 RESOURCES = ("cpu_millis", "memory_mb", "gpu")
+# A DNS label: the node's name appears in its queue, node.<name>.
+NODE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 class Node(models.Model):
@@ -78,3 +83,28 @@ class Node(models.Model):
 
 def node_queue_name(node_name: str) -> str:
     return f"node.{node_name}"
+
+
+class NodeCredential(models.Model):
+    """A node agent's key for `POST /api/nodes/register/` and its heartbeats, good for one
+    node name only. Only a SHA-256 digest of the key is stored; `manage.py
+    issue_node_token NAME` prints the key once."""
+
+    node_name = models.CharField(max_length=63)
+    # The public part of the key, used to find the row without scanning digests.
+    prefix = models.CharField(max_length=16, unique=True)
+    digest = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["node_name", "-created_at"]
+        indexes = [models.Index(fields=["node_name"], name="nodecredential_node_name_idx")]
+
+    def __str__(self):
+        return f"{self.node_name} ({self.prefix}…)"
+
+    @property
+    def audit_actor_name(self) -> str:
+        return f"node:{self.node_name}"

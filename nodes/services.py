@@ -1,4 +1,5 @@
-"""Writes for nodes: registration, heartbeats, loss, and cordon, drain and uncordon."""
+"""Writes for nodes: registration, heartbeats, loss, cordon, drain and uncordon, and
+the credentials node agents authenticate with."""
 
 import logging
 from datetime import datetime, timedelta
@@ -8,9 +9,10 @@ from django.db import transaction
 from django.db.models import Case, Q, Value, When
 from django.utils import timezone
 
+from accounts.services import secret_key_digest, secret_key_generate, secret_key_matches
 from resources.services import scheduler_wake
 
-from .models import Node, NodeStatus
+from .models import Node, NodeCredential, NodeStatus
 
 logger = logging.getLogger(__name__)
 
@@ -155,3 +157,46 @@ def node_drain_complete() -> int:
     )
     logger.info("nodes drained, now cordoned nodes=%s", ",".join(names))
     return done
+
+
+def node_credential_issue(*, node_name: str) -> tuple[NodeCredential, str]:
+    """A new credential for the agent of `node_name`, and its key (shown only now)."""
+    prefix, key = secret_key_generate()
+    credential = NodeCredential.objects.create(
+        node_name=node_name, prefix=prefix, digest=secret_key_digest(key)
+    )
+    logger.info("node credential issued node=%s prefix=%s", node_name, prefix)
+    return credential, key
+
+
+def node_credential_verify(key: str) -> NodeCredential | None:
+    """The live credential for `key`, or None if it is unknown or revoked."""
+    prefix, _, _secret = key.partition(".")
+    credential = NodeCredential.objects.filter(prefix=prefix, revoked_at__isnull=True).first()
+    if credential is None or not secret_key_matches(digest=credential.digest, key=key):
+        return None
+    now = timezone.now()
+    if credential.last_used_at is None or (now - credential.last_used_at).total_seconds() > 60:
+        # Recorded at most once a minute so a heartbeat stays a single read here.
+        NodeCredential.objects.filter(pk=credential.pk).update(last_used_at=now)
+    return credential
+
+
+def node_credential_revoke(*, credential: NodeCredential) -> bool:
+    revoked = NodeCredential.objects.filter(pk=credential.pk, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
+    if revoked:
+        logger.info(
+            "node credential revoked node=%s prefix=%s", credential.node_name, credential.prefix
+        )
+    return bool(revoked)
+
+
+def node_credentials_revoke(*, node_name: str) -> int:
+    """Revoke every live credential of a node; how many were."""
+    revoked = NodeCredential.objects.filter(node_name=node_name, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
+    logger.info("node credentials revoked node=%s count=%s", node_name, revoked)
+    return revoked

@@ -1,10 +1,12 @@
 from django.contrib import admin
 
+from accounts.audit import AuditedModelAdmin
+
 from .models import DEFAULT_QUEUE_NAME, Allocation, Queue
 
 
 @admin.register(Queue)
-class QueueAdmin(admin.ModelAdmin):
+class QueueAdmin(AuditedModelAdmin):
     list_display = [
         "name",
         "all_teams",
@@ -31,7 +33,7 @@ class QueueAdmin(admin.ModelAdmin):
 
 
 @admin.register(Allocation)
-class AllocationAdmin(admin.ModelAdmin):
+class AllocationAdmin(AuditedModelAdmin):
     list_display = [
         "execution",
         "node",

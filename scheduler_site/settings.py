@@ -1,6 +1,7 @@
 """Settings, read from the environment (and an optional `.env` beside manage.py)."""
 
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -44,6 +45,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "accounts.audit.AuditMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -91,7 +93,9 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard"
+LOGOUT_REDIRECT_URL = "login"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -104,10 +108,48 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "scheduler_site.exceptions.exception_handler",
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_THROTTLE_CLASSES": [
+        "accounts.throttling.UserThrottle",
+        "accounts.throttling.CredentialThrottle",
+        "accounts.throttling.AnonThrottle",
+    ],
+    # How many proxies in front of the web process append to X-Forwarded-For; with 0 the
+    # header is ignored, so a client cannot pick the address it is throttled and audited as.
+    "NUM_PROXIES": env.int("API_NUM_PROXIES", default=0),
+}
+
+# Requests allowed per user (all their tokens and sessions together), per credential (an
+# API token or a node's), per address without credentials, and login attempts per address.
+# "N/second", "N/minute", "N/hour" or "N/day"; empty for no limit. Exceeding one answers
+# 429 with Retry-After.
+API_THROTTLE_RATES = {
+    "user": env.str("API_THROTTLE_USER", default="6000/minute"),
+    "token": env.str("API_THROTTLE_TOKEN", default="3600/minute"),
+    "anon": env.str("API_THROTTLE_ANON", default="600/minute"),
+    "login": env.str("API_THROTTLE_LOGIN", default="30/minute"),
 }
 
 # --- Celery (namespace CELERY_) -------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")
+
+
+def _cache_url_beside(broker_url: str) -> str:
+    """The broker's Redis server, the database after the broker's (14 for a broker on 15)."""
+    parts = urlsplit(broker_url)
+    broker_db = int(parts.path.strip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{broker_db + 1 if broker_db < 15 else 14}"))
+
+
+# The cache holds only throttle counters: losing it forgets who was near their limit.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": env.str("CACHE_URL", default=_cache_url_beside(CELERY_BROKER_URL)),
+        "KEY_PREFIX": "scheduler",
+        # A Redis outage must not hang every request (throttles then let requests through).
+        "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+    }
+}
 # Redis without the restore-on-close that kills a worker when Redis restarts (see broker.py).
 CELERY_BROKER_TRANSPORT = "scheduler_site.broker:Transport"
 # Celery closes Django's connections every 2 * N tasks; close_old_db_connections in

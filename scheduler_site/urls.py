@@ -1,6 +1,8 @@
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from accounts import views as account_views
 from jobs import views as job_views
 
 from . import health
@@ -8,6 +10,8 @@ from . import health
 urlpatterns = [
     path("", job_views.dashboard, name="dashboard"),
     path("jobs/<int:pk>/", job_views.job_detail, name="job-page"),
+    path("login/", account_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/", include("accounts.urls")),
     path("api/", include("jobs.urls")),

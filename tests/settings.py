@@ -18,6 +18,8 @@ os.environ.setdefault("NODE_LOST_CHECK_SECONDS", "1")
 os.environ.setdefault("JOB_LOG_MAX_BYTES", "1048576")
 os.environ.setdefault("JOB_KILL_GRACE_SECONDS", "1")
 os.environ.setdefault("DB_CONN_MAX_AGE", "0")
+# Every test client comes from 127.0.0.1; the login throttle is tested with its own rates.
+os.environ.setdefault("API_THROTTLE_LOGIN", "10000/minute")
 
 from scheduler_site.settings import *  # noqa: F403
 

@@ -132,9 +132,10 @@ def test_a_viewer_cannot_submit(small_node, team):
 
     viewer = User.objects.create_user("victor")
     team_add_member(team=team, user=viewer, role=Role.VIEWER)
-    response = token_client(viewer).post("/api/jobs/", ECHO, format="json")
-    assert response.status_code == 400
-    assert "team" in response.json()
+    client = token_client(viewer)
+    assert client.post("/api/jobs/", ECHO, format="json").status_code == 403
+    assert client.post("/api/jobs/", {**ECHO, "team": "blue"}, format="json").status_code == 403
+    assert not Job.objects.exists()
 
 
 def test_the_list_filters_by_status_and_name(api, small_node):

@@ -15,7 +15,7 @@ def job(team, default_queue):
 def test_the_dashboard_needs_a_login(client):
     response = client.get("/")
     assert response.status_code == 302
-    assert response["Location"].startswith("/admin/login/")
+    assert response["Location"].startswith("/login/")
 
 
 def test_the_dashboard_shows_the_users_jobs_and_the_nodes(client, member, job, small_node):

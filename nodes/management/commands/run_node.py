@@ -4,19 +4,17 @@ Registers the node (capacity detected from the host unless given), heartbeats, a
 runs a Celery worker on the node's own queue, `node.NAME`, in this process.
 """
 
-import re
 import socket
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from nodes import agent
-from nodes.models import node_queue_name
+from nodes.models import NODE_NAME_RE, node_queue_name
 from nodes.services import node_register
 from scheduler_site.celery import app
 
 AGENT_VERSION = "0.1.0"
-NODE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 def parse_label(text: str) -> tuple[str, str]:

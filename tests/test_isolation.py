@@ -1,0 +1,276 @@
+"""Tenant isolation: every endpoint, called by a team admin, member and viewer, by another
+team's admin and anonymously, answers the exact status and shows no other team's data.
+
+The endpoints are a table: add a row (an `Endpoint`) for every new one. `{name}` in a
+path is filled from the world's objects (`job`, `failed_job`, ...); every object named
+belongs to team azure, the team of the first three callers.
+"""
+
+from dataclasses import dataclass, field
+
+import pytest
+from django.test import Client
+from django.urls import get_resolver, resolve
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from accounts.models import Role, Team, User
+from accounts.services import api_token_issue, audit_event_record, team_add_member
+from jobs.models import ExecutionStatus, Job, JobExecution, JobStatus
+from jobs.services import execution_claim
+from nodes.models import Node
+from resources.cycle import place_pending_jobs
+from resources.models import Allocation, Queue
+
+pytestmark = pytest.mark.django_db
+
+ROLES = ("admin", "member", "viewer", "outsider", "anonymous")
+PASSWORD = "correct horse battery"
+
+# Strings that only one team's data contains: none may appear in what the other sees.
+AZURE_MARKS = (
+    "azure-team",
+    "azure-job-mark",
+    "azure-q",
+    "AZURE-LOG-MARK",
+    "AZURE-AUDIT-MARK",
+    "ada-admin",
+    "mem-azure",
+    "vic-viewer",
+)
+CRIMSON_MARKS = (
+    "crimson-team",
+    "crimson-job-mark",
+    "crimson-q",
+    "CRIMSON-LOG-MARK",
+    "CRIMSON-AUDIT-MARK",
+    "cam-crimson",
+)
+AZURE_JOBS, CRIMSON_JOBS = 3, 4
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    status: dict  # role -> status code; every role in ROLES
+    data: dict | None = None
+    # "count" in a list's answer, per team of the caller, when it must be exact.
+    counts: dict = field(default_factory=dict)
+    # "token" (Authorization: Token) or "session" (a browser, logged in).
+    auth: str = "token"
+
+    def __str__(self):
+        return f"{self.method} {self.path}"
+
+
+def everyone(code, anonymous=401):
+    return {**dict.fromkeys(ROLES[:4], code), "anonymous": anonymous}
+
+
+def azure_only(code, outsider=404, viewer=None, anonymous=401):
+    return {
+        "admin": code,
+        "member": code,
+        "viewer": code if viewer is None else viewer,
+        "outsider": outsider,
+        "anonymous": anonymous,
+    }
+
+
+def members_own(code):
+    """The member's own token: nobody else, not even their team's admin, may see it."""
+    return {**everyone(404), "member": code}
+
+
+STAFF_ONLY = everyone(403)
+COUNTS_OF_JOBS = {"azure-team": AZURE_JOBS, "crimson-team": CRIMSON_JOBS}
+NEW_JOB = {"name": "new", "command": ["true"], "team": "azure-team"}
+NODE = {"name": "iso-node", "cpu": 8, "memory_mb": 8192}
+
+ENDPOINTS = [
+    # --- auth and tokens
+    Endpoint("GET", "/api/auth/me/", everyone(200)),
+    Endpoint("POST", "/api/auth/login/", everyone(200, anonymous=400), data={"login": True}),
+    Endpoint("POST", "/api/auth/logout/", everyone(204)),
+    Endpoint("GET", "/api/auth/tokens/", everyone(200)),
+    Endpoint("POST", "/api/auth/tokens/", everyone(201), data={"name": "new"}),
+    Endpoint("GET", "/api/auth/tokens/{member_token}/", members_own(200)),
+    Endpoint("DELETE", "/api/auth/tokens/{member_token}/", members_own(204)),
+    # --- audit
+    Endpoint("GET", "/api/audit/", {**everyone(403), "admin": 200, "outsider": 200}),
+    # --- jobs
+    Endpoint("GET", "/api/jobs/", everyone(200), counts=COUNTS_OF_JOBS),
+    Endpoint("GET", "/api/jobs/?status=failed", everyone(200)),
+    Endpoint("GET", "/api/jobs/?team=azure-team", everyone(200)),
+    Endpoint("POST", "/api/jobs/", azure_only(201, viewer=403, outsider=400), data=NEW_JOB),
+    Endpoint("GET", "/api/jobs/{job}/", azure_only(200)),
+    Endpoint("GET", "/api/jobs/{job}/executions/", azure_only(200)),
+    Endpoint("GET", "/api/jobs/{job}/logs/", azure_only(200)),
+    Endpoint("GET", "/api/jobs/{job}/logs/?attempt=1", azure_only(200)),
+    Endpoint("POST", "/api/jobs/{pending_job}/cancel/", azure_only(200, viewer=403)),
+    Endpoint("POST", "/api/jobs/{failed_job}/retry/", azure_only(200, viewer=403)),
+    Endpoint("POST", "/api/jobs/{failed_job}/acknowledge/", azure_only(200, viewer=403)),
+    # --- nodes
+    Endpoint("GET", "/api/nodes/", everyone(200)),
+    Endpoint("GET", "/api/nodes/iso-node/", everyone(200)),
+    Endpoint("POST", "/api/nodes/iso-node/cordon/", STAFF_ONLY),
+    Endpoint("POST", "/api/nodes/iso-node/drain/", STAFF_ONLY),
+    Endpoint("POST", "/api/nodes/iso-node/uncordon/", STAFF_ONLY),
+    # Only a node's own credential registers or heartbeats it; user tokens are no credential.
+    Endpoint("POST", "/api/nodes/register/", everyone(401), data=NODE),
+    Endpoint("POST", "/api/nodes/iso-node/heartbeat/", everyone(401), data={}),
+    # --- queues, allocations, usage
+    Endpoint("GET", "/api/queues/", everyone(200), counts={"azure-team": 2, "crimson-team": 2}),
+    Endpoint("GET", "/api/queues/azure-q/", azure_only(200)),
+    Endpoint("POST", "/api/queues/", STAFF_ONLY, data={"name": "new-q"}),
+    Endpoint("PATCH", "/api/queues/azure-q/", STAFF_ONLY, data={"weight": 5}),
+    Endpoint("DELETE", "/api/queues/azure-q/", STAFF_ONLY),
+    Endpoint(
+        "GET", "/api/allocations/", everyone(200), counts={"azure-team": 1, "crimson-team": 1}
+    ),
+    Endpoint("GET", "/api/allocations/?team=crimson-team", everyone(200)),
+    Endpoint("GET", "/api/allocations/{allocation}/", azure_only(200)),
+    Endpoint("POST", "/api/allocations/{allocation}/release/", STAFF_ONLY),
+    Endpoint("GET", "/api/resources/usage/", everyone(200)),
+    # --- web UI
+    Endpoint("GET", "/", everyone(200, anonymous=302), auth="session"),
+    Endpoint("GET", "/jobs/{job}/", azure_only(200, anonymous=302), auth="session"),
+]
+
+
+def submit(team, queue, name, **fields):
+    return Job.objects.create(
+        team=team,
+        queue=queue,
+        name=name,
+        command=["true"],
+        cpu_millis=1000,
+        memory_mb=100,
+        **fields,
+    )
+
+
+@pytest.fixture
+def world(default_queue):
+    """Two teams, each with a running job (its log holds a mark), a failed one and pending
+    ones, a queue of its own, an allocation and audit events."""
+    azure = Team.objects.create(name="Azure", slug="azure-team")
+    crimson = Team.objects.create(name="Crimson", slug="crimson-team")
+    users = {}
+    for role, username, team, team_role in (
+        ("admin", "ada-admin", azure, Role.ADMIN),
+        ("member", "mem-azure", azure, Role.MEMBER),
+        ("viewer", "vic-viewer", azure, Role.VIEWER),
+        ("outsider", "cam-crimson", crimson, Role.ADMIN),
+    ):
+        users[role] = User.objects.create_user(username, password=PASSWORD)
+        team_add_member(team=team, user=users[role], role=team_role)
+    node = Node.objects.create(name="iso-node", cpu_millis=8000, memory_mb=8192)
+    teams = ((azure, "azure", AZURE_JOBS), (crimson, "crimson", CRIMSON_JOBS))
+    queues = {}
+    for team, mark, _ in teams:
+        queues[mark] = Queue.objects.create(name=f"{mark}-q")
+        queues[mark].teams.add(team)
+        submit(team, queues[mark], f"{mark}-job-mark-running")
+    place_pending_jobs(batch_size=10)
+    objects = {"users": users}
+    for team, mark, count in teams:
+        execution = JobExecution.objects.get(job__team=team)
+        execution_claim(token=execution.token, node_id=node.pk)
+        JobExecution.objects.filter(pk=execution.pk).update(
+            log_tail=f"{mark.upper()}-LOG-MARK output\n"
+        )
+        failed = submit(team, queues[mark], f"{mark}-job-mark-failed", status=JobStatus.FAILED)
+        Job.objects.filter(pk=failed.pk).update(attempts=1, finished_at=timezone.now())
+        pending = [submit(team, queues[mark], f"{mark}-job-mark-pending") for _ in range(count - 2)]
+        audit_event_record(
+            action="job.create", team_id=team.pk, object_repr=f"{mark.upper()}-AUDIT-MARK"
+        )
+        if team == azure:
+            objects |= {
+                "job": execution.job_id,
+                "failed_job": failed.pk,
+                "pending_job": pending[0].pk,
+                "allocation": Allocation.objects.get(execution=execution).pk,
+            }
+    assert JobExecution.objects.filter(status=ExecutionStatus.RUNNING).count() == 2
+    objects["member_token"] = api_token_issue(user=users["member"], name="spare").token.pk
+    return objects
+
+
+def client_for(role, world, endpoint):
+    if role == "anonymous":
+        return Client() if endpoint.auth == "session" else APIClient()
+    user = world["users"][role]
+    if endpoint.auth == "session":
+        client = Client()
+        client.force_login(user)
+        return client
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_token_issue(user=user, name='matrix').key}")
+    return client
+
+
+def request_data(endpoint, role, world):
+    if endpoint.data == {"login": True}:
+        if role == "anonymous":
+            return {"username": "nobody", "password": "wrong"}
+        return {"username": world["users"][role].username, "password": PASSWORD}
+    return endpoint.data
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=str)
+def test_each_role_gets_the_exact_status_and_no_foreign_data(world, endpoint, role):
+    assert set(endpoint.status) == set(ROLES), endpoint
+    client = client_for(role, world, endpoint)
+    path = endpoint.path.format(**{k: v for k, v in world.items() if k != "users"})
+    data = request_data(endpoint, role, world)
+    call = getattr(client, endpoint.method.lower())
+    response = call(path, data, format="json") if data is not None else call(path)
+
+    assert response.status_code == endpoint.status[role], (role, path, response.content[:500])
+    body = b"".join(response.streaming_content) if response.streaming else response.content
+    text = body.decode()
+    foreign = {
+        "outsider": AZURE_MARKS,
+        "anonymous": AZURE_MARKS + CRIMSON_MARKS,
+    }.get(role, CRIMSON_MARKS)
+    leaked = [mark for mark in foreign if mark in text]
+    assert not leaked, (role, path, leaked, text[:500])
+    if endpoint.counts and response.status_code == 200:
+        team = "crimson-team" if role == "outsider" else "azure-team"
+        assert response.json()["count"] == endpoint.counts[team], (role, path)
+
+
+def test_the_matrix_covers_every_api_route():
+    """A new route under /api/ without a row in ENDPOINTS fails here."""
+    routes = {
+        f"api/{str(route.pattern).lstrip('^')}"
+        for included in get_resolver().url_patterns
+        if str(included.pattern) == "api/"
+        for route in included.url_patterns
+        if "(?P<format>" not in str(route.pattern)
+    }
+    placeholders = dict.fromkeys(
+        ("job", "failed_job", "pending_job", "allocation", "member_token"), 1
+    )
+    covered = {resolve(e.path.split("?")[0].format(**placeholders)).route for e in ENDPOINTS}
+    assert routes - covered == set()
+
+
+@pytest.mark.parametrize(
+    ("path", "marks"),
+    [
+        ("/api/jobs/", ["azure-job-mark", "crimson-job-mark"]),
+        ("/api/jobs/{job}/logs/", ["AZURE-LOG-MARK"]),
+        ("/api/queues/", ["azure-q", "crimson-q"]),
+        ("/api/allocations/", ["azure-team", "crimson-team"]),
+        ("/api/audit/", ["AZURE-AUDIT-MARK", "CRIMSON-AUDIT-MARK"]),
+        ("/api/resources/usage/", ["azure-team", "crimson-team", "azure-q", "crimson-q"]),
+    ],
+)
+def test_staff_see_both_teams_marks_so_a_leak_would_show(world, staff_api, path, marks):
+    text = staff_api.get(path.format(job=world["job"])).content.decode()
+    assert [mark for mark in marks if mark not in text] == []
