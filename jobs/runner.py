@@ -135,6 +135,12 @@ def job_argv(execution: JobExecution) -> list[str]:
     return list(job.command)
 
 
+def agent_identity(node_name: str) -> str:
+    """What marks the processes of one agent's jobs: its node and its work directory, so
+    that agents of other clusters on the same host, with the same node name, differ."""
+    return f"{node_name}:{Path(settings.NODE_WORK_DIR).resolve()}"
+
+
 def job_environment(execution: JobExecution, node_name: str, workdir: Path) -> dict[str, str]:
     job = execution.job
     env = {name: os.environ[name] for name in BASE_ENV_NAMES if name in os.environ}
@@ -149,6 +155,7 @@ def job_environment(execution: JobExecution, node_name: str, workdir: Path) -> d
         JOB_TOKEN=execution.token,
         JOB_PARAMETERS=json.dumps(job.parameters),
         NODE_NAME=node_name,
+        SCHEDULER_AGENT=agent_identity(node_name),
         JOB_CPU_MILLIS=str(job.cpu_millis),
         JOB_MEMORY_MB=str(job.memory_mb),
         JOB_GPU=str(job.gpu),

@@ -15,7 +15,7 @@ from django.db import DatabaseError, InterfaceError, close_old_connections, conn
 from django.utils import timezone
 
 from jobs.procfs import groups_with_env
-from jobs.runner import running
+from jobs.runner import agent_identity, running
 from jobs.selectors import execution_tokens_cancel_requested
 
 from .services import node_heartbeat
@@ -53,7 +53,7 @@ def reap_orphans(node_name: str) -> int:
     """Kill the process groups a previous agent of this node left behind (it was killed
     or crashed). Their executions are failed over and run again elsewhere, so letting
     them go on would run the same work twice."""
-    groups = groups_with_env("NODE_NAME", node_name) - {os.getpgid(0)}
+    groups = groups_with_env("SCHEDULER_AGENT", agent_identity(node_name)) - {os.getpgid(0)}
     for pgid in groups:
         logger.warning("killing leftover job process group pgid=%s node=%s", pgid, node_name)
         with contextlib.suppress(ProcessLookupError):
