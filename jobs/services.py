@@ -292,16 +292,11 @@ def execution_finish(
     to `succeeded`, `cancelled`, back to `pending` for a retry, or to `failed` (the
     dead-letter view) when out of retries. False when it was not running (a late or
     duplicate report), which changes nothing."""
-    now = timezone.now()
     if exit_code == 0 and not error and not cancelled:
-        job_id = _execution_finish_succeeded(
-            token=token, now=now, log_path=log_path, log_tail=log_tail
-        )
-        if job_id is not None:
-            logger.info(
-                "execution finished job=%s token=%s status=succeeded exit_code=0", job_id, token
-            )
+        success = Success(token=token, log_path=log_path, log_tail=log_tail)
+        if executions_finish_succeeded([success]):
             return True
+    now = timezone.now()
     with transaction.atomic():
         found = JobExecution.objects.filter(token=token).values_list("id", "job_id").first()
         if found is None:
@@ -344,24 +339,30 @@ def execution_finish(
     return True
 
 
-# A success is the common ending, so it is one statement and one round trip: its row
-# locks (job, then execution, allocation and node, in the order above) are held only
-# while PostgreSQL runs and commits it, never while the agent waits for its turn to send
-# the next statement. It does nothing when the job has a cancel pending, is not live, or
-# the execution is not running; the general path then decides.
+# A success is the common ending, so successes are one statement and one round trip,
+# for a whole batch of them: their row locks (jobs, then executions, allocations and
+# nodes, in the order above) are held only while PostgreSQL runs and commits it, never
+# while an agent thread waits for its turn to send the next statement, and the node row
+# is written once per batch. An execution is left alone when its job has a cancel
+# pending or is not live, or when it is not running; the general path then decides.
 _FINISH_SUCCEEDED_SQL = """
-WITH job AS (
+WITH outcome AS (
+    SELECT * FROM unnest(%(tokens)s::text[], %(log_paths)s::text[], %(log_tails)s::text[])
+        AS o(token, log_path, log_tail)
+), job AS (
     SELECT j.id FROM jobs_job j
-     WHERE j.id = (SELECT job_id FROM jobs_jobexecution WHERE token = %(token)s)
-       AND j.status IN ('reserved', 'running') AND j.cancel_requested_at IS NULL
-       FOR UPDATE
+      JOIN jobs_jobexecution e ON e.job_id = j.id
+      JOIN outcome ON outcome.token = e.token
+     WHERE j.status IN ('reserved', 'running') AND j.cancel_requested_at IS NULL
+     ORDER BY j.id
+       FOR UPDATE OF j
 ), execution AS (
     UPDATE jobs_jobexecution e
        SET status = 'succeeded', exit_code = 0, error = '', finished_at = %(now)s,
-           log_path = %(log_path)s, log_tail = %(log_tail)s
-      FROM job
-     WHERE e.job_id = job.id AND e.token = %(token)s AND e.status = 'running'
- RETURNING e.id, e.job_id
+           log_path = outcome.log_path, log_tail = outcome.log_tail
+      FROM job, outcome
+     WHERE e.job_id = job.id AND e.token = outcome.token AND e.status = 'running'
+ RETURNING e.id, e.job_id, e.token
 ), job_ended AS (
     UPDATE jobs_job j SET status = 'succeeded', pending_reason = '', finished_at = %(now)s
       FROM execution WHERE j.id = execution.job_id
@@ -372,30 +373,48 @@ WITH job AS (
  RETURNING a.node_id, a.cpu_millis, a.memory_mb, a.gpu
 ), node AS (
     UPDATE nodes_node n
-       SET allocated_cpu_millis = n.allocated_cpu_millis - allocation.cpu_millis,
-           allocated_memory_mb = n.allocated_memory_mb - allocation.memory_mb,
-           allocated_gpu = n.allocated_gpu - allocation.gpu
-      FROM allocation WHERE n.id = allocation.node_id
+       SET allocated_cpu_millis = n.allocated_cpu_millis - freed.cpu_millis,
+           allocated_memory_mb = n.allocated_memory_mb - freed.memory_mb,
+           allocated_gpu = n.allocated_gpu - freed.gpu
+      FROM (SELECT node_id, sum(cpu_millis) AS cpu_millis, sum(memory_mb) AS memory_mb,
+                   sum(gpu) AS gpu
+              FROM allocation GROUP BY node_id) AS freed
+     WHERE n.id = freed.node_id
 )
-SELECT execution.job_id, pg_notify(%(channel)s, '') FROM execution
+SELECT execution.token, execution.job_id, pg_notify(%(channel)s, '') FROM execution
 """
 
 
-def _execution_finish_succeeded(*, token: str, now, log_path: str, log_tail: str) -> int | None:
-    """The job's id when this ended the running execution as a success, else None."""
+@dataclass(frozen=True)
+class Success:
+    token: str
+    log_path: str = ""
+    log_tail: str = ""
+
+
+def executions_finish_succeeded(successes: Sequence[Success]) -> dict[str, int]:
+    """End running executions that succeeded, in one statement: execution, job,
+    allocation and node counters. Returns {token: job id} of those it ended; the others
+    (a cancel pending, a duplicate report) are for `execution_finish` to decide."""
+    if not successes:
+        return {}
     with connection.cursor() as cursor:
         cursor.execute(
             _FINISH_SUCCEEDED_SQL,
             {
-                "token": token,
-                "now": now,
-                "log_path": log_path,
-                "log_tail": log_tail,
+                "tokens": [s.token for s in successes],
+                "log_paths": [s.log_path for s in successes],
+                "log_tails": [s.log_tail for s in successes],
+                "now": timezone.now(),
                 "channel": SCHEDULER_CHANNEL,
             },
         )
-        row = cursor.fetchone()
-    return row[0] if row else None
+        ended = {token: job_id for token, job_id, _ in cursor.fetchall()}
+    for token, job_id in ended.items():
+        logger.info(
+            "execution finished job=%s token=%s status=succeeded exit_code=0", job_id, token
+        )
+    return ended
 
 
 class JobStateError(ValidationError):

@@ -7,9 +7,11 @@ from django.conf import settings
 
 from nodes.agent import current_node
 
+from .reporting import successes
 from .runner import run_job, running
 from .services import (
     EXECUTION_TASK,
+    Success,
     execution_claim,
     execution_finish,
     execution_republish_stale,
@@ -45,6 +47,10 @@ def run_execution(token: str) -> None:
             logger.exception("agent failed to run execution token=%s node=%s", token, node_name)
             execution_finish(token=token, exit_code=None, error=f"node agent error: {exc}")
             return
+        if outcome.exit_code == 0 and not outcome.error and not outcome.cancelled:
+            success = Success(token=token, log_path=outcome.log_path, log_tail=outcome.log_tail)
+            if successes.report(success):
+                return
         execution_finish(
             token=token,
             exit_code=outcome.exit_code,
