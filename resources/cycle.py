@@ -163,16 +163,17 @@ def _queue_states(queue_ids: set[int]) -> dict[int, QueueState]:
 def _queue_usage(queues: dict[int, QueueState]) -> None:
     """What each queue's jobs hold now. Read after the node locks, so a cycle that ran
     just before (a leader that lost its lock mid-cycle) is seen once it has committed."""
+    # Filtered on the live allocations only (their partial index), not on the queues:
+    # a filter on the jobs' queue lets the planner start from every job of the queue.
     usage = (
-        Allocation.objects.filter(
-            status__in=LIVE_ALLOCATION_STATUSES, execution__job__queue_id__in=list(queues)
-        )
+        Allocation.objects.filter(status__in=LIVE_ALLOCATION_STATUSES)
         .values(queue=F("execution__job__queue_id"))
         .annotate(cpu=Sum("cpu_millis"), memory=Sum("memory_mb"), gpu=Sum("gpu"))
         .order_by()
     )
     for row in usage:
-        queues[row["queue"]].allocated = Resources(row["cpu"], row["memory"], row["gpu"])
+        if row["queue"] in queues:
+            queues[row["queue"]].allocated = Resources(row["cpu"], row["memory"], row["gpu"])
 
 
 def _node_slot(node: Node) -> NodeSlot:

@@ -5,6 +5,7 @@ ends the moment the leader's process or connection dies, and a standby takes it 
 its next try. The same connection LISTENs for wake-ups.
 """
 
+import contextlib
 import logging
 import os
 import signal
@@ -93,6 +94,10 @@ class Scheduler:
     def lose_leadership(self) -> None:
         self.is_leader = False
         if self.conn is not None:
+            # Unlocked before the close: a closed connection's backend lets go of the lock
+            # only when it exits, a moment later, and a standby may be asking just then.
+            with contextlib.suppress(psycopg.Error):
+                self.conn.execute("SELECT pg_advisory_unlock_all()")
             self.conn.close()
         self.conn = None
 
