@@ -8,6 +8,7 @@ from django.conf import settings
 from nodes.agent import current_node
 
 from .runner import run_job, running
+from .schedules import FIRE_TASK, schedule_fire
 from .services import (
     EXECUTION_TASK,
     execution_claim,
@@ -67,3 +68,9 @@ def reconcile_executions() -> dict:
             grace_seconds=settings.NODE_HEARTBEAT_SECONDS
         ),
     }
+
+
+@shared_task(name=FIRE_TASK, ignore_result=True)
+def fire_schedule(schedule_id: int) -> None:
+    """Sent by beat for a schedule's entry; works out by itself what is due."""
+    schedule_fire(schedule_id=schedule_id)
