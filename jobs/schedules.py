@@ -134,7 +134,8 @@ def _plan(schedule: JobSchedule, *, now: datetime, realign: bool) -> None:
         schedule.anchor_at = schedule.start_at or now + timedelta(seconds=schedule.interval_seconds)
     if schedule.interval_seconds is None:
         schedule.anchor_at = None
-    schedule.next_fire_at = Timetable(schedule).next_after(now)
+    after = max(now, schedule.last_fire_at) if schedule.last_fire_at else now
+    schedule.next_fire_at = Timetable(schedule).next_after(after)
 
 
 def _beat_schedule(schedule: JobSchedule) -> dict:
@@ -287,6 +288,8 @@ def schedule_fire(*, schedule_id: int, now: datetime | None = None) -> JobSchedu
         timetable = Timetable(schedule)
         due = timetable.latest_until(now)
         if due is None or due < schedule.next_fire_at:
+            return None
+        if schedule.runs.filter(due_at=due).exists():
             return None
         run = JobScheduleRun(schedule=schedule, due_at=due, fired_at=now)
         run.missed = timetable.count_between(schedule.next_fire_at, due)
