@@ -309,7 +309,11 @@ def schedule_fire(*, schedule_id: int, now: datetime | None = None) -> JobSchedu
         run.save()
         schedule.last_fire_at = due
         schedule.next_fire_at = timetable.next_after(due)
-        schedule.save(update_fields=["last_fire_at", "next_fire_at", "updated_at"])
+        fields = ["last_fire_at", "next_fire_at", "updated_at"]
+        if _beat_out_of_step(schedule, late_seconds=(now - due).total_seconds()):
+            _beat_entry_replace(schedule, now=now)
+            fields.append("periodic_task")
+        schedule.save(update_fields=fields)
     logger.info(
         "schedule fired schedule=%s due_at=%s outcome=%s job=%s missed=%s late_ms=%d",
         schedule.pk,
@@ -320,6 +324,16 @@ def schedule_fire(*, schedule_id: int, now: datetime | None = None) -> JobSchedu
         (now - due).total_seconds() * 1000,
     )
     return run
+
+
+def _beat_out_of_step(schedule: JobSchedule, *, late_seconds: float) -> bool:
+    """Whether beat's interval entry fires well after the due times: after beat was
+    restarted (it counts from when it fired last, not from the due time), or after its
+    small lateness per fire has added up. Replacing the entry lines it up again."""
+    if schedule.interval_seconds is None or schedule.next_fire_at is None:
+        return False
+    limit = min(settings.SCHEDULE_REALIGN_AFTER_SECONDS, schedule.interval_seconds / 4)
+    return late_seconds > limit
 
 
 def _cancel_active(active: list[Job]) -> Job | None:

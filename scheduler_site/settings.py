@@ -171,6 +171,9 @@ NODE_MEMORY_POLL_SECONDS = env.float("NODE_MEMORY_POLL_SECONDS", default=0.25)
 # A schedule's due time seen later than this (beat was down) is a misfire: its
 # misfire policy says whether it still runs (`run_once`) or is skipped (`skip`).
 SCHEDULE_MISFIRE_GRACE_SECONDS = env.float("SCHEDULE_MISFIRE_GRACE_SECONDS", default=5.0)
+# An interval schedule fired later than this (or a quarter of its interval) gets its beat
+# entry lined up with its due times again.
+SCHEDULE_REALIGN_AFTER_SECONDS = env.float("SCHEDULE_REALIGN_AFTER_SECONDS", default=0.5)
 # Dotted names of the Python callables that `callable` jobs may run.
 JOB_CALLABLES = env.list(
     "JOB_CALLABLES", default=["jobs.callables.echo_parameters", "jobs.callables.sleep"]

@@ -205,3 +205,16 @@ def test_the_database_refuses_a_schedule_of_two_kinds(definition):
             interval_seconds=5,
             run_at=datetime(2030, 1, 1, tzinfo=UTC),
         )
+
+
+def test_a_late_interval_fire_lines_the_beat_entry_up_again(definition):
+    schedule = make(definition, interval_seconds=10)
+    first = schedule.next_fire_at
+    old = entry(schedule).pk
+    schedule_fire(schedule_id=schedule.pk, now=at(first, 0.1))
+    assert entry(schedule).pk == old
+    # Beat restarted 3 s after a due time: it would go on firing 3 s late.
+    schedule_fire(schedule_id=schedule.pk, now=at(first, 13))
+    task = entry(schedule)
+    assert task.pk != old and PeriodicTask.objects.filter(task=FIRE_TASK).count() == 1
+    assert task.last_run_at == first + timedelta(seconds=10)
