@@ -140,7 +140,9 @@ class JobScheduleRunInline(admin.TabularInline):
     fields = ["due_at", "fired_at", "outcome", "job_link", "missed", "catch_up", "error"]
     readonly_fields = fields
     ordering = ["-due_at"]
-    max_num = 0
+
+    def has_add_permission(self, request, obj=None):
+        return False  # runs are written by the trigger only
 
     @admin.display(description="job")
     def job_link(self, run):
@@ -191,9 +193,6 @@ class JobScheduleAdmin(admin.ModelAdmin):
             )
         obj.pk = saved.pk
         obj.refresh_from_db()
-
-    def save_related(self, request, form, formsets, change):
-        """Runs are written by the trigger only."""
 
     def delete_model(self, request, obj):
         schedule_delete(schedule=obj)
