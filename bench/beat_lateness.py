@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/beat_lateness.py [--seconds 60] [--interval 1]
 
-Sets up its own database (scheduler_bench_beat) and Redis database (13, on the port of
+Sets up its own database (scheduler_bench_beat) and Redis database (11, on the port of
 CELERY_BROKER_URL, default 6379), starts real beat (DatabaseScheduler), control worker,
 scheduler and node agent processes, and creates one interval schedule running `true`.
 After --seconds of due times it reports, per due time, the lateness of the trigger
@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 DB_NAME = "scheduler_bench_beat"
 _broker = urlsplit(os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0"))
-BROKER_URL = f"redis://{_broker.hostname or '127.0.0.1'}:{_broker.port or 6379}/13"
+BROKER_URL = f"redis://{_broker.hostname or '127.0.0.1'}:{_broker.port or 6379}/11"
 WORK = Path(tempfile.mkdtemp(prefix="bench-beat-"))
 ENV = {
     **os.environ,
