@@ -282,8 +282,9 @@ class JobSchedule(models.Model):
 
     team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="schedules")
     name = models.CharField(max_length=200)
+    # A definition with schedules cannot be deleted, except with its whole team.
     definition = models.ForeignKey(
-        JobDefinition, on_delete=models.PROTECT, related_name="schedules"
+        JobDefinition, on_delete=models.RESTRICT, related_name="schedules"
     )
     cron = models.CharField(
         max_length=200, blank=True, help_text='Five fields, e.g. "*/15 9-17 * * 1-5"'

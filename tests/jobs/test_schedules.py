@@ -187,7 +187,8 @@ def test_a_job_that_cannot_be_submitted_is_recorded(definition, small_node):
 
 def test_the_trigger_of_a_deleted_schedule_removes_its_orphan_entry(definition):
     schedule = make(definition, interval_seconds=10)
-    JobSchedule.objects.filter(pk=schedule.pk).delete()
+    definition.team.delete()  # cascades to the schedule, not through the services
+    assert not JobSchedule.objects.exists()
     assert PeriodicTask.objects.filter(task=FIRE_TASK).exists()
     assert schedule_fire(schedule_id=schedule.pk) is None
     assert not PeriodicTask.objects.filter(task=FIRE_TASK).exists()
@@ -218,3 +219,11 @@ def test_a_late_interval_fire_lines_the_beat_entry_up_again(definition):
     task = entry(schedule)
     assert task.pk != old and PeriodicTask.objects.filter(task=FIRE_TASK).count() == 1
     assert task.last_run_at == first + timedelta(seconds=10)
+
+
+def test_a_definition_with_schedules_cannot_be_deleted(definition):
+    from django.db.models import RestrictedError
+
+    make(definition, interval_seconds=10)
+    with pytest.raises(RestrictedError):
+        definition.delete()
