@@ -193,6 +193,8 @@ def _save(schedule: JobSchedule, *, now: datetime, realign: bool) -> JobSchedule
     schedule_validate(schedule)
     with transaction.atomic():
         _plan(schedule, now=now, realign=realign)
+        if schedule.run_at and schedule.last_fire_at is None and schedule.next_fire_at is None:
+            raise ValidationError({"run_at": ["Must be in the future."]})
         schedule.save()
         _beat_entry_replace(schedule, now=now)
         schedule.save(update_fields=["periodic_task"])
@@ -297,7 +299,9 @@ def schedule_fire(*, schedule_id: int, now: datetime | None = None) -> JobSchedu
         run.catch_up = schedule.misfire_policy == MisfirePolicy.RUN_ONCE and (
             late or run.missed > 0
         )
-        active = _active_jobs(schedule)
+        active = (
+            _active_jobs(schedule) if schedule.concurrency_policy != ConcurrencyPolicy.ALLOW else []
+        )
         if late and schedule.misfire_policy == MisfirePolicy.SKIP:
             run.outcome = ScheduleRunOutcome.SKIPPED_MISFIRE
         elif active and schedule.concurrency_policy == ConcurrencyPolicy.FORBID:
@@ -310,7 +314,7 @@ def schedule_fire(*, schedule_id: int, now: datetime | None = None) -> JobSchedu
         schedule.last_fire_at = due
         schedule.next_fire_at = timetable.next_after(due)
         fields = ["last_fire_at", "next_fire_at", "updated_at"]
-        if _beat_out_of_step(schedule, late_seconds=(now - due).total_seconds()):
+        if _beat_out_of_step(schedule, late_seconds=(now - due).total_seconds(), now=now):
             _beat_entry_replace(schedule, now=now)
             fields.append("periodic_task")
         schedule.save(update_fields=fields)
@@ -326,14 +330,19 @@ def schedule_fire(*, schedule_id: int, now: datetime | None = None) -> JobSchedu
     return run
 
 
-def _beat_out_of_step(schedule: JobSchedule, *, late_seconds: float) -> bool:
+def _beat_out_of_step(schedule: JobSchedule, *, late_seconds: float, now: datetime) -> bool:
     """Whether beat's interval entry fires well after the due times: after beat was
     restarted (it counts from when it fired last, not from the due time), or after its
-    small lateness per fire has added up. Replacing the entry lines it up again."""
+    small lateness per fire has added up. Replacing the entry lines it up again; at most
+    once in a few intervals, in case the lateness is a busy control worker's instead."""
     if schedule.interval_seconds is None or schedule.next_fire_at is None:
         return False
     limit = min(settings.SCHEDULE_REALIGN_AFTER_SECONDS, schedule.interval_seconds / 4)
-    return late_seconds > limit
+    if late_seconds <= limit:
+        return False
+    written = schedule.periodic_task.date_changed if schedule.periodic_task else None
+    settle = timedelta(seconds=max(5, 3 * schedule.interval_seconds))
+    return written is None or written < now - settle
 
 
 def _cancel_active(active: list[Job]) -> Job | None:

@@ -35,7 +35,11 @@ class ScheduleWriteSerializer(StrictSerializer):
     name = serializers.CharField(max_length=200)
     definition = serializers.IntegerField(help_text="Id of a job definition of the team.")
     cron = serializers.CharField(
-        max_length=200, required=False, allow_blank=True, help_text='e.g. "30 2 * * 1-5"'
+        max_length=200,
+        required=False,
+        allow_blank=True,
+        allow_null=True,
+        help_text='e.g. "30 2 * * 1-5"',
     )
     timezone = serializers.CharField(max_length=64, required=False, help_text="e.g. Europe/Berlin")
     interval_seconds = serializers.IntegerField(

@@ -168,6 +168,15 @@ def test_a_paused_schedule_fires_nothing_and_resumes_without_catching_up(definit
     assert Job.objects.count() == 2
 
 
+def test_a_one_off_in_the_past_is_refused(definition):
+    from django.core.exceptions import ValidationError
+
+    with pytest.raises(ValidationError) as error:
+        make(definition, run_at=timezone.now() - timedelta(seconds=1))
+    assert "run_at" in error.value.message_dict
+    assert not JobSchedule.objects.exists()
+
+
 def test_a_one_off_fires_once_and_is_done(definition):
     run_at = timezone.now() + timedelta(minutes=5)
     schedule = make(definition, run_at=run_at)
@@ -209,16 +218,17 @@ def test_the_database_refuses_a_schedule_of_two_kinds(definition):
 
 
 def test_a_late_interval_fire_lines_the_beat_entry_up_again(definition):
-    schedule = make(definition, interval_seconds=10)
+    schedule = make(definition, interval_seconds=2)
     first = schedule.next_fire_at
     old = entry(schedule).pk
-    schedule_fire(schedule_id=schedule.pk, now=at(first, 0.1))
+    # Late, but the entry was just written: it is left to settle (a busy control worker).
+    schedule_fire(schedule_id=schedule.pk, now=at(first, 1))
     assert entry(schedule).pk == old
-    # Beat restarted 3 s after a due time: it would go on firing 3 s late.
-    schedule_fire(schedule_id=schedule.pk, now=at(first, 13))
+    # Beat restarted a second after a due time: it would go on firing a second late.
+    schedule_fire(schedule_id=schedule.pk, now=at(first, 21))
     task = entry(schedule)
     assert task.pk != old and PeriodicTask.objects.filter(task=FIRE_TASK).count() == 1
-    assert task.last_run_at == first + timedelta(seconds=10)
+    assert task.last_run_at == first + timedelta(seconds=20)
 
 
 def test_a_definition_with_schedules_cannot_be_deleted(definition):
