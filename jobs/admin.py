@@ -1,8 +1,21 @@
+from django import forms
 from django.contrib import admin
+from django.urls import reverse
+from django.utils.html import format_html
 
 from accounts.audit import AuditedModelAdmin
 
-from .models import Job, JobDefinition, JobExecution
+from .models import Job, JobDefinition, JobExecution, JobSchedule, JobScheduleRun
+from .schedule_times import describe
+from .schedules import (
+    SCHEDULE_FIELDS,
+    schedule_create,
+    schedule_delete,
+    schedule_pause,
+    schedule_resume,
+    schedule_update,
+    schedule_validate,
+)
 
 SPEC_FIELDS = [
     "name",
@@ -102,3 +115,100 @@ class JobExecutionAdmin(AuditedModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+class JobScheduleForm(forms.ModelForm):
+    class Meta:
+        model = JobSchedule
+        fields = ["team", *SCHEDULE_FIELDS]
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        candidate = JobSchedule(pk=self.instance.pk)
+        for name in self.Meta.fields:
+            setattr(candidate, name, cleaned.get(name))
+        candidate.cron = candidate.cron or ""
+        schedule_validate(candidate)
+        cleaned["cron"] = candidate.cron
+        return cleaned
+
+
+class JobScheduleRunInline(admin.TabularInline):
+    model = JobScheduleRun
+    extra = 0
+    can_delete = False
+    fields = ["due_at", "fired_at", "outcome", "job_link", "missed", "catch_up", "error"]
+    readonly_fields = fields
+    ordering = ["-due_at"]
+
+    def has_add_permission(self, request, obj=None):
+        return False  # runs are written by the trigger only
+
+    @admin.display(description="job")
+    def job_link(self, run):
+        if run.job_id is None:
+            return "-"
+        url = reverse("admin:jobs_job_change", args=[run.job_id])
+        return format_html('<a href="{}">job {}</a>', url, run.job_id)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("job")
+
+
+@admin.register(JobSchedule)
+class JobScheduleAdmin(AuditedModelAdmin):
+    """Every change goes through jobs.schedules, so the beat entry follows it."""
+
+    form = JobScheduleForm
+    list_display = [
+        "name",
+        "team",
+        "definition",
+        "in_words",
+        "enabled",
+        "concurrency_policy",
+        "misfire_policy",
+        "last_fire_at",
+        "next_fire_at",
+    ]
+    list_filter = ["enabled", "team", "concurrency_policy", "misfire_policy"]
+    search_fields = ["name"]
+    list_select_related = ["team", "definition__team"]
+    readonly_fields = ["last_fire_at", "next_fire_at", "periodic_task"]
+    inlines = [JobScheduleRunInline]
+    actions = ["pause", "resume"]
+
+    @admin.display(description="when")
+    def in_words(self, schedule):
+        return describe(schedule)
+
+    def save_model(self, request, obj, form, change):
+        fields = {name: getattr(obj, name) for name in SCHEDULE_FIELDS}
+        if change:
+            saved = schedule_update(schedule=obj, fields=fields)
+        else:
+            fields.pop("definition")
+            saved = schedule_create(
+                team=obj.team, definition=obj.definition, fields=fields, user=request.user
+            )
+        obj.pk = saved.pk
+        obj.refresh_from_db()
+
+    def delete_model(self, request, obj):
+        schedule_delete(schedule=obj)
+
+    def delete_queryset(self, request, queryset):
+        for schedule in queryset:
+            schedule_delete(schedule=schedule)
+
+    @admin.action(description="Pause the selected schedules")
+    def pause(self, request, queryset):
+        for schedule in queryset:
+            schedule_pause(schedule=schedule)
+
+    @admin.action(description="Resume the selected schedules")
+    def resume(self, request, queryset):
+        for schedule in queryset:
+            schedule_resume(schedule=schedule)

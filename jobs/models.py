@@ -260,3 +260,147 @@ class JobRetry(models.Model):
 
 def execution_token(job_id: int, attempt: int) -> str:
     return f"job-{job_id}-attempt-{attempt}"
+
+
+class ConcurrencyPolicy(models.TextChoices):
+    ALLOW = "allow", "Allow overlapping runs"
+    FORBID = "forbid", "Skip a run while the previous one is active"
+    REPLACE = "replace", "Cancel the active run and start the new one"
+
+
+class MisfirePolicy(models.TextChoices):
+    SKIP = "skip", "Skip runs missed while beat was down"
+    RUN_ONCE = "run_once", "Run one catch-up for the runs missed while beat was down"
+
+
+class JobSchedule(models.Model):
+    """A job definition run on a cron expression (in a time zone), an interval, or once.
+
+    Kept in sync with exactly one django-celery-beat PeriodicTask by jobs.schedules; beat
+    only nudges, and the trigger works out which due time is up from the fields here.
+    """
+
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="schedules")
+    name = models.CharField(max_length=200)
+    # A definition with schedules cannot be deleted, except with its whole team.
+    definition = models.ForeignKey(
+        JobDefinition, on_delete=models.RESTRICT, related_name="schedules"
+    )
+    cron = models.CharField(
+        max_length=200, blank=True, help_text='Five fields, e.g. "*/15 9-17 * * 1-5"'
+    )
+    timezone = models.CharField(
+        max_length=64, default="UTC", help_text="IANA zone of the cron, e.g. Europe/Berlin"
+    )
+    interval_seconds = models.PositiveIntegerField(null=True, blank=True)
+    run_at = models.DateTimeField(null=True, blank=True, help_text="The one time a one-off runs.")
+    start_at = models.DateTimeField(null=True, blank=True)
+    end_at = models.DateTimeField(null=True, blank=True)
+    enabled = models.BooleanField(default=True)
+    concurrency_policy = models.CharField(
+        max_length=16, choices=ConcurrencyPolicy.choices, default=ConcurrencyPolicy.ALLOW
+    )
+    misfire_policy = models.CharField(
+        max_length=16, choices=MisfirePolicy.choices, default=MisfirePolicy.RUN_ONCE
+    )
+    # Where an interval schedule's due times start: start_at, or one interval after the
+    # schedule (or its timing) was last saved.
+    anchor_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_fire_at = models.DateTimeField(null=True, blank=True, editable=False)
+    next_fire_at = models.DateTimeField(null=True, blank=True, editable=False)
+    periodic_task = models.OneToOneField(
+        "django_celery_beat.PeriodicTask",
+        null=True,
+        blank=True,
+        editable=False,
+        on_delete=models.SET_NULL,
+        related_name="job_schedule",
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["team", "name"], name="schedule_team_name_unique"),
+            models.CheckConstraint(
+                condition=(
+                    (~Q(cron="") & Q(interval_seconds__isnull=True) & Q(run_at__isnull=True))
+                    | (Q(cron="") & Q(interval_seconds__isnull=False) & Q(run_at__isnull=True))
+                    | (Q(cron="") & Q(interval_seconds__isnull=True) & Q(run_at__isnull=False))
+                ),
+                name="schedule_exactly_one_kind",
+            ),
+            models.CheckConstraint(
+                condition=Q(interval_seconds__isnull=True) | Q(interval_seconds__gte=1),
+                name="schedule_interval_positive",
+            ),
+            models.CheckConstraint(
+                condition=Q(start_at__isnull=True)
+                | Q(end_at__isnull=True)
+                | Q(end_at__gt=F("start_at")),
+                name="schedule_end_after_start",
+            ),
+            models.CheckConstraint(
+                condition=Q(concurrency_policy__in=ConcurrencyPolicy.values),
+                name="schedule_concurrency_policy_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(misfire_policy__in=MisfirePolicy.values),
+                name="schedule_misfire_policy_valid",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.team}/{self.name}"
+
+    @property
+    def kind(self) -> str:
+        if self.cron:
+            return "cron"
+        return "interval" if self.interval_seconds is not None else "once"
+
+
+class ScheduleRunOutcome(models.TextChoices):
+    SUBMITTED = "submitted", "Job submitted"
+    SKIPPED_RUNNING = "skipped_running", "Skipped: the previous run is still active"
+    SKIPPED_MISFIRE = "skipped_misfire", "Skipped: missed while beat was down"
+    SUBMIT_FAILED = "submit_failed", "The job could not be submitted"
+
+
+class JobScheduleRun(models.Model):
+    """What a schedule did at one due time: the job it submitted, or why it did not."""
+
+    schedule = models.ForeignKey(JobSchedule, on_delete=models.CASCADE, related_name="runs")
+    due_at = models.DateTimeField()
+    fired_at = models.DateTimeField()
+    outcome = models.CharField(max_length=16, choices=ScheduleRunOutcome.choices)
+    job = models.ForeignKey(
+        Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="schedule_runs"
+    )
+    # Due times before this one that passed with no fire (beat was down), folded into it.
+    missed = models.PositiveIntegerField(default=0)
+    catch_up = models.BooleanField(default=False)
+    cancelled_job = models.ForeignKey(
+        Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-due_at"]
+        constraints = [
+            # One run per due time: what makes two beats or a redelivered trigger harmless.
+            models.UniqueConstraint(
+                fields=["schedule", "due_at"], name="schedule_run_once_per_due"
+            ),
+            models.CheckConstraint(
+                condition=Q(outcome__in=ScheduleRunOutcome.values),
+                name="schedule_run_outcome_valid",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.schedule} at {self.due_at.isoformat()}: {self.outcome}"

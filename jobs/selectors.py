@@ -4,7 +4,7 @@ from django.db.models import QuerySet
 
 from accounts.models import User
 
-from .models import Job, JobExecution
+from .models import Job, JobExecution, JobSchedule, JobScheduleRun
 
 
 def job_list_visible(*, user: User) -> QuerySet[Job]:
@@ -25,3 +25,14 @@ def execution_tokens_cancel_requested(*, tokens: list[str]) -> list[str]:
             token__in=tokens, job__cancel_requested_at__isnull=False
         ).values_list("token", flat=True)
     )
+
+
+def schedule_list_visible(*, user: User) -> QuerySet[JobSchedule]:
+    schedules = JobSchedule.objects.select_related("team", "definition")
+    if user.is_staff:
+        return schedules
+    return schedules.filter(team__memberships__user=user)
+
+
+def schedule_run_list(*, schedule: JobSchedule) -> QuerySet[JobScheduleRun]:
+    return schedule.runs.select_related("job").order_by("-due_at")

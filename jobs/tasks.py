@@ -9,6 +9,7 @@ from nodes.agent import current_node
 
 from .reporting import successes
 from .runner import run_job, running
+from .schedules import FIRE_TASK, schedule_fire
 from .services import (
     EXECUTION_TASK,
     Success,
@@ -73,3 +74,9 @@ def reconcile_executions() -> dict:
             grace_seconds=settings.NODE_HEARTBEAT_SECONDS
         ),
     }
+
+
+@shared_task(name=FIRE_TASK, ignore_result=True)
+def fire_schedule(schedule_id: int) -> None:
+    """Sent by beat for a schedule's entry; works out by itself what is due."""
+    schedule_fire(schedule_id=schedule_id)

@@ -173,6 +173,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
+# How often beat looks for changed schedules at the latest: a new or changed schedule is
+# picked up within this, and a first due time closer than this may fire late.
+CELERY_BEAT_MAX_LOOP_INTERVAL = env.float("BEAT_MAX_LOOP_INTERVAL_SECONDS", default=1.0)
 # Maintenance run by beat on the control worker; DatabaseScheduler stores these rows.
 CELERY_BEAT_SCHEDULE = {
     "reconcile-executions": {
@@ -210,6 +213,12 @@ NODE_LOST_MAX_RETRIES = env.int("NODE_LOST_MAX_RETRIES", default=3)
 # How often an agent looks for cancelled executions, and samples its jobs' memory.
 NODE_CANCEL_POLL_SECONDS = env.float("NODE_CANCEL_POLL_SECONDS", default=1.0)
 NODE_MEMORY_POLL_SECONDS = env.float("NODE_MEMORY_POLL_SECONDS", default=0.25)
+# A schedule's due time seen later than this (beat was down) is a misfire: its
+# misfire policy says whether it still runs (`run_once`) or is skipped (`skip`).
+SCHEDULE_MISFIRE_GRACE_SECONDS = env.float("SCHEDULE_MISFIRE_GRACE_SECONDS", default=5.0)
+# An interval schedule fired later than this (or a quarter of its interval) gets its beat
+# entry lined up with its due times again.
+SCHEDULE_REALIGN_AFTER_SECONDS = env.float("SCHEDULE_REALIGN_AFTER_SECONDS", default=0.5)
 # Dotted names of the Python callables that `callable` jobs may run.
 JOB_CALLABLES = env.list(
     "JOB_CALLABLES", default=["jobs.callables.echo_parameters", "jobs.callables.sleep"]

@@ -1,0 +1,255 @@
+"""`/api/schedules/`: schedules of job definitions, their runs and their next fire times."""
+
+from zoneinfo import ZoneInfo
+
+import django_filters
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.response import Response
+
+from accounts.selectors import team_list_submittable
+from scheduler_site.serializers import StrictSerializer
+
+from .models import ConcurrencyPolicy, JobDefinition, JobSchedule, JobScheduleRun, MisfirePolicy
+from .schedule_times import Timetable, describe
+from .schedules import (
+    schedule_create,
+    schedule_delete,
+    schedule_pause,
+    schedule_resume,
+    schedule_update,
+)
+from .selectors import schedule_list_visible, schedule_run_list
+from .services import JobStateError
+
+MAX_INTERVAL_SECONDS = 366 * 86400
+MAX_PREVIEW = 100
+RECENT_RUNS = 10
+
+
+class ScheduleWriteSerializer(StrictSerializer):
+    team = serializers.SlugField(required=False, help_text="Team slug; default the definition's.")
+    name = serializers.CharField(max_length=200)
+    definition = serializers.IntegerField(help_text="Id of a job definition of the team.")
+    cron = serializers.CharField(
+        max_length=200,
+        required=False,
+        allow_blank=True,
+        allow_null=True,
+        help_text='e.g. "30 2 * * 1-5"',
+    )
+    timezone = serializers.CharField(max_length=64, required=False, help_text="e.g. Europe/Berlin")
+    interval_seconds = serializers.IntegerField(
+        min_value=1, max_value=MAX_INTERVAL_SECONDS, required=False, allow_null=True
+    )
+    run_at = serializers.DateTimeField(required=False, allow_null=True)
+    start_at = serializers.DateTimeField(required=False, allow_null=True)
+    end_at = serializers.DateTimeField(required=False, allow_null=True)
+    enabled = serializers.BooleanField(required=False)
+    concurrency_policy = serializers.ChoiceField(choices=ConcurrencyPolicy.choices, required=False)
+    misfire_policy = serializers.ChoiceField(choices=MisfirePolicy.choices, required=False)
+
+    def validate_team(self, slug):
+        if self.instance is not None:
+            raise serializers.ValidationError("A schedule's team cannot change.")
+        team = team_list_submittable(user=self.context["request"].user).filter(slug=slug).first()
+        if team is None:
+            raise serializers.ValidationError("No team with this slug that you may submit to.")
+        return team
+
+    def validate_definition(self, pk):
+        user = self.context["request"].user
+        teams = team_list_submittable(user=user)
+        definition = (
+            JobDefinition.objects.select_related("team").filter(pk=pk, team__in=teams).first()
+        )
+        if definition is None:
+            raise serializers.ValidationError("No definition with this id in your teams.")
+        return definition
+
+    def validate(self, attrs):
+        if self.instance is None and "team" not in attrs:
+            attrs["team"] = attrs["definition"].team
+        team = attrs.get("team") or getattr(self.instance, "team", None)
+        definition = attrs.get("definition")
+        if definition is not None and definition.team_id != team.pk:
+            raise serializers.ValidationError(
+                {"definition": ["No definition with this id in the schedule's team."]}
+            )
+        if "cron" in attrs and attrs["cron"] is None:
+            attrs["cron"] = ""
+        return attrs
+
+
+class ScheduleRunSerializer(serializers.ModelSerializer):
+    job_status = serializers.CharField(source="job.status", default=None)
+    job_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = JobScheduleRun
+        fields = [
+            "due_at",
+            "fired_at",
+            "outcome",
+            "job",
+            "job_status",
+            "job_url",
+            "missed",
+            "catch_up",
+            "cancelled_job",
+            "error",
+        ]
+
+    def get_job_url(self, run) -> str | None:
+        return f"/api/jobs/{run.job_id}/" if run.job_id else None
+
+
+class ScheduleSerializer(serializers.ModelSerializer):
+    team = serializers.CharField(source="team.slug")
+    definition_name = serializers.CharField(source="definition.name")
+    kind = serializers.CharField()
+    description = serializers.SerializerMethodField()
+
+    class Meta:
+        model = JobSchedule
+        fields = [
+            "id",
+            "team",
+            "name",
+            "definition",
+            "definition_name",
+            "kind",
+            "cron",
+            "timezone",
+            "interval_seconds",
+            "run_at",
+            "start_at",
+            "end_at",
+            "enabled",
+            "concurrency_policy",
+            "misfire_policy",
+            "description",
+            "last_fire_at",
+            "next_fire_at",
+            "created_at",
+            "updated_at",
+        ]
+
+    def get_description(self, schedule) -> str:
+        return describe(schedule)
+
+
+class ScheduleDetailSerializer(ScheduleSerializer):
+    recent_runs = serializers.SerializerMethodField()
+
+    class Meta(ScheduleSerializer.Meta):
+        fields = [*ScheduleSerializer.Meta.fields, "recent_runs"]
+
+    def get_recent_runs(self, schedule) -> list:
+        runs = schedule_run_list(schedule=schedule)[:RECENT_RUNS]
+        return ScheduleRunSerializer(runs, many=True).data
+
+
+class ScheduleFilter(django_filters.FilterSet):
+    team = django_filters.CharFilter(field_name="team__slug")
+    enabled = django_filters.BooleanFilter()
+    name = django_filters.CharFilter()
+
+
+class ScheduleViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    serializer_class = ScheduleSerializer
+    filterset_class = ScheduleFilter
+
+    def get_queryset(self):
+        return schedule_list_visible(user=self.request.user)
+
+    def _detail(self, schedule, code=status.HTTP_200_OK):
+        schedule = self.get_queryset().get(pk=schedule.pk)
+        return Response(ScheduleDetailSerializer(schedule).data, status=code)
+
+    def get_changeable_object(self):
+        """The schedule, if the caller may change it: 404 if unseen, 403 for a viewer."""
+        schedule = self.get_object()
+        if not team_list_submittable(user=self.request.user).filter(pk=schedule.team_id).exists():
+            raise PermissionDenied("Viewers may look at this team's schedules but not change them.")
+        return schedule
+
+    def retrieve(self, request, pk=None):
+        return self._detail(self.get_object())
+
+    def create(self, request):
+        serializer = ScheduleWriteSerializer(data=request.data, context={"request": request})
+        serializer.is_valid(raise_exception=True)
+        fields = dict(serializer.validated_data)
+        team, definition = fields.pop("team"), fields.pop("definition")
+        schedule = schedule_create(
+            team=team, definition=definition, fields=fields, user=request.user
+        )
+        return self._detail(schedule, status.HTTP_201_CREATED)
+
+    def update(self, request, pk=None, partial=False):
+        schedule = self.get_changeable_object()
+        serializer = ScheduleWriteSerializer(
+            schedule, data=request.data, partial=True, context={"request": request}
+        )
+        serializer.is_valid(raise_exception=True)
+        return self._detail(
+            schedule_update(schedule=schedule, fields=dict(serializer.validated_data))
+        )
+
+    def partial_update(self, request, pk=None):
+        return self.update(request, pk, partial=True)
+
+    def destroy(self, request, pk=None):
+        schedule_delete(schedule=self.get_changeable_object())
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @action(detail=True, methods=["post"])
+    def pause(self, request, pk=None):
+        return self._detail(schedule_pause(schedule=self.get_changeable_object()))
+
+    @action(detail=True, methods=["post"])
+    def resume(self, request, pk=None):
+        schedule = self.get_changeable_object()
+        if schedule.run_at is not None and schedule.last_fire_at is not None:
+            raise JobStateError("This one-off schedule has already run.")
+        return self._detail(schedule_resume(schedule=schedule))
+
+    @action(detail=True, methods=["get"])
+    def runs(self, request, pk=None):
+        runs = schedule_run_list(schedule=self.get_object())
+        page = self.paginate_queryset(runs)
+        return self.get_paginated_response(ScheduleRunSerializer(page, many=True).data)
+
+    @action(detail=True, methods=["get"], url_path="next_runs")
+    def next_runs(self, request, pk=None):
+        """The next `count` (default 5, at most 100) fire times after `after` (default
+        now), in UTC and in the schedule's time zone, whether or not it is paused."""
+        schedule = self.get_object()
+        count = request.query_params.get("count", "5")
+        if not count.isdigit() or not 1 <= int(count) <= MAX_PREVIEW:
+            raise ValidationError({"count": [f"A whole number from 1 to {MAX_PREVIEW}."]})
+        after = timezone.now()
+        if "after" in request.query_params:
+            after = parse_datetime(request.query_params["after"])
+            if after is None or timezone.is_naive(after):
+                raise ValidationError({"after": ["An ISO 8601 time with its UTC offset."]})
+        zone = ZoneInfo(schedule.timezone)
+        times = Timetable(schedule).upcoming(after, int(count))
+        return Response(
+            {
+                "description": describe(schedule),
+                "timezone": schedule.timezone,
+                "next_runs": [
+                    {"at": at.astimezone(ZoneInfo("UTC")), "local": at.astimezone(zone)}
+                    for at in times
+                ],
+            }
+        )

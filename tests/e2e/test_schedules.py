@@ -1,0 +1,168 @@
+"""Schedules against a real beat (DatabaseScheduler), control worker, scheduler and node."""
+
+import itertools
+import re
+import time
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from jobs.models import Job, JobDefinition, JobSchedule, JobScheduleRun, JobStatus
+from jobs.schedules import schedule_create, schedule_pause, schedule_resume
+from tests.processes import wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def start_platform(cluster):
+    """Everything but beat: a node, the scheduler and the control worker."""
+    cluster.start_node("node-a", cpu=4, slots=4)
+    cluster.start_scheduler()
+    cluster.start_control_worker()
+
+
+def make_schedule(team, command, *, start_in=3.0, **fields) -> JobSchedule:
+    from resources.models import Queue
+
+    definition = JobDefinition.objects.create(
+        team=team,
+        name=f"def-{fields.get('name', 'every')}",
+        command=command,
+        queue=Queue.objects.get(name="default"),
+        cpu_millis=100,
+        memory_mb=64,
+    )
+    start_at = timezone.now() + timedelta(seconds=start_in)
+    fields.setdefault("name", "every")
+    return schedule_create(
+        team=team, definition=definition, fields={"start_at": start_at, **fields}
+    )
+
+
+def sleep_until(moment, extra=0.0):
+    time.sleep(max(0.0, (moment - timezone.now()).total_seconds() + extra))
+
+
+def runs(schedule, **filters):
+    return list(JobScheduleRun.objects.filter(schedule=schedule, **filters).order_by("due_at"))
+
+
+def test_every_two_seconds_runs_each_due_time_once_and_on_time(cluster, team):
+    start_platform(cluster)
+    cluster.start_beat()
+    schedule = make_schedule(team, ["true"], interval_seconds=2)
+    first = schedule.next_fire_at
+    window_end = first + timedelta(seconds=20)
+    sleep_until(window_end, 3)
+    fired = runs(schedule, due_at__lt=window_end)
+    assert [run.due_at for run in fired] == [first + timedelta(seconds=2 * i) for i in range(10)]
+    assert all(run.outcome == "submitted" and not run.catch_up for run in fired)
+    jobs = Job.objects.filter(schedule_runs__in=fired)
+    assert jobs.count() == 10
+    lateness = [
+        (run.job.started_at - run.due_at).total_seconds()
+        for run in JobScheduleRun.objects.filter(pk__in=[r.pk for r in fired]).select_related("job")
+    ]
+    assert all(0 <= late <= 1.5 for late in lateness), lateness
+    assert set(jobs.values_list("status", flat=True)) == {JobStatus.SUCCEEDED}
+
+
+def test_two_beats_at_once_make_one_job_per_due_time(cluster, team):
+    start_platform(cluster)
+    cluster.start_beat()
+    cluster.start_beat()
+    schedule = make_schedule(team, ["true"], interval_seconds=1, start_in=6)
+    sleep_until(schedule.next_fire_at, 10)
+    fired = runs(schedule, due_at__lt=timezone.now() - timedelta(seconds=1))
+    assert len(fired) >= 6
+    due_times = [run.due_at for run in fired]
+    assert due_times == sorted(set(due_times))
+    keys = list(Job.objects.values_list("idempotency_key", flat=True))
+    assert len(keys) == len(set(keys))
+    assert all(run.job_id is not None for run in fired)
+    # Both beats really fired: the control worker got about two triggers per due time.
+    control = next(p for p in cluster.processes if p.name == "control").log()
+    received = len(re.findall(r"Task jobs\.fire_schedule\[[^\]]+\] received", control))
+    assert received >= 1.6 * len(fired), (received, len(fired))
+
+
+def test_forbid_skips_overlapping_runs_and_records_it(cluster, team):
+    start_platform(cluster)
+    cluster.start_beat()
+    schedule = make_schedule(team, ["sleep", "5"], interval_seconds=2, concurrency_policy="forbid")
+    sleep_until(schedule.next_fire_at, 13)
+    outcomes = [run.outcome for run in runs(schedule)]
+    assert outcomes.count("skipped_running") >= 3, outcomes
+    assert outcomes.count("submitted") >= 2, outcomes
+    spans = sorted(
+        (job.started_at, job.finished_at or timezone.now())
+        for job in Job.objects.exclude(started_at=None)
+    )
+    for (_, ended), (started, _) in itertools.pairwise(spans):
+        assert started >= ended, "two runs of a forbid schedule overlapped"
+
+
+def test_replace_cancels_the_running_job(cluster, team):
+    start_platform(cluster)
+    cluster.start_beat()
+    schedule = make_schedule(
+        team, ["sleep", "60"], interval_seconds=4, concurrency_policy="replace"
+    )
+    first = wait_until(
+        lambda: Job.objects.filter(status=JobStatus.RUNNING).first(), 15, message="the first run"
+    )
+    second = wait_until(
+        lambda: runs(schedule, outcome="submitted")[1:] and runs(schedule)[1], 10, message="run 2"
+    )
+    assert second.cancelled_job_id == first.pk
+    wait_until(
+        lambda: Job.objects.get(pk=first.pk).status == JobStatus.CANCELLED, 10, message="cancel"
+    )
+    wait_until(
+        lambda: Job.objects.get(pk=second.job_id).status == JobStatus.RUNNING, 10, message="run"
+    )
+    schedule_pause(schedule=schedule)
+
+
+def test_pause_stops_at_once_and_resume_does_not_catch_up(cluster, team):
+    start_platform(cluster)
+    cluster.start_beat()
+    schedule = make_schedule(team, ["true"], interval_seconds=1)
+    wait_until(lambda: len(runs(schedule)) >= 3, 15, message="three runs")
+    schedule_pause(schedule=schedule)
+    paused_at = timezone.now()
+    time.sleep(4)
+    assert not JobScheduleRun.objects.filter(schedule=schedule, fired_at__gt=paused_at).exists()
+    resumed = schedule_resume(schedule=schedule)
+    time.sleep(4)
+    after = runs(schedule, due_at__gt=paused_at)
+    assert after[0].due_at == resumed.next_fire_at
+    assert all(run.missed == 0 and not run.catch_up for run in after)
+    assert 3 <= len(after) <= 5
+
+
+def test_run_once_after_beat_downtime_runs_one_catch_up(cluster, team):
+    start_platform(cluster)
+    beat = cluster.start_beat()
+    schedule = make_schedule(team, ["true"], interval_seconds=4, misfire_policy="run_once")
+    first = schedule.next_fire_at
+    wait_until(lambda: runs(schedule), 15, message="the first run")
+    beat.stop()
+    # Down across three due times (first + 4, 8, 12 s), then started again.
+    sleep_until(first + timedelta(seconds=12), 0.2)
+    cluster.start_beat()
+    wait_until(lambda: len(runs(schedule)) >= 4, 30, message="a catch-up and two runs on time")
+    after = runs(schedule, due_at__gt=first)
+    catch_up, on_time = after[0], after[1:]
+    assert catch_up.outcome == "submitted" and catch_up.catch_up
+    assert catch_up.due_at >= first + timedelta(seconds=12)
+    # Every due time from first + 4 s to the catch-up's own is folded into it.
+    assert catch_up.missed == (catch_up.due_at - first).total_seconds() // 4 - 1
+    assert all(not run.catch_up and run.missed == 0 for run in on_time)
+    # Beat restarted out of step with the due times; the catch-up lined it up again.
+    assert all((run.fired_at - run.due_at).total_seconds() < 1 for run in on_time)
+    assert [run.due_at for run in on_time] == [
+        catch_up.due_at + timedelta(seconds=4 * i) for i in range(1, len(on_time) + 1)
+    ]
+    assert Job.objects.count() == 1 + len(after)
