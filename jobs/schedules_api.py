@@ -10,7 +10,7 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.response import Response
 
-from accounts.selectors import team_list_submittable
+from accounts.selectors import team_list_submittable, team_list_visible
 from scheduler_site.serializers import StrictSerializer
 
 from .models import ConcurrencyPolicy, JobDefinition, JobSchedule, JobScheduleRun, MisfirePolicy
@@ -28,6 +28,9 @@ from .services import JobStateError
 MAX_INTERVAL_SECONDS = 366 * 86400
 MAX_PREVIEW = 100
 RECENT_RUNS = 10
+
+
+VIEWERS_MAY_NOT_SCHEDULE = "Viewers may look at this team's schedules but not change them."
 
 
 class ScheduleWriteSerializer(StrictSerializer):
@@ -55,8 +58,11 @@ class ScheduleWriteSerializer(StrictSerializer):
     def validate_team(self, slug):
         if self.instance is not None:
             raise serializers.ValidationError("A schedule's team cannot change.")
-        team = team_list_submittable(user=self.context["request"].user).filter(slug=slug).first()
+        user = self.context["request"].user
+        team = team_list_submittable(user=user).filter(slug=slug).first()
         if team is None:
+            if team_list_visible(user=user).filter(slug=slug).exists():
+                raise PermissionDenied(VIEWERS_MAY_NOT_SCHEDULE)
             raise serializers.ValidationError("No team with this slug that you may submit to.")
         return team
 
@@ -67,6 +73,9 @@ class ScheduleWriteSerializer(StrictSerializer):
             JobDefinition.objects.select_related("team").filter(pk=pk, team__in=teams).first()
         )
         if definition is None:
+            visible = team_list_visible(user=user)
+            if JobDefinition.objects.filter(pk=pk, team__in=visible).exists():
+                raise PermissionDenied(VIEWERS_MAY_NOT_SCHEDULE)
             raise serializers.ValidationError("No definition with this id in your teams.")
         return definition
 

@@ -16,7 +16,8 @@ from rest_framework.test import APIClient
 
 from accounts.models import Role, Team, User
 from accounts.services import api_token_issue, audit_event_record, team_add_member
-from jobs.models import ExecutionStatus, Job, JobExecution, JobStatus
+from jobs.models import ExecutionStatus, Job, JobDefinition, JobExecution, JobStatus
+from jobs.schedules import schedule_create
 from jobs.services import execution_claim
 from nodes.models import Node
 from resources.cycle import place_pending_jobs
@@ -35,6 +36,8 @@ AZURE_MARKS = (
     "AZURE-LOG-MARK",
     "AZURE-AUDIT-MARK",
     "ada-admin",
+    "azure-def-mark",
+    "azure-sched-mark",
     "mem-azure",
     "vic-viewer",
 )
@@ -45,6 +48,8 @@ CRIMSON_MARKS = (
     "CRIMSON-LOG-MARK",
     "CRIMSON-AUDIT-MARK",
     "cam-crimson",
+    "crimson-def-mark",
+    "crimson-sched-mark",
 )
 AZURE_JOBS, CRIMSON_JOBS = 3, 4
 
@@ -111,6 +116,26 @@ ENDPOINTS = [
     Endpoint("POST", "/api/jobs/{pending_job}/cancel/", azure_only(200, viewer=403)),
     Endpoint("POST", "/api/jobs/{failed_job}/retry/", azure_only(200, viewer=403)),
     Endpoint("POST", "/api/jobs/{failed_job}/acknowledge/", azure_only(200, viewer=403)),
+    # --- schedules
+    Endpoint("GET", "/api/schedules/", everyone(200), counts={"azure-team": 1, "crimson-team": 1}),
+    Endpoint("GET", "/api/schedules/{schedule}/", azure_only(200)),
+    Endpoint("GET", "/api/schedules/{schedule}/runs/", azure_only(200)),
+    Endpoint("GET", "/api/schedules/{schedule}/next_runs/?count=3", azure_only(200)),
+    Endpoint(
+        "POST",
+        "/api/schedules/",
+        azure_only(201, viewer=403, outsider=400),
+        data={"name": "new", "definition": "{definition}", "interval_seconds": 60},
+    ),
+    Endpoint(
+        "PATCH",
+        "/api/schedules/{schedule}/",
+        azure_only(200, viewer=403),
+        data={"interval_seconds": 120},
+    ),
+    Endpoint("POST", "/api/schedules/{schedule}/pause/", azure_only(200, viewer=403)),
+    Endpoint("POST", "/api/schedules/{schedule}/resume/", azure_only(200, viewer=403)),
+    Endpoint("DELETE", "/api/schedules/{schedule}/", azure_only(204, viewer=403)),
     # --- nodes
     Endpoint("GET", "/api/nodes/", everyone(200)),
     Endpoint("GET", "/api/nodes/iso-node/", everyone(200)),
@@ -187,8 +212,18 @@ def world(default_queue):
         audit_event_record(
             action="job.create", team_id=team.pk, object_repr=f"{mark.upper()}-AUDIT-MARK"
         )
+        definition = JobDefinition.objects.create(
+            team=team, queue=queues[mark], name=f"{mark}-def-mark", command=["true"]
+        )
+        schedule = schedule_create(
+            team=team,
+            definition=definition,
+            fields={"name": f"{mark}-sched-mark", "interval_seconds": 3600},
+        )
         if team == azure:
             objects |= {
+                "definition": definition.pk,
+                "schedule": schedule.pk,
                 "job": execution.job_id,
                 "failed_job": failed.pk,
                 "pending_job": pending[0].pk,
@@ -217,7 +252,13 @@ def request_data(endpoint, role, world):
         if role == "anonymous":
             return {"username": "nobody", "password": "wrong"}
         return {"username": world["users"][role].username, "password": PASSWORD}
-    return endpoint.data
+    if endpoint.data is None:
+        return None
+    objects = {k: v for k, v in world.items() if k != "users"}
+    return {
+        k: int(v.format(**objects)) if isinstance(v, str) and v.startswith("{") else v
+        for k, v in endpoint.data.items()
+    }
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -254,7 +295,7 @@ def test_the_matrix_covers_every_api_route():
         if "(?P<format>" not in str(route.pattern)
     }
     placeholders = dict.fromkeys(
-        ("job", "failed_job", "pending_job", "allocation", "member_token"), 1
+        ("job", "failed_job", "pending_job", "allocation", "member_token", "schedule"), 1
     )
     covered = {resolve(e.path.split("?")[0].format(**placeholders)).route for e in ENDPOINTS}
     assert routes - covered == set()
@@ -268,6 +309,7 @@ def test_the_matrix_covers_every_api_route():
         ("/api/queues/", ["azure-q", "crimson-q"]),
         ("/api/allocations/", ["azure-team", "crimson-team"]),
         ("/api/audit/", ["AZURE-AUDIT-MARK", "CRIMSON-AUDIT-MARK"]),
+        ("/api/schedules/", ["azure-sched-mark", "crimson-sched-mark"]),
         ("/api/resources/usage/", ["azure-team", "crimson-team", "azure-q", "crimson-q"]),
     ],
 )

@@ -118,7 +118,7 @@ def test_a_viewer_reads_but_may_not_change(api, viewer_api, definition):
     assert viewer_api.get(f"/api/schedules/{pk}/").status_code == 200
     assert viewer_api.post(f"/api/schedules/{pk}/pause/").status_code == 403
     assert viewer_api.delete(f"/api/schedules/{pk}/").status_code == 403
-    assert create(viewer_api, definition, name="mine", interval_seconds=5).status_code == 400
+    assert create(viewer_api, definition, name="mine", interval_seconds=5).status_code == 403
     assert JobSchedule.objects.get().enabled
 
 
