@@ -314,7 +314,12 @@ def schedule_fire(*, schedule_id: int, now: datetime | None = None) -> JobSchedu
         schedule.last_fire_at = due
         schedule.next_fire_at = timetable.next_after(due)
         fields = ["last_fire_at", "next_fire_at", "updated_at"]
-        if _beat_out_of_step(schedule, late_seconds=(now - due).total_seconds(), now=now):
+        if _beat_out_of_step(
+            schedule,
+            late_seconds=(now - due).total_seconds(),
+            now=now,
+            beat_was_down=late or run.missed > 0,
+        ):
             _beat_entry_replace(schedule, now=now)
             fields.append("periodic_task")
         schedule.save(update_fields=fields)
@@ -330,13 +335,18 @@ def schedule_fire(*, schedule_id: int, now: datetime | None = None) -> JobSchedu
     return run
 
 
-def _beat_out_of_step(schedule: JobSchedule, *, late_seconds: float, now: datetime) -> bool:
+def _beat_out_of_step(
+    schedule: JobSchedule, *, late_seconds: float, now: datetime, beat_was_down: bool
+) -> bool:
     """Whether beat's interval entry fires well after the due times: after beat was
     restarted (it counts from when it fired last, not from the due time), or after its
-    small lateness per fire has added up. Replacing the entry lines it up again; at most
-    once in a few intervals, in case the lateness is a busy control worker's instead."""
+    small lateness per fire has added up. Replacing the entry lines it up again: at once
+    when due times were missed (beat was down), otherwise at most once in a few
+    intervals, in case the lateness is a busy control worker's instead."""
     if schedule.interval_seconds is None or schedule.next_fire_at is None:
         return False
+    if beat_was_down:
+        return True
     limit = min(settings.SCHEDULE_REALIGN_AFTER_SECONDS, schedule.interval_seconds / 4)
     if late_seconds <= limit:
         return False
