@@ -1,13 +1,14 @@
 """Throughput and submit-to-start latency of the whole platform, against bare Celery.
 
     .venv/bin/python bench/throughput.py [--jobs 400] [--latency-samples 200] [--slots 8]
+                                         [--clients 4]
 
 Sets up its own database (scheduler_bench_tp) and Redis database (12), starts a real
 scheduler and one node agent (--slots threads, as much CPU as slots, 1 CPU per job),
 and a bare Celery worker with the same pool, concurrency, acks and prefetch running the
-same command (`true`). Measures completed jobs per second for each, then, with free
-capacity, the latency from a job's creation to its start, one job at a time. The last
-line printed is one JSON object of the figures.
+same command (`true`). Measures completed jobs per second for each, submitted from
+--clients threads at once, then, with free capacity, the latency from a job's creation
+to its start, one job at a time. The last line printed is one JSON object of the figures.
 """
 
 import argparse
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,9 +88,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=400)
     parser.add_argument("--latency-samples", type=int, default=200)
     parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument(
+        "--clients", type=int, default=4, help="threads submitting at once, in both phases"
+    )
     args = parser.parse_args()
 
-    psql(f"DROP DATABASE IF EXISTS {DB_NAME}")
+    psql(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
     psql(f"CREATE DATABASE {DB_NAME}")
     import django
 
@@ -157,10 +162,19 @@ def main() -> None:
             "gpu": 0,
         }
 
+        def submit_all(count: int, submit_one) -> None:
+            """`count` submissions from `--clients` threads, as from that many users."""
+            with ThreadPoolExecutor(args.clients) as pool:  # one database connection each
+                list(pool.map(lambda _: submit_one(), range(count)))
+
+        def platform_submit() -> int:
+            return job_submit(team=team, spec=spec).job.id
+
         def platform_run(count: int) -> float:
+            first = Job.objects.order_by("-id").values_list("id", flat=True).first() or 0
             started = time.perf_counter()
-            ids = [job_submit(team=team, spec=spec).job.id for _ in range(count)]
-            done = Job.objects.filter(id__range=(ids[0], ids[-1]), status=JobStatus.SUCCEEDED)
+            submit_all(count, platform_submit)
+            done = Job.objects.filter(id__gt=first, status=JobStatus.SUCCEEDED)
             # Polled gently: this process shares the two cores with what it measures.
             wait_for(lambda: done.count() == count, 300, "the platform jobs", POLL_SECONDS)
             return count / (time.perf_counter() - started)
@@ -170,8 +184,7 @@ def main() -> None:
         def bare_run(count: int) -> float:
             broker.delete(COUNTER)
             started = time.perf_counter()
-            for _ in range(count):
-                run_command.delay(["true"])
+            submit_all(count, lambda: run_command.delay(["true"]))
             wait_for(
                 lambda: int(broker.get(COUNTER) or 0) == count, 300, "the bare tasks", POLL_SECONDS
             )
@@ -214,7 +227,7 @@ def main() -> None:
         from django.db import connections
 
         connections.close_all()
-        psql(f"DROP DATABASE IF EXISTS {DB_NAME}")
+        psql(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
     print(
         json.dumps(
             {
