@@ -156,12 +156,23 @@ class Job(JobSpec):
                 name="job_pending_by_queue",
                 condition=Q(status=JobStatus.PENDING),
             ),
-            # Used by the jobs list filters.
-            models.Index(fields=["status", "-created_at"], name="job_status_created"),
-            models.Index(fields=["team", "-created_at"], name="job_team_created"),
+            # Used by the jobs list: newest first, by cursor, alone or under one filter
+            # (a member's list is also filtered by team).
+            *(
+                models.Index(*fields, F("created_at").desc(), F("id").desc(), name=name)
+                for name, fields in (
+                    ("job_created", ()),
+                    ("job_status_created", ("status",)),
+                    ("job_team_created", ("team",)),
+                    ("job_team_status_created", ("team", "status")),
+                    ("job_queue_created", ("queue",)),
+                    ("job_name_created", ("name",)),
+                )
+            ),
             # Used by the dead-letter view: failed and not yet acknowledged.
             models.Index(
-                fields=["-created_at"],
+                F("created_at").desc(),
+                F("id").desc(),
                 name="job_dead_letter",
                 condition=Q(status=JobStatus.FAILED, acknowledged_at__isnull=True),
             ),

@@ -3,6 +3,7 @@
 from django.db.models import QuerySet
 
 from accounts.models import User
+from accounts.selectors import team_list_visible
 
 from .models import Job, JobExecution, JobSchedule, JobScheduleRun
 
@@ -11,7 +12,9 @@ def job_list_visible(*, user: User) -> QuerySet[Job]:
     jobs = Job.objects.select_related("team", "queue", "last_execution__node")
     if user.is_staff:
         return jobs
-    return jobs.filter(team__memberships__user=user)
+    # The team ids as values, not a join: with one team the planner walks that team's
+    # index newest first and stops after a page, however many jobs the team has.
+    return jobs.filter(team_id__in=list(team_list_visible(user=user).values_list("pk", flat=True)))
 
 
 def execution_list_for_job(*, job: Job) -> QuerySet[JobExecution]:

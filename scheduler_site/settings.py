@@ -40,6 +40,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "scheduler_site.middleware.RequestBodyLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -117,6 +118,10 @@ REST_FRAMEWORK = {
     # header is ignored, so a client cannot pick the address it is throttled and audited as.
     "NUM_PROXIES": env.int("API_NUM_PROXIES", default=0),
 }
+
+# The largest request body read, in bytes (an argv, env and parameters all fit well
+# inside); a larger API request answers 400 before it is parsed.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("API_MAX_BODY_BYTES", default=1024 * 1024)
 
 # Requests allowed per user (all their tokens and sessions together), per credential (an
 # API token or a node's), per address without credentials, and login attempts per address.

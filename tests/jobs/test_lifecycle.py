@@ -90,11 +90,11 @@ def test_only_failed_or_cancelled_jobs_can_be_requeued(api, small_node):
 def test_acknowledging_takes_a_failed_job_out_of_the_dead_letter_view(api, small_node):
     job_id = submit(api)
     Job.objects.filter(pk=job_id).update(status=JobStatus.FAILED, finished_at=timezone.now())
-    assert api.get("/api/jobs/", {"dead_letter": "true"}).json()["count"] == 1
+    assert len(api.get("/api/jobs/", {"dead_letter": "true"}).json()["results"]) == 1
     body = api.post(f"/api/jobs/{job_id}/acknowledge/").json()
     assert body["dead_letter"] is False and body["acknowledged_at"]
-    assert api.get("/api/jobs/", {"dead_letter": "true"}).json()["count"] == 0
-    assert api.get("/api/jobs/", {"dead_letter": "false"}).json()["count"] == 1
+    assert len(api.get("/api/jobs/", {"dead_letter": "true"}).json()["results"]) == 0
+    assert len(api.get("/api/jobs/", {"dead_letter": "false"}).json()["results"]) == 1
 
 
 def test_a_viewer_sees_but_cannot_change_a_job(api, small_node, team):
