@@ -12,66 +12,17 @@ job. The last line printed is one JSON object of the figures.
 
 import argparse
 import json
-import os
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
-DB_NAME = "scheduler_bench_beat"
-_broker = urlsplit(os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0"))
-BROKER_URL = f"redis://{_broker.hostname or '127.0.0.1'}:{_broker.port or 6379}/11"
-WORK = Path(tempfile.mkdtemp(prefix="bench-beat-"))
-ENV = {
-    **os.environ,
-    "DJANGO_SETTINGS_MODULE": "scheduler_site.settings",
-    "SECRET_KEY": "bench-only",
-    "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB_NAME}",
-    "CELERY_BROKER_URL": BROKER_URL,
-    "NODE_WORK_DIR": str(WORK / "work"),
-    "JOB_LOG_DIR": str(WORK / "logs"),
-    "LOG_LEVEL": "WARNING",
-    "PYTHONPATH": str(ROOT),
-}
-os.environ.update(ENV)
 sys.path.insert(0, str(ROOT))
+from bench.harness import Bench, percentile, stop  # noqa: E402
 
-
-def psql(sql: str) -> None:
-    subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", sql],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-
-
-def start(name: str, argv: list[str]) -> subprocess.Popen:
-    log = (WORK / f"{name}.log").open("wb")
-    return subprocess.Popen(
-        argv, cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def stop(processes: list[subprocess.Popen]) -> None:
-    for p in processes:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-    for p in processes:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+BENCH = Bench("beat", 11)
 
 
 def main() -> None:
@@ -80,8 +31,7 @@ def main() -> None:
     parser.add_argument("--interval", type=int, default=1)
     args = parser.parse_args()
 
-    psql(f"DROP DATABASE IF EXISTS {DB_NAME}")
-    psql(f"CREATE DATABASE {DB_NAME}")
+    BENCH.create_database()
     import django
 
     django.setup()
@@ -95,7 +45,7 @@ def main() -> None:
     from nodes.models import Node
     from resources.models import Queue
 
-    broker = redis.Redis.from_url(BROKER_URL)
+    broker = redis.Redis.from_url(BENCH.broker_url)
     broker.flushdb()
     call_command("migrate", verbosity=0)
     team = Team.objects.create(name="Bench", slug="bench")
@@ -104,13 +54,13 @@ def main() -> None:
     quiet = ["--loglevel=WARNING"]
     worker = ["--concurrency=2", "--pool=threads", "--without-gossip", "--without-mingle"]
     processes = [
-        start("scheduler", [*manage, "run_scheduler"]),
-        start("node", [*manage, "run_node", "--name=bench", "--cpu=4", "--memory-mb=4096"]),
-        start(
+        BENCH.start("scheduler", [*manage, "run_scheduler"]),
+        BENCH.start("node", [*manage, "run_node", "--name=bench", "--cpu=4", "--memory-mb=4096"]),
+        BENCH.start(
             "control",
             [*celery, "worker", "-Q", "control", "-n", "control@%h", *worker, *quiet],
         ),
-        start(
+        BENCH.start(
             "beat",
             [
                 *celery,
@@ -126,7 +76,7 @@ def main() -> None:
         deadline = time.monotonic() + 60
         while not Node.objects.filter(name="bench").exists():
             if time.monotonic() > deadline:
-                raise SystemExit(f"the node agent did not register; logs in {WORK}")
+                raise SystemExit(f"the node agent did not register; logs in {BENCH.work}")
             time.sleep(0.2)
         time.sleep(3)  # workers connected and consuming, beat running
         definition = JobDefinition.objects.create(
@@ -161,7 +111,7 @@ def main() -> None:
         from django.db import connections
 
         connections.close_all()
-        psql(f"DROP DATABASE IF EXISTS {DB_NAME}")
+        BENCH.drop_database()
 
     expected = args.seconds // args.interval
     started = [run for run in runs if run.job is not None and run.job.started_at is not None]

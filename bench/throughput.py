@@ -13,74 +13,18 @@ to its start, one job at a time. The last line printed is one JSON object of the
 
 import argparse
 import json
-import os
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DB_NAME = "scheduler_bench_tp"
-BROKER_URL = "redis://127.0.0.1:6379/12"
-WORK = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
-ENV = {
-    **os.environ,
-    "DJANGO_SETTINGS_MODULE": "scheduler_site.settings",
-    "SECRET_KEY": "bench-only",
-    "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB_NAME}",
-    "CELERY_BROKER_URL": BROKER_URL,
-    "NODE_WORK_DIR": str(WORK / "work"),
-    "JOB_LOG_DIR": str(WORK / "logs"),
-    "LOG_LEVEL": "WARNING",
-    "PYTHONPATH": str(ROOT),
-}
-os.environ.update(ENV)
-POLL_SECONDS = 0.05
 sys.path.insert(0, str(ROOT))
+from bench.harness import Bench, percentile, stop, wait_for  # noqa: E402
 
-
-def psql(sql: str) -> None:
-    subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", sql],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-
-
-def start(name: str, argv: list[str]) -> subprocess.Popen:
-    log = (WORK / f"{name}.log").open("wb")
-    return subprocess.Popen(
-        argv, cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def stop(processes: list[subprocess.Popen]) -> None:
-    for p in processes:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-    for p in processes:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.005):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise SystemExit(f"timed out waiting for {what}; logs in {WORK}")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+BENCH = Bench("tp", 12)
+POLL_SECONDS = 0.05
 
 
 def main() -> None:
@@ -93,8 +37,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    psql(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-    psql(f"CREATE DATABASE {DB_NAME}")
+    BENCH.create_database()
     import django
 
     django.setup()
@@ -106,7 +49,7 @@ def main() -> None:
     from jobs.services import job_submit
     from nodes.models import Node
 
-    broker = redis.Redis.from_url(BROKER_URL)
+    broker = redis.Redis.from_url(BENCH.broker_url)
     broker.flushdb()
     call_command("migrate", verbosity=0)
     team = Team.objects.create(name="Bench", slug="bench")
@@ -122,8 +65,8 @@ def main() -> None:
         "--loglevel=WARNING",
     ]
     processes = [
-        start("scheduler", [*manage, "run_scheduler"]),
-        start(
+        BENCH.start("scheduler", [*manage, "run_scheduler"]),
+        BENCH.start(
             "node",
             [
                 *manage,
@@ -136,7 +79,7 @@ def main() -> None:
                 "--loglevel=WARNING",
             ],
         ),
-        start(
+        BENCH.start(
             "bare",
             [
                 *celery,
@@ -227,7 +170,7 @@ def main() -> None:
         from django.db import connections
 
         connections.close_all()
-        psql(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        BENCH.drop_database()
     print(
         json.dumps(
             {

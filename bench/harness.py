@@ -1,0 +1,95 @@
+"""What the benches share: a database and Redis database of their own, processes started
+with their settings and logs in a scratch directory, polling and percentiles."""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def redis_url(db: int) -> str:
+    """Database `db` of the Redis the environment's broker URL names (default local)."""
+    broker = urlsplit(os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0"))
+    return f"redis://{broker.hostname or '127.0.0.1'}:{broker.port or 6379}/{db}"
+
+
+class Bench:
+    """A bench's own PostgreSQL database and Redis database, set in this process's
+    environment (for Django) and in that of every process it starts."""
+
+    def __init__(self, name: str, redis_db: int, **env: str):
+        self.db_name = f"scheduler_bench_{name}"
+        self.broker_url = redis_url(redis_db)
+        self.work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+        self.env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "scheduler_site.settings",
+            "SECRET_KEY": "bench-only",
+            "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{self.db_name}",
+            "CELERY_BROKER_URL": self.broker_url,
+            "CACHE_URL": redis_url(redis_db + 1 if redis_db < 15 else redis_db),
+            "NODE_WORK_DIR": str(self.work / "work"),
+            "JOB_LOG_DIR": str(self.work / "logs"),
+            "LOG_LEVEL": "WARNING",
+            "PYTHONPATH": str(ROOT),
+            **env,
+        }
+        os.environ.update(self.env)
+        if str(ROOT) not in sys.path:
+            sys.path.insert(0, str(ROOT))
+
+    def psql(self, sql: str) -> None:
+        subprocess.run(
+            ["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", sql],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+    def create_database(self) -> None:
+        self.drop_database()
+        self.psql(f"CREATE DATABASE {self.db_name}")
+
+    def drop_database(self) -> None:
+        self.psql(f"DROP DATABASE IF EXISTS {self.db_name} WITH (FORCE)")
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        log = (self.work / f"{name}.log").open("wb")
+        return subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    for p in processes:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in processes:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.005):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
