@@ -321,7 +321,12 @@ def definition_delete(*, definition: JobDefinition) -> None:
     needs a share lock on the row) and then fail, rather than slip in between the check
     and the delete."""
     with transaction.atomic():
-        definition = JobDefinition.objects.select_for_update().get(pk=definition.pk)
+        definition = (
+            JobDefinition.objects.select_for_update(of=("self",))
+            .select_related("team")
+            .get(pk=definition.pk)
+        )
+        pk = definition.pk
         if definition.schedules.exists():
             raise _schedules_in_the_way(definition)
         try:
@@ -329,7 +334,7 @@ def definition_delete(*, definition: JobDefinition) -> None:
                 definition.delete()
         except RestrictedError:
             raise _schedules_in_the_way(definition) from None
-    logger.info("definition deleted definition=%s team=%s", definition.pk, definition.team_id)
+    logger.info("definition deleted definition=%s team=%s", pk, definition.team.slug)
 
 
 def definition_submit(
