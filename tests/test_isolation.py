@@ -64,9 +64,11 @@ class Endpoint:
     counts: dict = field(default_factory=dict)
     # "token" (Authorization: Token) or "session" (a browser, logged in).
     auth: str = "token"
+    # Tells apart two rows of the same method and path.
+    variant: str = ""
 
     def __str__(self):
-        return f"{self.method} {self.path}"
+        return f"{self.method} {self.path}" + (f" ({self.variant})" if self.variant else "")
 
 
 def everyone(code, anonymous=401):
@@ -147,6 +149,7 @@ ENDPOINTS = [
         "/api/jobs/",
         azure_only(201, viewer=403, outsider=400),
         data={"definition": "{definition}", "priority": 1},
+        variant="from a definition",
     ),
     # --- schedules
     Endpoint("GET", "/api/schedules/", everyone(200), counts={"azure-team": 1, "crimson-team": 1}),
