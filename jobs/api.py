@@ -233,6 +233,9 @@ class JobSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
     team = serializers.CharField(source="team.slug")
+    definition = serializers.IntegerField(
+        source="definition_id", allow_null=True, help_text="Id of the definition it was made from."
+    )
     kind = serializers.CharField()
     command = serializers.ListField(child=serializers.CharField())
     callable = serializers.CharField()
@@ -318,6 +321,7 @@ class JobFilter(django_filters.FilterSet):
     name = django_filters.CharFilter()
     queue = django_filters.CharFilter(field_name="queue__name")
     team = django_filters.CharFilter(field_name="team__slug")
+    definition = django_filters.NumberFilter(field_name="definition_id")
     node = django_filters.CharFilter(method="filter_node")
     created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")

@@ -271,6 +271,7 @@ def test_submit_makes_a_job_from_the_definition(api, definition):
     assert response.status_code == 201, response.json()
     body = response.json()
     assert body["status"] == "pending" and body["name"] == "echo" and body["team"] == "blue"
+    assert body["definition"] == definition.pk
     assert body["resources"] == {"cpu": 0.5, "memory_mb": 128, "gpu": 0}
     job = Job.objects.get(pk=body["id"])
     assert job.definition == definition
@@ -356,6 +357,10 @@ def test_post_jobs_with_a_definition_submits_from_it(api, definition):
         "/api/jobs/", {"definition": definition.pk, "idempotency_key": "k"}, format="json"
     )
     assert again.status_code == 200 and again.json()["id"] == job.pk
+    inline = api.post("/api/jobs/", ECHO, format="json").json()
+    assert inline["definition"] is None
+    listed = api.get("/api/jobs/", {"definition": definition.pk}).json()
+    assert [j["id"] for j in listed["results"]] == [job.pk]
 
 
 def test_post_jobs_with_a_definition_refuses_spec_fields(api, definition):
