@@ -76,6 +76,7 @@ DEFINITION_SPEC_FIELDS = (
 )
 # What a submission from a definition may change; env and parameters merge over the
 # definition's.
+DEFINITION_NAME_TAKEN = {"name": ["The team already has a definition with this name."]}
 DEFINITION_OVERRIDE_FIELDS = (
     "name",
     "parameters",
@@ -248,9 +249,6 @@ def _definition_name_taken(*, team: Team, name: str, exclude_pk: int | None = No
     return taken.exists()
 
 
-NAME_TAKEN = {"name": ["The team already has a definition with this name."]}
-
-
 def _definition_save(definition: JobDefinition) -> None:
     """Save, answering a name taken meanwhile (a racing create) as the same 400."""
     try:
@@ -260,7 +258,7 @@ def _definition_save(definition: JobDefinition) -> None:
         if _definition_name_taken(
             team=definition.team, name=definition.name, exclude_pk=definition.pk
         ):
-            raise ValidationError(NAME_TAKEN) from None
+            raise ValidationError(DEFINITION_NAME_TAKEN) from None
         raise
 
 
@@ -269,7 +267,7 @@ def definition_create(*, team: Team, spec: dict) -> JobDefinition:
     a queue name (the default queue when absent); it must be able to run as a job."""
     queue = job_spec_check(team=team, spec=spec)
     if _definition_name_taken(team=team, name=spec["name"]):
-        raise ValidationError(NAME_TAKEN)
+        raise ValidationError(DEFINITION_NAME_TAKEN)
     definition = JobDefinition(team=team, **{**spec, "queue": queue})
     _definition_save(definition)
     logger.info("definition created definition=%s team=%s", definition.pk, team.slug)
@@ -292,7 +290,7 @@ def definition_update(*, definition: JobDefinition, fields: dict) -> JobDefiniti
         if _definition_name_taken(
             team=definition.team, name=spec["name"], exclude_pk=definition.pk
         ):
-            raise ValidationError(NAME_TAKEN)
+            raise ValidationError(DEFINITION_NAME_TAKEN)
         for name in DEFINITION_SPEC_FIELDS:
             setattr(definition, name, spec[name])
         definition.queue = queue
