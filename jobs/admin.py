@@ -1,5 +1,6 @@
 from django import forms
 from django.contrib import admin
+from django.core.exceptions import ValidationError
 from django.urls import reverse
 from django.utils.html import format_html
 
@@ -16,11 +17,13 @@ from .schedules import (
     schedule_update,
     schedule_validate,
 )
+from .services import definition_create, definition_delete, definition_update, job_spec_check
 
 SPEC_FIELDS = [
     "name",
     "kind",
     "command",
+    "callable",
     "env",
     "parameters",
     "cpu_millis",
@@ -35,12 +38,59 @@ SPEC_FIELDS = [
 ]
 
 
+class JobDefinitionForm(forms.ModelForm):
+    """Checks a definition as the API does (callable allow-list, the team's queues, the
+    largest node, the caps), with each error on its field where the form has one."""
+
+    class Meta:
+        model = JobDefinition
+        fields = ["team", *SPEC_FIELDS]
+
+    def clean(self):
+        cleaned = super().clean()
+        team = cleaned.get("team") or getattr(self.instance, "team", None)
+        if self.errors or team is None:
+            return cleaned
+        taken = JobDefinition.objects.filter(team=team, name=cleaned["name"])
+        if taken.exclude(pk=self.instance.pk).exists():
+            self.add_error("name", "The team already has a definition with this name.")
+            return cleaned
+        spec = {name: cleaned.get(name) for name in SPEC_FIELDS}
+        spec["queue"] = spec["queue"].name
+        try:
+            job_spec_check(team=team, spec=spec)
+        except ValidationError as exc:
+            for field, messages in exc.message_dict.items():
+                self.add_error(field if field in self.fields else None, messages)
+        return cleaned
+
+
 @admin.register(JobDefinition)
 class JobDefinitionAdmin(AuditedModelAdmin):
+    """Saves and deletes go through the definition services, as the API's do."""
+
+    form = JobDefinitionForm
     list_display = ["name", "team", "kind", "cpu_millis", "memory_mb", "gpu", "queue", "updated_at"]
     list_filter = ["team", "kind", "queue"]
     search_fields = ["name"]
+    list_select_related = ["team", "queue"]
     fields = ["team", *SPEC_FIELDS]
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["team"] if obj is not None else []
+
+    def save_model(self, request, obj, form, change):
+        spec = {name: getattr(obj, name) for name in SPEC_FIELDS}
+        spec["queue"] = obj.queue.name
+        if change:
+            saved = definition_update(definition=obj, fields=spec)
+        else:
+            saved = definition_create(team=obj.team, spec=spec)
+        obj.pk = saved.pk
+        obj.refresh_from_db()
+
+    def delete_model(self, request, obj):
+        definition_delete(definition=obj)
 
 
 class JobExecutionInline(admin.TabularInline):

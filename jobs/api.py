@@ -1,6 +1,6 @@
 """`/api/jobs/`: submit, list, detail and attempts of jobs."""
 
-import json
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -23,14 +23,19 @@ from scheduler_site.pagination import CursorPagination
 from scheduler_site.serializers import StrictSerializer
 
 from .models import JobExecution, JobKind, JobRetry, JobStatus
-from .selectors import execution_list_for_job, job_list_visible
-from .services import job_acknowledge, job_cancel, job_requeue, job_submit
+from .selectors import definition_list_visible, execution_list_for_job, job_list_visible
+from .services import (
+    Submission,
+    definition_submit,
+    job_acknowledge,
+    job_cancel,
+    job_requeue,
+    job_spec_limit_errors,
+    job_submit,
+)
 
 MAX_ARGV = 256
 MAX_ARG_LENGTH = 8192
-MAX_ENV = 128
-MAX_SELECTOR = 32
-MAX_PARAMETERS_BYTES = 64 * 1024
 VIEWERS_MAY_NOT_SUBMIT = "Viewers may look at this team's jobs but not submit them."
 
 
@@ -46,7 +51,54 @@ class ResourcesSerializer(StrictSerializer):
     gpu = serializers.IntegerField(min_value=0, max_value=1024, default=0)
 
 
-class JobSubmitSerializer(StrictSerializer):
+def _limit_errors(**field) -> list[str]:
+    """The spec caps (jobs.services) on one field, as that field's errors."""
+    return next(iter(job_spec_limit_errors(**field).values()), [])
+
+
+class SpecLimitsMixin:
+    """Field-level checks of the free-form spec fields, shared by every serializer that
+    takes them; the services check the same caps again on what they finally store."""
+
+    def validate_env(self, value):
+        if errors := _limit_errors(env=value):
+            raise serializers.ValidationError(errors)
+        return value
+
+    def validate_parameters(self, value):
+        if errors := _limit_errors(parameters=value):
+            raise serializers.ValidationError(errors)
+        return value
+
+    def validate_node_selector(self, value):
+        if errors := _limit_errors(node_selector=value):
+            raise serializers.ValidationError(errors)
+        return value
+
+
+def env_field(**kwargs):
+    return serializers.DictField(
+        child=serializers.CharField(
+            max_length=MAX_ARG_LENGTH, allow_blank=True, trim_whitespace=False
+        ),
+        **kwargs,
+    )
+
+
+def parameters_field(**kwargs):
+    return serializers.DictField(
+        help_text="Keyword arguments of a callable; JOB_PARAMETERS", **kwargs
+    )
+
+
+class JobSpecSerializer(SpecLimitsMixin, StrictSerializer):
+    """What to run and what it needs, for an inline job or a definition, and the team.
+
+    With an instance (a definition being changed) missing fields keep their stored
+    values and the team cannot change."""
+
+    viewers_may_not = VIEWERS_MAY_NOT_SUBMIT
+
     team = serializers.SlugField(required=False, help_text="Team slug; optional with one team.")
     name = serializers.CharField(max_length=200)
     kind = serializers.ChoiceField(choices=JobKind.choices, default=JobKind.COMMAND)
@@ -60,16 +112,8 @@ class JobSubmitSerializer(StrictSerializer):
     callable = serializers.CharField(
         max_length=200, required=False, help_text="Dotted name allowed by JOB_CALLABLES"
     )
-    parameters = serializers.DictField(
-        required=False, default=dict, help_text="Keyword arguments of a callable; JOB_PARAMETERS"
-    )
-    env = serializers.DictField(
-        child=serializers.CharField(
-            max_length=MAX_ARG_LENGTH, allow_blank=True, trim_whitespace=False
-        ),
-        required=False,
-        default=dict,
-    )
+    parameters = parameters_field(required=False, default=dict)
+    env = env_field(required=False, default=dict)
     resources = ResourcesSerializer(required=False)
     queue = serializers.SlugField(max_length=63, default=DEFAULT_QUEUE_NAME)
     priority = serializers.IntegerField(min_value=-1000, max_value=1000, default=0)
@@ -81,72 +125,122 @@ class JobSubmitSerializer(StrictSerializer):
     node_selector = serializers.DictField(
         child=serializers.CharField(max_length=63), required=False, default=dict
     )
-    idempotency_key = serializers.CharField(max_length=200, required=False, default="")
-    not_before = serializers.DateTimeField(required=False, allow_null=True, default=None)
-
-    def validate_env(self, value):
-        if len(value) > MAX_ENV:
-            raise serializers.ValidationError(f"At most {MAX_ENV} variables.")
-        for key in value:
-            if not key or "=" in key or "\x00" in key or len(key) > 256:
-                raise serializers.ValidationError(f"Invalid variable name: {key[:64]!r}.")
-        return value
-
-    def validate_parameters(self, value):
-        if len(json.dumps(value)) > MAX_PARAMETERS_BYTES:
-            raise serializers.ValidationError(f"At most {MAX_PARAMETERS_BYTES} bytes as JSON.")
-        return value
-
-    def validate_node_selector(self, value):
-        if len(value) > MAX_SELECTOR:
-            raise serializers.ValidationError(f"At most {MAX_SELECTOR} labels.")
-        return value
 
     def validate_team(self, slug):
+        if self.instance is not None:
+            if slug != self.instance.team.slug:
+                raise serializers.ValidationError("The team cannot change.")
+            return self.instance.team
         user = self.context["request"].user
         team = team_list_submittable(user=user).filter(slug=slug).first()
         if team is None:
             if team_list_visible(user=user).filter(slug=slug).exists():
-                raise PermissionDenied(VIEWERS_MAY_NOT_SUBMIT)
+                raise PermissionDenied(self.viewers_may_not)
             raise serializers.ValidationError("No team with this slug that you may submit to.")
         return team
 
-    def validate(self, attrs):
-        if attrs["kind"] == JobKind.COMMAND:
+    def _validate_target(self, attrs):
+        """A command job has a command and no callable; a callable job the reverse. When
+        a change switches the kind, the other one is cleared."""
+        stored = self.instance
+        kind = attrs.get("kind", stored.kind if stored is not None else JobKind.COMMAND)
+        kept = stored is not None and stored.kind == kind
+        if kind == JobKind.COMMAND:
             if "callable" in attrs:
                 raise serializers.ValidationError({"callable": ['Only for kind "callable".']})
-            if not attrs.get("command"):
+            if not (attrs.get("command") or (kept and "command" not in attrs)):
                 raise serializers.ValidationError({"command": ["This field is required."]})
+            if stored is not None:
+                attrs["callable"] = ""
         else:
             if "command" in attrs:
                 raise serializers.ValidationError({"command": ['Only for kind "command".']})
-            if not attrs.get("callable"):
+            if not (attrs.get("callable") or (kept and "callable" not in attrs)):
                 raise serializers.ValidationError({"callable": ["This field is required."]})
-        if "team" not in attrs:
-            user = self.context["request"].user
-            teams = list(team_list_submittable(user=user)[:2])
-            if not teams and team_list_visible(user=user).exists():
-                raise PermissionDenied(VIEWERS_MAY_NOT_SUBMIT)
-            if not teams:
-                raise serializers.ValidationError(
-                    {"team": ["You are not in any team that may submit jobs."]}
-                )
-            if len(teams) > 1:
-                raise serializers.ValidationError(
-                    {"team": ["You may submit for several teams; say which one."]}
-                )
-            attrs["team"] = teams[0]
-        resources = attrs.pop("resources", None) or ResourcesSerializer().to_internal_value({})
+            if stored is not None:
+                attrs["command"] = []
+
+    def _validate_resources(self, attrs):
+        if "resources" not in attrs and self.partial:
+            return
+        given = attrs.pop("resources", None) or {}
+        if self.instance is not None and self.partial:
+            resources = {
+                "cpu": Decimal(self.instance.cpu_millis) / 1000,
+                "memory_mb": self.instance.memory_mb,
+                "gpu": self.instance.gpu,
+            }
+        else:
+            resources = ResourcesSerializer().to_internal_value({})
+        resources.update(given)
         attrs["cpu_millis"] = int(resources["cpu"] * 1000)
         attrs["memory_mb"] = resources["memory_mb"]
         attrs["gpu"] = resources["gpu"]
+
+    def _default_team(self, attrs):
+        user = self.context["request"].user
+        teams = list(team_list_submittable(user=user)[:2])
+        if not teams and team_list_visible(user=user).exists():
+            raise PermissionDenied(self.viewers_may_not)
+        if not teams:
+            raise serializers.ValidationError(
+                {"team": ["You are not in any team that may submit jobs."]}
+            )
+        if len(teams) > 1:
+            raise serializers.ValidationError(
+                {"team": ["You may submit for several teams; say which one."]}
+            )
+        attrs["team"] = teams[0]
+
+    def validate(self, attrs):
+        self._validate_target(attrs)
+        if self.instance is not None:
+            attrs.pop("team", None)  # validate_team made sure it is the same
+        elif "team" not in attrs:
+            self._default_team(attrs)
+        self._validate_resources(attrs)
         return attrs
+
+
+class JobSubmitSerializer(JobSpecSerializer):
+    idempotency_key = serializers.CharField(max_length=200, required=False, default="")
+    not_before = serializers.DateTimeField(required=False, allow_null=True, default=None)
+
+
+class DefinitionOverridesSerializer(SpecLimitsMixin, StrictSerializer):
+    """What a job made from a definition may change: env and parameters are merged over
+    the definition's, the others replace its values."""
+
+    name = serializers.CharField(max_length=200, required=False)
+    parameters = parameters_field(required=False)
+    env = env_field(required=False)
+    priority = serializers.IntegerField(min_value=-1000, max_value=1000, required=False)
+    idempotency_key = serializers.CharField(max_length=200, required=False)
+    not_before = serializers.DateTimeField(required=False, allow_null=True)
+
+
+class JobFromDefinitionSerializer(DefinitionOverridesSerializer):
+    """POST /api/jobs/ with `definition`: the spec comes from the definition."""
+
+    definition = serializers.IntegerField(help_text="Id of a job definition of your team.")
+
+    def validate_definition(self, pk):
+        user = self.context["request"].user
+        definition = definition_list_visible(user=user).filter(pk=pk).first()
+        if definition is None:
+            raise serializers.ValidationError("No definition with this id in your teams.")
+        if not team_list_submittable(user=user).filter(pk=definition.team_id).exists():
+            raise PermissionDenied(VIEWERS_MAY_NOT_SUBMIT)
+        return definition
 
 
 class JobSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
     team = serializers.CharField(source="team.slug")
+    definition = serializers.IntegerField(
+        source="definition_id", allow_null=True, help_text="Id of the definition it was made from."
+    )
     kind = serializers.CharField()
     command = serializers.ListField(child=serializers.CharField())
     callable = serializers.CharField()
@@ -176,7 +270,8 @@ class JobSerializer(serializers.Serializer):
     # The columns a job is written from, as paths through its relations: the list reads
     # just these (values(), no model instances), a single job reads them off the instance.
     COLUMNS = (
-        *("id", "name", "team__slug", "kind", "command", "callable", "parameters", "status"),
+        *("id", "name", "team__slug", "definition_id", "kind", "command", "callable"),
+        *("parameters", "status"),
         *("pending_reason", "attempts", "cpu_millis", "memory_mb", "gpu", "queue__name"),
         *("priority", "max_retries", "timeout_seconds", "node_selector", "idempotency_key"),
         *("not_before", "created_at", "started_at", "finished_at", "cancel_requested_at"),
@@ -193,6 +288,7 @@ class JobSerializer(serializers.Serializer):
             "id": row["id"],
             "name": row["name"],
             "team": row["team__slug"],
+            "definition": row["definition_id"],
             "kind": row["kind"],
             "command": [str(arg) for arg in row["command"]],
             "callable": row["callable"],
@@ -309,6 +405,7 @@ class JobFilter(django_filters.FilterSet):
     # and (queue, ...) serve these filters; a join on the name would walk every job.
     queue = django_filters.CharFilter(method="filter_queue")
     team = django_filters.CharFilter(method="filter_team")
+    definition = django_filters.NumberFilter(field_name="definition_id")
     node = django_filters.CharFilter(method="filter_node")
     created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
@@ -329,6 +426,15 @@ class JobFilter(django_filters.FilterSet):
         return queryset.filter(last_execution__node_id=node)
 
 
+def submission_response(submission: Submission, *, user) -> Response:
+    """201 with a new job, 200 with the first one when its idempotency key repeats."""
+    job = job_list_visible(user=user).get(pk=submission.job.pk)
+    return Response(
+        JobSerializer(job).data,
+        status=status.HTTP_201_CREATED if submission.created else status.HTTP_200_OK,
+    )
+
+
 class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = JobSerializer
     filterset_class = JobFilter
@@ -344,16 +450,23 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         return self.get_paginated_response([JobSerializer.represent(row) for row in page])
 
     def create(self, request):
-        serializer = JobSubmitSerializer(data=request.data, context={"request": request})
-        serializer.is_valid(raise_exception=True)
-        spec = dict(serializer.validated_data)
-        team = spec.pop("team")
-        submission = job_submit(team=team, spec=spec, user=request.user)
-        job = self.get_queryset().get(pk=submission.job.pk)
-        return Response(
-            JobSerializer(job).data,
-            status=status.HTTP_201_CREATED if submission.created else status.HTTP_200_OK,
-        )
+        if isinstance(request.data, Mapping) and "definition" in request.data:
+            serializer = JobFromDefinitionSerializer(
+                data=request.data, context={"request": request}
+            )
+            serializer.is_valid(raise_exception=True)
+            overrides = dict(serializer.validated_data)
+            definition = overrides.pop("definition")
+            submission = definition_submit(
+                definition=definition, overrides=overrides, user=request.user
+            )
+        else:
+            serializer = JobSubmitSerializer(data=request.data, context={"request": request})
+            serializer.is_valid(raise_exception=True)
+            spec = dict(serializer.validated_data)
+            team = spec.pop("team")
+            submission = job_submit(team=team, spec=spec, user=request.user)
+        return submission_response(submission, user=request.user)
 
     def retrieve(self, request, pk=None):
         job = self.get_object()

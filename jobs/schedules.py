@@ -40,7 +40,7 @@ from .models import (
     ScheduleRunOutcome,
 )
 from .schedule_times import ScheduleTimeError, Timetable, cron_check, timezone_check
-from .services import JobStateError, job_cancel, job_submit
+from .services import JobStateError, definition_job_spec, job_cancel, job_submit
 
 logger = logging.getLogger(__name__)
 
@@ -59,22 +59,6 @@ SCHEDULE_FIELDS = (
     "misfire_policy",
 )
 TIMING_FIELDS = ("cron", "timezone", "interval_seconds", "run_at", "start_at", "end_at")
-DEFINITION_SPEC_FIELDS = (
-    "name",
-    "kind",
-    "command",
-    "callable",
-    "env",
-    "parameters",
-    "cpu_millis",
-    "memory_mb",
-    "gpu",
-    "priority",
-    "max_retries",
-    "retry_backoff_seconds",
-    "timeout_seconds",
-    "node_selector",
-)
 
 
 def periodic_task_name(schedule_id: int) -> str:
@@ -246,12 +230,6 @@ def schedule_orphan_entry_remove(*, schedule_id: int) -> None:
     PeriodicTask.objects.filter(name=periodic_task_name(schedule_id)).delete()
 
 
-def _definition_spec(definition: JobDefinition, *, key: str) -> dict:
-    spec = {name: getattr(definition, name) for name in DEFINITION_SPEC_FIELDS}
-    spec.update(queue=definition.queue.name, definition=definition, idempotency_key=key)
-    return spec
-
-
 def schedule_idempotency_key(*, schedule_id: int, due_at: datetime) -> str:
     return f"schedule-{schedule_id}-{due_at.astimezone(UTC).isoformat()}"
 
@@ -371,7 +349,10 @@ def _submit(schedule: JobSchedule, run: JobScheduleRun) -> None:
         with transaction.atomic():
             submission = job_submit(
                 team=schedule.team,
-                spec=_definition_spec(schedule.definition, key=key),
+                spec={
+                    **definition_job_spec(definition=schedule.definition),
+                    "idempotency_key": key,
+                },
                 user=schedule.created_by,
             )
     except ValidationError as exc:

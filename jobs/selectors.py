@@ -1,11 +1,12 @@
 """Reads for jobs, always through the caller's teams."""
 
-from django.db.models import QuerySet
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 
 from accounts.models import User
 from accounts.selectors import team_list_visible
 
-from .models import Job, JobExecution, JobSchedule, JobScheduleRun
+from .models import Job, JobDefinition, JobExecution, JobSchedule, JobScheduleRun
 
 
 def job_list_visible(*, user: User) -> QuerySet[Job]:
@@ -39,3 +40,21 @@ def schedule_list_visible(*, user: User) -> QuerySet[JobSchedule]:
 
 def schedule_run_list(*, schedule: JobSchedule) -> QuerySet[JobScheduleRun]:
     return schedule.runs.select_related("job").order_by("-due_at")
+
+
+def definition_list_visible(*, user: User) -> QuerySet[JobDefinition]:
+    """The definitions of the user's teams (all of them for staff), each with
+    `schedule_count`, the number of schedules that use it."""
+    schedules = (
+        JobSchedule.objects.filter(definition=OuterRef("pk"))
+        .order_by()
+        .values("definition")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    definitions = JobDefinition.objects.select_related("team", "queue").annotate(
+        schedule_count=Coalesce(Subquery(schedules, output_field=IntegerField()), 0)
+    )
+    if user.is_staff:
+        return definitions
+    return definitions.filter(team__memberships__user=user)

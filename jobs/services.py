@@ -6,6 +6,7 @@ for a job lock. Every status change is a conditional UPDATE on the expected stat
 a lost race (a duplicate message, a second worker) is detected and changes nothing.
 """
 
+import json
 import logging
 import random
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from celery.utils import uuid
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, RestrictedError
 from django.utils import timezone
 
 from accounts.models import Team, User
@@ -35,6 +36,7 @@ from .models import (
     TERMINAL_JOB_STATUSES,
     ExecutionStatus,
     Job,
+    JobDefinition,
     JobExecution,
     JobKind,
     JobRetry,
@@ -46,6 +48,43 @@ logger = logging.getLogger(__name__)
 
 EXECUTION_TASK = "jobs.run_execution"
 RETRY_BACKOFF_CAP_SECONDS = 3600
+
+# Caps on a spec's free-form parts, for inline jobs, definitions and the jobs made from
+# them alike: each ends up in the database row and in every execution's environment.
+MAX_ENV = 128
+MAX_ENV_NAME_LENGTH = 256
+MAX_PARAMETERS_BYTES = 64 * 1024
+MAX_SELECTOR = 32
+
+# The JobSpec fields a definition hands on to each job made from it (the queue aside,
+# which a submission names).
+DEFINITION_SPEC_FIELDS = (
+    "name",
+    "kind",
+    "command",
+    "callable",
+    "env",
+    "parameters",
+    "cpu_millis",
+    "memory_mb",
+    "gpu",
+    "priority",
+    "max_retries",
+    "retry_backoff_seconds",
+    "timeout_seconds",
+    "node_selector",
+)
+# What a submission from a definition may change; env and parameters merge over the
+# definition's.
+DEFINITION_NAME_TAKEN = {"name": ["The team already has a definition with this name."]}
+DEFINITION_OVERRIDE_FIELDS = (
+    "name",
+    "parameters",
+    "env",
+    "priority",
+    "idempotency_key",
+    "not_before",
+)
 
 
 @dataclass(frozen=True)
@@ -129,21 +168,59 @@ def job_request_check_quota(*, queue: Queue, cpu_millis: int, memory_mb: int, gp
         raise ValidationError({"resources": messages})
 
 
-def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submission:
-    """Accept a job for `team`. `spec` holds validated JobSpec fields, with `queue` as a
-    queue name (the default queue when absent), plus the job's own `idempotency_key` and
-    `not_before`. Resubmitting a known idempotency key returns the first job unchanged."""
-    key = spec.get("idempotency_key", "")
-    if key:
-        existing = Job.objects.filter(team=team, idempotency_key=key).first()
-        if existing is not None:
-            return Submission(job=existing, created=False)
+def job_spec_limit_errors(
+    *, env: dict | None = None, parameters: dict | None = None, node_selector: dict | None = None
+) -> dict[str, list[str]]:
+    """What is wrong with a spec's env, parameters and node selector, by field; empty
+    when nothing is. Serializers ask it field by field, services for the whole spec."""
+    errors: dict[str, list[str]] = {}
+    if env is not None:
+        if len(env) > MAX_ENV:
+            errors["env"] = [f"At most {MAX_ENV} variables."]
+        else:
+            for key in env:
+                if not key or "=" in key or "\x00" in key or len(key) > MAX_ENV_NAME_LENGTH:
+                    errors["env"] = [f"Invalid variable name: {key[:64]!r}."]
+                    break
+    if parameters is not None and len(json.dumps(parameters)) > MAX_PARAMETERS_BYTES:
+        errors["parameters"] = [f"At most {MAX_PARAMETERS_BYTES} bytes as JSON."]
+    if node_selector is not None and len(node_selector) > MAX_SELECTOR:
+        errors["node_selector"] = [f"At most {MAX_SELECTOR} labels."]
+    return errors
+
+
+def job_spec_check(*, team: Team, spec: dict) -> Queue:
+    """Refuse a spec that could never run for `team`: over the caps, a callable not on
+    the allow-list, a queue the team may not use, a request larger than the largest node
+    or the queue's whole quota. Returns the queue `spec` names (the default when absent).
+    The one check for inline jobs, definitions, and jobs made from definitions."""
+    errors = job_spec_limit_errors(
+        env=spec.get("env"),
+        parameters=spec.get("parameters"),
+        node_selector=spec.get("node_selector"),
+    )
+    if errors:
+        raise ValidationError(errors)
     if spec.get("kind") == JobKind.CALLABLE:
         job_callable_check_allowed(spec.get("callable", ""))
     queue = job_queue_for_team(team=team, name=spec.get("queue", DEFAULT_QUEUE_NAME))
     request = {"cpu_millis": spec["cpu_millis"], "memory_mb": spec["memory_mb"], "gpu": spec["gpu"]}
     job_request_check_fits(**request)
     job_request_check_quota(queue=queue, **request)
+    return queue
+
+
+def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submission:
+    """Accept a job for `team`. `spec` holds validated JobSpec fields, with `queue` as a
+    queue name (the default queue when absent), plus the job's own `idempotency_key` and
+    `not_before`, and the `definition` it was made from, if any. Resubmitting a known
+    idempotency key returns the first job unchanged."""
+    key = spec.get("idempotency_key", "")
+    if key:
+        existing = Job.objects.filter(team=team, idempotency_key=key).first()
+        if existing is not None:
+            return Submission(job=existing, created=False)
+    queue = job_spec_check(team=team, spec=spec)
     try:
         with transaction.atomic():
             job = Job.objects.create(team=team, submitted_by=user, **{**spec, "queue": queue})
@@ -156,6 +233,121 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
         return Submission(job=existing, created=False)
     logger.info("job submitted job=%s team=%s name=%s", job.id, team.slug, job.name)
     return Submission(job=job, created=True)
+
+
+def definition_job_spec(*, definition: JobDefinition) -> dict:
+    """The spec of a job made from `definition`, as `job_submit` takes it."""
+    spec = {name: getattr(definition, name) for name in DEFINITION_SPEC_FIELDS}
+    spec.update(queue=definition.queue.name, definition=definition)
+    return spec
+
+
+def _definition_name_taken(*, team: Team, name: str, exclude_pk: int | None = None) -> bool:
+    taken = JobDefinition.objects.filter(team=team, name=name)
+    if exclude_pk is not None:
+        taken = taken.exclude(pk=exclude_pk)
+    return taken.exists()
+
+
+def _definition_save(definition: JobDefinition) -> None:
+    """Save, answering a name taken meanwhile (a racing create) as the same 400."""
+    try:
+        with transaction.atomic():
+            definition.save()
+    except IntegrityError:
+        if _definition_name_taken(
+            team=definition.team, name=definition.name, exclude_pk=definition.pk
+        ):
+            raise ValidationError(DEFINITION_NAME_TAKEN) from None
+        raise
+
+
+def definition_create(*, team: Team, spec: dict) -> JobDefinition:
+    """A new definition for `team`. `spec` holds validated JobSpec fields, with `queue` as
+    a queue name (the default queue when absent); it must be able to run as a job."""
+    queue = job_spec_check(team=team, spec=spec)
+    if _definition_name_taken(team=team, name=spec["name"]):
+        raise ValidationError(DEFINITION_NAME_TAKEN)
+    definition = JobDefinition(team=team, **{**spec, "queue": queue})
+    _definition_save(definition)
+    logger.info("definition created definition=%s team=%s", definition.pk, team.slug)
+    return definition
+
+
+def definition_update(*, definition: JobDefinition, fields: dict) -> JobDefinition:
+    """Change some of a definition's spec fields (`queue` as a name). The whole spec is
+    checked again, as a submission from it would be. Jobs already made from it keep
+    their own copy of the spec."""
+    with transaction.atomic():
+        definition = (
+            JobDefinition.objects.select_for_update(of=("self",))
+            .select_related("team", "queue")
+            .get(pk=definition.pk)
+        )
+        spec = {**definition_job_spec(definition=definition), **fields}
+        spec.pop("definition")
+        queue = job_spec_check(team=definition.team, spec=spec)
+        if _definition_name_taken(
+            team=definition.team, name=spec["name"], exclude_pk=definition.pk
+        ):
+            raise ValidationError(DEFINITION_NAME_TAKEN)
+        for name in DEFINITION_SPEC_FIELDS:
+            setattr(definition, name, spec[name])
+        definition.queue = queue
+        _definition_save(definition)
+    logger.info("definition updated definition=%s team=%s", definition.pk, definition.team.slug)
+    return definition
+
+
+def _schedules_in_the_way(definition: JobDefinition) -> ValidationError:
+    names = list(definition.schedules.order_by("name").values_list("name", flat=True)[:10])
+    return ValidationError(
+        {
+            "schedules": [
+                "Schedules still use this definition ("
+                + ", ".join(names)
+                + "); delete them or point them at another definition first."
+            ]
+        }
+    )
+
+
+def definition_delete(*, definition: JobDefinition) -> None:
+    """Delete a definition no schedule uses. Jobs made from it stay, without it.
+
+    The row lock makes a concurrent schedule of this definition wait (its foreign key
+    needs a share lock on the row) and then fail, rather than slip in between the check
+    and the delete."""
+    with transaction.atomic():
+        definition = (
+            JobDefinition.objects.select_for_update(of=("self",))
+            .select_related("team")
+            .get(pk=definition.pk)
+        )
+        pk = definition.pk
+        if definition.schedules.exists():
+            raise _schedules_in_the_way(definition)
+        try:
+            with transaction.atomic():
+                definition.delete()
+        except RestrictedError:
+            raise _schedules_in_the_way(definition) from None
+    logger.info("definition deleted definition=%s team=%s", pk, definition.team.slug)
+
+
+def definition_submit(
+    *, definition: JobDefinition, overrides: dict, user: User | None = None
+) -> Submission:
+    """Submit a job made from `definition`. `overrides` may hold DEFINITION_OVERRIDE_FIELDS:
+    `env` and `parameters` are merged over the definition's, the others replace its
+    values. The merged spec is checked like any other submission."""
+    unknown = set(overrides) - set(DEFINITION_OVERRIDE_FIELDS)
+    if unknown:
+        raise ValidationError({name: ["Comes from the definition."] for name in sorted(unknown)})
+    spec = definition_job_spec(definition=definition)
+    for name, value in overrides.items():
+        spec[name] = {**spec[name], **value} if name in ("env", "parameters") else value
+    return job_submit(team=definition.team, spec=spec, user=user)
 
 
 def execution_publish_many(*, tokens: Sequence[str]) -> None:

@@ -64,9 +64,11 @@ class Endpoint:
     counts: dict = field(default_factory=dict)
     # "token" (Authorization: Token) or "session" (a browser, logged in).
     auth: str = "token"
+    # Tells apart two rows of the same method and path.
+    variant: str = ""
 
     def __str__(self):
-        return f"{self.method} {self.path}"
+        return f"{self.method} {self.path}" + (f" ({self.variant})" if self.variant else "")
 
 
 def everyone(code, anonymous=401):
@@ -91,6 +93,7 @@ def members_own(code):
 STAFF_ONLY = everyone(403)
 COUNTS_OF_JOBS = {"azure-team": AZURE_JOBS, "crimson-team": CRIMSON_JOBS}
 NEW_JOB = {"name": "new", "command": ["true"], "team": "azure-team"}
+NEW_DEFINITION = {**NEW_JOB, "queue": "azure-q"}
 NODE = {"name": "iso-node", "cpu": 8, "memory_mb": 8192}
 
 ENDPOINTS = [
@@ -116,6 +119,38 @@ ENDPOINTS = [
     Endpoint("POST", "/api/jobs/{pending_job}/cancel/", azure_only(200, viewer=403)),
     Endpoint("POST", "/api/jobs/{failed_job}/retry/", azure_only(200, viewer=403)),
     Endpoint("POST", "/api/jobs/{failed_job}/acknowledge/", azure_only(200, viewer=403)),
+    # --- definitions
+    Endpoint(
+        "GET", "/api/definitions/", everyone(200), counts={"azure-team": 2, "crimson-team": 2}
+    ),
+    Endpoint("GET", "/api/definitions/?team=azure-team", everyone(200)),
+    Endpoint("GET", "/api/definitions/{definition}/", azure_only(200)),
+    Endpoint(
+        "POST",
+        "/api/definitions/",
+        azure_only(201, viewer=403, outsider=400),
+        data=NEW_DEFINITION,
+    ),
+    Endpoint(
+        "PATCH", "/api/definitions/{definition}/", azure_only(200, viewer=403), data={"priority": 5}
+    ),
+    Endpoint(
+        "PUT",
+        "/api/definitions/{definition}/",
+        azure_only(200, viewer=403),
+        data={"name": "azure-def-mark", "command": ["false"], "queue": "azure-q"},
+    ),
+    # Its schedule still uses it: refused, for those who may change it.
+    Endpoint("DELETE", "/api/definitions/{definition}/", azure_only(400, viewer=403)),
+    Endpoint("DELETE", "/api/definitions/{spare_definition}/", azure_only(204, viewer=403)),
+    Endpoint("POST", "/api/definitions/{definition}/submit/", azure_only(201, viewer=403), data={}),
+    Endpoint(
+        "POST",
+        "/api/jobs/",
+        azure_only(201, viewer=403, outsider=400),
+        data={"definition": "{definition}", "priority": 1},
+        variant="from a definition",
+    ),
     # --- schedules
     Endpoint("GET", "/api/schedules/", everyone(200), counts={"azure-team": 1, "crimson-team": 1}),
     Endpoint("GET", "/api/schedules/{schedule}/", azure_only(200)),
@@ -215,6 +250,9 @@ def world(default_queue):
         definition = JobDefinition.objects.create(
             team=team, queue=queues[mark], name=f"{mark}-def-mark", command=["true"]
         )
+        spare = JobDefinition.objects.create(
+            team=team, queue=queues[mark], name=f"{mark}-def-mark-spare", command=["true"]
+        )
         schedule = schedule_create(
             team=team,
             definition=definition,
@@ -223,6 +261,7 @@ def world(default_queue):
         if team == azure:
             objects |= {
                 "definition": definition.pk,
+                "spare_definition": spare.pk,
                 "schedule": schedule.pk,
                 "job": execution.job_id,
                 "failed_job": failed.pk,
@@ -298,7 +337,17 @@ def test_the_matrix_covers_every_api_route():
         if "(?P<format>" not in str(route.pattern)
     }
     placeholders = dict.fromkeys(
-        ("job", "failed_job", "pending_job", "allocation", "member_token", "schedule"), 1
+        (
+            "job",
+            "failed_job",
+            "pending_job",
+            "allocation",
+            "member_token",
+            "schedule",
+            "definition",
+            "spare_definition",
+        ),
+        1,
     )
     covered = {resolve(e.path.split("?")[0].format(**placeholders)).route for e in ENDPOINTS}
     assert routes - covered == set()
@@ -313,6 +362,7 @@ def test_the_matrix_covers_every_api_route():
         ("/api/allocations/", ["azure-team", "crimson-team"]),
         ("/api/audit/", ["AZURE-AUDIT-MARK", "CRIMSON-AUDIT-MARK"]),
         ("/api/schedules/", ["azure-sched-mark", "crimson-sched-mark"]),
+        ("/api/definitions/", ["azure-def-mark", "crimson-def-mark"]),
         ("/api/resources/usage/", ["azure-team", "crimson-team", "azure-q", "crimson-q"]),
     ],
 )

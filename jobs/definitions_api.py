@@ -1,0 +1,132 @@
+"""`/api/definitions/`: job definitions of a team, and submitting jobs made from them."""
+
+import django_filters
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.response import Response
+
+from accounts.audit import audit_describe
+from accounts.selectors import team_list_submittable
+
+from .api import DefinitionOverridesSerializer, JobSpecSerializer, submission_response
+from .models import JobDefinition, JobKind
+from .selectors import definition_list_visible
+from .services import (
+    definition_create,
+    definition_delete,
+    definition_submit,
+    definition_update,
+)
+
+VIEWERS_MAY_NOT_CHANGE = "Viewers may look at this team's definitions but not change them."
+VIEWERS_MAY_NOT_SUBMIT = "Viewers may look at this team's definitions but not submit them."
+
+
+class DefinitionWriteSerializer(JobSpecSerializer):
+    viewers_may_not = VIEWERS_MAY_NOT_CHANGE
+
+
+class DefinitionSerializer(serializers.ModelSerializer):
+    team = serializers.CharField(source="team.slug")
+    resources = serializers.SerializerMethodField()
+    queue = serializers.CharField(source="queue.name")
+    schedule_count = serializers.IntegerField(help_text="Schedules that use this definition.")
+
+    class Meta:
+        model = JobDefinition
+        fields = [
+            "id",
+            "team",
+            "name",
+            "kind",
+            "command",
+            "callable",
+            "parameters",
+            "env",
+            "resources",
+            "queue",
+            "priority",
+            "max_retries",
+            "retry_backoff_seconds",
+            "timeout_seconds",
+            "node_selector",
+            "schedule_count",
+            "created_at",
+            "updated_at",
+        ]
+
+    def get_resources(self, definition) -> dict:
+        return {
+            "cpu": definition.cpu_millis / 1000,
+            "memory_mb": definition.memory_mb,
+            "gpu": definition.gpu,
+        }
+
+
+class DefinitionFilter(django_filters.FilterSet):
+    team = django_filters.CharFilter(field_name="team__slug")
+    name = django_filters.CharFilter()
+    kind = django_filters.ChoiceFilter(choices=JobKind.choices)
+    queue = django_filters.CharFilter(field_name="queue__name")
+
+
+class DefinitionViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    serializer_class = DefinitionSerializer
+    filterset_class = DefinitionFilter
+
+    def get_queryset(self):
+        return definition_list_visible(user=self.request.user)
+
+    def _detail(self, definition, code=status.HTTP_200_OK):
+        definition = self.get_queryset().get(pk=definition.pk)
+        return Response(DefinitionSerializer(definition).data, status=code)
+
+    def get_changeable_object(self, refusal=VIEWERS_MAY_NOT_CHANGE):
+        """The definition, if the caller may change it: 404 if unseen, 403 for a viewer."""
+        definition = self.get_object()
+        audit_describe(self.request, target=definition)
+        if not team_list_submittable(user=self.request.user).filter(pk=definition.team_id).exists():
+            raise PermissionDenied(refusal)
+        return definition
+
+    def create(self, request):
+        serializer = DefinitionWriteSerializer(data=request.data, context={"request": request})
+        serializer.is_valid(raise_exception=True)
+        spec = dict(serializer.validated_data)
+        definition = definition_create(team=spec.pop("team"), spec=spec)
+        audit_describe(request, target=definition)
+        return self._detail(definition, status.HTTP_201_CREATED)
+
+    def update(self, request, pk=None, partial=False):
+        definition = self.get_changeable_object()
+        serializer = DefinitionWriteSerializer(
+            definition, data=request.data, partial=partial, context={"request": request}
+        )
+        serializer.is_valid(raise_exception=True)
+        return self._detail(
+            definition_update(definition=definition, fields=dict(serializer.validated_data))
+        )
+
+    def partial_update(self, request, pk=None):
+        return self.update(request, pk, partial=True)
+
+    def destroy(self, request, pk=None):
+        definition_delete(definition=self.get_changeable_object())
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @action(detail=True, methods=["post"])
+    def submit(self, request, pk=None):
+        """A job made from this definition; `parameters` and `env` are merged over the
+        definition's, `name`, `priority`, `idempotency_key` and `not_before` replace."""
+        definition = self.get_changeable_object(refusal=VIEWERS_MAY_NOT_SUBMIT)
+        serializer = DefinitionOverridesSerializer(data=request.data, context={"request": request})
+        serializer.is_valid(raise_exception=True)
+        submission = definition_submit(
+            definition=definition, overrides=dict(serializer.validated_data), user=request.user
+        )
+        return submission_response(submission, user=request.user)
