@@ -52,10 +52,13 @@ class Bench:
         )
 
     def create_database(self) -> None:
-        self.drop_database()
+        self.psql(f"DROP DATABASE IF EXISTS {self.db_name} WITH (FORCE)")
         self.psql(f"CREATE DATABASE {self.db_name}")
 
     def drop_database(self) -> None:
+        """Unless BENCH_KEEP_DATABASE=1, to look into afterwards (dropped at the next run)."""
+        if os.environ.get("BENCH_KEEP_DATABASE") == "1":
+            return
         self.psql(f"DROP DATABASE IF EXISTS {self.db_name} WITH (FORCE)")
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen:
