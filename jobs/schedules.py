@@ -191,7 +191,12 @@ def schedule_create(
     schedule = JobSchedule(team=team, definition=definition, created_by=user)
     for name, value in fields.items():
         setattr(schedule, name, value)
-    schedule = _save(schedule, now=timezone.now(), realign=True)
+    with transaction.atomic():
+        # The definition's row lock: a delete of it in flight finishes first (and this is a
+        # 400), or waits until this schedule exists (and refuses to delete it).
+        if not JobDefinition.objects.select_for_update().filter(pk=definition.pk).exists():
+            raise ValidationError({"definition": ["This definition was just deleted."]})
+        schedule = _save(schedule, now=timezone.now(), realign=True)
     logger.info("schedule created schedule=%s team=%s", schedule.pk, team.slug)
     return schedule
 

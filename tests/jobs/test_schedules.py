@@ -237,3 +237,48 @@ def test_a_definition_with_schedules_cannot_be_deleted(definition):
     make(definition, interval_seconds=10)
     with pytest.raises(RestrictedError):
         definition.delete()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_schedule_of_a_definition_being_deleted_is_a_400_not_a_500(team, default_queue):
+    """A delete holds the definition's row while a schedule of it is created: the create
+    waits for it, then answers that the definition is gone, and leaves nothing behind."""
+    import threading
+
+    import psycopg
+    from django.core.exceptions import ValidationError
+    from django.db import connection
+
+    definition = JobDefinition.objects.create(
+        team=team, name="doomed", command=["true"], queue=default_queue
+    )
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    outcome = {}
+
+    def create():
+        try:
+            make(definition, interval_seconds=60)
+            outcome["created"] = True
+        except ValidationError as exc:
+            outcome["error"] = exc.message_dict
+        finally:
+            connection.close()
+
+    with psycopg.connect(**params) as deleter:
+        deleter.execute(
+            "SELECT 1 FROM jobs_jobdefinition WHERE id = %s FOR UPDATE", [definition.pk]
+        )
+        creator = threading.Thread(target=create)
+        creator.start()
+        creator.join(1.0)
+        assert creator.is_alive()  # waiting for the delete
+        deleter.execute("DELETE FROM jobs_jobdefinition WHERE id = %s", [definition.pk])
+        deleter.commit()
+    creator.join(10)
+    assert outcome == {"error": {"definition": ["This definition was just deleted."]}}
+    assert (
+        not JobSchedule.objects.exists()
+        and not PeriodicTask.objects.filter(name__startswith="schedule").exists()
+    )
