@@ -193,8 +193,8 @@ class AllocationSerializer(serializers.Serializer):
     resources = serializers.SerializerMethodField()
     status = serializers.CharField()
     created_at = serializers.DateTimeField()
-    activated_at = serializers.DateTimeField()
-    released_at = serializers.DateTimeField()
+    activated_at = serializers.DateTimeField(allow_null=True)
+    released_at = serializers.DateTimeField(allow_null=True)
 
     @extend_schema_field(ResourceAmountsSerializer)
     def get_resources(self, allocation) -> dict:

@@ -1,0 +1,149 @@
+"""The OpenAPI schema against the running API: Schemathesis generates requests from
+/api/schema/ for every operation and checks that none answers 500 and that every answer
+(status, content type, body) is one the schema describes.
+
+The server is pytest-django's live server, on the test database. The caller is staff and
+an admin of a team with a queue of its own and a node, so submissions succeed and the
+admin-only operations run their validation too. Path parameters and ids in bodies are
+pointed at real objects (a job, a schedule, an allocation, ...), so the generated bodies
+reach the services rather than stopping at a 404.
+"""
+
+import json
+
+import pytest
+import requests
+import schemathesis
+from django.conf import settings
+from drf_spectacular.generators import SchemaGenerator
+from drf_spectacular.renderers import OpenApiJsonRenderer
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from accounts.models import Role, Team, User
+from accounts.services import api_token_issue, team_add_member
+from jobs.models import Job, JobDefinition, JobExecution
+from jobs.schedules import schedule_create
+from jobs.services import execution_claim
+from nodes.models import Node
+from nodes.services import node_credential_issue
+from resources.cycle import place_pending_jobs
+from resources.models import Allocation, Queue
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+NODE_NAME = "api-node"
+
+
+@pytest.fixture
+def api_world(live_server, transactional_db, default_queue, settings):
+    # Schemathesis sends a few hundred requests in a few seconds.
+    settings.API_THROTTLE_RATES = dict.fromkeys(settings.API_THROTTLE_RATES, "")
+    team = Team.objects.create(name="Blue", slug="blue")
+    user = User.objects.create_user("api-admin", password="correct horse battery", is_staff=True)
+    team_add_member(team=team, user=user, role=Role.ADMIN)
+    queue = Queue.objects.create(name="blue-q")
+    queue.teams.add(team)
+    node = Node.objects.create(name=NODE_NAME, cpu_millis=8000, memory_mb=8192, gpu=1)
+    job = Job.objects.create(
+        team=team, queue=queue, name="running", command=["true"], cpu_millis=1000, memory_mb=100
+    )
+    place_pending_jobs(batch_size=10)
+    execution = JobExecution.objects.get(job=job)
+    execution_claim(token=execution.token, node_id=node.pk)
+    definition = JobDefinition.objects.create(
+        team=team, queue=queue, name="nightly", command=["true"]
+    )
+    schedule = schedule_create(
+        team=team, definition=definition, fields={"name": "hourly", "interval_seconds": 3600}
+    )
+    return {
+        "user": user,
+        "node_key": node_credential_issue(node_name=NODE_NAME)[1],
+        "ids": {
+            "/api/jobs/": job.pk,
+            "/api/schedules/": schedule.pk,
+            "/api/allocations/": Allocation.objects.get(execution=execution).pk,
+            "/api/auth/tokens/": api_token_issue(user=user, name="spare").token.pk,
+        },
+        "names": {"/api/nodes/": NODE_NAME, "/api/queues/": queue.name},
+        "definition": definition.pk,
+    }
+
+
+def served_schema() -> dict:
+    """What /api/schema/?format=json serves, made the same way. Schemathesis needs the schema
+    when it collects the tests, before any server runs; the test below checks that the live
+    server serves exactly this."""
+    generator = SchemaGenerator()
+    return json.loads(OpenApiJsonRenderer().render(generator.get_schema(request=None, public=True)))
+
+
+schema = schemathesis.openapi.from_dict(served_schema())
+
+
+def point_at_real_objects(case, world):
+    """Path parameters and the ids in a body name objects of the caller's team."""
+    for prefix, pk in world["ids"].items():
+        if case.path.startswith(prefix) and "id" in (case.path_parameters or {}):
+            case.path_parameters["id"] = pk
+    for prefix, name in world["names"].items():
+        if case.path.startswith(prefix) and "name" in (case.path_parameters or {}):
+            case.path_parameters["name"] = name
+    if isinstance(case.body, dict):
+        if case.path == "/api/schedules/" and "definition" in case.body:
+            case.body["definition"] = world["definition"]
+        if case.path == "/api/nodes/register/" and "name" in case.body:
+            case.body["name"] = NODE_NAME
+
+
+def credentials(case, world) -> dict:
+    """A node agent's credential where the operation wants one; otherwise a new API token
+    for each request, so logging out or deleting a token cannot lock the next one out."""
+    if case.path in ("/api/nodes/register/", "/api/nodes/{name}/heartbeat/"):
+        return {"Authorization": f"Node {world['node_key']}"}
+    key = api_token_issue(user=world["user"], name="schemathesis").key
+    return {"Authorization": f"Token {key}"}
+
+
+@schema.parametrize()
+@hypothesis_settings(
+    max_examples=10,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+def test_every_operation_answers_as_its_schema_says(case, api_world, live_server):
+    assert settings.API_THROTTLE_RATES["user"] == ""
+    point_at_real_objects(case, api_world)
+    case.call_and_validate(
+        base_url=live_server.url, headers=credentials(case, api_world), checks=CHECKS
+    )
+
+
+def test_the_schema_tested_is_the_one_served(live_server):
+    served = requests.get(f"{live_server.url}/api/schema/?format=json", timeout=10)
+    assert served.status_code == 200
+    assert served.json() == served_schema()
+
+
+def test_the_schema_and_its_docs_are_served_without_credentials(client):
+    schema = client.get("/api/schema/?format=json")
+    assert schema.status_code == 200
+    assert schema.json()["info"]["title"] == "Job scheduler API"
+    docs = client.get("/api/docs/")
+    assert docs.status_code == 200
+    assert b"swagger-ui" in docs.content
+    # The UI's assets come from this server (drf-spectacular-sidecar), not from a CDN.
+    assert b"/static/drf_spectacular_sidecar/swagger-ui-dist/" in docs.content
+    assert b"cdn.jsdelivr.net" not in docs.content
