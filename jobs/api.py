@@ -36,6 +36,8 @@ MAX_ARG_LENGTH = 8192
 MAX_ENV = 128
 MAX_SELECTOR = 32
 MAX_PARAMETERS_BYTES = 64 * 1024
+# PostgreSQL's text and jsonb cannot hold NUL; DRF's CharField refuses it, JSON keys need this.
+NO_NUL = "Null characters are not allowed."
 VIEWERS_MAY_NOT_SUBMIT = "Viewers may look at this team's jobs but not submit them."
 
 
@@ -49,6 +51,16 @@ class ResourcesSerializer(StrictSerializer):
     )
     memory_mb = serializers.IntegerField(min_value=0, max_value=16 * 1024 * 1024, default=256)
     gpu = serializers.IntegerField(min_value=0, max_value=1024, default=0)
+
+
+def _contains_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_contains_nul(v) for v in value)
+    return False
 
 
 class JobSubmitSerializer(StrictSerializer):
@@ -100,11 +112,15 @@ class JobSubmitSerializer(StrictSerializer):
     def validate_parameters(self, value):
         if len(json.dumps(value)) > MAX_PARAMETERS_BYTES:
             raise serializers.ValidationError(f"At most {MAX_PARAMETERS_BYTES} bytes as JSON.")
+        if _contains_nul(value):
+            raise serializers.ValidationError(NO_NUL)
         return value
 
     def validate_node_selector(self, value):
         if len(value) > MAX_SELECTOR:
             raise serializers.ValidationError(f"At most {MAX_SELECTOR} labels.")
+        if any("\x00" in key for key in value):
+            raise serializers.ValidationError(NO_NUL)
         return value
 
     def validate_team(self, slug):
@@ -367,7 +383,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         executions = execution_list_for_job(job=job)
         attempt = request.query_params.get("attempt")
         if attempt is not None:
-            if not attempt.isdigit():
+            if not attempt.isdecimal():
                 raise ValidationError({"attempt": ["A whole number."]})
             executions = executions.filter(attempt=int(attempt))
         execution = executions.last()

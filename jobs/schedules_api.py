@@ -317,7 +317,7 @@ class ScheduleViewSet(
         now), in UTC and in the schedule's time zone, whether or not it is paused."""
         schedule = self.get_object()
         count = request.query_params.get("count", "5")
-        if not count.isdigit() or not 1 <= int(count) <= MAX_PREVIEW:
+        if not count.isdecimal() or not 1 <= int(count) <= MAX_PREVIEW:
             raise ValidationError({"count": [f"A whole number from 1 to {MAX_PREVIEW}."]})
         after = timezone.now()
         if "after" in request.query_params:

@@ -19,6 +19,7 @@ from rest_framework.response import Response
 
 from accounts.audit import audit_describe
 from scheduler_site.serializers import ResourceAmountsSerializer, StrictSerializer
+from scheduler_site.viewsets import NameLookupMixin
 
 from .authentication import IsNodeAgent, NodeCredentialAuthentication
 from .models import NODE_NAME_RE, Node
@@ -86,7 +87,7 @@ class NodeRegisterSerializer(StrictSerializer):
     def validate_labels(self, labels):
         if len(labels) > MAX_LABELS:
             raise serializers.ValidationError(f"At most {MAX_LABELS} labels.")
-        if any(not key or len(key) > 63 for key in labels):
+        if any(not key or len(key) > 63 or "\x00" in key for key in labels):
             raise serializers.ValidationError("Label keys are 1 to 63 characters.")
         return labels
 
@@ -145,7 +146,7 @@ NODE = {200: NodeSerializer}
         ],
     ),
 )
-class NodeViewSet(viewsets.ReadOnlyModelViewSet):
+class NodeViewSet(NameLookupMixin, viewsets.ReadOnlyModelViewSet):
     queryset = Node.objects.order_by("name")
     serializer_class = NodeSerializer
     lookup_field = "name"

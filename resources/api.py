@@ -23,6 +23,7 @@ from scheduler_site.serializers import (
     ResourceLimitsSerializer,
     StrictSerializer,
 )
+from scheduler_site.viewsets import NameLookupMixin
 
 from .models import Allocation, AllocationStatus, PlacementStrategy, Queue
 from .selectors import allocation_list_visible, queue_list_visible, usage_summary
@@ -134,7 +135,9 @@ QUEUE_EXAMPLES = [
         }
     ),
 )
-class QueueViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class QueueViewSet(
+    NameLookupMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
     """Everyone lists the queues their teams may submit into; staff create, change and
     delete them."""
 
