@@ -7,15 +7,17 @@ import django_filters
 from django.conf import settings
 from django.contrib.auth import authenticate, logout
 from django.utils import timezone
+from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.permissions import AllowAny, BasePermission, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from scheduler_site.filters import IsoDateTimeFilter
 from scheduler_site.serializers import StrictSerializer
 
 from .audit import audit_describe
-from .models import ApiToken, AuditEvent
+from .models import ApiToken, AuditEvent, Role
 from .selectors import api_token_list_visible, audit_event_list_visible, team_list_administered
 from .services import api_token_issue, api_token_revoke
 from .throttling import AnonThrottle, LoginThrottle
@@ -26,6 +28,37 @@ class LoginSerializer(serializers.Serializer):
     password = serializers.CharField(max_length=256, trim_whitespace=False, write_only=True)
 
 
+class LoginAnswerSerializer(serializers.Serializer):
+    token = serializers.CharField(help_text="The key, for `Authorization: Token <key>`.")
+    expires_at = serializers.DateTimeField()
+    username = serializers.CharField()
+
+
+class MembershipSerializer(serializers.Serializer):
+    slug = serializers.SlugField()
+    name = serializers.CharField()
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class MeSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    username = serializers.CharField()
+    email = serializers.EmailField(allow_blank=True)
+    is_staff = serializers.BooleanField()
+    teams = MembershipSerializer(many=True)
+
+
+@extend_schema(
+    request=LoginSerializer,
+    responses={200: LoginAnswerSerializer},
+    examples=[
+        OpenApiExample(
+            "Log in",
+            value={"username": "alice", "password": "correct horse battery"},
+            request_only=True,
+        )
+    ],
+)
 class LoginView(APIView):
     authentication_classes = []
     permission_classes = [AllowAny]
@@ -55,6 +88,11 @@ class LoginView(APIView):
         )
 
 
+@extend_schema(
+    request=None,
+    responses={204: None},
+    description="Revokes the token used (or ends the browser's session).",
+)
 class LogoutView(APIView):
     def post(self, request):
         if isinstance(request.auth, ApiToken):
@@ -66,6 +104,7 @@ class LogoutView(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+@extend_schema(responses=MeSerializer)
 class MeView(APIView):
     def get(self, request):
         user = request.user
@@ -127,6 +166,20 @@ class TokenCreateSerializer(StrictSerializer):
         return value
 
 
+@extend_schema_view(
+    destroy=extend_schema(responses={204: None}),
+    create=extend_schema(
+        request=TokenCreateSerializer,
+        responses={201: IssuedTokenSerializer},
+        examples=[
+            OpenApiExample(
+                "A token for a nightly job",
+                value={"name": "nightly-reports", "expires_at": "2030-01-01T00:00:00Z"},
+                request_only=True,
+            )
+        ],
+    ),
+)
 class TokenViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -137,6 +190,7 @@ class TokenViewSet(
     one revokes it (it stays listed, with `revoked_at`)."""
 
     serializer_class = TokenSerializer
+    queryset = ApiToken.objects.none()  # the schema's model; requests use get_queryset
 
     def get_queryset(self):
         return api_token_list_visible(user=self.request.user)
@@ -193,8 +247,8 @@ class AuditEventFilter(django_filters.FilterSet):
     team = django_filters.CharFilter(field_name="team__slug")
     action = django_filters.CharFilter()
     actor = django_filters.CharFilter(field_name="actor_name")
-    after = django_filters.IsoDateTimeFilter(field_name="at", lookup_expr="gte")
-    before = django_filters.IsoDateTimeFilter(field_name="at", lookup_expr="lt")
+    after = IsoDateTimeFilter(field_name="at", lookup_expr="gte")
+    before = IsoDateTimeFilter(field_name="at", lookup_expr="lt")
 
 
 class AuditEventViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
@@ -202,6 +256,7 @@ class AuditEventViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     of their teams. Filters `team`, `action`, `actor`, `after`, `before`."""
 
     serializer_class = AuditEventSerializer
+    queryset = AuditEvent.objects.none()  # the schema's model; requests use get_queryset
     filterset_class = AuditEventFilter
     permission_classes = [IsAuthenticated, IsTeamAdminOrStaff]
 

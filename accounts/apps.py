@@ -9,6 +9,7 @@ class AccountsConfig(AppConfig):
     def ready(self):
         from django.contrib.auth.signals import user_logged_in, user_login_failed
 
+        from . import schema  # noqa: F401  (registers the OpenAPI token scheme)
         from .audit import record_session_login, record_session_login_failure
 
         checks.register(check_throttle_rates)

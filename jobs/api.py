@@ -9,6 +9,16 @@ import django_filters
 from django.db.models import Q
 from django.http import FileResponse, HttpResponse
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_view,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
@@ -19,10 +29,12 @@ from accounts.models import Team
 from accounts.selectors import team_list_submittable, team_list_visible
 from nodes.models import Node
 from resources.models import DEFAULT_QUEUE_NAME, Queue
+from scheduler_site.filters import IsoDateTimeFilter
 from scheduler_site.pagination import CursorPagination
-from scheduler_site.serializers import StrictSerializer
+from scheduler_site.schema import refused
+from scheduler_site.serializers import ResourceAmountsSerializer, StrictSerializer
 
-from .models import JobExecution, JobKind, JobRetry, JobStatus
+from .models import Job, JobExecution, JobKind, JobRetry, JobStatus, PendingReason
 from .selectors import definition_list_visible, execution_list_for_job, job_list_visible
 from .services import (
     Submission,
@@ -241,12 +253,12 @@ class JobSerializer(serializers.Serializer):
     definition = serializers.IntegerField(
         source="definition_id", allow_null=True, help_text="Id of the definition it was made from."
     )
-    kind = serializers.CharField()
+    kind = serializers.ChoiceField(choices=JobKind.choices)
     command = serializers.ListField(child=serializers.CharField())
     callable = serializers.CharField()
     parameters = serializers.DictField()
-    status = serializers.CharField()
-    pending_reason = serializers.CharField()
+    status = serializers.ChoiceField(choices=JobStatus.choices)
+    pending_reason = serializers.ChoiceField(choices=PendingReason.choices)
     node = serializers.SerializerMethodField()
     attempts = serializers.IntegerField()
     exit_code = serializers.SerializerMethodField()
@@ -256,16 +268,16 @@ class JobSerializer(serializers.Serializer):
     queue = serializers.CharField(source="queue.name")
     priority = serializers.IntegerField()
     max_retries = serializers.IntegerField()
-    timeout_seconds = serializers.IntegerField()
+    timeout_seconds = serializers.IntegerField(allow_null=True)
     node_selector = serializers.DictField()
     idempotency_key = serializers.CharField()
-    not_before = serializers.DateTimeField()
+    not_before = serializers.DateTimeField(allow_null=True)
     created_at = serializers.DateTimeField()
-    started_at = serializers.DateTimeField()
-    finished_at = serializers.DateTimeField()
-    cancel_requested_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    cancel_requested_at = serializers.DateTimeField(allow_null=True)
     dead_letter = serializers.SerializerMethodField()
-    acknowledged_at = serializers.DateTimeField()
+    acknowledged_at = serializers.DateTimeField(allow_null=True)
 
     # The columns a job is written from, as paths through its relations: the list reads
     # just these (values(), no model instances), a single job reads them off the instance.
@@ -342,6 +354,7 @@ class JobSerializer(serializers.Serializer):
     def get_output_tail(self, job) -> str:
         return self._last(job, "log_tail") or ""
 
+    @extend_schema_field(ResourceAmountsSerializer)
     def get_resources(self, job) -> dict:
         return {"cpu": job.cpu_millis / 1000, "memory_mb": job.memory_mb, "gpu": job.gpu}
 
@@ -407,8 +420,8 @@ class JobFilter(django_filters.FilterSet):
     team = django_filters.CharFilter(method="filter_team")
     definition = django_filters.NumberFilter(field_name="definition_id")
     node = django_filters.CharFilter(method="filter_node")
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
     dead_letter = django_filters.BooleanFilter(method="filter_dead_letter")
 
     def filter_dead_letter(self, queryset, name, value):
@@ -435,10 +448,77 @@ def submission_response(submission: Submission, *, user) -> Response:
     )
 
 
+JOB_EXAMPLES = [
+    OpenApiExample(
+        "A command",
+        value={
+            "name": "nightly-report",
+            "command": ["sh", "-c", "echo hello"],
+            "resources": {"cpu": 0.5, "memory_mb": 256, "gpu": 0},
+            "max_retries": 2,
+            "timeout_seconds": 600,
+            "idempotency_key": "report-2030-01-01",
+        },
+        request_only=True,
+    ),
+    OpenApiExample(
+        "A registered callable",
+        value={
+            "team": "blue",
+            "name": "resize",
+            "kind": "callable",
+            "callable": "jobs.callables.sleep",
+            "parameters": {"seconds": 1},
+            "queue": "default",
+            "node_selector": {"zone": "a"},
+        },
+        request_only=True,
+    ),
+]
+JOB_EXAMPLES.append(
+    OpenApiExample(
+        "From a definition",
+        value={"definition": 3, "parameters": {"day": "2030-01-01"}, "priority": 5},
+        request_only=True,
+    )
+)
+CHANGED = {200: JobDetailSerializer, 400: refused("The job's status does not allow it.")}
+
+
+@extend_schema_view(
+    create=extend_schema(
+        request=PolymorphicProxySerializer(
+            component_name="JobSubmission",
+            serializers=[JobSubmitSerializer, JobFromDefinitionSerializer],
+            resource_type_field_name=None,
+        ),
+        responses={
+            201: OpenApiResponse(JobSerializer, description="Accepted."),
+            200: OpenApiResponse(
+                JobSerializer, description="The job first submitted with this idempotency key."
+            ),
+        },
+        examples=JOB_EXAMPLES,
+    ),
+    retrieve=extend_schema(responses=JobDetailSerializer),
+    cancel=extend_schema(request=None, responses=CHANGED),
+    retry=extend_schema(request=None, responses=CHANGED),
+    acknowledge=extend_schema(request=None, responses=CHANGED),
+    executions=extend_schema(responses=ExecutionSerializer(many=True), filters=False),
+    logs=extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "attempt", int, description="The attempt's number; default the latest."
+            )
+        ],
+        responses={(200, "text/plain"): OpenApiTypes.STR},
+    ),
+)
 class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = JobSerializer
     filterset_class = JobFilter
     pagination_class = CursorPagination
+    queryset = Job.objects.none()  # the schema's model; requests use get_queryset
 
     def get_queryset(self):
         jobs = job_list_visible(user=self.request.user)
@@ -495,7 +575,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     def acknowledge(self, request, pk=None):
         return self._changed(job_acknowledge(job=self.get_changeable_object(), user=request.user))
 
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], pagination_class=None)
     def executions(self, request, pk=None):
         job = self.get_object()
         data = ExecutionSerializer(execution_list_for_job(job=job), many=True).data
@@ -508,7 +588,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         executions = execution_list_for_job(job=job)
         attempt = request.query_params.get("attempt")
         if attempt is not None:
-            if not attempt.isdigit():
+            if not attempt.isdecimal():
                 raise ValidationError({"attempt": ["A whole number."]})
             executions = executions.filter(attempt=int(attempt))
         execution = executions.last()

@@ -1,6 +1,13 @@
 """`/api/definitions/`: job definitions of a team, and submitting jobs made from them."""
 
 import django_filters
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_view,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
@@ -8,8 +15,15 @@ from rest_framework.response import Response
 
 from accounts.audit import audit_describe
 from accounts.selectors import team_list_submittable
+from scheduler_site.schema import refused
+from scheduler_site.serializers import ResourceAmountsSerializer
 
-from .api import DefinitionOverridesSerializer, JobSpecSerializer, submission_response
+from .api import (
+    DefinitionOverridesSerializer,
+    JobSerializer,
+    JobSpecSerializer,
+    submission_response,
+)
 from .models import JobDefinition, JobKind
 from .selectors import definition_list_visible
 from .services import (
@@ -56,6 +70,7 @@ class DefinitionSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
 
+    @extend_schema_field(ResourceAmountsSerializer)
     def get_resources(self, definition) -> dict:
         return {
             "cpu": definition.cpu_millis / 1000,
@@ -71,6 +86,44 @@ class DefinitionFilter(django_filters.FilterSet):
     queue = django_filters.CharFilter(field_name="queue__name")
 
 
+DEFINITION_EXAMPLE = OpenApiExample(
+    "A nightly report",
+    value={
+        "name": "nightly-report",
+        "command": ["sh", "-c", "echo report"],
+        "env": {"LOG_LEVEL": "info"},
+        "resources": {"cpu": 0.5, "memory_mb": 256, "gpu": 0},
+        "max_retries": 2,
+        "timeout_seconds": 600,
+    },
+    request_only=True,
+)
+SUBMIT_EXAMPLE = OpenApiExample(
+    "With overrides",
+    value={"parameters": {"day": "2030-01-01"}, "idempotency_key": "report-2030-01-01"},
+    request_only=True,
+)
+SUBMITTED = {
+    201: OpenApiResponse(JobSerializer, description="Accepted."),
+    200: OpenApiResponse(
+        JobSerializer, description="The job first submitted with this idempotency key."
+    ),
+}
+
+
+@extend_schema_view(
+    create=extend_schema(
+        request=DefinitionWriteSerializer,
+        responses={201: DefinitionSerializer},
+        examples=[DEFINITION_EXAMPLE],
+    ),
+    update=extend_schema(request=DefinitionWriteSerializer, responses=DefinitionSerializer),
+    partial_update=extend_schema(request=DefinitionWriteSerializer, responses=DefinitionSerializer),
+    destroy=extend_schema(responses={204: None, 400: refused("Schedules use this definition.")}),
+    submit=extend_schema(
+        request=DefinitionOverridesSerializer, responses=SUBMITTED, examples=[SUBMIT_EXAMPLE]
+    ),
+)
 class DefinitionViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -78,6 +131,7 @@ class DefinitionViewSet(
 ):
     serializer_class = DefinitionSerializer
     filterset_class = DefinitionFilter
+    queryset = JobDefinition.objects.none()  # the schema's model; requests use get_queryset
 
     def get_queryset(self):
         return definition_list_visible(user=self.request.user)

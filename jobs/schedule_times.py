@@ -156,7 +156,9 @@ class Timetable:
             yield due
 
     def upcoming(self, after: datetime, count: int) -> Iterator[datetime]:
-        return islice(self._after(after), count)
+        """At most `count` due times after `after`; fewer near the year 9999, where
+        datetime ends."""
+        return islice(_until_the_calendar_ends(self._after(after)), count)
 
     def count_between(self, first: datetime, before: datetime) -> int:
         """How many due times fall in [first, before), counting up to MISSED_COUNT_CAP."""
@@ -173,3 +175,10 @@ class Timetable:
                 break
             count += 1
         return count
+
+
+def _until_the_calendar_ends(times: Iterator[datetime]) -> Iterator[datetime]:
+    try:
+        yield from times
+    except OverflowError:
+        return

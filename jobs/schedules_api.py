@@ -5,12 +5,21 @@ from zoneinfo import ZoneInfo
 import django_filters
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_view,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.response import Response
 
 from accounts.selectors import team_list_submittable, team_list_visible
+from scheduler_site.schema import refused
 from scheduler_site.serializers import StrictSerializer
 
 from .models import ConcurrencyPolicy, JobDefinition, JobSchedule, JobScheduleRun, MisfirePolicy
@@ -157,9 +166,21 @@ class ScheduleDetailSerializer(ScheduleSerializer):
     class Meta(ScheduleSerializer.Meta):
         fields = [*ScheduleSerializer.Meta.fields, "recent_runs"]
 
+    @extend_schema_field(ScheduleRunSerializer(many=True))
     def get_recent_runs(self, schedule) -> list:
         runs = schedule_run_list(schedule=schedule)[:RECENT_RUNS]
         return ScheduleRunSerializer(runs, many=True).data
+
+
+class NextRunSerializer(serializers.Serializer):
+    at = serializers.DateTimeField(help_text="In UTC.")
+    local = serializers.DateTimeField(help_text="In the schedule's time zone.")
+
+
+class NextRunsSerializer(serializers.Serializer):
+    description = serializers.CharField()
+    timezone = serializers.CharField()
+    next_runs = NextRunSerializer(many=True)
 
 
 class ScheduleFilter(django_filters.FilterSet):
@@ -168,6 +189,58 @@ class ScheduleFilter(django_filters.FilterSet):
     name = django_filters.CharFilter()
 
 
+SCHEDULE_EXAMPLES = [
+    OpenApiExample(
+        "Weekdays at 02:30 in Berlin",
+        value={
+            "name": "nightly",
+            "definition": 1,
+            "cron": "30 2 * * 1-5",
+            "timezone": "Europe/Berlin",
+            "concurrency_policy": "forbid",
+        },
+        request_only=True,
+    ),
+    OpenApiExample(
+        "Every ten minutes",
+        request_only=True,
+        value={"name": "poll", "definition": 1, "interval_seconds": 600},
+    ),
+    OpenApiExample(
+        "Once",
+        request_only=True,
+        value={"name": "migrate", "definition": 1, "run_at": "2030-01-01T00:00:00Z"},
+    ),
+]
+DETAIL = {200: ScheduleDetailSerializer}
+
+
+@extend_schema_view(
+    retrieve=extend_schema(responses=DETAIL),
+    create=extend_schema(
+        request=ScheduleWriteSerializer,
+        responses={201: ScheduleDetailSerializer},
+        examples=SCHEDULE_EXAMPLES,
+    ),
+    update=extend_schema(request=ScheduleWriteSerializer, responses=DETAIL),
+    partial_update=extend_schema(request=ScheduleWriteSerializer, responses=DETAIL),
+    destroy=extend_schema(responses={204: None}),
+    pause=extend_schema(request=None, responses=DETAIL),
+    resume=extend_schema(
+        request=None,
+        responses={**DETAIL, 400: refused("A one-off schedule that has already run.")},
+    ),
+    runs=extend_schema(responses=ScheduleRunSerializer(many=True), filters=False),
+    next_runs=extend_schema(
+        parameters=[
+            OpenApiParameter("count", int, description=f"1 to {MAX_PREVIEW}; default 5."),
+            OpenApiParameter(
+                "after", OpenApiTypes.DATETIME, description="With its UTC offset; default now."
+            ),
+        ],
+        responses=NextRunsSerializer,
+    ),
+)
 class ScheduleViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -175,6 +248,7 @@ class ScheduleViewSet(
 ):
     serializer_class = ScheduleSerializer
     filterset_class = ScheduleFilter
+    queryset = JobSchedule.objects.none()  # the schema's model; requests use get_queryset
 
     def get_queryset(self):
         return schedule_list_visible(user=self.request.user)
@@ -243,7 +317,7 @@ class ScheduleViewSet(
         now), in UTC and in the schedule's time zone, whether or not it is paused."""
         schedule = self.get_object()
         count = request.query_params.get("count", "5")
-        if not count.isdigit() or not 1 <= int(count) <= MAX_PREVIEW:
+        if not count.isdecimal() or not 1 <= int(count) <= MAX_PREVIEW:
             raise ValidationError({"count": [f"A whole number from 1 to {MAX_PREVIEW}."]})
         after = timezone.now()
         if "after" in request.query_params:

@@ -182,11 +182,31 @@ def job_spec_limit_errors(
                 if not key or "=" in key or "\x00" in key or len(key) > MAX_ENV_NAME_LENGTH:
                     errors["env"] = [f"Invalid variable name: {key[:64]!r}."]
                     break
-    if parameters is not None and len(json.dumps(parameters)) > MAX_PARAMETERS_BYTES:
-        errors["parameters"] = [f"At most {MAX_PARAMETERS_BYTES} bytes as JSON."]
-    if node_selector is not None and len(node_selector) > MAX_SELECTOR:
-        errors["node_selector"] = [f"At most {MAX_SELECTOR} labels."]
+    if parameters is not None:
+        if len(json.dumps(parameters)) > MAX_PARAMETERS_BYTES:
+            errors["parameters"] = [f"At most {MAX_PARAMETERS_BYTES} bytes as JSON."]
+        elif _contains_nul(parameters):
+            errors["parameters"] = [NO_NUL]
+    if node_selector is not None:
+        if len(node_selector) > MAX_SELECTOR:
+            errors["node_selector"] = [f"At most {MAX_SELECTOR} labels."]
+        elif _contains_nul(node_selector):
+            errors["node_selector"] = [NO_NUL]
     return errors
+
+
+# PostgreSQL's text and jsonb cannot hold NUL; DRF's CharField refuses it, JSON keys need this.
+NO_NUL = "Null characters are not allowed."
+
+
+def _contains_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_contains_nul(v) for v in value)
+    return False
 
 
 def job_spec_check(*, team: Team, spec: dict) -> Queue:

@@ -5,6 +5,12 @@ credential."""
 from decimal import Decimal
 
 from django.utils import timezone
+from drf_spectacular.utils import (
+    OpenApiExample,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_view,
+)
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, PermissionDenied
@@ -12,7 +18,8 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 
 from accounts.audit import audit_describe
-from scheduler_site.serializers import StrictSerializer
+from scheduler_site.serializers import ResourceAmountsSerializer, StrictSerializer
+from scheduler_site.viewsets import NameLookupMixin
 
 from .authentication import IsNodeAgent, NodeCredentialAuthentication
 from .models import NODE_NAME_RE, Node
@@ -44,9 +51,11 @@ class NodeSerializer(serializers.ModelSerializer):
             "created_at",
         ]
 
+    @extend_schema_field(ResourceAmountsSerializer)
     def get_capacity(self, node) -> dict:
         return {"cpu": node.cpu_millis / 1000, "memory_mb": node.memory_mb, "gpu": node.gpu}
 
+    @extend_schema_field(ResourceAmountsSerializer)
     def get_allocated(self, node) -> dict:
         return {
             "cpu": node.allocated_cpu_millis / 1000,
@@ -78,7 +87,7 @@ class NodeRegisterSerializer(StrictSerializer):
     def validate_labels(self, labels):
         if len(labels) > MAX_LABELS:
             raise serializers.ValidationError(f"At most {MAX_LABELS} labels.")
-        if any(not key or len(key) > 63 for key in labels):
+        if any(not key or len(key) > 63 or "\x00" in key for key in labels):
             raise serializers.ValidationError("Label keys are 1 to 63 characters.")
         return labels
 
@@ -99,7 +108,45 @@ def _own_node_name(request, name: str) -> str:
     return name
 
 
-class NodeViewSet(viewsets.ReadOnlyModelViewSet):
+NODE = {200: NodeSerializer}
+
+
+@extend_schema_view(
+    cordon=extend_schema(request=None, responses=NODE),
+    drain=extend_schema(request=None, responses=NODE),
+    uncordon=extend_schema(request=None, responses=NODE),
+    register=extend_schema(
+        request=NodeRegisterSerializer,
+        responses=NODE,
+        examples=[
+            OpenApiExample(
+                "A node with a GPU",
+                value={
+                    "name": "node-a",
+                    "cpu": 8,
+                    "memory_mb": 16384,
+                    "gpu": 1,
+                    "labels": {"zone": "a"},
+                    "address": "10.0.0.5",
+                    "agent_version": "1.0",
+                },
+                request_only=True,
+            )
+        ],
+    ),
+    heartbeat=extend_schema(
+        request=NodeHeartbeatSerializer,
+        responses=NODE,
+        examples=[
+            OpenApiExample(
+                "Running two attempts",
+                value={"running_tokens": ["job-12-attempt-1", "job-15-attempt-2"]},
+                request_only=True,
+            )
+        ],
+    ),
+)
+class NodeViewSet(NameLookupMixin, viewsets.ReadOnlyModelViewSet):
     queryset = Node.objects.order_by("name")
     serializer_class = NodeSerializer
     lookup_field = "name"

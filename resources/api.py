@@ -3,6 +3,12 @@
 from decimal import Decimal
 
 import django_filters
+from drf_spectacular.utils import (
+    OpenApiExample,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_view,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import IsAdminUser, IsAuthenticated
@@ -11,9 +17,15 @@ from rest_framework.views import APIView
 
 from accounts.models import Team
 from jobs.services import execution_release_stuck
-from scheduler_site.serializers import StrictSerializer
+from scheduler_site.schema import refused
+from scheduler_site.serializers import (
+    ResourceAmountsSerializer,
+    ResourceLimitsSerializer,
+    StrictSerializer,
+)
+from scheduler_site.viewsets import NameLookupMixin
 
-from .models import AllocationStatus, PlacementStrategy
+from .models import Allocation, AllocationStatus, PlacementStrategy, Queue
 from .selectors import allocation_list_visible, queue_list_visible, usage_summary
 from .services import queue_create, queue_delete, queue_update
 
@@ -83,6 +95,7 @@ class QueueSerializer(serializers.Serializer):
         mine = self.context["my_team_ids"]
         return sorted(t.slug for t in queue.teams.all() if user.is_staff or t.id in mine)
 
+    @extend_schema_field(ResourceLimitsSerializer)
     def get_quota(self, queue) -> dict:
         return {
             "cpu": _cpu(queue.quota_cpu_millis),
@@ -91,11 +104,45 @@ class QueueSerializer(serializers.Serializer):
         }
 
 
-class QueueViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+QUEUE_EXAMPLES = [
+    OpenApiExample(
+        "A GPU queue for two teams",
+        value={
+            "name": "gpu",
+            "teams": ["blue", "red"],
+            "weight": 2,
+            "priority": 10,
+            "strategy": "spread",
+            "quota": {"cpu": 16, "memory_mb": 65536, "gpu": 4},
+        },
+        request_only=True,
+    )
+]
+
+
+@extend_schema_view(
+    create=extend_schema(
+        request=QueueInputSerializer,
+        responses={201: QueueSerializer},
+        examples=QUEUE_EXAMPLES,
+    ),
+    update=extend_schema(request=QueueInputSerializer, responses=QueueSerializer),
+    partial_update=extend_schema(request=QueueInputSerializer, responses=QueueSerializer),
+    destroy=extend_schema(
+        responses={
+            204: None,
+            400: refused("The default queue, or one with jobs or definitions."),
+        }
+    ),
+)
+class QueueViewSet(
+    NameLookupMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
     """Everyone lists the queues their teams may submit into; staff create, change and
     delete them."""
 
     serializer_class = QueueSerializer
+    queryset = Queue.objects.none()  # the schema's model; requests use get_queryset
     lookup_field = "name"
 
     def get_queryset(self):
@@ -149,9 +196,10 @@ class AllocationSerializer(serializers.Serializer):
     resources = serializers.SerializerMethodField()
     status = serializers.CharField()
     created_at = serializers.DateTimeField()
-    activated_at = serializers.DateTimeField()
-    released_at = serializers.DateTimeField()
+    activated_at = serializers.DateTimeField(allow_null=True)
+    released_at = serializers.DateTimeField(allow_null=True)
 
+    @extend_schema_field(ResourceAmountsSerializer)
     def get_resources(self, allocation) -> dict:
         return {
             "cpu": _cpu(allocation.cpu_millis),
@@ -168,9 +216,16 @@ class AllocationFilter(django_filters.FilterSet):
     job = django_filters.NumberFilter(field_name="execution__job_id")
 
 
+@extend_schema_view(
+    release=extend_schema(
+        request=None,
+        responses={200: AllocationSerializer, 400: refused("The allocation is already released.")},
+    )
+)
 class AllocationViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = AllocationSerializer
     filterset_class = AllocationFilter
+    queryset = Allocation.objects.none()  # the schema's model; requests use get_queryset
 
     def get_queryset(self):
         return allocation_list_visible(user=self.request.user)
@@ -192,6 +247,42 @@ class AllocationViewSet(viewsets.ReadOnlyModelViewSet):
 # --- Usage -----------------------------------------------------------------------------
 
 
+class UsageFiguresSerializer(serializers.Serializer):
+    capacity = ResourceAmountsSerializer()
+    allocated = ResourceAmountsSerializer()
+    free = ResourceAmountsSerializer()
+
+
+class ClusterUsageSerializer(UsageFiguresSerializer):
+    nodes = serializers.IntegerField(help_text="Nodes registered, offline ones included.")
+
+
+class NodeUsageSerializer(UsageFiguresSerializer):
+    name = serializers.CharField()
+    status = serializers.CharField()
+
+
+class QueueUsageSerializer(UsageFiguresSerializer):
+    queue = serializers.CharField()
+    weight = serializers.IntegerField()
+    priority = serializers.IntegerField()
+    dominant_share = serializers.FloatField(
+        help_text="The largest share of the cluster it holds in any one resource."
+    )
+
+
+class TeamUsageSerializer(UsageFiguresSerializer):
+    team = serializers.CharField()
+
+
+class UsageSerializer(serializers.Serializer):
+    cluster = ClusterUsageSerializer()
+    nodes = NodeUsageSerializer(many=True)
+    queues = QueueUsageSerializer(many=True)
+    teams = TeamUsageSerializer(many=True)
+
+
+@extend_schema(responses=UsageSerializer)
 class UsageView(APIView):
     """Capacity, allocated and free: the cluster, each node, and your teams and queues."""
 

@@ -14,3 +14,19 @@ class StrictSerializer(serializers.Serializer):
             if unknown:
                 raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
         return super().to_internal_value(data)
+
+
+class ResourceAmountsSerializer(serializers.Serializer):
+    """Amounts of each resource as answered: CPU in cores, memory in MiB, GPUs."""
+
+    cpu = serializers.FloatField(help_text="CPU cores, e.g. 0.5")
+    memory_mb = serializers.IntegerField()
+    gpu = serializers.IntegerField()
+
+
+class ResourceLimitsSerializer(serializers.Serializer):
+    """Limits per resource as answered; null is no limit."""
+
+    cpu = serializers.FloatField(allow_null=True, help_text="CPU cores, e.g. 0.5")
+    memory_mb = serializers.IntegerField(allow_null=True)
+    gpu = serializers.IntegerField(allow_null=True)

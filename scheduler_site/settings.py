@@ -31,6 +31,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_celery_beat",
     "accounts",
     "nodes",
@@ -108,6 +110,9 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "scheduler_site.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "scheduler_site.exceptions.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "scheduler_site.schema.AutoSchema",
+    # Decimal inputs (CPU cores) are JSON numbers; no answer renders a DecimalField.
+    "COERCE_DECIMAL_TO_STRING": False,
     "UNAUTHENTICATED_USER": None,
     "DEFAULT_THROTTLE_CLASSES": [
         "accounts.throttling.UserThrottle",
@@ -122,6 +127,36 @@ REST_FRAMEWORK = {
 # The largest request body read, in bytes (an argv, env and parameters all fit well
 # inside); a larger API request answers 400 before it is parsed.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("API_MAX_BODY_BYTES", default=1024 * 1024)
+
+# The OpenAPI schema at /api/schema/ and its docs at /api/docs/. They are public: they
+# describe the API, not anyone's data, and a client needs them before it has a token.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Job scheduler API",
+    "VERSION": "1.0.0",
+    "DESCRIPTION": (
+        "Submit jobs (once, on a schedule), follow their attempts and logs, and look at "
+        "the cluster's nodes, queues and allocations. Authenticate with "
+        "`Authorization: Token <key>` (from `POST /api/auth/login/` or `/api/auth/tokens/`); "
+        "node agents use `Authorization: Node <key>`. Errors are 400 with messages per field."
+    ),
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    # The API speaks JSON; the form parsers only serve the browsable API.
+    "PARSER_WHITELIST": ["rest_framework.parsers.JSONParser"],
+    # Several models have a "status"; each choice set gets its own name.
+    "ENUM_NAME_OVERRIDES": {
+        "JobStatusEnum": "jobs.models.JobStatus",
+        "ExecutionStatusEnum": "jobs.models.ExecutionStatus",
+        "NodeStatusEnum": "nodes.models.NodeStatus",
+        "AllocationStatusEnum": "resources.models.AllocationStatus",
+    },
+    "SCHEMA_PATH_PREFIX": "/api/",
+}
 
 # Requests allowed per user (all their tokens and sessions together), per credential (an
 # API token or a node's), per address without credentials, and login attempts per address.

@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts import views as account_views
 from jobs import views as job_views
@@ -17,6 +18,15 @@ urlpatterns = [
     path("api/", include("jobs.urls")),
     path("api/", include("nodes.urls")),
     path("api/", include("resources.urls")),
+    path(
+        "api/",
+        include(
+            [
+                path("schema/", SpectacularAPIView.as_view(), name="schema"),
+                path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+            ]
+        ),
+    ),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
 ]

@@ -24,4 +24,5 @@ os.environ.setdefault("API_THROTTLE_LOGIN", "10000/minute")
 from scheduler_site.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast; tests only
-WHITENOISE_AUTOREFRESH = True  # no collectstatic in tests
+WHITENOISE_AUTOREFRESH = True  # no collectstatic in tests: static files come from
+WHITENOISE_USE_FINDERS = True  # the apps, as with runserver

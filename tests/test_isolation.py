@@ -193,6 +193,9 @@ ENDPOINTS = [
     Endpoint("GET", "/api/allocations/{allocation}/", azure_only(200)),
     Endpoint("POST", "/api/allocations/{allocation}/release/", STAFF_ONLY),
     Endpoint("GET", "/api/resources/usage/", everyone(200)),
+    # --- the OpenAPI schema and its docs: public, they hold no one's data
+    Endpoint("GET", "/api/schema/", everyone(200, anonymous=200)),
+    Endpoint("GET", "/api/docs/", everyone(200, anonymous=200)),
     # --- web UI
     Endpoint("GET", "/", everyone(200, anonymous=302), auth="session"),
     Endpoint("GET", "/jobs/{job}/", azure_only(200, anonymous=302), auth="session"),
