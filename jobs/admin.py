@@ -17,25 +17,16 @@ from .schedules import (
     schedule_update,
     schedule_validate,
 )
-from .services import definition_create, definition_delete, definition_update, job_spec_check
+from .services import (
+    DEFINITION_SPEC_FIELDS,
+    definition_create,
+    definition_delete,
+    definition_update,
+    job_spec_check,
+)
 
-SPEC_FIELDS = [
-    "name",
-    "kind",
-    "command",
-    "callable",
-    "env",
-    "parameters",
-    "cpu_millis",
-    "memory_mb",
-    "gpu",
-    "queue",
-    "priority",
-    "max_retries",
-    "retry_backoff_seconds",
-    "timeout_seconds",
-    "node_selector",
-]
+# A definition's spec as a job gets it, and its queue.
+SPEC_FIELDS = [*DEFINITION_SPEC_FIELDS, "queue"]
 
 
 class JobDefinitionForm(forms.ModelForm):
