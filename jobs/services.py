@@ -74,9 +74,9 @@ DEFINITION_SPEC_FIELDS = (
     "timeout_seconds",
     "node_selector",
 )
+DEFINITION_NAME_TAKEN = {"name": ["The team already has a definition with this name."]}
 # What a submission from a definition may change; env and parameters merge over the
 # definition's.
-DEFINITION_NAME_TAKEN = {"name": ["The team already has a definition with this name."]}
 DEFINITION_OVERRIDE_FIELDS = (
     "name",
     "parameters",
