@@ -38,7 +38,6 @@ BENCH = Bench("api", 9, API_THROTTLE_USER="", API_THROTTLE_TOKEN="", DB_CONN_MAX
 
 def fill(jobs: int) -> str:
     """The jobs, and a team member's token."""
-    from django.core.management import call_command
     from django.db import connection
     from django.utils import timezone
 
@@ -48,7 +47,6 @@ def fill(jobs: int) -> str:
     from nodes.models import Node
     from resources.models import DEFAULT_QUEUE_NAME, Queue
 
-    call_command("migrate", verbosity=0)
     mine = Team.objects.create(name="Bench", slug="bench")
     theirs = Team.objects.create(name="Other", slug="other")
     user = User.objects.create_user("bench")
@@ -176,10 +174,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     args = parser.parse_args()
 
-    BENCH.create_database()
-    import django
-
-    django.setup()
+    BENCH.set_up()
     print(f"storing {args.jobs} jobs", flush=True)
     token = fill(args.jobs)
     from django.db import connections

@@ -31,12 +31,7 @@ def main() -> None:
     parser.add_argument("--interval", type=int, default=1)
     args = parser.parse_args()
 
-    BENCH.create_database()
-    import django
-
-    django.setup()
-    import redis
-    from django.core.management import call_command
+    broker = BENCH.set_up()
     from django.utils import timezone
 
     from accounts.models import Team
@@ -45,9 +40,6 @@ def main() -> None:
     from nodes.models import Node
     from resources.models import Queue
 
-    broker = redis.Redis.from_url(BENCH.broker_url)
-    broker.flushdb()
-    call_command("migrate", verbosity=0)
     team = Team.objects.create(name="Bench", slug="bench")
     manage = [sys.executable, str(ROOT / "manage.py")]
     celery = [sys.executable, "-m", "celery", "-A", "scheduler_site"]

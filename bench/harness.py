@@ -55,6 +55,21 @@ class Bench:
         self.psql(f"DROP DATABASE IF EXISTS {self.db_name} WITH (FORCE)")
         self.psql(f"CREATE DATABASE {self.db_name}")
 
+    def set_up(self):
+        """A new database with the migrations applied, Django set up on it, and the
+        bench's Redis database emptied; returns a client of that Redis database."""
+        self.create_database()
+        import django
+
+        django.setup()
+        import redis
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+        broker = redis.Redis.from_url(self.broker_url)
+        broker.flushdb()
+        return broker
+
     def drop_database(self) -> None:
         """Unless BENCH_KEEP_DATABASE=1, to look into afterwards (dropped at the next run)."""
         if os.environ.get("BENCH_KEEP_DATABASE") == "1":

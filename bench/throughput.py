@@ -37,21 +37,13 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    BENCH.create_database()
-    import django
-
-    django.setup()
-    import redis
-    from django.core.management import call_command
+    broker = BENCH.set_up()
 
     from accounts.models import Team
     from jobs.models import Job, JobStatus
     from jobs.services import job_submit
     from nodes.models import Node
 
-    broker = redis.Redis.from_url(BENCH.broker_url)
-    broker.flushdb()
-    call_command("migrate", verbosity=0)
     team = Team.objects.create(name="Bench", slug="bench")
     manage = [sys.executable, str(ROOT / "manage.py")]
     celery = [sys.executable, "-m", "celery"]

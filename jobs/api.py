@@ -259,11 +259,16 @@ class JobSerializer(serializers.Serializer):
     parameters = serializers.DictField()
     status = serializers.ChoiceField(choices=JobStatus.choices)
     pending_reason = serializers.ChoiceField(choices=PendingReason.choices)
-    node = serializers.SerializerMethodField()
+    # Of the latest attempt; null or empty before the first.
+    node = serializers.CharField(source="last_execution.node.name", allow_null=True, read_only=True)
     attempts = serializers.IntegerField()
-    exit_code = serializers.SerializerMethodField()
-    error = serializers.SerializerMethodField()
-    output_tail = serializers.SerializerMethodField()
+    exit_code = serializers.IntegerField(
+        source="last_execution.exit_code", allow_null=True, read_only=True
+    )
+    error = serializers.CharField(source="last_execution.error", default="", read_only=True)
+    output_tail = serializers.CharField(
+        source="last_execution.log_tail", default="", read_only=True
+    )
     resources = serializers.SerializerMethodField()
     queue = serializers.CharField(source="queue.name")
     priority = serializers.IntegerField()
@@ -337,22 +342,6 @@ class JobSerializer(serializers.Serializer):
 
     def get_dead_letter(self, job) -> bool:
         return job.status == JobStatus.FAILED and job.acknowledged_at is None
-
-    def _last(self, job, field):
-        execution = job.last_execution
-        return getattr(execution, field) if execution is not None else None
-
-    def get_node(self, job) -> str | None:
-        return job.last_execution.node.name if job.last_execution is not None else None
-
-    def get_exit_code(self, job) -> int | None:
-        return self._last(job, "exit_code")
-
-    def get_error(self, job) -> str:
-        return self._last(job, "error") or ""
-
-    def get_output_tail(self, job) -> str:
-        return self._last(job, "log_tail") or ""
 
     @extend_schema_field(ResourceAmountsSerializer)
     def get_resources(self, job) -> dict:
