@@ -1,71 +1,138 @@
-"""The node agent's reporter of successes: one writer thread that ends, in one statement,
-every success reported while its previous write was in flight.
+"""The node agent's reporter of successes: one writer thread that ends, in one
+transaction, every success reported while its previous write was in flight, and hands
+the room they freed on to the jobs waiting for it.
 
 A task thread whose job succeeded hands the outcome over and waits until it is written,
 so its execution stays tracked (and listed in heartbeats) until PostgreSQL has it. With
 nothing in flight, a success is written at once; under load, a batch shares one commit
 and one update of the node's counters, instead of each success waiting for the node row
 in turn.
+
+In the same transaction the node takes the jobs waiting for room, by the scheduler's
+rules (`resources.cycle.place_waiting_jobs_on_node`). Each reporting thread gets one of
+them to run next, without a round trip through the scheduler and the broker; any more
+go out as messages on the node's queue. When room is left (or the node placed nothing
+at all), the scheduler is woken to do with it whatever it finds to do.
 """
 
+import logging
 import queue
 import threading
 from dataclasses import dataclass, field
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connections, transaction
 
-from .services import Success, executions_finish_succeeded
+from resources.cycle import place_waiting_jobs_on_node
+from resources.routing import routes_known
+from resources.services import scheduler_wake
+
+from .services import Success, execution_publish_many, executions_finish_succeeded
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
 class _Report:
     success: Success
+    node_id: int
     done: threading.Event = field(default_factory=threading.Event)
     ended: bool = False
+    next_token: str | None = None
     error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class Reported:
+    ended: bool  # False: not ended by this report (a cancel pending, or a duplicate)
+    next_token: str | None  # an execution placed on the freed room, for this thread to run
 
 
 class SuccessReporter:
     def __init__(self):
-        self._reports: queue.SimpleQueue[_Report] = queue.SimpleQueue()
+        self._reports: queue.SimpleQueue[_Report | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._lock = threading.Lock()
+        # Cleared when the agent shuts down: its room is then left to the scheduler.
+        self.hand_on = True
 
-    def report(self, success: Success) -> bool:
-        """True once the success is written; False when the execution was not ended by it
-        (a cancel pending, or a duplicate), which is then for `execution_finish`."""
+    def report(self, success: Success, *, node_id: int) -> Reported:
+        """Write the success; returns whether it ended the execution (if not, the outcome
+        is for `execution_finish`) and the execution this thread should run next, if any."""
         with self._lock:
             if self._writer is None:
                 self._writer = threading.Thread(
                     target=self._write_forever, name="success-reporter", daemon=True
                 )
                 self._writer.start()
-        report = _Report(success)
+        report = _Report(success, node_id)
         self._reports.put(report)
         report.done.wait()
         if report.error is not None:
             raise report.error
-        return report.ended
+        return Reported(report.ended, report.next_token)
+
+    def stop(self) -> None:
+        """End the writer thread once it has written what was reported before; it closes
+        its database connection. Reports after this start a new one."""
+        with self._lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            self._reports.put(None)
+            writer.join()
 
     def _write_forever(self) -> None:
         while True:
-            batch = [self._reports.get()]
-            while True:
-                try:
-                    batch.append(self._reports.get_nowait())
-                except queue.Empty:
-                    break
+            first = self._reports.get()
+            if first is None:
+                connections.close_all()
+                return
+            batch = [first]
+            while (report := self._next_waiting()) is not None:
+                batch.append(report)
             close_old_connections()
             try:
-                ended = executions_finish_succeeded([r.success for r in batch])
+                placements = self._write(batch)
             except Exception as exc:  # handed to the waiting task threads, which log it
                 for report in batch:
                     report.error = exc
                     report.done.set()
                 continue
+            ended = [report for report in batch if report.ended]
+            for report, (token, _) in zip(ended, placements, strict=False):
+                report.next_token = token
+            for report in batch:
+                report.done.set()
+            self._publish(placements[len(ended) :])
+
+    def _next_waiting(self) -> "_Report | None":
+        try:
+            report = self._reports.get_nowait()
+        except queue.Empty:
+            return None
+        if report is None:  # stop() comes once this batch is written
+            self._reports.put(None)
+        return report
+
+    def _write(self, batch: list[_Report]) -> list[tuple[str, str]]:
+        """End the batch's executions and place waiting jobs on the room they freed, in
+        one transaction; returns the placements as (token, node name)."""
+        with transaction.atomic():
+            ended = executions_finish_succeeded([r.success for r in batch], wake=False)
             for report in batch:
                 report.ended = report.success.token in ended
-                report.done.set()
+            if not ended:
+                return []
+            hand_on = place_waiting_jobs_on_node(node_id=batch[0].node_id) if self.hand_on else None
+            if hand_on is None or hand_on.room_left:
+                scheduler_wake()
+        return hand_on.placements if hand_on is not None else []
+
+    @staticmethod
+    def _publish(placements: list[tuple[str, str]]) -> None:
+        """More placed than threads reported: the rest go to the node's queue."""
+        if placements:
+            with routes_known(dict(placements)):
+                execution_publish_many(tokens=[token for token, _ in placements])
 
 
 successes = SuccessReporter()

@@ -6,6 +6,7 @@ for a job lock. Every status change is a conditional UPDATE on the expected stat
 a lost race (a duplicate message, a second worker) is detected and changes nothing.
 """
 
+import contextlib
 import json
 import logging
 import random
@@ -16,21 +17,22 @@ from datetime import timedelta
 from celery.utils import uuid
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Q, RestrictedError
 from django.utils import timezone
 
 from accounts.models import Team, User
 from nodes.models import NodeStatus
-from nodes.selectors import node_capacity_holds, node_capacity_maxima
+from nodes.selectors import node_capacity_maxima
 from resources.models import DEFAULT_QUEUE_NAME, Queue
-from resources.selectors import queue_list_for_team
+from resources.selectors import queue_for_submission
 from resources.services import (
     SCHEDULER_CHANNEL,
     allocation_release,
     scheduler_wake,
 )
 from scheduler_site.celery import app as celery_app
+from scheduler_site.db import prepared_cursor
 
 from .models import (
     TERMINAL_JOB_STATUSES,
@@ -98,13 +100,11 @@ def _format_cpu(cpu_millis: int) -> str:
     return f"{cores:g} CPU"
 
 
-def job_request_check_fits(*, cpu_millis: int, memory_mb: int, gpu: int) -> None:
-    """Reject a request that no registered node could hold even when empty."""
-    if node_capacity_holds(cpu_millis=cpu_millis, memory_mb=memory_mb, gpu=gpu):
-        return
+def job_request_fits_nowhere(*, cpu_millis: int, memory_mb: int, gpu: int) -> ValidationError:
+    """Why no registered node could hold a request even when empty (the caller found none)."""
     largest = node_capacity_maxima()
     if largest["cpu_millis"] is None:
-        raise ValidationError(
+        return ValidationError(
             {"resources": ["No node is registered, so no node can run this job."]}
         )
     messages = []
@@ -125,7 +125,7 @@ def job_request_check_fits(*, cpu_millis: int, memory_mb: int, gpu: int) -> None
             f"No registered node has {_format_cpu(cpu_millis)}, {memory_mb} MB of memory and "
             f"{gpu} GPU at once."
         )
-    raise ValidationError({"resources": messages})
+    return ValidationError({"resources": messages})
 
 
 def job_callable_check_allowed(name: str) -> None:
@@ -136,14 +136,18 @@ def job_callable_check_allowed(name: str) -> None:
         )
 
 
-def job_queue_for_team(*, team: Team, name: str) -> Queue:
+def job_queue_for_team(*, team: Team, name: str, request: dict) -> Queue:
     """The queue `name`, if `team` may submit into it; the same answer for a queue that
-    does not exist and one the team may not use, so names of others' queues do not leak."""
-    queue = queue_list_for_team(team=team).filter(name=name).first()
+    does not exist and one the team may not use, so names of others' queues do not leak.
+    A request (resource name to amount) that no registered node could ever hold is
+    refused too, from the same read."""
+    queue, fits = queue_for_submission(team=team, name=name, **request)
     if queue is None:
         raise ValidationError(
             {"queue": [f"No queue named {name!r} that team {team.slug} may submit to."]}
         )
+    if not fits:
+        raise job_request_fits_nowhere(**request)
     return queue
 
 
@@ -223,9 +227,10 @@ def job_spec_check(*, team: Team, spec: dict) -> Queue:
         raise ValidationError(errors)
     if spec.get("kind") == JobKind.CALLABLE:
         job_callable_check_allowed(spec.get("callable", ""))
-    queue = job_queue_for_team(team=team, name=spec.get("queue", DEFAULT_QUEUE_NAME))
     request = {"cpu_millis": spec["cpu_millis"], "memory_mb": spec["memory_mb"], "gpu": spec["gpu"]}
-    job_request_check_fits(**request)
+    queue = job_queue_for_team(
+        team=team, name=spec.get("queue", DEFAULT_QUEUE_NAME), request=request
+    )
     job_request_check_quota(queue=queue, **request)
     return queue
 
@@ -241,16 +246,19 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
         if existing is not None:
             return Submission(job=existing, created=False)
     queue = job_spec_check(team=team, spec=spec)
+    # On its own the INSERT commits by itself, and the wake-up follows it; inside a
+    # caller's transaction it is a savepoint, so a lost key race leaves that usable.
+    in_transaction = transaction.get_connection().in_atomic_block
     try:
-        with transaction.atomic():
+        with transaction.atomic() if in_transaction else contextlib.nullcontext():
             job = Job.objects.create(team=team, submitted_by=user, **{**spec, "queue": queue})
-            scheduler_wake()
     except IntegrityError:
         # A concurrent submission with the same key won the race; return its job.
         existing = Job.objects.filter(team=team, idempotency_key=key).first() if key else None
         if existing is None:
             raise
         return Submission(job=existing, created=False)
+    scheduler_wake()
     logger.info("job submitted job=%s team=%s name=%s", job.id, team.slug, job.name)
     return Submission(job=job, created=True)
 
@@ -397,14 +405,29 @@ def execution_publish_many(*, tokens: Sequence[str]) -> None:
         logger.exception("could not publish %s executions", len(tokens))
 
 
-# One statement, so the claim is one round trip and one commit. The execution's UPDATE
-# filters on columns of the claimed row only: PostgreSQL re-checks those after waiting
-# for a racing claim, so exactly one claim wins.
+# What the node needs of a job to run it, read by the claim (in its SELECT's order).
+JOB_RUN_FIELDS = (
+    "kind",
+    "command",
+    "callable",
+    "env",
+    "parameters",
+    "cpu_millis",
+    "memory_mb",
+    "gpu",
+    "timeout_seconds",
+)
+_JSON_RUN_FIELDS = {"command", "env", "parameters"}
+
+# One statement, so the claim is one round trip and one commit, and it hands back what
+# the node needs to run the job. The execution's UPDATE filters on columns of the
+# claimed row only: PostgreSQL re-checks those after waiting for a racing claim, so
+# exactly one claim wins.
 _CLAIM_SQL = """
 WITH execution AS (
     UPDATE jobs_jobexecution SET status = 'running', started_at = %(now)s
      WHERE token = %(token)s AND status = 'reserved' AND node_id = %(node_id)s
- RETURNING id, job_id
+ RETURNING id, job_id, attempt
 ), allocation AS (
     UPDATE resources_allocation a SET status = 'active', activated_at = %(now)s
       FROM execution WHERE a.execution_id = execution.id AND a.status = 'reserved'
@@ -412,27 +435,42 @@ WITH execution AS (
     UPDATE jobs_job j SET status = 'running', started_at = %(now)s
       FROM execution WHERE j.id = execution.job_id AND j.status = 'reserved'
 )
-SELECT id FROM execution
+SELECT execution.id, execution.job_id, execution.attempt, j.kind, j.command, j.callable,
+       j.env, j.parameters, j.cpu_millis, j.memory_mb, j.gpu, j.timeout_seconds
+  FROM execution JOIN jobs_job j ON j.id = execution.job_id
 """
 
 
 def execution_claim(*, token: str, node_id: int) -> JobExecution | None:
-    """Claim a reserved execution for the node about to run it.
+    """Claim a reserved execution for the node about to run it; returns it with its job's
+    JOB_RUN_FIELDS (and only those) loaded.
 
     Returns None, and changes nothing, if the token is unknown, not meant for this node,
     or already claimed or finished: that message was a duplicate or stale.
     """
-    with connection.cursor() as cursor:
-        cursor.execute(_CLAIM_SQL, {"token": token, "node_id": node_id, "now": timezone.now()})
-        if cursor.fetchone() is None:
-            return None
-    execution = JobExecution.objects.select_related("job", "node", "allocation").get(token=token)
+    now = timezone.now()
+    with prepared_cursor() as cursor:
+        cursor.execute(_CLAIM_SQL, {"token": token, "node_id": node_id, "now": now})
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    execution_id, job_id, attempt, *values = row
+    fields = dict(zip(JOB_RUN_FIELDS, values, strict=True))
+    for name in _JSON_RUN_FIELDS:  # Django has psycopg hand jsonb over as text
+        if isinstance(fields[name], str):
+            fields[name] = json.loads(fields[name])
+    job = Job(id=job_id, status=JobStatus.RUNNING, started_at=now, **fields)
+    execution = JobExecution(
+        id=execution_id,
+        job=job,
+        attempt=attempt,
+        node_id=node_id,
+        token=token,
+        status=ExecutionStatus.RUNNING,
+        started_at=now,
+    )
     logger.info(
-        "execution claimed job=%s attempt=%s node=%s token=%s",
-        execution.job_id,
-        execution.attempt,
-        execution.node.name,
-        token,
+        "execution claimed job=%s attempt=%s node=%s token=%s", job_id, attempt, node_id, token
     )
     return execution
 
@@ -553,18 +591,23 @@ def execution_finish(
 
 # A success is the common ending, so successes are one statement and one round trip,
 # for a whole batch of them: their row locks (jobs, then executions, allocations and
-# nodes, in the order above) are held only while PostgreSQL runs and commits it, never
-# while an agent thread waits for its turn to send the next statement, and the node row
-# is written once per batch. An execution is left alone when its job has a cancel
-# pending or is not live, or when it is not running; the general path then decides.
+# nodes, in the order above) are taken at once, never one by one while an agent thread
+# waits for its turn to send the next statement, and the node row is written once per
+# batch. An execution is left alone when its job has a cancel pending or is not live, or
+# when it is not running; the general path then decides. The batch's executions are
+# found by token first (materialized), so the plan starts from the handful of rows the
+# batch is about, whatever the statistics say about the jobs table; a token reported
+# twice counts once, with its first report.
 _FINISH_SUCCEEDED_SQL = """
-WITH outcome AS (
-    SELECT * FROM unnest(%(tokens)s::text[], %(log_paths)s::text[], %(log_tails)s::text[])
-        AS o(token, log_path, log_tail)
+WITH outcome AS MATERIALIZED (
+    SELECT DISTINCT ON (o.token) e.job_id, o.token, o.log_path, o.log_tail
+      FROM unnest(%(tokens)s::text[], %(log_paths)s::text[], %(log_tails)s::text[])
+           WITH ORDINALITY AS o(token, log_path, log_tail, n)
+      JOIN jobs_jobexecution e ON e.token = o.token
+     ORDER BY o.token, o.n
 ), job AS (
     SELECT j.id FROM jobs_job j
-      JOIN jobs_jobexecution e ON e.job_id = j.id
-      JOIN outcome ON outcome.token = e.token
+      JOIN outcome ON outcome.job_id = j.id
      WHERE j.status IN ('reserved', 'running') AND j.cancel_requested_at IS NULL
      ORDER BY j.id
        FOR UPDATE OF j
@@ -593,7 +636,7 @@ WITH outcome AS (
               FROM allocation GROUP BY node_id) AS freed
      WHERE n.id = freed.node_id
 )
-SELECT execution.token, execution.job_id, pg_notify(%(channel)s, '') FROM execution
+SELECT execution.token, execution.job_id{wake} FROM execution
 """
 
 
@@ -604,15 +647,18 @@ class Success:
     log_tail: str = ""
 
 
-def executions_finish_succeeded(successes: Sequence[Success]) -> dict[str, int]:
+def executions_finish_succeeded(
+    successes: Sequence[Success], *, wake: bool = True
+) -> dict[str, int]:
     """End running executions that succeeded, in one statement: execution, job,
-    allocation and node counters. Returns {token: job id} of those it ended; the others
-    (a cancel pending, a duplicate report) are for `execution_finish` to decide."""
+    allocation and node counters, and (with `wake`) a wake-up for the scheduler. Returns
+    {token: job id} of those it ended; the others (a cancel pending, a duplicate report)
+    are for `execution_finish` to decide."""
     if not successes:
         return {}
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(
-            _FINISH_SUCCEEDED_SQL,
+            _FINISH_SUCCEEDED_SQL.format(wake=", pg_notify(%(channel)s, '')" if wake else ""),
             {
                 "tokens": [s.token for s in successes],
                 "log_paths": [s.log_path for s in successes],
@@ -621,7 +667,7 @@ def executions_finish_succeeded(successes: Sequence[Success]) -> dict[str, int]:
                 "channel": SCHEDULER_CHANNEL,
             },
         )
-        ended = {token: job_id for token, job_id, _ in cursor.fetchall()}
+        ended = {token: job_id for token, job_id, *_ in cursor.fetchall()}
     for token, job_id in ended.items():
         logger.info(
             "execution finished job=%s token=%s status=succeeded exit_code=0", job_id, token

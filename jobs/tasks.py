@@ -24,34 +24,43 @@ logger = logging.getLogger(__name__)
 
 @shared_task(name=EXECUTION_TASK, ignore_result=True)
 def run_execution(token: str) -> None:
+    """Run the execution, then whatever its success hands on to this thread, in turn."""
     node = current_node()
     if node is None:
         logger.warning("execution message reached a process that is no node agent token=%s", token)
         return
-    node_id, node_name = node
+    next_token: str | None = token
+    while next_token is not None:
+        next_token = _run_one(next_token, *node)
+
+
+def _run_one(token: str, node_id: int, node_name: str) -> str | None:
+    """Claim and run one execution and report how it ended; returns the execution placed
+    on the room its success freed, for this thread to run next, if any."""
     # Tracked before the claim, so no heartbeat can miss a claimed execution.
     tracked = running.track(token)
     if tracked is None:
         logger.info("dropped duplicate execution message token=%s node=%s", token, node_name)
-        return
+        return None
     try:
         execution = execution_claim(token=token, node_id=node_id)
         if execution is None:
             logger.info(
                 "dropped duplicate or stale execution message token=%s node=%s", token, node_name
             )
-            return
+            return None
         tracked.memory_limit_mb = execution.job.memory_mb
         try:
             outcome = run_job(execution=execution, node_name=node_name, tracked=tracked)
         except Exception as exc:
             logger.exception("agent failed to run execution token=%s node=%s", token, node_name)
             execution_finish(token=token, exit_code=None, error=f"node agent error: {exc}")
-            return
+            return None
         if outcome.exit_code == 0 and not outcome.error and not outcome.cancelled:
             success = Success(token=token, log_path=outcome.log_path, log_tail=outcome.log_tail)
-            if successes.report(success):
-                return
+            reported = successes.report(success, node_id=node_id)
+            if reported.ended:
+                return reported.next_token
         execution_finish(
             token=token,
             exit_code=outcome.exit_code,
@@ -60,6 +69,7 @@ def run_execution(token: str) -> None:
             log_tail=outcome.log_tail,
             cancelled=outcome.cancelled,
         )
+        return None
     finally:
         running.untrack(tracked)
 

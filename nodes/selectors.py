@@ -5,13 +5,6 @@ from django.db.models import Max
 from .models import Node, NodeStatus
 
 
-def node_capacity_holds(*, cpu_millis: int, memory_mb: int, gpu: int) -> bool:
-    """Could any registered node, empty, hold this request?"""
-    return Node.objects.filter(
-        cpu_millis__gte=cpu_millis, memory_mb__gte=memory_mb, gpu__gte=gpu
-    ).exists()
-
-
 def node_capacity_maxima() -> dict:
     """The largest capacity any node has, per resource (None when no node is registered)."""
     return Node.objects.aggregate(

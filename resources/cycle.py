@@ -15,21 +15,24 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from django.db import connection, transaction
-from django.db.models import Case, F, Sum, Value, When
+from django.db import transaction
+from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
-from jobs.models import ExecutionStatus, Job, JobStatus, execution_token
+from jobs.models import ExecutionStatus, Job, JobStatus, PendingReason, execution_token
 from jobs.services import execution_publish_many
 from nodes.models import Node, NodeStatus
 from nodes.services import node_drain_complete
+from scheduler_site.db import prepared_cursor
 
-from .models import LIVE_ALLOCATION_STATUSES, Allocation, AllocationStatus, Queue
+from .models import LIVE_ALLOCATION_STATUSES, AllocationStatus
 from .placement import (
     NodeSlot,
     PendingJob,
+    Plan,
     QueueState,
     Request,
     Resources,
@@ -43,11 +46,18 @@ logger = logging.getLogger(__name__)
 # Each queue's next `per_queue` pending jobs that are due, in its order, locked so that
 # a second scheduler (or a cancel) skips them rather than waiting. Per queue, so that a
 # long backlog in one queue cannot hide another queue's jobs from the fair-share order.
-# With `arrivals_only`, only jobs no cycle has looked at yet. Served by the
-# job_pending_by_queue index.
+# With `reasons`, only jobs waiting for one of them ('' for the jobs no cycle has
+# looked at yet). Served by the job_pending_by_queue index. Each row also carries its
+# queue's rules and what the queue's jobs hold now, read after the node locks, so a
+# cycle that ran just before (a leader that lost its lock mid-cycle) is seen once it
+# has committed. That usage is summed over the live allocations only (their partial
+# index), not filtered on the queues: a filter on the jobs' queue would let the planner
+# start from every job of it.
 PENDING_JOBS_SQL = """
 SELECT j.id, j.queue_id, j.cpu_millis, j.memory_mb, j.gpu, j.node_selector, j.attempts,
-       j.pending_reason
+       j.pending_reason, q.name, q.weight, q.priority, q.strategy, q.quota_cpu_millis,
+       q.quota_memory_mb, q.quota_gpu, coalesce(usage.cpu_millis, 0),
+       coalesce(usage.memory_mb, 0), coalesce(usage.gpu, 0)
 FROM resources_queue q
 CROSS JOIN LATERAL (
     SELECT id, queue_id, cpu_millis, memory_mb, gpu, node_selector, attempts, pending_reason,
@@ -56,11 +66,20 @@ CROSS JOIN LATERAL (
     WHERE queue_id = q.id
       AND status = %(pending)s
       AND (not_before IS NULL OR not_before <= %(now)s)
-      AND (NOT %(arrivals_only)s OR pending_reason = '')
+      AND (%(reasons)s::text[] IS NULL OR pending_reason = ANY(%(reasons)s::text[]))
     ORDER BY priority DESC, created_at, id
     LIMIT %(per_queue)s
     FOR UPDATE SKIP LOCKED
 ) j
+LEFT JOIN (
+    SELECT job.queue_id, sum(a.cpu_millis) AS cpu_millis, sum(a.memory_mb) AS memory_mb,
+           sum(a.gpu) AS gpu
+      FROM resources_allocation a
+      JOIN jobs_jobexecution e ON e.id = a.execution_id
+      JOIN jobs_job job ON job.id = e.job_id
+     WHERE a.status = ANY(%(live)s)
+     GROUP BY job.queue_id
+) AS usage ON usage.queue_id = q.id
 ORDER BY q.id, j.priority DESC, j.created_at, j.id
 """
 
@@ -123,57 +142,46 @@ class _Pending:
     pending_reason: str
 
 
-def _lock_pending_jobs(*, now, per_queue: int, arrivals_only: bool) -> list[_Pending]:
-    with connection.cursor() as cursor:
+def _json(value):
+    """A jsonb column read with a plain cursor: Django has psycopg hand jsonb over as text."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _lock_pending_jobs(
+    *, now, per_queue: int, reasons: Sequence[str] | None
+) -> tuple[list[_Pending], dict[int, QueueState]]:
+    """The pending jobs (see PENDING_JOBS_SQL), and their queues as the planner sees them."""
+    with prepared_cursor() as cursor:
         cursor.execute(
             PENDING_JOBS_SQL,
             {
                 "pending": JobStatus.PENDING,
                 "now": now,
                 "per_queue": per_queue,
-                "arrivals_only": arrivals_only,
+                "reasons": list(reasons) if reasons is not None else None,
+                "live": list(LIVE_ALLOCATION_STATUSES),
             },
         )
         rows = cursor.fetchall()
-    pending = []
-    for job_id, queue_id, cpu, memory, gpu, selector, attempts, reason in rows:
-        if isinstance(selector, str):  # Django has psycopg hand jsonb over as text
-            selector = json.loads(selector)
-        request = Request(cpu, memory, gpu, selector or {})
+    pending, queues = [], {}
+    for row in rows:
+        job_id, queue_id, cpu, memory, gpu, selector, attempts, reason, *queue = row
+        request = Request(cpu, memory, gpu, _json(selector) or {})
         pending.append(_Pending(PendingJob(job_id, queue_id, request), attempts, reason))
-    return pending
-
-
-def _queue_states(queue_ids: set[int]) -> dict[int, QueueState]:
-    return {
-        queue.id: QueueState(
-            id=queue.id,
-            name=queue.name,
-            weight=queue.weight,
-            priority=queue.priority,
-            strategy=Strategy(queue.strategy),
-            quota_cpu_millis=queue.quota_cpu_millis,
-            quota_memory_mb=queue.quota_memory_mb,
-            quota_gpu=queue.quota_gpu,
-        )
-        for queue in Queue.objects.filter(id__in=queue_ids)
-    }
-
-
-def _queue_usage(queues: dict[int, QueueState]) -> None:
-    """What each queue's jobs hold now. Read after the node locks, so a cycle that ran
-    just before (a leader that lost its lock mid-cycle) is seen once it has committed."""
-    # Filtered on the live allocations only (their partial index), not on the queues:
-    # a filter on the jobs' queue lets the planner start from every job of the queue.
-    usage = (
-        Allocation.objects.filter(status__in=LIVE_ALLOCATION_STATUSES)
-        .values(queue=F("execution__job__queue_id"))
-        .annotate(cpu=Sum("cpu_millis"), memory=Sum("memory_mb"), gpu=Sum("gpu"))
-        .order_by()
-    )
-    for row in usage:
-        if row["queue"] in queues:
-            queues[row["queue"]].allocated = Resources(row["cpu"], row["memory"], row["gpu"])
+        if queue_id not in queues:
+            name, weight, priority, strategy, quota_cpu, quota_memory, quota_gpu, *used = queue
+            queues[queue_id] = QueueState(
+                id=queue_id,
+                name=name,
+                weight=weight,
+                priority=priority,
+                strategy=Strategy(strategy),
+                quota_cpu_millis=quota_cpu,
+                quota_memory_mb=quota_memory,
+                quota_gpu=quota_gpu,
+                allocated=Resources(*used),
+            )
+    return pending, queues
 
 
 def _node_slot(node: Node) -> NodeSlot:
@@ -199,33 +207,31 @@ def place_pending_jobs(*, batch_size: int) -> CycleResult:
     # a cycle that waits for it. Every node that is not offline counts towards the
     # cluster the shares are of; only ready ones take work. Two overlapping cycles (a
     # leader that lost its lock mid-cycle) queue up here.
-    nodes = list(Node.objects.select_for_update().exclude(status=NodeStatus.OFFLINE).order_by("id"))
+    #
+    # Every job needs some CPU: with none free on a ready node, a cycle places nothing
+    # and only tells new arrivals why they wait. It finds that out with a look first,
+    # without locks, and then takes none, so it does not hold up the finishes that free
+    # room (each writes its node's row). Room freed meanwhile is not missed: a finish
+    # that leaves room wakes the scheduler for another cycle.
+    room = Node.objects.filter(
+        status=NodeStatus.READY, allocated_cpu_millis__lt=F("cpu_millis")
+    ).exists()
+    nodes = Node.objects.exclude(status=NodeStatus.OFFLINE).order_by("id")
+    nodes = list(nodes.select_for_update() if room else nodes)
     slots = {n.id: _node_slot(n) for n in nodes if n.status == NodeStatus.READY}
     free_cpu = sum(slot.free_cpu_millis for slot in slots.values())
-    # Every job needs some CPU: with none free, only tell new arrivals why they wait.
-    arrivals_only = free_cpu == 0
+    arrivals_only = not room or free_cpu == 0
     per_queue_limit = jobs_per_queue(free_cpu_millis=free_cpu, batch_size=batch_size)
-    pending = _lock_pending_jobs(now=now, per_queue=per_queue_limit, arrivals_only=arrivals_only)
-    result = CycleResult(considered=len(pending))
-    if not pending:
-        return result
-    per_queue = Counter(p.job.queue_id for p in pending)
-    result.batch_full = not arrivals_only and max(per_queue.values()) >= per_queue_limit
-    queues = _queue_states(set(per_queue))
+    pending, queues = _lock_pending_jobs(
+        now=now, per_queue=per_queue_limit, reasons=[PendingReason.NONE] if arrivals_only else None
+    )
     capacity = Resources(
         sum(n.cpu_millis for n in nodes), sum(n.memory_mb for n in nodes), sum(n.gpu for n in nodes)
     )
-    _queue_usage(queues)
-    plan = plan_placements(
-        jobs=[p.job for p in pending], queues=queues, nodes=slots.values(), capacity=capacity
-    )
-
+    result, plan = _place(pending, queues, slots.values(), capacity, now, window=per_queue_limit)
+    if arrivals_only:
+        result.batch_full = False
     by_job = {p.job.id: p for p in pending}
-    if plan.placements:
-        tokens = _write_placements(plan.placements, by_job, now)
-        result.placements = [
-            (token, slot.name) for token, (_, slot) in zip(tokens, plan.placements, strict=True)
-        ]
     changed: dict[str, list[int]] = {}
     for job_id, reason in plan.waiting.items():
         result.waiting[reason.value] = result.waiting.get(reason.value, 0) + 1
@@ -240,45 +246,151 @@ def place_pending_jobs(*, batch_size: int) -> CycleResult:
     return result
 
 
-# The writes of a cycle, one statement each whatever the number of placements. Plain SQL
+def _place(
+    pending: list[_Pending],
+    queues: dict[int, QueueState],
+    slots: Iterable[NodeSlot],
+    capacity: Resources,
+    now,
+    *,
+    window: int,
+) -> tuple[CycleResult, Plan]:
+    """Plan the locked pending jobs onto the locked nodes and write the placements."""
+    result = CycleResult(considered=len(pending))
+    if not pending:
+        return result, Plan()
+    per_queue = Counter(p.job.queue_id for p in pending)
+    result.batch_full = max(per_queue.values()) >= window
+    plan = plan_placements(
+        jobs=[p.job for p in pending], queues=queues, nodes=slots, capacity=capacity
+    )
+    if plan.placements:
+        tokens = _write_placements(plan.placements, {p.job.id: p for p in pending}, now)
+        result.placements = [
+            (token, slot.name) for token, (_, slot) in zip(tokens, plan.placements, strict=True)
+        ]
+    return result, plan
+
+
+# --- A node's finish hands its room on ------------------------------------------------
+
+# When executions end on a node, the finish that released their allocations places the
+# jobs waiting for room on that node, in the same transaction, by the cycle's rules
+# (queues by fair share and quota, jobs by priority then age), so a freed slot does not
+# wait for a scheduler round trip. Hand-ons serialize on this transaction-level advisory
+# lock, so two nodes' finishes never both read a queue's usage and both place up to its
+# quota; a finish that finds it taken leaves its room to the scheduler. The scheduling
+# cycle needs no part in it: it locks every node first, this node included, so it waits
+# for the finish to commit before it reads anything.
+HAND_ON_LOCK_ID = 0x5C4EE
+# Jobs read per queue for one node's freed room, which is usually a job's worth.
+HAND_ON_JOBS_PER_QUEUE = 16
+# What a hand-on may place: jobs a cycle has seen and left waiting for room, or for a
+# retry time that has passed. New arrivals stay the scheduler's, which weighs every
+# node for them by the queue's strategy.
+HAND_ON_REASONS = (
+    PendingReason.INSUFFICIENT_CAPACITY,
+    PendingReason.QUEUE_QUOTA,
+    PendingReason.WAITING_RETRY,
+)
+NODE_FOR_HAND_ON_SQL = """
+SELECT pg_try_advisory_xact_lock(%(lock)s), n.status, n.name, n.cpu_millis, n.memory_mb,
+       n.gpu, n.allocated_cpu_millis, n.allocated_memory_mb, n.allocated_gpu, n.labels,
+       cluster.cpu_millis, cluster.memory_mb, cluster.gpu
+FROM nodes_node n,
+     (SELECT sum(cpu_millis), sum(memory_mb), sum(gpu) FROM nodes_node
+       WHERE status <> %(offline)s) AS cluster(cpu_millis, memory_mb, gpu)
+WHERE n.id = %(node)s
+FOR UPDATE OF n
+"""
+
+
+@dataclass(frozen=True)
+class HandOn:
+    placements: list[tuple[str, str]]  # (token, node name)
+    # Room the waiting jobs did not take (too small for them, or more jobs wait than
+    # were read): the scheduler's, which sees new arrivals and every queue's backlog.
+    room_left: bool
+
+
+def place_waiting_jobs_on_node(*, node_id: int) -> HandOn | None:
+    """Place waiting jobs on the room a finish has just freed on the node, inside the
+    finish's transaction (which holds the node's row). None when it did not look, and
+    the room is the scheduler's: the node is not ready, or another hand-on is under way."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("place_waiting_jobs_on_node must run inside the finish's transaction")
+    now = timezone.now()
+    with prepared_cursor() as cursor:
+        cursor.execute(
+            NODE_FOR_HAND_ON_SQL,
+            {"lock": HAND_ON_LOCK_ID, "node": node_id, "offline": NodeStatus.OFFLINE},
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    locked, status, name, cpu, memory, gpu, used_cpu, used_memory, used_gpu, labels = row[:10]
+    if not locked or status != NodeStatus.READY:
+        return None
+    slot = NodeSlot(
+        id=node_id,
+        name=name,
+        cpu_millis=cpu,
+        memory_mb=memory,
+        gpu=gpu,
+        free_cpu_millis=cpu - used_cpu,
+        free_memory_mb=memory - used_memory,
+        free_gpu=gpu - used_gpu,
+        labels=_json(labels),
+    )
+    pending, queues = _lock_pending_jobs(
+        now=now, per_queue=HAND_ON_JOBS_PER_QUEUE, reasons=HAND_ON_REASONS
+    )
+    result, _ = _place(
+        pending, queues, [slot], Resources(*row[10:]), now, window=HAND_ON_JOBS_PER_QUEUE
+    )
+    return HandOn(result.placements, slot.free_cpu_millis > 0 and slot.free_memory_mb > 0)
+
+
+# The writes of a placement, in one statement whatever the number of placements:
+# executions, their allocations, the jobs' statuses and the node counters. Plain SQL
 # over arrays rather than bulk_create: for thousands of rows, building model instances
-# and compiling their values costs more than the statements themselves. A column added
-# to these tables needs a value here (or a database default); the cycle tests fail until
-# it has one.
-INSERT_EXECUTIONS_SQL = """
-INSERT INTO jobs_jobexecution
-    (job_id, attempt, node_id, token, status, reserved_at, error, log_path, log_tail)
-SELECT job_id, attempt, node_id, token, %(status)s, %(now)s, '', '', ''
-FROM unnest(%(job_ids)s::bigint[], %(attempts)s::integer[], %(node_ids)s::bigint[],
-            %(tokens)s::text[]) AS placed(job_id, attempt, node_id, token)
-RETURNING job_id, id
-"""
-INSERT_ALLOCATIONS_SQL = """
-INSERT INTO resources_allocation
-    (execution_id, node_id, cpu_millis, memory_mb, gpu, status, created_at)
-SELECT execution_id, node_id, cpu_millis, memory_mb, gpu, %(status)s, %(now)s
-FROM unnest(%(execution_ids)s::bigint[], %(node_ids)s::bigint[], %(cpu)s::integer[],
-            %(memory)s::integer[], %(gpu)s::integer[])
-    AS placed(execution_id, node_id, cpu_millis, memory_mb, gpu)
-"""
-# Only jobs this cycle locked are here, so their status is still pending.
-UPDATE_PLACED_JOBS_SQL = """
-UPDATE jobs_job AS job
-SET status = %(status)s, pending_reason = '', attempts = placed.attempt,
-    last_execution_id = placed.execution_id
-FROM unnest(%(job_ids)s::bigint[], %(attempts)s::integer[], %(execution_ids)s::bigint[])
-    AS placed(job_id, attempt, execution_id)
-WHERE job.id = placed.job_id
-"""
-# The nodes are locked; the CHECK constraints refuse any sum beyond capacity.
-ADD_TO_NODE_COUNTERS_SQL = """
-UPDATE nodes_node AS node
-SET allocated_cpu_millis = node.allocated_cpu_millis + added.cpu_millis,
-    allocated_memory_mb = node.allocated_memory_mb + added.memory_mb,
-    allocated_gpu = node.allocated_gpu + added.gpu
-FROM unnest(%(node_ids)s::bigint[], %(cpu)s::integer[], %(memory)s::integer[],
-            %(gpu)s::integer[]) AS added(node_id, cpu_millis, memory_mb, gpu)
-WHERE node.id = added.node_id
+# and compiling their values costs more than the statement itself. Only jobs the caller
+# locked are here, so their status is still pending; the nodes are locked too, and the
+# CHECK constraints refuse any counter beyond capacity. A column added to these tables
+# needs a value here (or a database default); the cycle tests fail until it has one.
+WRITE_PLACEMENTS_SQL = """
+WITH placed AS (
+    SELECT * FROM unnest(%(job_ids)s::bigint[], %(attempts)s::integer[],
+                         %(node_ids)s::bigint[], %(tokens)s::text[], %(cpu)s::integer[],
+                         %(memory)s::integer[], %(gpu)s::integer[])
+        AS p(job_id, attempt, node_id, token, cpu_millis, memory_mb, gpu)
+), execution AS (
+    INSERT INTO jobs_jobexecution
+        (job_id, attempt, node_id, token, status, reserved_at, error, log_path, log_tail)
+    SELECT job_id, attempt, node_id, token, %(execution_status)s, %(now)s, '', '', '' FROM placed
+    RETURNING id, job_id
+), allocation AS (
+    INSERT INTO resources_allocation
+        (execution_id, node_id, cpu_millis, memory_mb, gpu, status, created_at)
+    SELECT execution.id, node_id, cpu_millis, memory_mb, gpu, %(allocation_status)s, %(now)s
+      FROM placed JOIN execution USING (job_id)
+), job AS (
+    UPDATE jobs_job AS job
+       SET status = %(job_status)s, pending_reason = '', attempts = placed.attempt,
+           last_execution_id = execution.id
+      FROM placed JOIN execution USING (job_id)
+     WHERE job.id = placed.job_id
+), node AS (
+    UPDATE nodes_node AS node
+       SET allocated_cpu_millis = node.allocated_cpu_millis + added.cpu_millis,
+           allocated_memory_mb = node.allocated_memory_mb + added.memory_mb,
+           allocated_gpu = node.allocated_gpu + added.gpu
+      FROM (SELECT node_id, sum(cpu_millis) AS cpu_millis, sum(memory_mb) AS memory_mb,
+                   sum(gpu) AS gpu
+              FROM placed GROUP BY node_id) AS added
+     WHERE node.id = added.node_id
+)
+SELECT count(*) FROM execution
 """
 
 
@@ -286,56 +398,22 @@ def _write_placements(placements, by_job, now) -> list[str]:
     """Executions, allocations, job statuses and node counters; returns the tokens."""
     job_ids = [job.id for job, _ in placements]
     attempts = [by_job[job.id].attempts + 1 for job, _ in placements]
-    node_ids = [slot.id for _, slot in placements]
     tokens = [execution_token(j, a) for j, a in zip(job_ids, attempts, strict=True)]
-    added: dict[int, list[int]] = {}
-    for job, slot in placements:
-        total = added.setdefault(slot.id, [0, 0, 0])
-        total[0] += job.request.cpu_millis
-        total[1] += job.request.memory_mb
-        total[2] += job.request.gpu
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(
-            INSERT_EXECUTIONS_SQL,
+            WRITE_PLACEMENTS_SQL,
             {
-                "status": ExecutionStatus.RESERVED,
+                "execution_status": ExecutionStatus.RESERVED,
+                "allocation_status": AllocationStatus.RESERVED,
+                "job_status": JobStatus.RESERVED,
                 "now": now,
                 "job_ids": job_ids,
                 "attempts": attempts,
-                "node_ids": node_ids,
+                "node_ids": [slot.id for _, slot in placements],
                 "tokens": tokens,
-            },
-        )
-        execution_of = dict(cursor.fetchall())
-        execution_ids = [execution_of[job_id] for job_id in job_ids]
-        cursor.execute(
-            INSERT_ALLOCATIONS_SQL,
-            {
-                "status": AllocationStatus.RESERVED,
-                "now": now,
-                "execution_ids": execution_ids,
-                "node_ids": node_ids,
                 "cpu": [job.request.cpu_millis for job, _ in placements],
                 "memory": [job.request.memory_mb for job, _ in placements],
                 "gpu": [job.request.gpu for job, _ in placements],
-            },
-        )
-        cursor.execute(
-            UPDATE_PLACED_JOBS_SQL,
-            {
-                "status": JobStatus.RESERVED,
-                "job_ids": job_ids,
-                "attempts": attempts,
-                "execution_ids": execution_ids,
-            },
-        )
-        cursor.execute(
-            ADD_TO_NODE_COUNTERS_SQL,
-            {
-                "node_ids": list(added),
-                "cpu": [t[0] for t in added.values()],
-                "memory": [t[1] for t in added.values()],
-                "gpu": [t[2] for t in added.values()],
             },
         )
     return tokens

@@ -77,6 +77,9 @@ DATABASES = {
 }
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Statements run through scheduler_site.db.prepared_cursor are prepared from their
+# second run on (Django's own cursors bind on the client and are never prepared).
+DATABASES["default"].setdefault("OPTIONS", {}).setdefault("prepare_threshold", 1)
 
 AUTH_USER_MODEL = "accounts.User"
 AUTH_PASSWORD_VALIDATORS = [

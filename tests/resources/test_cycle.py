@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from jobs.models import Job, JobExecution, JobStatus, PendingReason
@@ -12,6 +13,7 @@ from resources.models import DEFAULT_QUEUE_NAME, Allocation, AllocationStatus, Q
 from resources.placement import Strategy, Unplaced
 from resources.routing import route_task, routes_known
 from resources.selectors import allocation_node_name
+from tests.processes import raw_connection
 
 pytestmark = pytest.mark.django_db
 
@@ -140,6 +142,26 @@ def test_a_full_cluster_reads_only_the_jobs_no_cycle_has_looked_at(team, broker)
         assert job.pending_reason == PendingReason.INSUFFICIENT_CAPACITY
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_full_cluster_tells_arrivals_why_they_wait_without_waiting_for_node_locks(team, broker):
+    node = Node.objects.create(name="one", cpu_millis=1000, memory_mb=4096)
+    make_jobs(team, 1)
+    assert place_pending_jobs(batch_size=100).placed == 1  # full now
+    arrival = make_jobs(team, 1)[0]
+    with raw_connection() as finishing, finishing.transaction():
+        # As a finish holds its node's row while it frees room and hands it on.
+        finishing.execute("SELECT 1 FROM nodes_node WHERE id = %s FOR UPDATE", [node.id])
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '2s'")  # a wait for the lock fails the test
+            try:
+                result = place_pending_jobs(batch_size=100)
+            finally:
+                cursor.execute("RESET lock_timeout")
+    assert result.waiting == {PendingReason.INSUFFICIENT_CAPACITY.value: 1}
+    arrival.refresh_from_db()
+    assert arrival.pending_reason == PendingReason.INSUFFICIENT_CAPACITY
+
+
 def test_a_cycle_reads_as_many_jobs_per_queue_as_the_free_room_could_take():
     assert jobs_per_queue(free_cpu_millis=1000, batch_size=10_000) == MIN_JOBS_PER_QUEUE
     assert jobs_per_queue(free_cpu_millis=1_000_000, batch_size=10_000) == 10_000
@@ -197,9 +219,9 @@ def test_a_cycle_issues_the_same_number_of_queries_whatever_the_size(
         make_jobs(team, jobs // queues, queue=queue)
     make_jobs(team, 3, node_selector={"zone": "nowhere"})
     make_jobs(team, 2, cpu_millis=128000)  # more than any node has
-    # savepoint, pending jobs, queues, nodes, queue usage, executions, allocations,
-    # placed jobs, node counters, pending reasons, release savepoint
-    with django_assert_num_queries(11):
+    # savepoint, a look for room, nodes, pending jobs with their queues and usage, the
+    # placements' writes, pending reasons, release savepoint
+    with django_assert_num_queries(7):
         result = place_pending_jobs(batch_size=1000)
     assert result.placed == jobs
     assert result.waiting == {

@@ -6,15 +6,22 @@ runs a Celery worker on the node's own queue, `node.NAME`, in this process.
 
 import socket
 
+from celery.signals import worker_shutting_down
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from jobs.reporting import successes
 from nodes import agent
 from nodes.models import NODE_NAME_RE, node_queue_name
 from nodes.services import node_register
 from scheduler_site.celery import app
 
 AGENT_VERSION = "0.1.0"
+
+
+def stop_handing_on(**kwargs) -> None:
+    """On shutdown, finishes leave their room to the scheduler rather than take new work."""
+    successes.hand_on = False
 
 
 def parse_label(text: str) -> tuple[str, str]:
@@ -73,6 +80,7 @@ class Command(BaseCommand):
         agent.become_node(node.id, node.name)
         loop = agent.AgentLoop(node.name)
         loop.start()
+        worker_shutting_down.connect(stop_handing_on, weak=False)
         try:
             app.worker_main(
                 argv=[
@@ -89,3 +97,4 @@ class Command(BaseCommand):
             )
         finally:
             loop.stop()
+            successes.stop()

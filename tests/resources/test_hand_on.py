@@ -1,0 +1,147 @@
+"""A node's finish hands the room it freed on to the jobs waiting for it, by the
+scheduling cycle's rules, in the finish's own transaction."""
+
+import pytest
+from django.db import transaction
+
+from jobs.models import Job, JobStatus, PendingReason
+from jobs.reporting import SuccessReporter
+from jobs.services import Success, execution_claim, executions_finish_succeeded
+from nodes.models import Node, NodeStatus
+from resources.cycle import HAND_ON_LOCK_ID, place_pending_jobs, place_waiting_jobs_on_node
+from resources.models import DEFAULT_QUEUE_NAME, Queue
+from resources.services import SCHEDULER_CHANNEL
+from tests.processes import raw_connection
+
+pytestmark = pytest.mark.django_db
+
+
+def make_jobs(team, count, **spec):
+    spec = {"name": "j", "command": ["true"], "cpu_millis": 1000, "memory_mb": 100, **spec}
+    spec.setdefault("queue", Queue.objects.get(name=DEFAULT_QUEUE_NAME))
+    return Job.objects.bulk_create([Job(team=team, **spec) for _ in range(count)])
+
+
+def start_running(node) -> dict[int, str]:
+    """Place what fits and claim it all, as the node would; returns job id -> token."""
+    tokens = place_pending_jobs(batch_size=100).tokens
+    for token in tokens:
+        assert execution_claim(token=token, node_id=node.id) is not None
+    return {Job.objects.get(last_execution__token=t).id: t for t in tokens}
+
+
+def finish(node, *tokens):
+    """What the node's reporter does with a batch of successes."""
+    with transaction.atomic():
+        assert len(executions_finish_succeeded([Success(t) for t in tokens], wake=False)) == len(
+            tokens
+        )
+        return place_waiting_jobs_on_node(node_id=node.id)
+
+
+def status(job) -> tuple[str, str]:
+    job.refresh_from_db()
+    return job.status, job.pending_reason
+
+
+def test_a_finish_places_the_next_waiting_job_on_its_node_in_the_cycles_order(team, broker):
+    node = Node.objects.create(name="one", cpu_millis=2000, memory_mb=4096)
+    make_jobs(team, 2)
+    running = start_running(node)
+    older, high = make_jobs(team, 1)[0], make_jobs(team, 1, priority=5)[0]
+    assert place_pending_jobs(batch_size=100).placed == 0  # both told why they wait
+    arrival = make_jobs(team, 1, priority=10)[0]  # no cycle has seen it yet
+
+    result = finish(node, next(iter(running.values())))
+
+    assert result.placements == [(f"job-{high.id}-attempt-1", "one")]
+    assert not result.room_left
+    assert status(high) == (JobStatus.RESERVED, "")
+    assert high.last_execution.node_id == node.id
+    assert status(older) == (JobStatus.PENDING, PendingReason.INSUFFICIENT_CAPACITY)
+    # New arrivals are the scheduler's, which weighs every node for them.
+    assert status(arrival) == (JobStatus.PENDING, PendingReason.NONE)
+    node.refresh_from_db()
+    assert node.allocated_cpu_millis == 2000
+
+
+def test_a_finish_keeps_to_queue_quotas(team, broker):
+    node = Node.objects.create(name="one", cpu_millis=3000, memory_mb=4096)
+    capped = Queue.objects.create(name="capped", all_teams=True, quota_cpu_millis=1000)
+    first_capped = make_jobs(team, 1, queue=capped)[0]
+    make_jobs(team, 2)
+    running = start_running(node)
+    assert len(running) == 3
+    second_capped = make_jobs(team, 1, queue=capped)[0]
+    default_waiting = make_jobs(team, 1)[0]
+    place_pending_jobs(batch_size=100)
+    assert status(second_capped) == (JobStatus.PENDING, PendingReason.QUEUE_QUOTA)
+
+    default_running = next(t for j, t in running.items() if j != first_capped.id)
+    result = finish(node, default_running)
+    assert [t for t, _ in result.placements] == [f"job-{default_waiting.id}-attempt-1"]
+    assert status(second_capped) == (JobStatus.PENDING, PendingReason.QUEUE_QUOTA)
+
+    # Once the capped queue's running job ends, its waiting one fits the quota.
+    result = finish(node, running[first_capped.id])
+    assert [t for t, _ in result.placements] == [f"job-{second_capped.id}-attempt-1"]
+
+
+@pytest.mark.parametrize("node_status", [NodeStatus.CORDONED, NodeStatus.DRAINING])
+def test_a_node_that_takes_no_new_work_hands_nothing_on(team, broker, node_status):
+    node = Node.objects.create(name="one", cpu_millis=1000, memory_mb=4096)
+    make_jobs(team, 1)
+    running = start_running(node)
+    waiting = make_jobs(team, 1)[0]
+    place_pending_jobs(batch_size=100)
+    Node.objects.filter(pk=node.pk).update(status=node_status)
+    assert finish(node, *running.values()) is None
+    assert status(waiting) == (JobStatus.PENDING, PendingReason.INSUFFICIENT_CAPACITY)
+
+
+def test_a_finish_leaves_its_room_to_the_scheduler_while_another_hand_on_is_under_way(team, broker):
+    node = Node.objects.create(name="one", cpu_millis=1000, memory_mb=4096)
+    make_jobs(team, 1)
+    running = start_running(node)
+    waiting = make_jobs(team, 1)[0]
+    place_pending_jobs(batch_size=100)
+    with raw_connection() as other:
+        other.execute("SELECT pg_advisory_lock(%s)", [HAND_ON_LOCK_ID])
+        assert finish(node, *running.values()) is None
+    assert status(waiting) == (JobStatus.PENDING, PendingReason.INSUFFICIENT_CAPACITY)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("waiting", "handed_on", "woken"),
+    [
+        (2, 1, False),  # the freed slot is taken: nothing for the scheduler to do
+        (0, 0, True),  # nothing waits: the room is the scheduler's
+    ],
+)
+def test_the_reporter_hands_the_slot_to_the_reporting_thread_or_wakes_the_scheduler(
+    team, broker, waiting, handed_on, woken
+):
+    node = Node.objects.create(name="one", cpu_millis=1000, memory_mb=4096)
+    make_jobs(team, 1)
+    (token,) = start_running(node).values()
+    make_jobs(team, waiting)
+    place_pending_jobs(batch_size=100)
+    messages = broker.llen("node.one")
+    reporter = SuccessReporter()
+    with raw_connection() as listener:
+        listener.execute(f"LISTEN {SCHEDULER_CHANNEL}")
+        try:
+            reported = reporter.report(Success(token), node_id=node.id)
+        finally:
+            reporter.stop()
+        notified = list(listener.notifies(timeout=0.5, stop_after=1))
+    assert reported.ended
+    if handed_on:
+        assert reported.next_token is not None
+        assert Job.objects.get(last_execution__token=reported.next_token).status == "reserved"
+    else:
+        assert reported.next_token is None
+    assert bool(notified) is woken
+    # Handed to the reporting thread, so nothing more went to the node's queue.
+    assert broker.llen("node.one") == messages
