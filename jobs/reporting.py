@@ -10,9 +10,10 @@ in turn.
 
 In the same transaction the node takes the jobs waiting for room, by the scheduler's
 rules (`resources.cycle.place_waiting_jobs_on_node`). Each reporting thread gets one of
-them to run next, without a round trip through the scheduler and the broker; any more
-go out as messages on the node's queue. When room is left (or the node placed nothing
-at all), the scheduler is woken to do with it whatever it finds to do.
+them, claimed for it in that transaction, to run next: no scheduler round trip, no
+broker message and no claim of its own. Any more go out as messages on the node's
+queue. When room is left (or the node placed nothing at all), the scheduler is woken to
+do with it whatever it finds to do.
 """
 
 import logging
@@ -26,9 +27,15 @@ from resources.cycle import place_waiting_jobs_on_node
 from resources.routing import routes_known
 from resources.services import scheduler_wake
 
+from .models import JobExecution
+from .runner import TrackedExecution, running
 from .services import Success, execution_publish_many, executions_finish_succeeded
 
 logger = logging.getLogger(__name__)
+
+
+# An execution claimed for this node, with its entry in the agent's registry.
+Claimed = tuple[JobExecution, TrackedExecution]
 
 
 @dataclass
@@ -37,14 +44,14 @@ class _Report:
     node_id: int
     done: threading.Event = field(default_factory=threading.Event)
     ended: bool = False
-    next_token: str | None = None
+    next: Claimed | None = None
     error: BaseException | None = None
 
 
 @dataclass(frozen=True)
 class Reported:
     ended: bool  # False: not ended by this report (a cancel pending, or a duplicate)
-    next_token: str | None  # an execution placed on the freed room, for this thread to run
+    next: Claimed | None  # placed on the freed room and claimed, for this thread to run
 
 
 class SuccessReporter:
@@ -69,7 +76,7 @@ class SuccessReporter:
         report.done.wait()
         if report.error is not None:
             raise report.error
-        return Reported(report.ended, report.next_token)
+        return Reported(report.ended, report.next)
 
     def stop(self) -> None:
         """End the writer thread once it has written what was reported before; it closes
@@ -97,12 +104,9 @@ class SuccessReporter:
                     report.error = exc
                     report.done.set()
                 continue
-            ended = [report for report in batch if report.ended]
-            for report, (token, _) in zip(ended, placements, strict=False):
-                report.next_token = token
             for report in batch:
                 report.done.set()
-            self._publish(placements[len(ended) :])
+            self._publish(placements)
 
     def _next_waiting(self) -> "_Report | None":
         try:
@@ -115,17 +119,51 @@ class SuccessReporter:
 
     def _write(self, batch: list[_Report]) -> list[tuple[str, str]]:
         """End the batch's executions and place waiting jobs on the room they freed, in
-        one transaction; returns the placements as (token, node name)."""
-        with transaction.atomic():
-            ended = executions_finish_succeeded([r.success for r in batch], wake=False)
-            for report in batch:
-                report.ended = report.success.token in ended
-            if not ended:
-                return []
-            hand_on = place_waiting_jobs_on_node(node_id=batch[0].node_id) if self.hand_on else None
-            if hand_on is None or hand_on.room_left:
-                scheduler_wake()
-        return hand_on.placements if hand_on is not None else []
+        one transaction: as many as there are reporting threads are claimed and handed
+        to them; returns the others, to be sent, as (token, node name)."""
+        tracked: list[TrackedExecution] = []
+
+        def track(tokens: list[str]) -> None:
+            for token in tokens:
+                entry = running.track(token)
+                if entry is None:  # a token placed just now cannot be running yet
+                    raise RuntimeError(f"placed execution already tracked token={token}")
+                tracked.append(entry)
+
+        try:
+            with transaction.atomic():
+                ended = executions_finish_succeeded([r.success for r in batch], wake=False)
+                threads = [report for report in batch if report.success.token in ended]
+                if not threads:
+                    return []
+                hand_on = None
+                if self.hand_on:
+                    hand_on = place_waiting_jobs_on_node(
+                        node_id=batch[0].node_id, claim=len(threads), before_claim=track
+                    )
+                if hand_on is None or hand_on.room_left:
+                    scheduler_wake()
+        except BaseException:
+            for entry in tracked:
+                running.untrack(entry)
+            raise
+        for report in threads:
+            report.ended = True
+        if hand_on is None:
+            return []
+        for report, execution, entry in zip(threads, hand_on.claimed, tracked, strict=False):
+            report.next = (execution, entry)
+        if hand_on.claimed or hand_on.placements:
+            logger.info(
+                "handed on the room of %s successes to %s",
+                len(threads),
+                " ".join(
+                    f"token={token}"
+                    for token in [e.token for e in hand_on.claimed]
+                    + [token for token, _ in hand_on.placements]
+                ),
+            )
+        return hand_on.placements
 
     @staticmethod
     def _publish(placements: list[tuple[str, str]]) -> None:

@@ -27,6 +27,7 @@ from nodes.selectors import node_capacity_maxima
 from resources.models import DEFAULT_QUEUE_NAME, Queue
 from resources.selectors import queue_for_submission
 from resources.services import (
+    ARRIVAL,
     SCHEDULER_CHANNEL,
     allocation_release,
     scheduler_wake,
@@ -258,7 +259,7 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
         if existing is None:
             raise
         return Submission(job=existing, created=False)
-    scheduler_wake()
+    scheduler_wake(ARRIVAL)
     logger.info("job submitted job=%s team=%s name=%s", job.id, team.slug, job.name)
     return Submission(job=job, created=True)
 
@@ -427,7 +428,7 @@ _CLAIM_SQL = """
 WITH execution AS (
     UPDATE jobs_jobexecution SET status = 'running', started_at = %(now)s
      WHERE token = %(token)s AND status = 'reserved' AND node_id = %(node_id)s
- RETURNING id, job_id, attempt
+ RETURNING id, job_id, attempt, token, node_id
 ), allocation AS (
     UPDATE resources_allocation a SET status = 'active', activated_at = %(now)s
       FROM execution WHERE a.execution_id = execution.id AND a.status = 'reserved'
@@ -435,15 +436,35 @@ WITH execution AS (
     UPDATE jobs_job j SET status = 'running', started_at = %(now)s
       FROM execution WHERE j.id = execution.job_id AND j.status = 'reserved'
 )
-SELECT execution.id, execution.job_id, execution.attempt, j.kind, j.command, j.callable,
-       j.env, j.parameters, j.cpu_millis, j.memory_mb, j.gpu, j.timeout_seconds
+SELECT execution.id, execution.job_id, execution.attempt, execution.token, execution.node_id,
+       j.kind, j.command, j.callable, j.env, j.parameters, j.cpu_millis, j.memory_mb, j.gpu,
+       j.timeout_seconds
   FROM execution JOIN jobs_job j ON j.id = execution.job_id
 """
 
 
+def claimed_execution(row: Sequence, *, now) -> JobExecution:
+    """A claimed execution from a row of (execution id, job id, attempt, token, node id,
+    then JOB_RUN_FIELDS), with its job's JOB_RUN_FIELDS (and only those) loaded."""
+    execution_id, job_id, attempt, token, node_id, *values = row
+    fields = dict(zip(JOB_RUN_FIELDS, values, strict=True))
+    for name in _JSON_RUN_FIELDS:  # Django has psycopg hand jsonb over as text
+        if isinstance(fields[name], str):
+            fields[name] = json.loads(fields[name])
+    job = Job(id=job_id, status=JobStatus.RUNNING, started_at=now, **fields)
+    return JobExecution(
+        id=execution_id,
+        job=job,
+        attempt=attempt,
+        node_id=node_id,
+        token=token,
+        status=ExecutionStatus.RUNNING,
+        started_at=now,
+    )
+
+
 def execution_claim(*, token: str, node_id: int) -> JobExecution | None:
-    """Claim a reserved execution for the node about to run it; returns it with its job's
-    JOB_RUN_FIELDS (and only those) loaded.
+    """Claim a reserved execution for the node about to run it (see `claimed_execution`).
 
     Returns None, and changes nothing, if the token is unknown, not meant for this node,
     or already claimed or finished: that message was a duplicate or stale.
@@ -454,23 +475,13 @@ def execution_claim(*, token: str, node_id: int) -> JobExecution | None:
         row = cursor.fetchone()
     if row is None:
         return None
-    execution_id, job_id, attempt, *values = row
-    fields = dict(zip(JOB_RUN_FIELDS, values, strict=True))
-    for name in _JSON_RUN_FIELDS:  # Django has psycopg hand jsonb over as text
-        if isinstance(fields[name], str):
-            fields[name] = json.loads(fields[name])
-    job = Job(id=job_id, status=JobStatus.RUNNING, started_at=now, **fields)
-    execution = JobExecution(
-        id=execution_id,
-        job=job,
-        attempt=attempt,
-        node_id=node_id,
-        token=token,
-        status=ExecutionStatus.RUNNING,
-        started_at=now,
-    )
+    execution = claimed_execution(row, now=now)
     logger.info(
-        "execution claimed job=%s attempt=%s node=%s token=%s", job_id, attempt, node_id, token
+        "execution claimed job=%s attempt=%s node=%s token=%s",
+        execution.job_id,
+        execution.attempt,
+        node_id,
+        token,
     )
     return execution
 

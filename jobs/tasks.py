@@ -7,8 +7,9 @@ from django.conf import settings
 
 from nodes.agent import current_node
 
-from .reporting import successes
-from .runner import run_job, running
+from .models import JobExecution
+from .reporting import Claimed, successes
+from .runner import TrackedExecution, run_job, running
 from .schedules import FIRE_TASK, schedule_fire
 from .services import (
     EXECUTION_TASK,
@@ -24,19 +25,17 @@ logger = logging.getLogger(__name__)
 
 @shared_task(name=EXECUTION_TASK, ignore_result=True)
 def run_execution(token: str) -> None:
-    """Run the execution, then whatever its success hands on to this thread, in turn."""
+    """Claim and run the execution, then whatever its success hands on to this thread."""
     node = current_node()
     if node is None:
         logger.warning("execution message reached a process that is no node agent token=%s", token)
         return
-    next_token: str | None = token
-    while next_token is not None:
-        next_token = _run_one(next_token, *node)
+    claimed = _claim(token, *node)
+    while claimed is not None:
+        claimed = _run(*claimed, *node)
 
 
-def _run_one(token: str, node_id: int, node_name: str) -> str | None:
-    """Claim and run one execution and report how it ended; returns the execution placed
-    on the room its success freed, for this thread to run next, if any."""
+def _claim(token: str, node_id: int, node_name: str) -> Claimed | None:
     # Tracked before the claim, so no heartbeat can miss a claimed execution.
     tracked = running.track(token)
     if tracked is None:
@@ -44,11 +43,25 @@ def _run_one(token: str, node_id: int, node_name: str) -> str | None:
         return None
     try:
         execution = execution_claim(token=token, node_id=node_id)
-        if execution is None:
-            logger.info(
-                "dropped duplicate or stale execution message token=%s node=%s", token, node_name
-            )
-            return None
+    except BaseException:
+        running.untrack(tracked)
+        raise
+    if execution is None:
+        running.untrack(tracked)
+        logger.info(
+            "dropped duplicate or stale execution message token=%s node=%s", token, node_name
+        )
+        return None
+    return execution, tracked
+
+
+def _run(
+    execution: JobExecution, tracked: TrackedExecution, node_id: int, node_name: str
+) -> Claimed | None:
+    """Run a claimed execution and report how it ended; returns the execution claimed
+    on the room its success freed, for this thread to run next, if any."""
+    token = execution.token
+    try:
         tracked.memory_limit_mb = execution.job.memory_mb
         try:
             outcome = run_job(execution=execution, node_name=node_name, tracked=tracked)
@@ -60,7 +73,7 @@ def _run_one(token: str, node_id: int, node_name: str) -> str | None:
             success = Success(token=token, log_path=outcome.log_path, log_tail=outcome.log_tail)
             reported = successes.report(success, node_id=node_id)
             if reported.ended:
-                return reported.next_token
+                return reported.next
         execution_finish(
             token=token,
             exit_code=outcome.exit_code,

@@ -15,20 +15,20 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from django.db import transaction
 from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
-from jobs.models import ExecutionStatus, Job, JobStatus, PendingReason, execution_token
-from jobs.services import execution_publish_many
+from jobs.models import Job, JobExecution, JobStatus, PendingReason, execution_token
+from jobs.services import claimed_execution, execution_publish_many
 from nodes.models import Node, NodeStatus
 from nodes.services import node_drain_complete
 from scheduler_site.db import prepared_cursor
 
-from .models import LIVE_ALLOCATION_STATUSES, AllocationStatus
+from .models import LIVE_ALLOCATION_STATUSES
 from .placement import (
     NodeSlot,
     PendingJob,
@@ -103,6 +103,7 @@ class CycleResult:
     placements: list[tuple[str, str]] = field(default_factory=list)  # (token, node name)
     waiting: dict[str, int] = field(default_factory=dict)  # reason -> jobs
     batch_full: bool = False  # some queue may have more due jobs than this cycle read
+    full: bool = False  # no ready node had CPU free: only new arrivals were read
 
     @property
     def placed(self) -> int:
@@ -228,9 +229,9 @@ def place_pending_jobs(*, batch_size: int) -> CycleResult:
     capacity = Resources(
         sum(n.cpu_millis for n in nodes), sum(n.memory_mb for n in nodes), sum(n.gpu for n in nodes)
     )
-    result, plan = _place(pending, queues, slots.values(), capacity, now, window=per_queue_limit)
+    result, plan, _ = _place(pending, queues, slots.values(), capacity, now, window=per_queue_limit)
     if arrivals_only:
-        result.batch_full = False
+        result.batch_full, result.full = False, True
     by_job = {p.job.id: p for p in pending}
     changed: dict[str, list[int]] = {}
     for job_id, reason in plan.waiting.items():
@@ -254,22 +255,32 @@ def _place(
     now,
     *,
     window: int,
-) -> tuple[CycleResult, Plan]:
-    """Plan the locked pending jobs onto the locked nodes and write the placements."""
+    claim: int = 0,
+    before_claim: Callable[[list[str]], None] | None = None,
+) -> tuple[CycleResult, Plan, list[JobExecution]]:
+    """Plan the locked pending jobs onto the locked nodes and write the placements; the
+    first `claim` are claimed (see `_write_placements`), and come back as executions."""
     result = CycleResult(considered=len(pending))
     if not pending:
-        return result, Plan()
+        return result, Plan(), []
     per_queue = Counter(p.job.queue_id for p in pending)
     result.batch_full = max(per_queue.values()) >= window
     plan = plan_placements(
         jobs=[p.job for p in pending], queues=queues, nodes=slots, capacity=capacity
     )
+    claimed = []
     if plan.placements:
-        tokens = _write_placements(plan.placements, {p.job.id: p for p in pending}, now)
+        tokens, claimed = _write_placements(
+            plan.placements,
+            {p.job.id: p for p in pending},
+            now,
+            claim=claim,
+            before_claim=before_claim,
+        )
         result.placements = [
             (token, slot.name) for token, (_, slot) in zip(tokens, plan.placements, strict=True)
         ]
-    return result, plan
+    return result, plan, claimed
 
 
 # --- A node's finish hands its room on ------------------------------------------------
@@ -307,16 +318,24 @@ FOR UPDATE OF n
 
 @dataclass(frozen=True)
 class HandOn:
-    placements: list[tuple[str, str]]  # (token, node name)
+    claimed: list[JobExecution]  # placed and claimed for the node, to run at once
+    placements: list[tuple[str, str]]  # (token, node name): placed, to be sent
     # Room the waiting jobs did not take (too small for them, or more jobs wait than
     # were read): the scheduler's, which sees new arrivals and every queue's backlog.
     room_left: bool
 
 
-def place_waiting_jobs_on_node(*, node_id: int) -> HandOn | None:
+def place_waiting_jobs_on_node(
+    *, node_id: int, claim: int = 0, before_claim: Callable[[list[str]], None] | None = None
+) -> HandOn | None:
     """Place waiting jobs on the room a finish has just freed on the node, inside the
     finish's transaction (which holds the node's row). None when it did not look, and
-    the room is the scheduler's: the node is not ready, or another hand-on is under way."""
+    the room is the scheduler's: the node is not ready, or another hand-on is under way.
+
+    Up to `claim` of them are claimed for the node in the same statement, for the agent
+    threads whose successes freed the room: they run them without a claim of their own.
+    Their tokens go to `before_claim` first, so the agent lists them in its heartbeats
+    before they are running, as it does with the tokens it claims itself."""
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("place_waiting_jobs_on_node must run inside the finish's transaction")
     now = timezone.now()
@@ -345,10 +364,21 @@ def place_waiting_jobs_on_node(*, node_id: int) -> HandOn | None:
     pending, queues = _lock_pending_jobs(
         now=now, per_queue=HAND_ON_JOBS_PER_QUEUE, reasons=HAND_ON_REASONS
     )
-    result, _ = _place(
-        pending, queues, [slot], Resources(*row[10:]), now, window=HAND_ON_JOBS_PER_QUEUE
+    result, _, claimed = _place(
+        pending,
+        queues,
+        [slot],
+        Resources(*row[10:]),
+        now,
+        window=HAND_ON_JOBS_PER_QUEUE,
+        claim=claim,
+        before_claim=before_claim,
     )
-    return HandOn(result.placements, slot.free_cpu_millis > 0 and slot.free_memory_mb > 0)
+    return HandOn(
+        claimed,
+        result.placements[len(claimed) :],
+        slot.free_cpu_millis > 0 and slot.free_memory_mb > 0,
+    )
 
 
 # The writes of a placement, in one statement whatever the number of placements:
@@ -358,28 +388,40 @@ def place_waiting_jobs_on_node(*, node_id: int) -> HandOn | None:
 # locked are here, so their status is still pending; the nodes are locked too, and the
 # CHECK constraints refuse any counter beyond capacity. A column added to these tables
 # needs a value here (or a database default); the cycle tests fail until it has one.
+# A placement marked `claimed` is claimed for its node at once (running, as
+# `execution_claim` leaves it), and what the node needs to run it comes back.
 WRITE_PLACEMENTS_SQL = """
 WITH placed AS (
     SELECT * FROM unnest(%(job_ids)s::bigint[], %(attempts)s::integer[],
                          %(node_ids)s::bigint[], %(tokens)s::text[], %(cpu)s::integer[],
-                         %(memory)s::integer[], %(gpu)s::integer[])
-        AS p(job_id, attempt, node_id, token, cpu_millis, memory_mb, gpu)
+                         %(memory)s::integer[], %(gpu)s::integer[], %(claimed)s::boolean[])
+        AS p(job_id, attempt, node_id, token, cpu_millis, memory_mb, gpu, claimed)
 ), execution AS (
     INSERT INTO jobs_jobexecution
-        (job_id, attempt, node_id, token, status, reserved_at, error, log_path, log_tail)
-    SELECT job_id, attempt, node_id, token, %(execution_status)s, %(now)s, '', '', '' FROM placed
+        (job_id, attempt, node_id, token, status, reserved_at, started_at, error, log_path,
+         log_tail)
+    SELECT job_id, attempt, node_id, token, CASE WHEN claimed THEN 'running' ELSE 'reserved' END,
+           %(now)s, CASE WHEN claimed THEN %(now)s END, '', '', ''
+      FROM placed
     RETURNING id, job_id
 ), allocation AS (
     INSERT INTO resources_allocation
-        (execution_id, node_id, cpu_millis, memory_mb, gpu, status, created_at)
-    SELECT execution.id, node_id, cpu_millis, memory_mb, gpu, %(allocation_status)s, %(now)s
+        (execution_id, node_id, cpu_millis, memory_mb, gpu, status, created_at, activated_at)
+    SELECT execution.id, node_id, cpu_millis, memory_mb, gpu,
+           CASE WHEN claimed THEN 'active' ELSE 'reserved' END, %(now)s,
+           CASE WHEN claimed THEN %(now)s END
       FROM placed JOIN execution USING (job_id)
 ), job AS (
     UPDATE jobs_job AS job
-       SET status = %(job_status)s, pending_reason = '', attempts = placed.attempt,
-           last_execution_id = execution.id
+       SET status = CASE WHEN placed.claimed THEN 'running' ELSE 'reserved' END,
+           started_at = CASE WHEN placed.claimed THEN %(now)s ELSE job.started_at END,
+           pending_reason = '', attempts = placed.attempt, last_execution_id = execution.id
       FROM placed JOIN execution USING (job_id)
      WHERE job.id = placed.job_id
+    RETURNING job.id, execution.id AS execution_id, placed.attempt, placed.token,
+              placed.node_id, placed.claimed, job.kind, job.command, job.callable,
+              job.env, job.parameters, job.cpu_millis, job.memory_mb, job.gpu,
+              job.timeout_seconds
 ), node AS (
     UPDATE nodes_node AS node
        SET allocated_cpu_millis = node.allocated_cpu_millis + added.cpu_millis,
@@ -390,22 +432,29 @@ WITH placed AS (
               FROM placed GROUP BY node_id) AS added
      WHERE node.id = added.node_id
 )
-SELECT count(*) FROM execution
+SELECT execution_id, id, attempt, token, node_id, kind, command, callable, env, parameters,
+       cpu_millis, memory_mb, gpu, timeout_seconds
+  FROM job WHERE claimed
 """
 
 
-def _write_placements(placements, by_job, now) -> list[str]:
-    """Executions, allocations, job statuses and node counters; returns the tokens."""
+def _write_placements(
+    placements, by_job, now, *, claim: int = 0, before_claim=None
+) -> tuple[list[str], list[JobExecution]]:
+    """Executions, allocations, job statuses and node counters; returns the tokens, and
+    the executions of the first `claim` placements, claimed for their node. Those tokens
+    go to `before_claim` before anything is written."""
     job_ids = [job.id for job, _ in placements]
     attempts = [by_job[job.id].attempts + 1 for job, _ in placements]
     tokens = [execution_token(j, a) for j, a in zip(job_ids, attempts, strict=True)]
+    claimed = [i < claim for i in range(len(placements))]
+    if claim and before_claim is not None:
+        before_claim(tokens[:claim])
+        now = timezone.now()  # claimed after `before_claim` ran, as a claim would be
     with prepared_cursor() as cursor:
         cursor.execute(
             WRITE_PLACEMENTS_SQL,
             {
-                "execution_status": ExecutionStatus.RESERVED,
-                "allocation_status": AllocationStatus.RESERVED,
-                "job_status": JobStatus.RESERVED,
                 "now": now,
                 "job_ids": job_ids,
                 "attempts": attempts,
@@ -414,6 +463,8 @@ def _write_placements(placements, by_job, now) -> list[str]:
                 "cpu": [job.request.cpu_millis for job, _ in placements],
                 "memory": [job.request.memory_mb for job, _ in placements],
                 "gpu": [job.request.gpu for job, _ in placements],
+                "claimed": claimed,
             },
         )
-    return tokens
+        by_token = {row[3]: claimed_execution(row, now=now) for row in cursor.fetchall()}
+    return tokens, [by_token[token] for token in tokens[:claim]]

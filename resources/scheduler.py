@@ -18,7 +18,7 @@ from django.db import DatabaseError, InterfaceError, close_old_connections
 from jobs.services import execution_republish_stale
 
 from .cycle import run_cycle
-from .services import SCHEDULER_CHANNEL
+from .services import ARRIVAL, SCHEDULER_CHANNEL
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class Scheduler:
         self.conn: psycopg.Connection | None = None
         self.is_leader = False
         self.shutdown = False
+        self.cluster_full = False  # the last cycle found no room on any ready node
 
     def install_signal_handlers(self) -> None:
         def stop(signum, frame):
@@ -75,11 +76,25 @@ class Scheduler:
         return acquired
 
     def wait_for_wakeup(self, timeout: float) -> None:
-        """Return on a notification, after `timeout`, or soon after a shutdown request."""
+        """Return on a notification, after `timeout`, or soon after a shutdown request.
+
+        While the last cycle found no room, a submission's wake-up only starts a gathering
+        of further arrivals (SCHEDULER_FULL_COALESCE_SECONDS), since they can only be told
+        why they wait. Any other wake-up may mean room, and ends the wait at once.
+        """
         deadline = time.monotonic() + timeout
+        gathering = False
         while not self.shutdown and (left := deadline - time.monotonic()) > 0:
-            if list(self.conn.notifies(timeout=min(left, SHUTDOWN_POLL_SECONDS), stop_after=1)):
+            poll = min(left, SHUTDOWN_POLL_SECONDS)
+            wakeups = list(self.conn.notifies(timeout=poll, stop_after=1))
+            if not wakeups:
+                continue
+            if not self.cluster_full or any(w.payload != ARRIVAL for w in wakeups):
                 break
+            if not gathering:
+                gathering = True
+                gather = time.monotonic() + settings.SCHEDULER_FULL_COALESCE_SECONDS
+                deadline = min(deadline, gather)
         # Gather what else commits in the next moment: one cycle then serves a burst of
         # submissions or completions, instead of one cycle each.
         for _ in self.conn.notifies(timeout=settings.SCHEDULER_COALESCE_SECONDS):
@@ -89,6 +104,7 @@ class Scheduler:
         """Run one cycle; True when there may be more to place right away."""
         close_old_connections()
         result = run_cycle(batch_size=self.batch_size)
+        self.cluster_full = result.full
         return result.placed > 0 and result.batch_full
 
     def lose_leadership(self) -> None:

@@ -67,10 +67,14 @@ def allocation_release(*, execution_id: int) -> bool:
 SCHEDULER_CHANNEL = "scheduler_wakeup"
 
 
-def scheduler_wake() -> None:
+# The wake-up of a submission. Every other wake-up says nothing: it may mean room.
+ARRIVAL = "arrival"
+
+
+def scheduler_wake(payload: str = "") -> None:
     """Ask the scheduler for a cycle as soon as the current transaction commits."""
     with transaction.get_connection().cursor() as cursor:
-        cursor.execute("SELECT pg_notify(%s, '')", [SCHEDULER_CHANNEL])
+        cursor.execute("SELECT pg_notify(%s, %s)", [SCHEDULER_CHANNEL, payload])
 
 
 def _queue_save(queue: Queue, *, teams: list[Team] | None) -> Queue:

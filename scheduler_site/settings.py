@@ -236,6 +236,9 @@ CELERY_BEAT_SCHEDULE = {
 SCHEDULER_TICK_SECONDS = env.float("SCHEDULER_TICK_SECONDS", default=5.0)
 # After a wake-up, how long the scheduler gathers further wake-ups into the same cycle.
 SCHEDULER_COALESCE_SECONDS = env.float("SCHEDULER_COALESCE_SECONDS", default=0.003)
+# When no ready node has room, new arrivals can only be told why they wait: the
+# scheduler gathers them for this long, unless something else (room) wakes it first.
+SCHEDULER_FULL_COALESCE_SECONDS = env.float("SCHEDULER_FULL_COALESCE_SECONDS", default=0.05)
 # How many pending jobs one cycle considers.
 SCHEDULER_BATCH_SIZE = env.int("SCHEDULER_BATCH_SIZE", default=10_000)
 # How often a node agent writes its heartbeat.

@@ -4,12 +4,13 @@ scheduling cycle's rules, in the finish's own transaction."""
 import pytest
 from django.db import transaction
 
-from jobs.models import Job, JobStatus, PendingReason
+from jobs.models import Job, JobExecution, JobStatus, PendingReason
 from jobs.reporting import SuccessReporter
+from jobs.runner import running
 from jobs.services import Success, execution_claim, executions_finish_succeeded
 from nodes.models import Node, NodeStatus
 from resources.cycle import HAND_ON_LOCK_ID, place_pending_jobs, place_waiting_jobs_on_node
-from resources.models import DEFAULT_QUEUE_NAME, Queue
+from resources.models import DEFAULT_QUEUE_NAME, AllocationStatus, Queue
 from resources.services import SCHEDULER_CHANNEL
 from tests.processes import raw_connection
 
@@ -87,6 +88,43 @@ def test_a_finish_keeps_to_queue_quotas(team, broker):
     assert [t for t, _ in result.placements] == [f"job-{second_capped.id}-attempt-1"]
 
 
+def test_a_hand_on_claims_as_many_as_threads_reported_and_lists_them_first(team, broker):
+    node = Node.objects.create(name="one", cpu_millis=2000, memory_mb=4096)
+    make_jobs(team, 2)
+    running_tokens = list(start_running(node).values())
+    waiting = make_jobs(team, 2)
+    place_pending_jobs(batch_size=100)
+    listed = []
+
+    def before_claim(tokens):
+        # The agent lists them in heartbeats before they are running.
+        assert not Job.objects.filter(last_execution__token__in=tokens).exists()
+        listed.extend(tokens)
+
+    with transaction.atomic():
+        executions_finish_succeeded([Success(t) for t in running_tokens], wake=False)
+        result = place_waiting_jobs_on_node(node_id=node.id, claim=1, before_claim=before_claim)
+
+    first, second = (f"job-{job.id}-attempt-1" for job in waiting)
+    assert listed == [first]
+    assert [e.token for e in result.claimed] == [first]
+    assert result.placements == [(second, "one")]
+    claimed = JobExecution.objects.get(token=first)
+    assert (claimed.status, claimed.job.status, claimed.allocation.status) == (
+        "running",
+        "running",
+        AllocationStatus.ACTIVE,
+    )
+    assert claimed.started_at == claimed.job.started_at is not None
+    assert execution_claim(token=first, node_id=node.id) is None  # a message for it is stale
+    sent = JobExecution.objects.get(token=second)
+    assert (sent.status, sent.job.status, sent.allocation.status) == (
+        "reserved",
+        "reserved",
+        AllocationStatus.RESERVED,
+    )
+
+
 @pytest.mark.parametrize("node_status", [NodeStatus.CORDONED, NodeStatus.DRAINING])
 def test_a_node_that_takes_no_new_work_hands_nothing_on(team, broker, node_status):
     node = Node.objects.create(name="one", cpu_millis=1000, memory_mb=4096)
@@ -138,10 +176,16 @@ def test_the_reporter_hands_the_slot_to_the_reporting_thread_or_wakes_the_schedu
         notified = list(listener.notifies(timeout=0.5, stop_after=1))
     assert reported.ended
     if handed_on:
-        assert reported.next_token is not None
-        assert Job.objects.get(last_execution__token=reported.next_token).status == "reserved"
+        execution, tracked = reported.next
+        running.untrack(tracked)
+        # Claimed for the reporting thread, which runs it without a claim of its own.
+        assert tracked.token == execution.token
+        assert execution.job.command == ["true"]
+        job = Job.objects.get(last_execution__token=execution.token)
+        assert (job.status, job.last_execution.status) == ("running", "running")
+        assert job.last_execution.allocation.status == AllocationStatus.ACTIVE
     else:
-        assert reported.next_token is None
+        assert reported.next is None
     assert bool(notified) is woken
     # Handed to the reporting thread, so nothing more went to the node's queue.
     assert broker.llen("node.one") == messages

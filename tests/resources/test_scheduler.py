@@ -1,5 +1,7 @@
 """The scheduler process's leadership, run in this process against the real database."""
 
+import time
+
 import pytest
 
 from jobs.models import Job
@@ -7,6 +9,8 @@ from nodes.models import Node
 from resources.cycle import place_pending_jobs
 from resources.models import DEFAULT_QUEUE_NAME, Queue
 from resources.scheduler import Scheduler
+from resources.services import ARRIVAL, SCHEDULER_CHANNEL
+from tests.processes import raw_connection
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -37,3 +41,32 @@ def test_a_new_leader_republishes_what_its_predecessor_committed_but_never_sent(
     finally:
         scheduler.lose_leadership()
     assert broker.llen("node.n1") == 1
+
+
+@pytest.mark.parametrize(
+    ("cluster_full", "payload", "waits"),
+    [
+        (True, ARRIVAL, True),  # only told why it waits: gathered with the next arrivals
+        (True, "", False),  # may mean room: at once
+        (False, ARRIVAL, False),  # there is room: placed at once
+    ],
+)
+def test_a_full_cluster_gathers_arrivals_but_answers_anything_else_at_once(
+    db, settings, cluster_full, payload, waits
+):
+    settings.SCHEDULER_FULL_COALESCE_SECONDS = 0.5
+    scheduler = Scheduler(tick_seconds=5, batch_size=10)
+    try:
+        assert scheduler.try_to_lead()
+        scheduler.cluster_full = cluster_full
+        with raw_connection() as other:
+            other.execute("SELECT pg_notify(%s, %s)", [SCHEDULER_CHANNEL, payload])
+        started = time.monotonic()
+        scheduler.wait_for_wakeup(5)
+        waited = time.monotonic() - started
+    finally:
+        scheduler.lose_leadership()
+    if waits:
+        assert 0.4 < waited < 1.5
+    else:
+        assert waited < 0.3
