@@ -2,7 +2,9 @@
 
 Lock order in these services: job, then execution, then allocation, then node. The
 scheduling cycle locks nodes first but takes jobs with SKIP LOCKED, so it never waits
-for a job lock. Every status change is a conditional UPDATE on the expected status, so
+for a job lock. A node's finish that hands its room on (`jobs.reporting`) takes more
+jobs after its node, with SKIP LOCKED too, and its advisory lock only if free, so it
+never waits either. Every status change is a conditional UPDATE on the expected status, so
 a lost race (a duplicate message, a second worker) is detected and changes nothing.
 """
 
