@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
@@ -419,9 +419,7 @@ WITH placed AS (
       FROM placed JOIN execution USING (job_id)
      WHERE job.id = placed.job_id
     RETURNING job.id, execution.id AS execution_id, placed.attempt, placed.token,
-              placed.node_id, placed.claimed, job.kind, job.command, job.callable,
-              job.env, job.parameters, job.cpu_millis, job.memory_mb, job.gpu,
-              job.timeout_seconds
+              placed.node_id, placed.claimed
 ), node AS (
     UPDATE nodes_node AS node
        SET allocated_cpu_millis = node.allocated_cpu_millis + added.cpu_millis,
@@ -432,10 +430,15 @@ WITH placed AS (
               FROM placed GROUP BY node_id) AS added
      WHERE node.id = added.node_id
 )
-SELECT execution_id, id, attempt, token, node_id, kind, command, callable, env, parameters,
-       cpu_millis, memory_mb, gpu, timeout_seconds
-  FROM job WHERE claimed
+SELECT job.execution_id, job.id, job.attempt, job.token, job.node_id, j.kind, j.command,
+       j.callable, j.env, j.parameters, j.cpu_millis, j.memory_mb, j.gpu, j.timeout_seconds
+  FROM job JOIN jobs_job j ON j.id = job.id
+ WHERE job.claimed
 """
+# Up to this many placements are written through a prepared statement. A plan made for
+# a handful of rows (a node's hand-on) would be the wrong one for the thousands of a
+# scheduling cycle after a burst, so those are planned afresh for their size.
+PREPARED_PLACEMENTS_MAX = 64
 
 
 def _write_placements(
@@ -451,7 +454,8 @@ def _write_placements(
     if claim and before_claim is not None:
         before_claim(tokens[:claim])
         now = timezone.now()  # claimed after `before_claim` ran, as a claim would be
-    with prepared_cursor() as cursor:
+    small = len(placements) <= PREPARED_PLACEMENTS_MAX
+    with prepared_cursor() if small else connection.cursor() as cursor:
         cursor.execute(
             WRITE_PLACEMENTS_SQL,
             {
