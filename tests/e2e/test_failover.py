@@ -31,7 +31,11 @@ def test_killed_node_job_runs_elsewhere_and_nothing_runs_twice(cluster, api, tmp
             "command": [
                 "sh",
                 "-c",
-                f"echo start-$NODE_NAME >> {marker}; sleep 4; echo end-$NODE_NAME >> {marker}",
+                # Long on node-a, so it is surely still running when its agent is killed
+                # however long node-b takes to start; short on node-b.
+                f"echo start-$NODE_NAME >> {marker}; "
+                f'if [ "$NODE_NAME" = node-a ]; then sleep 60; else sleep 1; fi; '
+                f"echo end-$NODE_NAME >> {marker}",
             ],
         },
         format="json",
