@@ -153,15 +153,12 @@ class SuccessReporter:
             return []
         for report, execution, entry in zip(threads, hand_on.claimed, tracked, strict=False):
             report.next = (execution, entry)
-        if hand_on.claimed or hand_on.placements:
+        tokens = [e.token for e in hand_on.claimed] + [token for token, _ in hand_on.placements]
+        if tokens:
             logger.info(
                 "handed on the room of %s successes to %s",
                 len(threads),
-                " ".join(
-                    f"token={token}"
-                    for token in [e.token for e in hand_on.claimed]
-                    + [token for token, _ in hand_on.placements]
-                ),
+                " ".join(f"token={token}" for token in tokens),
             )
         return hand_on.placements
 

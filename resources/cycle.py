@@ -350,16 +350,18 @@ def place_waiting_jobs_on_node(
     locked, status, name, cpu, memory, gpu, used_cpu, used_memory, used_gpu, labels = row[:10]
     if not locked or status != NodeStatus.READY:
         return None
-    slot = NodeSlot(
-        id=node_id,
-        name=name,
-        cpu_millis=cpu,
-        memory_mb=memory,
-        gpu=gpu,
-        free_cpu_millis=cpu - used_cpu,
-        free_memory_mb=memory - used_memory,
-        free_gpu=gpu - used_gpu,
-        labels=_json(labels),
+    slot = _node_slot(
+        Node(
+            id=node_id,
+            name=name,
+            cpu_millis=cpu,
+            memory_mb=memory,
+            gpu=gpu,
+            allocated_cpu_millis=used_cpu,
+            allocated_memory_mb=used_memory,
+            allocated_gpu=used_gpu,
+            labels=_json(labels),
+        )
     )
     pending, queues = _lock_pending_jobs(
         now=now, per_queue=HAND_ON_JOBS_PER_QUEUE, reasons=HAND_ON_REASONS
