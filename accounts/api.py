@@ -13,8 +13,8 @@ from rest_framework.permissions import AllowAny, BasePermission, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from scheduler_site.filters import IsoDateTimeFilter
-from scheduler_site.serializers import StrictSerializer
+from common.filters import IsoDateTimeFilter
+from common.serializers import StrictSerializer
 
 from .audit import audit_describe
 from .models import ApiToken, AuditEvent, Role

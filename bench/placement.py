@@ -150,7 +150,7 @@ def check(result, broker: redis.Redis) -> None:
 def measure(node_count: int, broker: redis.Redis) -> dict:
     from django.conf import settings
 
-    from resources.cycle import run_cycle
+    from jobs.scheduling.cycle import run_cycle
 
     runs = []
     for run in range(RUNS):

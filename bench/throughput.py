@@ -41,7 +41,7 @@ def main() -> None:
 
     from accounts.models import Team
     from jobs.models import Job, JobStatus
-    from jobs.services import job_submit
+    from jobs.services.submission import job_submit
     from nodes.models import Node
 
     team = Team.objects.create(name="Bench", slug="bench")

@@ -17,13 +17,13 @@ from .schedules import (
     schedule_update,
     schedule_validate,
 )
-from .services import (
+from .services.definitions import (
     DEFINITION_SPEC_FIELDS,
     definition_create,
     definition_delete,
     definition_update,
-    job_spec_check,
 )
+from .services.specs import job_spec_check
 
 # A definition's spec as a job gets it, and its queue.
 SPEC_FIELDS = [*DEFINITION_SPEC_FIELDS, "queue"]

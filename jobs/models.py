@@ -97,6 +97,20 @@ class JobDefinition(JobSpec):
         return f"{self.team}/{self.name}"
 
 
+# The dead-letter rule: a failed job stays in the dead-letter view until it is requeued
+# (it is no longer failed) or acknowledged. `Job.objects.dead_letter()` and
+# `Job.is_dead_letter` are its only spellings.
+DEAD_LETTER = Q(status=JobStatus.FAILED, acknowledged_at__isnull=True)
+
+
+class JobQuerySet(models.QuerySet):
+    def dead_letter(self) -> "JobQuerySet":
+        return self.filter(DEAD_LETTER)
+
+    def not_dead_letter(self) -> "JobQuerySet":
+        return self.exclude(DEAD_LETTER)
+
+
 class Job(JobSpec):
     team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="jobs")
     definition = models.ForeignKey(
@@ -122,6 +136,8 @@ class Job(JobSpec):
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
     # A failed job is in the dead-letter view until it is requeued or acknowledged.
     acknowledged_at = models.DateTimeField(null=True, blank=True)
+
+    objects = JobQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -174,12 +190,16 @@ class Job(JobSpec):
                 F("created_at").desc(),
                 F("id").desc(),
                 name="job_dead_letter",
-                condition=Q(status=JobStatus.FAILED, acknowledged_at__isnull=True),
+                condition=DEAD_LETTER,
             ),
         ]
 
     def __str__(self):
         return f"job {self.pk} {self.name} ({self.status})"
+
+    @property
+    def is_dead_letter(self) -> bool:
+        return self.status == JobStatus.FAILED and self.acknowledged_at is None
 
     @property
     def waiting_because(self) -> str:

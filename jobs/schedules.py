@@ -40,7 +40,9 @@ from .models import (
     ScheduleRunOutcome,
 )
 from .schedule_times import ScheduleTimeError, Timetable, cron_check, timezone_check
-from .services import JobStateError, definition_job_spec, job_cancel, job_submit
+from .services.actions import JobStateError, job_cancel
+from .services.definitions import definition_job_spec
+from .services.submission import job_submit
 
 logger = logging.getLogger(__name__)
 

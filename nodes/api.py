@@ -18,8 +18,8 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 
 from accounts.audit import audit_describe
-from scheduler_site.serializers import ResourceAmountsSerializer, StrictSerializer
-from scheduler_site.viewsets import NameLookupMixin
+from common.serializers import ResourceAmountsSerializer, StrictSerializer
+from common.viewsets import NameLookupMixin
 
 from .authentication import IsNodeAgent, NodeCredentialAuthentication
 from .models import NODE_NAME_RE, Node

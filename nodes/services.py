@@ -10,7 +10,7 @@ from django.db.models import Case, Q, Value, When
 from django.utils import timezone
 
 from accounts.services import secret_key_digest, secret_key_generate, secret_key_matches
-from resources.services import scheduler_wake
+from common.wakeup import scheduler_wake
 
 from .models import Node, NodeCredential, NodeStatus
 

@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from types import MappingProxyType
 
-from jobs.services import EXECUTION_TASK
 from nodes.models import node_queue_name
 
 from .selectors import allocation_node_name
@@ -18,6 +17,8 @@ from .selectors import allocation_node_name
 logger = logging.getLogger(__name__)
 
 CONTROL_QUEUE = "control"
+# The task that runs an execution on its node; its one argument is the token.
+EXECUTION_TASK = "jobs.run_execution"
 
 # Nodes of allocations committed by the code that is now sending their messages.
 _known_nodes: ContextVar[Mapping[str, str]] = ContextVar(

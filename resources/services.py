@@ -1,80 +1,18 @@
-"""Writes for resources: releasing allocations against node counters, and queues.
-
-Every change to a node's allocated counters outside the scheduling cycle happens here,
-inside the caller's transaction, and the CHECK constraints on `nodes.Node` refuse any
-that would oversubscribe. A release is a conditional update, so it happens exactly once.
-"""
+"""Writes for resources: queues. (Allocations and node counters change with the
+executions that hold them, in `jobs.accounting`.)"""
 
 import logging
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import F, ProtectedError
-from django.utils import timezone
+from django.db.models import ProtectedError
 
 from accounts.models import Team
-from nodes.models import Node
+from common.wakeup import scheduler_wake
 
-from .models import (
-    DEFAULT_QUEUE_NAME,
-    LIVE_ALLOCATION_STATUSES,
-    Allocation,
-    AllocationStatus,
-    PlacementStrategy,
-    Queue,
-)
+from .models import DEFAULT_QUEUE_NAME, PlacementStrategy, Queue
 
 logger = logging.getLogger(__name__)
-
-
-def allocation_release(*, execution_id: int) -> bool:
-    """Release the execution's allocation and give its resources back to the node.
-
-    Returns False when it was already released: the second caller changes nothing.
-    """
-    if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("allocation_release must run inside the caller's transaction")
-    allocation = (
-        Allocation.objects.filter(execution_id=execution_id, status__in=LIVE_ALLOCATION_STATUSES)
-        .only("id", "node_id", "cpu_millis", "memory_mb", "gpu")
-        .first()
-    )
-    if allocation is None:
-        return False
-    released = Allocation.objects.filter(
-        pk=allocation.pk, status__in=LIVE_ALLOCATION_STATUSES
-    ).update(status=AllocationStatus.RELEASED, released_at=timezone.now())
-    if not released:
-        return False
-    Node.objects.filter(pk=allocation.node_id).update(
-        allocated_cpu_millis=F("allocated_cpu_millis") - allocation.cpu_millis,
-        allocated_memory_mb=F("allocated_memory_mb") - allocation.memory_mb,
-        allocated_gpu=F("allocated_gpu") - allocation.gpu,
-    )
-    logger.info(
-        "allocation released execution=%s node=%s cpu_millis=%s memory_mb=%s gpu=%s",
-        execution_id,
-        allocation.node_id,
-        allocation.cpu_millis,
-        allocation.memory_mb,
-        allocation.gpu,
-    )
-    return True
-
-
-# The channel the scheduler LISTENs on. A NOTIFY sent inside a transaction is delivered
-# only when it commits, so the scheduler never wakes before the data it should see.
-SCHEDULER_CHANNEL = "scheduler_wakeup"
-
-
-# The wake-up of a submission. Every other wake-up says nothing: it may mean room.
-ARRIVAL = "arrival"
-
-
-def scheduler_wake(payload: str = "") -> None:
-    """Ask the scheduler for a cycle as soon as the current transaction commits."""
-    with transaction.get_connection().cursor() as cursor:
-        cursor.execute("SELECT pg_notify(%s, %s)", [SCHEDULER_CHANNEL, payload])
 
 
 def _queue_save(queue: Queue, *, teams: list[Team] | None) -> Queue:

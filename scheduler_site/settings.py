@@ -77,7 +77,7 @@ DATABASES = {
 }
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-# Statements run through scheduler_site.db.prepared_cursor are prepared from their
+# Statements run through common.db.prepared_cursor are prepared from their
 # second run on (Django's own cursors bind on the client and are never prepared).
 DATABASES["default"].setdefault("OPTIONS", {}).setdefault("prepare_threshold", 1)
 
@@ -110,10 +110,10 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_PAGINATION_CLASS": "scheduler_site.pagination.PageNumberPagination",
+    "DEFAULT_PAGINATION_CLASS": "common.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "scheduler_site.exceptions.exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "scheduler_site.schema.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "common.schema.AutoSchema",
     # Decimal inputs (CPU cores) are JSON numbers; no answer renders a DecimalField.
     "COERCE_DECIMAL_TO_STRING": False,
     "UNAUTHENTICATED_USER": None,

@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from accounts.models import Team
 from jobs.models import TERMINAL_JOB_STATUSES, Job
-from jobs.services import job_submit
+from jobs.services.submission import job_submit
 
 DEMO_JOBS = [
     ("hello", ["sh", "-c", "echo hello from $NODE_NAME, job $JOB_ID"], 0.5),

@@ -10,28 +10,24 @@ from drf_spectacular.utils import (
 )
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 
 from accounts.audit import audit_describe
-from accounts.selectors import team_list_submittable
-from scheduler_site.schema import refused
-from scheduler_site.serializers import ResourceAmountsSerializer
+from accounts.permissions import ChangeableObjectMixin
+from common.schema import refused
+from common.serializers import ResourceAmountsSerializer
 
-from .api import (
-    DefinitionOverridesSerializer,
-    JobSerializer,
-    JobSpecSerializer,
-    submission_response,
-)
-from .models import JobDefinition, JobKind
-from .selectors import definition_list_visible
-from .services import (
+from ..models import JobDefinition, JobKind
+from ..selectors import definition_list_visible
+from ..services.definitions import (
     definition_create,
     definition_delete,
     definition_submit,
     definition_update,
 )
+from .jobs import submission_response
+from .representation import JobSerializer
+from .specs import DefinitionOverridesSerializer, JobSpecSerializer
 
 VIEWERS_MAY_NOT_CHANGE = "Viewers may look at this team's definitions but not change them."
 VIEWERS_MAY_NOT_SUBMIT = "Viewers may look at this team's definitions but not submit them."
@@ -125,10 +121,12 @@ SUBMITTED = {
     ),
 )
 class DefinitionViewSet(
+    ChangeableObjectMixin,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
     viewsets.GenericViewSet,
 ):
+    viewers_may_not_change = VIEWERS_MAY_NOT_CHANGE
     serializer_class = DefinitionSerializer
     filterset_class = DefinitionFilter
     queryset = JobDefinition.objects.none()  # the schema's model; requests use get_queryset
@@ -139,14 +137,6 @@ class DefinitionViewSet(
     def _detail(self, definition, code=status.HTTP_200_OK):
         definition = self.get_queryset().get(pk=definition.pk)
         return Response(DefinitionSerializer(definition).data, status=code)
-
-    def get_changeable_object(self, refusal=VIEWERS_MAY_NOT_CHANGE):
-        """The definition, if the caller may change it: 404 if unseen, 403 for a viewer."""
-        definition = self.get_object()
-        audit_describe(self.request, target=definition)
-        if not team_list_submittable(user=self.request.user).filter(pk=definition.team_id).exists():
-            raise PermissionDenied(refusal)
-        return definition
 
     def create(self, request):
         serializer = DefinitionWriteSerializer(data=request.data, context={"request": request})

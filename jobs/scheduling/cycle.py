@@ -18,18 +18,15 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
-from jobs.models import Job, JobExecution, JobStatus, PendingReason, execution_token
-from jobs.services import claimed_execution, execution_publish_many
+from common.db import prepared_cursor
 from nodes.models import Node, NodeStatus
 from nodes.services import node_drain_complete
-from scheduler_site.db import prepared_cursor
-
-from .models import LIVE_ALLOCATION_STATUSES
-from .placement import (
+from resources.models import LIVE_ALLOCATION_STATUSES
+from resources.placement import (
     NodeSlot,
     PendingJob,
     Plan,
@@ -39,7 +36,11 @@ from .placement import (
     Strategy,
     plan_placements,
 )
-from .routing import routes_known
+from resources.routing import routes_known
+
+from ..accounting import Placement, placements_write
+from ..models import Job, JobExecution, JobStatus, PendingReason, execution_token
+from ..services.publishing import executions_publish_on_commit
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def run_cycle(*, batch_size: int) -> CycleResult:
     # The router would look each token's node up in the database; this cycle has just
     # committed those allocations, so it tells the router instead.
     with routes_known(dict(result.placements)):
-        execution_publish_many(tokens=result.tokens)
+        executions_publish_on_commit(tokens=result.tokens)
     if result.placed or result.waiting:
         logger.info(
             "cycle considered=%s placed=%s waiting=%s place_ms=%.1f publish_ms=%.1f",
@@ -143,12 +144,12 @@ class _Pending:
     pending_reason: str
 
 
-def _json(value):
+def json_value(value):
     """A jsonb column read with a plain cursor: Django has psycopg hand jsonb over as text."""
     return json.loads(value) if isinstance(value, str) else value
 
 
-def _lock_pending_jobs(
+def lock_pending_jobs(
     *, now, per_queue: int, reasons: Sequence[str] | None
 ) -> tuple[list[_Pending], dict[int, QueueState]]:
     """The pending jobs (see PENDING_JOBS_SQL), and their queues as the planner sees them."""
@@ -167,7 +168,7 @@ def _lock_pending_jobs(
     pending, queues = [], {}
     for row in rows:
         job_id, queue_id, cpu, memory, gpu, selector, attempts, reason, *queue = row
-        request = Request(cpu, memory, gpu, _json(selector) or {})
+        request = Request(cpu, memory, gpu, json_value(selector) or {})
         pending.append(_Pending(PendingJob(job_id, queue_id, request), attempts, reason))
         if queue_id not in queues:
             name, weight, priority, strategy, quota_cpu, quota_memory, quota_gpu, *used = queue
@@ -185,7 +186,7 @@ def _lock_pending_jobs(
     return pending, queues
 
 
-def _node_slot(node: Node) -> NodeSlot:
+def node_slot(node: Node) -> NodeSlot:
     return NodeSlot(
         id=node.id,
         name=node.name,
@@ -219,17 +220,17 @@ def place_pending_jobs(*, batch_size: int) -> CycleResult:
     ).exists()
     nodes = Node.objects.exclude(status=NodeStatus.OFFLINE).order_by("id")
     nodes = list(nodes.select_for_update() if room else nodes)
-    slots = {n.id: _node_slot(n) for n in nodes if n.status == NodeStatus.READY}
+    slots = {n.id: node_slot(n) for n in nodes if n.status == NodeStatus.READY}
     free_cpu = sum(slot.free_cpu_millis for slot in slots.values())
     arrivals_only = not room or free_cpu == 0
     per_queue_limit = jobs_per_queue(free_cpu_millis=free_cpu, batch_size=batch_size)
-    pending, queues = _lock_pending_jobs(
+    pending, queues = lock_pending_jobs(
         now=now, per_queue=per_queue_limit, reasons=[PendingReason.NONE] if arrivals_only else None
     )
     capacity = Resources(
         sum(n.cpu_millis for n in nodes), sum(n.memory_mb for n in nodes), sum(n.gpu for n in nodes)
     )
-    result, plan, _ = _place(pending, queues, slots.values(), capacity, now, window=per_queue_limit)
+    result, plan, _ = place(pending, queues, slots.values(), capacity, now, window=per_queue_limit)
     if arrivals_only:
         result.batch_full, result.full = False, True
     by_job = {p.job.id: p for p in pending}
@@ -247,7 +248,7 @@ def place_pending_jobs(*, batch_size: int) -> CycleResult:
     return result
 
 
-def _place(
+def place(
     pending: list[_Pending],
     queues: dict[int, QueueState],
     slots: Iterable[NodeSlot],
@@ -270,7 +271,7 @@ def _place(
     )
     claimed = []
     if plan.placements:
-        tokens, claimed = _write_placements(
+        tokens, claimed = write_placements(
             plan.placements,
             {p.job.id: p for p in pending},
             now,
@@ -283,194 +284,30 @@ def _place(
     return result, plan, claimed
 
 
-# --- A node's finish hands its room on ------------------------------------------------
-
-# When executions end on a node, the finish that released their allocations places the
-# jobs waiting for room on that node, in the same transaction, by the cycle's rules
-# (queues by fair share and quota, jobs by priority then age), so a freed slot does not
-# wait for a scheduler round trip. Hand-ons serialize on this transaction-level advisory
-# lock, so two nodes' finishes never both read a queue's usage and both place up to its
-# quota; a finish that finds it taken leaves its room to the scheduler. The scheduling
-# cycle needs no part in it: it locks every node first, this node included, so it waits
-# for the finish to commit before it reads anything.
-HAND_ON_LOCK_ID = 0x5C4EE
-# Jobs read per queue for one node's freed room, which is usually a job's worth.
-HAND_ON_JOBS_PER_QUEUE = 16
-# What a hand-on may place: jobs a cycle has seen and left waiting for room, or for a
-# retry time that has passed. New arrivals stay the scheduler's, which weighs every
-# node for them by the queue's strategy.
-HAND_ON_REASONS = (
-    PendingReason.INSUFFICIENT_CAPACITY,
-    PendingReason.QUEUE_QUOTA,
-    PendingReason.WAITING_RETRY,
-)
-NODE_FOR_HAND_ON_SQL = """
-SELECT pg_try_advisory_xact_lock(%(lock)s), n.status, n.name, n.cpu_millis, n.memory_mb,
-       n.gpu, n.allocated_cpu_millis, n.allocated_memory_mb, n.allocated_gpu, n.labels,
-       cluster.cpu_millis, cluster.memory_mb, cluster.gpu
-FROM nodes_node n,
-     (SELECT sum(cpu_millis), sum(memory_mb), sum(gpu) FROM nodes_node
-       WHERE status <> %(offline)s) AS cluster(cpu_millis, memory_mb, gpu)
-WHERE n.id = %(node)s
-FOR UPDATE OF n
-"""
-
-
-@dataclass(frozen=True)
-class HandOn:
-    claimed: list[JobExecution]  # placed and claimed for the node, to run at once
-    placements: list[tuple[str, str]]  # (token, node name): placed, to be sent
-    # Room the waiting jobs did not take (too small for them, or more jobs wait than
-    # were read): the scheduler's, which sees new arrivals and every queue's backlog.
-    room_left: bool
-
-
-def place_waiting_jobs_on_node(
-    *, node_id: int, claim: int = 0, before_claim: Callable[[list[str]], None] | None = None
-) -> HandOn | None:
-    """Place waiting jobs on the room a finish has just freed on the node, inside the
-    finish's transaction (which holds the node's row). None when it did not look, and
-    the room is the scheduler's: the node is not ready, or another hand-on is under way.
-
-    Up to `claim` of them are claimed for the node in the same statement, for the agent
-    threads whose successes freed the room: they run them without a claim of their own.
-    Their tokens go to `before_claim` first, so the agent lists them in its heartbeats
-    before they are running, as it does with the tokens it claims itself."""
-    if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("place_waiting_jobs_on_node must run inside the finish's transaction")
-    now = timezone.now()
-    with prepared_cursor() as cursor:
-        cursor.execute(
-            NODE_FOR_HAND_ON_SQL,
-            {"lock": HAND_ON_LOCK_ID, "node": node_id, "offline": NodeStatus.OFFLINE},
-        )
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    locked, status, name, cpu, memory, gpu, used_cpu, used_memory, used_gpu, labels = row[:10]
-    if not locked or status != NodeStatus.READY:
-        return None
-    slot = _node_slot(
-        Node(
-            id=node_id,
-            name=name,
-            cpu_millis=cpu,
-            memory_mb=memory,
-            gpu=gpu,
-            allocated_cpu_millis=used_cpu,
-            allocated_memory_mb=used_memory,
-            allocated_gpu=used_gpu,
-            labels=_json(labels),
-        )
-    )
-    pending, queues = _lock_pending_jobs(
-        now=now, per_queue=HAND_ON_JOBS_PER_QUEUE, reasons=HAND_ON_REASONS
-    )
-    result, _, claimed = _place(
-        pending,
-        queues,
-        [slot],
-        Resources(*row[10:]),
-        now,
-        window=HAND_ON_JOBS_PER_QUEUE,
-        claim=claim,
-        before_claim=before_claim,
-    )
-    return HandOn(
-        claimed,
-        result.placements[len(claimed) :],
-        slot.free_cpu_millis > 0 and slot.free_memory_mb > 0,
-    )
-
-
-# The writes of a placement, in one statement whatever the number of placements:
-# executions, their allocations, the jobs' statuses and the node counters. Plain SQL
-# over arrays rather than bulk_create: for thousands of rows, building model instances
-# and compiling their values costs more than the statement itself. Only jobs the caller
-# locked are here, so their status is still pending; the nodes are locked too, and the
-# CHECK constraints refuse any counter beyond capacity. A column added to these tables
-# needs a value here (or a database default); the cycle tests fail until it has one.
-# A placement marked `claimed` is claimed for its node at once (running, as
-# `execution_claim` leaves it), and what the node needs to run it comes back.
-WRITE_PLACEMENTS_SQL = """
-WITH placed AS (
-    SELECT * FROM unnest(%(job_ids)s::bigint[], %(attempts)s::integer[],
-                         %(node_ids)s::bigint[], %(tokens)s::text[], %(cpu)s::integer[],
-                         %(memory)s::integer[], %(gpu)s::integer[], %(claimed)s::boolean[])
-        AS p(job_id, attempt, node_id, token, cpu_millis, memory_mb, gpu, claimed)
-), execution AS (
-    INSERT INTO jobs_jobexecution
-        (job_id, attempt, node_id, token, status, reserved_at, started_at, error, log_path,
-         log_tail)
-    SELECT job_id, attempt, node_id, token, CASE WHEN claimed THEN 'running' ELSE 'reserved' END,
-           %(now)s, CASE WHEN claimed THEN %(now)s END, '', '', ''
-      FROM placed
-    RETURNING id, job_id
-), allocation AS (
-    INSERT INTO resources_allocation
-        (execution_id, node_id, cpu_millis, memory_mb, gpu, status, created_at, activated_at)
-    SELECT execution.id, node_id, cpu_millis, memory_mb, gpu,
-           CASE WHEN claimed THEN 'active' ELSE 'reserved' END, %(now)s,
-           CASE WHEN claimed THEN %(now)s END
-      FROM placed JOIN execution USING (job_id)
-), job AS (
-    UPDATE jobs_job AS job
-       SET status = CASE WHEN placed.claimed THEN 'running' ELSE 'reserved' END,
-           started_at = CASE WHEN placed.claimed THEN %(now)s ELSE job.started_at END,
-           pending_reason = '', attempts = placed.attempt, last_execution_id = execution.id
-      FROM placed JOIN execution USING (job_id)
-     WHERE job.id = placed.job_id
-    RETURNING job.id, execution.id AS execution_id, placed.attempt, placed.token,
-              placed.node_id, placed.claimed
-), node AS (
-    UPDATE nodes_node AS node
-       SET allocated_cpu_millis = node.allocated_cpu_millis + added.cpu_millis,
-           allocated_memory_mb = node.allocated_memory_mb + added.memory_mb,
-           allocated_gpu = node.allocated_gpu + added.gpu
-      FROM (SELECT node_id, sum(cpu_millis) AS cpu_millis, sum(memory_mb) AS memory_mb,
-                   sum(gpu) AS gpu
-              FROM placed GROUP BY node_id) AS added
-     WHERE node.id = added.node_id
-)
-SELECT job.execution_id, job.id, job.attempt, job.token, job.node_id, j.kind, j.command,
-       j.callable, j.env, j.parameters, j.cpu_millis, j.memory_mb, j.gpu, j.timeout_seconds
-  FROM job JOIN jobs_job j ON j.id = job.id
- WHERE job.claimed
-"""
-# Up to this many placements are written through a prepared statement. A plan made for
-# a handful of rows (a node's hand-on) would be the wrong one for the thousands of a
-# scheduling cycle after a burst, so those are planned afresh for their size.
-PREPARED_PLACEMENTS_MAX = 64
-
-
-def _write_placements(
+def write_placements(
     placements, by_job, now, *, claim: int = 0, before_claim=None
 ) -> tuple[list[str], list[JobExecution]]:
-    """Executions, allocations, job statuses and node counters; returns the tokens, and
-    the executions of the first `claim` placements, claimed for their node. Those tokens
-    go to `before_claim` before anything is written."""
-    job_ids = [job.id for job, _ in placements]
+    """Write the plan's placements (see `jobs.accounting.placements_write`); returns their
+    tokens, and the executions of the first `claim`, claimed for their node. Those
+    tokens go to `before_claim` before anything is written."""
     attempts = [by_job[job.id].attempts + 1 for job, _ in placements]
-    tokens = [execution_token(j, a) for j, a in zip(job_ids, attempts, strict=True)]
-    claimed = [i < claim for i in range(len(placements))]
+    tokens = [execution_token(job.id, a) for (job, _), a in zip(placements, attempts, strict=True)]
     if claim and before_claim is not None:
         before_claim(tokens[:claim])
         now = timezone.now()  # claimed after `before_claim` ran, as a claim would be
-    small = len(placements) <= PREPARED_PLACEMENTS_MAX
-    with prepared_cursor() if small else connection.cursor() as cursor:
-        cursor.execute(
-            WRITE_PLACEMENTS_SQL,
-            {
-                "now": now,
-                "job_ids": job_ids,
-                "attempts": attempts,
-                "node_ids": [slot.id for _, slot in placements],
-                "tokens": tokens,
-                "cpu": [job.request.cpu_millis for job, _ in placements],
-                "memory": [job.request.memory_mb for job, _ in placements],
-                "gpu": [job.request.gpu for job, _ in placements],
-                "claimed": claimed,
-            },
+    rows = [
+        Placement(
+            job_id=job.id,
+            attempt=attempt,
+            node_id=slot.id,
+            token=token,
+            cpu_millis=job.request.cpu_millis,
+            memory_mb=job.request.memory_mb,
+            gpu=job.request.gpu,
+            claimed=i < claim,
         )
-        by_token = {row[3]: claimed_execution(row, now=now) for row in cursor.fetchall()}
-    return tokens, [by_token[token] for token in tokens[:claim]]
+        for i, ((job, slot), attempt, token) in enumerate(
+            zip(placements, attempts, tokens, strict=True)
+        )
+    ]
+    return tokens, placements_write(rows, now=now)

@@ -6,22 +6,23 @@ runs a Celery worker on the node's own queue, `node.NAME`, in this process.
 
 import socket
 
+from celery import current_app
 from celery.signals import worker_shutting_down
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs.reporting import successes
-from nodes import agent
+from jobs.agent import supervision as agent
+from jobs.agent import tasks  # noqa: F401  (registers the execution task in this worker)
+from jobs.agent.success_batching import successes
 from nodes.models import NODE_NAME_RE, node_queue_name
 from nodes.services import node_register
-from scheduler_site.celery import app
 
 AGENT_VERSION = "0.1.0"
 
 
-def stop_handing_on(**kwargs) -> None:
+def stop_filling_freed_room(**kwargs) -> None:
     """On shutdown, finishes leave their room to the scheduler rather than take new work."""
-    successes.hand_on = False
+    successes.fill_freed_room = False
 
 
 def parse_label(text: str) -> tuple[str, str]:
@@ -80,9 +81,9 @@ class Command(BaseCommand):
         agent.become_node(node.id, node.name)
         loop = agent.AgentLoop(node.name)
         loop.start()
-        worker_shutting_down.connect(stop_handing_on, weak=False)
+        worker_shutting_down.connect(stop_filling_freed_room, weak=False)
         try:
-            app.worker_main(
+            current_app.worker_main(
                 argv=[
                     "worker",
                     f"--queues={node_queue_name(node.name)}",

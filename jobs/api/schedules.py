@@ -15,30 +15,29 @@ from drf_spectacular.utils import (
 )
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
-from accounts.selectors import team_list_submittable, team_list_visible
-from scheduler_site.schema import refused
-from scheduler_site.serializers import StrictSerializer
+from accounts.permissions import ChangeableObjectMixin, team_for_submission
+from common.schema import refused
+from common.serializers import StrictSerializer
 
-from .models import ConcurrencyPolicy, JobDefinition, JobSchedule, JobScheduleRun, MisfirePolicy
-from .schedule_times import Timetable, describe
-from .schedules import (
+from ..models import ConcurrencyPolicy, JobSchedule, JobScheduleRun, MisfirePolicy
+from ..schedule_times import Timetable, describe
+from ..schedules import (
     schedule_create,
     schedule_delete,
     schedule_pause,
     schedule_resume,
     schedule_update,
 )
-from .selectors import schedule_list_visible, schedule_run_list
-from .services import JobStateError
+from ..selectors import schedule_list_visible, schedule_run_list
+from ..services.actions import JobStateError
+from .specs import definition_for_submission
 
 MAX_INTERVAL_SECONDS = 366 * 86400
 MAX_PREVIEW = 100
 RECENT_RUNS = 10
-
-
 VIEWERS_MAY_NOT_SCHEDULE = "Viewers may look at this team's schedules but not change them."
 
 
@@ -68,25 +67,11 @@ class ScheduleWriteSerializer(StrictSerializer):
         if self.instance is not None:
             raise serializers.ValidationError("A schedule's team cannot change.")
         user = self.context["request"].user
-        team = team_list_submittable(user=user).filter(slug=slug).first()
-        if team is None:
-            if team_list_visible(user=user).filter(slug=slug).exists():
-                raise PermissionDenied(VIEWERS_MAY_NOT_SCHEDULE)
-            raise serializers.ValidationError("No team with this slug that you may submit to.")
-        return team
+        return team_for_submission(user=user, slug=slug, viewers_may_not=VIEWERS_MAY_NOT_SCHEDULE)
 
     def validate_definition(self, pk):
         user = self.context["request"].user
-        teams = team_list_submittable(user=user)
-        definition = (
-            JobDefinition.objects.select_related("team").filter(pk=pk, team__in=teams).first()
-        )
-        if definition is None:
-            visible = team_list_visible(user=user)
-            if JobDefinition.objects.filter(pk=pk, team__in=visible).exists():
-                raise PermissionDenied(VIEWERS_MAY_NOT_SCHEDULE)
-            raise serializers.ValidationError("No definition with this id in your teams.")
-        return definition
+        return definition_for_submission(user=user, pk=pk, viewers_may_not=VIEWERS_MAY_NOT_SCHEDULE)
 
     def validate(self, attrs):
         if self.instance is None and "team" not in attrs:
@@ -242,10 +227,15 @@ DETAIL = {200: ScheduleDetailSerializer}
     ),
 )
 class ScheduleViewSet(
+    ChangeableObjectMixin,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
     viewsets.GenericViewSet,
 ):
+    viewers_may_not_change = VIEWERS_MAY_NOT_SCHEDULE
+    # A schedule's audit events are described from its URL and its answer (object type
+    # "schedule", not "jobschedule"), as they always have been.
+    audit_target = False
     serializer_class = ScheduleSerializer
     filterset_class = ScheduleFilter
     queryset = JobSchedule.objects.none()  # the schema's model; requests use get_queryset
@@ -256,13 +246,6 @@ class ScheduleViewSet(
     def _detail(self, schedule, code=status.HTTP_200_OK):
         schedule = self.get_queryset().get(pk=schedule.pk)
         return Response(ScheduleDetailSerializer(schedule).data, status=code)
-
-    def get_changeable_object(self):
-        """The schedule, if the caller may change it: 404 if unseen, 403 for a viewer."""
-        schedule = self.get_object()
-        if not team_list_submittable(user=self.request.user).filter(pk=schedule.team_id).exists():
-            raise PermissionDenied("Viewers may look at this team's schedules but not change them.")
-        return schedule
 
     def retrieve(self, request, pk=None):
         return self._detail(self.get_object())

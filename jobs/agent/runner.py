@@ -25,8 +25,8 @@ from pathlib import Path
 
 from django.conf import settings
 
-from .models import JobExecution, JobKind
-from .procfs import resident_mb_by_group
+from ..models import JobExecution, JobKind
+from .sampling import resident_mb_by_group
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ running = RunningRegistry()
 def job_argv(execution: JobExecution) -> list[str]:
     job = execution.job
     if job.kind == JobKind.CALLABLE:
-        return [sys.executable, "-m", "jobs.callable_runner", job.callable]
+        return [sys.executable, "-m", "jobs.agent.callable_runner", job.callable]
     return list(job.command)
 
 

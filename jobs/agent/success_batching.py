@@ -1,6 +1,6 @@
-"""The node agent's reporter of successes: one writer thread that ends, in one
-transaction, every success reported while its previous write was in flight, and hands
-the room they freed on to the jobs waiting for it.
+"""The node agent's success batching: one writer thread that ends, in one transaction,
+every success reported while its previous write was in flight, and places the jobs
+waiting for room on the room those successes freed.
 
 A task thread whose job succeeded hands the outcome over and waits until it is written,
 so its execution stays tracked (and listed in heartbeats) until PostgreSQL has it. With
@@ -9,7 +9,7 @@ and one update of the node's counters, instead of each success waiting for the n
 in turn.
 
 In the same transaction the node takes the jobs waiting for room, by the scheduler's
-rules (`resources.cycle.place_waiting_jobs_on_node`). Each reporting thread gets one of
+rules (`jobs.scheduling.freed_room.place_on_freed_room`). Each reporting thread gets one of
 them, claimed for it in that transaction, to run next: no scheduler round trip, no
 broker message and no claim of its own. Any more go out as messages on the node's
 queue. When room is left (or the node placed nothing at all), the scheduler is woken to
@@ -23,13 +23,15 @@ from dataclasses import dataclass, field
 
 from django.db import close_old_connections, connections, transaction
 
-from resources.cycle import place_waiting_jobs_on_node
+from common.wakeup import scheduler_wake
 from resources.routing import routes_known
-from resources.services import scheduler_wake
 
-from .models import JobExecution
+from ..accounting import Success
+from ..models import JobExecution
+from ..scheduling.freed_room import place_on_freed_room
+from ..services.executions import executions_finish_succeeded
+from ..services.publishing import executions_publish_on_commit
 from .runner import TrackedExecution, running
-from .services import Success, execution_publish_many, executions_finish_succeeded
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +56,13 @@ class Reported:
     next: Claimed | None  # placed on the freed room and claimed, for this thread to run
 
 
-class SuccessReporter:
+class SuccessBatcher:
     def __init__(self):
         self._reports: queue.SimpleQueue[_Report | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._lock = threading.Lock()
         # Cleared when the agent shuts down: its room is then left to the scheduler.
-        self.hand_on = True
+        self.fill_freed_room = True
 
     def report(self, success: Success, *, node_id: int) -> Reported:
         """Write the success; returns whether it ended the execution (if not, the outcome
@@ -136,12 +138,12 @@ class SuccessReporter:
                 threads = [report for report in batch if report.success.token in ended]
                 if not threads:
                     return []
-                hand_on = None
-                if self.hand_on:
-                    hand_on = place_waiting_jobs_on_node(
+                freed = None
+                if self.fill_freed_room:
+                    freed = place_on_freed_room(
                         node_id=batch[0].node_id, claim=len(threads), before_claim=track
                     )
-                if hand_on is None or hand_on.room_left:
+                if freed is None or freed.room_left:
                     scheduler_wake()
         except BaseException:
             for entry in tracked:
@@ -149,25 +151,25 @@ class SuccessReporter:
             raise
         for report in threads:
             report.ended = True
-        if hand_on is None:
+        if freed is None:
             return []
-        for report, execution, entry in zip(threads, hand_on.claimed, tracked, strict=False):
+        for report, execution, entry in zip(threads, freed.claimed, tracked, strict=False):
             report.next = (execution, entry)
-        tokens = [e.token for e in hand_on.claimed] + [token for token, _ in hand_on.placements]
+        tokens = [e.token for e in freed.claimed] + [token for token, _ in freed.placements]
         if tokens:
             logger.info(
-                "handed on the room of %s successes to %s",
+                "placed on the room freed by %s successes: %s",
                 len(threads),
                 " ".join(f"token={token}" for token in tokens),
             )
-        return hand_on.placements
+        return freed.placements
 
     @staticmethod
     def _publish(placements: list[tuple[str, str]]) -> None:
         """More placed than threads reported: the rest go to the node's queue."""
         if placements:
             with routes_known(dict(placements)):
-                execution_publish_many(tokens=[token for token, _ in placements])
+                executions_publish_on_commit(tokens=[token for token, _ in placements])
 
 
-successes = SuccessReporter()
+successes = SuccessBatcher()

@@ -1,3 +1,5 @@
+"""The API's list pages: numbered for most lists, by cursor for the jobs list."""
+
 from rest_framework import pagination
 
 

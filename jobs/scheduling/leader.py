@@ -15,10 +15,10 @@ import psycopg
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, close_old_connections
 
-from jobs.services import execution_republish_stale
+from common.wakeup import ARRIVAL, SCHEDULER_CHANNEL
 
+from ..services.failover import execution_republish_stale
 from .cycle import run_cycle
-from .services import ARRIVAL, SCHEDULER_CHANNEL
 
 logger = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, close_old_connections, connection
 from django.utils import timezone
 
-from jobs.procfs import groups_with_env
-from jobs.runner import agent_identity, running
-from jobs.selectors import execution_tokens_cancel_requested
+from nodes.services import node_heartbeat
 
-from .services import node_heartbeat
+from ..selectors import execution_tokens_cancel_requested
+from .runner import agent_identity, running
+from .sampling import groups_with_env
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from resources.scheduler import Scheduler
+from jobs.scheduling.leader import Scheduler
 
 
 class Command(BaseCommand):

@@ -1,4 +1,4 @@
-"""`python -m jobs.callable_runner DOTTED.NAME`: runs one allow-listed callable.
+"""`python -m jobs.agent.callable_runner DOTTED.NAME`: runs one allow-listed callable.
 
 Started by the node agent in the job's own process, like a command, so a callable gets
 the same process group, limits, log and timeout. Its keyword arguments are the job's

@@ -1,0 +1,346 @@
+"""The SQL that moves executions, allocations and node counters: placing jobs on nodes,
+claiming an execution for its node, ending successes, and releasing allocations.
+
+Each is one statement, so it is one round trip whatever the number of rows, and each
+runs inside its caller's transaction. Statuses are bound from the model enums. A node's
+counters change through `_node_counters_change` alone, and the CHECK constraints on
+`nodes.Node` refuse any change that would oversubscribe. Placements and claims hand back
+what the node needs to run a job, as rows of CLAIMED_COLUMNS that `claimed_execution`
+decodes. Callers own the locks and their order; see `jobs.services.executions`.
+"""
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from django.db import connection, transaction
+
+from common.db import prepared_cursor
+from common.wakeup import SCHEDULER_CHANNEL
+from resources.models import LIVE_ALLOCATION_STATUSES, AllocationStatus
+
+from .models import ExecutionStatus, Job, JobExecution, JobStatus, PendingReason
+
+logger = logging.getLogger(__name__)
+
+# What the node needs of a job to run it.
+JOB_RUN_FIELDS = (
+    "kind",
+    "command",
+    "callable",
+    "env",
+    "parameters",
+    "cpu_millis",
+    "memory_mb",
+    "gpu",
+    "timeout_seconds",
+)
+_JSON_RUN_FIELDS = {"command", "env", "parameters"}
+
+# The row of a claimed execution, as placements and claims return it.
+CLAIMED_COLUMNS = ("execution_id", "job_id", "attempt", "token", "node_id", *JOB_RUN_FIELDS)
+_JOB_RUN_COLUMNS = ", ".join(f"j.{name}" for name in JOB_RUN_FIELDS)
+
+
+def claimed_execution(row: Sequence, *, now) -> JobExecution:
+    """A claimed execution from a row of CLAIMED_COLUMNS, with its job's JOB_RUN_FIELDS
+    (and only those) loaded."""
+    values = dict(zip(CLAIMED_COLUMNS, row, strict=True))
+    fields = {name: values[name] for name in JOB_RUN_FIELDS}
+    for name in _JSON_RUN_FIELDS:  # Django has psycopg hand jsonb over as text
+        if isinstance(fields[name], str):
+            fields[name] = json.loads(fields[name])
+    job = Job(id=values["job_id"], status=JobStatus.RUNNING, started_at=now, **fields)
+    return JobExecution(
+        id=values["execution_id"],
+        job=job,
+        attempt=values["attempt"],
+        node_id=values["node_id"],
+        token=values["token"],
+        status=ExecutionStatus.RUNNING,
+        started_at=now,
+    )
+
+
+def _node_counters_change(sign: str, rows: str) -> str:
+    """The UPDATE that adds (`+`) or gives back (`-`) the resources of `rows` (a CTE with
+    node_id, cpu_millis, memory_mb, gpu) on their nodes, one write per node."""
+    return f"""
+    UPDATE nodes_node AS node
+       SET allocated_cpu_millis = node.allocated_cpu_millis {sign} change.cpu_millis,
+           allocated_memory_mb = node.allocated_memory_mb {sign} change.memory_mb,
+           allocated_gpu = node.allocated_gpu {sign} change.gpu
+      FROM (SELECT node_id, sum(cpu_millis) AS cpu_millis, sum(memory_mb) AS memory_mb,
+                   sum(gpu) AS gpu
+              FROM {rows} GROUP BY node_id) AS change
+     WHERE node.id = change.node_id"""
+
+
+# Releases the live allocations of the executions in the CTE `execution` (with an `id`)
+# and gives their resources back to their nodes; the node rows are written last, so
+# they are held briefly (every finish and every cycle needs them).
+_RELEASE = f"""
+allocation AS (
+    UPDATE resources_allocation a SET status = %(released)s, released_at = %(now)s
+      FROM execution
+     WHERE a.execution_id = execution.id AND a.status = ANY(%(live)s)
+ RETURNING a.execution_id, a.node_id, a.cpu_millis, a.memory_mb, a.gpu
+), node AS ({_node_counters_change("-", "allocation")}
+)"""
+_RELEASE_PARAMETERS = {
+    "released": AllocationStatus.RELEASED,
+    "live": list(LIVE_ALLOCATION_STATUSES),
+}
+
+
+# --- Placing --------------------------------------------------------------------------
+
+# The writes of a placement, in one statement whatever the number of placements:
+# executions, their allocations, the jobs' statuses and the node counters. Plain SQL
+# over arrays rather than bulk_create: for thousands of rows, building model instances
+# and compiling their values costs more than the statement itself. Only jobs the caller
+# locked are here, so their status is still pending; the nodes are locked too. A column
+# added to these tables needs a value here (or a database default); the cycle tests fail
+# until it has one. A placement marked `claimed` is claimed for its node at once (as
+# `claim_execution` leaves it), and its row of CLAIMED_COLUMNS comes back.
+_PLACE_SQL = f"""
+WITH placed AS (
+    SELECT * FROM unnest(%(job_ids)s::bigint[], %(attempts)s::integer[],
+                         %(node_ids)s::bigint[], %(tokens)s::text[], %(cpu)s::integer[],
+                         %(memory)s::integer[], %(gpu)s::integer[], %(claimed)s::boolean[])
+        AS p(job_id, attempt, node_id, token, cpu_millis, memory_mb, gpu, claimed)
+), execution AS (
+    INSERT INTO jobs_jobexecution
+        (job_id, attempt, node_id, token, status, reserved_at, started_at, error, log_path,
+         log_tail)
+    SELECT job_id, attempt, node_id, token,
+           CASE WHEN claimed THEN %(execution_running)s ELSE %(execution_reserved)s END,
+           %(now)s, CASE WHEN claimed THEN %(now)s END, '', '', ''
+      FROM placed
+    RETURNING id, job_id
+), allocation AS (
+    INSERT INTO resources_allocation
+        (execution_id, node_id, cpu_millis, memory_mb, gpu, status, created_at, activated_at)
+    SELECT execution.id, node_id, cpu_millis, memory_mb, gpu,
+           CASE WHEN claimed THEN %(allocation_active)s ELSE %(allocation_reserved)s END,
+           %(now)s, CASE WHEN claimed THEN %(now)s END
+      FROM placed JOIN execution USING (job_id)
+), job AS (
+    UPDATE jobs_job AS job
+       SET status = CASE WHEN placed.claimed THEN %(job_running)s ELSE %(job_reserved)s END,
+           started_at = CASE WHEN placed.claimed THEN %(now)s ELSE job.started_at END,
+           pending_reason = %(no_reason)s, attempts = placed.attempt,
+           last_execution_id = execution.id
+      FROM placed JOIN execution USING (job_id)
+     WHERE job.id = placed.job_id
+    RETURNING job.id, execution.id AS execution_id, placed.attempt, placed.token,
+              placed.node_id, placed.claimed
+), node AS ({_node_counters_change("+", "placed")}
+)
+SELECT job.execution_id, job.id, job.attempt, job.token, job.node_id, {_JOB_RUN_COLUMNS}
+  FROM job JOIN jobs_job j ON j.id = job.id
+ WHERE job.claimed
+"""
+# Up to this many placements are written through a prepared statement. A plan made for
+# a handful of rows (a node's freed room) would be the wrong one for the thousands of a
+# scheduling cycle after a burst, so those are planned afresh for their size.
+PREPARED_PLACEMENTS_MAX = 64
+
+
+@dataclass(frozen=True)
+class Placement:
+    job_id: int
+    attempt: int
+    node_id: int
+    token: str
+    cpu_millis: int
+    memory_mb: int
+    gpu: int
+    claimed: bool = False  # claimed for its node at once: running, not reserved
+
+
+def placements_write(placements: Sequence[Placement], *, now) -> list[JobExecution]:
+    """Write the placements; returns the claimed ones' executions, in their order."""
+    if not placements:
+        return []
+    small = len(placements) <= PREPARED_PLACEMENTS_MAX
+    with prepared_cursor() if small else connection.cursor() as cursor:
+        cursor.execute(
+            _PLACE_SQL,
+            {
+                "now": now,
+                "job_ids": [p.job_id for p in placements],
+                "attempts": [p.attempt for p in placements],
+                "node_ids": [p.node_id for p in placements],
+                "tokens": [p.token for p in placements],
+                "cpu": [p.cpu_millis for p in placements],
+                "memory": [p.memory_mb for p in placements],
+                "gpu": [p.gpu for p in placements],
+                "claimed": [p.claimed for p in placements],
+                "execution_running": ExecutionStatus.RUNNING,
+                "execution_reserved": ExecutionStatus.RESERVED,
+                "allocation_active": AllocationStatus.ACTIVE,
+                "allocation_reserved": AllocationStatus.RESERVED,
+                "job_running": JobStatus.RUNNING,
+                "job_reserved": JobStatus.RESERVED,
+                "no_reason": PendingReason.NONE,
+            },
+        )
+        by_token = {row[3]: claimed_execution(row, now=now) for row in cursor.fetchall()}
+    return [by_token[p.token] for p in placements if p.claimed]
+
+
+# --- Claiming -------------------------------------------------------------------------
+
+# One statement, so the claim is one round trip and one commit, and it hands back what
+# the node needs to run the job. The execution's UPDATE filters on columns of the
+# claimed row only: PostgreSQL re-checks those after waiting for a racing claim, so
+# exactly one claim wins.
+_CLAIM_SQL = f"""
+WITH execution AS (
+    UPDATE jobs_jobexecution SET status = %(execution_running)s, started_at = %(now)s
+     WHERE token = %(token)s AND status = %(execution_reserved)s AND node_id = %(node_id)s
+ RETURNING id, job_id, attempt, token, node_id
+), allocation AS (
+    UPDATE resources_allocation a SET status = %(allocation_active)s, activated_at = %(now)s
+      FROM execution
+     WHERE a.execution_id = execution.id AND a.status = %(allocation_reserved)s
+), job AS (
+    UPDATE jobs_job j SET status = %(job_running)s, started_at = %(now)s
+      FROM execution WHERE j.id = execution.job_id AND j.status = %(job_reserved)s
+)
+SELECT execution.id, execution.job_id, execution.attempt, execution.token,
+       execution.node_id, {_JOB_RUN_COLUMNS}
+  FROM execution JOIN jobs_job j ON j.id = execution.job_id
+"""
+
+
+def claim_execution(*, token: str, node_id: int, now) -> JobExecution | None:
+    """Claim a reserved execution for its node: execution and job running, allocation
+    active. None, and nothing changed, when the token is unknown, meant for another
+    node, or no longer reserved."""
+    with prepared_cursor() as cursor:
+        cursor.execute(
+            _CLAIM_SQL,
+            {
+                "token": token,
+                "node_id": node_id,
+                "now": now,
+                "execution_running": ExecutionStatus.RUNNING,
+                "execution_reserved": ExecutionStatus.RESERVED,
+                "allocation_active": AllocationStatus.ACTIVE,
+                "allocation_reserved": AllocationStatus.RESERVED,
+                "job_running": JobStatus.RUNNING,
+                "job_reserved": JobStatus.RESERVED,
+            },
+        )
+        row = cursor.fetchone()
+    return None if row is None else claimed_execution(row, now=now)
+
+
+# --- Ending successes -----------------------------------------------------------------
+
+# A success is the common ending, so successes are one statement and one round trip,
+# for a whole batch of them: their row locks (jobs, then executions, allocations and
+# nodes) are taken at once, never one by one while an agent thread waits for its turn
+# to send the next statement, and each node row is written once per batch. An execution
+# is left alone when its job has a cancel pending or is not live, or when it is not
+# running; the general path then decides. The batch's executions are found by token
+# first (materialized), so the plan starts from the handful of rows the batch is about,
+# whatever the statistics say about the jobs table; a token reported twice counts once,
+# with its first report.
+_FINISH_SUCCEEDED_SQL = f"""
+WITH outcome AS MATERIALIZED (
+    SELECT DISTINCT ON (o.token) e.job_id, o.token, o.log_path, o.log_tail
+      FROM unnest(%(tokens)s::text[], %(log_paths)s::text[], %(log_tails)s::text[])
+           WITH ORDINALITY AS o(token, log_path, log_tail, n)
+      JOIN jobs_jobexecution e ON e.token = o.token
+     ORDER BY o.token, o.n
+), job AS (
+    SELECT j.id FROM jobs_job j
+      JOIN outcome ON outcome.job_id = j.id
+     WHERE j.status = ANY(%(job_live)s) AND j.cancel_requested_at IS NULL
+     ORDER BY j.id
+       FOR UPDATE OF j
+), execution AS (
+    UPDATE jobs_jobexecution e
+       SET status = %(execution_succeeded)s, exit_code = 0, error = '', finished_at = %(now)s,
+           log_path = outcome.log_path, log_tail = outcome.log_tail
+      FROM job, outcome
+     WHERE e.job_id = job.id AND e.token = outcome.token AND e.status = %(execution_running)s
+ RETURNING e.id, e.job_id, e.token
+), job_ended AS (
+    UPDATE jobs_job j
+       SET status = %(job_succeeded)s, pending_reason = %(no_reason)s, finished_at = %(now)s
+      FROM execution WHERE j.id = execution.job_id
+), {_RELEASE}
+SELECT execution.token, execution.job_id,
+       CASE WHEN %(wake)s THEN pg_notify(%(channel)s, '') END
+  FROM execution
+"""
+
+
+@dataclass(frozen=True)
+class Success:
+    token: str
+    log_path: str = ""
+    log_tail: str = ""
+
+
+def successes_finish(successes: Sequence[Success], *, now, wake: bool) -> dict[str, int]:
+    """End the running executions that succeeded: execution, job, allocation and node
+    counters, and (with `wake`) a wake-up for the scheduler. Returns {token: job id} of
+    those it ended."""
+    with prepared_cursor() as cursor:
+        cursor.execute(
+            _FINISH_SUCCEEDED_SQL,
+            {
+                "tokens": [s.token for s in successes],
+                "log_paths": [s.log_path for s in successes],
+                "log_tails": [s.log_tail for s in successes],
+                "now": now,
+                "wake": wake,
+                "channel": SCHEDULER_CHANNEL,
+                "job_live": [JobStatus.RESERVED, JobStatus.RUNNING],
+                "execution_succeeded": ExecutionStatus.SUCCEEDED,
+                "execution_running": ExecutionStatus.RUNNING,
+                "job_succeeded": JobStatus.SUCCEEDED,
+                "no_reason": PendingReason.NONE,
+                **_RELEASE_PARAMETERS,
+            },
+        )
+        return {token: job_id for token, job_id, _ in cursor.fetchall()}
+
+
+# --- Releasing ------------------------------------------------------------------------
+
+_RELEASE_SQL = f"""
+WITH execution AS (SELECT %(execution_id)s::bigint AS id), {_RELEASE}
+SELECT node_id, cpu_millis, memory_mb, gpu FROM allocation
+"""
+
+
+def allocation_release(*, execution_id: int, now) -> bool:
+    """Release the execution's live allocation and give its resources back to its node.
+
+    False when it was already released: the second caller changes nothing."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("allocation_release must run inside the caller's transaction")
+    with prepared_cursor() as cursor:
+        cursor.execute(
+            _RELEASE_SQL, {"execution_id": execution_id, "now": now, **_RELEASE_PARAMETERS}
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    node_id, cpu_millis, memory_mb, gpu = row
+    logger.info(
+        "allocation released execution=%s node=%s cpu_millis=%s memory_mb=%s gpu=%s",
+        execution_id,
+        node_id,
+        cpu_millis,
+        memory_mb,
+        gpu,
+    )
+    return True

@@ -1,0 +1,13 @@
+"""The node agent: everything that runs on a node, in the `run_node` process.
+
+- `supervision`: which node this process is, the host's capacity, the loop that
+  heartbeats, applies cancels and watches memory, and the clean-up of what a previous
+  agent left running
+- `runner`: running one execution in its own process group, with its limits and log
+- `sampling`: what /proc says about the jobs' processes
+- `success_batching`: ending successes in batches, and taking work onto the room they free
+- `tasks`: the Celery task that claims and runs an execution
+- `callable_runner`: the child process that runs an allow-listed callable
+
+Nothing in the control plane imports this package (an import-linter contract says so).
+"""

@@ -1,0 +1,240 @@
+"""`/api/jobs/`: submit, list, detail, attempts and logs of jobs; cancel, retry and
+acknowledge them."""
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import django_filters
+from django.http import FileResponse, HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_view,
+)
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.response import Response
+
+from accounts.models import Team
+from accounts.permissions import ChangeableObjectMixin
+from common.filters import IsoDateTimeFilter
+from common.pagination import CursorPagination
+from common.schema import refused
+from nodes.models import Node
+from resources.models import Queue
+
+from ..models import Job, JobExecution, JobStatus
+from ..selectors import execution_list_for_job, job_list_visible
+from ..services.actions import job_acknowledge, job_cancel, job_requeue
+from ..services.definitions import definition_submit
+from ..services.submission import Submission, job_submit
+from .representation import JobDetailSerializer, JobSerializer, job_json, job_rows
+from .specs import JobFromDefinitionSerializer, JobSubmitSerializer
+
+
+class ExecutionSerializer(serializers.ModelSerializer):
+    node = serializers.CharField(source="node.name")
+
+    class Meta:
+        model = JobExecution
+        fields = [
+            "attempt",
+            "token",
+            "node",
+            "status",
+            "exit_code",
+            "error",
+            "reserved_at",
+            "started_at",
+            "finished_at",
+            "log_tail",
+        ]
+
+
+class JobFilter(django_filters.FilterSet):
+    status = django_filters.ChoiceFilter(choices=JobStatus.choices)
+    name = django_filters.CharFilter()
+    # Names are turned into ids in a subquery, so that the list's indexes on (team, ...)
+    # and (queue, ...) serve these filters; a join on the name would walk every job.
+    queue = django_filters.CharFilter(method="filter_queue")
+    team = django_filters.CharFilter(method="filter_team")
+    definition = django_filters.NumberFilter(field_name="definition_id")
+    node = django_filters.CharFilter(method="filter_node")
+    created_after = IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    dead_letter = django_filters.BooleanFilter(method="filter_dead_letter")
+
+    def filter_dead_letter(self, queryset, name, value):
+        return queryset.dead_letter() if value else queryset.not_dead_letter()
+
+    def filter_queue(self, queryset, name, value):
+        return queryset.filter(queue_id=Queue.objects.filter(name=value).values("pk")[:1])
+
+    def filter_team(self, queryset, name, value):
+        return queryset.filter(team_id=Team.objects.filter(slug=value).values("pk")[:1])
+
+    def filter_node(self, queryset, name, value):
+        node = Node.objects.filter(name=value).values("pk")[:1]
+        return queryset.filter(last_execution__node_id=node)
+
+
+def submission_response(submission: Submission, *, user) -> Response:
+    """201 with a new job, 200 with the first one when its idempotency key repeats."""
+    job = job_list_visible(user=user).get(pk=submission.job.pk)
+    return Response(
+        JobSerializer(job).data,
+        status=status.HTTP_201_CREATED if submission.created else status.HTTP_200_OK,
+    )
+
+
+JOB_EXAMPLES = [
+    OpenApiExample(
+        "A command",
+        value={
+            "name": "nightly-report",
+            "command": ["sh", "-c", "echo hello"],
+            "resources": {"cpu": 0.5, "memory_mb": 256, "gpu": 0},
+            "max_retries": 2,
+            "timeout_seconds": 600,
+            "idempotency_key": "report-2030-01-01",
+        },
+        request_only=True,
+    ),
+    OpenApiExample(
+        "A registered callable",
+        value={
+            "team": "blue",
+            "name": "resize",
+            "kind": "callable",
+            "callable": "jobs.callables.sleep",
+            "parameters": {"seconds": 1},
+            "queue": "default",
+            "node_selector": {"zone": "a"},
+        },
+        request_only=True,
+    ),
+    OpenApiExample(
+        "From a definition",
+        value={"definition": 3, "parameters": {"day": "2030-01-01"}, "priority": 5},
+        request_only=True,
+    ),
+]
+CHANGED = {200: JobDetailSerializer, 400: refused("The job's status does not allow it.")}
+
+
+@extend_schema_view(
+    create=extend_schema(
+        request=PolymorphicProxySerializer(
+            component_name="JobSubmission",
+            serializers=[JobSubmitSerializer, JobFromDefinitionSerializer],
+            resource_type_field_name=None,
+        ),
+        responses={
+            201: OpenApiResponse(JobSerializer, description="Accepted."),
+            200: OpenApiResponse(
+                JobSerializer, description="The job first submitted with this idempotency key."
+            ),
+        },
+        examples=JOB_EXAMPLES,
+    ),
+    retrieve=extend_schema(responses=JobDetailSerializer),
+    cancel=extend_schema(request=None, responses=CHANGED),
+    retry=extend_schema(request=None, responses=CHANGED),
+    acknowledge=extend_schema(request=None, responses=CHANGED),
+    executions=extend_schema(responses=ExecutionSerializer(many=True), filters=False),
+    logs=extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "attempt", int, description="The attempt's number; default the latest."
+            )
+        ],
+        responses={(200, "text/plain"): OpenApiTypes.STR},
+    ),
+)
+class JobViewSet(
+    ChangeableObjectMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    viewers_may_not_change = "Viewers may look at this team's jobs but not change them."
+    serializer_class = JobSerializer
+    filterset_class = JobFilter
+    pagination_class = CursorPagination
+    queryset = Job.objects.none()  # the schema's model; requests use get_queryset
+
+    def get_queryset(self):
+        jobs = job_list_visible(user=self.request.user)
+        return jobs if self.action == "list" else jobs.prefetch_related("retries__requested_by")
+
+    def list(self, request):
+        page = self.paginate_queryset(job_rows(self.filter_queryset(self.get_queryset())))
+        return self.get_paginated_response([job_json(row) for row in page])
+
+    def create(self, request):
+        if isinstance(request.data, Mapping) and "definition" in request.data:
+            serializer = JobFromDefinitionSerializer(
+                data=request.data, context={"request": request}
+            )
+            serializer.is_valid(raise_exception=True)
+            overrides = dict(serializer.validated_data)
+            definition = overrides.pop("definition")
+            submission = definition_submit(
+                definition=definition, overrides=overrides, user=request.user
+            )
+        else:
+            serializer = JobSubmitSerializer(data=request.data, context={"request": request})
+            serializer.is_valid(raise_exception=True)
+            spec = dict(serializer.validated_data)
+            team = spec.pop("team")
+            submission = job_submit(team=team, spec=spec, user=request.user)
+        return submission_response(submission, user=request.user)
+
+    def retrieve(self, request, pk=None):
+        job = self.get_object()
+        return Response(JobDetailSerializer(job).data)
+
+    def _changed(self, job):
+        return Response(JobDetailSerializer(self.get_queryset().get(pk=job.pk)).data)
+
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        return self._changed(job_cancel(job=self.get_changeable_object(), user=request.user))
+
+    @action(detail=True, methods=["post"])
+    def retry(self, request, pk=None):
+        return self._changed(job_requeue(job=self.get_changeable_object(), user=request.user))
+
+    @action(detail=True, methods=["post"])
+    def acknowledge(self, request, pk=None):
+        return self._changed(job_acknowledge(job=self.get_changeable_object(), user=request.user))
+
+    @action(detail=True, methods=["get"], pagination_class=None)
+    def executions(self, request, pk=None):
+        job = self.get_object()
+        data = ExecutionSerializer(execution_list_for_job(job=job), many=True).data
+        return Response(data)
+
+    @action(detail=True, methods=["get"])
+    def logs(self, request, pk=None):
+        """The log of one attempt (`?attempt=N`, default the latest) as plain text."""
+        job = self.get_object()
+        executions = execution_list_for_job(job=job)
+        attempt = request.query_params.get("attempt")
+        if attempt is not None:
+            if not attempt.isdecimal():
+                raise ValidationError({"attempt": ["A whole number."]})
+            executions = executions.filter(attempt=int(attempt))
+        execution = executions.last()
+        if execution is None:
+            raise NotFound("No such attempt." if attempt else "The job has not run yet.")
+        path = Path(execution.log_path) if execution.log_path else None
+        if path is not None and path.is_file():
+            return FileResponse(path.open("rb"), content_type="text/plain; charset=utf-8")
+        # The log lives on the node's disk; from here only the kept tail can be shown.
+        return HttpResponse(execution.log_tail, content_type="text/plain; charset=utf-8")

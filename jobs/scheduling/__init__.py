@@ -1,0 +1,8 @@
+"""The scheduler: where pending jobs go.
+
+- `cycle`: one scheduling cycle, placing pending jobs on ready nodes in one transaction
+- `freed_room`: a node's finish placing waiting jobs on the room it freed
+- `leader`: the `run_scheduler` process, one leader at a time, woken by NOTIFY
+
+The rules themselves (predicates, scoring, fair share) are `resources.placement`'s.
+"""

@@ -1,0 +1,116 @@
+"""A node's freed room: when executions end on a node, the finish that released their
+allocations places the jobs waiting for room on that node, in the same transaction, by
+the scheduling cycle's rules (queues by fair share and quota, jobs by priority then age),
+so a freed slot does not wait for a scheduler round trip.
+
+The node agent's success batching (`jobs.agent.success_batching`) calls it; the jobs it
+claims there run on the threads whose successes freed the room.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.utils import timezone
+
+from common.db import prepared_cursor
+from nodes.models import Node, NodeStatus
+from resources.placement import Resources
+
+from ..models import JobExecution, PendingReason
+from .cycle import json_value, lock_pending_jobs, node_slot, place
+
+# Placements on freed room serialize on this transaction-level advisory lock, so two
+# nodes' finishes never both read a queue's usage and both place up to its quota; a
+# finish that finds it taken leaves its room to the scheduler. The scheduling cycle
+# needs no part in it: it locks every node first, this node included, so it waits for
+# the finish to commit before it reads anything.
+FREED_ROOM_LOCK_ID = 0x5C4EE
+# Jobs read per queue for one node's freed room, which is usually a job's worth.
+FREED_ROOM_JOBS_PER_QUEUE = 16
+# What freed room may take: jobs a cycle has seen and left waiting for room, or for a
+# retry time that has passed. New arrivals stay the scheduler's, which weighs every
+# node for them by the queue's strategy.
+FREED_ROOM_REASONS = (
+    PendingReason.INSUFFICIENT_CAPACITY,
+    PendingReason.QUEUE_QUOTA,
+    PendingReason.WAITING_RETRY,
+)
+NODE_WITH_FREED_ROOM_SQL = """
+SELECT pg_try_advisory_xact_lock(%(lock)s), n.status, n.name, n.cpu_millis, n.memory_mb,
+       n.gpu, n.allocated_cpu_millis, n.allocated_memory_mb, n.allocated_gpu, n.labels,
+       cluster.cpu_millis, cluster.memory_mb, cluster.gpu
+FROM nodes_node n,
+     (SELECT sum(cpu_millis), sum(memory_mb), sum(gpu) FROM nodes_node
+       WHERE status <> %(offline)s) AS cluster(cpu_millis, memory_mb, gpu)
+WHERE n.id = %(node)s
+FOR UPDATE OF n
+"""
+
+
+@dataclass(frozen=True)
+class FreedRoomPlacements:
+    claimed: list[JobExecution]  # placed and claimed for the node, to run at once
+    placements: list[tuple[str, str]]  # (token, node name): placed, to be sent
+    # Room the waiting jobs did not take (too small for them, or more jobs wait than
+    # were read): the scheduler's, which sees new arrivals and every queue's backlog.
+    room_left: bool
+
+
+def place_on_freed_room(
+    *, node_id: int, claim: int = 0, before_claim: Callable[[list[str]], None] | None = None
+) -> FreedRoomPlacements | None:
+    """Place waiting jobs on the room a finish has just freed on the node, inside the
+    finish's transaction (which holds the node's row). None when it did not look, and
+    the room is the scheduler's: the node is not ready, or another node's freed room
+    is being filled.
+
+    Up to `claim` of them are claimed for the node in the same statement, for the agent
+    threads whose successes freed the room: they run them without a claim of their own.
+    Their tokens go to `before_claim` first, so the agent lists them in its heartbeats
+    before they are running, as it does with the tokens it claims itself."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("place_on_freed_room must run inside the finish's transaction")
+    now = timezone.now()
+    with prepared_cursor() as cursor:
+        cursor.execute(
+            NODE_WITH_FREED_ROOM_SQL,
+            {"lock": FREED_ROOM_LOCK_ID, "node": node_id, "offline": NodeStatus.OFFLINE},
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    locked, status, name, cpu, memory, gpu, used_cpu, used_memory, used_gpu, labels = row[:10]
+    if not locked or status != NodeStatus.READY:
+        return None
+    slot = node_slot(
+        Node(
+            id=node_id,
+            name=name,
+            cpu_millis=cpu,
+            memory_mb=memory,
+            gpu=gpu,
+            allocated_cpu_millis=used_cpu,
+            allocated_memory_mb=used_memory,
+            allocated_gpu=used_gpu,
+            labels=json_value(labels),
+        )
+    )
+    pending, queues = lock_pending_jobs(
+        now=now, per_queue=FREED_ROOM_JOBS_PER_QUEUE, reasons=FREED_ROOM_REASONS
+    )
+    result, _, claimed = place(
+        pending,
+        queues,
+        [slot],
+        Resources(*row[10:]),
+        now,
+        window=FREED_ROOM_JOBS_PER_QUEUE,
+        claim=claim,
+        before_claim=before_claim,
+    )
+    return FreedRoomPlacements(
+        claimed,
+        result.placements[len(claimed) :],
+        slot.free_cpu_millis > 0 and slot.free_memory_mb > 0,
+    )

@@ -1,0 +1,127 @@
+"""What people do to jobs: cancel, requeue (retry), acknowledge a dead letter, and
+release the allocation of an execution that is stuck."""
+
+import logging
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import User
+from common.wakeup import scheduler_wake
+
+from ..accounting import allocation_release
+from ..models import TERMINAL_JOB_STATUSES, ExecutionStatus, Job, JobExecution, JobStatus
+from .retries import JOB_LIFECYCLE_FIELDS, job_after_attempt, job_end, job_plan_retry
+
+logger = logging.getLogger(__name__)
+
+
+class JobStateError(ValidationError):
+    """The job is not in a state that allows the action; answered as a 400 on `status`."""
+
+    def __init__(self, message: str):
+        super().__init__({"status": [message]})
+
+
+def job_cancel(*, job: Job, user: User | None = None) -> Job:
+    """Cancel a job. Pending or placed-but-unstarted: at once. Running: its node is asked
+    to kill the process group, and the job becomes `cancelled` when the node confirms
+    (or when the node is found lost)."""
+    now = timezone.now()
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job.pk)
+        if job.status in TERMINAL_JOB_STATUSES:
+            raise JobStateError(
+                f"The job already ended ({job.status}); there is nothing to cancel."
+            )
+        if job.status == JobStatus.RESERVED:
+            execution = job.last_execution
+            unstarted = JobExecution.objects.filter(
+                pk=execution.pk, status=ExecutionStatus.RESERVED
+            ).update(status=ExecutionStatus.CANCELLED, error="cancelled", finished_at=now)
+            if unstarted:
+                allocation_release(execution_id=execution.pk, now=now)
+                job_end(job, JobStatus.CANCELLED, now)
+            else:
+                job.cancel_requested_at = now  # claimed meanwhile: it is running now
+        elif job.status == JobStatus.PENDING:
+            job_end(job, JobStatus.CANCELLED, now)
+            job.not_before = None
+        else:
+            job.cancel_requested_at = job.cancel_requested_at or now
+        job.save(update_fields=[*JOB_LIFECYCLE_FIELDS, "cancel_requested_at"])
+        scheduler_wake()
+    logger.info(
+        "job cancel job=%s by=%s status=%s", job.id, user.username if user else "-", job.status
+    )
+    return job
+
+
+def job_requeue(*, job: Job, user: User | None = None) -> Job:
+    """Run a failed or cancelled job again, as its next attempt, right away."""
+    now = timezone.now()
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job.pk)
+        if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+            raise JobStateError(
+                f"Only a failed or cancelled job can be requeued; this one is {job.status}."
+            )
+        who = user.username if user else "an operator"
+        job_plan_retry(
+            job=job, reason=f"requeued by {who}", delay_seconds=0, now=now, requested_by=user
+        )
+        job.acknowledged_at = job.cancel_requested_at = None
+        job.save(update_fields=[*JOB_LIFECYCLE_FIELDS, "acknowledged_at", "cancel_requested_at"])
+        scheduler_wake()
+    return job
+
+
+def job_acknowledge(*, job: Job, user: User | None = None) -> Job:
+    """Take a failed job out of the dead-letter view without running it again."""
+    updated = Job.objects.filter(
+        pk=job.pk, status=JobStatus.FAILED, acknowledged_at__isnull=True
+    ).update(acknowledged_at=timezone.now())
+    job.refresh_from_db()
+    if not updated and job.status != JobStatus.FAILED:
+        raise JobStateError(f"Only a failed job can be acknowledged; this one is {job.status}.")
+    return job
+
+
+def execution_release_stuck(*, execution_id: int, released_by: str) -> bool:
+    """An operator releases the allocation of an execution that is stuck (its message is
+    lost for good, or its agent is wedged): the allocation is released, exactly once; the
+    execution, if not over, ends `failed` with an error saying so; and the job moves on as
+    after any failed attempt (a retry if it has retries left, `cancelled` if a cancel was
+    asked for).
+
+    False, and nothing changes, when the allocation was already released. A process still
+    running on the node is not stopped; its outcome is ignored when it reports.
+    """
+    now = timezone.now()
+    error = f"allocation released by {released_by}: the execution was stuck"
+    with transaction.atomic():
+        job_id = JobExecution.objects.filter(pk=execution_id).values_list("job_id", flat=True)
+        job = Job.objects.select_for_update().filter(pk__in=job_id).first()
+        if job is None:
+            return False
+        ended = JobExecution.objects.filter(
+            pk=execution_id, status__in=(ExecutionStatus.RESERVED, ExecutionStatus.RUNNING)
+        ).update(status=ExecutionStatus.FAILED, error=error, finished_at=now)
+        if ended and job.last_execution_id == execution_id:
+            cancelled = job.cancel_requested_at is not None
+            status = ExecutionStatus.CANCELLED if cancelled else ExecutionStatus.FAILED
+            job_after_attempt(job, status=status, error=error, now=now)
+        # Last, as in a finish, so the node row is held briefly.
+        released = allocation_release(execution_id=execution_id, now=now)
+        if not (ended or released):
+            return False
+        scheduler_wake()
+    logger.warning(
+        "allocation released by an operator job=%s execution=%s by=%s job_status=%s",
+        job.id,
+        execution_id,
+        released_by,
+        job.status,
+    )
+    return True

@@ -1,0 +1,121 @@
+"""An execution's life on its node: claimed by the node about to run it, then finished
+with its outcome, its allocation released and its job moved on.
+
+Lock order here and in every service of this package: job, then execution, then
+allocation, then node. The scheduling cycle locks nodes first but takes jobs with SKIP
+LOCKED, so it never waits for a job lock; a node's freed room (`jobs.scheduling.
+freed_room`) takes more jobs after its node, with SKIP LOCKED too, and its advisory lock
+only if free, so it never waits either. Every status change is a conditional UPDATE on
+the expected status, so a lost race (a duplicate message, a second worker) is detected
+and changes nothing.
+"""
+
+import logging
+from collections.abc import Sequence
+
+from django.db import transaction
+from django.utils import timezone
+
+from common.wakeup import scheduler_wake
+
+from ..accounting import Success, allocation_release, claim_execution, successes_finish
+from ..models import ExecutionStatus, Job, JobExecution
+from .retries import job_after_attempt
+
+logger = logging.getLogger(__name__)
+
+
+def execution_claim(*, token: str, node_id: int) -> JobExecution | None:
+    """Claim a reserved execution for the node about to run it, in one statement (see
+    `jobs.accounting.claim_execution`).
+
+    Returns None, and changes nothing, if the token is unknown, not meant for this node,
+    or already claimed or finished: that message was a duplicate or stale.
+    """
+    execution = claim_execution(token=token, node_id=node_id, now=timezone.now())
+    if execution is not None:
+        logger.info(
+            "execution claimed job=%s attempt=%s node=%s token=%s",
+            execution.job_id,
+            execution.attempt,
+            node_id,
+            token,
+        )
+    return execution
+
+
+def execution_finish(
+    *,
+    token: str,
+    exit_code: int | None,
+    error: str = "",
+    log_path: str = "",
+    log_tail: str = "",
+    cancelled: bool = False,
+) -> bool:
+    """Record how a running execution ended, release its allocation, and move the job on:
+    to `succeeded`, `cancelled`, back to `pending` for a retry, or to `failed` (the
+    dead-letter view) when out of retries. False when it was not running (a late or
+    duplicate report), which changes nothing."""
+    if exit_code == 0 and not error and not cancelled:
+        success = Success(token=token, log_path=log_path, log_tail=log_tail)
+        if executions_finish_succeeded([success]):
+            return True
+    now = timezone.now()
+    with transaction.atomic():
+        found = JobExecution.objects.filter(token=token).values_list("id", "job_id").first()
+        if found is None:
+            return False
+        execution_id, job_id = found
+        job = Job.objects.select_for_update().get(pk=job_id)
+        cancelled = cancelled or job.cancel_requested_at is not None
+        if cancelled:
+            status = ExecutionStatus.CANCELLED
+        elif exit_code == 0 and not error:
+            status = ExecutionStatus.SUCCEEDED
+        else:
+            status = ExecutionStatus.FAILED
+        finished = JobExecution.objects.filter(
+            pk=execution_id, status=ExecutionStatus.RUNNING
+        ).update(
+            status=status,
+            exit_code=exit_code,
+            error="cancelled" if cancelled else error,
+            finished_at=now,
+            log_path=log_path,
+            log_tail=log_tail,
+        )
+        if not finished:
+            logger.warning("execution not running, outcome ignored token=%s", token)
+            return False
+        job_after_attempt(job, status=status, error=error, now=now)
+        scheduler_wake()
+        # Last, so the node row (every finish and every cycle needs it) is held briefly.
+        allocation_release(execution_id=execution_id, now=now)
+    logger.info(
+        "execution finished job=%s token=%s status=%s exit_code=%s error=%r job_status=%s",
+        job.id,
+        token,
+        status,
+        exit_code,
+        error,
+        job.status,
+    )
+    return True
+
+
+def executions_finish_succeeded(
+    successes: Sequence[Success], *, wake: bool = True
+) -> dict[str, int]:
+    """End running executions that succeeded, in one statement: execution, job,
+    allocation and node counters, and (with `wake`) a wake-up for the scheduler. Returns
+    {token: job id} of those it ended; the others (a cancel pending, a duplicate report)
+    are for `execution_finish` to decide."""
+    if not successes:
+        return {}
+    ended = successes_finish(successes, now=timezone.now(), wake=wake)
+    for token, job_id in ended.items():
+        logger.info(
+            "execution finished job=%s token=%s status=succeeded exit_code=0", job_id, token
+        )
+    return ended

@@ -1,0 +1,112 @@
+"""Executions that will never report: those of a lost node, those whose process vanished,
+and those whose message no node claimed in time (the broker may have lost it)."""
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from common.wakeup import scheduler_wake
+from nodes.models import NodeStatus
+
+from ..accounting import allocation_release
+from ..models import ExecutionStatus, Job, JobExecution, JobStatus
+from .publishing import executions_publish_on_commit
+from .retries import JOB_LIFECYCLE_FIELDS, job_end, job_plan_retry
+
+logger = logging.getLogger(__name__)
+
+
+def execution_fail_over(*, execution_id: int, reason: str) -> bool:
+    """An execution that will never report (its node or its process is gone): mark it
+    lost, release its allocation, and retry the job elsewhere. A lost attempt counts as
+    an attempt, but not against `max_retries`: it is the platform's failure, not the
+    job's; NODE_LOST_MAX_RETRIES bounds it for a job that keeps killing its nodes."""
+    now = timezone.now()
+    with transaction.atomic():
+        job_id = JobExecution.objects.filter(pk=execution_id).values_list("job_id", flat=True).get()
+        job = Job.objects.select_for_update().get(pk=job_id)
+        lost = JobExecution.objects.filter(
+            pk=execution_id, status__in=(ExecutionStatus.RESERVED, ExecutionStatus.RUNNING)
+        ).update(status=ExecutionStatus.LOST, error=reason, finished_at=now)
+        if not lost:
+            return False
+        allocation_release(execution_id=execution_id, now=now)
+        if job.status in (JobStatus.RESERVED, JobStatus.RUNNING):
+            times_lost = job.executions.filter(status=ExecutionStatus.LOST).count()
+            if job.cancel_requested_at is not None:
+                job_end(job, JobStatus.CANCELLED, now)
+            elif times_lost <= settings.NODE_LOST_MAX_RETRIES:
+                job_plan_retry(job=job, reason=reason, delay_seconds=0, now=now)
+            else:
+                job_end(job, JobStatus.FAILED, now)
+            job.save(update_fields=JOB_LIFECYCLE_FIELDS)
+        scheduler_wake()
+    logger.warning(
+        "execution lost job=%s execution=%s reason=%r job_status=%s",
+        job.id,
+        execution_id,
+        reason,
+        job.status,
+    )
+    return True
+
+
+def executions_fail_over_node(*, node_id: int, reason: str) -> int:
+    """Fail over every live execution of a node that is gone."""
+    ids = list(
+        JobExecution.objects.filter(
+            node_id=node_id, status__in=(ExecutionStatus.RESERVED, ExecutionStatus.RUNNING)
+        ).values_list("id", flat=True)
+    )
+    return sum(execution_fail_over(execution_id=i, reason=reason) for i in ids)
+
+
+def executions_fail_over_unreported(*, grace_seconds: float) -> int:
+    """Fail over running executions that their live node no longer reports.
+
+    An agent tracks a token before claiming it and stops after finishing it, and stamps
+    each heartbeat before it lists its tokens: an execution started before that stamp
+    and missing from the list has no process on the node (it died, or the agent was
+    restarted under it).
+    """
+    stale = list(
+        JobExecution.objects.filter(
+            status=ExecutionStatus.RUNNING,
+            node__status__in=(NodeStatus.READY, NodeStatus.CORDONED, NodeStatus.DRAINING),
+            started_at__lt=F("node__last_heartbeat") - timedelta(seconds=grace_seconds),
+        ).values_list("id", "token", "node__name", "node__running_tokens")
+    )
+    failed_over = 0
+    for execution_id, token, node_name, reported in stale:
+        if token in reported:
+            continue
+        failed_over += execution_fail_over(
+            execution_id=execution_id, reason=f"process vanished on node {node_name}"
+        )
+    return failed_over
+
+
+def execution_republish_stale(*, older_than_seconds: float) -> int:
+    """Re-publish reserved executions no node has claimed in time, with the same token.
+
+    The broker may have lost the message (Redis is disposable); a duplicate is harmless
+    because the node claims the token in the database before running anything.
+    """
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=older_than_seconds)
+    stale = JobExecution.objects.filter(
+        Q(republished_at__isnull=True) | Q(republished_at__lt=cutoff),
+        status=ExecutionStatus.RESERVED,
+        reserved_at__lt=cutoff,
+    )
+    tokens = list(stale.order_by("reserved_at").values_list("token", flat=True))
+    if not tokens:
+        return 0
+    JobExecution.objects.filter(token__in=tokens).update(republished_at=now)
+    logger.warning("re-publishing %s unclaimed executions: %s", len(tokens), " ".join(tokens[:20]))
+    executions_publish_on_commit(tokens=tokens)
+    return len(tokens)

@@ -1,0 +1,57 @@
+"""Sending executions' messages to their nodes' queues, never before their rows commit.
+
+A message is an idempotent nudge carrying an execution token: the node claims the token
+in PostgreSQL before it runs anything, and reconciliation sends again what no node
+claimed in time. A message sent before the transaction that reserved its execution
+commits could be claimed before the row exists (and be dropped as stale), or announce a
+placement that is then rolled back; so a send asked for inside a transaction waits for
+its commit, and one whose transaction rolls back is never sent.
+"""
+
+import logging
+from collections.abc import Sequence
+from functools import partial
+
+from celery import current_app
+from celery.utils import uuid
+from django.db import transaction
+
+from resources.routing import EXECUTION_TASK
+
+logger = logging.getLogger(__name__)
+
+
+def executions_publish_on_commit(*, tokens: Sequence[str]) -> None:
+    """Send the executions' messages now if no transaction is open, else once it commits."""
+    if not tokens:
+        return
+    if transaction.get_connection().in_atomic_block:
+        transaction.on_commit(partial(_publish, list(tokens)))
+    else:
+        _publish(tokens)
+
+
+def _publish(tokens: Sequence[str]) -> None:
+    """Send many executions' messages over one producer connection, pipelined.
+
+    The same messages `send_task` would send, routed by the same router, built and sent
+    with the two calls `send_task` itself makes: its per-call option handling costs as
+    much as the publishing when a cycle sends thousands. The queue is not re-declared per
+    message: a node's queue is declared by its own worker, and a message for it is
+    addressed to it by name. A failure here loses nothing: whatever was not sent stays
+    `reserved` in PostgreSQL, and reconciliation sends it again.
+    """
+    app = current_app
+    amqp = app.amqp
+    send_sent_event = app.conf.task_send_sent_event
+    try:
+        with app.producer_or_acquire() as producer, producer.batch():
+            for token in tokens:
+                kwargs = {"token": token}
+                route = amqp.router.route({}, EXECUTION_TASK, (), kwargs)
+                message = amqp.create_task_message(
+                    uuid(), EXECUTION_TASK, (), kwargs, create_sent_event=send_sent_event
+                )
+                amqp.send_task_message(producer, EXECUTION_TASK, message, declare=[], **route)
+    except Exception:
+        logger.exception("could not publish %s executions", len(tokens))

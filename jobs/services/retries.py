@@ -1,0 +1,70 @@
+"""Retry policy: when a failed attempt runs again, and what a job becomes after each
+attempt (succeeded, cancelled, pending for a retry, or failed: the dead-letter view)."""
+
+import logging
+import random
+from datetime import timedelta
+
+from accounts.models import User
+
+from ..models import ExecutionStatus, Job, JobRetry, JobStatus, PendingReason
+
+logger = logging.getLogger(__name__)
+
+# No back-off grows beyond an hour.
+
+RETRY_BACKOFF_CAP_SECONDS = 3600
+
+
+def retry_delay_seconds(*, backoff_seconds: int, attempt: int) -> float:
+    """Exponential back-off from `backoff_seconds`, doubled per attempt, capped, with jitter."""
+    base = min(backoff_seconds * 2 ** (attempt - 1), RETRY_BACKOFF_CAP_SECONDS)
+    return base * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not security
+
+
+def job_plan_retry(
+    *, job: Job, reason: str, delay_seconds: float, now, requested_by: User | None = None
+) -> JobRetry:
+    """Put the job back to pending for its next attempt, recording why and from when."""
+    due_at = now + timedelta(seconds=delay_seconds)
+    job.status, job.pending_reason = JobStatus.PENDING, PendingReason.WAITING_RETRY
+    job.not_before, job.finished_at = due_at, None
+    retry = JobRetry.objects.create(
+        job=job,
+        attempt=job.attempts + 1,
+        reason=reason[:500],
+        due_at=due_at,
+        requested_by=requested_by,
+    )
+    logger.info(
+        "retry planned job=%s attempt=%s reason=%r due_at=%s",
+        job.id,
+        retry.attempt,
+        reason,
+        due_at.isoformat(),
+    )
+    return retry
+
+
+def job_end(job: Job, status: str, now) -> None:
+    job.status, job.pending_reason, job.finished_at = status, PendingReason.NONE, now
+
+
+JOB_LIFECYCLE_FIELDS = ["status", "pending_reason", "not_before", "finished_at"]
+
+
+def job_after_attempt(job: Job, *, status: str, error: str, now) -> None:
+    """Move a locked job on once its current attempt ended with `status`: to `succeeded`,
+    `cancelled`, back to `pending` for a retry, or to `failed` when out of retries."""
+    if job.status not in (JobStatus.RESERVED, JobStatus.RUNNING):
+        return
+    if status == ExecutionStatus.SUCCEEDED:
+        job_end(job, JobStatus.SUCCEEDED, now)
+    elif status == ExecutionStatus.CANCELLED:
+        job_end(job, JobStatus.CANCELLED, now)
+    elif job.attempts <= job.max_retries:
+        delay = retry_delay_seconds(backoff_seconds=job.retry_backoff_seconds, attempt=job.attempts)
+        job_plan_retry(job=job, reason=error, delay_seconds=delay, now=now)
+    else:
+        job_end(job, JobStatus.FAILED, now)
+    job.save(update_fields=JOB_LIFECYCLE_FIELDS)
