@@ -92,6 +92,15 @@ _RELEASE_PARAMETERS = {
     "released": AllocationStatus.RELEASED,
     "live": list(LIVE_ALLOCATION_STATUSES),
 }
+# What a placement writes (reserved), and a claim or a placement claimed at once (running).
+_START_PARAMETERS = {
+    "execution_reserved": ExecutionStatus.RESERVED,
+    "execution_running": ExecutionStatus.RUNNING,
+    "allocation_reserved": AllocationStatus.RESERVED,
+    "allocation_active": AllocationStatus.ACTIVE,
+    "job_reserved": JobStatus.RESERVED,
+    "job_running": JobStatus.RUNNING,
+}
 
 
 # --- Placing --------------------------------------------------------------------------
@@ -178,12 +187,7 @@ def placements_write(placements: Sequence[Placement], *, now) -> list[JobExecuti
                 "memory": [p.memory_mb for p in placements],
                 "gpu": [p.gpu for p in placements],
                 "claimed": [p.claimed for p in placements],
-                "execution_running": ExecutionStatus.RUNNING,
-                "execution_reserved": ExecutionStatus.RESERVED,
-                "allocation_active": AllocationStatus.ACTIVE,
-                "allocation_reserved": AllocationStatus.RESERVED,
-                "job_running": JobStatus.RUNNING,
-                "job_reserved": JobStatus.RESERVED,
+                **_START_PARAMETERS,
                 "no_reason": PendingReason.NONE,
             },
         )
@@ -227,12 +231,7 @@ def claim_execution(*, token: str, node_id: int, now) -> JobExecution | None:
                 "token": token,
                 "node_id": node_id,
                 "now": now,
-                "execution_running": ExecutionStatus.RUNNING,
-                "execution_reserved": ExecutionStatus.RESERVED,
-                "allocation_active": AllocationStatus.ACTIVE,
-                "allocation_reserved": AllocationStatus.RESERVED,
-                "job_running": JobStatus.RUNNING,
-                "job_reserved": JobStatus.RESERVED,
+                **_START_PARAMETERS,
             },
         )
         row = cursor.fetchone()

@@ -20,8 +20,8 @@ from django.db import connection
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from jobs.scheduling.leader import LEADER_LOCK_ID
 from nodes.models import Node
-from resources.scheduler import LEADER_LOCK_ID
 from scheduler_site.celery import app as celery_app
 
 BASE_DIR = Path(settings.BASE_DIR)

@@ -28,7 +28,7 @@ def main(argv: list[str]) -> None:
 
     django.setup()
     from accounts.models import Team
-    from jobs.services import job_submit
+    from jobs.services.submission import job_submit
 
     team = Team.objects.get(slug=args.team)
     rng = random.Random(args.seed)

@@ -18,9 +18,9 @@ from accounts.models import Role, Team, User
 from accounts.services import api_token_issue, audit_event_record, team_add_member
 from jobs.models import ExecutionStatus, Job, JobDefinition, JobExecution, JobStatus
 from jobs.schedules import schedule_create
-from jobs.services import execution_claim
+from jobs.scheduling.cycle import place_pending_jobs
+from jobs.services.executions import execution_claim
 from nodes.models import Node
-from resources.cycle import place_pending_jobs
 from resources.models import Allocation, Queue
 
 pytestmark = pytest.mark.django_db

@@ -31,10 +31,10 @@ from accounts.models import Role, Team, User
 from accounts.services import api_token_issue, team_add_member
 from jobs.models import Job, JobDefinition, JobExecution
 from jobs.schedules import schedule_create
-from jobs.services import execution_claim
+from jobs.scheduling.cycle import place_pending_jobs
+from jobs.services.executions import execution_claim
 from nodes.models import Node
 from nodes.services import node_credential_issue
-from resources.cycle import place_pending_jobs
 from resources.models import Allocation, Queue
 
 CHECKS = [

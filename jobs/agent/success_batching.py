@@ -70,7 +70,7 @@ class SuccessBatcher:
         with self._lock:
             if self._writer is None:
                 self._writer = threading.Thread(
-                    target=self._write_forever, name="success-reporter", daemon=True
+                    target=self._write_forever, name="success-batching", daemon=True
                 )
                 self._writer.start()
         report = _Report(success, node_id)

@@ -66,9 +66,11 @@ def test_a_submission_is_recorded_with_actor_token_team_address_and_change(
 
 
 def test_reads_and_refused_input_are_not_recorded(api, small_node):
-    api.get("/api/jobs/")
-    api.post("/api/jobs/", {"name": "x"}, format="json")
-    api.get("/api/jobs/12345/")
+    assert api.get("/api/jobs/").status_code == 200
+    refused = api.post("/api/jobs/", {"name": "x"}, format="json")
+    assert (refused.status_code, refused.json()) == (400, {"command": ["This field is required."]})
+    assert not Job.objects.exists()
+    assert api.get("/api/jobs/12345/").status_code == 404
     assert not AuditEvent.objects.exists()
 
 

@@ -7,8 +7,8 @@ import uuid
 import pytest
 
 from jobs.models import Job, JobExecution, JobStatus
-from jobs.services import EXECUTION_TASK
 from resources.models import AllocationStatus
+from resources.routing import EXECUTION_TASK
 from scheduler_site.celery import app as celery_app
 from tests.processes import wait_until
 

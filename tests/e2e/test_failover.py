@@ -6,9 +6,9 @@ import time
 import pytest
 
 from jobs.models import ExecutionStatus, Job, JobExecution, JobRetry, JobStatus
-from jobs.services import execution_claim
+from jobs.scheduling.cycle import place_pending_jobs
+from jobs.services.executions import execution_claim
 from nodes.models import Node, NodeStatus
-from resources.cycle import place_pending_jobs
 from resources.models import AllocationStatus
 from tests.processes import wait_until
 

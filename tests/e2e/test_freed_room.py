@@ -1,5 +1,5 @@
-"""A node agent hands the slot a success frees to the next waiting job itself, and
-stops doing so when it is told to shut down."""
+"""A node agent places the next waiting job on the room a success frees itself, without
+the scheduler, and stops doing so when it is told to shut down."""
 
 import itertools
 import signal
@@ -41,7 +41,7 @@ def not_yet_seen(ids) -> int:
     ).count()
 
 
-def test_a_backlog_drains_through_hand_ons_with_the_scheduler_gone(cluster, api):
+def test_a_backlog_drains_through_freed_room_with_the_scheduler_gone(cluster, api):
     cluster.start_node("node-a", cpu=1, slots=2)
     scheduler = cluster.start_scheduler()
     ids = submit_backlog(api, BACKLOG, 0.3)

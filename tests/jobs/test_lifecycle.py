@@ -1,4 +1,4 @@
-"""Cancel, requeue, acknowledge and fail-over, through the API and the services."""
+"""Cancel, requeue and acknowledge, through the API and the services."""
 
 import pytest
 from django.utils import timezone
@@ -6,16 +6,8 @@ from django.utils import timezone
 from accounts.models import Role, User
 from accounts.services import team_add_member
 from jobs.models import ExecutionStatus, Job, JobStatus
-from jobs.services import (
-    Success,
-    execution_claim,
-    execution_fail_over,
-    execution_finish,
-    executions_finish_succeeded,
-)
-from nodes.models import Node, NodeStatus
-from nodes.services import nodes_mark_lost
-from resources.cycle import place_pending_jobs
+from jobs.scheduling.cycle import place_pending_jobs
+from jobs.services.executions import execution_claim, execution_finish
 from resources.models import AllocationStatus
 from tests.conftest import token_client
 
@@ -139,61 +131,3 @@ def test_callable_jobs_are_checked_against_the_allow_list(api, small_node, paylo
     assert response.status_code == 400, response.json()
     assert field in response.json()
     assert not Job.objects.exists()
-
-
-def test_a_silent_node_goes_offline_and_a_live_one_stays(db):
-    now = timezone.now()
-    Node.objects.create(
-        name="silent",
-        cpu_millis=1000,
-        memory_mb=1024,
-        last_heartbeat=now - timezone.timedelta(seconds=60),
-    )
-    Node.objects.create(name="alive", cpu_millis=1000, memory_mb=1024, last_heartbeat=now)
-    assert nodes_mark_lost(older_than_seconds=30) == ["silent"]
-    assert nodes_mark_lost(older_than_seconds=30) == []
-    assert Node.objects.get(name="alive").status == NodeStatus.READY
-
-
-def test_a_job_that_keeps_losing_its_node_fails_after_the_limit(api, small_node, broker, settings):
-    settings.NODE_LOST_MAX_RETRIES = 1
-    job_id = submit(api)
-    for _ in range(2):
-        place_pending_jobs(batch_size=10)
-        job = Job.objects.get(pk=job_id)
-        assert execution_fail_over(execution_id=job.last_execution_id, reason="node lost")
-        assert not execution_fail_over(execution_id=job.last_execution_id, reason="node lost")
-        Job.objects.filter(pk=job_id).update(not_before=None)
-    job = Job.objects.get(pk=job_id)
-    assert (job.status, job.attempts) == (JobStatus.FAILED, 2)
-    small_node.refresh_from_db()
-    assert small_node.allocated_cpu_millis == 0
-
-
-def test_successes_reported_together_end_only_what_they_may(api, small_node, broker):
-    # Four running jobs of 1 CPU each on one node; the fourth has a cancel pending.
-    ids = [submit(api, resources={"cpu": 1, "memory_mb": 100}) for _ in range(4)]
-    tokens = place_pending_jobs(batch_size=10).tokens
-    for token in tokens:
-        execution_claim(token=token, node_id=small_node.id)
-    Job.objects.filter(pk=ids[3]).update(cancel_requested_at=timezone.now())
-    by_job = {Job.objects.get(last_execution__token=t).id: t for t in tokens}
-
-    reports = [Success(token=by_job[i], log_tail=f"out {i}") for i in ids]
-    reports.append(Success(token=by_job[ids[0]]))  # the same success, twice in one batch
-    ended = executions_finish_succeeded(reports)
-
-    assert ended == {by_job[i]: i for i in ids[:3]}
-    for i in ids[:3]:
-        job = Job.objects.get(pk=i)
-        assert (job.status, job.last_execution.status) == ("succeeded", "succeeded")
-        assert job.last_execution.log_tail == f"out {i}"
-        assert job.last_execution.allocation.status == AllocationStatus.RELEASED
-    small_node.refresh_from_db()
-    assert (small_node.allocated_cpu_millis, small_node.allocated_memory_mb) == (1000, 100)
-    # Reported again, nothing changes; the cancelled one is for the general path.
-    assert executions_finish_succeeded(reports) == {}
-    assert execution_finish(token=by_job[ids[3]], exit_code=0) is True
-    assert Job.objects.get(pk=ids[3]).status == JobStatus.CANCELLED
-    small_node.refresh_from_db()
-    assert small_node.allocated_cpu_millis == 0

@@ -3,9 +3,9 @@
 import pytest
 
 from jobs.models import ExecutionStatus, Job, JobStatus, PendingReason
-from jobs.services import execution_claim
+from jobs.scheduling.cycle import place_pending_jobs
+from jobs.services.executions import execution_claim
 from nodes.models import Node, NodeStatus
-from resources.cycle import place_pending_jobs
 from resources.models import DEFAULT_QUEUE_NAME, Allocation, AllocationStatus, Queue
 
 pytestmark = pytest.mark.django_db
@@ -312,4 +312,13 @@ def test_usage_has_a_fixed_number_of_queries(api, cluster_state, django_assert_m
     # Authentication (1, plus at most 1 last-used update), nodes, held by queue and team,
     # queues, their teams, visible queues, visible teams.
     with django_assert_max_num_queries(8):
-        api.get("/api/resources/usage/")
+        response = api.get("/api/resources/usage/")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["cluster"]["allocated"] == figures(4.0, 1300, 1)
+    assert [n["name"] for n in body["nodes"]] == ["node-a", "node-b", "node-c"]
+    assert {q["queue"]: q["allocated"] for q in body["queues"]} == {
+        "batch": figures(2.0, 200, 0),
+        "default": figures(1.0, 1000, 0),
+    }
+    assert [(t["team"], t["allocated"]) for t in body["teams"]] == [("blue", figures(3.0, 1200, 0))]

@@ -7,12 +7,10 @@ from django.db import connection
 from django.utils import timezone
 
 from jobs.models import Job, JobExecution, JobStatus, PendingReason
+from jobs.scheduling.cycle import MIN_JOBS_PER_QUEUE, jobs_per_queue, place_pending_jobs, run_cycle
 from nodes.models import Node, NodeStatus
-from resources.cycle import MIN_JOBS_PER_QUEUE, jobs_per_queue, place_pending_jobs, run_cycle
 from resources.models import DEFAULT_QUEUE_NAME, Allocation, AllocationStatus, Queue
 from resources.placement import Strategy, Unplaced
-from resources.routing import route_task, routes_known
-from resources.selectors import allocation_node_name
 from tests.processes import raw_connection
 
 pytestmark = pytest.mark.django_db
@@ -24,11 +22,15 @@ def make_jobs(team, count, **spec):
     return Job.objects.bulk_create([Job(team=team, **spec) for _ in range(count)])
 
 
-def test_it_fills_nodes_up_to_capacity_and_leaves_the_rest_waiting(team, broker):
+def test_it_fills_nodes_up_to_capacity_and_leaves_the_rest_waiting(
+    team, broker, django_capture_on_commit_callbacks
+):
     small = Node.objects.create(name="small", cpu_millis=2000, memory_mb=4096)
     large = Node.objects.create(name="large", cpu_millis=3000, memory_mb=4096)
     make_jobs(team, 7)
-    result = run_cycle(batch_size=100)
+    # The messages go out once the cycle's transaction (here the test's) commits.
+    with django_capture_on_commit_callbacks(execute=True):
+        result = run_cycle(batch_size=100)
     assert result.placed == 5
     small.refresh_from_db()
     large.refresh_from_db()
@@ -149,7 +151,7 @@ def test_a_full_cluster_tells_arrivals_why_they_wait_without_waiting_for_node_lo
     assert place_pending_jobs(batch_size=100).placed == 1  # full now
     arrival = make_jobs(team, 1)[0]
     with raw_connection() as finishing, finishing.transaction():
-        # As a finish holds its node's row while it frees room and hands it on.
+        # As a finish holds its node's row while it frees room and places jobs on it.
         finishing.execute("SELECT 1 FROM nodes_node WHERE id = %s FOR UPDATE", [node.id])
         with connection.cursor() as cursor:
             cursor.execute("SET lock_timeout = '2s'")  # a wait for the lock fails the test
@@ -245,29 +247,6 @@ def test_run_cycle_turns_a_drained_node_with_nothing_left_into_a_cordoned_one(te
     drained.refresh_from_db()
     busy.refresh_from_db()
     assert (drained.status, busy.status) == (NodeStatus.CORDONED, NodeStatus.DRAINING)
-
-
-def test_the_router_sends_an_execution_to_its_nodes_queue(team, broker):
-    Node.objects.create(name="gpu-01", cpu_millis=1000, memory_mb=4096)
-    make_jobs(team, 1)
-    token = place_pending_jobs(batch_size=1).tokens[0]
-    assert allocation_node_name(token=token) == "gpu-01"
-    assert route_task("jobs.run_execution", (), {"token": token}, {}) == {"queue": "node.gpu-01"}
-    Allocation.objects.update(status=AllocationStatus.RELEASED, released_at="2026-01-01T00:00Z")
-    assert route_task("jobs.run_execution", (), {"token": token}, {}) == {"queue": "control"}
-    assert route_task("jobs.republish_stale_executions", (), {}, {}) == {"queue": "control"}
-
-
-def test_the_router_takes_nodes_the_cycle_knows_without_a_query(
-    team, broker, django_assert_num_queries
-):
-    with routes_known({"job-1-attempt-1": "node-a"}), django_assert_num_queries(0):
-        assert route_task("jobs.run_execution", (), {"token": "job-1-attempt-1"}, {}) == {
-            "queue": "node.node-a"
-        }
-    # Outside the block, the database answers again.
-    with django_assert_num_queries(1):
-        route_task("jobs.run_execution", (), {"token": "job-1-attempt-1"}, {})
 
 
 def test_every_unplaced_reason_is_a_pending_reason():

@@ -11,9 +11,9 @@ import pytest
 from django.db.models import Sum
 
 from jobs.models import ExecutionStatus, Job, JobExecution
-from jobs.services import execution_claim, execution_finish
+from jobs.scheduling.cycle import place_pending_jobs
+from jobs.services.executions import execution_claim, execution_finish
 from nodes.models import Node
-from resources.cycle import place_pending_jobs
 from resources.models import LIVE_ALLOCATION_STATUSES, Allocation, Queue
 
 pytestmark = pytest.mark.django_db

@@ -1,17 +1,16 @@
-"""A node's finish hands the room it freed on to the jobs waiting for it, by the
+"""A finish places the jobs waiting for room on the room it freed on its node, by the
 scheduling cycle's rules, in the finish's own transaction."""
 
 import pytest
 from django.db import transaction
 
+from jobs.accounting import Success
 from jobs.models import Job, JobExecution, JobStatus, PendingReason
-from jobs.reporting import SuccessReporter
-from jobs.runner import running
-from jobs.services import Success, execution_claim, executions_finish_succeeded
+from jobs.scheduling.cycle import place_pending_jobs
+from jobs.scheduling.freed_room import FREED_ROOM_LOCK_ID, place_on_freed_room
+from jobs.services.executions import execution_claim, executions_finish_succeeded
 from nodes.models import Node, NodeStatus
-from resources.cycle import HAND_ON_LOCK_ID, place_pending_jobs, place_waiting_jobs_on_node
 from resources.models import DEFAULT_QUEUE_NAME, AllocationStatus, Queue
-from resources.services import SCHEDULER_CHANNEL
 from tests.processes import raw_connection
 
 pytestmark = pytest.mark.django_db
@@ -32,12 +31,12 @@ def start_running(node) -> dict[int, str]:
 
 
 def finish(node, *tokens):
-    """What the node's reporter does with a batch of successes."""
+    """What the node's success batching does with a batch of successes."""
     with transaction.atomic():
         assert len(executions_finish_succeeded([Success(t) for t in tokens], wake=False)) == len(
             tokens
         )
-        return place_waiting_jobs_on_node(node_id=node.id)
+        return place_on_freed_room(node_id=node.id)
 
 
 def status(job) -> tuple[str, str]:
@@ -88,7 +87,7 @@ def test_a_finish_keeps_to_queue_quotas(team, broker):
     assert [t for t, _ in result.placements] == [f"job-{second_capped.id}-attempt-1"]
 
 
-def test_a_hand_on_claims_as_many_as_threads_reported_and_lists_them_first(team, broker):
+def test_freed_room_is_claimed_for_as_many_jobs_as_threads_reported_listed_first(team, broker):
     node = Node.objects.create(name="one", cpu_millis=2000, memory_mb=4096)
     make_jobs(team, 2)
     running_tokens = list(start_running(node).values())
@@ -103,7 +102,7 @@ def test_a_hand_on_claims_as_many_as_threads_reported_and_lists_them_first(team,
 
     with transaction.atomic():
         executions_finish_succeeded([Success(t) for t in running_tokens], wake=False)
-        result = place_waiting_jobs_on_node(node_id=node.id, claim=1, before_claim=before_claim)
+        result = place_on_freed_room(node_id=node.id, claim=1, before_claim=before_claim)
 
     first, second = (f"job-{job.id}-attempt-1" for job in waiting)
     assert listed == [first]
@@ -126,7 +125,7 @@ def test_a_hand_on_claims_as_many_as_threads_reported_and_lists_them_first(team,
 
 
 @pytest.mark.parametrize("node_status", [NodeStatus.CORDONED, NodeStatus.DRAINING])
-def test_a_node_that_takes_no_new_work_hands_nothing_on(team, broker, node_status):
+def test_a_node_that_takes_no_new_work_places_nothing_on_its_freed_room(team, broker, node_status):
     node = Node.objects.create(name="one", cpu_millis=1000, memory_mb=4096)
     make_jobs(team, 1)
     running = start_running(node)
@@ -137,55 +136,13 @@ def test_a_node_that_takes_no_new_work_hands_nothing_on(team, broker, node_statu
     assert status(waiting) == (JobStatus.PENDING, PendingReason.INSUFFICIENT_CAPACITY)
 
 
-def test_a_finish_leaves_its_room_to_the_scheduler_while_another_hand_on_is_under_way(team, broker):
+def test_a_finish_leaves_its_room_to_the_scheduler_while_another_freed_room_is_filled(team, broker):
     node = Node.objects.create(name="one", cpu_millis=1000, memory_mb=4096)
     make_jobs(team, 1)
     running = start_running(node)
     waiting = make_jobs(team, 1)[0]
     place_pending_jobs(batch_size=100)
     with raw_connection() as other:
-        other.execute("SELECT pg_advisory_lock(%s)", [HAND_ON_LOCK_ID])
+        other.execute("SELECT pg_advisory_lock(%s)", [FREED_ROOM_LOCK_ID])
         assert finish(node, *running.values()) is None
     assert status(waiting) == (JobStatus.PENDING, PendingReason.INSUFFICIENT_CAPACITY)
-
-
-@pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize(
-    ("waiting", "handed_on", "woken"),
-    [
-        (2, 1, False),  # the freed slot is taken: nothing for the scheduler to do
-        (0, 0, True),  # nothing waits: the room is the scheduler's
-    ],
-)
-def test_the_reporter_hands_the_slot_to_the_reporting_thread_or_wakes_the_scheduler(
-    team, broker, waiting, handed_on, woken
-):
-    node = Node.objects.create(name="one", cpu_millis=1000, memory_mb=4096)
-    make_jobs(team, 1)
-    (token,) = start_running(node).values()
-    make_jobs(team, waiting)
-    place_pending_jobs(batch_size=100)
-    messages = broker.llen("node.one")
-    reporter = SuccessReporter()
-    with raw_connection() as listener:
-        listener.execute(f"LISTEN {SCHEDULER_CHANNEL}")
-        try:
-            reported = reporter.report(Success(token), node_id=node.id)
-        finally:
-            reporter.stop()
-        notified = list(listener.notifies(timeout=0.5, stop_after=1))
-    assert reported.ended
-    if handed_on:
-        execution, tracked = reported.next
-        running.untrack(tracked)
-        # Claimed for the reporting thread, which runs it without a claim of its own.
-        assert tracked.token == execution.token
-        assert execution.job.command == ["true"]
-        job = Job.objects.get(last_execution__token=execution.token)
-        assert (job.status, job.last_execution.status) == ("running", "running")
-        assert job.last_execution.allocation.status == AllocationStatus.ACTIVE
-    else:
-        assert reported.next is None
-    assert bool(notified) is woken
-    # Handed to the reporting thread, so nothing more went to the node's queue.
-    assert broker.llen("node.one") == messages

@@ -4,12 +4,12 @@ import time
 
 import pytest
 
+from common.wakeup import ARRIVAL, SCHEDULER_CHANNEL
 from jobs.models import Job
+from jobs.scheduling.cycle import place_pending_jobs
+from jobs.scheduling.leader import Scheduler
 from nodes.models import Node
-from resources.cycle import place_pending_jobs
 from resources.models import DEFAULT_QUEUE_NAME, Queue
-from resources.scheduler import Scheduler
-from resources.services import ARRIVAL, SCHEDULER_CHANNEL
 from tests.processes import raw_connection
 
 pytestmark = pytest.mark.django_db(transaction=True)

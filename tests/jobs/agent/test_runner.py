@@ -1,0 +1,189 @@
+"""run_job on real processes: how a job ended, its log (capped, with its tail kept), the
+environment it sees, and the process group a timeout or a cancel kills. The executions
+are placed and claimed as a node agent's are."""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from jobs.agent.runner import TrackedExecution, agent_identity, run_job, running
+from jobs.models import Job, JobExecution
+from jobs.scheduling.cycle import place_pending_jobs
+from jobs.services.executions import execution_claim
+from nodes.models import Node
+from resources.models import DEFAULT_QUEUE_NAME, Queue
+from tests.processes import wait_until
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def claim(team, settings, tmp_path):
+    """Claims a new job's execution on node-a, whose agent works under tmp_path."""
+    settings.NODE_WORK_DIR = tmp_path / "work"
+    settings.JOB_LOG_DIR = tmp_path / "logs"
+    settings.JOB_KILL_GRACE_SECONDS = 0.5
+    node = Node.objects.create(name="node-a", cpu_millis=4000, memory_mb=4096)
+    queue = Queue.objects.get(name=DEFAULT_QUEUE_NAME)
+
+    def claim(command: list[str], **spec) -> JobExecution:
+        Job.objects.create(team=team, queue=queue, name="j", command=command, **spec)
+        (token,) = place_pending_jobs(batch_size=10).tokens
+        return execution_claim(token=token, node_id=node.id)
+
+    return claim
+
+
+def run(execution, tracked=None):
+    tracked = tracked or TrackedExecution(execution.token)
+    return run_job(execution=execution, node_name="node-a", tracked=tracked)
+
+
+def gone(pid: int) -> bool:
+    """The process has ended (a zombie waiting for its parent counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"Z", b"X")
+
+
+@pytest.mark.parametrize(
+    ("script", "exit_code", "error"),
+    [
+        ("echo out; echo err >&2", 0, ""),
+        ("echo out; echo err >&2; exit 3", 3, "exit code 3"),
+        ("echo out; echo err >&2; kill -USR1 $$", -signal.SIGUSR1, "killed by signal SIGUSR1"),
+    ],
+)
+def test_a_job_ends_with_its_exit_code_and_its_output_logged(
+    claim, tmp_path, script, exit_code, error
+):
+    execution = claim(["sh", "-c", script])
+    outcome = run(execution)
+    assert (outcome.exit_code, outcome.error, outcome.cancelled) == (exit_code, error, False)
+    log_path = tmp_path / "logs" / f"{execution.token}.log"
+    assert outcome.log_path == str(log_path)
+    assert log_path.read_text() == "out\nerr\n"
+    assert outcome.log_tail == "out\nerr\n"
+    # Its working directory is the job's alone, and gone once it ends.
+    assert not (tmp_path / "work" / "node-a" / execution.token).exists()
+
+
+def test_a_program_that_does_not_exist_is_reported_not_started(claim):
+    execution = claim(["no-such-program-anywhere", "--flag"])
+    outcome = run(execution)
+    error = "could not start 'no-such-program-anywhere': no such executable on PATH"
+    assert (outcome.exit_code, outcome.error) == (None, error)
+    assert Path(outcome.log_path).read_text() == outcome.log_tail == f"{error}\n"
+
+
+def test_a_job_sees_its_environment_on_a_minimal_base_and_none_of_the_agents(
+    claim, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("DATABASE_URL", "postgres://agent:s3cret@db/scheduler")
+    monkeypatch.setenv("AGENT_ONLY", "leaked")
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    monkeypatch.delenv("LC_ALL", raising=False)
+    monkeypatch.delenv("TZ", raising=False)
+    execution = claim(
+        ["env", "-0"],
+        env={"MODE": "fast", "LANG": "de_DE.UTF-8"},
+        parameters={"n": 1},
+        cpu_millis=1500,
+        memory_mb=200,
+    )
+    outcome = run(execution)
+    assert outcome.exit_code == 0, outcome.log_tail
+
+    text = Path(outcome.log_path).read_text()
+    seen = dict(entry.split("=", 1) for entry in text.split("\0") if entry)
+    assert seen == {
+        "PATH": os.environ["PATH"],
+        "LANG": "de_DE.UTF-8",  # the job's own value wins over the base
+        "HOME": str(tmp_path / "work" / "node-a" / execution.token),
+        "MODE": "fast",
+        "JOB_ID": str(execution.job.id),
+        "JOB_ATTEMPT": "1",
+        "JOB_TOKEN": execution.token,
+        "JOB_PARAMETERS": '{"n": 1}',
+        "NODE_NAME": "node-a",
+        "SCHEDULER_AGENT": agent_identity("node-a"),
+        "JOB_CPU_MILLIS": "1500",
+        "JOB_MEMORY_MB": "200",
+        "JOB_GPU": "0",
+    }
+    assert "s3cret" not in text
+
+
+def test_a_timeout_kills_the_whole_process_group(claim):
+    # The shell ignores SIGTERM (and so does the sleep it starts): only the SIGKILL after
+    # the grace period ends them.
+    execution = claim(["sh", "-c", "trap '' TERM; sleep 60 & echo $!; wait"], timeout_seconds=1)
+    started = time.monotonic()
+    outcome = run(execution)
+    elapsed = time.monotonic() - started
+
+    assert (outcome.exit_code, outcome.error) == (-signal.SIGKILL, "timed out after 1 s")
+    assert 1.5 <= elapsed < 10
+    child = int(Path(outcome.log_path).read_text().split()[0])
+    wait_until(lambda: gone(child), 5, message="the job's child to be killed with it")
+
+
+def test_a_cancel_stops_a_running_job(claim):
+    execution = claim(["sleep", "60"])
+    tracked = running.track(execution.token)
+    outcomes = []
+    runner = threading.Thread(target=lambda: outcomes.append(run(execution, tracked)))
+    try:
+        runner.start()
+        wait_until(lambda: tracked.pgid is not None, 10, message="the job to start")
+        started = time.monotonic()
+        running.cancel(execution.token)
+        runner.join(timeout=10)
+        assert not runner.is_alive()
+        assert time.monotonic() - started < 5
+    finally:
+        running.untrack(tracked)
+    (outcome,) = outcomes
+    assert (outcome.exit_code, outcome.error, outcome.cancelled) == (
+        -signal.SIGTERM,
+        "cancelled",
+        True,
+    )
+    assert gone(tracked.pgid)
+
+
+def test_a_cancel_asked_before_the_start_stops_the_job_as_it_starts(claim):
+    execution = claim(["sleep", "60"])
+    tracked = TrackedExecution(execution.token)
+    tracked.kill("cancelled", cancelled=True)
+    started = time.monotonic()
+    outcome = run(execution, tracked)
+    assert time.monotonic() - started < 5
+    assert (outcome.exit_code, outcome.error, outcome.cancelled) == (
+        -signal.SIGTERM,
+        "cancelled",
+        True,
+    )
+
+
+def test_the_log_is_capped_and_the_tail_kept(claim, settings):
+    settings.JOB_LOG_MAX_BYTES = 1000
+    settings.JOB_LOG_TAIL_BYTES = 100
+    execution = claim(["seq", "1", "3000"])
+    output = "".join(f"{i}\n" for i in range(1, 3001))
+
+    outcome = run(execution)
+
+    assert (outcome.exit_code, outcome.error) == (0, "")
+    dropped = len(output) - 1000
+    assert Path(outcome.log_path).read_text() == (
+        f"{output[:1000]}\n[log truncated: {dropped} more bytes not kept]\n"
+    )
+    assert outcome.log_tail == output[-100:]

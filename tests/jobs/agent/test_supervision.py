@@ -1,0 +1,180 @@
+"""The node agent's supervision: the clean-up of what a previous agent of the node left
+running, and the loop that heartbeats the running tokens and applies cancels. Its steps
+are called directly; the processes they act on are real."""
+
+import contextlib
+import os
+import signal
+import subprocess
+
+import pytest
+from django.utils import timezone
+
+from jobs.agent.runner import agent_identity, running
+from jobs.agent.supervision import AgentLoop, reap_orphans
+from jobs.models import Job
+from jobs.scheduling.cycle import place_pending_jobs
+from jobs.services.executions import execution_claim
+from nodes.models import Node
+from resources.models import DEFAULT_QUEUE_NAME, Queue
+from tests.processes import wait_until
+
+
+def gone(pid: int) -> bool:
+    """The process has ended (a zombie waiting for its parent counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"Z", b"X")
+
+
+class Groups:
+    """Process groups started like jobs (a session of their own), always killed at the end."""
+
+    def __init__(self):
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            argv,
+            env={"PATH": os.environ["PATH"], **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            start_new_session=True,
+            text=True,
+        )
+        self.started.append(proc)
+        return proc
+
+    def start_job_like(self, identity: str) -> tuple[subprocess.Popen, int]:
+        """A shell and a `sleep` it started, marked as an agent's job is; returns the
+        shell and the pid of the sleep."""
+        proc = self.start(["sh", "-c", "sleep 60 & echo $!; wait"], {"SCHEDULER_AGENT": identity})
+        return proc, int(proc.stdout.readline())
+
+    def kill_all(self):
+        for proc in self.started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+            proc.stdout.close()
+
+
+@pytest.fixture
+def groups():
+    groups = Groups()
+    yield groups
+    groups.kill_all()
+
+
+@pytest.fixture
+def track():
+    """Track tokens in the agent's registry as its task threads do; untracked afterwards."""
+    entries = []
+
+    def track(token):
+        entry = running.track(token)
+        assert entry is not None
+        entries.append(entry)
+        return entry
+
+    yield track
+    for entry in entries:
+        running.untrack(entry)
+
+
+# --- Orphans --------------------------------------------------------------------------
+
+
+def test_reap_orphans_kills_the_process_groups_of_this_nodes_agent_and_no_others(
+    groups, settings, tmp_path
+):
+    settings.NODE_WORK_DIR = tmp_path / "work"
+    orphan, orphan_child = groups.start_job_like(agent_identity("node-a"))
+    other_node, _ = groups.start_job_like(agent_identity("node-b"))
+    # The same node name in another cluster on this host (another work directory).
+    other_cluster, _ = groups.start_job_like(f"node-a:{tmp_path / 'elsewhere'}")
+    unmarked = groups.start(["sleep", "60"])
+
+    assert reap_orphans("node-a") == 1
+
+    assert orphan.wait(timeout=5) == -signal.SIGKILL
+    wait_until(lambda: gone(orphan_child), 5, message="the orphan's child to be killed too")
+    for proc in (other_node, other_cluster, unmarked):
+        assert proc.poll() is None, proc.args
+    assert reap_orphans("node-a") == 0
+
+
+# --- The agent loop -------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_heartbeat_records_the_running_tokens_and_when(track):
+    node = Node.objects.create(
+        name="node-a", cpu_millis=1000, memory_mb=1024, running_tokens=["job-9-attempt-1"]
+    )
+    loop = AgentLoop("node-a")
+    track("job-2-attempt-1")
+    first = track("job-1-attempt-1")
+    before = timezone.now()
+
+    loop.heartbeat()
+
+    node.refresh_from_db()
+    assert node.running_tokens == ["job-1-attempt-1", "job-2-attempt-1"]
+    assert node.last_heartbeat >= before
+    beat = node.last_heartbeat
+
+    running.untrack(first)
+    loop.heartbeat()
+    node.refresh_from_db()
+    assert node.running_tokens == ["job-2-attempt-1"]
+    assert node.last_heartbeat > beat
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_agent_loop_heartbeats_until_it_is_stopped(track):
+    Node.objects.create(name="node-a", cpu_millis=1000, memory_mb=1024)
+    track("job-1-attempt-1")
+    loop = AgentLoop("node-a")
+    loop.start()
+    try:
+        wait_until(
+            lambda: Node.objects.filter(name="node-a", running_tokens=["job-1-attempt-1"]).exists(),
+            5,
+            message="a heartbeat from the loop",
+        )
+    finally:
+        loop.stop()
+        loop.join(timeout=5)
+    assert not loop.is_alive()
+
+
+@pytest.mark.django_db
+def test_cancels_kill_the_tracked_executions_whose_job_asked_and_no_others(team, groups, track):
+    node = Node.objects.create(name="node-a", cpu_millis=2000, memory_mb=1024)
+    queue = Queue.objects.get(name=DEFAULT_QUEUE_NAME)
+    Job.objects.bulk_create(
+        [Job(team=team, queue=queue, name="j", command=["true"], memory_mb=100) for _ in range(2)]
+    )
+    tokens = place_pending_jobs(batch_size=10).tokens
+    executions = [execution_claim(token=token, node_id=node.id) for token in tokens]
+    cancelled, kept = executions
+    Job.objects.filter(pk=cancelled.job.id).update(cancel_requested_at=timezone.now())
+    procs, entry = {}, {}
+    for execution in executions:
+        procs[execution.token] = groups.start(["sleep", "60"])
+        entry[execution.token] = track(execution.token)
+        entry[execution.token].started(procs[execution.token].pid)
+
+    AgentLoop("node-a").apply_cancels()
+
+    assert procs[cancelled.token].wait(timeout=5) == -signal.SIGTERM
+    assert (entry[cancelled.token].kill_reason, entry[cancelled.token].cancelled) == (
+        "cancelled",
+        True,
+    )
+    assert procs[kept.token].poll() is None
+    assert (entry[kept.token].kill_reason, entry[kept.token].cancelled) == ("", False)

@@ -1,0 +1,40 @@
+"""An execution's message never leaves before the transaction that reserved it commits."""
+
+import pytest
+from django.db import transaction
+
+from jobs.models import Job
+from jobs.scheduling.cycle import place_pending_jobs
+from jobs.services.publishing import executions_publish_on_commit
+from nodes.models import Node
+from resources.models import DEFAULT_QUEUE_NAME, Queue
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def placed_token(team):
+    Node.objects.create(name="pub", cpu_millis=1000, memory_mb=1024)
+    queue = Queue.objects.get(name=DEFAULT_QUEUE_NAME)
+    Job.objects.create(team=team, name="j", command=["true"], cpu_millis=500, queue=queue)
+    (token,) = place_pending_jobs(batch_size=10).tokens
+    return token
+
+
+def test_a_publish_inside_a_transaction_waits_for_its_commit(placed_token, broker):
+    with transaction.atomic():
+        executions_publish_on_commit(tokens=[placed_token])
+        assert broker.llen("node.pub") == 0  # not while the transaction is open
+    assert broker.llen("node.pub") == 1
+
+
+def test_a_publish_inside_a_transaction_that_rolls_back_sends_nothing(placed_token, broker):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        executions_publish_on_commit(tokens=[placed_token])
+        raise RuntimeError("the placement is undone")
+    assert broker.llen("node.pub") == 0
+
+
+def test_a_publish_outside_a_transaction_is_sent_at_once(placed_token, broker):
+    executions_publish_on_commit(tokens=[placed_token])
+    assert broker.llen("node.pub") == 1

@@ -1,0 +1,225 @@
+"""Node writes: registration, loss, and the cordon, drain and uncordon transitions."""
+
+from datetime import timedelta
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from common.wakeup import SCHEDULER_CHANNEL
+from nodes.models import Node, NodeStatus
+from nodes.services import (
+    node_cordon,
+    node_drain,
+    node_drain_complete,
+    node_register,
+    node_uncordon,
+    nodes_mark_lost,
+)
+from tests.processes import raw_connection
+
+pytestmark = pytest.mark.django_db
+
+
+def make_node(name="node-a", **fields) -> Node:
+    return Node.objects.create(name=name, **{"cpu_millis": 4000, "memory_mb": 8192, **fields})
+
+
+def status_of(name) -> str:
+    return Node.objects.get(name=name).status
+
+
+# --- Registration ---------------------------------------------------------------------
+
+
+def test_registering_a_new_node_creates_it_ready_with_its_capacity():
+    before = timezone.now()
+    node_register(
+        name="node-a",
+        cpu_millis=2500,
+        memory_mb=4096,
+        gpu=1,
+        labels={"zone": "a"},
+        address="10.0.0.7",
+        agent_version="1.4",
+    )
+    node = Node.objects.get()
+    assert (node.name, node.status) == ("node-a", NodeStatus.READY)
+    assert (node.cpu_millis, node.memory_mb, node.gpu) == (2500, 4096, 1)
+    assert (node.allocated_cpu_millis, node.allocated_memory_mb, node.allocated_gpu) == (0, 0, 0)
+    assert (node.labels, node.address, node.agent_version) == ({"zone": "a"}, "10.0.0.7", "1.4")
+    assert node.last_heartbeat >= before
+
+
+def test_registering_again_updates_the_capacity_and_forgets_what_the_old_agent_ran():
+    make_node(
+        cpu_millis=2000,
+        memory_mb=1024,
+        allocated_cpu_millis=1000,
+        allocated_memory_mb=100,
+        labels={"zone": "a"},
+        running_tokens=["job-1-attempt-1"],
+        last_heartbeat=timezone.now() - timedelta(minutes=5),
+    )
+    before = timezone.now()
+    node_register(name="node-a", cpu_millis=4000, memory_mb=8192, labels={"zone": "b"})
+    node = Node.objects.get()
+    assert (node.cpu_millis, node.memory_mb, node.labels) == (4000, 8192, {"zone": "b"})
+    # What the old agent's executions hold stays until they are failed over or finish.
+    assert (node.allocated_cpu_millis, node.allocated_memory_mb) == (1000, 100)
+    assert node.running_tokens == []
+    assert node.last_heartbeat >= before
+
+
+@pytest.mark.parametrize(
+    "capacity",
+    [
+        {"cpu_millis": 1000, "memory_mb": 8192, "gpu": 1},
+        {"cpu_millis": 4000, "memory_mb": 100, "gpu": 1},
+        {"cpu_millis": 4000, "memory_mb": 8192, "gpu": 0},
+    ],
+)
+def test_registering_less_capacity_than_is_allocated_is_refused(capacity):
+    make_node(
+        gpu=1,
+        allocated_cpu_millis=2000,
+        allocated_memory_mb=512,
+        allocated_gpu=1,
+        labels={"zone": "a"},
+    )
+    with pytest.raises(ValidationError) as refused:
+        node_register(name="node-a", labels={"zone": "b"}, **capacity)
+    assert refused.value.messages == [
+        "Node node-a has more allocated (2000 CPU millis, 512 MB, 1 GPU) than the new "
+        "capacity; drain it first."
+    ]
+    node = Node.objects.get()
+    assert (node.cpu_millis, node.memory_mb, node.gpu, node.labels) == (
+        4000,
+        8192,
+        1,
+        {"zone": "a"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (NodeStatus.OFFLINE, NodeStatus.READY),
+        # An operator's decision outlives the agent.
+        (NodeStatus.CORDONED, NodeStatus.CORDONED),
+        (NodeStatus.DRAINING, NodeStatus.DRAINING),
+    ],
+)
+def test_a_registering_node_comes_back_ready_unless_an_operator_took_it_out(before, after):
+    make_node(status=before)
+    assert node_register(name="node-a", cpu_millis=4000, memory_mb=8192).status == after
+    assert status_of("node-a") == after
+
+
+@pytest.mark.django_db(transaction=True)
+def test_registering_and_uncordoning_wake_the_scheduler_and_a_no_op_does_not():
+    with raw_connection() as listener:
+        listener.execute(f"LISTEN {SCHEDULER_CHANNEL}")
+
+        def woken() -> bool:
+            return bool(list(listener.notifies(timeout=0.3, stop_after=1)))
+
+        node_register(name="node-a", cpu_millis=4000, memory_mb=8192)
+        assert woken()
+        node_uncordon(name="node-a")  # already ready
+        assert not woken()
+        node_cordon(name="node-a")
+        node_uncordon(name="node-a")
+        assert woken()
+
+
+# --- Loss -----------------------------------------------------------------------------
+
+
+def test_a_silent_node_goes_offline_and_a_live_one_stays(db):
+    now = timezone.now()
+    Node.objects.create(
+        name="silent",
+        cpu_millis=1000,
+        memory_mb=1024,
+        last_heartbeat=now - timezone.timedelta(seconds=60),
+    )
+    Node.objects.create(name="alive", cpu_millis=1000, memory_mb=1024, last_heartbeat=now)
+    assert nodes_mark_lost(older_than_seconds=30) == ["silent"]
+    assert nodes_mark_lost(older_than_seconds=30) == []
+    assert Node.objects.get(name="alive").status == NodeStatus.READY
+
+
+@pytest.mark.parametrize("status", [NodeStatus.CORDONED, NodeStatus.DRAINING])
+def test_a_silent_cordoned_or_draining_node_goes_offline_too(status):
+    make_node(status=status, last_heartbeat=timezone.now() - timedelta(seconds=60))
+    assert nodes_mark_lost(older_than_seconds=30) == ["node-a"]
+    assert status_of("node-a") == NodeStatus.OFFLINE
+
+
+# --- Cordon, drain, uncordon ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("transition", "before", "after"),
+    [
+        (node_cordon, NodeStatus.READY, NodeStatus.CORDONED),
+        (node_cordon, NodeStatus.DRAINING, NodeStatus.CORDONED),
+        (node_cordon, NodeStatus.CORDONED, NodeStatus.CORDONED),
+        # Nothing on the node: drained at once.
+        (node_drain, NodeStatus.READY, NodeStatus.CORDONED),
+        (node_drain, NodeStatus.DRAINING, NodeStatus.CORDONED),
+        (node_drain, NodeStatus.CORDONED, NodeStatus.CORDONED),
+        (node_uncordon, NodeStatus.CORDONED, NodeStatus.READY),
+        (node_uncordon, NodeStatus.DRAINING, NodeStatus.READY),
+        (node_uncordon, NodeStatus.READY, NodeStatus.READY),
+    ],
+)
+def test_cordon_drain_and_uncordon_lead_to_their_status_from_any_live_one(
+    transition, before, after
+):
+    make_node(status=before)
+    assert transition(name="node-a").status == after
+    assert status_of("node-a") == after
+
+
+@pytest.mark.parametrize(
+    ("transition", "action"),
+    [(node_cordon, "cordoned"), (node_drain, "drained"), (node_uncordon, "uncordoned")],
+)
+def test_an_offline_node_cannot_be_cordoned_drained_or_uncordoned(transition, action):
+    make_node(status=NodeStatus.OFFLINE)
+    with pytest.raises(ValidationError) as refused:
+        transition(name="node-a")
+    assert refused.value.messages == [f"Node node-a is offline; it cannot be {action}."]
+    assert status_of("node-a") == NodeStatus.OFFLINE
+
+
+def test_a_transition_of_an_unknown_node_is_refused():
+    with pytest.raises(Node.DoesNotExist):
+        node_cordon(name="nowhere")
+    assert not Node.objects.exists()
+
+
+@pytest.mark.parametrize("before", [NodeStatus.READY, NodeStatus.DRAINING])
+def test_draining_a_node_with_work_on_it_keeps_it_draining(before):
+    make_node(status=before, allocated_cpu_millis=1000, allocated_memory_mb=100)
+    assert node_drain(name="node-a").status == NodeStatus.DRAINING
+    assert status_of("node-a") == NodeStatus.DRAINING
+
+
+def test_a_drain_completes_once_nothing_is_left_on_the_node():
+    make_node("empty", status=NodeStatus.DRAINING)
+    make_node("busy", status=NodeStatus.DRAINING, allocated_cpu_millis=1000, allocated_memory_mb=1)
+    make_node("gpu-held", status=NodeStatus.DRAINING, gpu=1, allocated_gpu=1)
+    make_node("ready")
+    assert node_drain_complete() == 1
+    statuses = dict(Node.objects.values_list("name", "status"))
+    assert statuses == {
+        "empty": NodeStatus.CORDONED,
+        "busy": NodeStatus.DRAINING,
+        "gpu-held": NodeStatus.DRAINING,
+        "ready": NodeStatus.READY,
+    }
+    assert node_drain_complete() == 0
