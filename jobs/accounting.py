@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from django.db import connection, transaction
 
@@ -157,8 +158,7 @@ SELECT job.execution_id, job.id, job.attempt, job.token, job.node_id, {_JOB_RUN_
 PREPARED_PLACEMENTS_MAX = 64
 
 
-@dataclass(frozen=True)
-class Placement:
+class Placement(NamedTuple):  # a tuple: a cycle makes thousands of them
     job_id: int
     attempt: int
     node_id: int
@@ -174,19 +174,21 @@ def placements_write(placements: Sequence[Placement], *, now) -> list[JobExecuti
     if not placements:
         return []
     small = len(placements) <= PREPARED_PLACEMENTS_MAX
+    columns = map(list, zip(*placements, strict=True))
+    job_ids, attempts, node_ids, tokens, cpu, memory, gpu, claimed = columns
     with prepared_cursor() if small else connection.cursor() as cursor:
         cursor.execute(
             _PLACE_SQL,
             {
                 "now": now,
-                "job_ids": [p.job_id for p in placements],
-                "attempts": [p.attempt for p in placements],
-                "node_ids": [p.node_id for p in placements],
-                "tokens": [p.token for p in placements],
-                "cpu": [p.cpu_millis for p in placements],
-                "memory": [p.memory_mb for p in placements],
-                "gpu": [p.gpu for p in placements],
-                "claimed": [p.claimed for p in placements],
+                "job_ids": job_ids,
+                "attempts": attempts,
+                "node_ids": node_ids,
+                "tokens": tokens,
+                "cpu": cpu,
+                "memory": memory,
+                "gpu": gpu,
+                "claimed": claimed,
                 **_START_PARAMETERS,
                 "no_reason": PendingReason.NONE,
             },
