@@ -79,9 +79,7 @@ def job_requeue(*, job: Job, user: User | None = None) -> Job:
 
 def job_acknowledge(*, job: Job, user: User | None = None) -> Job:
     """Take a failed job out of the dead-letter view without running it again."""
-    updated = Job.objects.filter(
-        pk=job.pk, status=JobStatus.FAILED, acknowledged_at__isnull=True
-    ).update(acknowledged_at=timezone.now())
+    updated = Job.objects.dead_letter().filter(pk=job.pk).update(acknowledged_at=timezone.now())
     job.refresh_from_db()
     if not updated and job.status != JobStatus.FAILED:
         raise JobStateError(f"Only a failed job can be acknowledged; this one is {job.status}.")
