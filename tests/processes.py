@@ -248,7 +248,7 @@ class Cluster:
                 f"--port={port}",
                 "--persistent=True",
                 f"--db={db}",
-                "--state_save_interval=5000",
+                "--state_save_interval=60000",
                 f"--basic_auth={basic_auth}",
             ],
         )
