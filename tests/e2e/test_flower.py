@@ -108,7 +108,7 @@ def test_flower_lists_every_execution_with_its_outcome_and_keeps_them_across_a_r
 
     # Four CPUs for a burst of short jobs: after the first few, each starts on the room
     # another's success freed, in that one's thread, without a message.
-    ids = {submit(api, f"burst-{i}", ["sleep", "0.1"]): f"burst-{i}" for i in range(BURST)}
+    ids = {submit(api, f"burst-{i}", ["sleep", "0.2"]): f"burst-{i}" for i in range(BURST)}
     doomed = submit(api, "doomed", ["sh", "-c", "exit 3"], max_retries=0)
     wait_until(
         lambda: (
@@ -159,7 +159,7 @@ def test_flower_lists_every_execution_with_its_outcome_and_keeps_them_across_a_r
                     "outcome": "succeeded",
                     "exit_code": 0,
                 }
-                assert 0.1 <= task["runtime"] < 5  # this execution's alone
+                assert 0.2 <= task["runtime"] < 5  # this execution's alone
 
     check(listed)
     # Most started on freed room: their task's parent is the execution whose room they
