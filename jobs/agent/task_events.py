@@ -11,7 +11,9 @@ kwargs, and the one before it as parent. The result names the job and how it end
 `{'job': 7, 'name': 'report', 'outcome': 'failed', 'exit_code': 3, 'error': 'exit code 3'}`.
 
 They go out through the worker's own event dispatcher, as Celery's task events do, so
-`--task-events` and `celery control enable_events|disable_events` apply to them too.
+`--task-events` and `celery control enable_events|disable_events` apply to them too. One
+difference: a message's task-received goes out when a thread takes it up, not when the
+worker reserves it, so a message waiting for a free thread is not listed yet.
 """
 
 import time
