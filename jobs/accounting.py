@@ -25,8 +25,9 @@ from .models import ExecutionStatus, Job, JobExecution, JobStatus, PendingReason
 
 logger = logging.getLogger(__name__)
 
-# What the node needs of a job to run it.
+# What the node needs of a job to run it (and to name it in its task events).
 JOB_RUN_FIELDS = (
+    "name",
     "kind",
     "command",
     "callable",

@@ -1,6 +1,7 @@
-"""Real platform processes for tests: the scheduler and node agents as subprocesses.
+"""Real platform processes for tests: the scheduler, node agents, beat, the control
+worker and Flower as subprocesses.
 
-Each runs `manage.py` against the test database and the test Redis database, writes its
+Each runs against the test database and the test Redis database, writes its
 output to a log file under the test's tmp dir, and is always stopped (SIGTERM, then
 SIGKILL of its whole process group) when the test ends.
 """
@@ -231,6 +232,26 @@ class Cluster:
 
         wait_until(ready, 30, interval=0.2, message="the control worker")
         return process
+
+    def start_flower(self, *, port: int, db: Path, basic_auth: str) -> Process:
+        """Flower in persistent mode, as scripts/up starts it, keeping its state in `db`."""
+        return self._spawn(
+            "flower",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "scheduler_site",
+                "flower",
+                "--address=127.0.0.1",
+                f"--port={port}",
+                "--persistent=True",
+                f"--db={db}",
+                "--state_save_interval=60000",
+                f"--basic_auth={basic_auth}",
+            ],
+        )
 
     def start_maintenance(self) -> None:
         """Beat and the control worker: reconciliation and node-loss handling."""

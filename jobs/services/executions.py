@@ -52,20 +52,20 @@ def execution_finish(
     log_path: str = "",
     log_tail: str = "",
     cancelled: bool = False,
-) -> bool:
+) -> ExecutionStatus | None:
     """Record how a running execution ended, release its allocation, and move the job on:
     to `succeeded`, `cancelled`, back to `pending` for a retry, or to `failed` (the
-    dead-letter view) when out of retries. False when it was not running (a late or
-    duplicate report), which changes nothing."""
+    dead-letter view) when out of retries. Returns the execution's status as recorded;
+    None when it was not running (a late or duplicate report), which changes nothing."""
     if exit_code == 0 and not error and not cancelled:
         success = Success(token=token, log_path=log_path, log_tail=log_tail)
         if executions_finish_succeeded([success]):
-            return True
+            return ExecutionStatus.SUCCEEDED
     now = timezone.now()
     with transaction.atomic():
         found = JobExecution.objects.filter(token=token).values_list("id", "job_id").first()
         if found is None:
-            return False
+            return None
         execution_id, job_id = found
         job = Job.objects.select_for_update().get(pk=job_id)
         cancelled = cancelled or job.cancel_requested_at is not None
@@ -87,7 +87,7 @@ def execution_finish(
         )
         if not finished:
             logger.warning("execution not running, outcome ignored token=%s", token)
-            return False
+            return None
         job_after_attempt(job, status=status, error=error, now=now)
         scheduler_wake()
         # Last, so the node row (every finish and every cycle needs it) is held briefly.
@@ -101,7 +101,7 @@ def execution_finish(
         error,
         job.status,
     )
-    return True
+    return status
 
 
 def executions_finish_succeeded(

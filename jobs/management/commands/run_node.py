@@ -7,13 +7,14 @@ runs a Celery worker on the node's own queue, `node.NAME`, in this process.
 import socket
 
 from celery import current_app
-from celery.signals import worker_shutting_down
+from celery.signals import worker_ready, worker_shutting_down
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from jobs.agent import supervision as agent
 from jobs.agent import tasks  # noqa: F401  (registers the execution task in this worker)
 from jobs.agent.success_batching import successes
+from jobs.agent.task_events import use_worker_dispatcher
 from nodes.models import NODE_NAME_RE, node_queue_name
 from nodes.services import node_register
 
@@ -82,6 +83,7 @@ class Command(BaseCommand):
         loop = agent.AgentLoop(node.name)
         loop.start()
         worker_shutting_down.connect(stop_filling_freed_room, weak=False)
+        worker_ready.connect(use_worker_dispatcher, weak=False)
         try:
             current_app.worker_main(
                 argv=[

@@ -5,7 +5,7 @@ import pytest
 from django.utils import timezone
 
 from jobs.accounting import Success
-from jobs.models import Job, JobStatus
+from jobs.models import ExecutionStatus, Job, JobStatus
 from jobs.scheduling.cycle import place_pending_jobs
 from jobs.services.executions import execution_claim, execution_finish, executions_finish_succeeded
 from resources.models import AllocationStatus
@@ -44,7 +44,7 @@ def test_successes_reported_together_end_only_what_they_may(api, small_node, bro
     assert (small_node.allocated_cpu_millis, small_node.allocated_memory_mb) == (1000, 100)
     # Reported again, nothing changes; the cancelled one is for the general path.
     assert executions_finish_succeeded(reports) == {}
-    assert execution_finish(token=by_job[ids[3]], exit_code=0) is True
+    assert execution_finish(token=by_job[ids[3]], exit_code=0) == ExecutionStatus.CANCELLED
     assert Job.objects.get(pk=ids[3]).status == JobStatus.CANCELLED
     small_node.refresh_from_db()
     assert small_node.allocated_cpu_millis == 0
