@@ -56,6 +56,39 @@ ensure_redis() {
     fi
 }
 
+# promtool checks and unit-tests deploy/prometheus/, and tests/e2e/test_prometheus.py runs a
+# real prometheus: both come from Debian's package. Installing it must not start the
+# service, so a policy-rc.d refuses every start for the length of the install.
+ensure_prometheus() {
+    command -v promtool >/dev/null && command -v prometheus >/dev/null && return 0
+    command -v apt-get >/dev/null \
+        || die "promtool and prometheus are missing: install Prometheus 2.x (Debian: apt-get install prometheus)"
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then
+        command -v sudo >/dev/null || die "Installing prometheus needs root: apt-get install prometheus"
+        sudo="sudo"
+    fi
+    say "Installing prometheus (Debian package; the service is not started)"
+    local policy=/usr/sbin/policy-rc.d made_policy=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+        $sudo chmod 755 "$policy"
+        made_policy=1
+    fi
+    local status=0
+    $sudo apt-get update -qq \
+        && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            --no-install-recommends prometheus >/dev/null \
+        || status=$?
+    [ -z "$made_policy" ] || $sudo rm -f "$policy"
+    [ "$status" = 0 ] || die "apt-get install prometheus failed"
+    # With systemd, the package enables the unit for the next boot; keep it off.
+    if [ -d /run/systemd/system ]; then
+        $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
+    command -v promtool >/dev/null || die "promtool is still missing after installing prometheus"
+}
+
 # The default database (DATABASE_URL unset) is created on first use.
 ensure_database() {
     [ -z "${DATABASE_URL:-}" ] || return 0
