@@ -11,9 +11,11 @@ from celery.signals import worker_shutting_down
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from jobs.agent import metrics as agent_metrics
 from jobs.agent import supervision as agent
 from jobs.agent import tasks  # noqa: F401  (registers the execution task in this worker)
 from jobs.agent.success_batching import successes
+from jobs.management.metrics_port import add_metrics_arguments
 from nodes.models import NODE_NAME_RE, node_queue_name
 from nodes.services import node_register
 
@@ -49,8 +51,22 @@ class Command(BaseCommand):
             help="How many executions may run at once (default: 4 per CPU core, 4 to 64).",
         )
         parser.add_argument("--loglevel", default="INFO")
+        add_metrics_arguments(parser, "agent")
 
-    def handle(self, *args, name, cpu, memory_mb, gpu, label, slots, loglevel, **options):
+    def handle(
+        self,
+        *args,
+        name,
+        cpu,
+        memory_mb,
+        gpu,
+        label,
+        slots,
+        loglevel,
+        metrics_port,
+        metrics_address,
+        **options,
+    ):
         if not NODE_NAME_RE.match(name):
             raise CommandError("--name must be lower-case letters, digits and dashes (max 63).")
         cpu_millis = round(cpu * 1000) if cpu is not None else agent.detect_cpu_millis()
@@ -78,6 +94,9 @@ class Command(BaseCommand):
         reaped = agent.reap_orphans(node.name)
         if reaped:
             self.stdout.write(f"killed {reaped} job process group(s) left by a previous agent")
+        if metrics_port is not None:
+            agent_metrics.serve(port=metrics_port, address=metrics_address)
+            self.stdout.write(f"metrics on http://{metrics_address}:{metrics_port}/metrics")
         agent.become_node(node.id, node.name)
         loop = agent.AgentLoop(node.name)
         loop.start()
