@@ -19,12 +19,8 @@ from rest_framework.views import APIView
 from common.serializers import ResourceAmountsSerializer, ResourceUsageSerializer
 from nodes.models import NodeStatus
 
-from ..metrics.collector import (
-    ENDED_EXECUTION_STATUSES,
-    LIVE_JOB_STATUSES,
-    PENDING_REASON_LABELS,
-    ClusterCollector,
-)
+from ..metrics.collector import ClusterCollector
+from ..metrics.figures import ENDED_EXECUTION_STATUSES, LIVE_JOB_STATUSES, PENDING_REASON_LABELS
 from ..metrics.summary import metrics_summary
 
 # --- /metrics --------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count
 from django.utils import timezone
 
 from accounts.models import User
@@ -17,11 +16,13 @@ from nodes.models import Node, NodeStatus
 from resources.selectors import queue_list_visible
 
 from ..models import ExecutionStatus, Job
-from .collector import (
+from .figures import (
     ENDED_EXECUTION_STATUSES,
     LIVE_JOB_STATUSES,
+    NODE_COLUMNS,
     PENDING_REASON_LABELS,
     RUN_SECONDS,
+    dead_letter_counts,
     live_jobs,
 )
 
@@ -79,7 +80,7 @@ def metrics_summary(*, user: User) -> dict:
         team_ids = list(team_list_visible(user=user).values_list("pk", flat=True))
         jobs = jobs.filter(team_id__in=team_ids)
     live = live_jobs(jobs=jobs, now=now)
-    dead_letter = dict(jobs.dead_letter().values_list("queue_id").annotate(Count("id")).order_by())
+    dead_letter = dead_letter_counts(jobs=jobs)
     params = {
         "since": now - WINDOW,
         "ended": list(ENDED_EXECUTION_STATUSES),
@@ -135,21 +136,20 @@ def _nodes(now) -> dict:
     recent = now - timedelta(seconds=settings.NODE_LOST_AFTER_SECONDS)
     nodes, up_count = [], 0
     total = {"capacity": [0, 0, 0], "allocated": [0, 0, 0], "used": [None, None]}
-    for node in Node.objects.order_by("name"):
-        offline = node.status == NodeStatus.OFFLINE
-        up = not offline and node.last_heartbeat is not None and node.last_heartbeat >= recent
+    for name, status, beat, *amounts in Node.objects.order_by("name").values_list(*NODE_COLUMNS):
+        offline = status == NodeStatus.OFFLINE
+        up = not offline and beat is not None and beat >= recent
         up_count += up
-        capacity = (node.cpu_millis, node.memory_mb, node.gpu)
-        allocated = (node.allocated_cpu_millis, node.allocated_memory_mb, node.allocated_gpu)
+        capacity, allocated = amounts[0:3], amounts[3:6]
         # An offline node's last figures are stale: it is not using anything it said.
-        used = (None, None) if offline else (node.used_cpu_millis, node.used_memory_mb)
+        used = (None, None) if offline else amounts[6:8]
         if not offline:
             for kind, amounts in (("capacity", capacity), ("allocated", allocated), ("used", used)):
                 total[kind] = [_add(t, a) for t, a in zip(total[kind], amounts, strict=True)]
         nodes.append(
             {
-                "name": node.name,
-                "status": node.status,
+                "name": name,
+                "status": status,
                 "up": up,
                 "capacity": _amounts(*capacity),
                 "allocated": _amounts(*allocated),

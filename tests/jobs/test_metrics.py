@@ -120,6 +120,14 @@ def test_the_figures_are_those_the_world_was_built_with(world):
     ]
     used = {dict(labels)["node"] for name, labels in values if name == "scheduler_node_used"}
     assert used == {"n-up"}
+    # A node shows the resources it has: no GPU series for nodes without GPUs.
+    gpu_nodes = {
+        dict(labels)["node"]
+        for name, labels in values
+        if name in ("scheduler_node_capacity", "scheduler_node_allocated")
+        and dict(labels)["resource"] == "gpu"
+    }
+    assert gpu_nodes == {"n-up"}
 
 
 def test_the_counters_agree_with_the_rows_they_count(world):
@@ -178,12 +186,13 @@ def test_the_leader_is_whoever_holds_the_scheduler_lock_in_this_database(world):
 def test_a_scrape_takes_the_same_statements_for_a_larger_cluster(world, django_assert_num_queries):
     client = Client()
     client.get("/metrics")  # a first request may set up the connection
-    with django_assert_num_queries(10):
+    # Nine statements, and the savepoint that the test's transaction makes of the scrape's.
+    with django_assert_num_queries(11):
         scrape(client)
     for i in range(20):
         Queue.objects.create(name=f"more-{i}", quota_cpu_millis=1000)
         Node.objects.create(name=f"more-{i}", cpu_millis=1000, memory_mb=1024)
-    with django_assert_num_queries(10):
+    with django_assert_num_queries(11):
         values = scrape(client)
     assert values["scheduler_node_up", (("node", "more-19"),)] == 0
     assert values["scheduler_jobs", (("queue", "more-19"), ("status", "pending"))] == 0
