@@ -15,7 +15,7 @@ from jobs.agent import metrics as agent_metrics
 from jobs.agent import supervision as agent
 from jobs.agent import tasks  # noqa: F401  (registers the execution task in this worker)
 from jobs.agent.success_batching import successes
-from jobs.management.metrics_port import add_metrics_arguments
+from jobs.management.metrics_port import add_metrics_arguments, serve_metrics
 from nodes.models import NODE_NAME_RE, node_queue_name
 from nodes.services import node_register
 
@@ -74,6 +74,7 @@ class Command(BaseCommand):
         gpu = gpu if gpu is not None else agent.detect_gpu()
         if cpu_millis < 1 or memory_mb < 0 or gpu < 0:
             raise CommandError("--cpu must be positive; --memory-mb and --gpu not negative.")
+        serve_metrics(self, agent_metrics.serve, port=metrics_port, address=metrics_address)
         try:
             node = node_register(
                 name=name,
@@ -94,9 +95,6 @@ class Command(BaseCommand):
         reaped = agent.reap_orphans(node.name)
         if reaped:
             self.stdout.write(f"killed {reaped} job process group(s) left by a previous agent")
-        if metrics_port is not None:
-            agent_metrics.serve(port=metrics_port, address=metrics_address)
-            self.stdout.write(f"metrics on http://{metrics_address}:{metrics_port}/metrics")
         agent.become_node(node.id, node.name)
         loop = agent.AgentLoop(node.name)
         loop.start()

@@ -3,7 +3,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from jobs.management.metrics_port import add_metrics_arguments
+from jobs.management.metrics_port import add_metrics_arguments, serve_metrics
 from jobs.scheduling.leader import Scheduler
 
 
@@ -18,8 +18,6 @@ class Command(BaseCommand):
             tick_seconds=settings.SCHEDULER_TICK_SECONDS,
             batch_size=settings.SCHEDULER_BATCH_SIZE,
         )
-        if metrics_port is not None:
-            scheduler.metrics.serve(port=metrics_port, address=metrics_address)
-            self.stdout.write(f"metrics on http://{metrics_address}:{metrics_port}/metrics")
+        serve_metrics(self, scheduler.metrics.serve, port=metrics_port, address=metrics_address)
         scheduler.install_signal_handlers()
         scheduler.run()

@@ -1,8 +1,10 @@
 """The scheduler process's leadership, run in this process against the real database."""
 
+import socket
 import time
 
 import pytest
+from django.core.management import CommandError, call_command
 
 from common.wakeup import ARRIVAL, SCHEDULER_CHANNEL
 from jobs.models import Job
@@ -93,3 +95,12 @@ def test_a_scheduler_times_each_cycle_and_says_whether_it_leads(db):
         scheduler.lose_leadership()
         other.lose_leadership()
     assert sample("scheduler_leader") == 0.0
+
+
+def test_a_metrics_port_already_taken_stops_the_scheduler_before_it_starts(db):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(CommandError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
+            call_command("run_scheduler", metrics_port=port)
