@@ -94,6 +94,13 @@ def test_without_a_token_a_request_through_a_proxy_on_this_host_is_refused(setti
     assert response.status_code == 403
 
 
+def test_a_scraper_that_asks_for_openmetrics_gets_it(default_queue):
+    response = Client().get("/metrics", HTTP_ACCEPT="application/openmetrics-text; version=1.0.0")
+    assert response["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert response.content.endswith(b"# EOF\n")
+    assert b"scheduler_placements_total 0.0" in response.content
+
+
 def test_only_get_is_answered():
     assert Client().post("/metrics").status_code == 405
 
