@@ -30,3 +30,12 @@ class ResourceLimitsSerializer(serializers.Serializer):
     cpu = serializers.FloatField(allow_null=True, help_text="CPU cores, e.g. 0.5")
     memory_mb = serializers.IntegerField(allow_null=True)
     gpu = serializers.IntegerField(allow_null=True)
+
+
+class ResourceUsageSerializer(serializers.Serializer):
+    """What jobs really use, as their node's agent sampled it; null when it did not say."""
+
+    cpu = serializers.FloatField(
+        allow_null=True, help_text="CPU time per second, in cores, e.g. 1.5"
+    )
+    memory_mb = serializers.IntegerField(allow_null=True, help_text="Resident memory, in MiB")

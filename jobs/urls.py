@@ -1,8 +1,10 @@
+from django.urls import path
 from rest_framework.routers import DefaultRouter
 
 from .api.allocations import AllocationViewSet
 from .api.definitions import DefinitionViewSet
 from .api.jobs import JobViewSet
+from .api.metrics import MetricsSummaryView
 from .api.schedules import ScheduleViewSet
 
 router = DefaultRouter(trailing_slash=True)
@@ -12,4 +14,7 @@ router.register("definitions", DefinitionViewSet, basename="definition")
 router.register("schedules", ScheduleViewSet, basename="schedule")
 router.register("allocations", AllocationViewSet, basename="allocation")
 
-urlpatterns = router.urls
+urlpatterns = [
+    *router.urls,
+    path("metrics/summary/", MetricsSummaryView.as_view(), name="metrics-summary"),
+]

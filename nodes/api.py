@@ -18,12 +18,23 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 
 from accounts.audit import audit_describe
-from common.serializers import ResourceAmountsSerializer, StrictSerializer
+from common.serializers import (
+    ResourceAmountsSerializer,
+    ResourceUsageSerializer,
+    StrictSerializer,
+)
 from common.viewsets import NameLookupMixin
 
 from .authentication import IsNodeAgent, NodeCredentialAuthentication
 from .models import NODE_NAME_RE, Node
-from .services import node_cordon, node_drain, node_heartbeat, node_register, node_uncordon
+from .services import (
+    NodeUsage,
+    node_cordon,
+    node_drain,
+    node_heartbeat,
+    node_register,
+    node_uncordon,
+)
 
 MAX_LABELS = 32
 MAX_RUNNING_TOKENS = 10_000
@@ -34,6 +45,7 @@ RESERVED_NODE_NAMES = frozenset({"register"})
 class NodeSerializer(serializers.ModelSerializer):
     capacity = serializers.SerializerMethodField()
     allocated = serializers.SerializerMethodField()
+    used = serializers.SerializerMethodField()
     queue = serializers.CharField(source="queue_name")
 
     class Meta:
@@ -45,6 +57,7 @@ class NodeSerializer(serializers.ModelSerializer):
             "labels",
             "capacity",
             "allocated",
+            "used",
             "queue",
             "last_heartbeat",
             "agent_version",
@@ -62,6 +75,16 @@ class NodeSerializer(serializers.ModelSerializer):
             "memory_mb": node.allocated_memory_mb,
             "gpu": node.allocated_gpu,
         }
+
+    @extend_schema_field(ResourceUsageSerializer)
+    def get_used(self, node) -> dict:
+        return node_used(node)
+
+
+def node_used(node: Node) -> dict:
+    """What the node's jobs used at its last heartbeat, as the API answers it."""
+    cpu = node.used_cpu_millis
+    return {"cpu": None if cpu is None else cpu / 1000, "memory_mb": node.used_memory_mb}
 
 
 class NodeRegisterSerializer(StrictSerializer):
@@ -92,12 +115,27 @@ class NodeRegisterSerializer(StrictSerializer):
         return labels
 
 
+class NodeUsageInputSerializer(StrictSerializer):
+    cpu = serializers.DecimalField(
+        max_digits=9,
+        decimal_places=3,
+        min_value=Decimal(0),
+        help_text="CPU time per second the node's jobs used, in cores, e.g. 1.5",
+    )
+    memory_mb = serializers.IntegerField(
+        min_value=0, max_value=2**31 - 1, help_text="Resident memory of the node's jobs"
+    )
+
+
 class NodeHeartbeatSerializer(StrictSerializer):
     running_tokens = serializers.ListField(
         child=serializers.CharField(max_length=100),
         max_length=MAX_RUNNING_TOKENS,
         default=list,
         help_text="The execution tokens the agent is running, e.g. job-12-attempt-1",
+    )
+    used = NodeUsageInputSerializer(
+        required=False, help_text="What the jobs used; left out when the agent does not sample."
     )
 
 
@@ -140,7 +178,10 @@ NODE = {200: NodeSerializer}
         examples=[
             OpenApiExample(
                 "Running two attempts",
-                value={"running_tokens": ["job-12-attempt-1", "job-15-attempt-2"]},
+                value={
+                    "running_tokens": ["job-12-attempt-1", "job-15-attempt-2"],
+                    "used": {"cpu": 1.5, "memory_mb": 900},
+                },
                 request_only=True,
             )
         ],
@@ -199,8 +240,14 @@ class NodeViewSet(NameLookupMixin, viewsets.ReadOnlyModelViewSet):
         _own_node_name(request, name)
         data = NodeHeartbeatSerializer(data=request.data)
         data.is_valid(raise_exception=True)
+        used = data.validated_data.get("used")
         if not node_heartbeat(
-            name=name, at=timezone.now(), running_tokens=data.validated_data["running_tokens"]
+            name=name,
+            at=timezone.now(),
+            running_tokens=data.validated_data["running_tokens"],
+            used=None
+            if used is None
+            else NodeUsage(cpu_millis=int(used["cpu"] * 1000), memory_mb=used["memory_mb"]),
         ):
             raise NotFound("This node is not registered; register it first.")
         return Response(NodeSerializer(Node.objects.get(name=name)).data)

@@ -41,6 +41,11 @@ class Node(models.Model):
     last_heartbeat = models.DateTimeField(null=True, blank=True)
     # The execution tokens the agent was running at its last heartbeat.
     running_tokens = models.JSONField(default=list, blank=True)
+    # What the node's jobs really used at its last heartbeat, as its agent sampled it:
+    # CPU time per second in thousandths of a core, and resident memory. Empty when the
+    # agent did not say (an agent that does not sample, or a node never heard from).
+    used_cpu_millis = models.PositiveIntegerField(null=True, blank=True)
+    used_memory_mb = models.PositiveIntegerField(null=True, blank=True)
     agent_version = models.CharField(max_length=32, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -83,6 +88,22 @@ class Node(models.Model):
 
 def node_queue_name(node_name: str) -> str:
     return f"node.{node_name}"
+
+
+class NodeLoss(models.Model):
+    """One time a node went offline because its agent fell silent. By name, not by
+    reference, so the history outlives the node: `scheduler_nodes_lost_total` counts
+    these rows and must never go down."""
+
+    node_name = models.CharField(max_length=63)
+    lost_at = models.DateTimeField()
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-lost_at", "-id"]
+
+    def __str__(self):
+        return f"{self.node_name} lost at {self.lost_at.isoformat()}"
 
 
 class NodeCredential(models.Model):

@@ -2,6 +2,7 @@
 the credentials node agents authenticate with."""
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.core.exceptions import ValidationError
@@ -12,7 +13,7 @@ from django.utils import timezone
 from accounts.services import secret_key_digest, secret_key_generate, secret_key_matches
 from common.wakeup import scheduler_wake
 
-from .models import Node, NodeCredential, NodeStatus
+from .models import Node, NodeCredential, NodeLoss, NodeStatus
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ def node_register(
     node.last_heartbeat = timezone.now()
     # A new agent runs nothing yet; whatever the old one ran is found and failed over.
     node.running_tokens = []
+    node.used_cpu_millis = node.used_memory_mb = None
     node.save()
     scheduler_wake()
     logger.info(
@@ -67,25 +69,47 @@ def node_register(
     return node
 
 
-def node_heartbeat(*, name: str, at: datetime, running_tokens: list[str]) -> bool:
-    """Record that the agent was alive at `at`, running exactly `running_tokens`."""
+@dataclass(frozen=True)
+class NodeUsage:
+    """What a node's jobs really use, as its agent sampled them."""
+
+    cpu_millis: int  # CPU time per second, in thousandths of a core
+    memory_mb: int  # resident
+
+
+def node_heartbeat(
+    *, name: str, at: datetime, running_tokens: list[str], used: NodeUsage | None = None
+) -> bool:
+    """Record that the agent was alive at `at`, running exactly `running_tokens`, whose
+    jobs used `used` (None: the agent did not say, and an older figure is not kept)."""
     return bool(
-        Node.objects.filter(name=name).update(last_heartbeat=at, running_tokens=running_tokens)
+        Node.objects.filter(name=name).update(
+            last_heartbeat=at,
+            running_tokens=running_tokens,
+            used_cpu_millis=None if used is None else used.cpu_millis,
+            used_memory_mb=None if used is None else used.memory_mb,
+        )
     )
 
 
 def nodes_mark_lost(*, older_than_seconds: float) -> list[str]:
-    """Nodes silent for longer than `older_than_seconds` go offline; returns their names."""
-    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    """Nodes silent for longer than `older_than_seconds` go offline, each loss recorded
+    (`NodeLoss`); returns their names."""
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=older_than_seconds)
     with transaction.atomic():
-        names = list(
+        silent = list(
             Node.objects.select_for_update(skip_locked=True)
             .exclude(status=NodeStatus.OFFLINE)
             .filter(last_heartbeat__lt=cutoff)
-            .values_list("name", flat=True)
+            .values_list("name", "last_heartbeat")
         )
+        names = [name for name, _ in silent]
         if names:
             Node.objects.filter(name__in=names).update(status=NodeStatus.OFFLINE)
+            NodeLoss.objects.bulk_create(
+                NodeLoss(node_name=name, lost_at=now, last_heartbeat=beat) for name, beat in silent
+            )
     for name in names:
         logger.warning("node lost node=%s silent_for_more_than=%ss", name, older_than_seconds)
     return names

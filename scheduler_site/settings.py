@@ -284,5 +284,9 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
 
+# The bearer token Prometheus sends to read /metrics (`Authorization: Bearer <token>`).
+# Empty: /metrics answers only clients on this host that came through no proxy.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+
 # How long a token from POST /api/auth/login/ lives.
 API_LOGIN_TOKEN_DAYS = env.int("API_LOGIN_TOKEN_DAYS", default=30)

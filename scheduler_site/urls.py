@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts import views as account_views
 from jobs import views as job_views
+from jobs.api.metrics import prometheus_metrics
 
 from . import health
 
@@ -29,4 +30,5 @@ urlpatterns = [
     ),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", prometheus_metrics, name="metrics"),
 ]

@@ -265,8 +265,11 @@ class Cluster:
         args += [f"--{key.replace('_', '-')}={value}" for key, value in options.items()]
         return self._spawn(name, [sys.executable, "-m", "tests.submitter", *args])
 
-    def start_scheduler(self, name: str = "scheduler", wait_leader: bool = True) -> Process:
-        process = self._start(name, "run_scheduler")
+    def start_scheduler(
+        self, name: str = "scheduler", wait_leader: bool = True, metrics_port: int | None = None
+    ) -> Process:
+        args = [f"--metrics-port={metrics_port}"] if metrics_port else []
+        process = self._start(name, "run_scheduler", *args)
         if wait_leader:
             wait_until(lambda: self.leader_pid() is not None, 30, message="a scheduler leader")
         return process
@@ -298,6 +301,7 @@ class Cluster:
         labels: dict | None = None,
         slots: int | None = None,
         wait: bool = True,
+        metrics_port: int | None = None,
     ) -> Process:
         args = [
             "run_node",
@@ -309,6 +313,8 @@ class Cluster:
         args += [f"--label={k}={v}" for k, v in (labels or {}).items()]
         if slots:
             args.append(f"--slots={slots}")
+        if metrics_port:
+            args.append(f"--metrics-port={metrics_port}")
         process = self._start(name, *args)
         if wait:
             self.wait_node_ready(name, process)

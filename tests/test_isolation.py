@@ -193,6 +193,8 @@ ENDPOINTS = [
     Endpoint("GET", "/api/allocations/{allocation}/", azure_only(200)),
     Endpoint("POST", "/api/allocations/{allocation}/release/", STAFF_ONLY),
     Endpoint("GET", "/api/resources/usage/", everyone(200)),
+    # --- metrics: each caller's own teams' queues and jobs; every node
+    Endpoint("GET", "/api/metrics/summary/", everyone(200)),
     # --- the OpenAPI schema and its docs: public, they hold no one's data
     Endpoint("GET", "/api/schema/", everyone(200, anonymous=200)),
     Endpoint("GET", "/api/docs/", everyone(200, anonymous=200)),
@@ -367,6 +369,7 @@ def test_the_matrix_covers_every_api_route():
         ("/api/schedules/", ["azure-sched-mark", "crimson-sched-mark"]),
         ("/api/definitions/", ["azure-def-mark", "crimson-def-mark"]),
         ("/api/resources/usage/", ["azure-team", "crimson-team", "azure-q", "crimson-q"]),
+        ("/api/metrics/summary/", ["azure-q", "crimson-q"]),
     ],
 )
 def test_staff_see_both_teams_marks_so_a_leak_would_show(world, staff_api, path, marks):

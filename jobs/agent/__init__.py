@@ -1,10 +1,11 @@
 """The node agent: everything that runs on a node, in the `run_node` process.
 
 - `supervision`: which node this process is, the host's capacity, the loop that
-  heartbeats, applies cancels and watches memory, and the clean-up of what a previous
-  agent left running
+  heartbeats (with what the jobs use), applies cancels and watches memory, and the
+  clean-up of what a previous agent left running
 - `runner`: running one execution in its own process group, with its limits and log
-- `sampling`: what /proc says about the jobs' processes
+- `sampling`: what /proc says about the jobs' processes: CPU time and resident memory
+- `metrics`: this process's own metrics (`run_node --metrics-port`)
 - `success_batching`: ending successes in batches, and taking work onto the room they free
 - `tasks`: the Celery task that claims and runs an execution
 - `callable_runner`: the child process that runs an allow-listed callable

@@ -95,6 +95,11 @@ class RunningRegistry:
         with self._lock:
             return sorted(self._items)
 
+    def process_groups(self) -> set[int]:
+        """The process groups of the executions that have started."""
+        with self._lock:
+            return {t.pgid for t in self._items.values() if t.pgid is not None}
+
     def cancel(self, token: str) -> None:
         with self._lock:
             tracked = self._items.get(token)

@@ -1,6 +1,6 @@
 """The node agent's in-process parts: which node this process is, its host's capacity,
-the loop that heartbeats, applies cancels and watches memory, and the clean-up of
-what a previous agent of this node left running."""
+the loop that heartbeats (with what its jobs use), applies cancels and watches memory,
+and the clean-up of what a previous agent of this node left running."""
 
 import contextlib
 import logging
@@ -14,11 +14,12 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, close_old_connections, connection
 from django.utils import timezone
 
-from nodes.services import node_heartbeat
+from nodes.services import NodeUsage, node_heartbeat
 
 from ..selectors import execution_tokens_cancel_requested
+from . import metrics
 from .runner import agent_identity, running
-from .sampling import groups_with_env
+from .sampling import UsageMeter, groups_with_env
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class AgentLoop(threading.Thread):
         super().__init__(name=f"agent-{node_name}", daemon=True)
         self.node_name = node_name
         self.stopped = threading.Event()
+        self.meter = UsageMeter()
 
     def run(self):
         next_heartbeat = next_cancel_check = 0.0
@@ -85,13 +87,20 @@ class AgentLoop(threading.Thread):
                     self.heartbeat()
                     next_heartbeat = now + settings.NODE_HEARTBEAT_SECONDS
             except (DatabaseError, InterfaceError):
+                metrics.database_errors.inc()
                 logger.warning("agent loop lost the database node=%s; will retry", self.node_name)
         connection.close()
 
     def heartbeat(self):
         # Stamp first, then list: a token claimed before the stamp is in the list.
         at = timezone.now()
-        node_heartbeat(name=self.node_name, at=at, running_tokens=running.tokens())
+        tokens = running.tokens()
+        cores, resident_bytes = self.meter.measure(running.process_groups())
+        used = NodeUsage(cpu_millis=round(cores * 1000), memory_mb=resident_bytes // 2**20)
+        node_heartbeat(name=self.node_name, at=at, running_tokens=tokens, used=used)
+        metrics.heartbeats.inc()
+        metrics.used.labels("cpu").set(cores)
+        metrics.used.labels("memory").set(resident_bytes)
 
     def apply_cancels(self):
         tokens = running.tokens()

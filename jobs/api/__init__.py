@@ -6,4 +6,5 @@
 - `definitions`: `/api/definitions/`
 - `schedules`: `/api/schedules/`
 - `allocations`: `/api/allocations/` (releasing one ends its attempt, a jobs service)
+- `metrics`: `/api/metrics/summary/`, and `/metrics` for Prometheus (a plain Django view)
 """

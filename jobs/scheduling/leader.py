@@ -19,6 +19,7 @@ from common.wakeup import ARRIVAL, SCHEDULER_CHANNEL
 
 from ..services.failover import execution_republish_stale
 from .cycle import run_cycle
+from .metrics import SchedulerMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Scheduler:
         self.is_leader = False
         self.shutdown = False
         self.cluster_full = False  # the last cycle found no room on any ready node
+        self.metrics = SchedulerMetrics(is_leader=lambda: self.is_leader)
 
     def install_signal_handlers(self) -> None:
         def stop(signum, frame):
@@ -103,7 +105,9 @@ class Scheduler:
     def step(self) -> bool:
         """Run one cycle; True when there may be more to place right away."""
         close_old_connections()
+        started = time.perf_counter()
         result = run_cycle(batch_size=self.batch_size)
+        self.metrics.cycle_seconds.observe(time.perf_counter() - started)
         self.cluster_full = result.full
         return result.placed > 0 and result.batch_full
 

@@ -67,14 +67,3 @@ def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
     return subprocess.run(
         ["promtool", *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
     )
-
-
-def metrics_endpoint_routed() -> bool:
-    """Whether GET /metrics exists yet (it is built on another branch of issue #13)."""
-    from django.urls import Resolver404, resolve
-
-    try:
-        resolve("/metrics")
-    except Resolver404:
-        return False
-    return True

@@ -15,13 +15,10 @@ import pytest
 import requests
 import yaml
 
-from tests.deploy.metrics import DEPLOY_DIR, metrics_endpoint_routed
+from tests.deploy.metrics import DEPLOY_DIR
 from tests.processes import Process, wait_until
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not metrics_endpoint_routed(), reason="metrics endpoint not on this branch"),
-]
+pytestmark = pytest.mark.e2e
 
 SHORT_FOR = "2s"
 METRICS_TOKEN = "e2e-metrics-token"

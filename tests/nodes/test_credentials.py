@@ -55,6 +55,20 @@ def test_an_agent_registers_and_heartbeats_its_node(agent):
     assert beat.status_code == 200, beat.content
     node = Node.objects.get(name="node-a")
     assert node.last_heartbeat is not None and node.running_tokens == ["job-1-attempt-1"]
+    assert beat.json()["used"] == {"cpu": None, "memory_mb": None}
+
+
+def test_a_heartbeat_says_what_the_jobs_used(agent):
+    agent.post("/api/nodes/register/", REGISTER, format="json")
+    beat = agent.post(
+        "/api/nodes/node-a/heartbeat/",
+        {"running_tokens": [], "used": {"cpu": "1.25", "memory_mb": 300}},
+        format="json",
+    )
+    assert beat.status_code == 200, beat.content
+    assert beat.json()["used"] == {"cpu": 1.25, "memory_mb": 300}
+    node = Node.objects.get(name="node-a")
+    assert (node.used_cpu_millis, node.used_memory_mb) == (1250, 300)
 
 
 def test_a_credential_cannot_register_or_heartbeat_another_node(agent):
@@ -127,6 +141,11 @@ def test_bad_registration_is_a_400_naming_the_field(agent, payload, field):
         {"running_tokens": ["x" * 101]},
         {"tokens": []},
         ["job-1"],
+        {"used": {"cpu": -1, "memory_mb": 1}},
+        {"used": {"cpu": 1}},
+        {"used": {"cpu": 1, "memory_mb": 2**31}},
+        {"used": {"cpu": 1, "memory_mb": 1, "gpu": 1}},
+        {"used": 5},
     ],
 )
 def test_a_bad_heartbeat_is_a_400(agent, payload):

@@ -7,11 +7,13 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from common.wakeup import SCHEDULER_CHANNEL
-from nodes.models import Node, NodeStatus
+from nodes.models import Node, NodeLoss, NodeStatus
 from nodes.services import (
+    NodeUsage,
     node_cordon,
     node_drain,
     node_drain_complete,
+    node_heartbeat,
     node_register,
     node_uncordon,
     nodes_mark_lost,
@@ -59,6 +61,8 @@ def test_registering_again_updates_the_capacity_and_forgets_what_the_old_agent_r
         allocated_memory_mb=100,
         labels={"zone": "a"},
         running_tokens=["job-1-attempt-1"],
+        used_cpu_millis=900,
+        used_memory_mb=80,
         last_heartbeat=timezone.now() - timedelta(minutes=5),
     )
     before = timezone.now()
@@ -68,6 +72,7 @@ def test_registering_again_updates_the_capacity_and_forgets_what_the_old_agent_r
     # What the old agent's executions hold stays until they are failed over or finish.
     assert (node.allocated_cpu_millis, node.allocated_memory_mb) == (1000, 100)
     assert node.running_tokens == []
+    assert (node.used_cpu_millis, node.used_memory_mb) == (None, None)
     assert node.last_heartbeat >= before
 
 
@@ -134,6 +139,24 @@ def test_registering_and_uncordoning_wake_the_scheduler_and_a_no_op_does_not():
         assert woken()
 
 
+# --- Heartbeats -----------------------------------------------------------------------
+
+
+def test_a_heartbeat_records_what_the_jobs_used_and_an_unsaid_figure_is_not_kept():
+    make_node()
+    at = timezone.now()
+    used = NodeUsage(cpu_millis=1500, memory_mb=300)
+    assert node_heartbeat(name="node-a", at=at, running_tokens=["job-1-attempt-1"], used=used)
+    node = Node.objects.get()
+    assert (node.last_heartbeat, node.running_tokens) == (at, ["job-1-attempt-1"])
+    assert (node.used_cpu_millis, node.used_memory_mb) == (1500, 300)
+
+    assert node_heartbeat(name="node-a", at=at, running_tokens=[])
+    node.refresh_from_db()
+    assert (node.used_cpu_millis, node.used_memory_mb) == (None, None)
+    assert not node_heartbeat(name="nowhere", at=at, running_tokens=[], used=used)
+
+
 # --- Loss -----------------------------------------------------------------------------
 
 
@@ -149,6 +172,22 @@ def test_a_silent_node_goes_offline_and_a_live_one_stays(db):
     assert nodes_mark_lost(older_than_seconds=30) == ["silent"]
     assert nodes_mark_lost(older_than_seconds=30) == []
     assert Node.objects.get(name="alive").status == NodeStatus.READY
+
+
+def test_each_time_a_node_is_lost_is_recorded_once_and_outlives_the_node():
+    silent_since = timezone.now() - timedelta(seconds=60)
+    node = make_node(last_heartbeat=silent_since)
+    assert nodes_mark_lost(older_than_seconds=30) == ["node-a"]
+    assert nodes_mark_lost(older_than_seconds=30) == []
+    loss = NodeLoss.objects.get()
+    assert (loss.node_name, loss.last_heartbeat) == ("node-a", silent_since)
+    assert loss.lost_at > silent_since
+
+    node_register(name="node-a", cpu_millis=4000, memory_mb=8192)
+    Node.objects.filter(pk=node.pk).update(last_heartbeat=silent_since)
+    assert nodes_mark_lost(older_than_seconds=30) == ["node-a"]
+    node.delete()
+    assert NodeLoss.objects.filter(node_name="node-a").count() == 2
 
 
 @pytest.mark.parametrize("status", [NodeStatus.CORDONED, NodeStatus.DRAINING])

@@ -11,10 +11,12 @@ from celery.signals import worker_ready, worker_shutting_down
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from jobs.agent import metrics as agent_metrics
 from jobs.agent import supervision as agent
 from jobs.agent import tasks  # noqa: F401  (registers the execution task in this worker)
 from jobs.agent.success_batching import successes
 from jobs.agent.task_events import use_worker_dispatcher
+from jobs.management.metrics_port import add_metrics_arguments, serve_metrics
 from nodes.models import NODE_NAME_RE, node_queue_name
 from nodes.services import node_register
 
@@ -50,8 +52,22 @@ class Command(BaseCommand):
             help="How many executions may run at once (default: 4 per CPU core, 4 to 64).",
         )
         parser.add_argument("--loglevel", default="INFO")
+        add_metrics_arguments(parser, "agent")
 
-    def handle(self, *args, name, cpu, memory_mb, gpu, label, slots, loglevel, **options):
+    def handle(
+        self,
+        *args,
+        name,
+        cpu,
+        memory_mb,
+        gpu,
+        label,
+        slots,
+        loglevel,
+        metrics_port,
+        metrics_address,
+        **options,
+    ):
         if not NODE_NAME_RE.match(name):
             raise CommandError("--name must be lower-case letters, digits and dashes (max 63).")
         cpu_millis = round(cpu * 1000) if cpu is not None else agent.detect_cpu_millis()
@@ -59,6 +75,7 @@ class Command(BaseCommand):
         gpu = gpu if gpu is not None else agent.detect_gpu()
         if cpu_millis < 1 or memory_mb < 0 or gpu < 0:
             raise CommandError("--cpu must be positive; --memory-mb and --gpu not negative.")
+        serve_metrics(self, agent_metrics.serve, port=metrics_port, address=metrics_address)
         try:
             node = node_register(
                 name=name,

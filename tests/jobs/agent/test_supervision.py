@@ -6,11 +6,15 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
+import time
 
 import pytest
 from django.utils import timezone
 
+from jobs.agent import metrics as agent_metrics
 from jobs.agent.runner import agent_identity, running
+from jobs.agent.sampling import usage_by_group
 from jobs.agent.supervision import AgentLoop, reap_orphans
 from jobs.models import Job
 from jobs.scheduling.cycle import place_pending_jobs
@@ -132,6 +136,50 @@ def test_a_heartbeat_records_the_running_tokens_and_when(track):
     node.refresh_from_db()
     assert node.running_tokens == ["job-2-attempt-1"]
     assert node.last_heartbeat > beat
+
+
+# A process that spends `seconds` of CPU time, then exits.
+def burn(seconds: float) -> str:
+    return (
+        f"{sys.executable} -c 'import time\nt = time.process_time()\n"
+        f"while time.process_time() - t < {seconds}: pass'"
+    )
+
+
+def test_a_groups_cpu_time_includes_the_children_it_has_waited_for(groups):
+    proc = groups.start(["sh", "-c", f"{burn(0.5)}; echo done; sleep 60"])
+    assert proc.stdout.readline() == "done\n"
+    assert usage_by_group()[proc.pid].cpu_seconds >= 0.45
+
+
+@pytest.mark.django_db
+def test_a_heartbeat_says_what_the_running_jobs_use(groups, track):
+    node = Node.objects.create(name="node-a", cpu_millis=2000, memory_mb=1024)
+    busy = groups.start(["sh", "-c", "while :; do :; done"])
+    holding = groups.start(
+        [
+            sys.executable,
+            "-c",
+            "import time; b = bytearray(80 << 20); print(1, flush=True); time.sleep(60)",
+        ]
+    )
+    assert holding.stdout.readline() == "1\n"
+    unrelated = groups.start(["sh", "-c", "while :; do :; done"])  # no job of this agent
+    for i, proc in enumerate((busy, holding)):
+        track(f"job-{i}-attempt-1").started(proc.pid)
+    loop = AgentLoop("node-a")
+    loop.heartbeat()
+    time.sleep(1)
+    loop.heartbeat()
+
+    node.refresh_from_db()
+    # One busy loop is at most one core; the unrelated one is not counted.
+    assert 300 <= node.used_cpu_millis <= 1150, node.used_cpu_millis
+    assert 80 <= node.used_memory_mb < 200, node.used_memory_mb
+    used = agent_metrics.registry.get_sample_value("scheduler_agent_used", {"resource": "cpu"})
+    assert used == pytest.approx(node.used_cpu_millis / 1000, abs=0.001)
+    assert agent_metrics.registry.get_sample_value("scheduler_agent_running_executions") == 2
+    assert unrelated.poll() is None
 
 
 @pytest.mark.django_db(transaction=True)

@@ -1,8 +1,10 @@
 """The scheduler process's leadership, run in this process against the real database."""
 
+import socket
 import time
 
 import pytest
+from django.core.management import CommandError, call_command
 
 from common.wakeup import ARRIVAL, SCHEDULER_CHANNEL
 from jobs.models import Job
@@ -70,3 +72,35 @@ def test_a_full_cluster_gathers_arrivals_but_answers_anything_else_at_once(
         assert 0.4 < waited < 1.5
     else:
         assert waited < 0.3
+
+
+def test_a_scheduler_times_each_cycle_and_says_whether_it_leads(db):
+    scheduler = Scheduler(tick_seconds=1, batch_size=10)
+    other = Scheduler(tick_seconds=1, batch_size=10)
+
+    def sample(name, s=scheduler):
+        return s.metrics.registry.get_sample_value(name)
+
+    try:
+        assert sample("scheduler_leader") == 0.0
+        assert sample("scheduler_cycle_duration_seconds_count") == 0.0
+        assert scheduler.try_to_lead() and not other.try_to_lead()
+        assert sample("scheduler_leader") == 1.0
+        assert sample("scheduler_leader", other) == 0.0
+        scheduler.step()
+        scheduler.step()
+        assert sample("scheduler_cycle_duration_seconds_count") == 2.0
+        assert 0 < sample("scheduler_cycle_duration_seconds_sum") < 5
+    finally:
+        scheduler.lose_leadership()
+        other.lose_leadership()
+    assert sample("scheduler_leader") == 0.0
+
+
+def test_a_metrics_port_already_taken_stops_the_scheduler_before_it_starts(db):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(CommandError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
+            call_command("run_scheduler", metrics_port=port)

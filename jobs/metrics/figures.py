@@ -1,0 +1,270 @@
+"""The cluster's figures, read from PostgreSQL: each reader is one aggregate statement,
+whatever the number of jobs, nodes or queues. `collector` turns them into Prometheus
+metrics; `summary` reads some of them through a caller's teams.
+
+Counters are counted from rows that never change back, so they only grow (unless jobs
+are deleted with their team): attempts that ended (an ended execution never un-ends,
+whereas a failed job that is requeued leaves `failed`), executions ever created,
+`JobRetry`, `NodeLoss` and `JobScheduleRun` rows.
+"""
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import accumulate
+
+from django.db import connection
+from django.db.models import Count, F, Min, Q, QuerySet
+from django.db.models.functions import Coalesce, Greatest
+
+from resources.models import LIVE_ALLOCATION_STATUSES
+
+from ..models import ExecutionStatus, Job, JobRetry, JobStatus, PendingReason
+from ..scheduling.leader import LEADER_LOCK_ID
+
+LIVE_JOB_STATUSES = (JobStatus.PENDING, JobStatus.RESERVED, JobStatus.RUNNING)
+ENDED_EXECUTION_STATUSES = (
+    ExecutionStatus.SUCCEEDED,
+    ExecutionStatus.FAILED,
+    ExecutionStatus.CANCELLED,
+    ExecutionStatus.LOST,
+)
+# A pending job no cycle has looked at yet has no reason stored; a label needs a name.
+WAITING_SCHEDULER = "waiting_scheduler"
+
+
+def reason_label(reason: str) -> str:
+    return reason or WAITING_SCHEDULER
+
+
+PENDING_REASON_LABELS = tuple(reason_label(reason) for reason in PendingReason.values)
+
+# Seconds. A job waits milliseconds on free room, and hours in a backlog.
+WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400)
+RUN_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200, 21600, 86400)
+LATENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+def _fits(bounds: Sequence[float]) -> list[float]:
+    """The thresholds that make `width_bucket(-value, thresholds)` the number of bounds at
+    or above the value (a histogram's bucket `le` holds values equal to its bound)."""
+    return sorted(-float(bound) for bound in bounds)
+
+
+@dataclass
+class Observations:
+    """One histogram series, from rows of (bounds at or above the value, count, sum)."""
+
+    count: int = 0
+    total: float = 0.0
+    fits: dict = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, fits: int | None, count: int, total: float) -> None:
+        if fits is not None and count:
+            self.count += count
+            self.total += total
+            self.fits[fits] += count
+
+    def buckets(self, bounds: Sequence[float]) -> list[tuple[str, int]]:
+        """Cumulative counts at each bound, then +Inf."""
+        at_bound = [self.fits.get(len(bounds) - i, 0) for i in range(len(bounds))]
+        cumulative = accumulate(at_bound)
+        return [
+            *zip((repr(float(b)) for b in bounds), cumulative, strict=True),
+            ("+Inf", self.count),
+        ]
+
+
+# --- Jobs not yet ended ----------------------------------------------------------------
+
+
+@dataclass
+class LiveJobs:
+    """Jobs not yet ended, per queue id: by status, pending ones by reason label, and
+    since when the longest-waiting due one has been due."""
+
+    now: datetime
+    counts: dict = field(default_factory=lambda: defaultdict(int))  # (queue, status)
+    reasons: dict = field(default_factory=lambda: defaultdict(int))  # (queue, reason label)
+    due_since: dict = field(default_factory=dict)  # queue -> datetime
+
+    def oldest_age_seconds(self, queue_id: int) -> float | None:
+        since = self.due_since.get(queue_id)
+        return None if since is None else max((self.now - since).total_seconds(), 0.0)
+
+
+def live_jobs(*, jobs: QuerySet[Job], now) -> LiveJobs:
+    """`jobs` not yet ended (served by the job_status_created index: the live statuses are
+    a small part of all jobs). A job is due from its creation, or from its not_before (a
+    retry's due time) when that is later; a job not yet due is not waiting."""
+    due = Q(status=JobStatus.PENDING) & (Q(not_before__isnull=True) | Q(not_before__lte=now))
+    rows = (
+        jobs.filter(status__in=LIVE_JOB_STATUSES)
+        .values_list("queue_id", "status", "pending_reason")
+        .annotate(
+            n=Count("id"),
+            due_since=Min(Greatest("created_at", Coalesce("not_before", "created_at")), filter=due),
+        )
+        .order_by()
+    )
+    live = LiveJobs(now=now)
+    for queue_id, status, reason, n, due_since in rows:
+        live.counts[queue_id, status] += n
+        if status == JobStatus.PENDING:
+            live.reasons[queue_id, reason_label(reason)] += n
+        if due_since is not None:
+            live.due_since[queue_id] = min(live.due_since.get(queue_id, due_since), due_since)
+    return live
+
+
+def dead_letter_counts(*, jobs: QuerySet[Job]) -> dict[int, int]:
+    """{queue id: failed jobs neither requeued nor acknowledged}."""
+    return dict(jobs.dead_letter().values_list("queue_id").annotate(Count("id")).order_by())
+
+
+def retry_counts() -> dict[int, int]:
+    """{queue id: retries ever planned}."""
+    return dict(JobRetry.objects.values_list(F("job__queue_id")).annotate(Count("id")).order_by())
+
+
+# What the node figures read of each node, in this order.
+NODE_COLUMNS = (
+    "name",
+    "status",
+    "last_heartbeat",
+    "cpu_millis",
+    "memory_mb",
+    "gpu",
+    "allocated_cpu_millis",
+    "allocated_memory_mb",
+    "allocated_gpu",
+    "used_cpu_millis",
+    "used_memory_mb",
+)
+
+
+# --- Executions ------------------------------------------------------------------------
+
+# How long an execution ran, from start to end; null unless it did both. Clamped at 0
+# against clock skew between the hosts that wrote the two times (after the null check:
+# greatest() ignores nulls).
+RUN_SECONDS = """CASE WHEN e.started_at IS NOT NULL AND e.finished_at IS NOT NULL
+               THEN greatest(date_part('epoch', e.finished_at - e.started_at), 0) END"""
+
+WAIT_SECONDS = "greatest(date_part('epoch', e.started_at - j.created_at), 0)"
+
+# One pass over every execution with its job and its live allocation, if any, grouped
+# two ways: by queue, status and run-time bucket (placements, attempts ended, run times,
+# what the queue holds), and by queue and wait bucket. A job's wait is counted on its
+# first attempt that started, from the job's creation: a later attempt is that only when
+# no earlier one started (rare: checked only for attempts after the first). OFFSET 0
+# keeps the subquery whole, so each row's times are worked out once, not once per use.
+EXECUTIONS_SQL = f"""
+SELECT GROUPING(status) = 1 AS of_waits, queue_id, status,
+       width_bucket(-run, %(run_fits)s::float8[]) AS run_fits,
+       width_bucket(-wait, %(wait_fits)s::float8[]) AS wait_fits,
+       count(*), count(run), coalesce(sum(run), 0), count(wait), coalesce(sum(wait), 0),
+       coalesce(sum(cpu), 0), coalesce(sum(memory), 0), coalesce(sum(gpu), 0)
+  FROM (SELECT j.queue_id, e.status, a.cpu_millis AS cpu, a.memory_mb AS memory, a.gpu,
+               {RUN_SECONDS} AS run,
+               CASE WHEN e.started_at IS NULL THEN NULL
+                    WHEN e.attempt = 1 THEN {WAIT_SECONDS}
+                    WHEN NOT EXISTS (
+                        SELECT 1 FROM jobs_jobexecution earlier
+                         WHERE earlier.job_id = e.job_id AND earlier.attempt < e.attempt
+                           AND earlier.started_at IS NOT NULL)
+                    THEN {WAIT_SECONDS} END AS wait
+          FROM jobs_jobexecution e
+          JOIN jobs_job j ON j.id = e.job_id
+          LEFT JOIN resources_allocation a
+                 ON a.execution_id = e.id AND a.status = ANY(%(live)s::text[])
+        OFFSET 0) AS execution
+ GROUP BY GROUPING SETS ((queue_id, status, run_fits), (queue_id, wait_fits))
+"""
+
+
+@dataclass
+class ExecutionFigures:
+    placements: int = 0  # executions ever created
+    finished: dict = field(default_factory=lambda: defaultdict(int))  # (queue, outcome)
+    runs: dict = field(default_factory=lambda: defaultdict(Observations))  # (queue, outcome)
+    waits: dict = field(default_factory=lambda: defaultdict(Observations))  # queue
+    # queue -> [cpu millis, memory MB, gpu] of its live allocations
+    allocated: dict = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0]))
+
+
+def execution_figures() -> ExecutionFigures:
+    figures = ExecutionFigures()
+    params = {
+        "run_fits": _fits(RUN_BUCKETS),
+        "wait_fits": _fits(WAIT_BUCKETS),
+        "live": list(LIVE_ALLOCATION_STATUSES),
+    }
+    for row in _rows(EXECUTIONS_SQL, params):
+        of_waits, queue_id, status, run_fits, wait_fits, n, *sums = row
+        ran, run_total, waited, wait_total, *held = sums
+        if of_waits:
+            figures.waits[queue_id].add(wait_fits, waited, wait_total)
+            continue
+        figures.placements += n
+        if status in ENDED_EXECUTION_STATUSES:
+            figures.finished[queue_id, status] += n
+            figures.runs[queue_id, status].add(run_fits, ran, run_total)
+        queue_held = figures.allocated[queue_id]
+        for i, amount in enumerate(held):
+            queue_held[i] += amount
+    return figures
+
+
+# --- Schedules and the rest ------------------------------------------------------------
+
+SCHEDULE_RUNS_SQL = """
+SELECT outcome, width_bucket(-late, %(fits)s::float8[]), count(*), sum(late)
+  FROM (SELECT outcome, greatest(date_part('epoch', fired_at - due_at), 0) AS late
+          FROM jobs_jobschedulerun) AS run
+ GROUP BY 1, 2
+"""
+
+
+def schedule_run_figures() -> tuple[dict[str, int], Observations]:
+    """{outcome: runs}, and how late every run fired (fired time minus due time)."""
+    runs: dict[str, int] = defaultdict(int)
+    lateness = Observations()
+    for outcome, fits, n, total in _rows(SCHEDULE_RUNS_SQL, {"fits": _fits(LATENESS_BUCKETS)}):
+        runs[outcome] += n
+        lateness.add(fits, n, total)
+    return runs, lateness
+
+
+# Whether some session holds the scheduler's leader lock in this database (a bigint
+# advisory lock shows as classid = high half, objid = low half, objsubid = 1).
+SCALARS_SQL = """
+SELECT (SELECT count(*) FROM nodes_nodeloss),
+       EXISTS (SELECT 1 FROM pg_locks
+                WHERE locktype = 'advisory' AND granted AND objsubid = 1
+                  AND classid = %(lock_high)s AND objid = %(lock_low)s
+                  AND database = (SELECT oid FROM pg_database
+                                   WHERE datname = current_database()))
+"""
+
+
+def nodes_lost_and_leader() -> tuple[int, bool]:
+    """How many times a node was lost, and whether some scheduler leads now."""
+    params = {"lock_high": LEADER_LOCK_ID >> 32, "lock_low": LEADER_LOCK_ID & 0xFFFFFFFF}
+    [(lost, leader)] = _rows(SCALARS_SQL, params)
+    return lost, leader
+
+
+def without_jit() -> None:
+    """For the rest of the open transaction. Once the tables are large, these statements'
+    estimated cost passes jit_above_cost, and compiling them takes longer (about 250 ms)
+    than running them."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL jit = off")
+
+
+def _rows(sql: str, params: dict) -> Iterable[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
