@@ -97,3 +97,17 @@ ensure_database() {
         createdb -h 127.0.0.1 -U postgres scheduler
     fi
 }
+
+# Grafana's published dashboard types (npm's @grafana/schema) and TypeScript, which the
+# dashboard test checks deploy/grafana/dashboard.json with; installed from the lock file.
+ensure_grafana_schema() {
+    local dir="$ROOT/tests/deploy/grafana_schema"
+    command -v npm >/dev/null || die "npm is missing (the dashboard test needs it): apt-get install npm"
+    local stamp="$dir/node_modules/.package-lock.sha256" want
+    want="$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        say "Installing Grafana's dashboard schema (npm ci in tests/deploy/grafana_schema)"
+        npm ci --silent --no-audit --no-fund --prefix "$dir"
+        echo "$want" > "$stamp"
+    fi
+}

@@ -2,7 +2,11 @@
 read only the metrics the platform exports."""
 
 import json
+import shutil
+import subprocess
+from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.deploy.metrics import DEPLOY_DIR, EXPORTED_METRICS, metric_names, promtool
@@ -102,3 +106,41 @@ def test_every_panel_query_parses(tmp_path):
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     result = promtool("check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "grafana_schema"
+
+
+def test_the_dashboard_is_a_dashboard_by_grafanas_own_published_types(tmp_path):
+    """Type-checks the dashboard, as a literal, against `Dashboard` of the @grafana/schema
+    npm package (tests/deploy/grafana_schema; scripts/test installs it)."""
+    tsc = SCHEMA_DIR / "node_modules" / ".bin" / "tsc"
+    if not tsc.exists():
+        pytest.fail("@grafana/schema is missing: scripts/test installs it (ensure_grafana_schema)")
+    (tmp_path / "node_modules").symlink_to(SCHEMA_DIR / "node_modules")
+    shutil.copy(SCHEMA_DIR / "AsJson.ts", tmp_path)
+    (tmp_path / "check.ts").write_text(
+        "import type { Dashboard } from '@grafana/schema';\n"
+        "import type { AsJson } from './AsJson';\n\n"
+        f"const dashboard = {json.dumps(dashboard(), indent=2)} as const;\n\n"
+        "export const checked: AsJson<Dashboard> = dashboard;\n"
+    )
+    checked = subprocess.run(
+        [
+            str(tsc),
+            "--strict",
+            "--noEmit",
+            "--skipLibCheck",
+            "--target",
+            "es2020",
+            "--moduleResolution",
+            "node",
+            str(tmp_path / "check.ts"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout[-3000:]
