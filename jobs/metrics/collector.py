@@ -33,6 +33,7 @@ from .figures import (
     PENDING_REASON_LABELS,
     RUN_BUCKETS,
     WAIT_BUCKETS,
+    WAITING_NOT_BEFORE,
     WAITING_SCHEDULER,
     ExecutionFigures,
     LiveJobs,
@@ -124,7 +125,8 @@ def jobs(figures: ClusterFigures) -> Iterable[Metric]:
     )
     by_reason = GaugeMetricFamily(
         "scheduler_pending_jobs",
-        f"Pending jobs by why they wait ({WAITING_SCHEDULER}: no cycle has looked at them yet).",
+        f"Pending jobs by why they wait ({WAITING_SCHEDULER}: no cycle has looked at them yet; "
+        f"{WAITING_NOT_BEFORE}: their not_before has not come).",
         labels=["queue", "reason"],
     )
     oldest = GaugeMetricFamily(

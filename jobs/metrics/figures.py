@@ -31,14 +31,20 @@ ENDED_EXECUTION_STATUSES = (
     ExecutionStatus.LOST,
 )
 # A pending job no cycle has looked at yet has no reason stored; a label needs a name.
+# One whose not_before has not come has none either (cycles read only due jobs): it
+# waits for its time, not for the scheduler, and alerts on a stalled scheduler skip it.
 WAITING_SCHEDULER = "waiting_scheduler"
+WAITING_NOT_BEFORE = "waiting_not_before"
 
 
 def reason_label(reason: str) -> str:
     return reason or WAITING_SCHEDULER
 
 
-PENDING_REASON_LABELS = tuple(reason_label(reason) for reason in PendingReason.values)
+PENDING_REASON_LABELS = (
+    *(reason_label(reason) for reason in PendingReason.values),
+    WAITING_NOT_BEFORE,
+)
 
 # Seconds. A job waits milliseconds on free room, and hours in a backlog.
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400)
@@ -105,13 +111,17 @@ def live_jobs(*, jobs: QuerySet[Job], now) -> LiveJobs:
         .annotate(
             n=Count("id"),
             due_since=Min(Greatest("created_at", Coalesce("not_before", "created_at")), filter=due),
+            not_due=Count("id", filter=Q(status=JobStatus.PENDING) & ~due),
         )
         .order_by()
     )
     live = LiveJobs(now=now)
-    for queue_id, status, reason, n, due_since in rows:
+    for queue_id, status, reason, n, due_since, not_due in rows:
         live.counts[queue_id, status] += n
-        if status == JobStatus.PENDING:
+        if status == JobStatus.PENDING and not reason:
+            live.reasons[queue_id, WAITING_SCHEDULER] += n - not_due
+            live.reasons[queue_id, WAITING_NOT_BEFORE] += not_due
+        elif status == JobStatus.PENDING:
             live.reasons[queue_id, reason_label(reason)] += n
         if due_since is not None:
             live.due_since[queue_id] = min(live.due_since.get(queue_id, due_since), due_since)

@@ -2,10 +2,12 @@
 figures, in a number of statements that does not grow with the cluster."""
 
 import logging
+from datetime import timedelta
 
 import pytest
 from django.db.models import Count
 from django.test import Client
+from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobs.models import ExecutionStatus, Job, JobExecution
@@ -212,3 +214,23 @@ def test_a_scrape_of_an_empty_cluster_says_zero_rather_than_nothing(default_queu
     assert values["scheduler_schedule_lateness_seconds_count", ()] == 0
     assert values["scheduler_placements_total", ()] == 0
     assert ExecutionStatus.LOST in {dict(labels).get("outcome") for _, labels in values}
+
+
+def test_a_pending_job_whose_not_before_has_not_come_waits_for_its_time_not_the_scheduler(
+    default_queue, team
+):
+    now = timezone.now()
+    Job.objects.create(
+        team=team,
+        name="later",
+        command=["true"],
+        queue=default_queue,
+        not_before=now + timedelta(hours=1),
+    )
+    Job.objects.create(team=team, name="new", command=["true"], queue=default_queue)
+
+    figures = scrape()
+
+    pending = "scheduler_pending_jobs"
+    assert figures[pending, (("queue", "default"), ("reason", "waiting_not_before"))] == 1
+    assert figures[pending, (("queue", "default"), ("reason", "waiting_scheduler"))] == 1
