@@ -33,6 +33,13 @@ class PendingReason(models.TextChoices):
     NODE_SELECTOR = "node_selector", "No ready node matches the node selector"
 
 
+# Names for pending jobs with no reason stored. A job no cycle has looked at yet waits
+# for the scheduler; one whose not_before has not come waits for its time (cycles read
+# only due jobs), not for the scheduler.
+WAITING_SCHEDULER = "waiting_scheduler"
+WAITING_NOT_BEFORE = "waiting_not_before"
+
+
 class ExecutionStatus(models.TextChoices):
     RESERVED = "reserved", "Reserved"
     RUNNING = "running", "Running"

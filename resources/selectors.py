@@ -215,3 +215,11 @@ def usage_summary(*, user: User) -> dict:
         "queues": queues,
         "teams": teams,
     }
+
+
+def queue_allocated(*, queue: Queue) -> Resources:
+    """What the queue's jobs hold now: the sum of their live allocations. One query."""
+    held = Allocation.objects.filter(
+        status__in=LIVE_ALLOCATION_STATUSES, execution__job__queue_id=queue.pk
+    ).aggregate(cpu=Sum("cpu_millis"), memory=Sum("memory_mb"), gpu=Sum("gpu"))
+    return Resources(held["cpu"] or 0, held["memory"] or 0, held["gpu"] or 0)

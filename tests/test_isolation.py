@@ -116,6 +116,8 @@ ENDPOINTS = [
     Endpoint("GET", "/api/jobs/{job}/executions/", azure_only(200)),
     Endpoint("GET", "/api/jobs/{job}/logs/", azure_only(200)),
     Endpoint("GET", "/api/jobs/{job}/logs/?attempt=1", azure_only(200)),
+    Endpoint("GET", "/api/jobs/{job}/why/", azure_only(200)),
+    Endpoint("GET", "/api/jobs/{pending_job}/why/", azure_only(200)),
     Endpoint("POST", "/api/jobs/{pending_job}/cancel/", azure_only(200, viewer=403)),
     Endpoint("POST", "/api/jobs/{failed_job}/retry/", azure_only(200, viewer=403)),
     Endpoint("POST", "/api/jobs/{failed_job}/acknowledge/", azure_only(200, viewer=403)),

@@ -1,5 +1,5 @@
 """`/api/jobs/`: submit, list, detail, attempts and logs of jobs; cancel, retry and
-acknowledge them."""
+acknowledge them; why a job waits."""
 
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,8 +33,10 @@ from ..selectors import execution_list_for_job, job_list_visible
 from ..services.actions import job_acknowledge, job_cancel, job_requeue
 from ..services.definitions import definition_submit
 from ..services.submission import Submission, job_submit
+from ..why_pending import job_why_pending
 from .representation import JobDetailSerializer, JobSerializer, job_json, job_rows
 from .specs import JobFromDefinitionSerializer, JobSubmitSerializer
+from .why import JobWhySerializer
 
 
 class ExecutionSerializer(serializers.ModelSerializer):
@@ -155,6 +157,7 @@ CHANGED = {200: JobDetailSerializer, 400: refused("The job's status does not all
         ],
         responses={(200, "text/plain"): OpenApiTypes.STR},
     ),
+    why=extend_schema(responses=JobWhySerializer, filters=False),
 )
 class JobViewSet(
     ChangeableObjectMixin,
@@ -219,6 +222,11 @@ class JobViewSet(
         job = self.get_object()
         data = ExecutionSerializer(execution_list_for_job(job=job), many=True).data
         return Response(data)
+
+    @action(detail=True, methods=["get"])
+    def why(self, request, pk=None):
+        """Why the job waits: its reason, its place in its queue, and each node's fit."""
+        return Response(job_why_pending(job=self.get_object()))
 
     @action(detail=True, methods=["get"])
     def logs(self, request, pk=None):

@@ -20,7 +20,15 @@ from django.db.models.functions import Coalesce, Greatest
 
 from resources.models import LIVE_ALLOCATION_STATUSES
 
-from ..models import ExecutionStatus, Job, JobRetry, JobStatus, PendingReason
+from ..models import (
+    WAITING_NOT_BEFORE,
+    WAITING_SCHEDULER,
+    ExecutionStatus,
+    Job,
+    JobRetry,
+    JobStatus,
+    PendingReason,
+)
 from ..scheduling.leader import LEADER_LOCK_ID
 
 LIVE_JOB_STATUSES = (JobStatus.PENDING, JobStatus.RESERVED, JobStatus.RUNNING)
@@ -30,11 +38,8 @@ ENDED_EXECUTION_STATUSES = (
     ExecutionStatus.CANCELLED,
     ExecutionStatus.LOST,
 )
-# A pending job no cycle has looked at yet has no reason stored; a label needs a name.
-# One whose not_before has not come has none either (cycles read only due jobs): it
-# waits for its time, not for the scheduler, and alerts on a stalled scheduler skip it.
-WAITING_SCHEDULER = "waiting_scheduler"
-WAITING_NOT_BEFORE = "waiting_not_before"
+# A pending job with no reason stored still needs a label (see jobs.models); alerts on a
+# stalled scheduler skip the ones waiting for their not_before.
 
 
 def reason_label(reason: str) -> str:

@@ -1,0 +1,60 @@
+"""The shape of `GET /api/jobs/{id}/why/`, for the OpenAPI schema; the answer itself is
+made by `jobs.why_pending`."""
+
+from rest_framework import serializers
+
+
+class AmountsSerializer(serializers.Serializer):
+    cpu = serializers.FloatField(allow_null=True, help_text="Cores; null is no limit.")
+    memory_mb = serializers.IntegerField(allow_null=True)
+    gpu = serializers.IntegerField(allow_null=True)
+
+
+class WhyRetrySerializer(serializers.Serializer):
+    attempt = serializers.IntegerField()
+    reason = serializers.CharField(help_text='e.g. "exit code 3", "node lost"')
+    due_at = serializers.DateTimeField()
+
+
+class WhyQueueSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    position = serializers.IntegerField(
+        allow_null=True,
+        help_text="1-based, among the queue's due pending jobs in the order the scheduler "
+        "takes them (priority, then age); null while the job is not due.",
+    )
+    pending = serializers.IntegerField(help_text="The queue's due pending jobs.")
+    weight = serializers.IntegerField()
+    priority = serializers.IntegerField()
+    quota = AmountsSerializer()
+    allocated = AmountsSerializer(help_text="What the queue's jobs hold now.")
+    exceeds_quota = serializers.BooleanField(
+        help_text="Whether the job would take the queue over its quota."
+    )
+
+
+class WhyNodeGroupSerializer(serializers.Serializer):
+    verdict = serializers.ChoiceField(choices=["fits", "short", "selector", "not_ready"])
+    detail = serializers.CharField(help_text='e.g. "needs 2 CPU, 0.5 free", "lacks label zone=b"')
+    nodes = serializers.ListField(
+        child=serializers.CharField(), help_text="At most 20 of the group's node names."
+    )
+    count = serializers.IntegerField()
+
+
+class JobWhySerializer(serializers.Serializer):
+    """Why the job waits; a job that is not pending has only the first four fields."""
+
+    job = serializers.IntegerField()
+    status = serializers.CharField()
+    pending = serializers.BooleanField()
+    summary = serializers.CharField()
+    reason = serializers.CharField(
+        required=False,
+        help_text="The pending reason, or waiting_scheduler (no cycle has looked at it yet) "
+        "or waiting_not_before (its not_before has not come).",
+    )
+    not_before = serializers.DateTimeField(required=False, allow_null=True)
+    retry = WhyRetrySerializer(required=False, allow_null=True)
+    queue = WhyQueueSerializer(required=False)
+    nodes = WhyNodeGroupSerializer(many=True, required=False)

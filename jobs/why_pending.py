@@ -1,0 +1,309 @@
+"""Why a job waits: `GET /api/jobs/{id}/why/`.
+
+A read, in words and figures: the job's pending reason, its place in its queue, the
+queue's quota, and what every node lacks for it. The fit rules are
+`resources.placement`'s own predicates, so this answer and the scheduling cycle cannot
+disagree about whether a node could take the job. Nodes are grouped by what they lack,
+so the answer stays small on a thousand nodes, and it costs a fixed number of queries.
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from nodes.models import Node, NodeStatus
+from resources.placement import NodeSlot, QueueState, Request, fits_now, matches_selector
+from resources.selectors import queue_allocated
+
+from .models import (
+    WAITING_NOT_BEFORE,
+    WAITING_SCHEDULER,
+    Job,
+    JobRetry,
+    JobStatus,
+    PendingReason,
+)
+
+# Names listed per group of nodes; `count` says how many the group has.
+NODES_NAMED_PER_GROUP = 20
+
+FITS, SHORT, SELECTOR, NOT_READY = "fits", "short", "selector", "not_ready"
+VERDICT_ORDER = (FITS, SHORT, SELECTOR, NOT_READY)
+
+
+def job_why_pending(*, job: Job, now: datetime | None = None) -> dict:
+    """The answer of `GET /api/jobs/{id}/why/` for `job` (fetched by the caller, with
+    its queue). A job that is not pending gets its status in words; a pending one its
+    reason, retry, queue position and quota, and the nodes grouped by verdict."""
+    now = now or timezone.now()
+    if job.status != JobStatus.PENDING:
+        return {
+            "job": job.pk,
+            "status": job.status,
+            "pending": False,
+            "summary": _not_pending_summary(job),
+        }
+    due = job.not_before is None or job.not_before <= now
+    reason = job.pending_reason or (WAITING_SCHEDULER if due else WAITING_NOT_BEFORE)
+    request = Request(job.cpu_millis, job.memory_mb, job.gpu, job.node_selector or {})
+    retry = _last_retry(job) if reason == PendingReason.WAITING_RETRY else None
+    queue = _queue_figures(job, request, now=now, due=due)
+    groups = node_groups(request=request, nodes=_nodes())
+    return {
+        "job": job.pk,
+        "status": job.status,
+        "pending": True,
+        "reason": reason,
+        "summary": _pending_summary(job, reason, due, retry, queue, groups),
+        "not_before": job.not_before,
+        "retry": retry
+        and {"attempt": retry.attempt, "reason": retry.reason, "due_at": retry.due_at},
+        "queue": queue,
+        "nodes": [group.as_json() for group in groups],
+    }
+
+
+def _last_retry(job: Job) -> JobRetry | None:
+    # Through .all(), so the detail views' prefetch of retries serves it.
+    return max(job.retries.all(), key=lambda retry: retry.attempt, default=None)
+
+
+# --- The queue -------------------------------------------------------------------------
+
+
+def _queue_figures(job: Job, request: Request, *, now, due: bool) -> dict:
+    """Position among the queue's due pending jobs in the cycle's order (priority desc,
+    then age, then id), how many there are, and the quota against what the queue holds."""
+    due_pending = Q(status=JobStatus.PENDING) & (
+        Q(not_before__isnull=True) | Q(not_before__lte=now)
+    )
+    ahead = (
+        Q(priority__gt=job.priority)
+        | Q(priority=job.priority, created_at__lt=job.created_at)
+        | Q(priority=job.priority, created_at=job.created_at, id__lt=job.pk)
+    )
+    counts = Job.objects.filter(due_pending, queue_id=job.queue_id).aggregate(
+        pending=Count("id"), ahead=Count("id", filter=ahead)
+    )
+    queue = job.queue
+    state = QueueState(
+        id=queue.pk,
+        name=queue.name,
+        weight=queue.weight,
+        priority=queue.priority,
+        quota_cpu_millis=queue.quota_cpu_millis,
+        quota_memory_mb=queue.quota_memory_mb,
+        quota_gpu=queue.quota_gpu,
+        allocated=queue_allocated(queue=queue),
+    )
+    return {
+        "name": queue.name,
+        "position": counts["ahead"] + 1 if due else None,
+        "pending": counts["pending"],
+        "weight": queue.weight,
+        "priority": queue.priority,
+        "quota": _amounts(state.quota_cpu_millis, state.quota_memory_mb, state.quota_gpu),
+        "allocated": _amounts(
+            state.allocated.cpu_millis, state.allocated.memory_mb, state.allocated.gpu
+        ),
+        "exceeds_quota": not state.within_quota(request),
+    }
+
+
+def _amounts(cpu_millis: int | None, memory_mb: int | None, gpu: int | None) -> dict:
+    return {
+        "cpu": None if cpu_millis is None else cpu_millis / 1000,
+        "memory_mb": memory_mb,
+        "gpu": gpu,
+    }
+
+
+# --- The nodes -------------------------------------------------------------------------
+
+
+@dataclass
+class NodeGroup:
+    verdict: str
+    detail: str
+    names: list[str] = field(default_factory=list)
+    count: int = 0
+
+    def add(self, name: str) -> None:
+        self.count += 1
+        if len(self.names) < NODES_NAMED_PER_GROUP:
+            self.names.append(name)
+
+    def as_json(self) -> dict:
+        return {
+            "verdict": self.verdict,
+            "detail": self.detail,
+            "nodes": self.names,
+            "count": self.count,
+        }
+
+
+def _nodes() -> list[Node]:
+    return list(
+        Node.objects.only(
+            "name",
+            "status",
+            "labels",
+            "cpu_millis",
+            "memory_mb",
+            "gpu",
+            "allocated_cpu_millis",
+            "allocated_memory_mb",
+            "allocated_gpu",
+        ).order_by("name")
+    )
+
+
+def node_groups(*, request: Request, nodes: list[Node]) -> list[NodeGroup]:
+    """Each node's verdict for the request, grouped by verdict and detail. A node that
+    is not ready is judged by its status alone, as the cycle never looks at it; a ready
+    one by its labels, then by what it has free (and whether it could ever hold it)."""
+    groups: dict[tuple[str, str], NodeGroup] = {}
+    short: dict[tuple, list[Node]] = {}
+    for node in nodes:
+        if node.status != NodeStatus.READY:
+            verdict, detail = NOT_READY, node.status
+        else:
+            slot = _slot(node)
+            if not matches_selector(slot, request.node_selector):
+                verdict, detail = SELECTOR, _lacking_labels(slot, request)
+            elif fits_now(slot, request):
+                verdict, detail = FITS, "has room now"
+            else:
+                # The exact free amounts differ from node to node: group by which
+                # resources are short, and whether the node is too small or only busy.
+                short.setdefault(_shortage_key(node, request), []).append(node)
+                continue
+        groups.setdefault((verdict, detail), NodeGroup(verdict, detail)).add(node.name)
+    for key, members in short.items():
+        group = NodeGroup(SHORT, _shortage_detail(key, members, request))
+        for node in members:
+            group.add(node.name)
+        groups[SHORT, group.detail] = group
+    return sorted(groups.values(), key=lambda g: (VERDICT_ORDER.index(g.verdict), g.detail))
+
+
+def _slot(node: Node) -> NodeSlot:
+    return NodeSlot(
+        id=node.pk,
+        name=node.name,
+        cpu_millis=node.cpu_millis,
+        memory_mb=node.memory_mb,
+        gpu=node.gpu,
+        free_cpu_millis=node.free_cpu_millis,
+        free_memory_mb=node.free_memory_mb,
+        free_gpu=node.free_gpu,
+        labels=node.labels or {},
+    )
+
+
+def _lacking_labels(slot: NodeSlot, request: Request) -> str:
+    missing = [
+        f"{key}={value}"
+        for key, value in sorted(request.node_selector.items())
+        if slot.labels.get(key) != value
+    ]
+    return "lacks label " + ", ".join(missing)
+
+
+# (resource name, request attribute, capacity attribute, free attribute, unit)
+_RESOURCES = (
+    ("cpu", "cpu_millis", "cpu_millis", "free_cpu_millis", "CPU"),
+    ("memory", "memory_mb", "memory_mb", "free_memory_mb", "MB memory"),
+    ("gpu", "gpu", "gpu", "free_gpu", "GPU"),
+)
+
+
+def _shortage_key(node: Node, request: Request) -> tuple:
+    """Which resources the node lacks, and whether it lacks them even when empty."""
+    return tuple(
+        (name, getattr(node, capacity) < getattr(request, wanted))
+        for name, wanted, capacity, free, _ in _RESOURCES
+        if getattr(node, free) < getattr(request, wanted)
+    )
+
+
+def _shortage_detail(key: tuple, members: list[Node], request: Request) -> str:
+    """e.g. "needs 2 CPU, 0.5 free" or, across nodes that differ, "at most 1.5 free"."""
+    parts = []
+    for name, too_small in key:
+        _, wanted, capacity, free, unit = next(r for r in _RESOURCES if r[0] == name)
+        have = {getattr(node, capacity if too_small else free) for node in members}
+        amount = _format(name, max(have))
+        prefix = "" if len(have) == 1 else "at most "
+        if too_small:
+            parts.append(
+                f"needs {_format(name, getattr(request, wanted))} {unit}, "
+                f"has {prefix}{amount} in all"
+            )
+        else:
+            parts.append(
+                f"needs {_format(name, getattr(request, wanted))} {unit}, {prefix}{amount} free"
+            )
+    return "; ".join(parts)
+
+
+def _format(resource: str, amount: int) -> str:
+    return f"{amount / 1000:g}" if resource == "cpu" else str(amount)
+
+
+# --- In words --------------------------------------------------------------------------
+
+
+def _not_pending_summary(job: Job) -> str:
+    execution = job.last_execution
+    on_node = f" on {execution.node.name}" if execution is not None else ""
+    if job.status == JobStatus.RESERVED:
+        return f"The job is placed{on_node} and about to start."
+    if job.status == JobStatus.RUNNING:
+        return f"The job is running{on_node}."
+    if job.status == JobStatus.SUCCEEDED:
+        return f"The job succeeded{on_node}."
+    if job.status == JobStatus.FAILED:
+        ended = "The job failed after its last retry"
+        return ended + (" and waits in the dead-letter view." if job.is_dead_letter else ".")
+    return "The job was cancelled."
+
+
+def _pending_summary(job, reason, due, retry, queue, groups) -> str:
+    counts = dict.fromkeys(VERDICT_ORDER, 0)
+    for group in groups:
+        counts[group.verdict] += group.count
+    if reason == WAITING_NOT_BEFORE:
+        return f"The job waits for its start time, {job.not_before.isoformat()}."
+    if reason == PendingReason.WAITING_RETRY and not due:
+        why = f" (attempt {retry.attempt} after {retry.reason})" if retry else ""
+        return f"The job waits to retry{why} at {job.not_before.isoformat()}."
+    if reason == PendingReason.WAITING_DEPENDENCIES:
+        return "The job waits for the jobs it depends on."
+    if reason == PendingReason.QUEUE_QUOTA or queue["exceeds_quota"]:
+        return (
+            f"Queue {queue['name']} is at its quota: with this job its jobs would hold more "
+            "than the quota allows; it runs when some of them finish."
+        )
+    if reason == PendingReason.UNSCHEDULABLE:
+        return "No registered node could ever hold the job."
+    position = f" It is number {queue['position']} of {queue['pending']} in queue {queue['name']}."
+    if counts[FITS]:
+        return (
+            f"{counts[FITS]} ready node(s) have room for the job now; the next scheduling "
+            f"cycle should place it.{position}"
+        )
+    if not counts[SHORT] and counts[SELECTOR]:
+        return f"No ready node has the labels the job's node selector asks for.{position}"
+    lacking = ", ".join(
+        f"{counts[verdict]} {words}"
+        for verdict, words in (
+            (SHORT, "short of capacity"),
+            (SELECTOR, "without the selected labels"),
+            (NOT_READY, "not ready"),
+        )
+        if counts[verdict]
+    )
+    return f"No node can take the job now ({lacking or 'no nodes'}).{position}"

@@ -1,0 +1,209 @@
+"""GET /api/jobs/{id}/why/: the reason a job waits, its place in its queue, its queue's
+quota, and the nodes grouped by what they lack."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from accounts.models import Role, User
+from accounts.services import team_add_member
+from jobs.models import Job, JobExecution, JobStatus, PendingReason
+from jobs.scheduling.cycle import place_pending_jobs
+from jobs.services.executions import execution_claim
+from jobs.services.retries import JOB_LIFECYCLE_FIELDS, job_plan_retry
+from nodes.models import Node, NodeStatus
+from resources.models import Queue
+from tests.conftest import token_client
+
+pytestmark = pytest.mark.django_db
+
+
+def make_job(team, queue, name="work", **fields):
+    spec = {"command": ["true"], "cpu_millis": 1000, "memory_mb": 100, **fields}
+    return Job.objects.create(team=team, queue=queue, name=name, **spec)
+
+
+def why(api, job):
+    response = api.get(f"/api/jobs/{job.pk}/why/")
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def test_it_groups_nodes_by_what_they_lack(api, team, default_queue):
+    Node.objects.create(name="node-small", cpu_millis=1000, memory_mb=4096, labels={"zone": "a"})
+    Node.objects.create(
+        name="node-busy",
+        cpu_millis=4000,
+        memory_mb=4096,
+        allocated_cpu_millis=3500,
+        labels={"zone": "a"},
+    )
+    Node.objects.create(
+        name="node-cordoned",
+        cpu_millis=8000,
+        memory_mb=8192,
+        labels={"zone": "a"},
+        status=NodeStatus.CORDONED,
+    )
+    Node.objects.create(name="node-b", cpu_millis=8000, memory_mb=8192, labels={"zone": "b"})
+    Node.objects.create(
+        name="node-gone", cpu_millis=8000, memory_mb=8192, status=NodeStatus.OFFLINE
+    )
+    job = make_job(team, default_queue, cpu_millis=2000, memory_mb=512, node_selector={"zone": "a"})
+    place_pending_jobs(batch_size=10)
+
+    body = why(api, job)
+
+    assert body["pending"] is True
+    assert body["reason"] == PendingReason.INSUFFICIENT_CAPACITY
+    assert body["nodes"] == [
+        {"verdict": "short", "detail": "needs 2 CPU, 0.5 free", "nodes": ["node-busy"], "count": 1},
+        {
+            "verdict": "short",
+            "detail": "needs 2 CPU, has 1 in all",
+            "nodes": ["node-small"],
+            "count": 1,
+        },
+        {"verdict": "selector", "detail": "lacks label zone=a", "nodes": ["node-b"], "count": 1},
+        {"verdict": "not_ready", "detail": "cordoned", "nodes": ["node-cordoned"], "count": 1},
+        {"verdict": "not_ready", "detail": "offline", "nodes": ["node-gone"], "count": 1},
+    ]
+    assert body["summary"].startswith(
+        "No node can take the job now (2 short of capacity, 1 without the selected labels, "
+        "2 not ready)."
+    )
+    assert body["queue"]["position"] == 1 and body["queue"]["exceeds_quota"] is False
+
+
+def test_it_names_at_most_twenty_nodes_of_a_group(api, team, default_queue):
+    Node.objects.bulk_create(
+        Node(name=f"full-{i:02}", cpu_millis=1000, memory_mb=1024, allocated_cpu_millis=1000)
+        for i in range(25)
+    )
+    job = make_job(team, default_queue)
+
+    [group] = why(api, job)["nodes"]
+
+    assert group["detail"] == "needs 1 CPU, 0 free"
+    assert group["count"] == 25
+    assert group["nodes"] == [f"full-{i:02}" for i in range(20)]
+
+
+def test_it_says_when_the_queue_is_at_its_quota(api, team):
+    Node.objects.create(name="roomy", cpu_millis=8000, memory_mb=8192)
+    queue = Queue.objects.create(name="capped", quota_cpu_millis=2000)
+    queue.teams.add(team)
+    make_job(team, queue, name="holder", cpu_millis=2000)
+    place_pending_jobs(batch_size=10)
+    waiting = make_job(team, queue, name="waiter", cpu_millis=1000)
+    place_pending_jobs(batch_size=10)
+
+    body = why(api, waiting)
+
+    assert body["reason"] == PendingReason.QUEUE_QUOTA
+    assert body["queue"] == {
+        "name": "capped",
+        "position": 1,
+        "pending": 1,
+        "weight": 1,
+        "priority": 0,
+        "quota": {"cpu": 2.0, "memory_mb": None, "gpu": None},
+        "allocated": {"cpu": 2.0, "memory_mb": 100, "gpu": 0},
+        "exceeds_quota": True,
+    }
+    assert "capped is at its quota" in body["summary"]
+    assert body["nodes"] == [
+        {"verdict": "fits", "detail": "has room now", "nodes": ["roomy"], "count": 1}
+    ]
+
+
+def test_it_shows_when_and_why_a_retry_is_due(api, team, default_queue, small_node):
+    job = make_job(team, default_queue, attempts=1)
+    retry = job_plan_retry(job=job, reason="exit code 3", delay_seconds=600, now=timezone.now())
+    job.save(update_fields=JOB_LIFECYCLE_FIELDS)
+
+    body = why(api, job)
+
+    assert body["reason"] == PendingReason.WAITING_RETRY
+    assert body["retry"] == {
+        "attempt": 2,
+        "reason": "exit code 3",
+        "due_at": retry.due_at.isoformat().replace("+00:00", "Z"),
+    }
+    assert body["not_before"] == body["retry"]["due_at"]
+    assert body["summary"].startswith("The job waits to retry (attempt 2 after exit code 3) at ")
+    assert body["queue"]["position"] is None  # not due yet
+
+
+def test_a_job_waiting_for_its_start_time_says_so(api, team, default_queue, small_node):
+    job = make_job(team, default_queue, not_before=timezone.now() + timedelta(hours=1))
+
+    body = why(api, job)
+
+    assert body["reason"] == "waiting_not_before"
+    assert body["summary"].startswith("The job waits for its start time")
+
+
+def test_a_running_job_is_not_pending(api, team, default_queue, small_node):
+    job = make_job(team, default_queue)
+    place_pending_jobs(batch_size=10)
+    execution_claim(token=JobExecution.objects.get(job=job).token, node_id=small_node.pk)
+
+    assert why(api, job) == {
+        "job": job.pk,
+        "status": JobStatus.RUNNING,
+        "pending": False,
+        "summary": "The job is running on static-1.",
+    }
+
+
+def test_queue_position_follows_priority_then_age(api, team, default_queue):
+    other = Queue.objects.create(name="other", all_teams=True)
+    first = make_job(team, default_queue, name="first")
+    urgent = make_job(team, default_queue, name="urgent", priority=5)
+    second = make_job(team, default_queue, name="second")
+    make_job(
+        team,
+        default_queue,
+        name="later",
+        priority=9,
+        not_before=timezone.now() + timedelta(hours=1),
+    )
+    make_job(team, other, name="elsewhere", priority=9)
+
+    positions = {job.name: why(api, job)["queue"]["position"] for job in (first, urgent, second)}
+
+    assert positions == {"urgent": 1, "first": 2, "second": 3}
+    assert why(api, second)["queue"]["pending"] == 3
+    assert why(api, second)["reason"] == "waiting_scheduler"
+
+
+@pytest.mark.parametrize("nodes", [3, 30])
+def test_it_costs_the_same_queries_for_any_cluster(
+    nodes, api, team, default_queue, django_assert_num_queries
+):
+    Node.objects.bulk_create(
+        Node(name=f"n-{i:02}", cpu_millis=1000, memory_mb=1024, labels={"zone": str(i % 4)})
+        for i in range(nodes)
+    )
+    job = make_job(team, default_queue, node_selector={"zone": "1"}, cpu_millis=500)
+    job_plan_retry(job=job, reason="node lost", delay_seconds=0, now=timezone.now())
+    job.save(update_fields=JOB_LIFECYCLE_FIELDS)
+
+    # The token, its last use and the caller's teams; the job and its retries; the
+    # queue's position count and usage; the nodes.
+    with django_assert_num_queries(8):
+        why(api, job)
+
+
+def test_another_teams_job_is_not_found(outsider_api, team, default_queue, small_node):
+    job = make_job(team, default_queue)
+    assert outsider_api.get(f"/api/jobs/{job.pk}/why/").status_code == 404
+
+
+def test_a_viewer_may_read_it(team, default_queue, small_node):
+    viewer = User.objects.create_user("vic", password="correct horse battery")
+    team_add_member(team=team, user=viewer, role=Role.VIEWER)
+    job = make_job(team, default_queue)
+    assert token_client(viewer).get(f"/api/jobs/{job.pk}/why/").status_code == 200
