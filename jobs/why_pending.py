@@ -170,7 +170,7 @@ def node_groups(*, request: Request, nodes: list[Node]) -> list[NodeGroup]:
         if node.status != NodeStatus.READY:
             verdict, detail = NOT_READY, node.status
         else:
-            slot = _slot(node)
+            slot = NodeSlot.of(node)
             if not matches_selector(slot, request.node_selector):
                 verdict, detail = SELECTOR, _lacking_labels(slot, request)
             elif fits_now(slot, request):
@@ -187,20 +187,6 @@ def node_groups(*, request: Request, nodes: list[Node]) -> list[NodeGroup]:
             group.add(node.name)
         groups[SHORT, group.detail] = group
     return sorted(groups.values(), key=lambda g: (VERDICT_ORDER.index(g.verdict), g.detail))
-
-
-def _slot(node: Node) -> NodeSlot:
-    return NodeSlot(
-        id=node.pk,
-        name=node.name,
-        cpu_millis=node.cpu_millis,
-        memory_mb=node.memory_mb,
-        gpu=node.gpu,
-        free_cpu_millis=node.free_cpu_millis,
-        free_memory_mb=node.free_memory_mb,
-        free_gpu=node.free_gpu,
-        labels=node.labels or {},
-    )
 
 
 def _lacking_labels(slot: NodeSlot, request: Request) -> str:

@@ -52,6 +52,21 @@ class NodeSlot:
     free_gpu: int
     labels: Mapping[str, str] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, node) -> "NodeSlot":
+        """The slot of a `nodes.Node` (anything with its capacity, free_* and labels)."""
+        return cls(
+            id=node.id,
+            name=node.name,
+            cpu_millis=node.cpu_millis,
+            memory_mb=node.memory_mb,
+            gpu=node.gpu,
+            free_cpu_millis=node.free_cpu_millis,
+            free_memory_mb=node.free_memory_mb,
+            free_gpu=node.free_gpu,
+            labels=node.labels or {},
+        )
+
     def take(self, request: Request) -> None:
         self.free_cpu_millis -= request.cpu_millis
         self.free_memory_mb -= request.memory_mb

@@ -186,20 +186,6 @@ def lock_pending_jobs(
     return pending, queues
 
 
-def node_slot(node: Node) -> NodeSlot:
-    return NodeSlot(
-        id=node.id,
-        name=node.name,
-        cpu_millis=node.cpu_millis,
-        memory_mb=node.memory_mb,
-        gpu=node.gpu,
-        free_cpu_millis=node.free_cpu_millis,
-        free_memory_mb=node.free_memory_mb,
-        free_gpu=node.free_gpu,
-        labels=node.labels,
-    )
-
-
 @transaction.atomic
 def place_pending_jobs(*, batch_size: int) -> CycleResult:
     """Place due jobs, up to `batch_size` of each queue; commit once."""
@@ -220,7 +206,7 @@ def place_pending_jobs(*, batch_size: int) -> CycleResult:
     ).exists()
     nodes = Node.objects.exclude(status=NodeStatus.OFFLINE).order_by("id")
     nodes = list(nodes.select_for_update() if room else nodes)
-    slots = {n.id: node_slot(n) for n in nodes if n.status == NodeStatus.READY}
+    slots = {n.id: NodeSlot.of(n) for n in nodes if n.status == NodeStatus.READY}
     free_cpu = sum(slot.free_cpu_millis for slot in slots.values())
     arrivals_only = not room or free_cpu == 0
     per_queue_limit = jobs_per_queue(free_cpu_millis=free_cpu, batch_size=batch_size)

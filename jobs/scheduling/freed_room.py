@@ -15,10 +15,10 @@ from django.utils import timezone
 
 from common.db import prepared_cursor
 from nodes.models import Node, NodeStatus
-from resources.placement import Resources
+from resources.placement import NodeSlot, Resources
 
 from ..models import JobExecution, PendingReason
-from .cycle import json_value, lock_pending_jobs, node_slot, place
+from .cycle import json_value, lock_pending_jobs, place
 
 # Placements on freed room serialize on this transaction-level advisory lock, so two
 # nodes' finishes never both read a queue's usage and both place up to its quota; a
@@ -83,7 +83,7 @@ def place_on_freed_room(
     locked, status, name, cpu, memory, gpu, used_cpu, used_memory, used_gpu, labels = row[:10]
     if not locked or status != NodeStatus.READY:
         return None
-    slot = node_slot(
+    slot = NodeSlot.of(
         Node(
             id=node_id,
             name=name,

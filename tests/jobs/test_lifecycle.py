@@ -10,16 +10,9 @@ from jobs.scheduling.cycle import place_pending_jobs
 from jobs.services.executions import execution_claim, execution_finish
 from resources.models import AllocationStatus
 from tests.conftest import token_client
+from tests.jobs.making import submit
 
 pytestmark = pytest.mark.django_db
-
-ECHO = {"name": "hello", "command": ["echo", "hello"]}
-
-
-def submit(api, **extra):
-    response = api.post("/api/jobs/", {**ECHO, **extra}, format="json")
-    assert response.status_code == 201, response.json()
-    return response.json()["id"]
 
 
 def test_cancelling_a_pending_job_is_immediate(api, small_node):

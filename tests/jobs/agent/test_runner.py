@@ -16,7 +16,7 @@ from jobs.scheduling.cycle import place_pending_jobs
 from jobs.services.executions import execution_claim
 from nodes.models import Node
 from resources.models import DEFAULT_QUEUE_NAME, Queue
-from tests.processes import wait_until
+from tests.processes import gone, wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -41,16 +41,6 @@ def claim(team, settings, tmp_path):
 def run(execution, tracked=None):
     tracked = tracked or TrackedExecution(execution.token)
     return run_job(execution=execution, node_name="node-a", tracked=tracked)
-
-
-def gone(pid: int) -> bool:
-    """The process has ended (a zombie waiting for its parent counts as ended)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return True
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"Z", b"X")
 
 
 @pytest.mark.parametrize(

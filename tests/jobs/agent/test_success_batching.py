@@ -17,26 +17,12 @@ from jobs.agent.runner import running
 from jobs.agent.success_batching import Reported, SuccessBatcher
 from jobs.models import ExecutionStatus, Job, JobExecution, JobStatus, PendingReason
 from jobs.scheduling.cycle import place_pending_jobs
-from jobs.services.executions import execution_claim
 from nodes.models import Node
-from resources.models import DEFAULT_QUEUE_NAME, AllocationStatus, Queue
+from resources.models import AllocationStatus
+from tests.jobs.making import make_jobs, start_running
 from tests.processes import raw_connection, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def make_jobs(team, count, **spec):
-    spec = {"name": "j", "command": ["true"], "cpu_millis": 1000, "memory_mb": 100, **spec}
-    spec.setdefault("queue", Queue.objects.get(name=DEFAULT_QUEUE_NAME))
-    return Job.objects.bulk_create([Job(team=team, **spec) for _ in range(count)])
-
-
-def start_running(node) -> dict[int, str]:
-    """Place what fits and claim it all, as the node would; returns job id -> token."""
-    tokens = place_pending_jobs(batch_size=100).tokens
-    for token in tokens:
-        assert execution_claim(token=token, node_id=node.id) is not None
-    return {Job.objects.get(last_execution__token=t).id: t for t in tokens}
 
 
 @pytest.fixture

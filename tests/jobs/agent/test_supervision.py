@@ -21,17 +21,7 @@ from jobs.scheduling.cycle import place_pending_jobs
 from jobs.services.executions import execution_claim
 from nodes.models import Node
 from resources.models import DEFAULT_QUEUE_NAME, Queue
-from tests.processes import wait_until
-
-
-def gone(pid: int) -> bool:
-    """The process has ended (a zombie waiting for its parent counts as ended)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return True
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"Z", b"X")
+from tests.processes import gone, wait_until
 
 
 class Groups:

@@ -9,17 +9,12 @@ from django.utils import timezone
 from jobs.models import Job, JobExecution, JobStatus, PendingReason
 from jobs.scheduling.cycle import MIN_JOBS_PER_QUEUE, jobs_per_queue, place_pending_jobs, run_cycle
 from nodes.models import Node, NodeStatus
-from resources.models import DEFAULT_QUEUE_NAME, Allocation, AllocationStatus, Queue
+from resources.models import Allocation, AllocationStatus, Queue
 from resources.placement import Strategy, Unplaced
+from tests.jobs.making import make_jobs
 from tests.processes import raw_connection
 
 pytestmark = pytest.mark.django_db
-
-
-def make_jobs(team, count, **spec):
-    spec = {"name": "j", "command": ["true"], "cpu_millis": 1000, "memory_mb": 100, **spec}
-    spec.setdefault("queue", Queue.objects.get(name=DEFAULT_QUEUE_NAME))
-    return Job.objects.bulk_create([Job(team=team, **spec) for _ in range(count)])
 
 
 def test_it_fills_nodes_up_to_capacity_and_leaves_the_rest_waiting(

@@ -9,16 +9,9 @@ from jobs.models import ExecutionStatus, Job, JobStatus
 from jobs.scheduling.cycle import place_pending_jobs
 from jobs.services.executions import execution_claim, execution_finish, executions_finish_succeeded
 from resources.models import AllocationStatus
+from tests.jobs.making import submit
 
 pytestmark = pytest.mark.django_db
-
-ECHO = {"name": "hello", "command": ["echo", "hello"]}
-
-
-def submit(api, **extra):
-    response = api.post("/api/jobs/", {**ECHO, **extra}, format="json")
-    assert response.status_code == 201, response.json()
-    return response.json()["id"]
 
 
 def test_successes_reported_together_end_only_what_they_may(api, small_node, broker):

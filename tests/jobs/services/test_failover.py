@@ -10,16 +10,9 @@ from jobs.models import Job, JobExecution, JobStatus
 from jobs.scheduling.cycle import place_pending_jobs
 from jobs.services.executions import execution_claim
 from jobs.services.failover import execution_fail_over, execution_republish_stale
+from tests.jobs.making import ECHO, submit
 
 pytestmark = pytest.mark.django_db
-
-ECHO = {"name": "hello", "command": ["echo", "hello"]}
-
-
-def submit(api, **extra):
-    response = api.post("/api/jobs/", {**ECHO, **extra}, format="json")
-    assert response.status_code == 201, response.json()
-    return response.json()["id"]
 
 
 def test_an_unclaimed_execution_is_sent_again_once_per_timeout(
