@@ -279,7 +279,10 @@ def _cancel_never(verdicts: list[Verdict], now) -> list[int]:
         return []
     deciders = Job.objects.filter(pk__in=[v.decided_by for v in verdicts if v.decided_by])
     upstreams = {
-        pk: (name, status) for pk, name, status in deciders.values_list("pk", "name", "status")
+        pk: (f"step {step}" if step else name, status)
+        for pk, name, status, step in deciders.values_list(
+            "pk", "name", "status", "workflow_step__name"
+        )
     }
     reasons = {v.job_id: _never_reason(v, upstreams) for v in verdicts}
     Job.objects.filter(pk__in=reasons).update(

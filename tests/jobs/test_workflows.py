@@ -147,7 +147,9 @@ def test_a_failed_step_cancels_what_needs_it_and_retry_runs_it_and_downstream_on
     finish(jobs["c"], small_node, exit_code=1)
     jobs["d"].refresh_from_db()
     assert jobs["d"].status == JobStatus.CANCELLED
-    assert jobs["d"].cancel_reason == f"dependency never satisfied: job {jobs['c'].id} (c) failed"
+    assert (
+        jobs["d"].cancel_reason == f"dependency never satisfied: job {jobs['c'].id} (step c) failed"
+    )
     assert Workflow.objects.get(pk=body["id"]).status == "failed"
 
     definition.command = ["echo", "fixed"]
