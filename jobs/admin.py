@@ -15,6 +15,7 @@ from .models import (
     JobScheduleRun,
     Workflow,
     WorkflowStep,
+    WorkflowTemplate,
 )
 from .schedule_times import describe
 from .schedules import (
@@ -33,7 +34,7 @@ from .services.definitions import (
     definition_update,
 )
 from .services.specs import job_spec_check
-from .services.workflows import workflow_cancel, workflow_retry
+from .services.workflows import workflow_cancel, workflow_retry, workflow_template_delete
 
 # A definition's spec as a job gets it, and its queue.
 SPEC_FIELDS = [*DEFINITION_SPEC_FIELDS, "queue"]
@@ -346,3 +347,21 @@ class WorkflowAdmin(AuditedModelAdmin):
     @admin.action(description="Retry failed and cancelled steps, and what is downstream")
     def retry(self, request, queryset):
         self._each(request, queryset, workflow_retry, "retried")
+
+
+@admin.register(WorkflowTemplate)
+class WorkflowTemplateAdmin(AuditedModelAdmin):
+    """Templates are written through the API (their steps are checked there); here they
+    are read, and deleted through the same service."""
+
+    list_display = ["name", "team", "max_parallel", "updated_at"]
+    list_filter = ["team"]
+    search_fields = ["name"]
+    list_select_related = ["team"]
+    readonly_fields = ["team", "name", "parameters", "max_parallel", "steps"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def delete_model(self, request, obj):
+        workflow_template_delete(template=obj)

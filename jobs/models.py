@@ -389,7 +389,15 @@ class JobSchedule(models.Model):
     name = models.CharField(max_length=200)
     # A definition with schedules cannot be deleted, except with its whole team.
     definition = models.ForeignKey(
-        JobDefinition, on_delete=models.RESTRICT, related_name="schedules"
+        JobDefinition, null=True, blank=True, on_delete=models.RESTRICT, related_name="schedules"
+    )
+    # Or a workflow template: each fire creates a workflow from it (exactly one of the two).
+    workflow_template = models.ForeignKey(
+        "WorkflowTemplate",
+        null=True,
+        blank=True,
+        on_delete=models.RESTRICT,
+        related_name="schedules",
     )
     cron = models.CharField(
         max_length=200, blank=True, help_text='Five fields, e.g. "*/15 9-17 * * 1-5"'
@@ -457,6 +465,10 @@ class JobSchedule(models.Model):
                 condition=Q(misfire_policy__in=MisfirePolicy.values),
                 name="schedule_misfire_policy_valid",
             ),
+            models.CheckConstraint(
+                condition=Q(definition__isnull=True) ^ Q(workflow_template__isnull=True),
+                name="schedule_runs_a_definition_or_a_workflow_template",
+            ),
         ]
 
     def __str__(self):
@@ -493,6 +505,10 @@ class JobScheduleRun(models.Model):
         Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     error = models.TextField(blank=True)
+    # What a workflow template's schedule created at this due time.
+    workflow = models.ForeignKey(
+        "Workflow", null=True, blank=True, on_delete=models.SET_NULL, related_name="schedule_runs"
+    )
 
     class Meta:
         ordering = ["-due_at"]
@@ -560,6 +576,13 @@ class Workflow(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    template = models.ForeignKey(
+        "WorkflowTemplate",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="workflows",
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -615,3 +638,31 @@ class WorkflowStep(models.Model):
 
     def __str__(self):
         return f"{self.workflow_id}/{self.name}"
+
+
+class WorkflowTemplate(models.Model):
+    """A workflow saved to be submitted again, with parameters, by hand or by schedules.
+    Its steps are as POST /api/workflows/ takes them, checked when saved."""
+
+    team = models.ForeignKey(
+        "accounts.Team", on_delete=models.CASCADE, related_name="workflow_templates"
+    )
+    name = models.CharField(max_length=200)
+    parameters = models.JSONField(default=dict, blank=True, help_text="Default parameters.")
+    max_parallel = models.PositiveIntegerField(null=True, blank=True)
+    steps = models.JSONField(default=list)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["team", "name"], name="workflow_template_name_unique"),
+            models.CheckConstraint(
+                condition=Q(max_parallel__isnull=True) | Q(max_parallel__gte=1),
+                name="workflow_template_max_parallel_positive",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.team}/{self.name}"

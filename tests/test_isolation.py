@@ -20,7 +20,7 @@ from jobs.models import ExecutionStatus, Job, JobDefinition, JobExecution, JobSt
 from jobs.schedules import schedule_create
 from jobs.scheduling.cycle import place_pending_jobs
 from jobs.services.executions import execution_claim
-from jobs.services.workflows import workflow_cancel, workflow_create
+from jobs.services.workflows import workflow_cancel, workflow_create, workflow_template_save
 from nodes.models import Node
 from resources.models import Allocation, Queue
 
@@ -225,6 +225,39 @@ ENDPOINTS = [
     ),
     Endpoint("POST", "/api/workflows/{workflow}/cancel/", azure_only(200, viewer=403)),
     Endpoint("POST", "/api/workflows/{cancelled_workflow}/retry/", azure_only(200, viewer=403)),
+    Endpoint(
+        "GET",
+        "/api/workflow-templates/",
+        everyone(200),
+        counts={"azure-team": 1, "crimson-team": 1},
+    ),
+    Endpoint("GET", "/api/workflow-templates/?team=azure-team", everyone(200)),
+    Endpoint("GET", "/api/workflow-templates/{workflow_template}/", azure_only(200)),
+    Endpoint(
+        "POST",
+        "/api/workflow-templates/",
+        azure_only(201, viewer=403, outsider=400),
+        data=NEW_WORKFLOW,
+    ),
+    Endpoint(
+        "PATCH",
+        "/api/workflow-templates/{workflow_template}/",
+        azure_only(200, viewer=403),
+        data={"max_parallel": 2},
+    ),
+    Endpoint(
+        "PUT",
+        "/api/workflow-templates/{workflow_template}/",
+        azure_only(200, viewer=403),
+        data={**NEW_WORKFLOW, "name": "azure-wf-mark-template"},
+    ),
+    Endpoint(
+        "POST",
+        "/api/workflow-templates/{workflow_template}/submit/",
+        azure_only(201, viewer=403),
+        data={},
+    ),
+    Endpoint("DELETE", "/api/workflow-templates/{workflow_template}/", azure_only(204, viewer=403)),
 ]
 
 
@@ -296,8 +329,13 @@ def world(default_queue):
             team=team, name=f"{mark}-wf-mark-cancelled", steps=[{"name": "a", "job": step}]
         )
         workflow_cancel(workflow=cancelled)
+        template = workflow_template_save(
+            team=team,
+            fields={"name": f"{mark}-wf-mark-template", "steps": [{"name": "a", "job": step}]},
+        )
         if team == azure:
             objects |= {
+                "workflow_template": template.pk,
                 "workflow": workflow.pk,
                 "cancelled_workflow": cancelled.pk,
                 "definition": definition.pk,
@@ -388,6 +426,7 @@ def test_the_matrix_covers_every_api_route():
             "spare_definition",
             "workflow",
             "cancelled_workflow",
+            "workflow_template",
         ),
         1,
     )
@@ -408,6 +447,7 @@ def test_the_matrix_covers_every_api_route():
         ("/api/resources/usage/", ["azure-team", "crimson-team", "azure-q", "crimson-q"]),
         ("/api/metrics/summary/", ["azure-q", "crimson-q"]),
         ("/api/workflows/", ["azure-wf-mark", "crimson-wf-mark"]),
+        ("/api/workflow-templates/", ["azure-wf-mark", "crimson-wf-mark"]),
     ],
 )
 def test_staff_see_both_teams_marks_so_a_leak_would_show(world, staff_api, path, marks):

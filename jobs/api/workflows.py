@@ -14,9 +14,25 @@ from common.pagination import CursorPagination
 from common.schema import refused
 from common.serializers import StrictSerializer
 
-from ..models import JobStatus, PendingReason, TriggerRule, Workflow, WorkflowStatus, WorkflowStep
-from ..selectors import workflow_list_visible
-from ..services.workflows import MAX_STEPS, workflow_cancel, workflow_create, workflow_retry
+from ..models import (
+    JobStatus,
+    PendingReason,
+    TriggerRule,
+    Workflow,
+    WorkflowStatus,
+    WorkflowStep,
+    WorkflowTemplate,
+)
+from ..selectors import workflow_list_visible, workflow_template_list_visible
+from ..services.workflows import (
+    MAX_STEPS,
+    workflow_cancel,
+    workflow_create,
+    workflow_retry,
+    workflow_template_delete,
+    workflow_template_save,
+    workflow_template_submit,
+)
 from .specs import JobSpecSerializer, SpecLimitsMixin, env_field, parameters_field
 
 VIEWERS_MAY_NOT = "Viewers may look at this team's workflows but not change them."
@@ -67,6 +83,8 @@ class StepSerializer(StrictSerializer):
 
 
 class WorkflowCreateSerializer(SpecLimitsMixin, StrictSerializer):
+    """A workflow, or a workflow template (whose parameters are defaults)."""
+
     team = serializers.SlugField(required=False, help_text="Team slug; optional with one team.")
     name = serializers.CharField(max_length=200)
     parameters = serializers.DictField(
@@ -78,11 +96,17 @@ class WorkflowCreateSerializer(SpecLimitsMixin, StrictSerializer):
     steps = StepSerializer(many=True, max_length=MAX_STEPS)
 
     def validate_team(self, slug):
+        if self.instance is not None:
+            if slug != self.instance.team.slug:
+                raise serializers.ValidationError("The team cannot change.")
+            return self.instance.team
         user = self.context["request"].user
         return team_for_submission(user=user, slug=slug, viewers_may_not=VIEWERS_MAY_NOT)
 
     def validate(self, attrs):
-        if "team" not in attrs:
+        if self.instance is not None:
+            attrs.pop("team", None)
+        elif "team" not in attrs:
             user = self.context["request"].user
             teams = list(team_list_submittable(user=user)[:2])
             if not teams and team_list_visible(user=user).exists():
@@ -227,3 +251,108 @@ class WorkflowViewSet(
         return self._detail(
             workflow_retry(workflow=self.get_changeable_object(), user=request.user)
         )
+
+
+class WorkflowTemplateSerializer(serializers.ModelSerializer):
+    team = serializers.CharField(source="team.slug")
+    steps = serializers.ListField(child=serializers.DictField())
+
+    class Meta:
+        model = WorkflowTemplate
+        fields = [
+            "id",
+            "team",
+            "name",
+            "parameters",
+            "max_parallel",
+            "steps",
+            "created_at",
+            "updated_at",
+        ]
+
+
+class TemplateSubmitSerializer(SpecLimitsMixin, StrictSerializer):
+    name = serializers.CharField(max_length=200, required=False, default="")
+    parameters = serializers.DictField(
+        required=False, default=dict, help_text="Over the template's default parameters"
+    )
+
+
+class WorkflowTemplateFilter(django_filters.FilterSet):
+    team = django_filters.CharFilter(field_name="team__slug")
+    name = django_filters.CharFilter()
+
+
+TEMPLATE_CHANGED = {200: WorkflowTemplateSerializer}
+
+
+@extend_schema_view(
+    create=extend_schema(
+        request=WorkflowCreateSerializer, responses={201: WorkflowTemplateSerializer}
+    ),
+    update=extend_schema(request=WorkflowCreateSerializer, responses=TEMPLATE_CHANGED),
+    partial_update=extend_schema(request=WorkflowCreateSerializer, responses=TEMPLATE_CHANGED),
+    destroy=extend_schema(responses={204: None, 400: refused("Schedules use this template.")}),
+    submit=extend_schema(
+        request=TemplateSubmitSerializer, responses={201: WorkflowDetailSerializer}
+    ),
+)
+class WorkflowTemplateViewSet(
+    ChangeableObjectMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    viewers_may_not_change = VIEWERS_MAY_NOT
+    serializer_class = WorkflowTemplateSerializer
+    filterset_class = WorkflowTemplateFilter
+    queryset = WorkflowTemplate.objects.none()  # the schema's model; requests use get_queryset
+
+    def get_queryset(self):
+        return workflow_template_list_visible(user=self.request.user)
+
+    def _detail(self, template, code=status.HTTP_200_OK):
+        template = self.get_queryset().get(pk=template.pk)
+        return Response(WorkflowTemplateSerializer(template).data, status=code)
+
+    def create(self, request):
+        serializer = WorkflowCreateSerializer(data=request.data, context={"request": request})
+        serializer.is_valid(raise_exception=True)
+        fields = dict(serializer.validated_data)
+        template = workflow_template_save(team=fields.pop("team"), fields=fields)
+        return self._detail(template, status.HTTP_201_CREATED)
+
+    def update(self, request, pk=None, partial=False):
+        template = self.get_changeable_object()
+        serializer = WorkflowCreateSerializer(
+            template, data=request.data, partial=partial, context={"request": request}
+        )
+        serializer.is_valid(raise_exception=True)
+        fields = dict(serializer.validated_data)
+        return self._detail(
+            workflow_template_save(template=template, team=template.team, fields=fields)
+        )
+
+    def partial_update(self, request, pk=None):
+        return self.update(request, pk, partial=True)
+
+    def destroy(self, request, pk=None):
+        workflow_template_delete(template=self.get_changeable_object())
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @action(detail=True, methods=["post"])
+    def submit(self, request, pk=None):
+        """A workflow made from this template, with these parameters over its defaults."""
+        template = self.get_changeable_object()
+        serializer = TemplateSubmitSerializer(data=request.data, context={"request": request})
+        serializer.is_valid(raise_exception=True)
+        workflow = workflow_template_submit(
+            template=template, user=request.user, **serializer.validated_data
+        )
+        workflow = (
+            workflow_list_visible(user=request.user)
+            .annotate(step_count=Count("steps"))
+            .prefetch_related("steps__job")
+            .get(pk=workflow.pk)
+        )
+        return Response(WorkflowDetailSerializer(workflow).data, status=status.HTTP_201_CREATED)

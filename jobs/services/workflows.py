@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
+from django.db.models import RestrictedError
 from django.utils import timezone
 
 from accounts.models import Team, User
@@ -33,6 +34,7 @@ from ..models import (
     Workflow,
     WorkflowStatus,
     WorkflowStep,
+    WorkflowTemplate,
 )
 from .actions import JobStateError, job_cancel
 from .definitions import definition_job_spec
@@ -99,8 +101,11 @@ def workflow_steps_check(steps: Sequence[dict]) -> list[str]:
     return order
 
 
-def substitute(text: str, parameters: dict, *, step: str) -> str:
-    """`{{ params.NAME }}` replaced by the parameter's value, as plain text."""
+def substitute(text: str, parameters: dict | None, *, step: str) -> str:
+    """`{{ params.NAME }}` replaced by the parameter's value, as plain text; left as it is
+    without parameters (a template being saved: they come with each submission)."""
+    if parameters is None:
+        return text
 
     def value(match: re.Match) -> str:
         name = match.group(1)
@@ -137,7 +142,7 @@ def _step_spec(step: dict, *, team: Team, definitions: dict[int, JobDefinition])
     return spec
 
 
-def _step_substituted(spec: dict, parameters: dict, *, step: str) -> dict:
+def _step_substituted(spec: dict, parameters: dict | None, *, step: str) -> dict:
     spec = dict(spec)
     spec["command"] = [substitute(arg, parameters, step=step) for arg in spec.get("command", [])]
     spec["env"] = {k: substitute(v, parameters, step=step) for k, v in spec.get("env", {}).items()}
@@ -218,20 +223,9 @@ def _workflow_env(workflow_id: int, step: str, upstream_jobs: list[int]) -> dict
     }
 
 
-def workflow_create(
-    *,
-    team: Team,
-    name: str,
-    steps: Sequence[dict],
-    parameters: dict | None = None,
-    max_parallel: int | None = None,
-    user: User | None = None,
-) -> Workflow:
-    """A workflow and all its steps' jobs, in one transaction. Each step holds `name`,
-    `depends_on` (step names), `trigger_rule`, and either `job` (an inline spec, queue by
-    name) or `definition` (an id) with `overrides`. The whole is checked first: names,
-    upstreams, cycles, definitions of the team, parameters, each spec."""
-    parameters = parameters or {}
+def workflow_specs(*, team: Team, steps: Sequence[dict], parameters: dict | None) -> dict:
+    """Each step's job spec (by step name), the whole checked: names, upstreams, cycles,
+    definitions of the team, parameters (unless None), each spec."""
     workflow_steps_check(steps)
     wanted = {s["definition"] for s in steps if s.get("definition") is not None}
     definitions = {
@@ -246,6 +240,25 @@ def workflow_create(
         )
         spec["queue"] = checked.queue(spec, step=step["name"])
         specs[step["name"]] = spec
+    return specs
+
+
+def workflow_create(
+    *,
+    team: Team,
+    name: str,
+    steps: Sequence[dict],
+    parameters: dict | None = None,
+    max_parallel: int | None = None,
+    user: User | None = None,
+    template: WorkflowTemplate | None = None,
+) -> Workflow:
+    """A workflow and all its steps' jobs, in one transaction. Each step holds `name`,
+    `depends_on` (step names), `trigger_rule`, and either `job` (an inline spec, queue by
+    name) or `definition` (an id) with `overrides`. The whole is checked first: names,
+    upstreams, cycles, definitions of the team, parameters, each spec."""
+    parameters = parameters or {}
+    specs = workflow_specs(team=team, steps=steps, parameters=parameters)
     with transaction.atomic():
         workflow = Workflow.objects.create(
             team=team,
@@ -253,6 +266,7 @@ def workflow_create(
             parameters=parameters,
             max_parallel=max_parallel,
             created_by=user,
+            template=template,
         )
         ids = dict(zip(specs, _reserve_job_ids(len(specs)), strict=True))
         jobs, edges, rows = [], [], []
@@ -406,3 +420,59 @@ def _steps_refresh_from_definitions(
             setattr(job, field, spec[field])
         job.queue = spec["queue"]
         job.save(update_fields=[*JOB_FIELDS_OF_SPEC, "queue"])
+
+
+# --- Templates ------------------------------------------------------------------------
+
+TEMPLATE_NAME_TAKEN = {"name": ["The team already has a workflow template with this name."]}
+
+
+def workflow_template_save(
+    *, template: WorkflowTemplate | None = None, team: Team, fields: dict
+) -> WorkflowTemplate:
+    """Create (no `template`) or change a template; its steps are checked as a workflow's
+    would be, but for parameters, which each submission brings."""
+    template = template or WorkflowTemplate(team=team)
+    for name, value in fields.items():
+        setattr(template, name, value)
+    workflow_specs(team=team, steps=template.steps, parameters=None)
+    taken = WorkflowTemplate.objects.filter(team=team, name=template.name)
+    if taken.exclude(pk=template.pk).exists():
+        raise ValidationError(TEMPLATE_NAME_TAKEN)
+    try:
+        with transaction.atomic():
+            template.save()
+    except IntegrityError:
+        raise ValidationError(TEMPLATE_NAME_TAKEN) from None
+    logger.info("workflow template saved template=%s team=%s", template.pk, team.slug)
+    return template
+
+
+def workflow_template_delete(*, template: WorkflowTemplate) -> None:
+    """Delete a template no schedule uses; the workflows made from it stay."""
+    try:
+        with transaction.atomic():
+            template.delete()
+    except RestrictedError:
+        raise ValidationError(
+            {"schedules": ["Schedules still use this template; delete them first."]}
+        ) from None
+
+
+def workflow_template_submit(
+    *,
+    template: WorkflowTemplate,
+    parameters: dict | None = None,
+    name: str = "",
+    user: User | None = None,
+) -> Workflow:
+    """A workflow from the template, with `parameters` over its default ones."""
+    return workflow_create(
+        team=template.team,
+        name=name or template.name,
+        steps=template.steps,
+        parameters={**template.parameters, **(parameters or {})},
+        max_parallel=template.max_parallel,
+        user=user,
+        template=template,
+    )

@@ -1,9 +1,22 @@
-"""Workflows on a real scheduler and node agents: dependency order, parameters, a failed
-step cancelling what needs it, and a retry that runs only that step and what follows."""
+"""Workflows on a real scheduler, node agents and beat: dependency order, parameters, a
+failed step cancelling what needs it, a retry that runs only that step and what follows,
+and a template fired by a schedule."""
+
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
-from jobs.models import Job, JobDefinition, JobStatus, Workflow, WorkflowStatus
+from jobs.models import (
+    Job,
+    JobDefinition,
+    JobScheduleRun,
+    JobStatus,
+    Workflow,
+    WorkflowStatus,
+    WorkflowTemplate,
+)
+from jobs.schedules import schedule_create
 from resources.models import DEFAULT_QUEUE_NAME, Queue
 from tests.processes import wait_until
 
@@ -133,3 +146,34 @@ def test_a_fan_in_starts_once_when_upstreams_end_on_two_nodes(cluster, api):
     jobs = steps_of(workflow_id)
     assert jobs["sink"].executions.count() == 1
     assert max(jobs[m].finished_at for m in middle) <= jobs["sink"].started_at
+
+
+def test_beat_fires_a_workflow_template_with_its_parameters(cluster, api, team, tmp_path):
+    cluster.start_node("node-a", cpu=2, slots=4)
+    cluster.start_scheduler()
+    cluster.start_control_worker()
+    cluster.start_beat()
+    out = tmp_path / "day"
+    steps = [
+        {"name": "a", "job": inline("sh", "-c", f'echo "$1" > {out}', "sh", "{{ params.day }}")},
+        {"name": "b", "job": inline("true"), "depends_on": ["a"]},
+    ]
+    response = api.post(
+        "/api/workflow-templates/",
+        {"name": "nightly", "parameters": {"day": "monday"}, "steps": steps},
+        format="json",
+    )
+    assert response.status_code == 201, response.json()
+    template = WorkflowTemplate.objects.get(pk=response.json()["id"])
+    run_at = timezone.now() + timedelta(seconds=4)
+    schedule_create(
+        team=team,
+        definition=None,
+        fields={"name": "once", "workflow_template": template, "run_at": run_at},
+    )
+    workflow = wait_until(
+        lambda: Workflow.objects.filter(template=template).first(), 30, message="the fire"
+    )
+    assert wait_ended(workflow.pk).status == WorkflowStatus.SUCCEEDED
+    assert out.read_text() == "monday\n"
+    assert JobScheduleRun.objects.get(workflow=workflow).due_at == run_at
