@@ -3,7 +3,7 @@ finish to its dependent's start.
 
     .venv/bin/python bench/workflows.py [--steps 1000] [--chain 200] [--slots 8]
 
-Sets up its own database (scheduler_bench_workflows) and Redis database (13), starts a
+Sets up its own database (scheduler_bench_workflows) and Redis database (14), starts a
 real scheduler and one node agent (--slots threads, one CPU each). Creates a workflow of
 one root, --steps - 2 steps after it and one step after all of those, through the API's
 serializer and the service (checks, one transaction, bulk inserts), and runs it with
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.harness import Bench, percentile, stop, wait_for  # noqa: E402
 
-BENCH = Bench("workflows", 13)
+BENCH = Bench("workflows", 14)
 
 
 def ms(later, earlier) -> float:

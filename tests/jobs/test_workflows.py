@@ -216,3 +216,10 @@ def test_the_list_filters_and_hides_other_teams(api, outsider_api, small_node):
     assert api.get("/api/workflows/", {"status": "failed"}).json()["results"] == []
     assert outsider_api.get("/api/workflows/").json()["results"] == []
     assert WorkflowStep.objects.count() == 4
+
+
+def test_the_jobs_list_filters_by_workflow(api, small_node):
+    body = create(api, DIAMOND)
+    create(api, [step("other")])
+    listed = api.get("/api/jobs/", {"workflow": body["id"]}).json()["results"]
+    assert sorted(j["name"] for j in listed) == ["a", "b", "c", "d"]
