@@ -37,7 +37,7 @@ from ..models import (
     WorkflowTemplate,
 )
 from .actions import JobStateError, job_cancel
-from .definitions import definition_job_spec
+from .definitions import DEFINITION_SPEC_FIELDS, definition_job_spec
 from .dependencies import dependents_settle, jobs_rearm, workflows_refresh
 from .specs import job_spec_check, job_spec_limit_errors
 
@@ -53,8 +53,6 @@ RULE_CONDITION = {
     TriggerRule.ALL_FAILED: DependencyCondition.FAILED,
     TriggerRule.NONE_FAILED: DependencyCondition.FINISHED,
 }
-# Overrides a step made from a definition may give; env and parameters merge over it.
-STEP_OVERRIDE_FIELDS = ("name", "parameters", "env", "priority")
 
 
 def _step_error(message: str) -> ValidationError:
@@ -119,6 +117,14 @@ def substitute(text: str, parameters: dict | None, *, step: str) -> str:
     return PARAMETER.sub(value, text)
 
 
+def _definition_step_spec(definition: JobDefinition, overrides: dict) -> dict:
+    """A definition's spec with a step's overrides over it (env and parameters merged)."""
+    spec = definition_job_spec(definition=definition)
+    for name, value in overrides.items():
+        spec[name] = {**spec[name], **value} if name in ("env", "parameters") else value
+    return spec
+
+
 def _step_spec(step: dict, *, team: Team, definitions: dict[int, JobDefinition]) -> dict:
     """The job spec of a step before parameters: inline, or its definition's with its
     overrides over it."""
@@ -133,10 +139,7 @@ def _step_spec(step: dict, *, team: Team, definitions: dict[int, JobDefinition])
                     ]
                 }
             )
-        spec = definition_job_spec(definition=definition)
-        for name, value in (step.get("overrides") or {}).items():
-            spec[name] = {**spec[name], **value} if name in ("env", "parameters") else value
-        return spec
+        return _definition_step_spec(definition, step.get("overrides") or {})
     spec = dict(step["job"])
     spec.setdefault("name", step["name"])
     return spec
@@ -195,24 +198,6 @@ def _reserve_job_ids(count: int) -> list[int]:
             [count],
         )
         return [row[0] for row in cursor.fetchall()]
-
-
-JOB_FIELDS_OF_SPEC = (
-    "name",
-    "kind",
-    "command",
-    "callable",
-    "env",
-    "parameters",
-    "cpu_millis",
-    "memory_mb",
-    "gpu",
-    "priority",
-    "max_retries",
-    "retry_backoff_seconds",
-    "timeout_seconds",
-    "node_selector",
-)
 
 
 def _workflow_env(workflow_id: int, step: str, upstream_jobs: list[int]) -> dict:
@@ -284,7 +269,7 @@ def workflow_create(
                     definition=spec.get("definition"),
                     trigger_rule=rule,
                     pending_reason=PendingReason.WAITING_DEPENDENCIES,
-                    **{f: spec[f] for f in JOB_FIELDS_OF_SPEC if f in spec and f != "env"},
+                    **{f: spec[f] for f in DEFINITION_SPEC_FIELDS if f in spec and f != "env"},
                     env=env,
                 )
             )
@@ -406,20 +391,21 @@ def _steps_refresh_from_definitions(
     ids = {s.name: s.job_id for s in every_step}
     checked = _Checked(team=workflow.team, queues={})
     for step in steps:
-        spec = definition_job_spec(definition=step.definition)
-        for name, value in step.overrides.items():
-            spec[name] = {**spec[name], **value} if name in ("env", "parameters") else value
-        spec = _step_substituted(spec, workflow.parameters, step=step.name)
+        spec = _step_substituted(
+            _definition_step_spec(step.definition, step.overrides),
+            workflow.parameters,
+            step=step.name,
+        )
         spec["queue"] = checked.queue(spec, step=step.name)
         spec["env"] = {
             **spec["env"],
             **_workflow_env(workflow.pk, step.name, [ids[u] for u in step.depends_on]),
         }
         job = step.job
-        for field in JOB_FIELDS_OF_SPEC:
+        for field in DEFINITION_SPEC_FIELDS:
             setattr(job, field, spec[field])
         job.queue = spec["queue"]
-        job.save(update_fields=[*JOB_FIELDS_OF_SPEC, "queue"])
+        job.save(update_fields=[*DEFINITION_SPEC_FIELDS, "queue"])
 
 
 # --- Templates ------------------------------------------------------------------------
