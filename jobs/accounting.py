@@ -278,7 +278,10 @@ WITH outcome AS MATERIALIZED (
       FROM execution WHERE j.id = execution.job_id
 ), {_RELEASE}
 SELECT execution.token, execution.job_id,
-       CASE WHEN %(wake)s THEN pg_notify(%(channel)s, '') END
+       CASE WHEN %(wake)s THEN pg_notify(%(channel)s, '') END,
+       EXISTS (SELECT 1 FROM jobs_jobdependency d WHERE d.upstream_id = execution.job_id)
+       OR EXISTS (SELECT 1 FROM jobs_job w
+                   WHERE w.id = execution.job_id AND w.workflow_id IS NOT NULL)
   FROM execution
 """
 
@@ -290,10 +293,19 @@ class Success:
     log_tail: str = ""
 
 
-def successes_finish(successes: Sequence[Success], *, now, wake: bool) -> dict[str, int]:
+class SuccessesEnded(dict[str, int]):
+    """{token: job id} of the successes ended, and which of those jobs have dependents or
+    are workflow steps: what the caller must settle in the same transaction."""
+
+    def __init__(self, rows):
+        super().__init__((token, job_id) for token, job_id, _, _ in rows)
+        self.to_settle = [job_id for _, job_id, _, settle in rows if settle]
+
+
+def successes_finish(successes: Sequence[Success], *, now, wake: bool) -> SuccessesEnded:
     """End the running executions that succeeded: execution, job, allocation and node
     counters, and (with `wake`) a wake-up for the scheduler. Returns {token: job id} of
-    those it ended."""
+    those it ended, with the jobs whose dependents and workflows are to be settled."""
     with prepared_cursor() as cursor:
         cursor.execute(
             _FINISH_SUCCEEDED_SQL,
@@ -312,7 +324,7 @@ def successes_finish(successes: Sequence[Success], *, now, wake: bool) -> dict[s
                 **_RELEASE_PARAMETERS,
             },
         )
-        return {token: job_id for token, job_id, _ in cursor.fetchall()}
+        return SuccessesEnded(cursor.fetchall())
 
 
 # --- Releasing ------------------------------------------------------------------------

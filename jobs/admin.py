@@ -6,7 +6,17 @@ from django.utils.html import format_html
 
 from accounts.audit import AuditedModelAdmin
 
-from .models import Job, JobDefinition, JobExecution, JobSchedule, JobScheduleRun
+from .models import (
+    Job,
+    JobDefinition,
+    JobDependency,
+    JobExecution,
+    JobSchedule,
+    JobScheduleRun,
+    Workflow,
+    WorkflowStep,
+    WorkflowTemplate,
+)
 from .schedule_times import describe
 from .schedules import (
     SCHEDULE_FIELDS,
@@ -24,6 +34,7 @@ from .services.definitions import (
     definition_update,
 )
 from .services.specs import job_spec_check
+from .services.workflows import workflow_cancel, workflow_retry, workflow_template_delete
 
 # A definition's spec as a job gets it, and its queue.
 SPEC_FIELDS = [*DEFINITION_SPEC_FIELDS, "queue"]
@@ -253,3 +264,104 @@ class JobScheduleAdmin(AuditedModelAdmin):
     def resume(self, request, queryset):
         for schedule in queryset:
             schedule_resume(schedule=schedule)
+
+
+class JobDependencyInline(admin.TabularInline):
+    model = JobDependency
+    fk_name = "job"
+    extra = 0
+    can_delete = False
+    fields = ["upstream", "on"]
+    readonly_fields = fields
+    verbose_name = "dependency"
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+JobAdmin.inlines = [*JobAdmin.inlines, JobDependencyInline]
+JobAdmin.readonly_fields = [
+    *JobAdmin.readonly_fields,
+    "cancel_reason",
+    "on_unsatisfied",
+    "trigger_rule",
+    "workflow",
+]
+
+
+class WorkflowStepInline(admin.TabularInline):
+    model = WorkflowStep
+    extra = 0
+    can_delete = False
+    fields = ["name", "job", "job_status", "depends_on", "trigger_rule", "definition"]
+    readonly_fields = fields
+    show_change_link = False
+
+    @admin.display(description="status")
+    def job_status(self, step):
+        return step.job.status
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Workflow)
+class WorkflowAdmin(AuditedModelAdmin):
+    """Workflows are made, cancelled and retried through the API; here they are read,
+    and cancelled or retried with the same services."""
+
+    list_display = ["id", "name", "team", "status", "max_parallel", "created_at", "finished_at"]
+    list_filter = ["status", "team"]
+    search_fields = ["name"]
+    list_select_related = ["team"]
+    date_hierarchy = "created_at"
+    inlines = [WorkflowStepInline]
+    readonly_fields = [
+        "team",
+        "name",
+        "status",
+        "parameters",
+        "max_parallel",
+        "created_by",
+        "created_at",
+        "finished_at",
+    ]
+    actions = ["cancel", "retry"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def _each(self, request, queryset, service, done: str):
+        for workflow in queryset:
+            try:
+                service(workflow=workflow, user=request.user)
+            except ValidationError as exc:
+                self.message_user(request, f"{workflow}: {' '.join(exc.messages)}", "warning")
+            else:
+                self.message_user(request, f"{workflow}: {done}")
+
+    @admin.action(description="Cancel every unfinished step")
+    def cancel(self, request, queryset):
+        self._each(request, queryset, workflow_cancel, "cancelled")
+
+    @admin.action(description="Retry failed and cancelled steps, and what is downstream")
+    def retry(self, request, queryset):
+        self._each(request, queryset, workflow_retry, "retried")
+
+
+@admin.register(WorkflowTemplate)
+class WorkflowTemplateAdmin(AuditedModelAdmin):
+    """Templates are written through the API (their steps are checked there); here they
+    are read, and deleted through the same service."""
+
+    list_display = ["name", "team", "max_parallel", "updated_at"]
+    list_filter = ["team"]
+    search_fields = ["name"]
+    list_select_related = ["team"]
+    readonly_fields = ["team", "name", "parameters", "max_parallel", "steps"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def delete_model(self, request, obj):
+        workflow_template_delete(template=obj)

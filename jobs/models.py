@@ -33,6 +33,43 @@ class PendingReason(models.TextChoices):
     NODE_SELECTOR = "node_selector", "No ready node matches the node selector"
 
 
+# A pending job waiting for one of these is held: no scheduling cycle considers it until
+# whoever frees it (an upstream's end, in the same transaction) clears its reason.
+HELD_REASONS = (PendingReason.WAITING_DEPENDENCIES,)
+
+
+class DependencyCondition(models.TextChoices):
+    """When a dependency on an upstream job is met (Slurm's afterok, afternotok, afterany,
+    after)."""
+
+    SUCCEEDED = "succeeded", "The upstream succeeded"
+    FAILED = "failed", "The upstream failed"
+    FINISHED = "finished", "The upstream ended, however"
+    STARTED = "started", "The upstream started running"
+
+
+class OnUnsatisfied(models.TextChoices):
+    CANCEL = "cancel", "Cancel the job"
+    WAIT = "wait", "Leave it waiting"
+
+
+class TriggerRule(models.TextChoices):
+    """How a job's dependencies combine: each by its own condition (a job's depends_on),
+    or a workflow step's rule over its upstream steps' outcomes."""
+
+    EACH = "each", "Every dependency's own condition"
+    ALL_SUCCEEDED = "all_succeeded", "Every upstream succeeded"
+    ALL_FINISHED = "all_finished", "Every upstream ended"
+    ANY_FAILED = "any_failed", "Some upstream failed"
+    ALL_FAILED = "all_failed", "Every upstream failed"
+    NONE_FAILED = "none_failed", "Every upstream ended and none failed"
+
+
+# How a cancel for a dependency that can never be met starts its reason; a requeue of
+# the upstream re-arms the jobs cancelled so.
+DEPENDENCY_NEVER_SATISFIED = "dependency never satisfied: "
+
+
 # Names for pending jobs with no reason stored. A job no cycle has looked at yet waits
 # for the scheduler; one whose not_before has not come waits for its time (cycles read
 # only due jobs), not for the scheduler.
@@ -143,6 +180,20 @@ class Job(JobSpec):
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
     # A failed job is in the dead-letter view until it is requeued or acknowledged.
     acknowledged_at = models.DateTimeField(null=True, blank=True)
+    # Why it was cancelled when not by a person, e.g. "dependency never satisfied: job 12
+    # failed".
+    cancel_reason = models.TextField(blank=True)
+    # Dependencies (JobDependency): what to do when they can never be met, and how they
+    # combine (each its own condition, or a workflow step's trigger rule).
+    on_unsatisfied = models.CharField(
+        max_length=8, choices=OnUnsatisfied.choices, default=OnUnsatisfied.CANCEL
+    )
+    trigger_rule = models.CharField(
+        max_length=16, choices=TriggerRule.choices, default=TriggerRule.EACH
+    )
+    workflow = models.ForeignKey(
+        "Workflow", null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
+    )
 
     objects = JobQuerySet.as_manager()
 
@@ -167,6 +218,13 @@ class Job(JobSpec):
                 name="job_idempotency_key_unique_per_team",
             ),
             kind_matches_target("job"),
+            models.CheckConstraint(
+                condition=Q(on_unsatisfied__in=OnUnsatisfied.values),
+                name="job_on_unsatisfied_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(trigger_rule__in=TriggerRule.values), name="job_trigger_rule_valid"
+            ),
         ]
         indexes = [
             # Used by the scheduling cycle: each queue's pending jobs, highest priority
@@ -177,7 +235,7 @@ class Job(JobSpec):
                 F("created_at"),
                 F("id"),
                 name="job_pending_by_queue",
-                condition=Q(status=JobStatus.PENDING),
+                condition=Q(status=JobStatus.PENDING) & ~Q(pending_reason__in=HELD_REASONS),
             ),
             # Used by the jobs list: newest first, by cursor, alone or under one filter
             # (a member's list is also filtered by team).
@@ -222,6 +280,15 @@ class Job(JobSpec):
     @property
     def resources(self) -> dict:
         return {"cpu_millis": self.cpu_millis, "memory_mb": self.memory_mb, "gpu": self.gpu}
+
+    @property
+    def depends_on(self) -> list[dict]:
+        return [
+            {"job": upstream, "on": on}
+            for upstream, on in self.dependencies.order_by("upstream_id").values_list(
+                "upstream_id", "on"
+            )
+        ]
 
 
 class JobExecution(models.Model):
@@ -322,7 +389,15 @@ class JobSchedule(models.Model):
     name = models.CharField(max_length=200)
     # A definition with schedules cannot be deleted, except with its whole team.
     definition = models.ForeignKey(
-        JobDefinition, on_delete=models.RESTRICT, related_name="schedules"
+        JobDefinition, null=True, blank=True, on_delete=models.RESTRICT, related_name="schedules"
+    )
+    # Or a workflow template: each fire creates a workflow from it (exactly one of the two).
+    workflow_template = models.ForeignKey(
+        "WorkflowTemplate",
+        null=True,
+        blank=True,
+        on_delete=models.RESTRICT,
+        related_name="schedules",
     )
     cron = models.CharField(
         max_length=200, blank=True, help_text='Five fields, e.g. "*/15 9-17 * * 1-5"'
@@ -390,6 +465,10 @@ class JobSchedule(models.Model):
                 condition=Q(misfire_policy__in=MisfirePolicy.values),
                 name="schedule_misfire_policy_valid",
             ),
+            models.CheckConstraint(
+                condition=Q(definition__isnull=True) ^ Q(workflow_template__isnull=True),
+                name="schedule_runs_a_definition_or_a_workflow_template",
+            ),
         ]
 
     def __str__(self):
@@ -426,6 +505,10 @@ class JobScheduleRun(models.Model):
         Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     error = models.TextField(blank=True)
+    # What a workflow template's schedule created at this due time.
+    workflow = models.ForeignKey(
+        "Workflow", null=True, blank=True, on_delete=models.SET_NULL, related_name="schedule_runs"
+    )
 
     class Meta:
         ordering = ["-due_at"]
@@ -442,3 +525,144 @@ class JobScheduleRun(models.Model):
 
     def __str__(self):
         return f"{self.schedule} at {self.due_at.isoformat()}: {self.outcome}"
+
+
+class JobDependency(models.Model):
+    """`job` waits for `upstream` to meet `on`; held (waiting_dependencies) until then."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="dependencies")
+    upstream = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="dependents")
+    on = models.CharField(
+        max_length=16, choices=DependencyCondition.choices, default=DependencyCondition.SUCCEEDED
+    )
+
+    class Meta:
+        ordering = ["job", "upstream"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "upstream"], name="dependency_pair_unique"),
+            models.CheckConstraint(
+                condition=~Q(job=F("upstream")), name="dependency_not_on_itself"
+            ),
+            models.CheckConstraint(
+                condition=Q(on__in=DependencyCondition.values), name="dependency_on_valid"
+            ),
+        ]
+
+    def __str__(self):
+        return f"job {self.job_id} after job {self.upstream_id} {self.on}"
+
+
+class WorkflowStatus(models.TextChoices):
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class Workflow(models.Model):
+    """A DAG of steps, each one job, created at once; its status follows its steps'."""
+
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="workflows")
+    name = models.CharField(max_length=200)
+    parameters = models.JSONField(default=dict, blank=True, help_text="{{ params.NAME }} values")
+    max_parallel = models.PositiveIntegerField(
+        null=True, blank=True, help_text="At most this many steps active at once; empty: no limit."
+    )
+    status = models.CharField(
+        max_length=16, choices=WorkflowStatus.choices, default=WorkflowStatus.RUNNING
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    template = models.ForeignKey(
+        "WorkflowTemplate",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="workflows",
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=WorkflowStatus.values), name="workflow_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(max_parallel__isnull=True) | Q(max_parallel__gte=1),
+                name="workflow_max_parallel_positive",
+            ),
+        ]
+        indexes = [
+            # Used by the workflows list: newest first, by team and status.
+            models.Index(
+                "team", F("created_at").desc(), F("id").desc(), name="workflow_team_created"
+            ),
+            models.Index(
+                "status", F("created_at").desc(), F("id").desc(), name="workflow_status_created"
+            ),
+        ]
+
+    def __str__(self):
+        return f"workflow {self.pk} {self.name} ({self.status})"
+
+
+class WorkflowStep(models.Model):
+    """One step of a workflow: its job, where its spec came from, and its upstream steps."""
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="steps")
+    name = models.CharField(max_length=200)
+    job = models.OneToOneField(Job, on_delete=models.CASCADE, related_name="workflow_step")
+    # A step made from a definition reads it again when a retry re-arms it, so a fixed
+    # definition is what runs; its overrides (with parameters substituted) go over it.
+    definition = models.ForeignKey(
+        JobDefinition, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    overrides = models.JSONField(default=dict, blank=True)
+    depends_on = models.JSONField(default=list, blank=True, help_text="Names of upstream steps.")
+    trigger_rule = models.CharField(
+        max_length=16, choices=TriggerRule.choices, default=TriggerRule.ALL_SUCCEEDED
+    )
+
+    class Meta:
+        ordering = ["workflow", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "name"], name="workflow_step_name_unique"),
+            models.CheckConstraint(
+                condition=Q(trigger_rule__in=TriggerRule.values) & ~Q(trigger_rule="each"),
+                name="workflow_step_trigger_rule_valid",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.workflow_id}/{self.name}"
+
+
+class WorkflowTemplate(models.Model):
+    """A workflow saved to be submitted again, with parameters, by hand or by schedules.
+    Its steps are as POST /api/workflows/ takes them, checked when saved."""
+
+    team = models.ForeignKey(
+        "accounts.Team", on_delete=models.CASCADE, related_name="workflow_templates"
+    )
+    name = models.CharField(max_length=200)
+    parameters = models.JSONField(default=dict, blank=True, help_text="Default parameters.")
+    max_parallel = models.PositiveIntegerField(null=True, blank=True)
+    steps = models.JSONField(default=list)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["team", "name"], name="workflow_template_name_unique"),
+            models.CheckConstraint(
+                condition=Q(max_parallel__isnull=True) | Q(max_parallel__gte=1),
+                name="workflow_template_max_parallel_positive",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.team}/{self.name}"

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 from django_celery_beat.models import (
     ClockedSchedule,
@@ -38,11 +39,13 @@ from .models import (
     JobScheduleRun,
     MisfirePolicy,
     ScheduleRunOutcome,
+    WorkflowTemplate,
 )
 from .schedule_times import ScheduleTimeError, Timetable, cron_check, timezone_check
 from .services.actions import JobStateError, job_cancel
 from .services.definitions import definition_job_spec
 from .services.submission import job_submit
+from .services.workflows import workflow_template_submit
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +53,7 @@ FIRE_TASK = "jobs.fire_schedule"
 SCHEDULE_FIELDS = (
     "name",
     "definition",
+    "workflow_template",
     "cron",
     "timezone",
     "interval_seconds",
@@ -104,6 +108,14 @@ def schedule_validate(schedule: JobSchedule) -> None:
         and schedule.definition.team_id != schedule.team_id
     ):
         errors["definition"] = ["No definition with this id in the schedule's team."]
+    if (schedule.definition_id is None) == (schedule.workflow_template_id is None):
+        errors["definition"] = ["Give exactly one of definition and workflow_template."]
+    elif (
+        schedule.workflow_template_id is not None
+        and schedule.team_id is not None
+        and schedule.workflow_template.team_id != schedule.team_id
+    ):
+        errors["workflow_template"] = ["No workflow template with this id in the team."]
     if schedule.name and schedule.team_id is not None:
         taken = JobSchedule.objects.filter(team_id=schedule.team_id, name=schedule.name)
         if schedule.pk is not None:
@@ -188,7 +200,7 @@ def _save(schedule: JobSchedule, *, now: datetime, realign: bool) -> JobSchedule
 
 
 def schedule_create(
-    *, team: Team, definition: JobDefinition, fields: dict, user: User | None = None
+    *, team: Team, definition: JobDefinition | None, fields: dict, user: User | None = None
 ) -> JobSchedule:
     schedule = JobSchedule(team=team, definition=definition, created_by=user)
     for name, value in fields.items():
@@ -196,8 +208,13 @@ def schedule_create(
     with transaction.atomic():
         # The definition's row lock: a delete of it in flight finishes first (and this is a
         # 400), or waits until this schedule exists (and refuses to delete it).
-        if not JobDefinition.objects.select_for_update().filter(pk=definition.pk).exists():
-            raise ValidationError({"definition": ["This definition was just deleted."]})
+        if definition is not None:
+            if not JobDefinition.objects.select_for_update().filter(pk=definition.pk).exists():
+                raise ValidationError({"definition": ["This definition was just deleted."]})
+        elif schedule.workflow_template_id is not None:
+            templates = WorkflowTemplate.objects.select_for_update()
+            if not templates.filter(pk=schedule.workflow_template_id).exists():
+                raise ValidationError({"workflow_template": ["This template was just deleted."]})
         schedule = _save(schedule, now=timezone.now(), realign=True)
     logger.info("schedule created schedule=%s team=%s", schedule.pk, team.slug)
     return schedule
@@ -243,7 +260,9 @@ def schedule_idempotency_key(*, schedule_id: int, due_at: datetime) -> str:
 
 def _active_jobs(schedule: JobSchedule) -> list[Job]:
     return list(
-        Job.objects.filter(schedule_runs__schedule=schedule)
+        Job.objects.filter(
+            Q(schedule_runs__schedule=schedule) | Q(workflow__schedule_runs__schedule=schedule)
+        )
         .exclude(status__in=TERMINAL_JOB_STATUSES)
         .order_by("id")
     )
@@ -263,7 +282,7 @@ def schedule_fire(*, schedule_id: int, now: datetime | None = None) -> JobSchedu
     with transaction.atomic():
         schedule = (
             JobSchedule.objects.select_for_update(of=("self",))
-            .select_related("definition__queue", "team")
+            .select_related("definition__queue", "team", "workflow_template__team")
             .filter(pk=schedule_id)
             .first()
         )
@@ -352,6 +371,19 @@ def _cancel_active(active: list[Job]) -> Job | None:
 
 def _submit(schedule: JobSchedule, run: JobScheduleRun) -> None:
     key = schedule_idempotency_key(schedule_id=schedule.pk, due_at=run.due_at)
+    if schedule.workflow_template_id is not None:
+        # One run per due time (its unique key) keeps this to one workflow per due time.
+        try:
+            with transaction.atomic():
+                run.workflow = workflow_template_submit(
+                    template=schedule.workflow_template, user=schedule.created_by
+                )
+        except ValidationError as exc:
+            run.outcome = ScheduleRunOutcome.SUBMIT_FAILED
+            run.error = "; ".join(exc.messages)[:2000]
+            return
+        run.outcome = ScheduleRunOutcome.SUBMITTED
+        return
     try:
         with transaction.atomic():
             submission = job_submit(

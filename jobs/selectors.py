@@ -6,7 +6,15 @@ from django.db.models.functions import Coalesce
 from accounts.models import User
 from accounts.selectors import team_list_visible
 
-from .models import Job, JobDefinition, JobExecution, JobSchedule, JobScheduleRun
+from .models import (
+    Job,
+    JobDefinition,
+    JobExecution,
+    JobSchedule,
+    JobScheduleRun,
+    Workflow,
+    WorkflowTemplate,
+)
 
 
 def job_list_visible(*, user: User) -> QuerySet[Job]:
@@ -58,3 +66,21 @@ def definition_list_visible(*, user: User) -> QuerySet[JobDefinition]:
     if user.is_staff:
         return definitions
     return definitions.filter(team__memberships__user=user)
+
+
+def workflow_list_visible(*, user: User) -> QuerySet[Workflow]:
+    workflows = Workflow.objects.select_related("team")
+    if user.is_staff:
+        return workflows
+    return workflows.filter(
+        team_id__in=list(team_list_visible(user=user).values_list("pk", flat=True))
+    )
+
+
+def workflow_template_list_visible(*, user: User) -> QuerySet[WorkflowTemplate]:
+    templates = WorkflowTemplate.objects.select_related("team")
+    if user.is_staff:
+        return templates
+    return templates.filter(
+        team_id__in=list(team_list_visible(user=user).values_list("pk", flat=True))
+    )

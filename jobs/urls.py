@@ -6,6 +6,7 @@ from .api.definitions import DefinitionViewSet
 from .api.jobs import JobViewSet
 from .api.metrics import MetricsSummaryView
 from .api.schedules import ScheduleViewSet
+from .api.workflows import WorkflowTemplateViewSet, WorkflowViewSet
 
 router = DefaultRouter(trailing_slash=True)
 router.include_root_view = False
@@ -13,6 +14,8 @@ router.register("jobs", JobViewSet, basename="job")
 router.register("definitions", DefinitionViewSet, basename="definition")
 router.register("schedules", ScheduleViewSet, basename="schedule")
 router.register("allocations", AllocationViewSet, basename="allocation")
+router.register("workflows", WorkflowViewSet, basename="workflow")
+router.register("workflow-templates", WorkflowTemplateViewSet, basename="workflow-template")
 
 urlpatterns = [
     *router.urls,

@@ -20,6 +20,7 @@ from jobs.models import ExecutionStatus, Job, JobDefinition, JobExecution, JobSt
 from jobs.schedules import schedule_create
 from jobs.scheduling.cycle import place_pending_jobs
 from jobs.services.executions import execution_claim
+from jobs.services.workflows import workflow_cancel, workflow_create, workflow_template_save
 from nodes.models import Node
 from resources.models import Allocation, Queue
 
@@ -40,6 +41,7 @@ AZURE_MARKS = (
     "azure-sched-mark",
     "mem-azure",
     "vic-viewer",
+    "azure-wf-mark",
 )
 CRIMSON_MARKS = (
     "crimson-team",
@@ -50,6 +52,7 @@ CRIMSON_MARKS = (
     "cam-crimson",
     "crimson-def-mark",
     "crimson-sched-mark",
+    "crimson-wf-mark",
 )
 AZURE_JOBS, CRIMSON_JOBS = 3, 4
 
@@ -91,10 +94,20 @@ def members_own(code):
 
 
 STAFF_ONLY = everyone(403)
-COUNTS_OF_JOBS = {"azure-team": AZURE_JOBS, "crimson-team": CRIMSON_JOBS}
+# Each team's two workflows have a step's job each.
+WORKFLOW_JOBS = 2
+COUNTS_OF_JOBS = {
+    "azure-team": AZURE_JOBS + WORKFLOW_JOBS,
+    "crimson-team": CRIMSON_JOBS + WORKFLOW_JOBS,
+}
 NEW_JOB = {"name": "new", "command": ["true"], "team": "azure-team"}
 NEW_DEFINITION = {**NEW_JOB, "queue": "azure-q"}
 NODE = {"name": "iso-node", "cpu": 8, "memory_mb": 8192}
+NEW_WORKFLOW = {
+    "name": "new",
+    "team": "azure-team",
+    "steps": [{"name": "a", "job": {"command": ["true"], "queue": "azure-q"}}],
+}
 
 ENDPOINTS = [
     # --- auth and tokens
@@ -203,6 +216,48 @@ ENDPOINTS = [
     # --- web UI
     Endpoint("GET", "/", everyone(200, anonymous=302), auth="session"),
     Endpoint("GET", "/jobs/{job}/", azure_only(200, anonymous=302), auth="session"),
+    # --- workflows
+    Endpoint("GET", "/api/workflows/", everyone(200), counts={"azure-team": 2, "crimson-team": 2}),
+    Endpoint("GET", "/api/workflows/?team=azure-team", everyone(200)),
+    Endpoint("GET", "/api/workflows/{workflow}/", azure_only(200)),
+    Endpoint(
+        "POST", "/api/workflows/", azure_only(201, viewer=403, outsider=400), data=NEW_WORKFLOW
+    ),
+    Endpoint("POST", "/api/workflows/{workflow}/cancel/", azure_only(200, viewer=403)),
+    Endpoint("POST", "/api/workflows/{cancelled_workflow}/retry/", azure_only(200, viewer=403)),
+    Endpoint(
+        "GET",
+        "/api/workflow-templates/",
+        everyone(200),
+        counts={"azure-team": 1, "crimson-team": 1},
+    ),
+    Endpoint("GET", "/api/workflow-templates/?team=azure-team", everyone(200)),
+    Endpoint("GET", "/api/workflow-templates/{workflow_template}/", azure_only(200)),
+    Endpoint(
+        "POST",
+        "/api/workflow-templates/",
+        azure_only(201, viewer=403, outsider=400),
+        data=NEW_WORKFLOW,
+    ),
+    Endpoint(
+        "PATCH",
+        "/api/workflow-templates/{workflow_template}/",
+        azure_only(200, viewer=403),
+        data={"max_parallel": 2},
+    ),
+    Endpoint(
+        "PUT",
+        "/api/workflow-templates/{workflow_template}/",
+        azure_only(200, viewer=403),
+        data={**NEW_WORKFLOW, "name": "azure-wf-mark-template"},
+    ),
+    Endpoint(
+        "POST",
+        "/api/workflow-templates/{workflow_template}/submit/",
+        azure_only(201, viewer=403),
+        data={},
+    ),
+    Endpoint("DELETE", "/api/workflow-templates/{workflow_template}/", azure_only(204, viewer=403)),
 ]
 
 
@@ -265,8 +320,24 @@ def world(default_queue):
             definition=definition,
             fields={"name": f"{mark}-sched-mark", "interval_seconds": 3600},
         )
+        step = {"command": ["true"], "cpu_millis": 100, "memory_mb": 100, "gpu": 0}
+        step["queue"] = f"{mark}-q"
+        workflow = workflow_create(
+            team=team, name=f"{mark}-wf-mark", steps=[{"name": "a", "job": step}]
+        )
+        cancelled = workflow_create(
+            team=team, name=f"{mark}-wf-mark-cancelled", steps=[{"name": "a", "job": step}]
+        )
+        workflow_cancel(workflow=cancelled)
+        template = workflow_template_save(
+            team=team,
+            fields={"name": f"{mark}-wf-mark-template", "steps": [{"name": "a", "job": step}]},
+        )
         if team == azure:
             objects |= {
+                "workflow_template": template.pk,
+                "workflow": workflow.pk,
+                "cancelled_workflow": cancelled.pk,
                 "definition": definition.pk,
                 "spare_definition": spare.pk,
                 "schedule": schedule.pk,
@@ -353,6 +424,9 @@ def test_the_matrix_covers_every_api_route():
             "schedule",
             "definition",
             "spare_definition",
+            "workflow",
+            "cancelled_workflow",
+            "workflow_template",
         ),
         1,
     )
@@ -372,6 +446,8 @@ def test_the_matrix_covers_every_api_route():
         ("/api/definitions/", ["azure-def-mark", "crimson-def-mark"]),
         ("/api/resources/usage/", ["azure-team", "crimson-team", "azure-q", "crimson-q"]),
         ("/api/metrics/summary/", ["azure-q", "crimson-q"]),
+        ("/api/workflows/", ["azure-wf-mark", "crimson-wf-mark"]),
+        ("/api/workflow-templates/", ["azure-wf-mark", "crimson-wf-mark"]),
     ],
 )
 def test_staff_see_both_teams_marks_so_a_leak_would_show(world, staff_api, path, marks):

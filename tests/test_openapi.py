@@ -33,6 +33,7 @@ from jobs.models import Job, JobDefinition, JobExecution
 from jobs.schedules import schedule_create
 from jobs.scheduling.cycle import place_pending_jobs
 from jobs.services.executions import execution_claim
+from jobs.services.workflows import workflow_create, workflow_template_save
 from nodes.models import Node
 from nodes.services import node_credential_issue
 from resources.models import Allocation, Queue
@@ -68,6 +69,11 @@ def api_world(live_server, transactional_db, default_queue, settings):
     schedule = schedule_create(
         team=team, definition=definition, fields={"name": "hourly", "interval_seconds": 3600}
     )
+    step = {"command": ["true"], "cpu_millis": 100, "memory_mb": 100, "gpu": 0, "queue": "blue-q"}
+    workflow = workflow_create(team=team, name="flow", steps=[{"name": "a", "job": step}])
+    template = workflow_template_save(
+        team=team, fields={"name": "flow", "steps": [{"name": "a", "job": step}]}
+    )
     return {
         "user": user,
         "node_key": node_credential_issue(node_name=NODE_NAME)[1],
@@ -75,6 +81,8 @@ def api_world(live_server, transactional_db, default_queue, settings):
             "/api/jobs/": job.pk,
             "/api/schedules/": schedule.pk,
             "/api/definitions/": definition.pk,
+            "/api/workflows/": workflow.pk,
+            "/api/workflow-templates/": template.pk,
             "/api/allocations/": Allocation.objects.get(execution=execution).pk,
             "/api/auth/tokens/": api_token_issue(user=user, name="spare").token.pk,
         },

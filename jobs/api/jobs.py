@@ -70,6 +70,7 @@ class JobFilter(django_filters.FilterSet):
     created_after = IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
     dead_letter = django_filters.BooleanFilter(method="filter_dead_letter")
+    workflow = django_filters.NumberFilter(field_name="workflow_id")
 
     def filter_dead_letter(self, queryset, name, value):
         return queryset.dead_letter() if value else queryset.not_dead_letter()

@@ -14,13 +14,25 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
-from django.db.models import BooleanField, ExpressionWrapper, QuerySet
+from django.contrib.postgres.expressions import ArraySubquery
+from django.db.models import BooleanField, ExpressionWrapper, OuterRef, QuerySet
+from django.db.models.functions import JSONObject
 from django.utils import timezone
 from rest_framework import serializers
 
 from common.serializers import ResourceAmountsSerializer
 
-from ..models import DEAD_LETTER, Job, JobKind, JobRetry, JobStatus, PendingReason
+from ..models import (
+    DEAD_LETTER,
+    DependencyCondition,
+    Job,
+    JobDependency,
+    JobKind,
+    JobRetry,
+    JobStatus,
+    OnUnsatisfied,
+    PendingReason,
+)
 
 
 def iso_datetime(value: datetime | None) -> str | None:
@@ -59,7 +71,21 @@ def field(name: str, schema: serializers.Field, *columns: str, write=None) -> Jo
 # the same for a job already loaded: both are the model's own spelling of the rule.
 COMPUTED = {
     "dead_letter": (ExpressionWrapper(DEAD_LETTER, output_field=BooleanField()), "is_dead_letter"),
+    "depends_on": (
+        ArraySubquery(
+            JobDependency.objects.filter(job=OuterRef("pk"))
+            .order_by("upstream_id")
+            .values(json=JSONObject(job="upstream_id", on="on"))
+        ),
+        "depends_on",
+    ),
 }
+
+
+class DependencyOutSerializer(serializers.Serializer):
+    job = serializers.IntegerField()
+    on = serializers.ChoiceField(choices=DependencyCondition.choices)
+
 
 JOB_FIELDS = (
     field("id", serializers.IntegerField()),
@@ -121,6 +147,14 @@ JOB_FIELDS = (
     field("cancel_requested_at", serializers.DateTimeField(allow_null=True), write=iso_datetime),
     field("dead_letter", serializers.BooleanField(read_only=True)),
     field("acknowledged_at", serializers.DateTimeField(allow_null=True), write=iso_datetime),
+    field("depends_on", DependencyOutSerializer(many=True, read_only=True)),
+    field("on_unsatisfied", serializers.ChoiceField(choices=OnUnsatisfied.choices)),
+    field("cancel_reason", serializers.CharField()),
+    field(
+        "workflow",
+        serializers.IntegerField(allow_null=True, help_text="Id of its workflow, if a step."),
+        "workflow_id",
+    ),
 )
 
 # Every column read, once each, in the table's order.

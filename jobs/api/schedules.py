@@ -18,7 +18,11 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
-from accounts.permissions import ChangeableObjectMixin, team_for_submission
+from accounts.permissions import (
+    ChangeableObjectMixin,
+    require_team_submitter,
+    team_for_submission,
+)
 from common.schema import refused
 from common.serializers import StrictSerializer
 
@@ -31,7 +35,7 @@ from ..schedules import (
     schedule_resume,
     schedule_update,
 )
-from ..selectors import schedule_list_visible, schedule_run_list
+from ..selectors import schedule_list_visible, schedule_run_list, workflow_template_list_visible
 from ..services.actions import JobStateError
 from .specs import definition_for_submission
 
@@ -44,7 +48,12 @@ VIEWERS_MAY_NOT_SCHEDULE = "Viewers may look at this team's schedules but not ch
 class ScheduleWriteSerializer(StrictSerializer):
     team = serializers.SlugField(required=False, help_text="Team slug; default the definition's.")
     name = serializers.CharField(max_length=200)
-    definition = serializers.IntegerField(help_text="Id of a job definition of the team.")
+    definition = serializers.IntegerField(
+        required=False, help_text="Id of a job definition of the team."
+    )
+    workflow_template = serializers.IntegerField(
+        required=False, help_text="Or the id of a workflow template of the team."
+    )
     cron = serializers.CharField(
         max_length=200,
         required=False,
@@ -73,9 +82,31 @@ class ScheduleWriteSerializer(StrictSerializer):
         user = self.context["request"].user
         return definition_for_submission(user=user, pk=pk, viewers_may_not=VIEWERS_MAY_NOT_SCHEDULE)
 
+    def validate_workflow_template(self, pk):
+        user = self.context["request"].user
+        template = workflow_template_list_visible(user=user).filter(pk=pk).first()
+        if template is None:
+            raise serializers.ValidationError("No workflow template with this id in your teams.")
+        require_team_submitter(
+            user=user, team_id=template.team_id, refusal=VIEWERS_MAY_NOT_SCHEDULE
+        )
+        return template
+
     def validate(self, attrs):
+        if self.instance is None and ("definition" in attrs) == ("workflow_template" in attrs):
+            raise serializers.ValidationError(
+                {"definition": ["Give exactly one of definition and workflow_template."]}
+            )
         if self.instance is None and "team" not in attrs:
-            attrs["team"] = attrs["definition"].team
+            attrs["team"] = (attrs.get("definition") or attrs["workflow_template"]).team
+        template = attrs.get("workflow_template")
+        if (
+            template is not None
+            and template.team_id != attrs.get("team", getattr(self.instance, "team", None)).pk
+        ):
+            raise serializers.ValidationError(
+                {"workflow_template": ["No workflow template with this id in the team."]}
+            )
         team = attrs.get("team") or getattr(self.instance, "team", None)
         definition = attrs.get("definition")
         if definition is not None and definition.team_id != team.pk:
@@ -104,6 +135,7 @@ class ScheduleRunSerializer(serializers.ModelSerializer):
             "catch_up",
             "cancelled_job",
             "error",
+            "workflow",
         ]
 
     def get_job_url(self, run) -> str | None:
@@ -112,7 +144,7 @@ class ScheduleRunSerializer(serializers.ModelSerializer):
 
 class ScheduleSerializer(serializers.ModelSerializer):
     team = serializers.CharField(source="team.slug")
-    definition_name = serializers.CharField(source="definition.name")
+    definition_name = serializers.CharField(source="definition.name", allow_null=True)
     kind = serializers.CharField()
     description = serializers.SerializerMethodField()
 
@@ -124,6 +156,7 @@ class ScheduleSerializer(serializers.ModelSerializer):
             "name",
             "definition",
             "definition_name",
+            "workflow_template",
             "kind",
             "cron",
             "timezone",
@@ -254,7 +287,7 @@ class ScheduleViewSet(
         serializer = ScheduleWriteSerializer(data=request.data, context={"request": request})
         serializer.is_valid(raise_exception=True)
         fields = dict(serializer.validated_data)
-        team, definition = fields.pop("team"), fields.pop("definition")
+        team, definition = fields.pop("team"), fields.pop("definition", None)
         schedule = schedule_create(
             team=team, definition=definition, fields=fields, user=request.user
         )

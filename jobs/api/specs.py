@@ -11,7 +11,7 @@ from accounts.selectors import team_list_submittable, team_list_visible
 from common.serializers import StrictSerializer
 from resources.models import DEFAULT_QUEUE_NAME
 
-from ..models import JobDefinition, JobKind
+from ..models import DependencyCondition, JobDefinition, JobKind, OnUnsatisfied
 from ..selectors import definition_list_visible
 from ..services.specs import job_spec_limit_errors
 
@@ -188,9 +188,26 @@ class JobSpecSerializer(SpecLimitsMixin, StrictSerializer):
         return attrs
 
 
+class DependencySerializer(StrictSerializer):
+    job = serializers.IntegerField(min_value=1, help_text="Id of a job of the same team.")
+    on = serializers.ChoiceField(
+        choices=DependencyCondition.choices, default=DependencyCondition.SUCCEEDED
+    )
+
+
 class JobSubmitSerializer(JobSpecSerializer):
     idempotency_key = serializers.CharField(max_length=200, required=False, default="")
     not_before = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    depends_on = DependencySerializer(
+        many=True,
+        required=False,
+        help_text='Jobs to wait for, e.g. [{"job": 12, "on": "succeeded"}]',
+    )
+    on_unsatisfied = serializers.ChoiceField(
+        choices=OnUnsatisfied.choices,
+        default=OnUnsatisfied.CANCEL,
+        help_text="When a dependency can never be met: cancel the job, or leave it waiting.",
+    )
 
 
 class DefinitionOverridesSerializer(SpecLimitsMixin, StrictSerializer):

@@ -39,7 +39,14 @@ from resources.placement import (
 from resources.routing import routes_known
 
 from ..accounting import Placement, placements_write
-from ..models import Job, JobExecution, JobStatus, PendingReason, execution_token
+from ..models import (
+    HELD_REASONS,
+    Job,
+    JobExecution,
+    JobStatus,
+    PendingReason,
+    execution_token,
+)
 from ..services.publishing import executions_publish_on_commit
 
 logger = logging.getLogger(__name__)
@@ -68,6 +75,7 @@ CROSS JOIN LATERAL (
       AND status = %(pending)s
       AND (not_before IS NULL OR not_before <= %(now)s)
       AND (%(reasons)s::text[] IS NULL OR pending_reason = ANY(%(reasons)s::text[]))
+      AND pending_reason <> ALL(%(held)s::text[])
     ORDER BY priority DESC, created_at, id
     LIMIT %(per_queue)s
     FOR UPDATE SKIP LOCKED
@@ -162,6 +170,7 @@ def lock_pending_jobs(
                 "per_queue": per_queue,
                 "reasons": list(reasons) if reasons is not None else None,
                 "live": list(LIVE_ALLOCATION_STATUSES),
+                "held": list(HELD_REASONS),
             },
         )
         rows = cursor.fetchall()

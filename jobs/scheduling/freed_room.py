@@ -18,6 +18,7 @@ from nodes.models import Node, NodeStatus
 from resources.placement import NodeSlot, Resources
 
 from ..models import JobExecution, PendingReason
+from ..services.executions import job_started_settle
 from .cycle import json_value, lock_pending_jobs, place
 
 # Placements on freed room serialize on this transaction-level advisory lock, so two
@@ -109,6 +110,8 @@ def place_on_freed_room(
         claim=claim,
         before_claim=before_claim,
     )
+    if claimed:
+        job_started_settle(job_ids=[e.job_id for e in claimed], now=now)
     return FreedRoomPlacements(
         claimed,
         result.placements[len(claimed) :],

@@ -12,7 +12,14 @@ from common.wakeup import scheduler_wake
 
 from ..accounting import allocation_release
 from ..models import TERMINAL_JOB_STATUSES, ExecutionStatus, Job, JobExecution, JobStatus
-from .retries import JOB_LIFECYCLE_FIELDS, job_after_attempt, job_end, job_plan_retry
+from .dependencies import dependents_rearm, workflows_refresh
+from .retries import (
+    JOB_LIFECYCLE_FIELDS,
+    job_after_attempt,
+    job_end,
+    job_ended_settle,
+    job_plan_retry,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +58,7 @@ def job_cancel(*, job: Job, user: User | None = None) -> Job:
         else:
             job.cancel_requested_at = job.cancel_requested_at or now
         job.save(update_fields=[*JOB_LIFECYCLE_FIELDS, "cancel_requested_at"])
+        job_ended_settle(job, now=now)
         scheduler_wake()
     logger.info(
         "job cancel job=%s by=%s status=%s", job.id, user.username if user else "-", job.status
@@ -72,7 +80,19 @@ def job_requeue(*, job: Job, user: User | None = None) -> Job:
             job=job, reason=f"requeued by {who}", delay_seconds=0, now=now, requested_by=user
         )
         job.acknowledged_at = job.cancel_requested_at = None
-        job.save(update_fields=[*JOB_LIFECYCLE_FIELDS, "acknowledged_at", "cancel_requested_at"])
+        job.cancel_reason = ""
+        job.save(
+            update_fields=[
+                *JOB_LIFECYCLE_FIELDS,
+                "acknowledged_at",
+                "cancel_requested_at",
+                "cancel_reason",
+            ]
+        )
+        # The dependents it had cancelled wait for it again.
+        dependents_rearm(job=job)
+        if job.workflow_id is not None:
+            workflows_refresh(workflow_ids=[job.workflow_id], now=now)
         scheduler_wake()
     return job
 

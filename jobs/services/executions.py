@@ -19,7 +19,8 @@ from django.utils import timezone
 from common.wakeup import scheduler_wake
 
 from ..accounting import Success, allocation_release, claim_execution, successes_finish
-from ..models import ExecutionStatus, Job, JobExecution
+from ..models import DependencyCondition, ExecutionStatus, Job, JobDependency, JobExecution
+from .dependencies import dependents_settle
 from .retries import job_after_attempt
 
 logger = logging.getLogger(__name__)
@@ -32,8 +33,10 @@ def execution_claim(*, token: str, node_id: int) -> JobExecution | None:
     Returns None, and changes nothing, if the token is unknown, not meant for this node,
     or already claimed or finished: that message was a duplicate or stale.
     """
-    execution = claim_execution(token=token, node_id=node_id, now=timezone.now())
+    now = timezone.now()
+    execution = claim_execution(token=token, node_id=node_id, now=now)
     if execution is not None:
+        job_started_settle(job_ids=[execution.job_id], now=now)
         logger.info(
             "execution claimed job=%s attempt=%s node=%s token=%s",
             execution.job_id,
@@ -113,9 +116,25 @@ def executions_finish_succeeded(
     are for `execution_finish` to decide."""
     if not successes:
         return {}
-    ended = successes_finish(successes, now=timezone.now(), wake=wake)
+    now = timezone.now()
+    # One transaction with the dependents' release (a savepoint-free part of the
+    # caller's, when there is one).
+    with transaction.atomic(savepoint=False):
+        ended = successes_finish(successes, now=now, wake=wake)
+        if ended.to_settle:
+            dependents_settle(upstream_ids=ended.to_settle, now=now)
     for token, job_id in ended.items():
         logger.info(
             "execution finished job=%s token=%s status=succeeded exit_code=0", job_id, token
         )
     return ended
+
+
+def job_started_settle(*, job_ids: list[int], now) -> None:
+    """Release what waits for these jobs to start (claimed just now). The claim commits
+    on its own, as one statement; should this process die before the release, the
+    upstream's end settles the same dependents again."""
+    started = JobDependency.objects.filter(upstream_id__in=job_ids, on=DependencyCondition.STARTED)
+    if started.exists():
+        with transaction.atomic():
+            dependents_settle(upstream_ids=job_ids, now=now)

@@ -7,7 +7,15 @@ from datetime import timedelta
 
 from accounts.models import User
 
-from ..models import ExecutionStatus, Job, JobRetry, JobStatus, PendingReason
+from ..models import (
+    TERMINAL_JOB_STATUSES,
+    ExecutionStatus,
+    Job,
+    JobRetry,
+    JobStatus,
+    PendingReason,
+)
+from .dependencies import dependents_settle
 
 logger = logging.getLogger(__name__)
 
@@ -68,3 +76,10 @@ def job_after_attempt(job: Job, *, status: str, error: str, now) -> None:
     else:
         job_end(job, JobStatus.FAILED, now)
     job.save(update_fields=JOB_LIFECYCLE_FIELDS)
+    job_ended_settle(job, now=now)
+
+
+def job_ended_settle(job: Job, *, now) -> None:
+    """Once a locked job's end is saved: settle what waits on it, in the same transaction."""
+    if job.status in TERMINAL_JOB_STATUSES:
+        dependents_settle(upstream_ids=[job.pk], now=now)

@@ -9,7 +9,8 @@ from django.db import IntegrityError, transaction
 from accounts.models import Team, User
 from common.wakeup import ARRIVAL, scheduler_wake
 
-from ..models import Job
+from ..models import Job, PendingReason
+from .dependencies import job_dependencies_check, job_dependencies_lock, job_dependencies_record
 from .specs import job_spec_check
 
 logger = logging.getLogger(__name__)
@@ -24,20 +25,30 @@ class Submission:
 def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submission:
     """Accept a job for `team`. `spec` holds validated JobSpec fields, with `queue` as a
     queue name (the default queue when absent), plus the job's own `idempotency_key` and
-    `not_before`, and the `definition` it was made from, if any. Resubmitting a known
-    idempotency key returns the first job unchanged."""
+    `not_before`, and the `definition` it was made from, if any; `depends_on` (upstream
+    job ids and conditions) and `on_unsatisfied` make it wait for other jobs of the team.
+    Resubmitting a known idempotency key returns the first job unchanged."""
+    spec = dict(spec)
+    depends_on = spec.pop("depends_on", None) or []
     key = spec.get("idempotency_key", "")
     if key:
         existing = Job.objects.filter(team=team, idempotency_key=key).first()
         if existing is not None:
             return Submission(job=existing, created=False)
     queue = job_spec_check(team=team, spec=spec)
+    if depends_on:
+        job_dependencies_check(team=team, depends_on=depends_on)
+        spec["pending_reason"] = PendingReason.WAITING_DEPENDENCIES
     # On its own the INSERT commits by itself, and the wake-up follows it; inside a
-    # caller's transaction it is a savepoint, so a lost key race leaves that usable.
+    # caller's transaction it is a savepoint, so a lost key race leaves that usable. With
+    # dependencies, the job, its dependencies and its first settling are one transaction.
     in_transaction = transaction.get_connection().in_atomic_block
     try:
-        with transaction.atomic() if in_transaction else contextlib.nullcontext():
+        with transaction.atomic() if in_transaction or depends_on else contextlib.nullcontext():
+            job_dependencies_lock(depends_on=depends_on)
             job = Job.objects.create(team=team, submitted_by=user, **{**spec, "queue": queue})
+            if depends_on:
+                job_dependencies_record(job=job, depends_on=depends_on)
     except IntegrityError:
         # A concurrent submission with the same key won the race; return its job.
         existing = Job.objects.filter(team=team, idempotency_key=key).first() if key else None
