@@ -6,7 +6,14 @@ from django.utils.html import format_html
 
 from accounts.audit import AuditedModelAdmin
 
-from .models import Job, JobDefinition, JobExecution, JobSchedule, JobScheduleRun
+from .models import (
+    ConcurrencyLimit,
+    Job,
+    JobDefinition,
+    JobExecution,
+    JobSchedule,
+    JobScheduleRun,
+)
 from .schedule_times import describe
 from .schedules import (
     SCHEDULE_FIELDS,
@@ -16,6 +23,11 @@ from .schedules import (
     schedule_resume,
     schedule_update,
     schedule_validate,
+)
+from .services.concurrency_limits import (
+    concurrency_limit_create,
+    concurrency_limit_delete,
+    concurrency_limit_update,
 )
 from .services.definitions import (
     DEFINITION_SPEC_FIELDS,
@@ -110,7 +122,7 @@ class JobAdmin(AuditedModelAdmin):
         "finished_at",
     ]
     list_filter = ["status", "pending_reason", "team", "queue"]
-    search_fields = ["name", "idempotency_key"]
+    search_fields = ["name", "idempotency_key", "concurrency_key"]
     list_select_related = ["team", "last_execution__node"]
     date_hierarchy = "created_at"
     inlines = [JobExecutionInline]
@@ -253,3 +265,34 @@ class JobScheduleAdmin(AuditedModelAdmin):
     def resume(self, request, queryset):
         for schedule in queryset:
             schedule_resume(schedule=schedule)
+
+
+@admin.register(ConcurrencyLimit)
+class ConcurrencyLimitAdmin(AuditedModelAdmin):
+    """Saves and deletes go through the limit services, which wake the scheduler."""
+
+    list_display = ["key", "team", "max_running", "updated_at"]
+    list_filter = ["team"]
+    search_fields = ["key"]
+    list_select_related = ["team"]
+    fields = ["team", "key", "max_running"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["team"] if obj is not None else []
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            fields = {"key": obj.key, "max_running": obj.max_running}
+            saved = concurrency_limit_update(limit=obj, fields=fields)
+        else:
+            saved = concurrency_limit_create(
+                team=obj.team, key=obj.key, max_running=obj.max_running
+            )
+        obj.pk = saved.pk
+
+    def delete_model(self, request, obj):
+        concurrency_limit_delete(limit=obj)
+
+    def delete_queryset(self, request, queryset):
+        for limit in queryset:
+            concurrency_limit_delete(limit=limit)

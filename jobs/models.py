@@ -20,6 +20,8 @@ class JobStatus(models.TextChoices):
 
 
 TERMINAL_JOB_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+# Placed and not finished: what holds a concurrency slot.
+ACTIVE_JOB_STATUSES = (JobStatus.RESERVED, JobStatus.RUNNING)
 
 
 class PendingReason(models.TextChoices):
@@ -31,6 +33,13 @@ class PendingReason(models.TextChoices):
     QUEUE_QUOTA = "queue_quota", "Queue quota reached"
     UNSCHEDULABLE = "unschedulable", "No node could ever hold it"
     NODE_SELECTOR = "node_selector", "No ready node matches the node selector"
+    CONCURRENCY_LIMIT = "concurrency_limit", "Its team's concurrency limit for its key is reached"
+    WAITING_ARRAY_SLOT = "waiting_array_slot", "Waiting for a slot of its array's parallelism"
+
+
+# A pending job with one of these reasons is held: no scheduling cycle considers it until
+# whoever holds it releases it (sets its reason to '' and wakes the scheduler).
+HELD_REASONS = (PendingReason.WAITING_ARRAY_SLOT,)
 
 
 # Names for pending jobs with no reason stored. A job no cycle has looked at yet waits
@@ -73,6 +82,11 @@ class JobSpec(models.Model):
     retry_backoff_seconds = models.PositiveIntegerField(default=10)
     timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
     node_selector = models.JSONField(default=dict, blank=True, help_text='e.g. {"zone": "b"}')
+    concurrency_key = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text='At most its team\'s ConcurrencyLimit for this key run at once, e.g. "db"',
+    )
 
     class Meta:
         abstract = True
@@ -177,7 +191,7 @@ class Job(JobSpec):
                 F("created_at"),
                 F("id"),
                 name="job_pending_by_queue",
-                condition=Q(status=JobStatus.PENDING),
+                condition=Q(status=JobStatus.PENDING) & ~Q(pending_reason__in=HELD_REASONS),
             ),
             # Used by the jobs list: newest first, by cursor, alone or under one filter
             # (a member's list is also filtered by team).
@@ -198,6 +212,13 @@ class Job(JobSpec):
                 F("id").desc(),
                 name="job_dead_letter",
                 condition=DEAD_LETTER,
+            ),
+            # Used by placement: the jobs of a team's concurrency key that hold a slot.
+            models.Index(
+                F("team"),
+                F("concurrency_key"),
+                name="job_active_by_concurrency_key",
+                condition=Q(status__in=ACTIVE_JOB_STATUSES) & ~Q(concurrency_key=""),
             ),
         ]
 
@@ -442,3 +463,29 @@ class JobScheduleRun(models.Model):
 
     def __str__(self):
         return f"{self.schedule} at {self.due_at.isoformat()}: {self.outcome}"
+
+
+class ConcurrencyLimit(models.Model):
+    """The most jobs of one team with one `concurrency_key` that may be placed or running
+    at once. Placement locks the row, so two placers cannot both take its last slot."""
+
+    team = models.ForeignKey(
+        "accounts.Team", on_delete=models.CASCADE, related_name="concurrency_limits"
+    )
+    key = models.CharField(max_length=100, help_text='The jobs\' concurrency_key, e.g. "db"')
+    max_running = models.PositiveIntegerField(help_text="0 holds every job with the key.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["key", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["team", "key"], name="concurrency_limit_team_key"),
+            models.CheckConstraint(
+                condition=Q(max_running__gte=0), name="concurrency_limit_max_running_valid"
+            ),
+            models.CheckConstraint(condition=~Q(key=""), name="concurrency_limit_key_not_empty"),
+        ]
+
+    def __str__(self):
+        return f"{self.team}/{self.key}: at most {self.max_running}"

@@ -6,7 +6,14 @@ from django.db.models.functions import Coalesce
 from accounts.models import User
 from accounts.selectors import team_list_visible
 
-from .models import Job, JobDefinition, JobExecution, JobSchedule, JobScheduleRun
+from .models import (
+    ConcurrencyLimit,
+    Job,
+    JobDefinition,
+    JobExecution,
+    JobSchedule,
+    JobScheduleRun,
+)
 
 
 def job_list_visible(*, user: User) -> QuerySet[Job]:
@@ -58,3 +65,11 @@ def definition_list_visible(*, user: User) -> QuerySet[JobDefinition]:
     if user.is_staff:
         return definitions
     return definitions.filter(team__memberships__user=user)
+
+
+def concurrency_limit_list_visible(*, user: User) -> QuerySet[ConcurrencyLimit]:
+    """The concurrency limits of the user's teams (all of them for staff)."""
+    limits = ConcurrencyLimit.objects.select_related("team")
+    if user.is_staff:
+        return limits
+    return limits.filter(team__memberships__user=user)

@@ -16,7 +16,14 @@ from rest_framework.test import APIClient
 
 from accounts.models import Role, Team, User
 from accounts.services import api_token_issue, audit_event_record, team_add_member
-from jobs.models import ExecutionStatus, Job, JobDefinition, JobExecution, JobStatus
+from jobs.models import (
+    ConcurrencyLimit,
+    ExecutionStatus,
+    Job,
+    JobDefinition,
+    JobExecution,
+    JobStatus,
+)
 from jobs.schedules import schedule_create
 from jobs.scheduling.cycle import place_pending_jobs
 from jobs.services.executions import execution_claim
@@ -38,6 +45,7 @@ AZURE_MARKS = (
     "ada-admin",
     "azure-def-mark",
     "azure-sched-mark",
+    "azure-limit-mark",
     "mem-azure",
     "vic-viewer",
 )
@@ -50,6 +58,7 @@ CRIMSON_MARKS = (
     "cam-crimson",
     "crimson-def-mark",
     "crimson-sched-mark",
+    "crimson-limit-mark",
 )
 AZURE_JOBS, CRIMSON_JOBS = 3, 4
 
@@ -173,6 +182,27 @@ ENDPOINTS = [
     Endpoint("POST", "/api/schedules/{schedule}/pause/", azure_only(200, viewer=403)),
     Endpoint("POST", "/api/schedules/{schedule}/resume/", azure_only(200, viewer=403)),
     Endpoint("DELETE", "/api/schedules/{schedule}/", azure_only(204, viewer=403)),
+    # --- concurrency limits
+    Endpoint(
+        "GET",
+        "/api/concurrency-limits/",
+        everyone(200),
+        counts={"azure-team": 1, "crimson-team": 1},
+    ),
+    Endpoint("GET", "/api/concurrency-limits/{concurrency_limit}/", azure_only(200)),
+    Endpoint(
+        "POST",
+        "/api/concurrency-limits/",
+        azure_only(201, viewer=403, outsider=400),
+        data={"team": "azure-team", "key": "new", "max_running": 1},
+    ),
+    Endpoint(
+        "PATCH",
+        "/api/concurrency-limits/{concurrency_limit}/",
+        azure_only(200, viewer=403),
+        data={"max_running": 3},
+    ),
+    Endpoint("DELETE", "/api/concurrency-limits/{concurrency_limit}/", azure_only(204, viewer=403)),
     # --- nodes
     Endpoint("GET", "/api/nodes/", everyone(200)),
     Endpoint("GET", "/api/nodes/iso-node/", everyone(200)),
@@ -265,6 +295,7 @@ def world(default_queue):
             definition=definition,
             fields={"name": f"{mark}-sched-mark", "interval_seconds": 3600},
         )
+        limit = ConcurrencyLimit.objects.create(team=team, key=f"{mark}-limit-mark", max_running=2)
         if team == azure:
             objects |= {
                 "definition": definition.pk,
@@ -274,6 +305,7 @@ def world(default_queue):
                 "failed_job": failed.pk,
                 "pending_job": pending[0].pk,
                 "allocation": Allocation.objects.get(execution=execution).pk,
+                "concurrency_limit": limit.pk,
             }
     assert JobExecution.objects.filter(status=ExecutionStatus.RUNNING).count() == 2
     objects["member_token"] = api_token_issue(user=users["member"], name="spare").token.pk
@@ -353,6 +385,7 @@ def test_the_matrix_covers_every_api_route():
             "schedule",
             "definition",
             "spare_definition",
+            "concurrency_limit",
         ),
         1,
     )
@@ -370,6 +403,7 @@ def test_the_matrix_covers_every_api_route():
         ("/api/audit/", ["AZURE-AUDIT-MARK", "CRIMSON-AUDIT-MARK"]),
         ("/api/schedules/", ["azure-sched-mark", "crimson-sched-mark"]),
         ("/api/definitions/", ["azure-def-mark", "crimson-def-mark"]),
+        ("/api/concurrency-limits/", ["azure-limit-mark", "crimson-limit-mark"]),
         ("/api/resources/usage/", ["azure-team", "crimson-team", "azure-q", "crimson-q"]),
         ("/api/metrics/summary/", ["azure-q", "crimson-q"]),
     ],

@@ -121,6 +121,7 @@ JOB_FIELDS = (
     field("cancel_requested_at", serializers.DateTimeField(allow_null=True), write=iso_datetime),
     field("dead_letter", serializers.BooleanField(read_only=True)),
     field("acknowledged_at", serializers.DateTimeField(allow_null=True), write=iso_datetime),
+    field("concurrency_key", serializers.CharField()),
 )
 
 # Every column read, once each, in the table's order.

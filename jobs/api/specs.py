@@ -18,6 +18,8 @@ from ..services.specs import job_spec_limit_errors
 MAX_ARGV = 256
 MAX_ARG_LENGTH = 8192
 VIEWERS_MAY_NOT_SUBMIT = "Viewers may look at this team's jobs but not submit them."
+CONCURRENCY_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$"
+CONCURRENCY_KEY_INVALID = "Letters, digits and _ . : / -, starting with a letter or digit."
 
 
 class ResourcesSerializer(StrictSerializer):
@@ -72,6 +74,18 @@ def parameters_field(**kwargs):
     )
 
 
+def concurrency_key_field(**kwargs):
+    return serializers.RegexField(
+        CONCURRENCY_KEY_PATTERN,
+        max_length=100,
+        allow_blank=True,
+        error_messages={"invalid": CONCURRENCY_KEY_INVALID},
+        help_text="Jobs of a team with the same key run at most its concurrency limit at "
+        'once, e.g. "db"',
+        **kwargs,
+    )
+
+
 def definition_for_submission(*, user, pk: int, viewers_may_not: str) -> JobDefinition:
     """The definition with this id, if the user may submit jobs made from it; a viewer of
     its team gets a 403 saying `viewers_may_not`, anyone else a validation error."""
@@ -116,6 +130,7 @@ class JobSpecSerializer(SpecLimitsMixin, StrictSerializer):
     node_selector = serializers.DictField(
         child=serializers.CharField(max_length=63), required=False, default=dict
     )
+    concurrency_key = concurrency_key_field(required=False, default="")
 
     def validate_team(self, slug):
         if self.instance is not None:

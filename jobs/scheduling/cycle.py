@@ -39,8 +39,16 @@ from resources.placement import (
 from resources.routing import routes_known
 
 from ..accounting import Placement, placements_write
-from ..models import Job, JobExecution, JobStatus, PendingReason, execution_token
+from ..models import (
+    HELD_REASONS,
+    Job,
+    JobExecution,
+    JobStatus,
+    PendingReason,
+    execution_token,
+)
 from ..services.publishing import executions_publish_on_commit
+from .concurrency import concurrency_slots_lock
 
 logger = logging.getLogger(__name__)
 
@@ -56,18 +64,20 @@ logger = logging.getLogger(__name__)
 # start from every job of it.
 PENDING_JOBS_SQL = """
 SELECT j.id, j.queue_id, j.cpu_millis, j.memory_mb, j.gpu, j.node_selector, j.attempts,
-       j.pending_reason, q.name, q.weight, q.priority, q.strategy, q.quota_cpu_millis,
-       q.quota_memory_mb, q.quota_gpu, coalesce(usage.cpu_millis, 0),
+       j.pending_reason, j.team_id, j.concurrency_key, q.name, q.weight, q.priority,
+       q.strategy, q.quota_cpu_millis, q.quota_memory_mb, q.quota_gpu,
+       coalesce(usage.cpu_millis, 0),
        coalesce(usage.memory_mb, 0), coalesce(usage.gpu, 0)
 FROM resources_queue q
 CROSS JOIN LATERAL (
     SELECT id, queue_id, cpu_millis, memory_mb, gpu, node_selector, attempts, pending_reason,
-           priority, created_at
+           team_id, concurrency_key, priority, created_at
     FROM jobs_job
     WHERE queue_id = q.id
       AND status = %(pending)s
       AND (not_before IS NULL OR not_before <= %(now)s)
       AND (%(reasons)s::text[] IS NULL OR pending_reason = ANY(%(reasons)s::text[]))
+      AND pending_reason <> ALL(%(held)s::text[])
     ORDER BY priority DESC, created_at, id
     LIMIT %(per_queue)s
     FOR UPDATE SKIP LOCKED
@@ -162,14 +172,16 @@ def lock_pending_jobs(
                 "per_queue": per_queue,
                 "reasons": list(reasons) if reasons is not None else None,
                 "live": list(LIVE_ALLOCATION_STATUSES),
+                "held": list(HELD_REASONS),
             },
         )
         rows = cursor.fetchall()
     pending, queues = [], {}
     for row in rows:
-        job_id, queue_id, cpu, memory, gpu, selector, attempts, reason, *queue = row
+        job_id, queue_id, cpu, memory, gpu, selector, attempts, reason, team_id, key, *queue = row
         request = Request(cpu, memory, gpu, json_value(selector) or {})
-        pending.append(_Pending(PendingJob(job_id, queue_id, request), attempts, reason))
+        limit_key = (team_id, key) if key else None
+        pending.append(_Pending(PendingJob(job_id, queue_id, request, limit_key), attempts, reason))
         if queue_id not in queues:
             name, weight, priority, strategy, quota_cpu, quota_memory, quota_gpu, *used = queue
             queues[queue_id] = QueueState(
@@ -253,7 +265,11 @@ def place(
     per_queue = Counter(p.job.queue_id for p in pending)
     result.batch_full = max(per_queue.values()) >= window
     plan = plan_placements(
-        jobs=[p.job for p in pending], queues=queues, nodes=slots, capacity=capacity
+        jobs=[p.job for p in pending],
+        queues=queues,
+        nodes=slots,
+        capacity=capacity,
+        limit_slots=concurrency_slots_lock({p.job.limit_key for p in pending} - {None}),
     )
     claimed = []
     if plan.placements:
