@@ -276,11 +276,20 @@ WITH outcome AS MATERIALIZED (
     UPDATE jobs_job j
        SET status = %(job_succeeded)s, pending_reason = %(no_reason)s, finished_at = %(now)s
       FROM execution WHERE j.id = execution.job_id
+    RETURNING j.id, j.array_parent_id
 ), {_RELEASE}
-SELECT execution.token, execution.job_id,
+SELECT execution.token, execution.job_id, job_ended.array_parent_id,
        CASE WHEN %(wake)s THEN pg_notify(%(channel)s, '') END
-  FROM execution
+  FROM execution JOIN job_ended ON job_ended.id = execution.job_id
 """
+
+
+class EndedSuccesses(dict):
+    """{token: job id} of the successes ended, and the array jobs whose tasks they were."""
+
+    def __init__(self, rows=(), array_ids=()):
+        super().__init__(rows)
+        self.array_ids = set(array_ids)
 
 
 @dataclass(frozen=True)
@@ -290,10 +299,10 @@ class Success:
     log_tail: str = ""
 
 
-def successes_finish(successes: Sequence[Success], *, now, wake: bool) -> dict[str, int]:
+def successes_finish(successes: Sequence[Success], *, now, wake: bool) -> EndedSuccesses:
     """End the running executions that succeeded: execution, job, allocation and node
     counters, and (with `wake`) a wake-up for the scheduler. Returns {token: job id} of
-    those it ended."""
+    those it ended, with the arrays they were tasks of."""
     with prepared_cursor() as cursor:
         cursor.execute(
             _FINISH_SUCCEEDED_SQL,
@@ -312,7 +321,11 @@ def successes_finish(successes: Sequence[Success], *, now, wake: bool) -> dict[s
                 **_RELEASE_PARAMETERS,
             },
         )
-        return {token: job_id for token, job_id, _ in cursor.fetchall()}
+        rows = cursor.fetchall()
+    return EndedSuccesses(
+        ((token, job_id) for token, job_id, _, _ in rows),
+        (array_id for _, _, array_id, _ in rows if array_id is not None),
+    )
 
 
 # --- Releasing ------------------------------------------------------------------------

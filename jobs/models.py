@@ -157,6 +157,14 @@ class Job(JobSpec):
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
     # A failed job is in the dead-letter view until it is requeued or acknowledged.
     acknowledged_at = models.DateTimeField(null=True, blank=True)
+    # An array job runs as `array_count` tasks (jobs with it as `array_parent`), at most
+    # `array_parallelism` of them at once; it has no execution of its own.
+    array_count = models.PositiveIntegerField(null=True, blank=True)
+    array_parallelism = models.PositiveIntegerField(null=True, blank=True)
+    array_parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="array_tasks"
+    )
+    array_index = models.PositiveIntegerField(null=True, blank=True)
 
     objects = JobQuerySet.as_manager()
 
@@ -181,6 +189,26 @@ class Job(JobSpec):
                 name="job_idempotency_key_unique_per_team",
             ),
             kind_matches_target("job"),
+            models.CheckConstraint(
+                condition=Q(array_count__isnull=True, array_parallelism__isnull=True)
+                | Q(array_count__gte=1, array_parallelism__gte=1),
+                name="job_array_count_and_parallelism",
+            ),
+            models.CheckConstraint(
+                condition=Q(array_parent__isnull=True, array_index__isnull=True)
+                | Q(
+                    array_parent__isnull=False, array_index__isnull=False, array_count__isnull=True
+                ),
+                name="job_array_task_has_index",
+            ),
+            models.CheckConstraint(
+                condition=~Q(pending_reason=PendingReason.WAITING_ARRAY_SLOT)
+                | Q(array_parent__isnull=False),
+                name="job_array_slot_only_for_tasks",
+            ),
+            models.UniqueConstraint(
+                fields=["array_parent", "array_index"], name="job_array_index_unique"
+            ),
         ]
         indexes = [
             # Used by the scheduling cycle: each queue's pending jobs, highest priority
@@ -218,7 +246,9 @@ class Job(JobSpec):
                 F("team"),
                 F("concurrency_key"),
                 name="job_active_by_concurrency_key",
-                condition=Q(status__in=ACTIVE_JOB_STATUSES) & ~Q(concurrency_key=""),
+                condition=Q(status__in=ACTIVE_JOB_STATUSES)
+                & ~Q(concurrency_key="")
+                & Q(array_count__isnull=True),
             ),
         ]
 

@@ -13,6 +13,7 @@ from .models import (
     JobExecution,
     JobSchedule,
     JobScheduleRun,
+    JobStatus,
 )
 
 
@@ -73,3 +74,11 @@ def concurrency_limit_list_visible(*, user: User) -> QuerySet[ConcurrencyLimit]:
     if user.is_staff:
         return limits
     return limits.filter(team__memberships__user=user)
+
+
+def array_task_counts(*, array: Job) -> dict[str, int]:
+    """How many of an array job's tasks are in each status (every status named)."""
+    counts = dict.fromkeys(JobStatus.values, 0)
+    rows = array.array_tasks.order_by().values("status").annotate(n=Count("id"))
+    counts.update({row["status"]: row["n"] for row in rows})
+    return counts

@@ -306,7 +306,10 @@ def _concurrency_limit_summary(job: Job) -> str:
     if limit is None:  # removed since the last cycle looked
         return f"Its key {job.concurrency_key!r} has no limit now; the next cycle should place it."
     active = Job.objects.filter(
-        team_id=job.team_id, concurrency_key=job.concurrency_key, status__in=ACTIVE_JOB_STATUSES
+        team_id=job.team_id,
+        concurrency_key=job.concurrency_key,
+        status__in=ACTIVE_JOB_STATUSES,
+        array_count__isnull=True,
     ).count()
     return (
         f"The team's concurrency limit for key {job.concurrency_key!r} allows "

@@ -27,6 +27,7 @@ from jobs.models import (
 from jobs.schedules import schedule_create
 from jobs.scheduling.cycle import place_pending_jobs
 from jobs.services.executions import execution_claim
+from jobs.services.submission import job_submit
 from nodes.models import Node
 from resources.models import Allocation, Queue
 
@@ -100,7 +101,8 @@ def members_own(code):
 
 
 STAFF_ONLY = everyone(403)
-COUNTS_OF_JOBS = {"azure-team": AZURE_JOBS, "crimson-team": CRIMSON_JOBS}
+# Azure also has an array job of two tasks: three jobs more.
+COUNTS_OF_JOBS = {"azure-team": AZURE_JOBS + 3, "crimson-team": CRIMSON_JOBS}
 NEW_JOB = {"name": "new", "command": ["true"], "team": "azure-team"}
 NEW_DEFINITION = {**NEW_JOB, "queue": "azure-q"}
 NODE = {"name": "iso-node", "cpu": 8, "memory_mb": 8192}
@@ -130,6 +132,20 @@ ENDPOINTS = [
     Endpoint("POST", "/api/jobs/{pending_job}/cancel/", azure_only(200, viewer=403)),
     Endpoint("POST", "/api/jobs/{failed_job}/retry/", azure_only(200, viewer=403)),
     Endpoint("POST", "/api/jobs/{failed_job}/acknowledge/", azure_only(200, viewer=403)),
+    Endpoint("GET", "/api/jobs/{array_job}/", azure_only(200)),
+    Endpoint(
+        "PATCH",
+        "/api/jobs/{array_job}/parallelism/",
+        azure_only(200, viewer=403),
+        data={"parallelism": 2},
+    ),
+    Endpoint(
+        "POST",
+        "/api/jobs/{array_job}/parallelism/",
+        azure_only(200, viewer=403),
+        data={"parallelism": 1},
+    ),
+    Endpoint("POST", "/api/jobs/{array_job}/cancel/", azure_only(200, viewer=403)),
     # --- definitions
     Endpoint(
         "GET", "/api/definitions/", everyone(200), counts={"azure-team": 2, "crimson-team": 2}
@@ -306,6 +322,18 @@ def world(default_queue):
                 "pending_job": pending[0].pk,
                 "allocation": Allocation.objects.get(execution=execution).pk,
                 "concurrency_limit": limit.pk,
+                "array_job": job_submit(
+                    team=team,
+                    spec={
+                        "name": f"{mark}-job-mark-array",
+                        "command": ["true"],
+                        "cpu_millis": 1000,
+                        "memory_mb": 100,
+                        "gpu": 0,
+                        "queue": queues[mark].name,
+                        "array": {"count": 2, "parallelism": 1},
+                    },
+                ).job.pk,
             }
     assert JobExecution.objects.filter(status=ExecutionStatus.RUNNING).count() == 2
     objects["member_token"] = api_token_issue(user=users["member"], name="spare").token.pk
@@ -386,6 +414,7 @@ def test_the_matrix_covers_every_api_route():
             "definition",
             "spare_definition",
             "concurrency_limit",
+            "array_job",
         ),
         1,
     )

@@ -13,7 +13,8 @@ from resources.models import DEFAULT_QUEUE_NAME
 
 from ..models import JobDefinition, JobKind
 from ..selectors import definition_list_visible
-from ..services.specs import job_spec_limit_errors
+from ..services.arrays import MAX_ARRAY_COUNT
+from ..services.specs import MAX_ENV, job_spec_limit_errors
 
 MAX_ARGV = 256
 MAX_ARG_LENGTH = 8192
@@ -203,9 +204,34 @@ class JobSpecSerializer(SpecLimitsMixin, StrictSerializer):
         return attrs
 
 
+class ArraySerializer(StrictSerializer):
+    count = serializers.IntegerField(
+        min_value=1, max_value=MAX_ARRAY_COUNT, help_text="Tasks, with JOB_ARRAY_INDEX 0..count-1"
+    )
+    parallelism = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_ARRAY_COUNT,
+        required=False,
+        help_text="Most tasks running at once; default all of them.",
+    )
+
+    def validate(self, attrs):
+        attrs.setdefault("parallelism", attrs["count"])
+        return attrs
+
+
 class JobSubmitSerializer(JobSpecSerializer):
     idempotency_key = serializers.CharField(max_length=200, required=False, default="")
     not_before = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    array = ArraySerializer(required=False, help_text="Run as an array of `count` tasks.")
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        if "array" in attrs and len(attrs.get("env", {})) >= MAX_ENV:
+            raise serializers.ValidationError(
+                {"env": [f"At most {MAX_ENV - 1} variables in an array job's tasks."]}
+            )
+        return attrs
 
 
 class DefinitionOverridesSerializer(SpecLimitsMixin, StrictSerializer):

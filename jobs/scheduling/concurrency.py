@@ -21,13 +21,15 @@ SELECT l.id, l.team_id, l.key, l.max_running
  ORDER BY l.id
    FOR UPDATE OF l
 """
-# Served by the job_active_by_concurrency_key index.
+# Served by the job_active_by_concurrency_key index. An array job holds no slot itself:
+# its tasks do.
 ACTIVE_BY_KEY_SQL = """
 SELECT j.team_id, j.concurrency_key, count(*)
   FROM jobs_job j
   JOIN unnest(%(teams)s::bigint[], %(keys)s::text[]) AS wanted(team_id, key)
     ON wanted.team_id = j.team_id AND wanted.key = j.concurrency_key
  WHERE j.status = ANY(%(active)s::text[]) AND j.concurrency_key <> ''
+   AND j.array_count IS NULL
  GROUP BY j.team_id, j.concurrency_key
 """
 

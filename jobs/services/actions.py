@@ -12,6 +12,7 @@ from common.wakeup import scheduler_wake
 
 from ..accounting import allocation_release
 from ..models import TERMINAL_JOB_STATUSES, ExecutionStatus, Job, JobExecution, JobStatus
+from .array_slots import array_task_ended
 from .retries import JOB_LIFECYCLE_FIELDS, job_after_attempt, job_end, job_plan_retry
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def job_cancel(*, job: Job, user: User | None = None) -> Job:
         else:
             job.cancel_requested_at = job.cancel_requested_at or now
         job.save(update_fields=[*JOB_LIFECYCLE_FIELDS, "cancel_requested_at"])
+        array_task_ended(job)
         scheduler_wake()
     logger.info(
         "job cancel job=%s by=%s status=%s", job.id, user.username if user else "-", job.status
@@ -114,6 +116,7 @@ def execution_release_stuck(*, execution_id: int, released_by: str) -> bool:
         released = allocation_release(execution_id=execution_id, now=now)
         if not (ended or released):
             return False
+        array_task_ended(job)
         scheduler_wake()
     logger.warning(
         "allocation released by an operator job=%s execution=%s by=%s job_status=%s",

@@ -20,6 +20,7 @@ from common.wakeup import scheduler_wake
 
 from ..accounting import Success, allocation_release, claim_execution, successes_finish
 from ..models import ExecutionStatus, Job, JobExecution
+from .array_slots import array_slots_release, array_task_ended
 from .retries import job_after_attempt
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ def execution_finish(
         scheduler_wake()
         # Last, so the node row (every finish and every cycle needs it) is held briefly.
         allocation_release(execution_id=execution_id, now=now)
+        array_task_ended(job)
     logger.info(
         "execution finished job=%s token=%s status=%s exit_code=%s error=%r job_status=%s",
         job.id,
@@ -113,7 +115,11 @@ def executions_finish_succeeded(
     are for `execution_finish` to decide."""
     if not successes:
         return {}
-    ended = successes_finish(successes, now=timezone.now(), wake=wake)
+    # One transaction with the slots the arrays' tasks free (no savepoint inside a
+    # caller's: the agent's batch rolls back whole).
+    with transaction.atomic(savepoint=False):
+        ended = successes_finish(successes, now=timezone.now(), wake=wake)
+        array_slots_release(array_ids=ended.array_ids)
     for token, job_id in ended.items():
         logger.info(
             "execution finished job=%s token=%s status=succeeded exit_code=0", job_id, token

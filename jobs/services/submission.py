@@ -5,11 +5,13 @@ import logging
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from accounts.models import Team, User
 from common.wakeup import ARRIVAL, scheduler_wake
 
-from ..models import Job
+from ..models import Job, JobStatus
+from .arrays import array_tasks_create
 from .specs import job_spec_check
 
 logger = logging.getLogger(__name__)
@@ -24,8 +26,11 @@ class Submission:
 def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submission:
     """Accept a job for `team`. `spec` holds validated JobSpec fields, with `queue` as a
     queue name (the default queue when absent), plus the job's own `idempotency_key` and
-    `not_before`, and the `definition` it was made from, if any. Resubmitting a known
-    idempotency key returns the first job unchanged."""
+    `not_before`, and the `definition` it was made from, if any, and `array` ({count,
+    parallelism}) for an array job. Resubmitting a known idempotency key returns the
+    first job unchanged."""
+    spec = dict(spec)
+    array = spec.pop("array", None)
     key = spec.get("idempotency_key", "")
     if key:
         existing = Job.objects.filter(team=team, idempotency_key=key).first()
@@ -36,8 +41,11 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
     # caller's transaction it is a savepoint, so a lost key race leaves that usable.
     in_transaction = transaction.get_connection().in_atomic_block
     try:
-        with transaction.atomic() if in_transaction else contextlib.nullcontext():
-            job = Job.objects.create(team=team, submitted_by=user, **{**spec, "queue": queue})
+        with transaction.atomic() if in_transaction or array else contextlib.nullcontext():
+            if array:
+                job = _array_create(team=team, spec={**spec, "queue": queue}, user=user, **array)
+            else:
+                job = Job.objects.create(team=team, submitted_by=user, **{**spec, "queue": queue})
     except IntegrityError:
         # A concurrent submission with the same key won the race; return its job.
         existing = Job.objects.filter(team=team, idempotency_key=key).first() if key else None
@@ -47,3 +55,18 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
     scheduler_wake(ARRIVAL)
     logger.info("job submitted job=%s team=%s name=%s", job.id, team.slug, job.name)
     return Submission(job=job, created=True)
+
+
+def _array_create(*, team: Team, spec: dict, user: User | None, count: int, parallelism: int):
+    """The array job (running from the start: its tasks run in its place) and its tasks."""
+    array = Job.objects.create(
+        team=team,
+        submitted_by=user,
+        status=JobStatus.RUNNING,
+        started_at=timezone.now(),
+        array_count=count,
+        array_parallelism=parallelism,
+        **spec,
+    )
+    array_tasks_create(array=array, count=count, parallelism=parallelism)
+    return array
