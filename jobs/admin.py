@@ -141,6 +141,12 @@ class JobAdmin(AuditedModelAdmin):
         "started_at",
         "finished_at",
         *SPEC_FIELDS,
+        "deadline",
+        "cancel_reason",
+        "array_count",
+        "array_parallelism",
+        "array_parent",
+        "array_index",
     ]
 
     @admin.display(description="waiting because", ordering="pending_reason")

@@ -165,6 +165,10 @@ class Job(JobSpec):
         "self", null=True, blank=True, on_delete=models.CASCADE, related_name="array_tasks"
     )
     array_index = models.PositiveIntegerField(null=True, blank=True)
+    # Among jobs of equal priority, earlier deadlines are placed first; a job not ended
+    # by its deadline is cancelled (stopped, if running) with the reason "deadline passed".
+    deadline = models.DateTimeField(null=True, blank=True)
+    cancel_reason = models.CharField(max_length=500, blank=True)
 
     objects = JobQuerySet.as_manager()
 
@@ -216,6 +220,7 @@ class Job(JobSpec):
             models.Index(
                 F("queue"),
                 F("priority").desc(),
+                F("deadline").asc(nulls_last=True),
                 F("created_at"),
                 F("id"),
                 name="job_pending_by_queue",
@@ -240,6 +245,13 @@ class Job(JobSpec):
                 F("id").desc(),
                 name="job_dead_letter",
                 condition=DEAD_LETTER,
+            ),
+            # Used by the deadline check: jobs not ended, by deadline.
+            models.Index(
+                F("deadline"),
+                name="job_live_by_deadline",
+                condition=Q(deadline__isnull=False)
+                & Q(status__in=(JobStatus.PENDING, *ACTIVE_JOB_STATUSES)),
             ),
             # Used by placement: the jobs of a team's concurrency key that hold a slot.
             models.Index(

@@ -77,14 +77,19 @@ def _last_retry(job: Job) -> JobRetry | None:
 
 def _queue_figures(job: Job, request: Request, *, now, due: bool) -> dict:
     """Position among the queue's due pending jobs in the cycle's order (priority desc,
-    then age, then id), how many there are, and the quota against what the queue holds."""
+    then deadline, earliest first and none last, then age, then id), how many there are,
+    and the quota against what the queue holds."""
     due_pending = Q(status=JobStatus.PENDING) & (
         Q(not_before__isnull=True) | Q(not_before__lte=now)
     )
-    ahead = (
-        Q(priority__gt=job.priority)
-        | Q(priority=job.priority, created_at__lt=job.created_at)
-        | Q(priority=job.priority, created_at=job.created_at, id__lt=job.pk)
+    if job.deadline is None:
+        earlier, same = Q(deadline__isnull=False), Q(deadline__isnull=True)
+    else:
+        earlier, same = Q(deadline__lt=job.deadline), Q(deadline=job.deadline)
+    ahead = Q(priority__gt=job.priority) | Q(priority=job.priority) & (
+        earlier
+        | same & Q(created_at__lt=job.created_at)
+        | same & Q(created_at=job.created_at, id__lt=job.pk)
     )
     counts = Job.objects.filter(due_pending, queue_id=job.queue_id).aggregate(
         pending=Count("id"), ahead=Count("id", filter=ahead)

@@ -144,6 +144,8 @@ JOB_FIELDS = (
         "array_parent_id",
     ),
     field("array_index", serializers.IntegerField(allow_null=True)),
+    field("deadline", serializers.DateTimeField(allow_null=True), write=iso_datetime),
+    field("cancel_reason", serializers.CharField()),
 )
 
 # Every column read, once each, in the table's order.

@@ -224,6 +224,12 @@ class JobSubmitSerializer(JobSpecSerializer):
     idempotency_key = serializers.CharField(max_length=200, required=False, default="")
     not_before = serializers.DateTimeField(required=False, allow_null=True, default=None)
     array = ArraySerializer(required=False, help_text="Run as an array of `count` tasks.")
+    deadline = serializers.DateTimeField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Cancelled (stopped, if running) when not ended by then.",
+    )
 
     def validate(self, attrs):
         attrs = super().validate(attrs)
@@ -244,6 +250,7 @@ class DefinitionOverridesSerializer(SpecLimitsMixin, StrictSerializer):
     priority = serializers.IntegerField(min_value=-1000, max_value=1000, required=False)
     idempotency_key = serializers.CharField(max_length=200, required=False)
     not_before = serializers.DateTimeField(required=False, allow_null=True)
+    deadline = serializers.DateTimeField(required=False, allow_null=True)
 
 
 class JobFromDefinitionSerializer(DefinitionOverridesSerializer):

@@ -52,7 +52,8 @@ from .concurrency import concurrency_slots_lock
 
 logger = logging.getLogger(__name__)
 
-# Each queue's next `per_queue` pending jobs that are due, in its order, locked so that
+# Each queue's next `per_queue` pending jobs that are due (and whose deadline has not
+# passed: the deadline check cancels those), in its order (priority, then deadline), locked so that
 # a second scheduler (or a cancel) skips them rather than waiting. Per queue, so that a
 # long backlog in one queue cannot hide another queue's jobs from the fair-share order.
 # With `reasons`, only jobs waiting for one of them ('' for the jobs no cycle has
@@ -71,14 +72,15 @@ SELECT j.id, j.queue_id, j.cpu_millis, j.memory_mb, j.gpu, j.node_selector, j.at
 FROM resources_queue q
 CROSS JOIN LATERAL (
     SELECT id, queue_id, cpu_millis, memory_mb, gpu, node_selector, attempts, pending_reason,
-           team_id, concurrency_key, priority, created_at
+           team_id, concurrency_key, priority, deadline, created_at
     FROM jobs_job
     WHERE queue_id = q.id
       AND status = %(pending)s
       AND (not_before IS NULL OR not_before <= %(now)s)
+      AND (deadline IS NULL OR deadline > %(now)s)
       AND (%(reasons)s::text[] IS NULL OR pending_reason = ANY(%(reasons)s::text[]))
       AND pending_reason <> ALL(%(held)s::text[])
-    ORDER BY priority DESC, created_at, id
+    ORDER BY priority DESC, deadline ASC NULLS LAST, created_at, id
     LIMIT %(per_queue)s
     FOR UPDATE SKIP LOCKED
 ) j
@@ -91,7 +93,7 @@ LEFT JOIN (
      WHERE a.status = ANY(%(live)s)
      GROUP BY job.queue_id
 ) AS usage ON usage.queue_id = q.id
-ORDER BY q.id, j.priority DESC, j.created_at, j.id
+ORDER BY q.id, j.priority DESC, j.deadline ASC NULLS LAST, j.created_at, j.id
 """
 
 

@@ -25,10 +25,10 @@ class JobStateError(ValidationError):
         super().__init__({"status": [message]})
 
 
-def job_cancel(*, job: Job, user: User | None = None) -> Job:
+def job_cancel(*, job: Job, user: User | None = None, reason: str = "") -> Job:
     """Cancel a job. Pending or placed-but-unstarted: at once. Running: its node is asked
     to kill the process group, and the job becomes `cancelled` when the node confirms
-    (or when the node is found lost)."""
+    (or when the node is found lost). `reason` is kept as the job's cancel reason."""
     now = timezone.now()
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=job.pk)
@@ -36,6 +36,7 @@ def job_cancel(*, job: Job, user: User | None = None) -> Job:
             raise JobStateError(
                 f"The job already ended ({job.status}); there is nothing to cancel."
             )
+        job.cancel_reason = cancel_reason(reason=reason, user=user)
         if job.status == JobStatus.RESERVED:
             execution = job.last_execution
             unstarted = JobExecution.objects.filter(
@@ -51,13 +52,18 @@ def job_cancel(*, job: Job, user: User | None = None) -> Job:
             job.not_before = None
         else:
             job.cancel_requested_at = job.cancel_requested_at or now
-        job.save(update_fields=[*JOB_LIFECYCLE_FIELDS, "cancel_requested_at"])
+        job.save(update_fields=[*JOB_LIFECYCLE_FIELDS, "cancel_requested_at", "cancel_reason"])
         array_task_ended(job)
         scheduler_wake()
     logger.info(
         "job cancel job=%s by=%s status=%s", job.id, user.username if user else "-", job.status
     )
     return job
+
+
+def cancel_reason(*, reason: str, user: User | None) -> str:
+    """What a cancel records as its reason: the one given, else who asked."""
+    return reason or (f"cancelled by {user.username}" if user else "cancelled")
 
 
 def job_requeue(*, job: Job, user: User | None = None) -> Job:
@@ -74,7 +80,15 @@ def job_requeue(*, job: Job, user: User | None = None) -> Job:
             job=job, reason=f"requeued by {who}", delay_seconds=0, now=now, requested_by=user
         )
         job.acknowledged_at = job.cancel_requested_at = None
-        job.save(update_fields=[*JOB_LIFECYCLE_FIELDS, "acknowledged_at", "cancel_requested_at"])
+        job.cancel_reason = ""
+        job.save(
+            update_fields=[
+                *JOB_LIFECYCLE_FIELDS,
+                "acknowledged_at",
+                "cancel_requested_at",
+                "cancel_reason",
+            ]
+        )
         scheduler_wake()
     return job
 

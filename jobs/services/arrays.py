@@ -18,13 +18,14 @@ from django.utils import timezone
 from accounts.models import User
 
 from ..models import TERMINAL_JOB_STATUSES, Job, JobStatus, PendingReason
-from .actions import JobStateError, job_cancel
+from .actions import JobStateError, cancel_reason, job_cancel
 from .array_slots import array_slots_release
 from .retries import JOB_LIFECYCLE_FIELDS, job_plan_retry
 
 logger = logging.getLogger(__name__)
 
 MAX_ARRAY_COUNT = 10_000
+REOPENED_FIELDS = ["acknowledged_at", "cancel_requested_at", "cancel_reason"]
 ARRAY_INDEX_ENV = "JOB_ARRAY_INDEX"
 
 
@@ -83,7 +84,7 @@ def array_parallelism_set(*, array: Job, parallelism: int, user: User | None = N
     return array
 
 
-def array_cancel(*, array: Job, user: User | None = None) -> Job:
+def array_cancel(*, array: Job, user: User | None = None, reason: str = "") -> Job:
     """Cancel the array job: no task is released any more, and every task that has not
     ended is cancelled (a running one when its node confirms). Each task is cancelled in
     a transaction of its own, which takes its locks in a finish's order (task, node,
@@ -96,11 +97,12 @@ def array_cancel(*, array: Job, user: User | None = None) -> Job:
             raise JobStateError(f"The job already ended ({locked.status}); nothing to cancel.")
         if locked.cancel_requested_at is None:
             locked.cancel_requested_at = now
-            locked.save(update_fields=["cancel_requested_at"])
+            locked.cancel_reason = cancel_reason(reason=reason, user=user)
+            locked.save(update_fields=["cancel_requested_at", "cancel_reason"])
     live = array.array_tasks.exclude(status__in=TERMINAL_JOB_STATUSES).order_by("array_index")
     for task in live:
         with contextlib.suppress(JobStateError):  # it ended meanwhile
-            job_cancel(job=task, user=user)
+            job_cancel(job=task, user=user, reason=reason)
     with transaction.atomic():
         array_slots_release(array_ids=[array.pk])  # ends it if no task is left running
     logger.info("array cancel job=%s by=%s", array.pk, user.username if user else "-")
@@ -139,14 +141,12 @@ def array_retry(
             )
             task.pending_reason, task.not_before = PendingReason.WAITING_ARRAY_SLOT, None
             task.acknowledged_at = task.cancel_requested_at = None
-            task.save(
-                update_fields=[*JOB_LIFECYCLE_FIELDS, "acknowledged_at", "cancel_requested_at"]
-            )
+            task.cancel_reason = ""
+            task.save(update_fields=[*JOB_LIFECYCLE_FIELDS, *REOPENED_FIELDS])
         array.status, array.finished_at = JobStatus.RUNNING, None
         array.acknowledged_at = array.cancel_requested_at = None
-        array.save(
-            update_fields=["status", "finished_at", "acknowledged_at", "cancel_requested_at"]
-        )
+        array.cancel_reason = ""
+        array.save(update_fields=["status", "finished_at", *REOPENED_FIELDS])
         array_slots_release(array_ids=[array.pk])
     logger.info(
         "array retry job=%s tasks=%s failed_only=%s by=%s",

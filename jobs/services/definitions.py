@@ -43,6 +43,7 @@ DEFINITION_OVERRIDE_FIELDS = (
     "priority",
     "idempotency_key",
     "not_before",
+    "deadline",
 )
 
 
