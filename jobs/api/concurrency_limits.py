@@ -7,7 +7,7 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.response import Response
 
 from accounts.audit import audit_describe
-from accounts.permissions import ChangeableObjectMixin, team_for_submission
+from accounts.permissions import ChangeableObjectMixin
 from common.serializers import StrictSerializer
 
 from ..models import ConcurrencyLimit
@@ -17,7 +17,7 @@ from ..services.concurrency_limits import (
     concurrency_limit_delete,
     concurrency_limit_update,
 )
-from .specs import concurrency_key_field
+from .specs import concurrency_key_field, team_of_write
 
 VIEWERS_MAY_NOT_CHANGE = "Viewers may look at this team's concurrency limits but not change them."
 MOST_RUNNING = 100_000
@@ -32,6 +32,8 @@ class ConcurrencyLimitSerializer(serializers.ModelSerializer):
 
 
 class ConcurrencyLimitWriteSerializer(StrictSerializer):
+    viewers_may_not = VIEWERS_MAY_NOT_CHANGE
+
     team = serializers.SlugField(help_text="Team slug; it cannot change.")
     key = concurrency_key_field()
     max_running = serializers.IntegerField(
@@ -44,12 +46,7 @@ class ConcurrencyLimitWriteSerializer(StrictSerializer):
         return value
 
     def validate_team(self, slug):
-        if self.instance is not None:
-            if slug != self.instance.team.slug:
-                raise serializers.ValidationError("The team cannot change.")
-            return self.instance.team
-        user = self.context["request"].user
-        return team_for_submission(user=user, slug=slug, viewers_may_not=VIEWERS_MAY_NOT_CHANGE)
+        return team_of_write(self, slug)
 
 
 class ConcurrencyLimitFilter(django_filters.FilterSet):

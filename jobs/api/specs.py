@@ -87,6 +87,18 @@ def concurrency_key_field(**kwargs):
     )
 
 
+def team_of_write(serializer: serializers.Serializer, slug: str):
+    """The team a write names: a new object's, if the caller may change its objects (a
+    viewer gets a 403 saying the serializer's `viewers_may_not`); a stored object's team
+    cannot change."""
+    if serializer.instance is not None:
+        if slug != serializer.instance.team.slug:
+            raise serializers.ValidationError("The team cannot change.")
+        return serializer.instance.team
+    user = serializer.context["request"].user
+    return team_for_submission(user=user, slug=slug, viewers_may_not=serializer.viewers_may_not)
+
+
 def definition_for_submission(*, user, pk: int, viewers_may_not: str) -> JobDefinition:
     """The definition with this id, if the user may submit jobs made from it; a viewer of
     its team gets a 403 saying `viewers_may_not`, anyone else a validation error."""
@@ -134,12 +146,7 @@ class JobSpecSerializer(SpecLimitsMixin, StrictSerializer):
     concurrency_key = concurrency_key_field(required=False, default="")
 
     def validate_team(self, slug):
-        if self.instance is not None:
-            if slug != self.instance.team.slug:
-                raise serializers.ValidationError("The team cannot change.")
-            return self.instance.team
-        user = self.context["request"].user
-        return team_for_submission(user=user, slug=slug, viewers_may_not=self.viewers_may_not)
+        return team_of_write(self, slug)
 
     def _validate_target(self, attrs):
         """A command job has a command and no callable; a callable job the reverse. When

@@ -2,21 +2,11 @@
 jobs, their tasks and jobs with deadlines."""
 
 import pytest
-from django.test import Client
 
-from accounts.models import User
 from jobs.models import ConcurrencyLimit, Job
 from tests.jobs.making import submit
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def admin_client(db):
-    user = User.objects.create_superuser("boss", password="correct horse battery")
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def test_a_limit_is_added_changed_refused_twice_and_deleted_in_the_admin(admin_client, team):
