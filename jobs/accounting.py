@@ -276,20 +276,23 @@ WITH outcome AS MATERIALIZED (
     UPDATE jobs_job j
        SET status = %(job_succeeded)s, pending_reason = %(no_reason)s, finished_at = %(now)s
       FROM execution WHERE j.id = execution.job_id
-    RETURNING j.id, j.array_parent_id
+    RETURNING j.id, j.array_parent_id, j.concurrency_key
 ), {_RELEASE}
 SELECT execution.token, execution.job_id, job_ended.array_parent_id,
+       job_ended.concurrency_key,
        CASE WHEN %(wake)s THEN pg_notify(%(channel)s, '') END
   FROM execution JOIN job_ended ON job_ended.id = execution.job_id
 """
 
 
 class EndedSuccesses(dict):
-    """{token: job id} of the successes ended, and the array jobs whose tasks they were."""
+    """{token: job id} of the successes ended, the array jobs whose tasks they were, and
+    whether any held a concurrency limit's slot (its jobs may wait on other nodes)."""
 
-    def __init__(self, rows=(), array_ids=()):
+    def __init__(self, rows=(), array_ids=(), freed_limit_slots=False):
         super().__init__(rows)
         self.array_ids = set(array_ids)
+        self.freed_limit_slots = freed_limit_slots
 
 
 @dataclass(frozen=True)
@@ -323,8 +326,9 @@ def successes_finish(successes: Sequence[Success], *, now, wake: bool) -> EndedS
         )
         rows = cursor.fetchall()
     return EndedSuccesses(
-        ((token, job_id) for token, job_id, _, _ in rows),
-        (array_id for _, _, array_id, _ in rows if array_id is not None),
+        ((token, job_id) for token, job_id, *_ in rows),
+        (array_id for _, _, array_id, *_ in rows if array_id is not None),
+        any(key for *_, key, _ in rows),
     )
 
 

@@ -18,7 +18,13 @@ from django.utils import timezone
 
 from common.wakeup import scheduler_wake
 
-from ..accounting import Success, allocation_release, claim_execution, successes_finish
+from ..accounting import (
+    EndedSuccesses,
+    Success,
+    allocation_release,
+    claim_execution,
+    successes_finish,
+)
 from ..models import ExecutionStatus, Job, JobExecution
 from .array_slots import array_slots_release, array_task_ended
 from .retries import job_after_attempt
@@ -108,13 +114,13 @@ def execution_finish(
 
 def executions_finish_succeeded(
     successes: Sequence[Success], *, wake: bool = True
-) -> dict[str, int]:
+) -> EndedSuccesses:
     """End running executions that succeeded, in one statement: execution, job,
     allocation and node counters, and (with `wake`) a wake-up for the scheduler. Returns
     {token: job id} of those it ended; the others (a cancel pending, a duplicate report)
     are for `execution_finish` to decide."""
     if not successes:
-        return {}
+        return EndedSuccesses()
     # One transaction with the slots the arrays' tasks free (no savepoint inside a
     # caller's: the agent's batch rolls back whole).
     with transaction.atomic(savepoint=False):
