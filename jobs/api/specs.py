@@ -14,7 +14,7 @@ from resources.models import DEFAULT_QUEUE_NAME
 from ..models import JobDefinition, JobKind
 from ..selectors import definition_list_visible
 from ..services.arrays import MAX_ARRAY_COUNT
-from ..services.specs import MAX_ENV, job_spec_limit_errors
+from ..services.specs import job_spec_limit_errors
 
 MAX_ARGV = 256
 MAX_ARG_LENGTH = 8192
@@ -238,14 +238,6 @@ class JobSubmitSerializer(JobSpecSerializer):
         help_text="Cancelled (stopped, if running) when not ended by then.",
     )
 
-    def validate(self, attrs):
-        attrs = super().validate(attrs)
-        if "array" in attrs and len(attrs.get("env", {})) >= MAX_ENV:
-            raise serializers.ValidationError(
-                {"env": [f"At most {MAX_ENV - 1} variables in an array job's tasks."]}
-            )
-        return attrs
-
 
 class DefinitionOverridesSerializer(SpecLimitsMixin, StrictSerializer):
     """What a job made from a definition may change: env and parameters are merged over
@@ -258,6 +250,7 @@ class DefinitionOverridesSerializer(SpecLimitsMixin, StrictSerializer):
     idempotency_key = serializers.CharField(max_length=200, required=False)
     not_before = serializers.DateTimeField(required=False, allow_null=True)
     deadline = serializers.DateTimeField(required=False, allow_null=True)
+    array = ArraySerializer(required=False, help_text="Run as an array of `count` tasks.")
 
 
 class JobFromDefinitionSerializer(DefinitionOverridesSerializer):

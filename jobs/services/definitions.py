@@ -44,6 +44,7 @@ DEFINITION_OVERRIDE_FIELDS = (
     "idempotency_key",
     "not_before",
     "deadline",
+    "array",
 )
 
 

@@ -4,6 +4,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -12,7 +13,7 @@ from common.wakeup import ARRIVAL, scheduler_wake
 
 from ..models import Job, JobStatus
 from .arrays import array_tasks_create
-from .specs import job_spec_check
+from .specs import MAX_ENV, job_spec_check
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
         if existing is not None:
             return Submission(job=existing, created=False)
     queue = job_spec_check(team=team, spec=spec)
+    if array and len(spec.get("env", {})) >= MAX_ENV:  # each task gets JOB_ARRAY_INDEX too
+        raise ValidationError({"env": [f"At most {MAX_ENV - 1} variables in an array job."]})
     # On its own the INSERT commits by itself, and the wake-up follows it; inside a
     # caller's transaction it is a savepoint, so a lost key race leaves that usable.
     in_transaction = transaction.get_connection().in_atomic_block

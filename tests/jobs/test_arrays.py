@@ -133,3 +133,29 @@ def test_the_database_refuses_a_held_job_that_is_no_task(team, default_queue):
         Job.objects.create(
             team=team, queue=default_queue, name="x", command=["true"], pending_reason=HELD
         )
+
+
+def test_a_definition_submits_an_array(api, big_node):
+    definition = api.post(
+        "/api/definitions/", {"name": "sweep", "command": ["true"]}, format="json"
+    ).json()
+    response = api.post(
+        f"/api/definitions/{definition['id']}/submit/",
+        {"array": {"count": 3, "parallelism": 2}},
+        format="json",
+    )
+    assert response.status_code == 201, response.json()
+    array_id = response.json()["id"]
+    assert [t.definition_id for t in tasks(array_id)] == [definition["id"]] * 3
+    assert [t.pending_reason for t in tasks(array_id)] == ["", "", HELD]
+
+
+def test_an_array_leaves_room_in_the_env_for_its_index(api, big_node):
+    env = {f"V{i}": "x" for i in range(128)}
+    response = api.post(
+        "/api/jobs/",
+        {"name": "a", "command": ["true"], "env": env, "array": {"count": 2}},
+        format="json",
+    )
+    assert response.status_code == 400 and "env" in response.json()
+    assert not Job.objects.exists()
