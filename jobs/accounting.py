@@ -276,14 +276,29 @@ WITH outcome AS MATERIALIZED (
     UPDATE jobs_job j
        SET status = %(job_succeeded)s, pending_reason = %(no_reason)s, finished_at = %(now)s
       FROM execution WHERE j.id = execution.job_id
+    RETURNING j.id, j.array_parent_id, j.concurrency_key
 ), {_RELEASE}
-SELECT execution.token, execution.job_id,
+SELECT execution.token, execution.job_id, job_ended.array_parent_id,
+       job_ended.concurrency_key,
        CASE WHEN %(wake)s THEN pg_notify(%(channel)s, '') END,
        EXISTS (SELECT 1 FROM jobs_jobdependency d WHERE d.upstream_id = execution.job_id)
        OR EXISTS (SELECT 1 FROM jobs_job w
                    WHERE w.id = execution.job_id AND w.workflow_id IS NOT NULL)
-  FROM execution
+  FROM execution JOIN job_ended ON job_ended.id = execution.job_id
 """
+
+
+class EndedSuccesses(dict):
+    """{token: job id} of the successes ended, the array jobs whose tasks they were,
+    whether any held a concurrency limit's slot (its jobs may wait on other nodes), and
+    which of the jobs have dependents or are workflow steps: what the caller must settle
+    in the same transaction."""
+
+    def __init__(self, rows=(), *, array_ids=(), freed_limit_slots=False, to_settle=()):
+        super().__init__(rows)
+        self.array_ids = set(array_ids)
+        self.freed_limit_slots = freed_limit_slots
+        self.to_settle = list(to_settle)
 
 
 @dataclass(frozen=True)
@@ -293,19 +308,11 @@ class Success:
     log_tail: str = ""
 
 
-class SuccessesEnded(dict[str, int]):
-    """{token: job id} of the successes ended, and which of those jobs have dependents or
-    are workflow steps: what the caller must settle in the same transaction."""
-
-    def __init__(self, rows):
-        super().__init__((token, job_id) for token, job_id, _, _ in rows)
-        self.to_settle = [job_id for _, job_id, _, settle in rows if settle]
-
-
-def successes_finish(successes: Sequence[Success], *, now, wake: bool) -> SuccessesEnded:
+def successes_finish(successes: Sequence[Success], *, now, wake: bool) -> EndedSuccesses:
     """End the running executions that succeeded: execution, job, allocation and node
     counters, and (with `wake`) a wake-up for the scheduler. Returns {token: job id} of
-    those it ended, with the jobs whose dependents and workflows are to be settled."""
+    those it ended, with the arrays they were tasks of and the jobs whose dependents and
+    workflows are to be settled."""
     with prepared_cursor() as cursor:
         cursor.execute(
             _FINISH_SUCCEEDED_SQL,
@@ -324,7 +331,13 @@ def successes_finish(successes: Sequence[Success], *, now, wake: bool) -> Succes
                 **_RELEASE_PARAMETERS,
             },
         )
-        return SuccessesEnded(cursor.fetchall())
+        rows = cursor.fetchall()
+    return EndedSuccesses(
+        ((token, job_id) for token, job_id, *_ in rows),
+        array_ids=(array_id for _, _, array_id, *_ in rows if array_id is not None),
+        freed_limit_slots=any(key for _, _, _, key, *_ in rows),
+        to_settle=(job_id for _, job_id, *_, settle in rows if settle),
+    )
 
 
 # --- Releasing ------------------------------------------------------------------------

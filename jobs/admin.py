@@ -7,6 +7,7 @@ from django.utils.html import format_html
 from accounts.audit import AuditedModelAdmin
 
 from .models import (
+    ConcurrencyLimit,
     Job,
     JobDefinition,
     JobDependency,
@@ -26,6 +27,11 @@ from .schedules import (
     schedule_resume,
     schedule_update,
     schedule_validate,
+)
+from .services.concurrency_limits import (
+    concurrency_limit_create,
+    concurrency_limit_delete,
+    concurrency_limit_update,
 )
 from .services.definitions import (
     DEFINITION_SPEC_FIELDS,
@@ -121,7 +127,7 @@ class JobAdmin(AuditedModelAdmin):
         "finished_at",
     ]
     list_filter = ["status", "pending_reason", "team", "queue"]
-    search_fields = ["name", "idempotency_key"]
+    search_fields = ["name", "idempotency_key", "concurrency_key"]
     list_select_related = ["team", "last_execution__node"]
     date_hierarchy = "created_at"
     inlines = [JobExecutionInline]
@@ -140,6 +146,12 @@ class JobAdmin(AuditedModelAdmin):
         "started_at",
         "finished_at",
         *SPEC_FIELDS,
+        "deadline",
+        "cancel_reason",
+        "array_count",
+        "array_parallelism",
+        "array_parent",
+        "array_index",
     ]
 
     @admin.display(description="waiting because", ordering="pending_reason")
@@ -365,3 +377,34 @@ class WorkflowTemplateAdmin(AuditedModelAdmin):
 
     def delete_model(self, request, obj):
         workflow_template_delete(template=obj)
+
+
+@admin.register(ConcurrencyLimit)
+class ConcurrencyLimitAdmin(AuditedModelAdmin):
+    """Saves and deletes go through the limit services, which wake the scheduler."""
+
+    list_display = ["key", "team", "max_running", "updated_at"]
+    list_filter = ["team"]
+    search_fields = ["key"]
+    list_select_related = ["team"]
+    fields = ["team", "key", "max_running"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["team"] if obj is not None else []
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            fields = {"key": obj.key, "max_running": obj.max_running}
+            saved = concurrency_limit_update(limit=obj, fields=fields)
+        else:
+            saved = concurrency_limit_create(
+                team=obj.team, key=obj.key, max_running=obj.max_running
+            )
+        obj.pk = saved.pk
+
+    def delete_model(self, request, obj):
+        concurrency_limit_delete(limit=obj)
+
+    def delete_queryset(self, request, queryset):
+        for limit in queryset:
+            concurrency_limit_delete(limit=limit)

@@ -20,6 +20,8 @@ class JobStatus(models.TextChoices):
 
 
 TERMINAL_JOB_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+# Placed and not finished: what holds a concurrency slot.
+ACTIVE_JOB_STATUSES = (JobStatus.RESERVED, JobStatus.RUNNING)
 
 
 class PendingReason(models.TextChoices):
@@ -31,11 +33,14 @@ class PendingReason(models.TextChoices):
     QUEUE_QUOTA = "queue_quota", "Queue quota reached"
     UNSCHEDULABLE = "unschedulable", "No node could ever hold it"
     NODE_SELECTOR = "node_selector", "No ready node matches the node selector"
+    CONCURRENCY_LIMIT = "concurrency_limit", "Its team's concurrency limit for its key is reached"
+    WAITING_ARRAY_SLOT = "waiting_array_slot", "Waiting for a slot of its array's parallelism"
 
 
-# A pending job waiting for one of these is held: no scheduling cycle considers it until
-# whoever frees it (an upstream's end, in the same transaction) clears its reason.
-HELD_REASONS = (PendingReason.WAITING_DEPENDENCIES,)
+# A pending job with one of these reasons is held: no scheduling cycle considers it until
+# whoever holds it (its upstreams, its array) releases it, in the transaction of the
+# change that frees it: its reason is cleared and the scheduler woken.
+HELD_REASONS = (PendingReason.WAITING_DEPENDENCIES, PendingReason.WAITING_ARRAY_SLOT)
 
 
 class DependencyCondition(models.TextChoices):
@@ -110,6 +115,11 @@ class JobSpec(models.Model):
     retry_backoff_seconds = models.PositiveIntegerField(default=10)
     timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
     node_selector = models.JSONField(default=dict, blank=True, help_text='e.g. {"zone": "b"}')
+    concurrency_key = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text='At most its team\'s ConcurrencyLimit for this key run at once, e.g. "db"',
+    )
 
     class Meta:
         abstract = True
@@ -194,6 +204,17 @@ class Job(JobSpec):
     workflow = models.ForeignKey(
         "Workflow", null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
     )
+    # An array job runs as `array_count` tasks (jobs with it as `array_parent`), at most
+    # `array_parallelism` of them at once; it has no execution of its own.
+    array_count = models.PositiveIntegerField(null=True, blank=True)
+    array_parallelism = models.PositiveIntegerField(null=True, blank=True)
+    array_parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="array_tasks"
+    )
+    array_index = models.PositiveIntegerField(null=True, blank=True)
+    # Among jobs of equal priority, earlier deadlines are placed first; a job not ended
+    # by its deadline is cancelled (stopped, if running) with the reason "deadline passed".
+    deadline = models.DateTimeField(null=True, blank=True)
 
     objects = JobQuerySet.as_manager()
 
@@ -225,13 +246,34 @@ class Job(JobSpec):
             models.CheckConstraint(
                 condition=Q(trigger_rule__in=TriggerRule.values), name="job_trigger_rule_valid"
             ),
+            models.CheckConstraint(
+                condition=Q(array_count__isnull=True, array_parallelism__isnull=True)
+                | Q(array_count__gte=1, array_parallelism__gte=1),
+                name="job_array_count_and_parallelism",
+            ),
+            models.CheckConstraint(
+                condition=Q(array_parent__isnull=True, array_index__isnull=True)
+                | Q(
+                    array_parent__isnull=False, array_index__isnull=False, array_count__isnull=True
+                ),
+                name="job_array_task_has_index",
+            ),
+            models.CheckConstraint(
+                condition=~Q(pending_reason=PendingReason.WAITING_ARRAY_SLOT)
+                | Q(array_parent__isnull=False),
+                name="job_array_slot_only_for_tasks",
+            ),
+            models.UniqueConstraint(
+                fields=["array_parent", "array_index"], name="job_array_index_unique"
+            ),
         ]
         indexes = [
-            # Used by the scheduling cycle: each queue's pending jobs, highest priority
-            # then oldest first.
+            # Used by the scheduling cycle: each queue's pending jobs that are not held,
+            # highest priority, then earliest deadline, then oldest first.
             models.Index(
                 F("queue"),
                 F("priority").desc(),
+                F("deadline").asc(nulls_last=True),
                 F("created_at"),
                 F("id"),
                 name="job_pending_by_queue",
@@ -256,6 +298,22 @@ class Job(JobSpec):
                 F("id").desc(),
                 name="job_dead_letter",
                 condition=DEAD_LETTER,
+            ),
+            # Used by the deadline check: jobs not ended, by deadline.
+            models.Index(
+                F("deadline"),
+                name="job_live_by_deadline",
+                condition=Q(deadline__isnull=False)
+                & Q(status__in=(JobStatus.PENDING, *ACTIVE_JOB_STATUSES)),
+            ),
+            # Used by placement: the jobs of a team's concurrency key that hold a slot.
+            models.Index(
+                F("team"),
+                F("concurrency_key"),
+                name="job_active_by_concurrency_key",
+                condition=Q(status__in=ACTIVE_JOB_STATUSES)
+                & ~Q(concurrency_key="")
+                & Q(array_count__isnull=True),
             ),
         ]
 
@@ -666,3 +724,29 @@ class WorkflowTemplate(models.Model):
 
     def __str__(self):
         return f"{self.team}/{self.name}"
+
+
+class ConcurrencyLimit(models.Model):
+    """The most jobs of one team with one `concurrency_key` that may be placed or running
+    at once. Placement locks the row, so two placers cannot both take its last slot."""
+
+    team = models.ForeignKey(
+        "accounts.Team", on_delete=models.CASCADE, related_name="concurrency_limits"
+    )
+    key = models.CharField(max_length=100, help_text='The jobs\' concurrency_key, e.g. "db"')
+    max_running = models.PositiveIntegerField(help_text="0 holds every job with the key.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["key", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["team", "key"], name="concurrency_limit_team_key"),
+            models.CheckConstraint(
+                condition=Q(max_running__gte=0), name="concurrency_limit_max_running_valid"
+            ),
+            models.CheckConstraint(condition=~Q(key=""), name="concurrency_limit_key_not_empty"),
+        ]
+
+    def __str__(self):
+        return f"{self.team}/{self.key}: at most {self.max_running}"

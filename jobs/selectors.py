@@ -7,11 +7,13 @@ from accounts.models import User
 from accounts.selectors import team_list_visible
 
 from .models import (
+    ConcurrencyLimit,
     Job,
     JobDefinition,
     JobExecution,
     JobSchedule,
     JobScheduleRun,
+    JobStatus,
     Workflow,
     WorkflowTemplate,
 )
@@ -84,3 +86,19 @@ def workflow_template_list_visible(*, user: User) -> QuerySet[WorkflowTemplate]:
     return templates.filter(
         team_id__in=list(team_list_visible(user=user).values_list("pk", flat=True))
     )
+
+
+def concurrency_limit_list_visible(*, user: User) -> QuerySet[ConcurrencyLimit]:
+    """The concurrency limits of the user's teams (all of them for staff)."""
+    limits = ConcurrencyLimit.objects.select_related("team")
+    if user.is_staff:
+        return limits
+    return limits.filter(team__memberships__user=user)
+
+
+def array_task_counts(*, array: Job) -> dict[str, int]:
+    """How many of an array job's tasks are in each status (every status named)."""
+    counts = dict.fromkeys(JobStatus.values, 0)
+    rows = array.array_tasks.order_by().values("status").annotate(n=Count("id"))
+    counts.update({row["status"]: row["n"] for row in rows})
+    return counts

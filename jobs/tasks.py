@@ -8,6 +8,7 @@ from nodes.selectors import node_ids_offline_with_live_executions
 from nodes.services import nodes_mark_lost
 
 from .schedules import FIRE_TASK, schedule_fire
+from .services.deadlines import jobs_cancel_past_deadline
 from .services.failover import (
     execution_republish_stale,
     executions_fail_over_node,
@@ -43,3 +44,9 @@ def detect_lost_nodes() -> int:
         executions_fail_over_node(node_id=node_id, reason="node lost")
         for node_id in node_ids_offline_with_live_executions()
     )
+
+
+@shared_task(name="jobs.cancel_past_deadline", ignore_result=True)
+def cancel_past_deadline() -> int:
+    """Jobs not ended by their deadline are cancelled, with the reason."""
+    return jobs_cancel_past_deadline()

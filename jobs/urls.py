@@ -2,6 +2,7 @@ from django.urls import path
 from rest_framework.routers import DefaultRouter
 
 from .api.allocations import AllocationViewSet
+from .api.concurrency_limits import ConcurrencyLimitViewSet
 from .api.definitions import DefinitionViewSet
 from .api.jobs import JobViewSet
 from .api.metrics import MetricsSummaryView
@@ -16,6 +17,7 @@ router.register("schedules", ScheduleViewSet, basename="schedule")
 router.register("allocations", AllocationViewSet, basename="allocation")
 router.register("workflows", WorkflowViewSet, basename="workflow")
 router.register("workflow-templates", WorkflowTemplateViewSet, basename="workflow-template")
+router.register("concurrency-limits", ConcurrencyLimitViewSet, basename="concurrency-limit")
 
 urlpatterns = [
     *router.urls,

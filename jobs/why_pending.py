@@ -18,8 +18,10 @@ from resources.placement import NodeSlot, QueueState, Request, fits_now, matches
 from resources.selectors import queue_allocated
 
 from .models import (
+    ACTIVE_JOB_STATUSES,
     WAITING_NOT_BEFORE,
     WAITING_SCHEDULER,
+    ConcurrencyLimit,
     Job,
     JobRetry,
     JobStatus,
@@ -75,14 +77,19 @@ def _last_retry(job: Job) -> JobRetry | None:
 
 def _queue_figures(job: Job, request: Request, *, now, due: bool) -> dict:
     """Position among the queue's due pending jobs in the cycle's order (priority desc,
-    then age, then id), how many there are, and the quota against what the queue holds."""
+    then deadline, earliest first and none last, then age, then id), how many there are,
+    and the quota against what the queue holds."""
     due_pending = Q(status=JobStatus.PENDING) & (
         Q(not_before__isnull=True) | Q(not_before__lte=now)
     )
-    ahead = (
-        Q(priority__gt=job.priority)
-        | Q(priority=job.priority, created_at__lt=job.created_at)
-        | Q(priority=job.priority, created_at=job.created_at, id__lt=job.pk)
+    if job.deadline is None:
+        earlier, same = Q(deadline__isnull=False), Q(deadline__isnull=True)
+    else:
+        earlier, same = Q(deadline__lt=job.deadline), Q(deadline=job.deadline)
+    ahead = Q(priority__gt=job.priority) | Q(priority=job.priority) & (
+        earlier
+        | same & Q(created_at__lt=job.created_at)
+        | same & Q(created_at=job.created_at, id__lt=job.pk)
     )
     counts = Job.objects.filter(due_pending, queue_id=job.queue_id).aggregate(
         pending=Count("id"), ahead=Count("id", filter=ahead)
@@ -275,6 +282,10 @@ def _pending_summary(job, reason, due, retry, queue, groups) -> str:
         )
     if reason == PendingReason.UNSCHEDULABLE:
         return "No registered node could ever hold the job."
+    if reason == PendingReason.CONCURRENCY_LIMIT:
+        return _concurrency_limit_summary(job)
+    if reason == PendingReason.WAITING_ARRAY_SLOT:
+        return "The job waits for a slot of its array's parallelism; it runs when one frees."
     position = f" It is number {queue['position']} of {queue['pending']} in queue {queue['name']}."
     if counts[FITS]:
         return (
@@ -293,3 +304,20 @@ def _pending_summary(job, reason, due, retry, queue, groups) -> str:
         if counts[verdict]
     )
     return f"No node can take the job now ({lacking or 'no nodes'}).{position}"
+
+
+def _concurrency_limit_summary(job: Job) -> str:
+    limit = ConcurrencyLimit.objects.filter(team_id=job.team_id, key=job.concurrency_key).first()
+    if limit is None:  # removed since the last cycle looked
+        return f"Its key {job.concurrency_key!r} has no limit now; the next cycle should place it."
+    active = Job.objects.filter(
+        team_id=job.team_id,
+        concurrency_key=job.concurrency_key,
+        status__in=ACTIVE_JOB_STATUSES,
+        array_count__isnull=True,
+    ).count()
+    return (
+        f"The team's concurrency limit for key {job.concurrency_key!r} allows "
+        f"{limit.max_running} at once and {active} of its jobs hold a slot; it runs when "
+        "one of them finishes."
+    )

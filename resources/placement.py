@@ -15,7 +15,7 @@ fractions, so ties are real ties and always go to the lower node name.
 import heapq
 import math
 from bisect import bisect_left, insort
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from fractions import Fraction
@@ -84,6 +84,7 @@ class Unplaced(StrEnum):
     NODE_SELECTOR = "node_selector"
     INSUFFICIENT_CAPACITY = "insufficient_capacity"
     QUEUE_QUOTA = "queue_quota"
+    CONCURRENCY_LIMIT = "concurrency_limit"
 
 
 # --- Predicates and scores -------------------------------------------------------------
@@ -346,6 +347,8 @@ class PendingJob:
     id: int
     queue_id: int
     request: Request
+    # Jobs with the same limit key share the slots `plan_placements` is given for it.
+    limit_key: Hashable | None = None
 
 
 @dataclass
@@ -369,6 +372,7 @@ def plan_placements(
     queues: Mapping[int, QueueState],
     nodes: Iterable[NodeSlot],
     capacity: Resources,
+    limit_slots: MutableMapping[Hashable, int] | None = None,
 ) -> Plan:
     """Place pending jobs, serving queues by fair share and each queue's jobs in order.
 
@@ -376,8 +380,11 @@ def plan_placements(
     `queue_rank` offers its next job; a job over its queue's quota, or that no node can
     take, waits with the reason and the queue offers its next one (a smaller job may
     still fit); a placed job raises its queue's share, which may let another queue go
-    first. `queues` and `nodes` are updated in place with what was placed.
+    first. A job whose `limit_key` has no slot left in `limit_slots` (keys not in it
+    have no limit) waits too. `queues`, `nodes` and `limit_slots` are updated in place
+    with what was placed.
     """
+    limit_slots = {} if limit_slots is None else limit_slots
     plan = Plan()
     index = NodeIndex(nodes, smallest_request(job.request for job in jobs))
     backlog: dict[int, list[PendingJob]] = {}
@@ -391,7 +398,9 @@ def plan_placements(
         rank, qid = heap[0]
         queue, pending = queues[qid], backlog[qid]
         job = pending.pop()
-        if not queue.within_quota(job.request):
+        if limit_slots.get(job.limit_key, 1) <= 0:
+            plan.waiting[job.id] = Unplaced.CONCURRENCY_LIMIT
+        elif not queue.within_quota(job.request):
             plan.waiting[job.id] = Unplaced.QUEUE_QUOTA
         else:
             choice = index.choose(job.request, queue.strategy)
@@ -399,6 +408,8 @@ def plan_placements(
                 plan.waiting[job.id] = choice
             else:
                 index.take(choice, job.request)
+                if job.limit_key in limit_slots:
+                    limit_slots[job.limit_key] -= 1
                 queue.allocated += job.request
                 plan.placements.append((job, choice))
                 rank = queue_rank(queue, capacity)

@@ -229,6 +229,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "nodes.detect_lost_nodes",
         "schedule": env.float("NODE_LOST_CHECK_SECONDS", default=5.0),
     },
+    "cancel-past-deadline": {
+        "task": "jobs.cancel_past_deadline",
+        "schedule": env.float("DEADLINE_CHECK_SECONDS", default=5.0),
+    },
 }
 
 # --- Scheduler and node agents -------------------------------------------------------

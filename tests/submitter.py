@@ -21,6 +21,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-pause", type=float, default=0.1)
     parser.add_argument("--sleep", type=float, default=0.3, help="what each job runs for")
+    parser.add_argument("--concurrency-key", default="")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
@@ -43,6 +44,7 @@ def main(argv: list[str]) -> None:
                 "gpu": 0,
                 "queue": rng.choice(args.queue),
                 "idempotency_key": f"{args.name}-{i}",
+                "concurrency_key": args.concurrency_key,
             },
         )
         time.sleep(rng.uniform(0, args.max_pause))

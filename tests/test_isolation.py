@@ -16,10 +16,18 @@ from rest_framework.test import APIClient
 
 from accounts.models import Role, Team, User
 from accounts.services import api_token_issue, audit_event_record, team_add_member
-from jobs.models import ExecutionStatus, Job, JobDefinition, JobExecution, JobStatus
+from jobs.models import (
+    ConcurrencyLimit,
+    ExecutionStatus,
+    Job,
+    JobDefinition,
+    JobExecution,
+    JobStatus,
+)
 from jobs.schedules import schedule_create
 from jobs.scheduling.cycle import place_pending_jobs
 from jobs.services.executions import execution_claim
+from jobs.services.submission import job_submit
 from jobs.services.workflows import workflow_cancel, workflow_create, workflow_template_save
 from nodes.models import Node
 from resources.models import Allocation, Queue
@@ -39,6 +47,7 @@ AZURE_MARKS = (
     "ada-admin",
     "azure-def-mark",
     "azure-sched-mark",
+    "azure-limit-mark",
     "mem-azure",
     "vic-viewer",
     "azure-wf-mark",
@@ -53,6 +62,7 @@ CRIMSON_MARKS = (
     "crimson-def-mark",
     "crimson-sched-mark",
     "crimson-wf-mark",
+    "crimson-limit-mark",
 )
 AZURE_JOBS, CRIMSON_JOBS = 3, 4
 
@@ -94,10 +104,11 @@ def members_own(code):
 
 
 STAFF_ONLY = everyone(403)
-# Each team's two workflows have a step's job each.
+# Each team's two workflows have a step's job each; azure also has an array job of two
+# tasks: three jobs more.
 WORKFLOW_JOBS = 2
 COUNTS_OF_JOBS = {
-    "azure-team": AZURE_JOBS + WORKFLOW_JOBS,
+    "azure-team": AZURE_JOBS + WORKFLOW_JOBS + 3,
     "crimson-team": CRIMSON_JOBS + WORKFLOW_JOBS,
 }
 NEW_JOB = {"name": "new", "command": ["true"], "team": "azure-team"}
@@ -134,6 +145,20 @@ ENDPOINTS = [
     Endpoint("POST", "/api/jobs/{pending_job}/cancel/", azure_only(200, viewer=403)),
     Endpoint("POST", "/api/jobs/{failed_job}/retry/", azure_only(200, viewer=403)),
     Endpoint("POST", "/api/jobs/{failed_job}/acknowledge/", azure_only(200, viewer=403)),
+    Endpoint("GET", "/api/jobs/{array_job}/", azure_only(200)),
+    Endpoint(
+        "PATCH",
+        "/api/jobs/{array_job}/parallelism/",
+        azure_only(200, viewer=403),
+        data={"parallelism": 2},
+    ),
+    Endpoint(
+        "POST",
+        "/api/jobs/{array_job}/parallelism/",
+        azure_only(200, viewer=403),
+        data={"parallelism": 1},
+    ),
+    Endpoint("POST", "/api/jobs/{array_job}/cancel/", azure_only(200, viewer=403)),
     # --- definitions
     Endpoint(
         "GET", "/api/definitions/", everyone(200), counts={"azure-team": 2, "crimson-team": 2}
@@ -186,6 +211,27 @@ ENDPOINTS = [
     Endpoint("POST", "/api/schedules/{schedule}/pause/", azure_only(200, viewer=403)),
     Endpoint("POST", "/api/schedules/{schedule}/resume/", azure_only(200, viewer=403)),
     Endpoint("DELETE", "/api/schedules/{schedule}/", azure_only(204, viewer=403)),
+    # --- concurrency limits
+    Endpoint(
+        "GET",
+        "/api/concurrency-limits/",
+        everyone(200),
+        counts={"azure-team": 1, "crimson-team": 1},
+    ),
+    Endpoint("GET", "/api/concurrency-limits/{concurrency_limit}/", azure_only(200)),
+    Endpoint(
+        "POST",
+        "/api/concurrency-limits/",
+        azure_only(201, viewer=403, outsider=400),
+        data={"team": "azure-team", "key": "new", "max_running": 1},
+    ),
+    Endpoint(
+        "PATCH",
+        "/api/concurrency-limits/{concurrency_limit}/",
+        azure_only(200, viewer=403),
+        data={"max_running": 3},
+    ),
+    Endpoint("DELETE", "/api/concurrency-limits/{concurrency_limit}/", azure_only(204, viewer=403)),
     # --- nodes
     Endpoint("GET", "/api/nodes/", everyone(200)),
     Endpoint("GET", "/api/nodes/iso-node/", everyone(200)),
@@ -333,6 +379,7 @@ def world(default_queue):
             team=team,
             fields={"name": f"{mark}-wf-mark-template", "steps": [{"name": "a", "job": step}]},
         )
+        limit = ConcurrencyLimit.objects.create(team=team, key=f"{mark}-limit-mark", max_running=2)
         if team == azure:
             objects |= {
                 "workflow_template": template.pk,
@@ -345,6 +392,19 @@ def world(default_queue):
                 "failed_job": failed.pk,
                 "pending_job": pending[0].pk,
                 "allocation": Allocation.objects.get(execution=execution).pk,
+                "concurrency_limit": limit.pk,
+                "array_job": job_submit(
+                    team=team,
+                    spec={
+                        "name": f"{mark}-job-mark-array",
+                        "command": ["true"],
+                        "cpu_millis": 1000,
+                        "memory_mb": 100,
+                        "gpu": 0,
+                        "queue": queues[mark].name,
+                        "array": {"count": 2, "parallelism": 1},
+                    },
+                ).job.pk,
             }
     assert JobExecution.objects.filter(status=ExecutionStatus.RUNNING).count() == 2
     objects["member_token"] = api_token_issue(user=users["member"], name="spare").token.pk
@@ -427,6 +487,8 @@ def test_the_matrix_covers_every_api_route():
             "workflow",
             "cancelled_workflow",
             "workflow_template",
+            "concurrency_limit",
+            "array_job",
         ),
         1,
     )
@@ -444,6 +506,7 @@ def test_the_matrix_covers_every_api_route():
         ("/api/audit/", ["AZURE-AUDIT-MARK", "CRIMSON-AUDIT-MARK"]),
         ("/api/schedules/", ["azure-sched-mark", "crimson-sched-mark"]),
         ("/api/definitions/", ["azure-def-mark", "crimson-def-mark"]),
+        ("/api/concurrency-limits/", ["azure-limit-mark", "crimson-limit-mark"]),
         ("/api/resources/usage/", ["azure-team", "crimson-team", "azure-q", "crimson-q"]),
         ("/api/metrics/summary/", ["azure-q", "crimson-q"]),
         ("/api/workflows/", ["azure-wf-mark", "crimson-wf-mark"]),

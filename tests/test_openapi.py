@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
 
 from accounts.models import Role, Team, User
 from accounts.services import api_token_issue, team_add_member
-from jobs.models import Job, JobDefinition, JobExecution
+from jobs.models import ConcurrencyLimit, Job, JobDefinition, JobExecution
 from jobs.schedules import schedule_create
 from jobs.scheduling.cycle import place_pending_jobs
 from jobs.services.executions import execution_claim
@@ -85,6 +85,9 @@ def api_world(live_server, transactional_db, default_queue, settings):
             "/api/workflow-templates/": template.pk,
             "/api/allocations/": Allocation.objects.get(execution=execution).pk,
             "/api/auth/tokens/": api_token_issue(user=user, name="spare").token.pk,
+            "/api/concurrency-limits/": ConcurrencyLimit.objects.create(
+                team=team, key="db", max_running=2
+            ).pk,
         },
         "names": {"/api/nodes/": NODE_NAME, "/api/queues/": queue.name},
         "definition": definition.pk,

@@ -143,7 +143,9 @@ class SuccessBatcher:
                     freed = place_on_freed_room(
                         node_id=batch[0].node_id, claim=len(threads), before_claim=track
                     )
-                if freed is None or freed.room_left:
+                # Room left here, or a limit's slot freed, may let the scheduler place
+                # jobs elsewhere.
+                if freed is None or freed.room_left or ended.freed_limit_slots:
                     scheduler_wake()
         except BaseException:
             for entry in tracked:

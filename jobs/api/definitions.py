@@ -61,6 +61,7 @@ class DefinitionSerializer(serializers.ModelSerializer):
             "retry_backoff_seconds",
             "timeout_seconds",
             "node_selector",
+            "concurrency_key",
             "schedule_count",
             "created_at",
             "updated_at",

@@ -25,12 +25,14 @@ from accounts.permissions import ChangeableObjectMixin
 from common.filters import IsoDateTimeFilter
 from common.pagination import CursorPagination
 from common.schema import refused
+from common.serializers import StrictSerializer
 from nodes.models import Node
 from resources.models import Queue
 
 from ..models import Job, JobExecution, JobStatus
 from ..selectors import execution_list_for_job, job_list_visible
 from ..services.actions import job_acknowledge, job_cancel, job_requeue
+from ..services.arrays import MAX_ARRAY_COUNT, array_cancel, array_parallelism_set, array_retry
 from ..services.definitions import definition_submit
 from ..services.submission import Submission, job_submit
 from ..why_pending import job_why_pending
@@ -130,6 +132,18 @@ JOB_EXAMPLES = [
 CHANGED = {200: JobDetailSerializer, 400: refused("The job's status does not allow it.")}
 
 
+class ParallelismSerializer(StrictSerializer):
+    parallelism = serializers.IntegerField(
+        min_value=1, max_value=MAX_ARRAY_COUNT, help_text="Most tasks running at once."
+    )
+
+
+class RetryOptionsSerializer(serializers.Serializer):
+    failed_only = serializers.BooleanField(
+        default=False, help_text="An array job: re-run its failed tasks only, not cancelled ones."
+    )
+
+
 @extend_schema_view(
     create=extend_schema(
         request=PolymorphicProxySerializer(
@@ -147,7 +161,8 @@ CHANGED = {200: JobDetailSerializer, 400: refused("The job's status does not all
     ),
     retrieve=extend_schema(responses=JobDetailSerializer),
     cancel=extend_schema(request=None, responses=CHANGED),
-    retry=extend_schema(request=None, responses=CHANGED),
+    retry=extend_schema(request=None, parameters=[RetryOptionsSerializer], responses=CHANGED),
+    parallelism=extend_schema(request=ParallelismSerializer, responses=CHANGED),
     acknowledge=extend_schema(request=None, responses=CHANGED),
     executions=extend_schema(responses=ExecutionSerializer(many=True), filters=False),
     logs=extend_schema(
@@ -208,11 +223,40 @@ class JobViewSet(
 
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
-        return self._changed(job_cancel(job=self.get_changeable_object(), user=request.user))
+        """Cancel the job; an array job's every unfinished task."""
+        job = self.get_changeable_object()
+        if job.array_count is not None:
+            return self._changed(array_cancel(array=job, user=request.user))
+        return self._changed(job_cancel(job=job, user=request.user))
 
     @action(detail=True, methods=["post"])
     def retry(self, request, pk=None):
-        return self._changed(job_requeue(job=self.get_changeable_object(), user=request.user))
+        """Run a failed or cancelled job again; for an array job, its failed and cancelled
+        tasks (`?failed_only=true`: its failed ones)."""
+        options = RetryOptionsSerializer(data=request.query_params)
+        options.is_valid(raise_exception=True)
+        failed_only = options.validated_data["failed_only"]
+        job = self.get_changeable_object()
+        if job.array_count is not None:
+            return self._changed(array_retry(array=job, failed_only=failed_only, user=request.user))
+        if failed_only:
+            raise ValidationError({"failed_only": ["Only for an array job."]})
+        if job.array_parent_id is not None:
+            array_retry(array=job.array_parent, task=job, user=request.user)
+            return self._changed(job)
+        return self._changed(job_requeue(job=job, user=request.user))
+
+    @action(detail=True, methods=["post", "patch"])
+    def parallelism(self, request, pk=None):
+        """Change how many of an array job's tasks run at once, while it runs."""
+        job = self.get_changeable_object()
+        serializer = ParallelismSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        return self._changed(
+            array_parallelism_set(
+                array=job, parallelism=serializer.validated_data["parallelism"], user=request.user
+            )
+        )
 
     @action(detail=True, methods=["post"])
     def acknowledge(self, request, pk=None):

@@ -33,6 +33,7 @@ from ..models import (
     OnUnsatisfied,
     PendingReason,
 )
+from ..selectors import array_task_counts
 
 
 def iso_datetime(value: datetime | None) -> str | None:
@@ -53,6 +54,15 @@ def _or_empty(text: str | None) -> str:
 
 def _resources(cpu_millis: int, memory_mb: int, gpu: int) -> dict:
     return {"cpu": cpu_millis / 1000, "memory_mb": memory_mb, "gpu": gpu}
+
+
+def _array(count: int | None, parallelism: int | None) -> dict | None:
+    return None if count is None else {"count": count, "parallelism": parallelism}
+
+
+class ArrayFiguresSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    parallelism = serializers.IntegerField()
 
 
 @dataclass(frozen=True)
@@ -155,6 +165,20 @@ JOB_FIELDS = (
         serializers.IntegerField(allow_null=True, help_text="Id of its workflow, if a step."),
         "workflow_id",
     ),
+    field("concurrency_key", serializers.CharField()),
+    field(
+        "array",
+        ArrayFiguresSerializer(allow_null=True, read_only=True),
+        *("array_count", "array_parallelism"),
+        write=_array,
+    ),
+    field(
+        "array_parent",
+        serializers.IntegerField(allow_null=True, help_text="The array job of an array task."),
+        "array_parent_id",
+    ),
+    field("array_index", serializers.IntegerField(allow_null=True)),
+    field("deadline", serializers.DateTimeField(allow_null=True), write=iso_datetime),
 )
 
 # Every column read, once each, in the table's order.
@@ -224,10 +248,15 @@ class RetrySerializer(serializers.ModelSerializer):
         fields = ["attempt", "reason", "due_at", "requested_by", "created_at"]
 
 
-# A single job's page: the job and the retries asked of it.
+# A single job's page: the job and the retries asked of it; an array job's tasks counted
+# by status.
 class JobDetailSerializer(JobSerializer):
     retries = RetrySerializer(many=True)
+    array_tasks = serializers.DictField(
+        child=serializers.IntegerField(), allow_null=True, read_only=True
+    )
 
     def to_representation(self, job):
         retries = RetrySerializer(job.retries.all(), many=True).data
-        return {**super().to_representation(job), "retries": retries}
+        tasks = None if job.array_count is None else array_task_counts(array=job)
+        return {**super().to_representation(job), "retries": retries, "array_tasks": tasks}

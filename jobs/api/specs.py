@@ -13,11 +13,14 @@ from resources.models import DEFAULT_QUEUE_NAME
 
 from ..models import DependencyCondition, JobDefinition, JobKind, OnUnsatisfied
 from ..selectors import definition_list_visible
+from ..services.arrays import MAX_ARRAY_COUNT
 from ..services.specs import job_spec_limit_errors
 
 MAX_ARGV = 256
 MAX_ARG_LENGTH = 8192
 VIEWERS_MAY_NOT_SUBMIT = "Viewers may look at this team's jobs but not submit them."
+CONCURRENCY_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$"
+CONCURRENCY_KEY_INVALID = "Letters, digits and _ . : / -, starting with a letter or digit."
 
 
 class ResourcesSerializer(StrictSerializer):
@@ -72,6 +75,30 @@ def parameters_field(**kwargs):
     )
 
 
+def concurrency_key_field(**kwargs):
+    return serializers.RegexField(
+        CONCURRENCY_KEY_PATTERN,
+        max_length=100,
+        allow_blank=True,
+        error_messages={"invalid": CONCURRENCY_KEY_INVALID},
+        help_text="Jobs of a team with the same key run at most its concurrency limit at "
+        'once, e.g. "db"',
+        **kwargs,
+    )
+
+
+def team_of_write(serializer: serializers.Serializer, slug: str):
+    """The team a write names: a new object's, if the caller may change its objects (a
+    viewer gets a 403 saying the serializer's `viewers_may_not`); a stored object's team
+    cannot change."""
+    if serializer.instance is not None:
+        if slug != serializer.instance.team.slug:
+            raise serializers.ValidationError("The team cannot change.")
+        return serializer.instance.team
+    user = serializer.context["request"].user
+    return team_for_submission(user=user, slug=slug, viewers_may_not=serializer.viewers_may_not)
+
+
 def definition_for_submission(*, user, pk: int, viewers_may_not: str) -> JobDefinition:
     """The definition with this id, if the user may submit jobs made from it; a viewer of
     its team gets a 403 saying `viewers_may_not`, anyone else a validation error."""
@@ -116,14 +143,10 @@ class JobSpecSerializer(SpecLimitsMixin, StrictSerializer):
     node_selector = serializers.DictField(
         child=serializers.CharField(max_length=63), required=False, default=dict
     )
+    concurrency_key = concurrency_key_field(required=False, default="")
 
     def validate_team(self, slug):
-        if self.instance is not None:
-            if slug != self.instance.team.slug:
-                raise serializers.ValidationError("The team cannot change.")
-            return self.instance.team
-        user = self.context["request"].user
-        return team_for_submission(user=user, slug=slug, viewers_may_not=self.viewers_may_not)
+        return team_of_write(self, slug)
 
     def _validate_target(self, attrs):
         """A command job has a command and no callable; a callable job the reverse. When
@@ -195,6 +218,22 @@ class DependencySerializer(StrictSerializer):
     )
 
 
+class ArraySerializer(StrictSerializer):
+    count = serializers.IntegerField(
+        min_value=1, max_value=MAX_ARRAY_COUNT, help_text="Tasks, with JOB_ARRAY_INDEX 0..count-1"
+    )
+    parallelism = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_ARRAY_COUNT,
+        required=False,
+        help_text="Most tasks running at once; default all of them.",
+    )
+
+    def validate(self, attrs):
+        attrs.setdefault("parallelism", attrs["count"])
+        return attrs
+
+
 class JobSubmitSerializer(JobSpecSerializer):
     idempotency_key = serializers.CharField(max_length=200, required=False, default="")
     not_before = serializers.DateTimeField(required=False, allow_null=True, default=None)
@@ -208,6 +247,13 @@ class JobSubmitSerializer(JobSpecSerializer):
         default=OnUnsatisfied.CANCEL,
         help_text="When a dependency can never be met: cancel the job, or leave it waiting.",
     )
+    array = ArraySerializer(required=False, help_text="Run as an array of `count` tasks.")
+    deadline = serializers.DateTimeField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Cancelled (stopped, if running) when not ended by then.",
+    )
 
 
 class DefinitionOverridesSerializer(SpecLimitsMixin, StrictSerializer):
@@ -220,6 +266,8 @@ class DefinitionOverridesSerializer(SpecLimitsMixin, StrictSerializer):
     priority = serializers.IntegerField(min_value=-1000, max_value=1000, required=False)
     idempotency_key = serializers.CharField(max_length=200, required=False)
     not_before = serializers.DateTimeField(required=False, allow_null=True)
+    deadline = serializers.DateTimeField(required=False, allow_null=True)
+    array = ArraySerializer(required=False, help_text="Run as an array of `count` tasks.")
 
 
 class JobFromDefinitionSerializer(DefinitionOverridesSerializer):

@@ -48,10 +48,12 @@ from ..models import (
     execution_token,
 )
 from ..services.publishing import executions_publish_on_commit
+from .concurrency import concurrency_slots_lock
 
 logger = logging.getLogger(__name__)
 
-# Each queue's next `per_queue` pending jobs that are due, in its order, locked so that
+# Each queue's next `per_queue` pending jobs that are due (and whose deadline has not
+# passed: the deadline check cancels those), in its order (priority, then deadline), locked so that
 # a second scheduler (or a cancel) skips them rather than waiting. Per queue, so that a
 # long backlog in one queue cannot hide another queue's jobs from the fair-share order.
 # With `reasons`, only jobs waiting for one of them ('' for the jobs no cycle has
@@ -63,20 +65,22 @@ logger = logging.getLogger(__name__)
 # start from every job of it.
 PENDING_JOBS_SQL = """
 SELECT j.id, j.queue_id, j.cpu_millis, j.memory_mb, j.gpu, j.node_selector, j.attempts,
-       j.pending_reason, q.name, q.weight, q.priority, q.strategy, q.quota_cpu_millis,
-       q.quota_memory_mb, q.quota_gpu, coalesce(usage.cpu_millis, 0),
+       j.pending_reason, j.team_id, j.concurrency_key, q.name, q.weight, q.priority,
+       q.strategy, q.quota_cpu_millis, q.quota_memory_mb, q.quota_gpu,
+       coalesce(usage.cpu_millis, 0),
        coalesce(usage.memory_mb, 0), coalesce(usage.gpu, 0)
 FROM resources_queue q
 CROSS JOIN LATERAL (
     SELECT id, queue_id, cpu_millis, memory_mb, gpu, node_selector, attempts, pending_reason,
-           priority, created_at
+           team_id, concurrency_key, priority, deadline, created_at
     FROM jobs_job
     WHERE queue_id = q.id
       AND status = %(pending)s
       AND (not_before IS NULL OR not_before <= %(now)s)
+      AND (deadline IS NULL OR deadline > %(now)s)
       AND (%(reasons)s::text[] IS NULL OR pending_reason = ANY(%(reasons)s::text[]))
       AND pending_reason <> ALL(%(held)s::text[])
-    ORDER BY priority DESC, created_at, id
+    ORDER BY priority DESC, deadline ASC NULLS LAST, created_at, id
     LIMIT %(per_queue)s
     FOR UPDATE SKIP LOCKED
 ) j
@@ -89,7 +93,7 @@ LEFT JOIN (
      WHERE a.status = ANY(%(live)s)
      GROUP BY job.queue_id
 ) AS usage ON usage.queue_id = q.id
-ORDER BY q.id, j.priority DESC, j.created_at, j.id
+ORDER BY q.id, j.priority DESC, j.deadline ASC NULLS LAST, j.created_at, j.id
 """
 
 
@@ -176,9 +180,10 @@ def lock_pending_jobs(
         rows = cursor.fetchall()
     pending, queues = [], {}
     for row in rows:
-        job_id, queue_id, cpu, memory, gpu, selector, attempts, reason, *queue = row
+        job_id, queue_id, cpu, memory, gpu, selector, attempts, reason, team_id, key, *queue = row
         request = Request(cpu, memory, gpu, json_value(selector) or {})
-        pending.append(_Pending(PendingJob(job_id, queue_id, request), attempts, reason))
+        limit_key = (team_id, key) if key else None
+        pending.append(_Pending(PendingJob(job_id, queue_id, request, limit_key), attempts, reason))
         if queue_id not in queues:
             name, weight, priority, strategy, quota_cpu, quota_memory, quota_gpu, *used = queue
             queues[queue_id] = QueueState(
@@ -262,7 +267,11 @@ def place(
     per_queue = Counter(p.job.queue_id for p in pending)
     result.batch_full = max(per_queue.values()) >= window
     plan = plan_placements(
-        jobs=[p.job for p in pending], queues=queues, nodes=slots, capacity=capacity
+        jobs=[p.job for p in pending],
+        queues=queues,
+        nodes=slots,
+        capacity=capacity,
+        limit_slots=concurrency_slots_lock({p.job.limit_key for p in pending} - {None}),
     )
     claimed = []
     if plan.placements:

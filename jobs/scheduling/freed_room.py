@@ -30,12 +30,14 @@ FREED_ROOM_LOCK_ID = 0x5C4EE
 # Jobs read per queue for one node's freed room, which is usually a job's worth.
 FREED_ROOM_JOBS_PER_QUEUE = 16
 # What freed room may take: jobs a cycle has seen and left waiting for room, or for a
-# retry time that has passed. New arrivals stay the scheduler's, which weighs every
+# retry time that has passed, or for a slot of their concurrency limit (placement locks
+# the limits, as the cycle does). New arrivals stay the scheduler's, which weighs every
 # node for them by the queue's strategy.
 FREED_ROOM_REASONS = (
     PendingReason.INSUFFICIENT_CAPACITY,
     PendingReason.QUEUE_QUOTA,
     PendingReason.WAITING_RETRY,
+    PendingReason.CONCURRENCY_LIMIT,
 )
 NODE_WITH_FREED_ROOM_SQL = """
 SELECT pg_try_advisory_xact_lock(%(lock)s), n.status, n.name, n.cpu_millis, n.memory_mb,

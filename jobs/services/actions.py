@@ -12,6 +12,7 @@ from common.wakeup import scheduler_wake
 
 from ..accounting import allocation_release
 from ..models import TERMINAL_JOB_STATUSES, ExecutionStatus, Job, JobExecution, JobStatus
+from .array_slots import array_task_ended
 from .dependencies import dependents_rearm, workflows_refresh
 from .retries import (
     JOB_LIFECYCLE_FIELDS,
@@ -31,10 +32,10 @@ class JobStateError(ValidationError):
         super().__init__({"status": [message]})
 
 
-def job_cancel(*, job: Job, user: User | None = None) -> Job:
+def job_cancel(*, job: Job, user: User | None = None, reason: str = "") -> Job:
     """Cancel a job. Pending or placed-but-unstarted: at once. Running: its node is asked
     to kill the process group, and the job becomes `cancelled` when the node confirms
-    (or when the node is found lost)."""
+    (or when the node is found lost). `reason` is kept as the job's cancel reason."""
     now = timezone.now()
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=job.pk)
@@ -42,6 +43,7 @@ def job_cancel(*, job: Job, user: User | None = None) -> Job:
             raise JobStateError(
                 f"The job already ended ({job.status}); there is nothing to cancel."
             )
+        job.cancel_reason = cancel_reason(reason=reason, user=user)
         if job.status == JobStatus.RESERVED:
             execution = job.last_execution
             unstarted = JobExecution.objects.filter(
@@ -57,13 +59,19 @@ def job_cancel(*, job: Job, user: User | None = None) -> Job:
             job.not_before = None
         else:
             job.cancel_requested_at = job.cancel_requested_at or now
-        job.save(update_fields=[*JOB_LIFECYCLE_FIELDS, "cancel_requested_at"])
+        job.save(update_fields=[*JOB_LIFECYCLE_FIELDS, "cancel_requested_at", "cancel_reason"])
         job_ended_settle(job, now=now)
+        array_task_ended(job)
         scheduler_wake()
     logger.info(
         "job cancel job=%s by=%s status=%s", job.id, user.username if user else "-", job.status
     )
     return job
+
+
+def cancel_reason(*, reason: str, user: User | None) -> str:
+    """What a cancel records as its reason: the one given, else who asked."""
+    return reason or (f"cancelled by {user.username}" if user else "cancelled")
 
 
 def job_requeue(*, job: Job, user: User | None = None) -> Job:
@@ -134,6 +142,7 @@ def execution_release_stuck(*, execution_id: int, released_by: str) -> bool:
         released = allocation_release(execution_id=execution_id, now=now)
         if not (ended or released):
             return False
+        array_task_ended(job)
         scheduler_wake()
     logger.warning(
         "allocation released by an operator job=%s execution=%s by=%s job_status=%s",

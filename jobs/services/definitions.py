@@ -31,6 +31,7 @@ DEFINITION_SPEC_FIELDS = (
     "retry_backoff_seconds",
     "timeout_seconds",
     "node_selector",
+    "concurrency_key",
 )
 DEFINITION_NAME_TAKEN = {"name": ["The team already has a definition with this name."]}
 # What a submission from a definition may change; env and parameters merge over the
@@ -42,6 +43,8 @@ DEFINITION_OVERRIDE_FIELDS = (
     "priority",
     "idempotency_key",
     "not_before",
+    "deadline",
+    "array",
 )
 
 

@@ -18,8 +18,15 @@ from django.utils import timezone
 
 from common.wakeup import scheduler_wake
 
-from ..accounting import Success, allocation_release, claim_execution, successes_finish
+from ..accounting import (
+    EndedSuccesses,
+    Success,
+    allocation_release,
+    claim_execution,
+    successes_finish,
+)
 from ..models import DependencyCondition, ExecutionStatus, Job, JobDependency, JobExecution
+from .array_slots import array_slots_release, array_task_ended
 from .dependencies import dependents_settle
 from .retries import job_after_attempt
 
@@ -95,6 +102,7 @@ def execution_finish(
         scheduler_wake()
         # Last, so the node row (every finish and every cycle needs it) is held briefly.
         allocation_release(execution_id=execution_id, now=now)
+        array_task_ended(job)
     logger.info(
         "execution finished job=%s token=%s status=%s exit_code=%s error=%r job_status=%s",
         job.id,
@@ -109,20 +117,21 @@ def execution_finish(
 
 def executions_finish_succeeded(
     successes: Sequence[Success], *, wake: bool = True
-) -> dict[str, int]:
+) -> EndedSuccesses:
     """End running executions that succeeded, in one statement: execution, job,
     allocation and node counters, and (with `wake`) a wake-up for the scheduler. Returns
     {token: job id} of those it ended; the others (a cancel pending, a duplicate report)
     are for `execution_finish` to decide."""
     if not successes:
-        return {}
+        return EndedSuccesses()
     now = timezone.now()
-    # One transaction with the dependents' release (a savepoint-free part of the
-    # caller's, when there is one).
+    # One transaction with the dependents' release and the slots the arrays' tasks free
+    # (no savepoint inside a caller's: the agent's batch rolls back whole).
     with transaction.atomic(savepoint=False):
         ended = successes_finish(successes, now=now, wake=wake)
         if ended.to_settle:
             dependents_settle(upstream_ids=ended.to_settle, now=now)
+        array_slots_release(array_ids=ended.array_ids)
     for token, job_id in ended.items():
         logger.info(
             "execution finished job=%s token=%s status=succeeded exit_code=0", job_id, token

@@ -14,6 +14,7 @@ from nodes.models import NodeStatus
 
 from ..accounting import allocation_release
 from ..models import ExecutionStatus, Job, JobExecution, JobStatus
+from .array_slots import array_task_ended
 from .publishing import executions_publish_on_commit
 from .retries import JOB_LIFECYCLE_FIELDS, job_end, job_ended_settle, job_plan_retry
 
@@ -45,6 +46,7 @@ def execution_fail_over(*, execution_id: int, reason: str) -> bool:
                 job_end(job, JobStatus.FAILED, now)
             job.save(update_fields=JOB_LIFECYCLE_FIELDS)
             job_ended_settle(job, now=now)
+            array_task_ended(job)
         scheduler_wake()
     logger.warning(
         "execution lost job=%s execution=%s reason=%r job_status=%s",

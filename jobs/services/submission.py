@@ -4,14 +4,17 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from accounts.models import Team, User
 from common.wakeup import ARRIVAL, scheduler_wake
 
-from ..models import Job, PendingReason
+from ..models import Job, JobStatus, PendingReason
+from .arrays import array_tasks_create
 from .dependencies import job_dependencies_check, job_dependencies_lock, job_dependencies_record
-from .specs import job_spec_check
+from .specs import MAX_ENV, job_spec_check
 
 logger = logging.getLogger(__name__)
 
@@ -25,30 +28,42 @@ class Submission:
 def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submission:
     """Accept a job for `team`. `spec` holds validated JobSpec fields, with `queue` as a
     queue name (the default queue when absent), plus the job's own `idempotency_key` and
-    `not_before`, and the `definition` it was made from, if any; `depends_on` (upstream
-    job ids and conditions) and `on_unsatisfied` make it wait for other jobs of the team.
-    Resubmitting a known idempotency key returns the first job unchanged."""
+    `not_before`, and the `definition` it was made from, if any, and `array` ({count,
+    parallelism}) for an array job; `depends_on` (upstream job ids and conditions) and
+    `on_unsatisfied` make it wait for other jobs of the team. Resubmitting a known
+    idempotency key returns the first job unchanged."""
     spec = dict(spec)
     depends_on = spec.pop("depends_on", None) or []
+    array = spec.pop("array", None)
     key = spec.get("idempotency_key", "")
     if key:
         existing = Job.objects.filter(team=team, idempotency_key=key).first()
         if existing is not None:
             return Submission(job=existing, created=False)
     queue = job_spec_check(team=team, spec=spec)
+    if array and depends_on:
+        raise ValidationError(
+            {"depends_on": ["An array job cannot depend on other jobs; its tasks start at once."]}
+        )
     if depends_on:
         job_dependencies_check(team=team, depends_on=depends_on)
         spec["pending_reason"] = PendingReason.WAITING_DEPENDENCIES
+    if array and len(spec.get("env", {})) >= MAX_ENV:  # each task gets JOB_ARRAY_INDEX too
+        raise ValidationError({"env": [f"At most {MAX_ENV - 1} variables in an array job."]})
     # On its own the INSERT commits by itself, and the wake-up follows it; inside a
     # caller's transaction it is a savepoint, so a lost key race leaves that usable. With
     # dependencies, the job, its dependencies and its first settling are one transaction.
     in_transaction = transaction.get_connection().in_atomic_block
     try:
-        with transaction.atomic() if in_transaction or depends_on else contextlib.nullcontext():
-            job_dependencies_lock(depends_on=depends_on)
-            job = Job.objects.create(team=team, submitted_by=user, **{**spec, "queue": queue})
-            if depends_on:
-                job_dependencies_record(job=job, depends_on=depends_on)
+        atomic = in_transaction or depends_on or array
+        with transaction.atomic() if atomic else contextlib.nullcontext():
+            if array:
+                job = _array_create(team=team, spec={**spec, "queue": queue}, user=user, **array)
+            else:
+                job_dependencies_lock(depends_on=depends_on)
+                job = Job.objects.create(team=team, submitted_by=user, **{**spec, "queue": queue})
+                if depends_on:
+                    job_dependencies_record(job=job, depends_on=depends_on)
     except IntegrityError:
         # A concurrent submission with the same key won the race; return its job.
         existing = Job.objects.filter(team=team, idempotency_key=key).first() if key else None
@@ -58,3 +73,18 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
     scheduler_wake(ARRIVAL)
     logger.info("job submitted job=%s team=%s name=%s", job.id, team.slug, job.name)
     return Submission(job=job, created=True)
+
+
+def _array_create(*, team: Team, spec: dict, user: User | None, count: int, parallelism: int):
+    """The array job (running from the start: its tasks run in its place) and its tasks."""
+    array = Job.objects.create(
+        team=team,
+        submitted_by=user,
+        status=JobStatus.RUNNING,
+        started_at=timezone.now(),
+        array_count=count,
+        array_parallelism=parallelism,
+        **spec,
+    )
+    array_tasks_create(array=array, count=count, parallelism=parallelism)
+    return array

@@ -15,7 +15,14 @@ from common.wakeup import SCHEDULER_CHANNEL
 from jobs.accounting import Success
 from jobs.agent.runner import running
 from jobs.agent.success_batching import Reported, SuccessBatcher
-from jobs.models import ExecutionStatus, Job, JobExecution, JobStatus, PendingReason
+from jobs.models import (
+    ConcurrencyLimit,
+    ExecutionStatus,
+    Job,
+    JobExecution,
+    JobStatus,
+    PendingReason,
+)
 from jobs.scheduling.cycle import place_pending_jobs
 from nodes.models import Node
 from resources.models import AllocationStatus
@@ -189,3 +196,28 @@ def test_a_batcher_told_not_to_fill_freed_room_leaves_it_to_the_scheduler(team, 
     assert running.tokens() == []
     # The room is free: the scheduler's next cycle places the waiting job there.
     assert place_pending_jobs(batch_size=100).placements == [(f"job-{waiting.id}-attempt-1", "one")]
+
+
+def test_a_finish_that_frees_a_concurrency_slot_wakes_the_scheduler_though_its_room_is_taken(
+    team, broker, batcher
+):
+    """The freed room goes to a job waiting here; the key's next job waits for the slot on
+    another node, which only the scheduler would place."""
+    node = Node.objects.create(name="one", cpu_millis=1000, memory_mb=4096, labels={"zone": "a"})
+    Node.objects.create(name="two", cpu_millis=1000, memory_mb=4096, labels={"zone": "b"})
+    ConcurrencyLimit.objects.create(team=team, key="db", max_running=1)
+    make_jobs(team, 1, concurrency_key="db", node_selector={"zone": "a"})
+    (token,) = start_running(node).values()
+    make_jobs(team, 1, node_selector={"zone": "a"})  # takes the freed room
+    keyed = make_jobs(team, 1, concurrency_key="db", node_selector={"zone": "b"})[0]
+    place_pending_jobs(batch_size=100)
+    keyed.refresh_from_db()
+    assert keyed.pending_reason == PendingReason.CONCURRENCY_LIMIT
+    with raw_connection() as listener:
+        listener.execute(f"LISTEN {SCHEDULER_CHANNEL}")
+        reported = batcher.report(Success(token), node_id=node.id)
+        notified = list(listener.notifies(timeout=0.5, stop_after=1))
+    _, tracked = reported.next  # the unkeyed job took the room
+    running.untrack(tracked)
+    assert [n.channel for n in notified] == [SCHEDULER_CHANNEL]
+    assert place_pending_jobs(batch_size=100).placements == [(f"job-{keyed.id}-attempt-1", "two")]
