@@ -1,8 +1,11 @@
 """Celery tasks of the control plane, run by beat on the control worker. Thin: each
 calls services. (The task that runs an execution is the node agent's: `jobs.agent.tasks`.)"""
 
+from datetime import timedelta
+
 from celery import shared_task
 from django.conf import settings
+from django.utils import timezone
 
 from nodes.selectors import node_ids_offline_with_live_executions
 from nodes.services import nodes_mark_lost
@@ -13,6 +16,7 @@ from .services.failover import (
     executions_fail_over_node,
     executions_fail_over_unreported,
 )
+from .services.logs import log_chunks_purge
 
 
 @shared_task(name="jobs.reconcile_executions", ignore_result=True)
@@ -43,3 +47,10 @@ def detect_lost_nodes() -> int:
         executions_fail_over_node(node_id=node_id, reason="node lost")
         for node_id in node_ids_offline_with_live_executions()
     )
+
+
+@shared_task(name="jobs.purge_job_logs", ignore_result=True)
+def purge_job_logs() -> int:
+    """Shipped logs past JOB_LOG_RETENTION_DAYS go."""
+    before = timezone.now() - timedelta(days=settings.JOB_LOG_RETENTION_DAYS)
+    return log_chunks_purge(before=before)

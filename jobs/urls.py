@@ -4,6 +4,7 @@ from rest_framework.routers import DefaultRouter
 from .api.allocations import AllocationViewSet
 from .api.definitions import DefinitionViewSet
 from .api.jobs import JobViewSet
+from .api.logs import LogSearchView
 from .api.metrics import MetricsSummaryView
 from .api.schedules import ScheduleViewSet
 
@@ -17,4 +18,5 @@ router.register("allocations", AllocationViewSet, basename="allocation")
 urlpatterns = [
     *router.urls,
     path("metrics/summary/", MetricsSummaryView.as_view(), name="metrics-summary"),
+    path("logs/", LogSearchView.as_view(), name="log-search"),
 ]
