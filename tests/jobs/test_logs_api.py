@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from jobs.log_reading import LogSearch, log_chunks_matching
@@ -228,3 +229,17 @@ def test_a_search_reads_the_trigram_index_not_every_chunk(ten_thousand_logs, mem
     plan = chunks[:100].explain()
     assert "log_chunk_text_trgm" in plan, plan
     assert "Seq Scan on jobs_joblogchunk" not in plan, plan
+
+
+def test_a_search_costs_the_same_statements_however_many_attempts_match(api, team, node):
+    def statements() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert api.get("/api/logs/", {"q": "needle"}).status_code == 200
+        return len(queries)
+
+    ship(running_execution(team, node), "a needle\n")
+    statements()  # the token's use is recorded at most once a minute
+    one = statements()
+    for _ in range(5):
+        ship(running_execution(team, node), "more needles\n", "and a needle\n")
+    assert statements() == one
