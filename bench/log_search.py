@@ -15,7 +15,6 @@ into the database Django is set up on, the second measures against a running ser
 """
 
 import argparse
-import http.client
 import json
 import statistics
 import sys
@@ -25,7 +24,14 @@ from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.harness import Bench, percentile, stop, wait_for  # noqa: E402
+from bench.harness import (  # noqa: E402
+    Bench,
+    gunicorn_argv,
+    http_get,
+    percentile,
+    stop,
+    wait_for,
+)
 
 PORT = 8766
 BENCH = Bench("logsearch", 6, API_THROTTLE_USER="", API_THROTTLE_TOKEN="", DB_CONN_MAX_AGE="60")
@@ -121,13 +127,7 @@ def searches(world: dict) -> list[str]:
 
 
 def get(port: int, path: str, token: str) -> tuple[int, bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        connection.request("GET", path, headers={"Authorization": f"Token {token}"})
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
+    return http_get(port, path, {"Authorization": f"Token {token}"})
 
 
 def log_search_p99_ms(*, port: int, world: dict, requests: int) -> dict:
@@ -170,17 +170,7 @@ def main() -> None:
     from django.db import connections
 
     connections.close_all()
-    web = BENCH.start(
-        "web",
-        [
-            str(Path(sys.executable).parent / "gunicorn"),
-            "scheduler_site.wsgi",
-            f"--bind=127.0.0.1:{PORT}",
-            "--workers=2",
-            "--worker-class=gthread",
-            "--threads=16",
-        ],
-    )
+    web = BENCH.start("web", gunicorn_argv(PORT))
     try:
         wait_for(lambda: _answers(world["token"]), 60, "gunicorn", 0.2)
         figures = log_search_p99_ms(port=PORT, world=world, requests=args.requests)

@@ -49,6 +49,9 @@ def log_chunks_append(*, chunks: list[LogChunk], cuts: dict[int, int]) -> None:
     """Store the chunks of several attempts, and delete each attempt's chunks below the
     seq `cuts` gives it (its cap's doing), in one transaction of two statements."""
     with transaction.atomic(), prepared_cursor() as cursor:
+        # Not waiting for the WAL flush: a crash of PostgreSQL may lose the last moments
+        # of output, never more, and a later commit (the attempt's end) flushes them.
+        cursor.execute("SET LOCAL synchronous_commit TO OFF")
         if chunks:
             cursor.execute(
                 APPEND_SQL,
