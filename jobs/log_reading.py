@@ -62,7 +62,8 @@ def attempt_log(*, execution: JobExecution, follow: bool = False) -> Iterator[st
             time.sleep(settings.JOB_LOG_FOLLOW_POLL_SECONDS)
     if seq < 0:
         # Nothing shipped (it ran before logs were): the tail its end recorded, if any.
-        yield JobExecution.objects.filter(pk=execution.pk).values_list("log_tail", flat=True)[0]
+        tail = JobExecution.objects.filter(pk=execution.pk).values_list("log_tail", flat=True)
+        yield tail.first() or ""
 
 
 @dataclass(frozen=True)

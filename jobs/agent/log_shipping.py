@@ -197,7 +197,6 @@ class LogShipper:
                 self._unsent = chunks
                 return
         self._unsent = []
-        self._cuts_sent.update(cuts)
         done = []
         for log in logs:
             with log.lock:
@@ -205,6 +204,7 @@ class LogShipper:
             if log.settled():
                 done.append(log)
         with self._lock:
+            self._cuts_sent.update({e: c for e, c in cuts.items() if e in self._logs})
             for log in done:
                 self._logs.pop(log.execution_id, None)
                 self._cuts_sent.pop(log.execution_id, None)

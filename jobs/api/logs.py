@@ -16,10 +16,17 @@ from ..log_reading import LogSearch, attempt_log, log_line_search
 from ..models import Job
 from ..selectors import execution_list_for_job
 
+# The largest values of PostgreSQL's integer and bigint: a larger id matches nothing, and
+# must be a 400, not a database error.
+MAX_INT, MAX_BIGINT = 2**31 - 1, 2**63 - 1
+
 
 class AttemptLogQuerySerializer(serializers.Serializer):
     attempt = serializers.IntegerField(
-        min_value=1, required=False, help_text="The attempt's number; default the latest."
+        min_value=1,
+        max_value=MAX_INT,
+        required=False,
+        help_text="The attempt's number; default the latest.",
     )
     follow = serializers.BooleanField(
         default=False,
@@ -72,18 +79,23 @@ class LogSearchQuerySerializer(serializers.Serializer):
     )
     team = serializers.SlugField(required=False, help_text="A team's slug.")
     queue = serializers.CharField(required=False, help_text="A queue's name.")
-    definition = serializers.IntegerField(required=False, min_value=1)
-    job = serializers.IntegerField(required=False, min_value=1)
+    definition = serializers.IntegerField(required=False, min_value=1, max_value=MAX_BIGINT)
+    job = serializers.IntegerField(required=False, min_value=1, max_value=MAX_BIGINT)
     since = UtcDateTimeField(required=False, help_text="Shipped at or after.")
     until = UtcDateTimeField(required=False, help_text="Shipped before.")
     page_size = serializers.IntegerField(required=False, min_value=1, max_value=500, default=100)
     before = serializers.IntegerField(
-        required=False, min_value=1, help_text="From the `next` link of the previous page."
+        required=False,
+        min_value=1,
+        max_value=MAX_BIGINT,
+        help_text="From the `next` link of the previous page.",
     )
 
     def validate_q(self, value):
         if "\x00" in value:
             raise serializers.ValidationError("Must not contain a NUL character.")
+        if len(value.strip()) < 3:
+            raise serializers.ValidationError("At least 3 characters besides spaces.")
         return value
 
 
