@@ -109,3 +109,23 @@ def test_following_works_when_the_web_process_cannot_read_the_nodes_disk(
         timeout=30,
     ).text
     assert whole == "".join(f"{line}\n" for line, _ in lines)
+
+
+def test_a_follow_ends_when_its_attempts_agent_is_killed_and_keeps_what_was_shipped(
+    cluster, api, member
+):
+    cluster.start_maintenance()
+    node = cluster.start_node("node-a", cpu=1)
+    cluster.start_scheduler()
+    port = free_port()
+    cluster.start_web(port)
+    job_id = submit(api, command=["sh", "-c", "echo one; echo two; sleep 300"])
+    execution = wait_execution(job_id)
+    wait_until(lambda: execution.log_chunks.exists(), 30, message="its first lines to be shipped")
+    lines = follow(port, member, job_id)
+    assert [next(lines)[0], next(lines)[0]] == ["one", "two"]
+    node.kill()  # SIGKILL: its job dies with it, and nothing more is shipped
+    # The follow ends once the node is found lost and the attempt with it.
+    assert list(lines) == []
+    execution.refresh_from_db()
+    assert execution.status not in (ExecutionStatus.RESERVED, ExecutionStatus.RUNNING)
