@@ -1,6 +1,7 @@
 """What the benches share: a database and Redis database of their own, processes started
 with their settings and logs in a scratch directory, polling and percentiles."""
 
+import http.client
 import os
 import signal
 import subprocess
@@ -111,3 +112,26 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.005):
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def gunicorn_argv(port: int) -> list[str]:
+    """The web process as scripts/up starts it: 2 workers of threads."""
+    return [
+        str(Path(sys.executable).parent / "gunicorn"),
+        "scheduler_site.wsgi",
+        f"--bind=127.0.0.1:{port}",
+        "--workers=2",
+        "--worker-class=gthread",
+        "--threads=16",
+    ]
+
+
+def http_get(port: int, path: str, headers: dict) -> tuple[int, bytes]:
+    """One GET on a connection of its own; the status and the body."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()

@@ -1,18 +1,20 @@
 """Throughput and submit-to-start latency of the whole platform, against bare Celery.
 
     .venv/bin/python bench/throughput.py [--jobs 400] [--latency-samples 200] [--slots 8]
-                                         [--clients 4]
+                                         [--clients 4] [--command true]
 
 Sets up its own database (scheduler_bench_tp) and Redis database (12), starts a real
 scheduler and one node agent (--slots threads, as much CPU as slots, 1 CPU per job),
 and a bare Celery worker with the same pool, concurrency, acks and prefetch running the
-same command (`true`). Measures completed jobs per second for each, submitted from
+same command (`true`, or --command; the agent ships what it prints, the bare worker
+drops it). Measures completed jobs per second for each, submitted from
 --clients threads at once, then, with free capacity, the latency from a job's creation
 to its start, one job at a time. The last line printed is one JSON object of the figures.
 """
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -32,6 +34,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=400)
     parser.add_argument("--latency-samples", type=int, default=200)
     parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument(
+        "--command",
+        default="true",
+        help="what each job runs, split as a shell would; the bare worker runs it too "
+        "(e.g. 'seq 1 20' for output for the agent to ship)",
+    )
     parser.add_argument(
         "--clients", type=int, default=4, help="threads submitting at once, in both phases"
     )
@@ -91,7 +99,7 @@ def main() -> None:
         time.sleep(3)  # workers connected and consuming
         spec = {
             "name": "trivial",
-            "command": ["true"],
+            "command": shlex.split(args.command),
             "cpu_millis": 1000,
             "memory_mb": 16,
             "gpu": 0,
@@ -119,7 +127,7 @@ def main() -> None:
         def bare_run(count: int) -> float:
             broker.delete(COUNTER)
             started = time.perf_counter()
-            submit_all(count, lambda: run_command.delay(["true"]))
+            submit_all(count, lambda: run_command.delay(shlex.split(args.command)))
             wait_for(
                 lambda: int(broker.get(COUNTER) or 0) == count, 300, "the bare tasks", POLL_SECONDS
             )
@@ -131,7 +139,7 @@ def main() -> None:
         bare = bare_run(args.jobs)
         print(
             f"throughput: platform {platform:.1f} jobs/s, bare Celery {bare:.1f} tasks/s "
-            f"({args.jobs} trivial jobs, {args.slots} slots)"
+            f"({args.jobs} jobs running {args.command!r}, {args.slots} slots)"
         )
 
         latencies = []

@@ -1,8 +1,12 @@
 """Job definitions, jobs (requested runs) and executions (attempts on nodes)."""
 
 from django.conf import settings
+from django.contrib.postgres.indexes import BrinIndex, GinIndex
 from django.db import models
 from django.db.models import F, Q
+from django.db.models.functions import Now
+
+from common.lookups import TrigramContains
 
 
 class JobKind(models.TextChoices):
@@ -750,3 +754,42 @@ class ConcurrencyLimit(models.Model):
 
     def __str__(self):
         return f"{self.team}/{self.key}: at most {self.max_running}"
+
+
+class JobLogChunk(models.Model):
+    """A piece of one attempt's output, shipped by its node agent while the job runs, so
+    the API serves any attempt's log whatever machine ran it. Lines are numbered from 1
+    per attempt; `offset` is where the chunk starts in the attempt's output, in bytes.
+    An attempt over JOB_LOG_SHIP_MAX_BYTES loses its oldest chunks: what is left starts
+    past line 1 and byte 0, which says what was cut."""
+
+    # Indexed by the unique constraint below, which starts with it.
+    execution = models.ForeignKey(
+        JobExecution, on_delete=models.CASCADE, related_name="log_chunks", db_index=False
+    )
+    seq = models.PositiveIntegerField(help_text="The chunk's place in its attempt, from 0.")
+    first_line = models.PositiveIntegerField(help_text="The number of the chunk's first line.")
+    offset = models.BigIntegerField(help_text="Bytes of the attempt's output before it.")
+    text = models.TextField()
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        ordering = ["execution", "seq"]
+        constraints = [
+            # Also the index an attempt's log is read by, in order.
+            models.UniqueConstraint(fields=["execution", "seq"], name="log_chunk_execution_seq"),
+            models.CheckConstraint(condition=Q(first_line__gte=1), name="log_chunk_line_positive"),
+            models.CheckConstraint(condition=Q(offset__gte=0), name="log_chunk_offset_positive"),
+        ]
+        indexes = [
+            # Used by the log search (`GET /api/logs/?q=`): ILIKE '%text%' through trigrams.
+            GinIndex(fields=["text"], opclasses=["gin_trgm_ops"], name="log_chunk_text_trgm"),
+            # Used by the retention purge; chunks arrive in time order, so a BRIN stays tiny.
+            BrinIndex(fields=["created_at"], name="log_chunk_created_brin"),
+        ]
+
+    def __str__(self):
+        return f"log of execution {self.execution_id} from line {self.first_line}"
+
+
+JobLogChunk._meta.get_field("text").register_lookup(TrigramContains)

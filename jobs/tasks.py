@@ -1,8 +1,11 @@
 """Celery tasks of the control plane, run by beat on the control worker. Thin: each
 calls services. (The task that runs an execution is the node agent's: `jobs.agent.tasks`.)"""
 
+from datetime import timedelta
+
 from celery import shared_task
 from django.conf import settings
+from django.utils import timezone
 
 from nodes.selectors import node_ids_offline_with_live_executions
 from nodes.services import nodes_mark_lost
@@ -14,6 +17,7 @@ from .services.failover import (
     executions_fail_over_node,
     executions_fail_over_unreported,
 )
+from .services.logs import log_chunks_purge
 
 
 @shared_task(name="jobs.reconcile_executions", ignore_result=True)
@@ -50,3 +54,10 @@ def detect_lost_nodes() -> int:
 def cancel_past_deadline() -> int:
     """Jobs not ended by their deadline are cancelled, with the reason."""
     return jobs_cancel_past_deadline()
+
+
+@shared_task(name="jobs.purge_job_logs", ignore_result=True)
+def purge_job_logs() -> int:
+    """Shipped logs past JOB_LOG_RETENTION_DAYS go."""
+    before = timezone.now() - timedelta(days=settings.JOB_LOG_RETENTION_DAYS)
+    return log_chunks_purge(before=before)

@@ -5,6 +5,7 @@ from .api.allocations import AllocationViewSet
 from .api.concurrency_limits import ConcurrencyLimitViewSet
 from .api.definitions import DefinitionViewSet
 from .api.jobs import JobViewSet
+from .api.logs import LogSearchView
 from .api.metrics import MetricsSummaryView
 from .api.schedules import ScheduleViewSet
 from .api.workflows import WorkflowTemplateViewSet, WorkflowViewSet
@@ -22,4 +23,5 @@ router.register("concurrency-limits", ConcurrencyLimitViewSet, basename="concurr
 urlpatterns = [
     *router.urls,
     path("metrics/summary/", MetricsSummaryView.as_view(), name="metrics-summary"),
+    path("logs/", LogSearchView.as_view(), name="log-search"),
 ]

@@ -233,6 +233,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "jobs.cancel_past_deadline",
         "schedule": env.float("DEADLINE_CHECK_SECONDS", default=5.0),
     },
+    "purge-job-logs": {
+        "task": "jobs.purge_job_logs",
+        "schedule": env.float("JOB_LOG_PURGE_INTERVAL_SECONDS", default=3600.0),
+    },
 }
 
 # --- Scheduler and node agents -------------------------------------------------------
@@ -294,3 +298,19 @@ METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 # How long a token from POST /api/auth/login/ lives.
 API_LOGIN_TOKEN_DAYS = env.int("API_LOGIN_TOKEN_DAYS", default=30)
+
+# --- Central logs (jobs.agent.log_shipping, GET /api/jobs/{id}/logs/, GET /api/logs/) ----
+# How often a node agent sends what its running jobs printed (an ending job's rest goes
+# at once), and how long an ending job waits for its log to be stored before it reports.
+JOB_LOG_SHIP_INTERVAL_SECONDS = env.float("JOB_LOG_SHIP_INTERVAL_SECONDS", default=0.5)
+JOB_LOG_SHIP_CLOSE_TIMEOUT_SECONDS = env.float("JOB_LOG_SHIP_CLOSE_TIMEOUT_SECONDS", default=10.0)
+# How much of one attempt's output the database keeps: past it the oldest is dropped,
+# and the log starts with a line saying what was.
+JOB_LOG_SHIP_MAX_BYTES = env.int("JOB_LOG_SHIP_MAX_BYTES", default=10 * 1024 * 1024)
+# Shipped logs older than this are purged (by beat's purge-job-logs).
+JOB_LOG_RETENTION_DAYS = env.float("JOB_LOG_RETENTION_DAYS", default=30.0)
+# How often `?follow=true` looks for a running attempt's new output.
+JOB_LOG_FOLLOW_POLL_SECONDS = env.float("JOB_LOG_FOLLOW_POLL_SECONDS", default=0.5)
+# A follow still open after this closes (its client follows again), so that followers of
+# attempts that never end cannot hold every web thread.
+JOB_LOG_FOLLOW_MAX_SECONDS = env.float("JOB_LOG_FOLLOW_MAX_SECONDS", default=3600.0)

@@ -9,6 +9,7 @@ SIGKILL of its whole process group) when the test ends.
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -184,9 +185,7 @@ class Cluster:
         return self._spawn(name, [sys.executable, str(BASE_DIR / "manage.py"), *args])
 
     def _spawn(self, name: str, argv: list[str]) -> Process:
-        process = Process(name, argv, self.env, self.tmp_path / f"{name}.log")
-        self.processes.append(process.start())
-        return process
+        return self._spawn_with(name, argv, self.env)
 
     def start_beat(self) -> Process:
         return self._spawn(
@@ -330,6 +329,41 @@ class Cluster:
 
         wait_until(ready, timeout, interval=0.2, message=f"node agent {name}")
 
+    def start_web(self, port: int, **env: str) -> Process:
+        """The web process as scripts/up starts it (gunicorn, threads), with `env` on top
+        of the cluster's; returns once it answers."""
+        process = self._spawn_with(
+            "web",
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "scheduler_site.wsgi",
+                f"--bind=127.0.0.1:{port}",
+                "--workers=1",
+                "--worker-class=gthread",
+                "--threads=4",
+            ],
+            {**self.env, **env},
+        )
+
+        def answers():
+            if not process.alive:
+                raise AssertionError(f"the web process exited:\n{process.log()[-3000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return True
+            except OSError:
+                return False
+
+        wait_until(answers, 30, interval=0.2, message="the web process")
+        return process
+
+    def _spawn_with(self, name: str, argv: list[str], env: dict) -> Process:
+        process = Process(name, argv, env, self.tmp_path / f"{name}.log")
+        self.processes.append(process.start())
+        return process
+
     def stop_all(self) -> None:
         for process in reversed(self.processes):
             process.stop()
@@ -346,3 +380,10 @@ def gone(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"Z", b"X")
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -22,6 +22,7 @@ from jobs.models import (
     Job,
     JobDefinition,
     JobExecution,
+    JobLogChunk,
     JobStatus,
 )
 from jobs.schedules import schedule_create
@@ -141,6 +142,7 @@ ENDPOINTS = [
     Endpoint("GET", "/api/jobs/{job}/logs/", azure_only(200)),
     Endpoint("GET", "/api/jobs/{job}/logs/?attempt=1", azure_only(200)),
     Endpoint("GET", "/api/jobs/{job}/why/", azure_only(200)),
+    Endpoint("GET", "/api/jobs/{failed_job}/logs/?follow=true", azure_only(404, outsider=404)),
     Endpoint("GET", "/api/jobs/{pending_job}/why/", azure_only(200)),
     Endpoint("POST", "/api/jobs/{pending_job}/cancel/", azure_only(200, viewer=403)),
     Endpoint("POST", "/api/jobs/{failed_job}/retry/", azure_only(200, viewer=403)),
@@ -256,6 +258,12 @@ ENDPOINTS = [
     Endpoint("GET", "/api/resources/usage/", everyone(200)),
     # --- metrics: each caller's own teams' queues and jobs; every node
     Endpoint("GET", "/api/metrics/summary/", everyone(200)),
+    # --- log search: each caller's own teams' lines
+    Endpoint(
+        "GET", "/api/logs/?q=log-mark", everyone(200), counts={"azure-team": 1, "crimson-team": 1}
+    ),
+    Endpoint("GET", "/api/logs/?q=log-mark&team=azure-team", everyone(200)),
+    Endpoint("GET", "/api/logs/?q=log-mark&job={job}", everyone(200)),
     # --- the OpenAPI schema and its docs: public, they hold no one's data
     Endpoint("GET", "/api/schema/", everyone(200, anonymous=200)),
     Endpoint("GET", "/api/docs/", everyone(200, anonymous=200)),
@@ -348,6 +356,9 @@ def world(default_queue):
         execution_claim(token=execution.token, node_id=node.pk)
         JobExecution.objects.filter(pk=execution.pk).update(
             log_tail=f"{mark.upper()}-LOG-MARK output\n"
+        )
+        JobLogChunk.objects.create(
+            execution=execution, seq=0, first_line=1, offset=0, text=f"{mark.upper()}-LOG-MARK\n"
         )
         failed = submit(team, queues[mark], f"{mark}-job-mark-failed", status=JobStatus.FAILED)
         Job.objects.filter(pk=failed.pk).update(attempts=1, finished_at=timezone.now())
@@ -511,8 +522,12 @@ def test_the_matrix_covers_every_api_route():
         ("/api/metrics/summary/", ["azure-q", "crimson-q"]),
         ("/api/workflows/", ["azure-wf-mark", "crimson-wf-mark"]),
         ("/api/workflow-templates/", ["azure-wf-mark", "crimson-wf-mark"]),
+        ("/api/logs/?q=log-mark", ["AZURE-LOG-MARK", "CRIMSON-LOG-MARK"]),
     ],
 )
 def test_staff_see_both_teams_marks_so_a_leak_would_show(world, staff_api, path, marks):
-    text = staff_api.get(path.format(job=world["job"])).content.decode()
+    response = staff_api.get(path.format(job=world["job"]))
+    text = (
+        b"".join(response.streaming_content) if response.streaming else response.content
+    ).decode()
     assert [mark for mark in marks if mark not in text] == []

@@ -7,6 +7,7 @@
 - `sampling`: what /proc says about the jobs' processes: CPU time and resident memory
 - `metrics`: this process's own metrics (`run_node --metrics-port`)
 - `success_batching`: ending successes in batches, and taking work onto the room they free
+- `log_shipping`: sending the jobs' output to the control plane while they run
 - `tasks`: the Celery task that claims and runs an execution
 - `callable_runner`: the child process that runs an allow-listed callable
 

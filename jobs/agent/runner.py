@@ -5,7 +5,8 @@ kills everything it started. It gets a working directory of its own and the job'
 environment on top of a minimal base; the agent's own environment, with its database
 URL and secrets, is not passed on. Its stdout and stderr stream through a pipe into a
 log file capped at JOB_LOG_MAX_BYTES, and the last JOB_LOG_TAIL_BYTES are kept for the
-database. With `setpriv` available, the job's process dies with the agent's.
+database; the same output is shipped to the database as it comes (`log_shipping`).
+With `setpriv` available, the job's process dies with the agent's.
 
 `running` is this agent's registry of what it runs: the heartbeat reports its tokens,
 cancels and the memory watch act on it.
@@ -26,6 +27,7 @@ from pathlib import Path
 from django.conf import settings
 
 from ..models import JobExecution, JobKind
+from .log_shipping import AttemptLog, shipper
 from .sampling import resident_mb_by_group
 
 logger = logging.getLogger(__name__)
@@ -169,11 +171,14 @@ def job_environment(execution: JobExecution, node_name: str, workdir: Path) -> d
 
 
 class LogPump(threading.Thread):
-    """Copies the job's output to its log file up to a cap, keeping the latest tail."""
+    """Copies the job's output to its log file up to a cap, keeping the latest tail, and
+    hands it to the log shipper."""
 
-    def __init__(self, source, log_path: Path, max_bytes: int, tail_bytes: int):
+    def __init__(
+        self, source, log_path: Path, max_bytes: int, tail_bytes: int, shipped: AttemptLog
+    ):
         super().__init__(daemon=True)
-        self.source, self.log_path = source, log_path
+        self.source, self.log_path, self.shipped = source, log_path, shipped
         self.max_bytes, self.tail_bytes = max_bytes, tail_bytes
         self.tail = bytearray()
         self.written = 0
@@ -182,6 +187,7 @@ class LogPump(threading.Thread):
     def run(self):
         with self.log_path.open("wb") as log:
             while chunk := self.source.read1(65536):
+                self.shipped.write(chunk)
                 room = self.max_bytes - self.written
                 if room > 0:
                     log.write(chunk[:room])
@@ -228,7 +234,6 @@ def describe_exit(returncode: int) -> str:
 
 
 def run_job(*, execution: JobExecution, node_name: str, tracked: TrackedExecution) -> Outcome:
-    job = execution.job
     workdir = Path(settings.NODE_WORK_DIR) / node_name / execution.token
     log_dir = Path(settings.JOB_LOG_DIR)
     log_path = log_dir / f"{execution.token}.log"
@@ -236,9 +241,29 @@ def run_job(*, execution: JobExecution, node_name: str, tracked: TrackedExecutio
     log_dir.mkdir(parents=True, exist_ok=True)
     env = job_environment(execution, node_name, workdir)
     argv = job_argv(execution)
+    shipped = shipper.open(execution.id)
+    try:
+        return _run_process(execution, node_name, tracked, workdir, log_path, env, argv, shipped)
+    finally:
+        # Its log is stored before its outcome is reported, so a follower sees it all.
+        shipper.close(shipped)
+
+
+def _run_process(
+    execution: JobExecution,
+    node_name: str,
+    tracked: TrackedExecution,
+    workdir: Path,
+    log_path: Path,
+    env: dict[str, str],
+    argv: list[str],
+    shipped: AttemptLog,
+) -> Outcome:
+    job = execution.job
     if not executable_exists(argv[0], env["PATH"]):
         error = f"could not start {argv[0]!r}: no such executable on PATH"
         log_path.write_text(f"{error}\n")
+        shipped.write(f"{error}\n".encode())
         shutil.rmtree(workdir, ignore_errors=True)
         return Outcome(None, error, str(log_path), f"{error}\n")
     if SETPRIV:
@@ -257,9 +282,14 @@ def run_job(*, execution: JobExecution, node_name: str, tracked: TrackedExecutio
         except OSError as exc:
             error = f"could not start {job_argv(execution)[0]!r}: {exc.strerror or exc}"
             log_path.write_text(f"{error}\n")
+            shipped.write(f"{error}\n".encode())
             return Outcome(None, error, str(log_path), f"{error}\n")
         pump = LogPump(
-            proc.stdout, log_path, settings.JOB_LOG_MAX_BYTES, settings.JOB_LOG_TAIL_BYTES
+            proc.stdout,
+            log_path,
+            settings.JOB_LOG_MAX_BYTES,
+            settings.JOB_LOG_TAIL_BYTES,
+            shipped,
         )
         pump.start()
         tracked.started(proc.pid)

@@ -2,14 +2,11 @@
 acknowledge them; why a job waits."""
 
 from collections.abc import Mapping
-from pathlib import Path
 
 import django_filters
-from django.http import FileResponse, HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
-    OpenApiParameter,
     OpenApiResponse,
     PolymorphicProxySerializer,
     extend_schema,
@@ -17,7 +14,7 @@ from drf_spectacular.utils import (
 )
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
 from accounts.models import Team
@@ -36,6 +33,7 @@ from ..services.arrays import MAX_ARRAY_COUNT, array_cancel, array_parallelism_s
 from ..services.definitions import definition_submit
 from ..services.submission import Submission, job_submit
 from ..why_pending import job_why_pending
+from .logs import AttemptLogQuerySerializer, attempt_log_response
 from .representation import JobDetailSerializer, JobSerializer, job_json, job_rows
 from .specs import JobFromDefinitionSerializer, JobSubmitSerializer
 from .why import JobWhySerializer
@@ -166,11 +164,7 @@ class RetryOptionsSerializer(serializers.Serializer):
     acknowledge=extend_schema(request=None, responses=CHANGED),
     executions=extend_schema(responses=ExecutionSerializer(many=True), filters=False),
     logs=extend_schema(
-        parameters=[
-            OpenApiParameter(
-                "attempt", int, description="The attempt's number; default the latest."
-            )
-        ],
+        parameters=[AttemptLogQuerySerializer],
         responses={(200, "text/plain"): OpenApiTypes.STR},
     ),
     why=extend_schema(responses=JobWhySerializer, filters=False),
@@ -275,19 +269,6 @@ class JobViewSet(
 
     @action(detail=True, methods=["get"])
     def logs(self, request, pk=None):
-        """The log of one attempt (`?attempt=N`, default the latest) as plain text."""
-        job = self.get_object()
-        executions = execution_list_for_job(job=job)
-        attempt = request.query_params.get("attempt")
-        if attempt is not None:
-            if not attempt.isdecimal():
-                raise ValidationError({"attempt": ["A whole number."]})
-            executions = executions.filter(attempt=int(attempt))
-        execution = executions.last()
-        if execution is None:
-            raise NotFound("No such attempt." if attempt else "The job has not run yet.")
-        path = Path(execution.log_path) if execution.log_path else None
-        if path is not None and path.is_file():
-            return FileResponse(path.open("rb"), content_type="text/plain; charset=utf-8")
-        # The log lives on the node's disk; from here only the kept tail can be shown.
-        return HttpResponse(execution.log_tail, content_type="text/plain; charset=utf-8")
+        """The log of one attempt (`?attempt=N`, default the latest) as plain text, from
+        the database whatever node ran it; `?follow=true` streams it until it ends."""
+        return attempt_log_response(job=self.get_object(), query=request.query_params)

@@ -1,6 +1,7 @@
 """Execution on a real node agent: duplicates, timeouts, retries, environment."""
 
 import itertools
+import re
 import subprocess
 import uuid
 
@@ -220,9 +221,10 @@ def test_a_callable_job_runs_with_its_parameters(cluster, api):
 
 
 def test_a_jobs_log_is_served_capped_with_its_tail_kept(cluster, api):
+    cluster.env["JOB_LOG_SHIP_MAX_BYTES"] = "1048576"
     cluster.start_node("node-a", cpu=1)
     cluster.start_scheduler()
-    # About 2 MB of output against a 1 MB cap (tests/settings.py), then a last line.
+    # About 2 MB of output against a 1 MB cap, then a last line.
     job_id = submit(
         api,
         command=["sh", "-c", "yes 0123456789abcdef | head -c 2000000; echo; echo the end"],
@@ -234,7 +236,14 @@ def test_a_jobs_log_is_served_capped_with_its_tail_kept(cluster, api):
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain")
     body = b"".join(response.streaming_content).decode()
-    assert body.startswith("0123456789abcdef\n")
-    assert 1_048_576 <= len(body) < 1_048_576 + 200
-    assert body.endswith(f"[log truncated: {2_000_000 + 9 - 1_048_576} more bytes not kept]\n")
+    # What the database kept is the tail, after a line saying what went before it.
+    marker, _, tail = body.partition("]\n")
+    lines, size = re.fullmatch(
+        r"\[log cut: (\d+) lines \((\d+) bytes\) dropped to keep the attempt under its cap",
+        marker,
+    ).groups()
+    assert int(size) == 17 * int(lines)
+    assert int(size) + len(tail) == 2_000_000 + 9
+    assert len(tail) <= 2 * 1_048_576
+    assert tail.startswith("0123456789abcdef\n") and tail.endswith("\n0\nthe end\n")
     assert api.get(f"/api/jobs/{job_id}/logs/", {"attempt": 2}).status_code == 404
