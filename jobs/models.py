@@ -391,6 +391,14 @@ class JobSchedule(models.Model):
                 name="schedule_misfire_policy_valid",
             ),
         ]
+        indexes = [
+            # Used by beat (jobs.beat) every tick: which enabled schedules are due next.
+            models.Index(
+                fields=["next_fire_at"],
+                condition=Q(enabled=True, next_fire_at__isnull=False),
+                name="schedule_due_idx",
+            ),
+        ]
 
     def __str__(self):
         return f"{self.team}/{self.name}"
@@ -407,6 +415,7 @@ class ScheduleRunOutcome(models.TextChoices):
     SKIPPED_RUNNING = "skipped_running", "Skipped: the previous run is still active"
     SKIPPED_MISFIRE = "skipped_misfire", "Skipped: missed while beat was down"
     SUBMIT_FAILED = "submit_failed", "The job could not be submitted"
+    BACKFILLED = "backfilled", "Job submitted by a backfill of past due times"
 
 
 class JobScheduleRun(models.Model):
