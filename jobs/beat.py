@@ -22,6 +22,16 @@ from .schedules import FIRE_BATCH_TASK, FIRE_TASK, schedules_due
 
 logger = logging.getLogger(__name__)
 
+# Interval schedules shorter than this are sent ahead of the others: they are due again
+# soon, while a cron that fires hourly can wait behind them for a moment.
+SOON_AGAIN_SECONDS = 60
+# Beat's priority for the others (Redis: 0, the default, is served first).
+LATER_PRIORITY = 6
+# While sent due times wait for the trigger, beat looks this often for their next ones.
+IN_FLIGHT_POLL_SECONDS = 0.02
+# ...for at most this long after sending them.
+IN_FLIGHT_POLL_FOR_SECONDS = 3.0
+
 
 class ScheduleBeat(DatabaseScheduler):
     def __init__(self, *args, **kwargs):
@@ -41,7 +51,8 @@ class ScheduleBeat(DatabaseScheduler):
         return min(super().tick(*args, **kwargs), schedules_wait)
 
     def fire_due_schedules(self) -> float:
-        """Send what is due; return how long until the next due time (at most max_interval)."""
+        """Send what is due; return how long until beat should look again: the next due
+        time, soon while sent ones wait for their trigger, at most max_interval."""
         now = timezone.now()
         try:
             close_old_connections()
@@ -50,26 +61,39 @@ class ScheduleBeat(DatabaseScheduler):
             logger.exception("beat could not read the due schedules; trying again")
             return self.max_interval
         sent, self._sent = self._sent, {}
-        to_send = []
-        resend_after = settings.SCHEDULE_FIRE_RESEND_SECONDS
-        for schedule_id, due_at in due:
+        soon, later = [], []
+        wait = self.max_interval
+        clock = time.monotonic()
+        for schedule_id, due_at, interval in due:
             if due_at > now:
-                wait = (due_at - now).total_seconds()
-                return self._send(to_send, wait=min(wait, self.max_interval))
+                wait = min(wait, (due_at - now).total_seconds())
+                break
             previous = sent.get(schedule_id)
-            if previous and previous[0] == due_at and time.monotonic() - previous[1] < resend_after:
+            if previous and previous[0] == due_at:
                 self._sent[schedule_id] = previous
-                continue
-            self._sent[schedule_id] = (due_at, time.monotonic())
-            to_send.append(schedule_id)
-        return self._send(to_send, wait=self.max_interval)
+                in_flight = clock - previous[1]
+                if in_flight < settings.SCHEDULE_FIRE_RESEND_SECONDS:
+                    if in_flight < IN_FLIGHT_POLL_FOR_SECONDS:
+                        wait = min(wait, IN_FLIGHT_POLL_SECONDS)
+                    continue
+            self._sent[schedule_id] = (due_at, clock)
+            quick = interval is not None and interval < SOON_AGAIN_SECONDS
+            (soon if quick else later).append(schedule_id)
+        self._send(soon, priority=None)
+        self._send(later, priority=LATER_PRIORITY)
+        if soon or later:
+            wait = min(wait, IN_FLIGHT_POLL_SECONDS)
+        return max(wait, 0.0)
 
-    def _send(self, schedule_ids: list[int], *, wait: float) -> float:
+    def _send(self, schedule_ids: list[int], *, priority: int | None) -> None:
         size = settings.SCHEDULE_FIRE_BATCH_SIZE
         for batch in (schedule_ids[i : i + size] for i in range(0, len(schedule_ids), size)):
             try:
                 self.app.send_task(
-                    FIRE_BATCH_TASK, kwargs={"schedule_ids": batch}, producer=self.producer
+                    FIRE_BATCH_TASK,
+                    kwargs={"schedule_ids": batch},
+                    producer=self.producer,
+                    priority=priority,
                 )
             except Exception:
                 # Forget them: the next tick sends them again.
@@ -77,5 +101,4 @@ class ScheduleBeat(DatabaseScheduler):
                     self._sent.pop(schedule_id, None)
                 logger.exception("beat could not send schedules %s", batch)
         if schedule_ids:
-            logger.info("beat sent schedules count=%d", len(schedule_ids))
-        return max(wait, 0.0)
+            logger.info("beat sent schedules count=%d priority=%s", len(schedule_ids), priority)

@@ -130,25 +130,54 @@ def _plan(schedule: JobSchedule, *, now: datetime, realign: bool) -> None:
     schedule.next_fire_at = Timetable(schedule).next_after(after)
 
 
+def _crontab_fields(schedule: JobSchedule) -> dict:
+    minute, hour, day_of_month, month_of_year, day_of_week = schedule.cron.split()
+    return {
+        "minute": minute,
+        "hour": hour,
+        "day_of_month": day_of_month,
+        "month_of_year": month_of_year,
+        "day_of_week": day_of_week,
+        "timezone": schedule.timezone,
+    }
+
+
+def _crontab_key(crontab: CrontabSchedule) -> tuple:
+    return (
+        crontab.minute,
+        crontab.hour,
+        crontab.day_of_month,
+        crontab.month_of_year,
+        crontab.day_of_week,
+        str(crontab.timezone),
+    )
+
+
+def _crontabs_known(schedules: list[JobSchedule]) -> dict[tuple, CrontabSchedule]:
+    """The crontab rows the cron schedules need, by their fields: those there are read
+    in one query, the missing ones written in one more."""
+    wanted = {tuple(f.values()): f for f in (_crontab_fields(s) for s in schedules if s.cron)}
+    if not wanted:
+        return {}
+    known: dict[tuple, CrontabSchedule] = {}
+    for crontab in CrontabSchedule.objects.filter(
+        minute__in={key[0] for key in wanted}, hour__in={key[1] for key in wanted}
+    ):
+        known.setdefault(_crontab_key(crontab), crontab)
+    missing = [CrontabSchedule(**fields) for key, fields in wanted.items() if key not in known]
+    for crontab in CrontabSchedule.objects.bulk_create(missing):
+        known[_crontab_key(crontab)] = crontab
+    return known
+
+
 def _beat_schedule(schedule: JobSchedule, crontabs: dict | None = None) -> dict:
-    """The entry's schedule fields; `crontabs` remembers crontab rows across calls."""
+    """The entry's schedule fields; `crontabs` holds crontab rows already looked up."""
     if schedule.cron:
-        minute, hour, day_of_month, month_of_year, day_of_week = schedule.cron.split()
-        fields = {
-            "minute": minute,
-            "hour": hour,
-            "day_of_month": day_of_month,
-            "month_of_year": month_of_year,
-            "day_of_week": day_of_week,
-            "timezone": schedule.timezone,
-        }
-        key = tuple(fields.values())
-        crontab = crontabs.get(key) if crontabs is not None else None
+        fields = _crontab_fields(schedule)
+        crontab = (crontabs or {}).get(tuple(fields.values()))
         if crontab is None:
             crontab = CrontabSchedule.objects.filter(**fields).first()
             crontab = crontab or CrontabSchedule.objects.create(**fields)
-        if crontabs is not None:
-            crontabs[key] = crontab
         return {"crontab": crontab}
     if schedule.interval_seconds is not None:
         interval, _ = IntervalSchedule.objects.get_or_create(
@@ -257,7 +286,7 @@ def schedules_create_many(
         if not JobDefinition.objects.select_for_update().filter(pk=definition.pk).exists():
             raise ValidationError({"definition": ["This definition was just deleted."]})
         JobSchedule.objects.bulk_create(schedules)
-        crontabs: dict = {}
+        crontabs = _crontabs_known(schedules)
         entries = [_beat_entry(schedule, now=now, crontabs=crontabs) for schedule in schedules]
         for entry in entries:
             # What PeriodicTask.save() would do, which bulk_create skips.
@@ -423,14 +452,15 @@ def schedule_runs_record(runs: list[JobScheduleRun]) -> list[JobScheduleRun]:
     return JobScheduleRun.objects.bulk_create(runs)
 
 
-def schedules_due(*, until: datetime) -> list[tuple[int, datetime]]:
-    """(id, next due time) of the enabled schedules due at or before `until`, soonest
-    first and, among those due together, the shortest intervals first (they are due
-    again soonest): one read of the index on next_fire_at, however many schedules exist."""
+def schedules_due(*, until: datetime) -> list[tuple[int, datetime, int | None]]:
+    """(id, next due time, interval_seconds) of the enabled schedules due at or before
+    `until`, soonest first and, among those due together, the shortest intervals first
+    (they are due again soonest): one read of the index on next_fire_at, however many
+    schedules exist."""
     return list(
         JobSchedule.objects.filter(enabled=True, next_fire_at__lte=until)
         .order_by("next_fire_at", F("interval_seconds").asc(nulls_last=True), "id")
-        .values_list("id", "next_fire_at")
+        .values_list("id", "next_fire_at", "interval_seconds")
     )
 
 
