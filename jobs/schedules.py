@@ -515,7 +515,9 @@ def _fire_together(schedule_ids: list[int], *, now: datetime) -> tuple[list, lis
                 run.outcome = ScheduleRunOutcome.SKIPPED_MISFIRE
             runs.append(run)
         _advance(schedule, timetable, due_at, now=now)
-    _submit_many([run for run in runs if not run.outcome], outcome=ScheduleRunOutcome.SUBMITTED)
+    schedule_runs_submit(
+        [run for run in runs if not run.outcome], outcome=ScheduleRunOutcome.SUBMITTED
+    )
     schedule_runs_record(runs)
     JobSchedule.objects.bulk_update(
         [schedule for schedule, _, _ in due.values()],
@@ -524,8 +526,10 @@ def _fire_together(schedule_ids: list[int], *, now: datetime) -> tuple[list, lis
     return runs, rest
 
 
-def _submit_many(runs: list[JobScheduleRun], *, outcome: str) -> None:
-    """Submit the runs' jobs, one insert for the runs of each definition (and team)."""
+def schedule_runs_submit(runs: list[JobScheduleRun], *, outcome: str) -> None:
+    """Submit the runs' jobs (one insert for the runs of each definition), setting each
+    run's job and `outcome`, or `submit_failed` and why. Inside the transaction that
+    holds the schedules' row locks."""
     groups: dict[tuple, list[JobScheduleRun]] = {}
     for run in runs:
         schedule = run.schedule
