@@ -294,7 +294,7 @@ API_LOGIN_TOKEN_DAYS = env.int("API_LOGIN_TOKEN_DAYS", default=30)
 
 # --- Schedules at scale (jobs.beat) ----------------------------------------------------
 # How many due schedules beat sends to the control worker in one message.
-SCHEDULE_FIRE_BATCH_SIZE = env.int("SCHEDULE_FIRE_BATCH_SIZE", default=25)
+SCHEDULE_FIRE_BATCH_SIZE = env.int("SCHEDULE_FIRE_BATCH_SIZE", default=10)
 # A due time beat sent whose trigger has not run after this long is sent again.
 SCHEDULE_FIRE_RESEND_SECONDS = env.float("SCHEDULE_FIRE_RESEND_SECONDS", default=10.0)
 # The most due times one backfill of a schedule may submit.

@@ -146,6 +146,32 @@ def test_a_batch_keeps_the_policies_and_skips_what_is_gone(definition):
     assert Job.objects.count() == 1
 
 
+def test_a_batch_late_within_the_grace_runs_each_due_time_and_folds_only_a_misfire(
+    definition, settings
+):
+    settings.SCHEDULE_MISFIRE_GRACE_SECONDS = 5
+    every = schedule_create(
+        team=definition.team, definition=definition, fields={"name": "every", "interval_seconds": 1}
+    )
+    first = every.next_fire_at
+    # The control worker was busy for 2.5 s: each due time still gets its own run.
+    now = first + timedelta(seconds=2.5)
+    for _ in range(4):
+        schedules_fire(schedule_ids=[every.pk], now=now)
+    assert [
+        (run.due_at, run.missed, run.catch_up) for run in JobScheduleRun.objects.order_by("due_at")
+    ] == [(first + timedelta(seconds=i), 0, False) for i in range(3)]
+    # Beat was down for longer than the grace: one catch-up for what it missed.
+    now = first + timedelta(seconds=12.5)
+    assert schedules_fire(schedule_ids=[every.pk], now=now) == 1
+    catch_up = JobScheduleRun.objects.order_by("due_at").last()
+    assert (catch_up.due_at, catch_up.missed, catch_up.catch_up) == (
+        first + timedelta(seconds=12),
+        9,
+        True,
+    )
+
+
 def test_an_early_batch_fires_nothing(definition):
     schedules = hourly(definition, 5, minute=9)
     due = schedules[0].next_fire_at
