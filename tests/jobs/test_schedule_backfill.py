@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from accounts.models import Role, User
 from accounts.services import team_add_member
+from jobs.metrics.figures import schedule_run_figures
 from jobs.models import Job, JobDefinition, JobSchedule, JobScheduleRun
 from jobs.schedule_backfill import schedule_backfill
 from jobs.schedules import schedule_create, schedule_fire, schedules_fire
@@ -115,6 +116,13 @@ def test_another_teams_schedule_is_a_404_and_a_viewer_may_not(outsider_api, team
     team_add_member(team=team, user=viewer, role=Role.VIEWER)
     assert backfill(token_client(viewer), hourly, start, end).status_code == 403
     assert not JobScheduleRun.objects.exists()
+
+
+def test_backfilled_runs_are_counted_but_not_as_late(hourly):
+    schedule_backfill(schedule=hourly, start=last_hours(5)[0], end=last_hours(5)[1])
+    runs, lateness = schedule_run_figures()
+    assert runs["backfilled"] == 5
+    assert lateness.count == 0
 
 
 def test_beat_passes_over_a_due_time_a_backfill_ran(definition):
