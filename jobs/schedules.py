@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 from django_celery_beat.models import (
@@ -503,11 +503,13 @@ def _fire_together(schedule_ids: list[int], *, now: datetime) -> tuple[list, lis
     grace = timedelta(seconds=settings.SCHEDULE_MISFIRE_GRACE_SECONDS)
     for schedule in schedules:
         timetable = Timetable(schedule)
-        due_at = _due(schedule, timetable, now)
-        if due_at is not None and now - schedule.next_fire_at <= grace:
+        expected = schedule.next_fire_at
+        if schedule.enabled and expected is not None and expected <= now <= expected + grace:
             # Not a misfire: each due time gets its own run, however busy the control
             # worker was (beat sends the next one as soon as this one has run).
-            due_at = schedule.next_fire_at
+            due_at = expected
+        else:
+            due_at = _due(schedule, timetable, now)
         if due_at is not None:
             due[schedule.pk] = (schedule, timetable, due_at)
     done = set(
@@ -527,10 +529,16 @@ def _fire_together(schedule_ids: list[int], *, now: datetime) -> tuple[list, lis
         [run for run in runs if not run.outcome], outcome=ScheduleRunOutcome.SUBMITTED
     )
     schedule_runs_record(runs)
-    JobSchedule.objects.bulk_update(
-        [schedule for schedule, _, _ in due.values()],
-        ["last_fire_at", "next_fire_at", "updated_at"],
-    )
+    with connection.cursor() as cursor:
+        # One statement per row, pipelined: far less work than bulk_update's CASE WHENs.
+        cursor.executemany(
+            "UPDATE jobs_jobschedule SET last_fire_at = %s, next_fire_at = %s, updated_at = %s"
+            " WHERE id = %s",
+            [
+                (schedule.last_fire_at, schedule.next_fire_at, now, schedule.pk)
+                for schedule, _, _ in due.values()
+            ],
+        )
     return runs, rest
 
 
