@@ -62,25 +62,34 @@ class ScheduleBeat(DatabaseScheduler):
             return self.max_interval
         sent, self._sent = self._sent, {}
         soon, later = [], []
+        later_in_flight = 0
         wait = self.max_interval
         clock = time.monotonic()
         for schedule_id, due_at, interval in due:
             if due_at > now:
                 wait = min(wait, (due_at - now).total_seconds())
                 break
+            quick = interval is not None and interval < SOON_AGAIN_SECONDS
             previous = sent.get(schedule_id)
             if previous and previous[0] == due_at:
                 self._sent[schedule_id] = previous
                 in_flight = clock - previous[1]
                 if in_flight < settings.SCHEDULE_FIRE_RESEND_SECONDS:
+                    later_in_flight += not quick
                     if in_flight < IN_FLIGHT_POLL_FOR_SECONDS:
                         wait = min(wait, IN_FLIGHT_POLL_SECONDS)
                     continue
+            (soon if quick else later).append((schedule_id, due_at))
+        # The others go a few batches at a time, as the control worker takes them, so
+        # that no backlog of them stands in the broker ahead of a quick one's next fire.
+        room = max(settings.SCHEDULE_FIRE_IN_FLIGHT_MAX - later_in_flight, 0)
+        if len(later) > room:
+            later = later[:room]
+            wait = min(wait, IN_FLIGHT_POLL_SECONDS)
+        for schedule_id, due_at in soon + later:
             self._sent[schedule_id] = (due_at, clock)
-            quick = interval is not None and interval < SOON_AGAIN_SECONDS
-            (soon if quick else later).append(schedule_id)
-        self._send(soon, priority=None)
-        self._send(later, priority=LATER_PRIORITY)
+        self._send([schedule_id for schedule_id, _ in soon], priority=None)
+        self._send([schedule_id for schedule_id, _ in later], priority=LATER_PRIORITY)
         if soon or later:
             wait = min(wait, IN_FLIGHT_POLL_SECONDS)
         return max(wait, 0.0)

@@ -295,6 +295,9 @@ API_LOGIN_TOKEN_DAYS = env.int("API_LOGIN_TOKEN_DAYS", default=30)
 # --- Schedules at scale (jobs.beat) ----------------------------------------------------
 # How many due schedules beat sends to the control worker in one message.
 SCHEDULE_FIRE_BATCH_SIZE = env.int("SCHEDULE_FIRE_BATCH_SIZE", default=10)
+# How many due schedules (besides short intervals) beat keeps sent and not yet fired:
+# more wait for the control worker to take these, rather than queue in the broker.
+SCHEDULE_FIRE_IN_FLIGHT_MAX = env.int("SCHEDULE_FIRE_IN_FLIGHT_MAX", default=20)
 # A due time beat sent whose trigger has not run after this long is sent again.
 SCHEDULE_FIRE_RESEND_SECONDS = env.float("SCHEDULE_FIRE_RESEND_SECONDS", default=10.0)
 # The most due times one backfill of a schedule may submit.

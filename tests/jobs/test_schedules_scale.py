@@ -202,6 +202,7 @@ def test_beat_sends_what_is_due_a_batch_to_a_message_and_once(
     definition, broker, settings, django_assert_max_num_queries
 ):
     settings.SCHEDULE_FIRE_BATCH_SIZE = 25
+    settings.SCHEDULE_FIRE_IN_FLIGHT_MAX = 100
     schedules = hourly(definition, 60)
     every = schedule_create(
         team=definition.team, definition=definition, fields={"name": "every", "interval_seconds": 5}
@@ -232,4 +233,33 @@ def test_beat_sends_what_is_due_a_batch_to_a_message_and_once(
         next_fire_at=timezone.now() + timedelta(seconds=0.5)
     )
     assert 0 < beat.fire_due_schedules() <= 0.5
+    beat.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_beat_keeps_only_a_few_batches_of_the_others_in_flight(definition, broker, settings):
+    settings.SCHEDULE_FIRE_BATCH_SIZE = 10
+    settings.SCHEDULE_FIRE_IN_FLIGHT_MAX = 20
+    schedules = hourly(definition, 45)
+    every = schedule_create(
+        team=definition.team, definition=definition, fields={"name": "every", "interval_seconds": 1}
+    )
+    due = timezone.now() - timedelta(seconds=1)
+    JobSchedule.objects.update(next_fire_at=due)
+    beat = ScheduleBeat(app=celery_app)
+    beat.fire_due_schedules()
+    assert sent(broker) == [[every.pk]]
+    assert [len(ids) for ids in sent(broker, LATER)] == [10, 10]
+    # None fired yet: no more of them; the quick one, fired and due again, goes at once.
+    JobSchedule.objects.filter(pk=every.pk).update(next_fire_at=due + timedelta(seconds=1))
+    assert beat.fire_due_schedules() == IN_FLIGHT_POLL_SECONDS
+    assert sent(broker) == [[every.pk], [every.pk]]
+    assert len(sent(broker, LATER)) == 2
+    # The control worker fired the first batch: one more goes.
+    first = sent(broker, LATER)[0]
+    JobSchedule.objects.filter(pk__in=first).update(next_fire_at=due + timedelta(hours=1))
+    beat.fire_due_schedules()
+    assert [len(ids) for ids in sent(broker, LATER)] == [10, 10, 10]
+    sent_ids = [i for ids in sent(broker, LATER) for i in ids]
+    assert sent_ids == [s.pk for s in schedules[:30]]
     beat.close()
