@@ -495,7 +495,12 @@ def _fire_together(schedule_ids: list[int], *, now: datetime) -> tuple[list, lis
     schedules = list(
         JobSchedule.objects.select_for_update(of=("self",))
         .select_related("definition__queue", "team", "created_by")
-        .filter(pk__in=schedule_ids, concurrency_policy=ConcurrencyPolicy.ALLOW)
+        # Those that submit a definition's job; any other kind is fired one by one.
+        .filter(
+            pk__in=schedule_ids,
+            concurrency_policy=ConcurrencyPolicy.ALLOW,
+            definition__isnull=False,
+        )
         .order_by("pk")
     )
     rest = sorted(set(schedule_ids) - {schedule.pk for schedule in schedules})
