@@ -1,6 +1,8 @@
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import ValidationError
+from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
@@ -18,6 +20,7 @@ from .models import (
     WorkflowStep,
     WorkflowTemplate,
 )
+from .schedule_backfill import schedule_backfill
 from .schedule_times import describe
 from .schedules import (
     SCHEDULE_FIELDS,
@@ -242,7 +245,7 @@ class JobScheduleAdmin(AuditedModelAdmin):
     list_select_related = ["team", "definition__team"]
     readonly_fields = ["last_fire_at", "next_fire_at", "periodic_task"]
     inlines = [JobScheduleRunInline]
-    actions = ["pause", "resume"]
+    actions = ["pause", "resume", "backfill"]
 
     @admin.display(description="when")
     def in_words(self, schedule):
@@ -276,6 +279,45 @@ class JobScheduleAdmin(AuditedModelAdmin):
     def resume(self, request, queryset):
         for schedule in queryset:
             schedule_resume(schedule=schedule)
+
+    @admin.action(description="Backfill the selected schedules over a past range")
+    def backfill(self, request, queryset):
+        """A form for the range first; then each schedule's due times in it that have no
+        run are submitted (or, for a dry run, listed)."""
+        form = BackfillForm(request.POST if "apply" in request.POST else None)
+        if not form.is_valid():
+            context = {
+                **self.admin_site.each_context(request),
+                "title": "Backfill schedules",
+                "opts": self.model._meta,
+                "form": form,
+                "schedules": queryset,
+                "action_checkbox_name": ACTION_CHECKBOX_NAME,
+            }
+            return TemplateResponse(request, "admin/jobs/jobschedule/backfill.html", context)
+        for schedule in queryset:
+            try:
+                result = schedule_backfill(schedule=schedule, **form.cleaned_data)
+            except ValidationError as exc:
+                self.message_user(request, f"{schedule}: {' '.join(exc.messages)}", messages.ERROR)
+                continue
+            waiting = [due for due in result.due_times if due not in result.already_run]
+            if form.cleaned_data["dry_run"]:
+                listed = ", ".join(due.isoformat() for due in waiting) or "none"
+                self.message_user(request, f"{schedule}: would run {len(waiting)}: {listed}")
+            else:
+                self.message_user(
+                    request,
+                    f"{schedule}: {len(result.runs)} runs backfilled, "
+                    f"{len(result.already_run)} due times had run already",
+                )
+        return None
+
+
+class BackfillForm(forms.Form):
+    start = forms.DateTimeField(help_text="In UTC, e.g. 2030-01-01 00:00; included.")
+    end = forms.DateTimeField(help_text="In UTC; included; not in the future.")
+    dry_run = forms.BooleanField(required=False, help_text="Only list the due times.")
 
 
 class JobDependencyInline(admin.TabularInline):

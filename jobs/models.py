@@ -532,6 +532,14 @@ class JobSchedule(models.Model):
                 name="schedule_runs_a_definition_or_a_workflow_template",
             ),
         ]
+        indexes = [
+            # Used by beat (jobs.beat) every tick: which enabled schedules are due next.
+            models.Index(
+                fields=["next_fire_at"],
+                condition=Q(enabled=True, next_fire_at__isnull=False),
+                name="schedule_due_idx",
+            ),
+        ]
 
     def __str__(self):
         return f"{self.team}/{self.name}"
@@ -548,6 +556,7 @@ class ScheduleRunOutcome(models.TextChoices):
     SKIPPED_RUNNING = "skipped_running", "Skipped: the previous run is still active"
     SKIPPED_MISFIRE = "skipped_misfire", "Skipped: missed while beat was down"
     SUBMIT_FAILED = "submit_failed", "The job could not be submitted"
+    BACKFILLED = "backfilled", "Job submitted by a backfill of past due times"
 
 
 class JobScheduleRun(models.Model):

@@ -10,7 +10,7 @@ from django.utils import timezone
 from nodes.selectors import node_ids_offline_with_live_executions
 from nodes.services import nodes_mark_lost
 
-from .schedules import FIRE_TASK, schedule_fire
+from .schedules import FIRE_BATCH_TASK, FIRE_TASK, schedule_fire, schedules_fire
 from .services.deadlines import jobs_cancel_past_deadline
 from .services.failover import (
     execution_republish_stale,
@@ -36,6 +36,12 @@ def reconcile_executions() -> dict:
 def fire_schedule(schedule_id: int) -> None:
     """Sent by beat for a schedule's entry; works out by itself what is due."""
     schedule_fire(schedule_id=schedule_id)
+
+
+@shared_task(name=FIRE_BATCH_TASK, ignore_result=True)
+def fire_schedules(schedule_ids: list[int]) -> int:
+    """Sent by beat (jobs.beat) for the schedules due at one moment."""
+    return schedules_fire(schedule_ids=schedule_ids)
 
 
 @shared_task(name="nodes.detect_lost_nodes", ignore_result=True)

@@ -214,12 +214,13 @@ CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULER = "jobs.beat:ScheduleBeat"
 CELERY_TIMEZONE = "UTC"
 # How often beat looks for changed schedules at the latest: a new or changed schedule is
 # picked up within this, and a first due time closer than this may fire late.
 CELERY_BEAT_MAX_LOOP_INTERVAL = env.float("BEAT_MAX_LOOP_INTERVAL_SECONDS", default=1.0)
-# Maintenance run by beat on the control worker; DatabaseScheduler stores these rows.
+# Maintenance run by beat on the control worker; DatabaseScheduler (which ScheduleBeat
+# extends) stores these rows.
 CELERY_BEAT_SCHEDULE = {
     "reconcile-executions": {
         "task": "jobs.reconcile_executions",
@@ -314,3 +315,14 @@ JOB_LOG_FOLLOW_POLL_SECONDS = env.float("JOB_LOG_FOLLOW_POLL_SECONDS", default=0
 # A follow still open after this closes (its client follows again), so that followers of
 # attempts that never end cannot hold every web thread.
 JOB_LOG_FOLLOW_MAX_SECONDS = env.float("JOB_LOG_FOLLOW_MAX_SECONDS", default=3600.0)
+
+# --- Schedules at scale (jobs.beat) ----------------------------------------------------
+# How many due schedules beat sends to the control worker in one message.
+SCHEDULE_FIRE_BATCH_SIZE = env.int("SCHEDULE_FIRE_BATCH_SIZE", default=10)
+# How many due schedules (besides short intervals) beat keeps sent and not yet fired:
+# more wait for the control worker to take these, rather than queue in the broker.
+SCHEDULE_FIRE_IN_FLIGHT_MAX = env.int("SCHEDULE_FIRE_IN_FLIGHT_MAX", default=20)
+# A due time beat sent whose trigger has not run after this long is sent again.
+SCHEDULE_FIRE_RESEND_SECONDS = env.float("SCHEDULE_FIRE_RESEND_SECONDS", default=10.0)
+# The most due times one backfill of a schedule may submit.
+SCHEDULE_BACKFILL_MAX = env.int("SCHEDULE_BACKFILL_MAX", default=100)

@@ -198,7 +198,7 @@ class Cluster:
                 "scheduler_site",
                 "beat",
                 "-S",
-                "django_celery_beat.schedulers:DatabaseScheduler",
+                "jobs.beat:ScheduleBeat",
                 "--pidfile=",
                 "--loglevel=INFO",
             ],

@@ -212,6 +212,12 @@ ENDPOINTS = [
     ),
     Endpoint("POST", "/api/schedules/{schedule}/pause/", azure_only(200, viewer=403)),
     Endpoint("POST", "/api/schedules/{schedule}/resume/", azure_only(200, viewer=403)),
+    Endpoint(
+        "POST",
+        "/api/schedules/{schedule}/backfill/",
+        azure_only(200, viewer=403),
+        data={"start": "2020-01-01T00:00:00Z", "end": "2020-01-01T06:00:00Z"},
+    ),
     Endpoint("DELETE", "/api/schedules/{schedule}/", azure_only(204, viewer=403)),
     # --- concurrency limits
     Endpoint(

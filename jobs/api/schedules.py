@@ -27,6 +27,7 @@ from common.schema import refused
 from common.serializers import StrictSerializer
 
 from ..models import ConcurrencyPolicy, JobSchedule, JobScheduleRun, MisfirePolicy
+from ..schedule_backfill import schedule_backfill
 from ..schedule_times import Timetable, describe
 from ..schedules import (
     schedule_create,
@@ -201,6 +202,26 @@ class NextRunsSerializer(serializers.Serializer):
     next_runs = NextRunSerializer(many=True)
 
 
+class BackfillSerializer(StrictSerializer):
+    start = serializers.DateTimeField(help_text="The first time to look from (included).")
+    end = serializers.DateTimeField(help_text="The last time (included); not in the future.")
+    dry_run = serializers.BooleanField(
+        default=False, help_text="Only list the due times and which would run."
+    )
+
+
+class BackfillDueTimeSerializer(serializers.Serializer):
+    due_at = serializers.DateTimeField()
+    already_run = serializers.BooleanField(help_text="It has a run, so a backfill leaves it.")
+
+
+class BackfillResultSerializer(serializers.Serializer):
+    dry_run = serializers.BooleanField()
+    due_times = BackfillDueTimeSerializer(many=True)
+    submitted = serializers.IntegerField(help_text="Runs recorded now (0 for a dry run).")
+    runs = ScheduleRunSerializer(many=True)
+
+
 class ScheduleFilter(django_filters.FilterSet):
     team = django_filters.CharFilter(field_name="team__slug")
     enabled = django_filters.BooleanFilter()
@@ -249,6 +270,24 @@ DETAIL = {200: ScheduleDetailSerializer}
         responses={**DETAIL, 400: refused("A one-off schedule that has already run.")},
     ),
     runs=extend_schema(responses=ScheduleRunSerializer(many=True), filters=False),
+    backfill=extend_schema(
+        request=BackfillSerializer,
+        responses={
+            200: BackfillResultSerializer,
+            400: refused("A range in the future, or of more than SCHEDULE_BACKFILL_MAX due times."),
+        },
+        examples=[
+            OpenApiExample(
+                "A night's due times, listed first",
+                request_only=True,
+                value={
+                    "start": "2030-01-01T00:00:00Z",
+                    "end": "2030-01-01T06:00:00Z",
+                    "dry_run": True,
+                },
+            )
+        ],
+    ),
     next_runs=extend_schema(
         parameters=[
             OpenApiParameter("count", int, description=f"1 to {MAX_PREVIEW}; default 5."),
@@ -350,5 +389,27 @@ class ScheduleViewSet(
                     {"at": at.astimezone(ZoneInfo("UTC")), "local": at.astimezone(zone)}
                     for at in times
                 ],
+            }
+        )
+
+    @action(detail=True, methods=["post"])
+    def backfill(self, request, pk=None):
+        """Run the due times from `start` to `end` (both included, none in the future)
+        that have no run yet: one job each, recorded as `backfilled` runs; repeating it
+        submits nothing more. At most SCHEDULE_BACKFILL_MAX due times at once.
+        `dry_run` lists the due times and which already ran."""
+        schedule = self.get_changeable_object()
+        serializer = BackfillSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        result = schedule_backfill(schedule=schedule, **serializer.validated_data)
+        return Response(
+            {
+                "dry_run": serializer.validated_data["dry_run"],
+                "due_times": [
+                    {"due_at": due, "already_run": due in result.already_run}
+                    for due in result.due_times
+                ],
+                "submitted": len(result.runs),
+                "runs": ScheduleRunSerializer(result.runs, many=True).data,
             }
         )

@@ -271,7 +271,7 @@ def schedules(figures: ClusterFigures) -> Iterable[Metric]:
         runs.add_metric([outcome], figures.schedule_runs.get(outcome, 0))
     lateness, add_lateness = _histogram(
         "scheduler_schedule_lateness_seconds",
-        "How late schedules fired: fired time minus due time, every outcome.",
+        "How late schedules fired: fired time minus due time, every outcome but backfilled.",
         [],
         LATENESS_BUCKETS,
     )

@@ -28,6 +28,7 @@ from ..models import (
     JobRetry,
     JobStatus,
     PendingReason,
+    ScheduleRunOutcome,
 )
 from ..scheduling.leader import LEADER_LOCK_ID
 
@@ -243,12 +244,14 @@ SELECT outcome, width_bucket(-late, %(fits)s::float8[]), count(*), sum(late)
 
 
 def schedule_run_figures() -> tuple[dict[str, int], Observations]:
-    """{outcome: runs}, and how late every run fired (fired time minus due time)."""
+    """{outcome: runs}, and how late every run fired (fired time minus due time); a
+    backfilled run is not late, it was asked for long after its due time."""
     runs: dict[str, int] = defaultdict(int)
     lateness = Observations()
     for outcome, fits, n, total in _rows(SCHEDULE_RUNS_SQL, {"fits": _fits(LATENESS_BUCKETS)}):
         runs[outcome] += n
-        lateness.add(fits, n, total)
+        if outcome != ScheduleRunOutcome.BACKFILLED:
+            lateness.add(fits, n, total)
     return runs, lateness
 
 

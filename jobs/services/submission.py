@@ -88,3 +88,30 @@ def _array_create(*, team: Team, spec: dict, user: User | None, count: int, para
     )
     array_tasks_create(array=array, count=count, parallelism=parallelism)
     return array
+
+
+def jobs_submit_many(
+    *, team: Team, spec: dict, idempotency_keys: list[str], user: User | None = None
+) -> dict[str, Job]:
+    """Jobs of one spec told apart by their idempotency keys (one per due time of a
+    schedule), checked once and inserted in one statement: what job_submit does for
+    each key, inside the caller's transaction. Returns each key's job; a key already
+    used keeps its first job. The caller holds what makes the keys its own (a
+    schedule's row lock), so no other submission races for them."""
+    jobs = {
+        job.idempotency_key: job
+        for job in Job.objects.filter(team=team, idempotency_key__in=idempotency_keys)
+    }
+    new_keys = [key for key in idempotency_keys if key not in jobs]
+    if not new_keys:
+        return jobs
+    queue = job_spec_check(team=team, spec=spec)
+    created = Job.objects.bulk_create(
+        Job(team=team, submitted_by=user, **{**spec, "queue": queue, "idempotency_key": key})
+        for key in new_keys
+    )
+    scheduler_wake(ARRIVAL)
+    for job in created:
+        logger.info("job submitted job=%s team=%s name=%s", job.id, team.slug, job.name)
+        jobs[job.idempotency_key] = job
+    return jobs

@@ -9,7 +9,8 @@ import pytest
 from django.utils import timezone
 
 from jobs.models import Job, JobDefinition, JobSchedule, JobScheduleRun, JobStatus
-from jobs.schedules import schedule_create, schedule_pause, schedule_resume
+from jobs.schedules import schedule_create, schedule_pause, schedule_resume, schedules_create_many
+from resources.models import Queue
 from tests.processes import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -23,8 +24,6 @@ def start_platform(cluster):
 
 
 def make_schedule(team, command, *, start_in=3.0, **fields) -> JobSchedule:
-    from resources.models import Queue
-
     definition = JobDefinition.objects.create(
         team=team,
         name=f"def-{fields.get('name', 'every')}",
@@ -83,7 +82,7 @@ def test_two_beats_at_once_make_one_job_per_due_time(cluster, team):
     assert all(run.job_id is not None for run in fired)
     # Both beats really fired: the control worker got about two triggers per due time.
     control = next(p for p in cluster.processes if p.name == "control").log()
-    received = len(re.findall(r"Task jobs\.fire_schedule\[[^\]]+\] received", control))
+    received = len(re.findall(r"Task jobs\.fire_schedules?\[[^\]]+\] received", control))
     assert received >= 1.6 * len(fired), (received, len(fired))
 
 
@@ -167,3 +166,58 @@ def test_run_once_after_beat_downtime_runs_one_catch_up(cluster, team):
         catch_up.due_at + timedelta(seconds=4 * i) for i in range(1, len(on_time) + 1)
     ]
     assert Job.objects.count() == 1 + len(after)
+
+
+def test_ten_thousand_hourly_schedules_fire_their_boundary_once_and_keep_a_two_second_one_on_time(
+    cluster, team
+):
+    """The issue's measure: 10,000 `M * * * *` schedules (M = i mod 60, about 167 due at
+    every minute boundary) and a 2-second one, over 30 s across a minute boundary."""
+    definition = JobDefinition.objects.create(
+        team=team,
+        name="true",
+        command=["true"],
+        queue=Queue.objects.get(name="default"),
+        cpu_millis=100,
+        memory_mb=16,
+    )
+    schedules_create_many(
+        team=team,
+        definition=definition,
+        fields_list=[{"name": f"hourly-{i}", "cron": f"{i % 60} * * * *"} for i in range(10_000)],
+    )
+    start_platform(cluster)
+    cluster.start_beat()
+    # A 30 s window whose middle is the next minute boundary at least 18 s away.
+    boundary = timezone.now().replace(second=0, microsecond=0) + timedelta(minutes=1)
+    if boundary - timezone.now() < timedelta(seconds=18):
+        boundary += timedelta(minutes=1)
+    start_at = boundary - timedelta(seconds=14)
+    every = schedule_create(
+        team=team,
+        definition=definition,
+        fields={"name": "every-2s", "interval_seconds": 2, "start_at": start_at},
+    )
+    window_end = start_at + timedelta(seconds=30)
+    sleep_until(window_end, 4)
+    schedule_pause(schedule=every)
+
+    fired = runs(every, due_at__lt=window_end)
+    assert [run.due_at for run in fired] == [start_at + timedelta(seconds=2 * i) for i in range(15)]
+    assert all(run.outcome == "submitted" and run.job_id for run in fired)
+    assert all(run.missed == 0 and not run.catch_up for run in fired)
+
+    due_then = JobSchedule.objects.filter(team=team, cron=f"{boundary.minute} * * * *")
+    assert due_then.count() in (166, 167)
+    at_boundary = JobScheduleRun.objects.filter(due_at=boundary, schedule__in=due_then)
+    assert at_boundary.count() == due_then.count()
+    assert set(at_boundary.values_list("outcome", flat=True)) == {"submitted"}
+    assert at_boundary.values("schedule").distinct().count() == due_then.count()
+    assert Job.objects.filter(schedule_runs__in=at_boundary).distinct().count() == due_then.count()
+    # The hourly ones fired only at their own minutes (an earlier boundary may have
+    # passed while the processes started), and no job was made twice.
+    hourly_runs = JobScheduleRun.objects.filter(schedule__team=team, schedule__cron__gt="")
+    for due_at, cron in hourly_runs.values_list("due_at", "schedule__cron"):
+        assert cron == f"{due_at.minute} * * * *" and due_at.second == 0
+    keys = list(Job.objects.values_list("idempotency_key", flat=True))
+    assert len(keys) == len(set(keys))

@@ -91,3 +91,24 @@ def test_a_schedule_of_it_is_made_through_the_api(api, small_node):
     assert response.json()["definition"] is None
     both = api.post("/api/schedules/", {"name": "none", "interval_seconds": 60}, format="json")
     assert both.status_code == 400 and "definition" in both.json()
+
+
+def test_a_backfill_of_its_schedule_makes_one_workflow_per_due_time(api, small_node, team, broker):
+    template = WorkflowTemplate.objects.get(pk=save(api)["id"])
+    schedule = schedule_create(
+        team=team,
+        definition=None,
+        fields={"name": "hourly", "workflow_template": template, "cron": "0 * * * *"},
+    )
+    end = timezone.now().replace(minute=0, second=0, microsecond=0)
+    start = end - timedelta(hours=2)
+    body = {"start": start.isoformat(), "end": end.isoformat()}
+    response = api.post(f"/api/schedules/{schedule.pk}/backfill/", body, format="json")
+    assert response.status_code == 200, response.json()
+    assert response.json()["submitted"] == 3
+    runs = JobScheduleRun.objects.filter(schedule=schedule)
+    assert set(runs.values_list("outcome", flat=True)) == {"backfilled"}
+    assert Workflow.objects.filter(template=template).count() == 3
+    assert {run.workflow_id for run in runs} == set(Workflow.objects.values_list("pk", flat=True))
+    again = api.post(f"/api/schedules/{schedule.pk}/backfill/", body, format="json")
+    assert again.json()["submitted"] == 0 and Workflow.objects.count() == 3
