@@ -43,6 +43,7 @@ from .schedule_times import ScheduleTimeError, Timetable, cron_check, timezone_c
 from .services.actions import JobStateError, job_cancel
 from .services.definitions import definition_job_spec
 from .services.submission import job_submit
+from .services.timeline import schedule_run_event
 
 logger = logging.getLogger(__name__)
 
@@ -296,6 +297,7 @@ def schedule_fire(*, schedule_id: int, now: datetime | None = None) -> JobSchedu
                 run.cancelled_job = _cancel_active(active)
             _submit(schedule, run)
         run.save()
+        schedule_run_event(run)
         schedule.last_fire_at = due
         schedule.next_fire_at = timetable.next_after(due)
         fields = ["last_fire_at", "next_fire_at", "updated_at"]

@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "nodes",
     "resources",
     "jobs",
+    "events",
 ]
 
 MIDDLEWARE = [
@@ -229,6 +230,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "nodes.detect_lost_nodes",
         "schedule": env.float("NODE_LOST_CHECK_SECONDS", default=5.0),
     },
+    "purge-events": {
+        "task": "events.purge_events",
+        "schedule": env.float("EVENT_PURGE_INTERVAL_SECONDS", default=3600.0),
+    },
 }
 
 # --- Scheduler and node agents -------------------------------------------------------
@@ -290,3 +295,7 @@ METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 # How long a token from POST /api/auth/login/ lives.
 API_LOGIN_TOKEN_DAYS = env.int("API_LOGIN_TOKEN_DAYS", default=30)
+
+# --- Events ---------------------------------------------------------------------------
+# Events older than this many days are deleted by the purge beat runs (events.purge_events).
+EVENT_RETENTION_DAYS = env.float("EVENT_RETENTION_DAYS", default=30.0)

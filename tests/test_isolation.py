@@ -197,6 +197,12 @@ ENDPOINTS = [
     Endpoint("GET", "/api/resources/usage/", everyone(200)),
     # --- metrics: each caller's own teams' queues and jobs; every node
     Endpoint("GET", "/api/metrics/summary/", everyone(200)),
+    # --- events: each team's own; a node's own events are for staff
+    Endpoint("GET", "/api/events/", everyone(200), counts={"azure-team": 2, "crimson-team": 2}),
+    Endpoint(
+        "GET", "/api/events/?job={job}", everyone(200), counts={"azure-team": 2, "crimson-team": 0}
+    ),
+    Endpoint("GET", "/api/jobs/{job}/events/", azure_only(200)),
     # --- the OpenAPI schema and its docs: public, they hold no one's data
     Endpoint("GET", "/api/schema/", everyone(200, anonymous=200)),
     Endpoint("GET", "/api/docs/", everyone(200, anonymous=200)),
@@ -372,6 +378,7 @@ def test_the_matrix_covers_every_api_route():
         ("/api/definitions/", ["azure-def-mark", "crimson-def-mark"]),
         ("/api/resources/usage/", ["azure-team", "crimson-team", "azure-q", "crimson-q"]),
         ("/api/metrics/summary/", ["azure-q", "crimson-q"]),
+        ("/api/events/", ["azure-team", "crimson-team"]),
     ],
 )
 def test_staff_see_both_teams_marks_so_a_leak_would_show(world, staff_api, path, marks):

@@ -1,6 +1,5 @@
 """Accepting a job: checked against its spec's rules, idempotent per team and key."""
 
-import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -8,9 +7,11 @@ from django.db import IntegrityError, transaction
 
 from accounts.models import Team, User
 from common.wakeup import ARRIVAL, scheduler_wake
+from events.models import EventType
 
 from ..models import Job
 from .specs import job_spec_check
+from .timeline import job_event
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +33,19 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
         if existing is not None:
             return Submission(job=existing, created=False)
     queue = job_spec_check(team=team, spec=spec)
-    # On its own the INSERT commits by itself, and the wake-up follows it; inside a
-    # caller's transaction it is a savepoint, so a lost key race leaves that usable.
-    in_transaction = transaction.get_connection().in_atomic_block
+    # The job and its event commit together, and the wake-up follows; inside a caller's
+    # transaction it is a savepoint, so a lost key race leaves that usable.
     try:
-        with transaction.atomic() if in_transaction else contextlib.nullcontext():
+        with transaction.atomic():
             job = Job.objects.create(team=team, submitted_by=user, **{**spec, "queue": queue})
+            by = f" by {user.username}" if user else ""
+            job_event(
+                job,
+                EventType.JOB_SUBMITTED,
+                f"submitted{by} to queue {queue.name}",
+                actor=user.username if user else "",
+                at=job.created_at,
+            )
     except IntegrityError:
         # A concurrent submission with the same key won the race; return its job.
         existing = Job.objects.filter(team=team, idempotency_key=key).first() if key else None
