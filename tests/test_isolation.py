@@ -16,6 +16,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import Role, Team, User
 from accounts.services import api_token_issue, audit_event_record, team_add_member
+from alerts.services import alert_rule_create
 from jobs.models import ExecutionStatus, Job, JobDefinition, JobExecution, JobStatus
 from jobs.schedules import schedule_create
 from jobs.scheduling.cycle import place_pending_jobs
@@ -40,6 +41,7 @@ AZURE_MARKS = (
     "azure-sched-mark",
     "mem-azure",
     "vic-viewer",
+    "azure-alert-mark",
 )
 CRIMSON_MARKS = (
     "crimson-team",
@@ -50,6 +52,7 @@ CRIMSON_MARKS = (
     "cam-crimson",
     "crimson-def-mark",
     "crimson-sched-mark",
+    "crimson-alert-mark",
 )
 AZURE_JOBS, CRIMSON_JOBS = 3, 4
 
@@ -95,6 +98,12 @@ COUNTS_OF_JOBS = {"azure-team": AZURE_JOBS, "crimson-team": CRIMSON_JOBS}
 NEW_JOB = {"name": "new", "command": ["true"], "team": "azure-team"}
 NEW_DEFINITION = {**NEW_JOB, "queue": "azure-q"}
 NODE = {"name": "iso-node", "cpu": 8, "memory_mb": 8192}
+NEW_ALERT = {
+    "name": "new",
+    "team": "azure-team",
+    "condition": "job_dead_lettered",
+    "channels": [{"kind": "email", "target": "oncall@example.com"}],
+}
 
 ENDPOINTS = [
     # --- auth and tokens
@@ -203,6 +212,16 @@ ENDPOINTS = [
         "GET", "/api/events/?job={job}", everyone(200), counts={"azure-team": 2, "crimson-team": 0}
     ),
     Endpoint("GET", "/api/jobs/{job}/events/", azure_only(200)),
+    # --- alerts: team rules; staff rules (no team) are staff's alone
+    Endpoint("GET", "/api/alerts/", everyone(200), counts={"azure-team": 1, "crimson-team": 1}),
+    Endpoint("POST", "/api/alerts/", azure_only(201, viewer=403, outsider=400), data=NEW_ALERT),
+    Endpoint("GET", "/api/alerts/{alert}/", azure_only(200)),
+    Endpoint("GET", "/api/alerts/{staff_alert}/", everyone(404)),
+    Endpoint("PATCH", "/api/alerts/{alert}/", azure_only(200, viewer=403), data={"enabled": False}),
+    Endpoint("PUT", "/api/alerts/{alert}/", azure_only(200, viewer=403), data=NEW_ALERT),
+    Endpoint("DELETE", "/api/alerts/{alert}/", azure_only(204, viewer=403)),
+    Endpoint("POST", "/api/alerts/{alert}/test/", azure_only(202, viewer=403)),
+    Endpoint("GET", "/api/alerts/{alert}/deliveries/", azure_only(200)),
     # --- the OpenAPI schema and its docs: public, they hold no one's data
     Endpoint("GET", "/api/schema/", everyone(200, anonymous=200)),
     Endpoint("GET", "/api/docs/", everyone(200, anonymous=200)),
@@ -271,8 +290,15 @@ def world(default_queue):
             definition=definition,
             fields={"name": f"{mark}-sched-mark", "interval_seconds": 3600},
         )
+        alert, _ = alert_rule_create(
+            team=team,
+            fields={"name": f"{mark}-alert-mark", "condition": "job_dead_lettered"},
+            channels=[{"kind": "webhook", "target": "http://127.0.0.1:9/hook"}],
+            user=None,
+        )
         if team == azure:
             objects |= {
+                "alert": alert.pk,
                 "definition": definition.pk,
                 "spare_definition": spare.pk,
                 "schedule": schedule.pk,
@@ -282,6 +308,12 @@ def world(default_queue):
                 "allocation": Allocation.objects.get(execution=execution).pk,
             }
     assert JobExecution.objects.filter(status=ExecutionStatus.RUNNING).count() == 2
+    objects["staff_alert"] = alert_rule_create(
+        team=None,
+        fields={"name": "nodes", "condition": "node_offline"},
+        channels=[{"kind": "email", "target": "ops@example.com"}],
+        user=None,
+    )[0].pk
     objects["member_token"] = api_token_issue(user=users["member"], name="spare").token.pk
     return objects
 
@@ -359,6 +391,8 @@ def test_the_matrix_covers_every_api_route():
             "schedule",
             "definition",
             "spare_definition",
+            "alert",
+            "staff_alert",
         ),
         1,
     )
@@ -379,6 +413,7 @@ def test_the_matrix_covers_every_api_route():
         ("/api/resources/usage/", ["azure-team", "crimson-team", "azure-q", "crimson-q"]),
         ("/api/metrics/summary/", ["azure-q", "crimson-q"]),
         ("/api/events/", ["azure-team", "crimson-team"]),
+        ("/api/alerts/", ["azure-alert-mark", "crimson-alert-mark"]),
     ],
 )
 def test_staff_see_both_teams_marks_so_a_leak_would_show(world, staff_api, path, marks):
