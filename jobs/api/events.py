@@ -38,14 +38,16 @@ class EventSerializer(serializers.Serializer):
         return self.context["team_slugs"].get(event.team_id)
 
     def get_node(self, event) -> str | None:
-        return self.context["node_names"].get(event.node_id, event.data.get("node"))
+        """The node's name when the event was written (kept in `data`), else its name now."""
+        return event.data.get("node") or self.context["node_names"].get(event.node_id)
 
 
 def events_json(events: list[Event]) -> list[dict]:
-    """A page of events, with their teams' slugs and nodes' names read once per page (the
-    events keep plain ids, so they outlive what they name)."""
+    """A page of events, with their teams' slugs (and the names of nodes the events do not
+    name themselves) read once per page: the events keep plain ids, so they outlive what
+    they name."""
     team_ids = {e.team_id for e in events if e.team_id is not None}
-    node_ids = {e.node_id for e in events if e.node_id is not None}
+    node_ids = {e.node_id for e in events if e.node_id is not None and not e.data.get("node")}
     context = {
         "team_slugs": dict(Team.objects.filter(pk__in=team_ids).values_list("pk", "slug"))
         if team_ids

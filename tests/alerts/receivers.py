@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from email import message_from_bytes
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
 from aiosmtpd.controller import Controller
 
 from alerts.sending import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
@@ -117,3 +118,17 @@ class SmtpReceiver:
 
     def close(self):
         self.controller.stop()
+
+
+@pytest.fixture
+def webhook():
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture
+def smtp_server():
+    receiver = SmtpReceiver()
+    yield receiver
+    receiver.close()

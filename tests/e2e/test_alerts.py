@@ -9,24 +9,10 @@ import pytest
 
 from alerts.models import AlertDelivery
 from jobs.models import Job, JobStatus
-from tests.alerts.receivers import SmtpReceiver, WebhookReceiver
+from tests.alerts.receivers import WebhookReceiver
 from tests.processes import wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def webhook():
-    receiver = WebhookReceiver()
-    yield receiver
-    receiver.close()
-
-
-@pytest.fixture
-def smtp():
-    receiver = SmtpReceiver()
-    yield receiver
-    receiver.close()
 
 
 def make_rule(api, **body):
@@ -36,9 +22,9 @@ def make_rule(api, **body):
 
 
 def test_a_sigkilled_job_alerts_once_by_webhook_and_email_then_resolves(
-    cluster, api, webhook, smtp, tmp_path
+    cluster, api, webhook, smtp_server, tmp_path
 ):
-    cluster.env |= {"EMAIL_HOST": "127.0.0.1", "EMAIL_PORT": str(smtp.port)}
+    cluster.env |= {"EMAIL_HOST": "127.0.0.1", "EMAIL_PORT": str(smtp_server.port)}
     dead = make_rule(
         api,
         name="dead letters",
@@ -78,7 +64,7 @@ def test_a_sigkilled_job_alerts_once_by_webhook_and_email_then_resolves(
     os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
     wait_until(lambda: webhook.of_kind("fired", dead["id"]), 30, message="the webhook")
-    wait_until(lambda: smtp.messages, 30, message="the e-mail")
+    wait_until(lambda: smtp_server.messages, 30, message="the e-mail")
     wait_until(lambda: webhook.of_kind("fired", ratio["id"]), 30, message="the ratio alert")
     assert Job.objects.get(pk=job_id).status == JobStatus.FAILED
     # Beat evaluates every 0.5 s: several evaluations later, still one notification per
@@ -89,7 +75,7 @@ def test_a_sigkilled_job_alerts_once_by_webhook_and_email_then_resolves(
     [received] = webhook.of_kind("fired", dead["id"])
     assert received.signed_with(secret)
     assert received.json["incident"]["subject"]["job"] == job_id
-    [email] = smtp.messages
+    [email] = smtp_server.messages
     assert email["To"] == "oncall@example.com"
     assert f"job {job_id} victim: failed for good" in email["Subject"]
 

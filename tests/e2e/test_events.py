@@ -7,17 +7,9 @@ import pytest
 from events.models import Event
 from jobs.models import JobStatus
 from nodes.models import Node
-from tests.alerts.receivers import WebhookReceiver
 from tests.processes import wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def webhook():
-    receiver = WebhookReceiver()
-    yield receiver
-    receiver.close()
 
 
 def test_a_killed_agents_job_has_its_whole_timeline_in_order(
