@@ -4,10 +4,15 @@ from .models import AlertChannel, AlertDelivery, AlertIncident, AlertRule
 
 
 class AlertChannelInline(admin.TabularInline):
+    """Shown, never the secret; made through the API, whose answer shows a new secret once."""
+
     model = AlertChannel
-    fields = ("kind", "target", "created_at")  # never the secret
-    readonly_fields = ("created_at",)
+    fields = ("kind", "target", "created_at")
+    readonly_fields = fields
     extra = 0
+
+    def has_add_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(AlertRule)

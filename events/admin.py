@@ -10,7 +10,6 @@ class EventAdmin(admin.ModelAdmin):
     list_display = ("at", "type", "message", "team_id", "job_id", "node_id", "schedule_id")
     list_filter = ("type", ("at", admin.DateFieldListFilter))
     search_fields = ("=job_id", "=node_id", "=schedule_id", "=team_id", "actor")
-    date_hierarchy = "at"
     show_full_result_count = False
     readonly_fields = [f.name for f in Event._meta.fields]
 
