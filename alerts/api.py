@@ -158,7 +158,9 @@ class AlertRuleSerializer(serializers.Serializer):
 
 class DeliverySerializer(serializers.ModelSerializer):
     channel = serializers.SerializerMethodField()
-    incident = serializers.CharField(source="incident.dedupe_key", default=None)
+    incident = serializers.CharField(
+        source="incident.dedupe_key", default=None, allow_null=True, help_text="Null for tests."
+    )
 
     class Meta:
         model = AlertDelivery
@@ -265,7 +267,7 @@ class AlertRuleViewSet(viewsets.ModelViewSet):
         alert_rule_delete(rule=self._changeable())
         return Response(status=status.HTTP_204_NO_CONTENT)
 
-    @action(detail=True, methods=["post"])
+    @action(detail=True, methods=["post"], pagination_class=None, filter_backends=[])
     def test(self, request, pk=None):
         """Send a test notification to each of the rule's channels."""
         ids = alert_rule_test(rule=self._changeable())

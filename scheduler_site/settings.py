@@ -241,7 +241,7 @@ CELERY_BEAT_SCHEDULE = {
     },
     "evaluate-alerts": {
         "task": "alerts.evaluate_alerts",
-        "schedule": env.float("ALERT_EVALUATE_SECONDS", default=10.0),
+        "schedule": max(1, env.int("ALERT_EVALUATE_SECONDS", default=10)),
     },
 }
 
@@ -310,8 +310,10 @@ API_LOGIN_TOKEN_DAYS = env.int("API_LOGIN_TOKEN_DAYS", default=30)
 EVENT_RETENTION_DAYS = env.float("EVENT_RETENTION_DAYS", default=30.0)
 
 # --- Alerts ---------------------------------------------------------------------------
-# How often beat evaluates the alert rules (and re-queues deliveries whose message is lost).
-ALERT_EVALUATE_SECONDS = env.float("ALERT_EVALUATE_SECONDS", default=10.0)
+# How often beat evaluates the alert rules (and re-queues deliveries whose message is lost),
+# in whole seconds: beat's database schedule keeps intervals in whole seconds, and would
+# take 0.5 for 0, always due.
+ALERT_EVALUATE_SECONDS = max(1, env.int("ALERT_EVALUATE_SECONDS", default=10))
 # A notification's attempts: each waits this long for the receiver; failed ones are tried
 # again after BACKOFF doubled per attempt (at most CAP), MAX_ATTEMPTS in all.
 ALERT_DELIVERY_TIMEOUT_SECONDS = env.float("ALERT_DELIVERY_TIMEOUT_SECONDS", default=5.0)

@@ -29,6 +29,7 @@ from schemathesis.specs.openapi.checks import (
 
 from accounts.models import Role, Team, User
 from accounts.services import api_token_issue, team_add_member
+from alerts.services import alert_rule_create
 from jobs.models import Job, JobDefinition, JobExecution
 from jobs.schedules import schedule_create
 from jobs.scheduling.cycle import place_pending_jobs
@@ -68,6 +69,12 @@ def api_world(live_server, transactional_db, default_queue, settings):
     schedule = schedule_create(
         team=team, definition=definition, fields={"name": "hourly", "interval_seconds": 3600}
     )
+    alert, _ = alert_rule_create(
+        team=team,
+        fields={"name": "failed", "condition": "job_dead_lettered"},
+        channels=[{"kind": "webhook", "target": "http://127.0.0.1:9/hook"}],
+        user=user,
+    )
     return {
         "user": user,
         "node_key": node_credential_issue(node_name=NODE_NAME)[1],
@@ -77,6 +84,7 @@ def api_world(live_server, transactional_db, default_queue, settings):
             "/api/definitions/": definition.pk,
             "/api/allocations/": Allocation.objects.get(execution=execution).pk,
             "/api/auth/tokens/": api_token_issue(user=user, name="spare").token.pk,
+            "/api/alerts/": alert.pk,
         },
         "names": {"/api/nodes/": NODE_NAME, "/api/queues/": queue.name},
         "definition": definition.pk,

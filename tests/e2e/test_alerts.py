@@ -67,7 +67,7 @@ def test_a_sigkilled_job_alerts_once_by_webhook_and_email_then_resolves(
     wait_until(lambda: smtp_server.messages, 30, message="the e-mail")
     wait_until(lambda: webhook.of_kind("fired", ratio["id"]), 30, message="the ratio alert")
     assert Job.objects.get(pk=job_id).status == JobStatus.FAILED
-    # Beat evaluates every 0.5 s: several evaluations later, still one notification per
+    # Beat evaluates every second: several evaluations later, still one notification per
     # channel for the one incident.
     evaluated = AlertDelivery.objects.count()
     time.sleep(3)
