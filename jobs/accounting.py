@@ -19,6 +19,7 @@ from django.db import connection, transaction
 
 from common.db import prepared_cursor
 from common.wakeup import SCHEDULER_CHANNEL
+from events.models import EventType
 from resources.models import LIVE_ALLOCATION_STATUSES, AllocationStatus
 
 from .models import ExecutionStatus, Job, JobExecution, JobStatus, PendingReason
@@ -102,10 +103,47 @@ _START_PARAMETERS = {
     "allocation_active": AllocationStatus.ACTIVE,
     "job_reserved": JobStatus.RESERVED,
     "job_running": JobStatus.RUNNING,
+    "event_placed": EventType.JOB_PLACED,
+    "event_started": EventType.JOB_STARTED,
 }
 
 
+def _events_insert(select: str) -> str:
+    """An INSERT of events (`events.Event`) from `select`, which gives at, type, team_id,
+    job_id, node_id, attempt, message and data: the hot paths write a job's events in the
+    statement of the change they tell of."""
+    return f"""
+    INSERT INTO events_event (at, type, team_id, job_id, node_id, attempt, actor, message, data)
+    SELECT at, type, team_id, job_id, node_id, attempt, '', message, data FROM ({select}
+    ) AS new_event(at, type, team_id, job_id, node_id, attempt, message, data)
+    ORDER BY at, job_id, type"""
+
+
+# The started event of executions claimed for their node, from `rows` (with job_id,
+# team_id, node_id, attempt, token; node names from nodes_node).
+def _started_events(rows: str, where: str = "TRUE") -> str:
+    return f"""
+    SELECT %(now)s::timestamptz, %(event_started)s, r.team_id, r.job_id, r.node_id, r.attempt,
+           format('started on %%s, attempt %%s', n.name, r.attempt),
+           jsonb_build_object('node', n.name, 'token', r.token)
+      FROM {rows} r JOIN nodes_node n ON n.id = r.node_id
+     WHERE {where}"""
+
+
 # --- Placing --------------------------------------------------------------------------
+
+# A placement's event names the node, the queue and its strategy; one claimed at once
+# also has its started event.
+_PLACED_EVENTS = f"""
+    SELECT %(now)s::timestamptz, %(event_placed)s, job.team_id, job.id, job.node_id,
+           job.attempt,
+           format('placed on %%s (queue %%s, %%s), attempt %%s', n.name, q.name, q.strategy,
+                  job.attempt),
+           jsonb_build_object('node', n.name, 'queue', q.name, 'strategy', q.strategy,
+                              'token', job.token)
+      FROM job JOIN nodes_node n ON n.id = job.node_id
+      JOIN resources_queue q ON q.id = job.queue_id
+    UNION ALL {_started_events("job", "r.claimed")}"""
 
 # The writes of a placement, in one statement whatever the number of placements:
 # executions, their allocations, the jobs' statuses and the node counters. Plain SQL
@@ -146,8 +184,9 @@ WITH placed AS (
       FROM placed JOIN execution USING (job_id)
      WHERE job.id = placed.job_id
     RETURNING job.id, execution.id AS execution_id, placed.attempt, placed.token,
-              placed.node_id, placed.claimed
+              placed.node_id, placed.claimed, job.id AS job_id, job.team_id, job.queue_id
 ), node AS ({_node_counters_change("+", "placed")}
+), event AS ({_events_insert(_PLACED_EVENTS)}
 )
 SELECT job.execution_id, job.id, job.attempt, job.token, job.node_id, {_JOB_RUN_COLUMNS}
   FROM job JOIN jobs_job j ON j.id = job.id
@@ -216,6 +255,13 @@ WITH execution AS (
 ), job AS (
     UPDATE jobs_job j SET status = %(job_running)s, started_at = %(now)s
       FROM execution WHERE j.id = execution.job_id AND j.status = %(job_reserved)s
+), event AS ({
+    _events_insert(
+        _started_events(
+            "(SELECT e.*, j.team_id FROM execution e JOIN jobs_job j ON j.id = e.job_id)"
+        )
+    )
+}
 )
 SELECT execution.id, execution.job_id, execution.attempt, execution.token,
        execution.node_id, {_JOB_RUN_COLUMNS}
@@ -243,6 +289,12 @@ def claim_execution(*, token: str, node_id: int, now) -> JobExecution | None:
 
 # --- Ending successes -----------------------------------------------------------------
 
+_SUCCEEDED_EVENTS = """
+    SELECT %(now)s::timestamptz, %(event_succeeded)s, e.team_id, e.job_id, e.node_id, e.attempt,
+           format('succeeded on %%s, attempt %%s', n.name, e.attempt),
+           jsonb_build_object('node', n.name, 'token', e.token)
+      FROM execution e JOIN nodes_node n ON n.id = e.node_id"""
+
 # A success is the common ending, so successes are one statement and one round trip,
 # for a whole batch of them: their row locks (jobs, then executions, allocations and
 # nodes) are taken at once, never one by one while an agent thread waits for its turn
@@ -260,7 +312,7 @@ WITH outcome AS MATERIALIZED (
       JOIN jobs_jobexecution e ON e.token = o.token
      ORDER BY o.token, o.n
 ), job AS (
-    SELECT j.id FROM jobs_job j
+    SELECT j.id, j.team_id FROM jobs_job j
       JOIN outcome ON outcome.job_id = j.id
      WHERE j.status = ANY(%(job_live)s) AND j.cancel_requested_at IS NULL
      ORDER BY j.id
@@ -271,12 +323,13 @@ WITH outcome AS MATERIALIZED (
            log_path = outcome.log_path, log_tail = outcome.log_tail
       FROM job, outcome
      WHERE e.job_id = job.id AND e.token = outcome.token AND e.status = %(execution_running)s
- RETURNING e.id, e.job_id, e.token
+ RETURNING e.id, e.job_id, e.token, e.node_id, e.attempt, job.team_id
 ), job_ended AS (
     UPDATE jobs_job j
        SET status = %(job_succeeded)s, pending_reason = %(no_reason)s, finished_at = %(now)s
       FROM execution WHERE j.id = execution.job_id
     RETURNING j.id, j.array_parent_id, j.concurrency_key
+), event AS ({_events_insert(_SUCCEEDED_EVENTS)}
 ), {_RELEASE}
 SELECT execution.token, execution.job_id, job_ended.array_parent_id,
        job_ended.concurrency_key,
@@ -328,6 +381,7 @@ def successes_finish(successes: Sequence[Success], *, now, wake: bool) -> EndedS
                 "execution_running": ExecutionStatus.RUNNING,
                 "job_succeeded": JobStatus.SUCCEEDED,
                 "no_reason": PendingReason.NONE,
+                "event_succeeded": EventType.JOB_SUCCEEDED,
                 **_RELEASE_PARAMETERS,
             },
         )

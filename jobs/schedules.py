@@ -46,6 +46,7 @@ from .schedule_times import ScheduleTimeError, Timetable, cron_check, timezone_c
 from .services.actions import JobStateError, job_cancel
 from .services.definitions import definition_job_spec
 from .services.submission import job_submit, jobs_submit_many
+from .services.timeline import schedule_runs_events
 from .services.workflows import workflow_template_submit
 
 logger = logging.getLogger(__name__)
@@ -466,8 +467,11 @@ def _log_fired(run: JobScheduleRun, *, now: datetime) -> None:
 def schedule_runs_record(runs: list[JobScheduleRun]) -> list[JobScheduleRun]:
     """Write what schedules did at their due times. The one place JobScheduleRun rows
     are written (fires, batched fires and backfills), so whatever follows a run has a
-    single home; called inside the transaction that holds the schedules' row locks."""
-    return JobScheduleRun.objects.bulk_create(runs)
+    single home, as their events have; called inside the transaction that holds the
+    schedules' row locks."""
+    runs = JobScheduleRun.objects.bulk_create(runs)
+    schedule_runs_events(runs)
+    return runs
 
 
 def schedules_due(*, until: datetime) -> list[tuple[int, datetime, int | None]]:

@@ -4,6 +4,7 @@ from rest_framework.routers import DefaultRouter
 from .api.allocations import AllocationViewSet
 from .api.concurrency_limits import ConcurrencyLimitViewSet
 from .api.definitions import DefinitionViewSet
+from .api.events import EventViewSet, JobEventsView
 from .api.jobs import JobViewSet
 from .api.logs import LogSearchView
 from .api.metrics import MetricsSummaryView
@@ -19,9 +20,11 @@ router.register("allocations", AllocationViewSet, basename="allocation")
 router.register("workflows", WorkflowViewSet, basename="workflow")
 router.register("workflow-templates", WorkflowTemplateViewSet, basename="workflow-template")
 router.register("concurrency-limits", ConcurrencyLimitViewSet, basename="concurrency-limit")
+router.register("events", EventViewSet, basename="event")
 
 urlpatterns = [
     *router.urls,
     path("metrics/summary/", MetricsSummaryView.as_view(), name="metrics-summary"),
     path("logs/", LogSearchView.as_view(), name="log-search"),
+    path("jobs/<int:pk>/events/", JobEventsView.as_view(), name="job-events"),
 ]

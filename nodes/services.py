@@ -12,6 +12,8 @@ from django.utils import timezone
 
 from accounts.services import secret_key_digest, secret_key_generate, secret_key_matches
 from common.wakeup import scheduler_wake
+from events.models import Event, EventType
+from events.services import event_record, events_record
 
 from .models import Node, NodeCredential, NodeLoss, NodeStatus
 
@@ -34,6 +36,7 @@ def node_register(
     A cordoned or draining node stays so: that was an operator's decision.
     """
     node = Node.objects.select_for_update().filter(name=name).first()
+    back = node is not None and node.status == NodeStatus.OFFLINE
     if node is None:
         node = Node(name=name)
     elif (
@@ -57,6 +60,13 @@ def node_register(
     node.running_tokens = []
     node.used_cpu_millis = node.used_memory_mb = None
     node.save()
+    event_record(
+        type=EventType.NODE_BACK if back else EventType.NODE_REGISTERED,
+        message=f"{'back' if back else 'registered'}: {name} with {cpu_millis / 1000:g} CPU, "
+        f"{memory_mb} MB, {gpu} GPU; {node.status}",
+        node_id=node.pk,
+        data={"node": name, "status": node.status, "labels": node.labels},
+    )
     scheduler_wake()
     logger.info(
         "node registered node=%s cpu_millis=%s memory_mb=%s gpu=%s labels=%s",
@@ -102,13 +112,24 @@ def nodes_mark_lost(*, older_than_seconds: float) -> list[str]:
             Node.objects.select_for_update(skip_locked=True)
             .exclude(status=NodeStatus.OFFLINE)
             .filter(last_heartbeat__lt=cutoff)
-            .values_list("name", "last_heartbeat")
+            .values_list("id", "name", "last_heartbeat")
         )
-        names = [name for name, _ in silent]
+        names = [name for _, name, _ in silent]
         if names:
             Node.objects.filter(name__in=names).update(status=NodeStatus.OFFLINE)
             NodeLoss.objects.bulk_create(
-                NodeLoss(node_name=name, lost_at=now, last_heartbeat=beat) for name, beat in silent
+                NodeLoss(node_name=name, lost_at=now, last_heartbeat=beat)
+                for _, name, beat in silent
+            )
+            events_record(
+                Event(
+                    at=now,
+                    type=EventType.NODE_OFFLINE,
+                    node_id=node_id,
+                    message=f"offline: {name} silent since {beat.isoformat() if beat else 'ever'}",
+                    data={"node": name, "last_heartbeat": beat.isoformat() if beat else None},
+                )
+                for node_id, name, beat in silent
             )
     for name in names:
         logger.warning("node lost node=%s silent_for_more_than=%ss", name, older_than_seconds)
@@ -120,16 +141,32 @@ def nodes_mark_lost(*, older_than_seconds: float) -> list[str]:
 EMPTY = Q(allocated_cpu_millis=0, allocated_memory_mb=0, allocated_gpu=0)
 
 
+_TRANSITION_EVENTS = {
+    NodeStatus.CORDONED: EventType.NODE_CORDONED,
+    NodeStatus.DRAINING: EventType.NODE_DRAINING,
+    NodeStatus.READY: EventType.NODE_UNCORDONED,
+}
+
+
 def _node_after_transition(*, name: str, changed: bool, unchanged_ok: tuple, action: str) -> Node:
-    """The node once a transition ran; an error if it could not run on this node."""
+    """The node once a transition ran (and its event, in the transition's transaction); an
+    error if it could not run on this node."""
     node = Node.objects.get(name=name)
     if not changed and node.status not in unchanged_ok:
         raise ValidationError(f"Node {name} is {node.status}; it cannot be {action}.")
     if changed:
+        drained = action == "drained" and node.status == NodeStatus.CORDONED
+        event_record(
+            type=EventType.NODE_DRAINED if drained else _TRANSITION_EVENTS[node.status],
+            message=f"{action}: {name} is now {node.status}",
+            node_id=node.pk,
+            data={"node": name, "status": node.status},
+        )
         logger.info("node %s node=%s status=%s", action, name, node.status)
     return node
 
 
+@transaction.atomic
 def node_cordon(*, name: str) -> Node:
     """No new work goes to the node; what runs there carries on."""
     changed = Node.objects.filter(
@@ -140,6 +177,7 @@ def node_cordon(*, name: str) -> Node:
     )
 
 
+@transaction.atomic
 def node_drain(*, name: str) -> Node:
     """No new work goes to the node; it becomes cordoned once nothing is left on it
     (at once if nothing is; otherwise `node_drain_complete` does it later)."""
@@ -156,14 +194,14 @@ def node_drain(*, name: str) -> Node:
     )
 
 
+@transaction.atomic
 def node_uncordon(*, name: str) -> Node:
     """The node takes new work again; the scheduler is woken to give it some."""
-    with transaction.atomic():
-        changed = Node.objects.filter(
-            name=name, status__in=(NodeStatus.CORDONED, NodeStatus.DRAINING)
-        ).update(status=NodeStatus.READY, updated_at=timezone.now())
-        if changed:
-            scheduler_wake()
+    changed = Node.objects.filter(
+        name=name, status__in=(NodeStatus.CORDONED, NodeStatus.DRAINING)
+    ).update(status=NodeStatus.READY, updated_at=timezone.now())
+    if changed:
+        scheduler_wake()
     return _node_after_transition(
         name=name, changed=bool(changed), unchanged_ok=(NodeStatus.READY,), action="uncordoned"
     )
@@ -171,16 +209,30 @@ def node_uncordon(*, name: str) -> Node:
 
 def node_drain_complete() -> int:
     """Draining nodes with nothing left on them become cordoned; how many did."""
-    names = list(
-        Node.objects.filter(EMPTY, status=NodeStatus.DRAINING).values_list("name", flat=True)
-    )
-    if not names:
+    if not Node.objects.filter(EMPTY, status=NodeStatus.DRAINING).exists():
         return 0
-    done = Node.objects.filter(EMPTY, name__in=names, status=NodeStatus.DRAINING).update(
-        status=NodeStatus.CORDONED, updated_at=timezone.now()
-    )
-    logger.info("nodes drained, now cordoned nodes=%s", ",".join(names))
-    return done
+    now = timezone.now()
+    with transaction.atomic():
+        drained = list(
+            Node.objects.select_for_update()
+            .filter(EMPTY, status=NodeStatus.DRAINING)
+            .values_list("id", "name")
+        )
+        Node.objects.filter(id__in=[i for i, _ in drained]).update(
+            status=NodeStatus.CORDONED, updated_at=now
+        )
+        events_record(
+            Event(
+                at=now,
+                type=EventType.NODE_DRAINED,
+                node_id=node_id,
+                message=f"drained: {name} has nothing left on it and is now cordoned",
+                data={"node": name, "status": NodeStatus.CORDONED},
+            )
+            for node_id, name in drained
+        )
+    logger.info("nodes drained, now cordoned nodes=%s", ",".join(n for _, n in drained))
+    return len(drained)
 
 
 def node_credential_issue(*, node_name: str) -> tuple[NodeCredential, str]:

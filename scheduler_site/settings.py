@@ -38,6 +38,8 @@ INSTALLED_APPS = [
     "nodes",
     "resources",
     "jobs",
+    "events",
+    "alerts",
 ]
 
 MIDDLEWARE = [
@@ -157,6 +159,10 @@ SPECTACULAR_SETTINGS = {
         "ExecutionStatusEnum": "jobs.models.ExecutionStatus",
         "NodeStatusEnum": "nodes.models.NodeStatus",
         "AllocationStatusEnum": "resources.models.AllocationStatus",
+        "JobKindEnum": "jobs.models.JobKind",
+        "ChannelKindEnum": "alerts.models.ChannelKind",
+        "DeliveryKindEnum": "alerts.models.DeliveryKind",
+        "DeliveryStatusEnum": "alerts.models.DeliveryStatus",
     },
     "SCHEMA_PATH_PREFIX": "/api/",
 }
@@ -237,6 +243,14 @@ CELERY_BEAT_SCHEDULE = {
     "purge-job-logs": {
         "task": "jobs.purge_job_logs",
         "schedule": env.float("JOB_LOG_PURGE_INTERVAL_SECONDS", default=3600.0),
+    },
+    "purge-events": {
+        "task": "events.purge_events",
+        "schedule": env.float("EVENT_PURGE_INTERVAL_SECONDS", default=3600.0),
+    },
+    "evaluate-alerts": {
+        "task": "alerts.evaluate_alerts",
+        "schedule": max(1, env.int("ALERT_EVALUATE_SECONDS", default=10)),
     },
 }
 
@@ -326,3 +340,32 @@ SCHEDULE_FIRE_IN_FLIGHT_MAX = env.int("SCHEDULE_FIRE_IN_FLIGHT_MAX", default=20)
 SCHEDULE_FIRE_RESEND_SECONDS = env.float("SCHEDULE_FIRE_RESEND_SECONDS", default=10.0)
 # The most due times one backfill of a schedule may submit.
 SCHEDULE_BACKFILL_MAX = env.int("SCHEDULE_BACKFILL_MAX", default=100)
+
+# --- Events ---------------------------------------------------------------------------
+# Events older than this many days are deleted by the purge beat runs (events.purge_events).
+EVENT_RETENTION_DAYS = env.float("EVENT_RETENTION_DAYS", default=30.0)
+
+# --- Alerts ---------------------------------------------------------------------------
+# How often beat evaluates the alert rules (and re-queues deliveries whose message is lost),
+# in whole seconds: beat's database schedule keeps intervals in whole seconds, and would
+# take 0.5 for 0, always due.
+ALERT_EVALUATE_SECONDS = max(1, env.int("ALERT_EVALUATE_SECONDS", default=10))
+# A notification's attempts: each waits this long for the receiver; failed ones are tried
+# again after BACKOFF doubled per attempt (at most CAP), MAX_ATTEMPTS in all.
+ALERT_DELIVERY_TIMEOUT_SECONDS = env.float("ALERT_DELIVERY_TIMEOUT_SECONDS", default=5.0)
+ALERT_DELIVERY_MAX_ATTEMPTS = env.int("ALERT_DELIVERY_MAX_ATTEMPTS", default=8)
+ALERT_DELIVERY_BACKOFF_SECONDS = env.float("ALERT_DELIVERY_BACKOFF_SECONDS", default=5.0)
+ALERT_DELIVERY_BACKOFF_CAP_SECONDS = env.float("ALERT_DELIVERY_BACKOFF_CAP_SECONDS", default=600.0)
+# Webhooks to link-local addresses (169.254.0.0/16, fe80::/10: cloud metadata services)
+# are refused unless this is true.
+ALERT_WEBHOOK_ALLOW_LINK_LOCAL = env.bool("ALERT_WEBHOOK_ALLOW_LINK_LOCAL", default=False)
+# E-mail notifications go through Django's e-mail backend, by SMTP.
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = env.str("EMAIL_HOST", default="localhost")
+EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
+EMAIL_USE_SSL = env.bool("EMAIL_USE_SSL", default=False)
+EMAIL_TIMEOUT = env.float("EMAIL_TIMEOUT", default=10.0)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="scheduler@localhost")

@@ -19,6 +19,7 @@ urlpatterns = [
     path("api/", include("jobs.urls")),
     path("api/", include("nodes.urls")),
     path("api/", include("resources.urls")),
+    path("api/", include("alerts.urls")),
     path(
         "api/",
         include(

@@ -9,6 +9,9 @@ from nodes.models import Node
 from resources.models import DEFAULT_QUEUE_NAME, Queue
 from tests.processes import Cluster
 
+# The alert receivers' fixtures (`webhook`, `smtp_server`), for tests/alerts and tests/e2e.
+pytest_plugins = ["tests.alerts.receivers"]
+
 
 @pytest.fixture
 def broker():

@@ -21,6 +21,8 @@ os.environ.setdefault("JOB_KILL_GRACE_SECONDS", "1")
 os.environ.setdefault("DB_CONN_MAX_AGE", "0")
 # Every test client comes from 127.0.0.1; the login throttle is tested with its own rates.
 os.environ.setdefault("API_THROTTLE_LOGIN", "10000/minute")
+os.environ.setdefault("ALERT_EVALUATE_SECONDS", "1")
+os.environ.setdefault("ALERT_DELIVERY_BACKOFF_SECONDS", "0.5")
 
 from scheduler_site.settings import *  # noqa: F403
 

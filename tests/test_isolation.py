@@ -16,6 +16,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import Role, Team, User
 from accounts.services import api_token_issue, audit_event_record, team_add_member
+from alerts.services import alert_rule_create
 from jobs.models import (
     ConcurrencyLimit,
     ExecutionStatus,
@@ -52,6 +53,7 @@ AZURE_MARKS = (
     "mem-azure",
     "vic-viewer",
     "azure-wf-mark",
+    "azure-alert-mark",
 )
 CRIMSON_MARKS = (
     "crimson-team",
@@ -64,6 +66,7 @@ CRIMSON_MARKS = (
     "crimson-sched-mark",
     "crimson-wf-mark",
     "crimson-limit-mark",
+    "crimson-alert-mark",
 )
 AZURE_JOBS, CRIMSON_JOBS = 3, 4
 
@@ -119,6 +122,12 @@ NEW_WORKFLOW = {
     "name": "new",
     "team": "azure-team",
     "steps": [{"name": "a", "job": {"command": ["true"], "queue": "azure-q"}}],
+}
+NEW_ALERT = {
+    "name": "new",
+    "team": "azure-team",
+    "condition": "job_dead_lettered",
+    "channels": [{"kind": "email", "target": "oncall@example.com"}],
 }
 
 ENDPOINTS = [
@@ -270,6 +279,24 @@ ENDPOINTS = [
     ),
     Endpoint("GET", "/api/logs/?q=log-mark&team=azure-team", everyone(200)),
     Endpoint("GET", "/api/logs/?q=log-mark&job={job}", everyone(200)),
+    # --- events: each team's own; a node's own events are for staff. Besides its two
+    # jobs' events, each team has its two workflow steps' submissions, and azure its array
+    # job's and its two tasks'.
+    Endpoint("GET", "/api/events/", everyone(200), counts={"azure-team": 7, "crimson-team": 4}),
+    Endpoint(
+        "GET", "/api/events/?job={job}", everyone(200), counts={"azure-team": 2, "crimson-team": 0}
+    ),
+    Endpoint("GET", "/api/jobs/{job}/events/", azure_only(200)),
+    # --- alerts: team rules; staff rules (no team) are staff's alone
+    Endpoint("GET", "/api/alerts/", everyone(200), counts={"azure-team": 1, "crimson-team": 1}),
+    Endpoint("POST", "/api/alerts/", azure_only(201, viewer=403, outsider=400), data=NEW_ALERT),
+    Endpoint("GET", "/api/alerts/{alert}/", azure_only(200)),
+    Endpoint("GET", "/api/alerts/{staff_alert}/", everyone(404)),
+    Endpoint("PATCH", "/api/alerts/{alert}/", azure_only(200, viewer=403), data={"enabled": False}),
+    Endpoint("PUT", "/api/alerts/{alert}/", azure_only(200, viewer=403), data=NEW_ALERT),
+    Endpoint("DELETE", "/api/alerts/{alert}/", azure_only(204, viewer=403)),
+    Endpoint("POST", "/api/alerts/{alert}/test/", azure_only(202, viewer=403)),
+    Endpoint("GET", "/api/alerts/{alert}/deliveries/", azure_only(200)),
     # --- the OpenAPI schema and its docs: public, they hold no one's data
     Endpoint("GET", "/api/schema/", everyone(200, anonymous=200)),
     Endpoint("GET", "/api/docs/", everyone(200, anonymous=200)),
@@ -397,11 +424,18 @@ def world(default_queue):
             fields={"name": f"{mark}-wf-mark-template", "steps": [{"name": "a", "job": step}]},
         )
         limit = ConcurrencyLimit.objects.create(team=team, key=f"{mark}-limit-mark", max_running=2)
+        alert, _ = alert_rule_create(
+            team=team,
+            fields={"name": f"{mark}-alert-mark", "condition": "job_dead_lettered"},
+            channels=[{"kind": "webhook", "target": "http://127.0.0.1:9/hook"}],
+            user=None,
+        )
         if team == azure:
             objects |= {
                 "workflow_template": template.pk,
                 "workflow": workflow.pk,
                 "cancelled_workflow": cancelled.pk,
+                "alert": alert.pk,
                 "definition": definition.pk,
                 "spare_definition": spare.pk,
                 "schedule": schedule.pk,
@@ -424,6 +458,12 @@ def world(default_queue):
                 ).job.pk,
             }
     assert JobExecution.objects.filter(status=ExecutionStatus.RUNNING).count() == 2
+    objects["staff_alert"] = alert_rule_create(
+        team=None,
+        fields={"name": "nodes", "condition": "node_offline"},
+        channels=[{"kind": "email", "target": "ops@example.com"}],
+        user=None,
+    )[0].pk
     objects["member_token"] = api_token_issue(user=users["member"], name="spare").token.pk
     return objects
 
@@ -506,6 +546,8 @@ def test_the_matrix_covers_every_api_route():
             "workflow_template",
             "concurrency_limit",
             "array_job",
+            "alert",
+            "staff_alert",
         ),
         1,
     )
@@ -529,6 +571,8 @@ def test_the_matrix_covers_every_api_route():
         ("/api/workflows/", ["azure-wf-mark", "crimson-wf-mark"]),
         ("/api/workflow-templates/", ["azure-wf-mark", "crimson-wf-mark"]),
         ("/api/logs/?q=log-mark", ["AZURE-LOG-MARK", "CRIMSON-LOG-MARK"]),
+        ("/api/events/", ["azure-team", "crimson-team"]),
+        ("/api/alerts/", ["azure-alert-mark", "crimson-alert-mark"]),
     ],
 )
 def test_staff_see_both_teams_marks_so_a_leak_would_show(world, staff_api, path, marks):

@@ -29,6 +29,7 @@ from schemathesis.specs.openapi.checks import (
 
 from accounts.models import Role, Team, User
 from accounts.services import api_token_issue, team_add_member
+from alerts.services import alert_rule_create
 from jobs.models import ConcurrencyLimit, Job, JobDefinition, JobExecution
 from jobs.schedules import schedule_create
 from jobs.scheduling.cycle import place_pending_jobs
@@ -76,6 +77,12 @@ def api_world(live_server, transactional_db, default_queue, settings):
     template = workflow_template_save(
         team=team, fields={"name": "flow", "steps": [{"name": "a", "job": step}]}
     )
+    alert, _ = alert_rule_create(
+        team=team,
+        fields={"name": "failed", "condition": "job_dead_lettered"},
+        channels=[{"kind": "webhook", "target": "http://127.0.0.1:9/hook"}],
+        user=user,
+    )
     return {
         "user": user,
         "node_key": node_credential_issue(node_name=NODE_NAME)[1],
@@ -90,6 +97,7 @@ def api_world(live_server, transactional_db, default_queue, settings):
             "/api/concurrency-limits/": ConcurrencyLimit.objects.create(
                 team=team, key="db", max_running=2
             ).pk,
+            "/api/alerts/": alert.pk,
         },
         "names": {"/api/nodes/": NODE_NAME, "/api/queues/": queue.name},
         "definition": definition.pk,

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from common.wakeup import scheduler_wake
+from events.models import EventType
 
 from ..accounting import allocation_release
 from ..models import TERMINAL_JOB_STATUSES, ExecutionStatus, Job, JobExecution, JobStatus
@@ -21,6 +22,7 @@ from .retries import (
     job_ended_settle,
     job_plan_retry,
 )
+from .timeline import job_ended_event, job_event
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,19 @@ def job_cancel(*, job: Job, user: User | None = None, reason: str = "") -> Job:
         job.save(update_fields=[*JOB_LIFECYCLE_FIELDS, "cancel_requested_at", "cancel_reason"])
         job_ended_settle(job, now=now)
         array_task_ended(job)
+        who = user.username if user else ""
+        if job.status == JobStatus.CANCELLED:
+            job_ended_event(job, actor=who, at=now)
+        else:
+            by = f" by {who}" if who else ""
+            job_event(
+                job,
+                EventType.JOB_CANCEL_REQUESTED,
+                f"cancel requested{by}; its node stops it",
+                attempt=job.attempts,
+                actor=who,
+                at=now,
+            )
         scheduler_wake()
     logger.info(
         "job cancel job=%s by=%s status=%s", job.id, user.username if user else "-", job.status
@@ -107,7 +122,12 @@ def job_requeue(*, job: Job, user: User | None = None) -> Job:
 
 def job_acknowledge(*, job: Job, user: User | None = None) -> Job:
     """Take a failed job out of the dead-letter view without running it again."""
-    updated = Job.objects.dead_letter().filter(pk=job.pk).update(acknowledged_at=timezone.now())
+    with transaction.atomic():
+        updated = Job.objects.dead_letter().filter(pk=job.pk).update(acknowledged_at=timezone.now())
+        if updated:
+            who = user.username if user else ""
+            by = f" by {who}" if who else ""
+            job_event(job, EventType.JOB_ACKNOWLEDGED, f"acknowledged{by}", actor=who)
     job.refresh_from_db()
     if not updated and job.status != JobStatus.FAILED:
         raise JobStateError(f"Only a failed job can be acknowledged; this one is {job.status}.")

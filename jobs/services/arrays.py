@@ -21,6 +21,7 @@ from ..models import TERMINAL_JOB_STATUSES, Job, JobStatus, PendingReason
 from .actions import JobStateError, cancel_reason, job_cancel
 from .array_slots import array_slots_release
 from .retries import JOB_LIFECYCLE_FIELDS, job_plan_retry
+from .timeline import jobs_submitted_events
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def array_tasks_create(*, array: Job, count: int, parallelism: int) -> None:
         not in {"id", "created_at", "status", "pending_reason", "started_at", "idempotency_key"}
         and not f.attname.startswith("array_")
     }
-    Job.objects.bulk_create(
+    tasks = Job.objects.bulk_create(
         [
             Job(
                 **{
@@ -56,6 +57,9 @@ def array_tasks_create(*, array: Job, count: int, parallelism: int) -> None:
             for index in range(count)
         ],
         batch_size=1000,
+    )
+    jobs_submitted_events(
+        tasks, lambda task: f"submitted as task {task.array_index} of array job {array.id}"
     )
 
 

@@ -10,6 +10,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from common.wakeup import scheduler_wake
+from events.models import EventType
 from nodes.models import NodeStatus
 
 from ..accounting import allocation_release
@@ -17,6 +18,7 @@ from ..models import ExecutionStatus, Job, JobExecution, JobStatus
 from .array_slots import array_task_ended
 from .publishing import executions_publish_on_commit
 from .retries import JOB_LIFECYCLE_FIELDS, job_end, job_ended_settle, job_plan_retry
+from .timeline import job_ended_event, job_event
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +30,11 @@ def execution_fail_over(*, execution_id: int, reason: str) -> bool:
     job's; NODE_LOST_MAX_RETRIES bounds it for a job that keeps killing its nodes."""
     now = timezone.now()
     with transaction.atomic():
-        job_id = JobExecution.objects.filter(pk=execution_id).values_list("job_id", flat=True).get()
+        job_id, attempt, node_id, node_name = (
+            JobExecution.objects.filter(pk=execution_id)
+            .values_list("job_id", "attempt", "node_id", "node__name")
+            .get()
+        )
         job = Job.objects.select_for_update().get(pk=job_id)
         lost = JobExecution.objects.filter(
             pk=execution_id, status__in=(ExecutionStatus.RESERVED, ExecutionStatus.RUNNING)
@@ -36,6 +42,15 @@ def execution_fail_over(*, execution_id: int, reason: str) -> bool:
         if not lost:
             return False
         allocation_release(execution_id=execution_id, now=now)
+        job_event(
+            job,
+            EventType.JOB_NODE_LOST,
+            f"attempt {attempt} lost on {node_name}: {reason}",
+            attempt=attempt,
+            node_id=node_id,
+            data={"node": node_name, "reason": reason},
+            at=now,
+        )
         if job.status in (JobStatus.RESERVED, JobStatus.RUNNING):
             times_lost = job.executions.filter(status=ExecutionStatus.LOST).count()
             if job.cancel_requested_at is not None:
@@ -45,6 +60,7 @@ def execution_fail_over(*, execution_id: int, reason: str) -> bool:
             else:
                 job_end(job, JobStatus.FAILED, now)
             job.save(update_fields=JOB_LIFECYCLE_FIELDS)
+            job_ended_event(job, reason=reason, at=now)
             job_ended_settle(job, now=now)
             array_task_ended(job)
         scheduler_wake()

@@ -6,6 +6,7 @@ import random
 from datetime import timedelta
 
 from accounts.models import User
+from events.models import EventType
 
 from ..models import (
     TERMINAL_JOB_STATUSES,
@@ -16,6 +17,7 @@ from ..models import (
     PendingReason,
 )
 from .dependencies import dependents_settle
+from .timeline import job_ended_event, job_event
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +35,8 @@ def retry_delay_seconds(*, backoff_seconds: int, attempt: int) -> float:
 def job_plan_retry(
     *, job: Job, reason: str, delay_seconds: float, now, requested_by: User | None = None
 ) -> JobRetry:
-    """Put the job back to pending for its next attempt, recording why and from when."""
+    """Put the job back to pending for its next attempt, recording why and from when (a
+    `job.requeued` event when a person asked for it, else `job.retry_planned`)."""
     due_at = now + timedelta(seconds=delay_seconds)
     job.status, job.pending_reason = JobStatus.PENDING, PendingReason.WAITING_RETRY
     job.not_before, job.finished_at = due_at, None
@@ -44,6 +47,26 @@ def job_plan_retry(
         due_at=due_at,
         requested_by=requested_by,
     )
+    data = {"reason": retry.reason, "due_at": due_at.isoformat()}
+    if requested_by is not None:
+        job_event(
+            job,
+            EventType.JOB_REQUEUED,
+            f"requeued by {requested_by.username} as attempt {retry.attempt}",
+            attempt=retry.attempt,
+            actor=requested_by.username,
+            data=data,
+            at=now,
+        )
+    else:
+        job_event(
+            job,
+            EventType.JOB_RETRY_PLANNED,
+            f"retry planned as attempt {retry.attempt} at {due_at.isoformat()}: {reason}",
+            attempt=retry.attempt,
+            data=data,
+            at=now,
+        )
     logger.info(
         "retry planned job=%s attempt=%s reason=%r due_at=%s",
         job.id,
@@ -66,6 +89,15 @@ def job_after_attempt(job: Job, *, status: str, error: str, now) -> None:
     `cancelled`, back to `pending` for a retry, or to `failed` when out of retries."""
     if job.status not in (JobStatus.RESERVED, JobStatus.RUNNING):
         return
+    if status == ExecutionStatus.FAILED:
+        job_event(
+            job,
+            EventType.JOB_ATTEMPT_FAILED,
+            f"attempt {job.attempts} failed: {error}",
+            attempt=job.attempts,
+            data={"error": error},
+            at=now,
+        )
     if status == ExecutionStatus.SUCCEEDED:
         job_end(job, JobStatus.SUCCEEDED, now)
     elif status == ExecutionStatus.CANCELLED:
@@ -76,6 +108,7 @@ def job_after_attempt(job: Job, *, status: str, error: str, now) -> None:
     else:
         job_end(job, JobStatus.FAILED, now)
     job.save(update_fields=JOB_LIFECYCLE_FIELDS)
+    job_ended_event(job, reason=error, at=now)
     job_ended_settle(job, now=now)
 
 

@@ -1,6 +1,5 @@
 """Accepting a job: checked against its spec's rules, idempotent per team and key."""
 
-import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -10,11 +9,13 @@ from django.utils import timezone
 
 from accounts.models import Team, User
 from common.wakeup import ARRIVAL, scheduler_wake
+from events.models import EventType
 
 from ..models import Job, JobStatus, PendingReason
 from .arrays import array_tasks_create
 from .dependencies import job_dependencies_check, job_dependencies_lock, job_dependencies_record
 from .specs import MAX_ENV, job_spec_check
+from .timeline import job_event, jobs_submitted_events
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +51,11 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
         spec["pending_reason"] = PendingReason.WAITING_DEPENDENCIES
     if array and len(spec.get("env", {})) >= MAX_ENV:  # each task gets JOB_ARRAY_INDEX too
         raise ValidationError({"env": [f"At most {MAX_ENV - 1} variables in an array job."]})
-    # On its own the INSERT commits by itself, and the wake-up follows it; inside a
-    # caller's transaction it is a savepoint, so a lost key race leaves that usable. With
+    # The job and its event commit together, and the wake-up follows; inside a caller's
+    # transaction it is a savepoint, so a lost key race leaves that usable. With
     # dependencies, the job, its dependencies and its first settling are one transaction.
-    in_transaction = transaction.get_connection().in_atomic_block
     try:
-        atomic = in_transaction or depends_on or array
-        with transaction.atomic() if atomic else contextlib.nullcontext():
+        with transaction.atomic():
             if array:
                 job = _array_create(team=team, spec={**spec, "queue": queue}, user=user, **array)
             else:
@@ -64,6 +63,14 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
                 job = Job.objects.create(team=team, submitted_by=user, **{**spec, "queue": queue})
                 if depends_on:
                     job_dependencies_record(job=job, depends_on=depends_on)
+            by = f" by {user.username}" if user else ""
+            job_event(
+                job,
+                EventType.JOB_SUBMITTED,
+                f"submitted{by} to queue {queue.name}",
+                actor=user.username if user else "",
+                at=job.created_at,
+            )
     except IntegrityError:
         # A concurrent submission with the same key won the race; return its job.
         existing = Job.objects.filter(team=team, idempotency_key=key).first() if key else None
@@ -110,6 +117,7 @@ def jobs_submit_many(
         Job(team=team, submitted_by=user, **{**spec, "queue": queue, "idempotency_key": key})
         for key in new_keys
     )
+    jobs_submitted_events(created, lambda job: f"submitted to queue {queue.name}")
     scheduler_wake(ARRIVAL)
     for job in created:
         logger.info("job submitted job=%s team=%s name=%s", job.id, team.slug, job.name)

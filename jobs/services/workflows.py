@@ -40,6 +40,7 @@ from .actions import JobStateError, job_cancel
 from .definitions import DEFINITION_SPEC_FIELDS, definition_job_spec
 from .dependencies import dependents_settle, jobs_rearm, workflows_refresh
 from .specs import job_spec_check, job_spec_limit_errors
+from .timeline import jobs_submitted_events
 
 logger = logging.getLogger(__name__)
 
@@ -289,6 +290,12 @@ def workflow_create(
                 )
             )
         Job.objects.bulk_create(jobs, batch_size=1000)
+        steps_by_job = {ids[step["name"]]: step["name"] for step in steps}
+        jobs_submitted_events(
+            jobs,
+            lambda job: f"submitted as step {steps_by_job[job.id]} of workflow {workflow.pk}",
+            actor=user.username if user else "",
+        )
         JobDependency.objects.bulk_create(edges, batch_size=5000)
         WorkflowStep.objects.bulk_create(rows, batch_size=1000)
         roots = [ids[s["name"]] for s in steps if not s.get("depends_on")]
