@@ -19,6 +19,7 @@ from jobs.models import (
     PendingReason,
     ScheduleRunOutcome,
 )
+from jobs.services.deadlines import DEADLINE_PASSED
 from nodes.models import Node, NodeStatus
 
 from .models import AlertRule, Condition
@@ -74,6 +75,16 @@ def job_running_longer(rule: AlertRule, now: datetime) -> dict[str, Firing]:
         status=JobStatus.RUNNING, started_at__lt=now - timedelta(seconds=rule.threshold)
     )
     return _job_firings(jobs, f"has run longer than {rule.threshold:g} s")
+
+
+def job_deadline_passed(rule: AlertRule, now: datetime) -> dict[str, Firing]:
+    # Cancelled (a running one: asked to stop) for its deadline since the rule was made.
+    since = rule.created_at
+    jobs = _jobs(rule).filter(
+        Q(cancel_requested_at__gte=since) | Q(status=JobStatus.CANCELLED, finished_at__gte=since),
+        cancel_reason=DEADLINE_PASSED,
+    )
+    return _job_firings(jobs, "deadline passed")
 
 
 def schedule_missed(rule: AlertRule, now: datetime) -> dict[str, Firing]:
@@ -178,6 +189,7 @@ CONDITIONS = {
     Condition.QUEUE_BACKLOG_AGE: queue_backlog_age,
     Condition.FAILURE_RATIO: failure_ratio,
     Condition.NODE_OFFLINE: node_offline,
+    Condition.JOB_DEADLINE_PASSED: job_deadline_passed,
 }
 
 

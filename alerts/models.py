@@ -23,6 +23,10 @@ class Condition(models.TextChoices):
         ("Failed and lost attempts over ended ones, in the window, exceed threshold (0 to 1)"),
     )
     NODE_OFFLINE = "node_offline", "A node went offline (staff rules)"
+    JOB_DEADLINE_PASSED = (
+        "job_deadline_passed",
+        "A job was cancelled, or stopped, because its deadline passed",
+    )
 
 
 # Conditions whose threshold is a number of seconds or a ratio, and must be given.

@@ -13,6 +13,8 @@ from events.models import Event
 from jobs.models import Job, JobDefinition, JobStatus, PendingReason
 from jobs.schedules import schedule_create, schedule_fire
 from jobs.scheduling.cycle import place_pending_jobs
+from jobs.services.actions import job_cancel
+from jobs.services.deadlines import jobs_cancel_past_deadline
 from jobs.services.executions import execution_claim, execution_finish
 from nodes.models import Node, NodeStatus
 from tests.jobs.making import make_jobs, submit
@@ -216,3 +218,17 @@ def test_an_email_channel_sends_through_smtp(api, team, small_node, smtp):
     [message] = smtp.messages
     assert message["To"] == "oncall@example.com"
     assert f"job {job_id}" in message["Subject"]
+
+
+def test_a_job_cancelled_at_its_deadline_fires(api, team, small_node, webhook):
+    rule = make_rule(team, webhook.url, condition="job_deadline_passed")
+    late = submit(api, name="late", deadline=(timezone.now() + timedelta(hours=1)).isoformat())
+    submit(api, name="cancelled by hand")
+    Job.objects.filter(pk=late).update(deadline=timezone.now() - timedelta(seconds=1))
+    assert jobs_cancel_past_deadline() == 1
+    for job in Job.objects.exclude(pk=late):
+        job_cancel(job=job)
+    assert evaluate(rule)["fired"] == 1
+    [fired] = deliveries(rule, "fired")
+    assert fired.payload["incident"]["key"] == f"job:{late}"
+    assert "deadline passed" in fired.payload["incident"]["summary"]
