@@ -11,13 +11,14 @@
    --events events bulk-loaded with SQL (10 per job, four teams, and node events without
    a team), gunicorn with 2 workers, and a team member sending
    `GET /api/events/?job=<one of their jobs>` --requests times, one after another.
+3. log search: runs bench/log_search.py as it is (`GET /api/logs/?q=` over 100,000
+   attempts' shipped logs) and reports its p99.
 
 Each measurement is a function in MEASUREMENTS returning its figures; the last line
 printed is one JSON object of them all.
 """
 
 import argparse
-import http.client
 import json
 import random
 import subprocess
@@ -27,18 +28,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.harness import Bench, percentile, stop, wait_for  # noqa: E402
+from bench.harness import Bench, http_get, percentile, stop, wait_for  # noqa: E402
 
 PORT = 8766
 EVENTS_PER_JOB = 10
 TEAMS = 4
 
 
-def throughput_with_events(args) -> dict:
-    if args.skip_throughput:
-        return {}
+def _bench_script(name: str, *arguments: str) -> dict:
+    """Runs another bench as it is (each sets its own environment up at import) and
+    returns the figures of its last line, printing the rest indented."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "throughput.py")],
+        [sys.executable, str(ROOT / "bench" / name), *arguments],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -46,12 +47,23 @@ def throughput_with_events(args) -> dict:
     )
     lines = result.stdout.strip().splitlines()
     print("\n".join(f"  {line}" for line in lines[:-1]), flush=True)
-    figures = json.loads(lines[-1])
+    return json.loads(lines[-1])
+
+
+def throughput_with_events(args) -> dict:
+    if args.skip_throughput:
+        return {}
+    figures = _bench_script("throughput.py")
     return {
         "throughput_ratio": figures["ratio"],
         "platform_jobs_per_second": figures["platform_jobs_per_second"],
         "submit_to_start_p99_ms": figures["submit_to_start_p99_ms"],
     }
+
+
+def log_search(args) -> dict:
+    """bench/log_search.py: `GET /api/logs/?q=` over 100,000 attempts' shipped logs."""
+    return _bench_script("log_search.py")
 
 
 # Events spread over 30 days, newest last; a job's ten events are consecutive, and every
@@ -100,13 +112,7 @@ def fill(count: int) -> tuple[str, list[int]]:
 
 
 def get(path: str, token: str) -> tuple[int, bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
-    try:
-        connection.request("GET", path, headers={"Authorization": f"Token {token}"})
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
+    return http_get(PORT, path, {"Authorization": f"Token {token}"})
 
 
 def events_query(args) -> dict:
@@ -157,7 +163,7 @@ def events_query(args) -> dict:
     return {"events_query_p50_ms": round(p50, 1), "events_query_p99_ms": round(p99, 1)}
 
 
-MEASUREMENTS = [throughput_with_events, events_query]
+MEASUREMENTS = [throughput_with_events, events_query, log_search]
 
 
 def main() -> None:

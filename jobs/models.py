@@ -119,9 +119,12 @@ class JobSpec(models.Model):
     retry_backoff_seconds = models.PositiveIntegerField(default=10)
     timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
     node_selector = models.JSONField(default=dict, blank=True, help_text='e.g. {"zone": "b"}')
+    # Columns added since the first release have database defaults as well, so rows that
+    # benches and bulk loads insert with SQL need not name them.
     concurrency_key = models.CharField(
         max_length=100,
         blank=True,
+        db_default="",
         help_text='At most its team\'s ConcurrencyLimit for this key run at once, e.g. "db"',
     )
 
@@ -196,14 +199,17 @@ class Job(JobSpec):
     acknowledged_at = models.DateTimeField(null=True, blank=True)
     # Why it was cancelled when not by a person, e.g. "dependency never satisfied: job 12
     # failed".
-    cancel_reason = models.TextField(blank=True)
+    cancel_reason = models.TextField(blank=True, db_default="")
     # Dependencies (JobDependency): what to do when they can never be met, and how they
     # combine (each its own condition, or a workflow step's trigger rule).
     on_unsatisfied = models.CharField(
-        max_length=8, choices=OnUnsatisfied.choices, default=OnUnsatisfied.CANCEL
+        max_length=8,
+        choices=OnUnsatisfied.choices,
+        default=OnUnsatisfied.CANCEL,
+        db_default=OnUnsatisfied.CANCEL,
     )
     trigger_rule = models.CharField(
-        max_length=16, choices=TriggerRule.choices, default=TriggerRule.EACH
+        max_length=16, choices=TriggerRule.choices, default=TriggerRule.EACH, db_default="each"
     )
     workflow = models.ForeignKey(
         "Workflow", null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
