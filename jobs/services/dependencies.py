@@ -34,6 +34,7 @@ from ..models import (
     Workflow,
     WorkflowStatus,
 )
+from .timeline import jobs_cancelled_events
 
 logger = logging.getLogger(__name__)
 
@@ -291,6 +292,7 @@ def _cancel_never(verdicts: list[Verdict], now) -> list[int]:
         finished_at=now,
         cancel_reason=Case(*[When(pk=pk, then=Value(text)) for pk, text in reasons.items()]),
     )
+    jobs_cancelled_events(reasons, at=now)
     for pk, text in reasons.items():
         logger.info("job cancelled job=%s reason=%r", pk, text)
     return list(reasons)

@@ -113,6 +113,11 @@ def test_an_upstream_that_failed_cancels_its_dependents_on_down(api, small_node,
     assert (job(on_failure).status, job(on_failure).pending_reason) == (JobStatus.PENDING, "")
     detail = api.get(f"/api/jobs/{c}/").json()
     assert detail["cancel_reason"].startswith("dependency never satisfied: job")
+    # Each cancel is in the dependent's timeline, with its reason.
+    timeline = api.get(f"/api/jobs/{c}/events/").json()
+    assert [(e["type"], e["message"]) for e in timeline[-1:]] == [
+        ("job.cancelled", f"dependency never satisfied: job {b} (b) cancelled")
+    ]
 
 
 def test_requeuing_the_upstream_re_arms_the_dependents_it_cancelled(api, small_node, broker):
