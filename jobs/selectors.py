@@ -70,30 +70,25 @@ def definition_list_visible(*, user: User) -> QuerySet[JobDefinition]:
     return definitions.filter(team__memberships__user=user)
 
 
-def workflow_list_visible(*, user: User) -> QuerySet[Workflow]:
-    workflows = Workflow.objects.select_related("team")
+def _of_visible_teams(objects: QuerySet, user: User) -> QuerySet:
+    """`objects` (of a model with a team) of the user's teams; all of them for staff."""
     if user.is_staff:
-        return workflows
-    return workflows.filter(
+        return objects
+    return objects.filter(
         team_id__in=list(team_list_visible(user=user).values_list("pk", flat=True))
     )
+
+
+def workflow_list_visible(*, user: User) -> QuerySet[Workflow]:
+    return _of_visible_teams(Workflow.objects.select_related("team"), user)
 
 
 def workflow_template_list_visible(*, user: User) -> QuerySet[WorkflowTemplate]:
-    templates = WorkflowTemplate.objects.select_related("team")
-    if user.is_staff:
-        return templates
-    return templates.filter(
-        team_id__in=list(team_list_visible(user=user).values_list("pk", flat=True))
-    )
+    return _of_visible_teams(WorkflowTemplate.objects.select_related("team"), user)
 
 
 def concurrency_limit_list_visible(*, user: User) -> QuerySet[ConcurrencyLimit]:
-    """The concurrency limits of the user's teams (all of them for staff)."""
-    limits = ConcurrencyLimit.objects.select_related("team")
-    if user.is_staff:
-        return limits
-    return limits.filter(team__memberships__user=user)
+    return _of_visible_teams(ConcurrencyLimit.objects.select_related("team"), user)
 
 
 def array_task_counts(*, array: Job) -> dict[str, int]:

@@ -3,7 +3,6 @@ answers with the status codes it is told (or never answers), and an SMTP server
 (aiosmtpd) that keeps the messages it gets."""
 
 import json
-import socket
 import threading
 from dataclasses import dataclass, field
 from email import message_from_bytes
@@ -13,6 +12,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from alerts.sending import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
+from tests.processes import free_port
 
 
 @dataclass
@@ -97,12 +97,6 @@ class _Inbox:
     async def handle_DATA(self, server, session, envelope):
         self.messages.append(message_from_bytes(envelope.content))
         return "250 OK"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class SmtpReceiver:

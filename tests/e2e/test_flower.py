@@ -7,25 +7,18 @@ import base64
 import http.client
 import json
 import signal
-import socket
 
 import pytest
 
 from jobs.models import Job, JobExecution, JobStatus
 from resources.routing import EXECUTION_TASK
 from scheduler_site.celery import app as celery_app
-from tests.processes import wait_until
+from tests.processes import free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
 BURST = 100
 CREDENTIALS = "flower:not-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Flower:

@@ -2,8 +2,6 @@
 scrape agrees with the rows it reads, taken in the same snapshot; counters only grow;
 and the scheduler's and an agent's own metrics ports answer."""
 
-import contextlib
-import socket
 import sys
 import time
 import urllib.request
@@ -18,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from jobs.models import ExecutionStatus, Job, JobExecution, JobStatus
 from nodes.models import Node
 from resources.models import LIVE_ALLOCATION_STATUSES, Allocation
+from tests.processes import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -30,12 +29,6 @@ BUSY = [
     "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
     "time.sleep(0.5)",
 ]
-
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def parse(text: str) -> dict:

@@ -7,7 +7,6 @@ by deploy/prometheus/rules_test.yml.
 """
 
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -16,18 +15,12 @@ import requests
 import yaml
 
 from tests.deploy.metrics import DEPLOY_DIR
-from tests.processes import Process, wait_until
+from tests.processes import Process, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
 SHORT_FOR = "2s"
 METRICS_TOKEN = "e2e-metrics-token"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def shortened_rules(source: Path, target: Path) -> None:
