@@ -22,7 +22,14 @@ from common.wakeup import SCHEDULER_CHANNEL
 from events.models import EventType
 from resources.models import LIVE_ALLOCATION_STATUSES, AllocationStatus
 
-from .models import ExecutionStatus, Job, JobExecution, JobStatus, PendingReason
+from .models import (
+    DependencyCondition,
+    ExecutionStatus,
+    Job,
+    JobExecution,
+    JobStatus,
+    PendingReason,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,21 +48,35 @@ JOB_RUN_FIELDS = (
 )
 _JSON_RUN_FIELDS = {"command", "env", "parameters"}
 
-# The row of a claimed execution, as placements and claims return it.
-CLAIMED_COLUMNS = ("execution_id", "job_id", "attempt", "token", "node_id", *JOB_RUN_FIELDS)
-_JOB_RUN_COLUMNS = ", ".join(f"j.{name}" for name in JOB_RUN_FIELDS)
+# The row of a claimed execution, as placements and claims return it: last, whether
+# jobs wait for this one to start, so the claim's caller asks no second question to know
+# whether it has dependents to release.
+CLAIMED_COLUMNS = (
+    "execution_id",
+    "job_id",
+    "attempt",
+    "token",
+    "node_id",
+    *JOB_RUN_FIELDS,
+    "releases_on_start",
+)
+_JOB_RUN_COLUMNS = ", ".join(f"j.{name}" for name in JOB_RUN_FIELDS) + (
+    ", EXISTS (SELECT FROM jobs_jobdependency d"
+    " WHERE d.upstream_id = j.id AND d.on = %(dependency_started)s)"
+)
 
 
 def claimed_execution(row: Sequence, *, now) -> JobExecution:
     """A claimed execution from a row of CLAIMED_COLUMNS, with its job's JOB_RUN_FIELDS
-    (and only those) loaded."""
+    (and only those) loaded, and `releases_on_start` set: whether jobs wait for it to
+    start."""
     values = dict(zip(CLAIMED_COLUMNS, row, strict=True))
     fields = {name: values[name] for name in JOB_RUN_FIELDS}
     for name in _JSON_RUN_FIELDS:  # Django has psycopg hand jsonb over as text
         if isinstance(fields[name], str):
             fields[name] = json.loads(fields[name])
     job = Job(id=values["job_id"], status=JobStatus.RUNNING, started_at=now, **fields)
-    return JobExecution(
+    execution = JobExecution(
         id=values["execution_id"],
         job=job,
         attempt=values["attempt"],
@@ -64,6 +85,8 @@ def claimed_execution(row: Sequence, *, now) -> JobExecution:
         status=ExecutionStatus.RUNNING,
         started_at=now,
     )
+    execution.releases_on_start = values["releases_on_start"]
+    return execution
 
 
 def _node_counters_change(sign: str, rows: str) -> str:
@@ -105,6 +128,7 @@ _START_PARAMETERS = {
     "job_running": JobStatus.RUNNING,
     "event_placed": EventType.JOB_PLACED,
     "event_started": EventType.JOB_STARTED,
+    "dependency_started": DependencyCondition.STARTED,
 }
 
 

@@ -112,8 +112,7 @@ def place_on_freed_room(
         claim=claim,
         before_claim=before_claim,
     )
-    if claimed:
-        job_started_settle(job_ids=[e.job_id for e in claimed], now=now)
+    job_started_settle(executions=claimed, now=now)
     return FreedRoomPlacements(
         claimed,
         result.placements[len(claimed) :],

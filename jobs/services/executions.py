@@ -25,7 +25,7 @@ from ..accounting import (
     claim_execution,
     successes_finish,
 )
-from ..models import DependencyCondition, ExecutionStatus, Job, JobDependency, JobExecution
+from ..models import ExecutionStatus, Job, JobExecution
 from .array_slots import array_slots_release, array_task_ended
 from .dependencies import dependents_settle
 from .retries import job_after_attempt
@@ -43,7 +43,7 @@ def execution_claim(*, token: str, node_id: int) -> JobExecution | None:
     now = timezone.now()
     execution = claim_execution(token=token, node_id=node_id, now=now)
     if execution is not None:
-        job_started_settle(job_ids=[execution.job_id], now=now)
+        job_started_settle(executions=[execution], now=now)
         logger.info(
             "execution claimed job=%s attempt=%s node=%s token=%s",
             execution.job_id,
@@ -139,11 +139,12 @@ def executions_finish_succeeded(
     return ended
 
 
-def job_started_settle(*, job_ids: list[int], now) -> None:
-    """Release what waits for these jobs to start (claimed just now). The claim commits
+def job_started_settle(*, executions: list[JobExecution], now) -> None:
+    """Release what waits for the jobs of these executions (claimed just now) to start;
+    the claim said which have such dependents (`releases_on_start`). The claim commits
     on its own, as one statement; should this process die before the release, the
     upstream's end settles the same dependents again."""
-    started = JobDependency.objects.filter(upstream_id__in=job_ids, on=DependencyCondition.STARTED)
-    if started.exists():
+    job_ids = [e.job_id for e in executions if e.releases_on_start]
+    if job_ids:
         with transaction.atomic():
             dependents_settle(upstream_ids=job_ids, now=now)

@@ -5,7 +5,14 @@ import pytest
 from django.db import transaction
 
 from jobs.accounting import Success
-from jobs.models import Job, JobExecution, JobStatus, PendingReason
+from jobs.models import (
+    DependencyCondition,
+    Job,
+    JobDependency,
+    JobExecution,
+    JobStatus,
+    PendingReason,
+)
 from jobs.scheduling.cycle import place_pending_jobs
 from jobs.scheduling.freed_room import FREED_ROOM_LOCK_ID, place_on_freed_room
 from jobs.services.executions import execution_claim, executions_finish_succeeded
@@ -109,6 +116,27 @@ def test_freed_room_is_claimed_for_as_many_jobs_as_threads_reported_listed_first
         "reserved",
         AllocationStatus.RESERVED,
     )
+
+
+def test_a_job_claimed_on_freed_room_releases_the_jobs_waiting_for_it_to_start(team, broker):
+    node = Node.objects.create(name="one", cpu_millis=1000, memory_mb=4096)
+    make_jobs(team, 1)
+    running_token = next(iter(start_running(node).values()))
+    upstream = make_jobs(team, 1)[0]
+    place_pending_jobs(batch_size=100)
+    after_start, after_success = make_jobs(
+        team, 2, pending_reason=PendingReason.WAITING_DEPENDENCIES
+    )
+    JobDependency.objects.create(job=after_start, upstream=upstream, on=DependencyCondition.STARTED)
+    JobDependency.objects.create(job=after_success, upstream=upstream)
+
+    with transaction.atomic():
+        executions_finish_succeeded([Success(running_token)], wake=False)
+        result = place_on_freed_room(node_id=node.id, claim=1)
+
+    assert [e.job_id for e in result.claimed] == [upstream.id]
+    assert status(after_start) == (JobStatus.PENDING, PendingReason.NONE)
+    assert status(after_success) == (JobStatus.PENDING, PendingReason.WAITING_DEPENDENCIES)
 
 
 @pytest.mark.parametrize("node_status", [NodeStatus.CORDONED, NodeStatus.DRAINING])
