@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,7 @@ class TrackedExecution:
         self.token = token
         self.memory_limit_mb = 0  # known once claimed; 0 means no limit
         self.pgid: int | None = None
+        self.started_at = 0.0  # time.monotonic() at its start
         self.kill_reason = ""  # why the agent killed it, if it did
         self.cancelled = False
         self.lock = threading.Lock()
@@ -69,7 +71,7 @@ class TrackedExecution:
     def started(self, pgid: int) -> None:
         """Record the process group; a kill asked for before the start takes effect now."""
         with self.lock:
-            self.pgid = pgid
+            self.pgid, self.started_at = pgid, time.monotonic()
             pending = self.kill_reason
         if pending:
             kill_process_group(pgid, settings.JOB_KILL_GRACE_SECONDS)
@@ -112,8 +114,16 @@ class RunningRegistry:
             ).start()
 
     def enforce_memory_limits(self) -> None:
+        """Kill the groups over their memory limit. A group is first looked at once it has
+        run for a poll interval: reading /proc costs the same for one group as for all,
+        and an agent running many short jobs would otherwise read it for nothing."""
+        since = time.monotonic() - settings.NODE_MEMORY_POLL_SECONDS
         with self._lock:
-            watched = [t for t in self._items.values() if t.pgid is not None and not t.kill_reason]
+            watched = [
+                t
+                for t in self._items.values()
+                if t.pgid is not None and t.started_at <= since and not t.kill_reason
+            ]
         if not watched:
             return
         resident = resident_mb_by_group()
