@@ -32,7 +32,13 @@ class Api:
         if token:
             headers["Authorization"] = f"Token {token}"
         self.url = url
-        self._http = httpx.Client(base_url=f"{url}/api/", headers=headers, timeout=TIMEOUT)
+        # Certificates are loaded only for https: they cost a plain-http command ~0.1 s.
+        self._http = httpx.Client(
+            base_url=f"{url}/api/",
+            headers=headers,
+            timeout=TIMEOUT,
+            verify=url.startswith("https:"),
+        )
 
     def close(self) -> None:
         self._http.close()

@@ -3,6 +3,7 @@
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import click
@@ -15,6 +16,7 @@ from ..output import (
     elapsed,
     emit_json,
     field_messages,
+    parse_time,
     print_fields,
     print_table,
     report_error,
@@ -53,19 +55,22 @@ def parse_states(text: str, option: str, default: tuple[str, ...]) -> tuple[str,
 
 def job_list(api: Api, *, states, limit: int, all_pages: bool, **filters) -> list[dict]:
     """Jobs in any of `states`, newest first, as the API writes them. The API filters one
-    status at a time, each an index range; the pages are merged here."""
-    jobs = []
-    for state in states:
-        params = {**filters, "page_size": min(limit, MAX_PAGE)}
-        if set(states) != set(STATUSES):
-            params["status"] = state
+    status at a time, each page one index range; the states' pages are fetched at once
+    and merged here."""
+    page_size = min(limit, MAX_PAGE)
+    if set(states) == set(STATUSES):
+        queries = [{**filters, "page_size": page_size}]
+    else:
+        queries = [{**filters, "status": state, "page_size": page_size} for state in states]
+
+    def fetch(params: dict) -> list[dict]:
         if all_pages:
-            jobs += api.pages("jobs/", **params)
-        else:
-            jobs += api.get("jobs/", **params)["results"]
-        if "status" not in params:
-            break
-    jobs.sort(key=lambda job: (job["created_at"], job["id"]), reverse=True)
+            return list(api.pages("jobs/", **params))
+        return api.get("jobs/", **params)["results"]
+
+    with ThreadPoolExecutor(max_workers=len(queries)) as pool:
+        jobs = [job for found in pool.map(fetch, queries) for job in found]
+    jobs.sort(key=lambda job: (parse_time(job["created_at"]), job["id"]), reverse=True)
     return jobs if all_pages else jobs[:limit]
 
 

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import click
-import yaml
 
 from .. import specs
 from ..app import json_option, with_api
@@ -25,6 +24,8 @@ def workflow():
 def workflow_submit(api, path, name, team, param, as_json):
     """Submit the workflow FILE describes: the body of POST /api/workflows/ as YAML,
     with `name`, `parameters`, `max_parallel` and `steps`."""
+    import yaml  # here, not at the top: the other commands start faster without it
+
     try:
         body = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
