@@ -7,7 +7,8 @@ Sets up its own database (scheduler_bench_cli) holding --jobs pending jobs of a 
 starts gunicorn with 2 workers as scripts/up does, and runs the installed `sched queue`
 --runs times as a team member (SCHED_URL, SCHED_TOKEN), each a new process: the figure
 is what a person waits for, start-up included. Beside it, `sched --version` (the
-command's start-up alone) and the API's own pages (`GET /api/jobs/?status=...`).
+command's start-up alone), the API's own pages (`GET /api/jobs/?status=...`), and a bare
+`python -c pass`, which shows how busy the machine was.
 
 The last line printed is one JSON object of the figures.
 """
@@ -105,13 +106,14 @@ def main() -> None:
         wait_for(lambda: _answers(headers), 60, "gunicorn", 0.2)
         for _ in range(10):  # warm both workers
             http_get(PORT, "/api/jobs/?status=pending", headers)
-        queue_ms, startup_ms, json_ms, api_ms = [], [], [], []
+        queue_ms, startup_ms, json_ms, api_ms, python_ms = [], [], [], [], []
         for _ in range(args.runs):
             took, out = timed([SCHED, "queue"], env)
             queue_ms.append(took)
             took, listed = timed([SCHED, "queue", "--json"], env)
             json_ms.append(took)
             startup_ms.append(timed([SCHED, "--version"], env)[0])
+            python_ms.append(timed([sys.executable, "-c", "pass"], env)[0])
             began = time.perf_counter()
             for status in ("pending", "reserved", "running"):
                 http_get(PORT, f"/api/jobs/?status={status}&page_size=50", headers)
@@ -127,6 +129,7 @@ def main() -> None:
         "queue_json_ms": round(percentile(json_ms, 0.5), 1),
         "startup_ms": round(percentile(startup_ms, 0.5), 1),
         "api_three_pages_ms": round(percentile(api_ms, 0.5), 1),
+        "python_startup_ms": round(percentile(python_ms, 0.5), 1),
         "jobs": args.jobs,
         "runs": args.runs,
     }
@@ -135,7 +138,8 @@ def main() -> None:
         f"runs: {figures['queue_first_page_ms']} ms (p90 {figures['queue_first_page_p90_ms']} "
         f"ms; --json {figures['queue_json_ms']} ms). Of it, the command's start-up: "
         f"{figures['startup_ms']} ms; the API's three pages (pending, reserved, running): "
-        f"{figures['api_three_pages_ms']} ms"
+        f"{figures['api_three_pages_ms']} ms; a bare Python's start-up on this machine now: "
+        f"{figures['python_startup_ms']} ms"
     )
     print(json.dumps(figures))
 

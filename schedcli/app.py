@@ -7,7 +7,7 @@ import click
 
 from .client import Api
 from .config import server_for
-from .errors import SchedError
+from .errors import EXIT_INTERRUPTED, SchedError
 from .output import report_error
 
 JSON_KEY = "sched.json"
@@ -20,6 +20,9 @@ class SchedGroup(click.Group):
         except SchedError as error:
             report_error(error, as_json=ctx.meta.get(JSON_KEY, False))
             ctx.exit(error.exit_code)
+        except KeyboardInterrupt:
+            # As a shell reports an interrupted command; 1 would read as "refused".
+            ctx.exit(EXIT_INTERRUPTED)
 
 
 def _remember_json(ctx: click.Context, param, value: bool) -> bool:

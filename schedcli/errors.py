@@ -6,6 +6,7 @@ EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_JOB_FAILED = 3
 EXIT_UNREACHABLE = 4
+EXIT_INTERRUPTED = 130  # Ctrl-C, e.g. during submit --wait or logs -f
 
 
 class SchedError(Exception):

@@ -28,7 +28,11 @@ def print_table(columns: list[str], rows: list[list[str]]) -> None:
         table.add_column(column, overflow="fold", no_wrap=True)
     for row in rows:
         table.add_row(*row)
-    console().print(table)
+    out = console()
+    with out.capture() as captured:
+        out.print(table)
+    # Rich pads the last column too; lines end at their last character.
+    sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
 
 def print_fields(pairs: list[tuple[str, object]]) -> None:

@@ -15,7 +15,6 @@ from ..errors import EXIT_JOB_FAILED, ApiRefused, SchedError
 from ..output import (
     elapsed,
     emit_json,
-    field_messages,
     parse_time,
     print_fields,
     print_table,
@@ -351,7 +350,7 @@ def act_on_jobs(api: Api, ids: list[int], action: str, *, as_json: bool) -> None
             done.append(api.post(f"jobs/{job_id}/{action}/"))
         except ApiRefused as error:
             refused += 1
-            error.message = f"job {job_id}: {', '.join(field_messages(error.detail)) or error}"
+            error.message = f"job {job_id}: {error.message}"
             report_error(error, as_json=as_json)
     if as_json:
         emit_json(done)

@@ -355,3 +355,31 @@ def test_shell_completion_comes_from_click(platform):
         check=False,
     ).stdout
     assert "queue" in words
+
+
+def test_logout_revokes_the_profiles_token_and_forgets_it(platform):
+    login = sched(
+        platform,
+        "--profile=second",
+        "login",
+        f"--url={platform.url}",
+        "--username=alice",
+        f"--password={PASSWORD}",
+    )
+    assert login.returncode == 0, login.stderr
+    path = platform.config_home / "sched" / "config.json"
+    token = json.loads(path.read_text())["profiles"]["second"]["token"]
+    platform.secrets.append(token)
+    try:
+        assert sched(platform, "--profile=second", "queue").returncode == 0
+        assert sched(platform, "--profile=second", "logout").returncode == 0
+        assert "second" not in json.loads(path.read_text())["profiles"]
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        revoked = {"SCHED_URL": platform.url, "SCHED_TOKEN": token}
+        assert sched(platform, "queue", env=revoked).returncode == 1
+        # With no stored profile nor environment, there is no server: a usage error.
+        assert sched(platform, "--profile=second", "queue").returncode == 2
+    finally:
+        platform.secrets.remove(token)
+    # The default profile is untouched.
+    assert sched(platform, "queue").returncode == 0
