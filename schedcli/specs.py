@@ -71,8 +71,8 @@ def dependencies(values: tuple[str, ...]) -> list[dict]:
     result = []
     for value in values:
         for item in value.split(","):
-            job, _, condition = item.partition(":")
-            if not job.isdecimal() or (condition and condition not in AFTER_CONDITIONS):
+            job, sep, condition = item.partition(":")
+            if not job.isdecimal() or (sep and condition not in AFTER_CONDITIONS):
                 raise click.BadParameter(
                     f"{item!r}: use JOB[:ok|notok|any|start]", param_hint="--after"
                 )

@@ -56,7 +56,9 @@ def job_list(api: Api, *, states, limit: int, all_pages: bool, **filters) -> lis
     """Jobs in any of `states`, newest first, as the API writes them. The API filters one
     status at a time, each page one index range; the states' pages are fetched at once
     and merged here."""
-    page_size = min(limit, MAX_PAGE)
+    if not states:
+        return []
+    page_size = MAX_PAGE if all_pages else limit
     if set(states) == set(STATUSES):
         queries = [{**filters, "page_size": page_size}]
     else:
@@ -395,7 +397,7 @@ def cancel(api, job_ids, name, state, team, queue_name, mine, as_json):
         unfinished = [s for s in states if s not in FINISHED]
         filters = list_filters(team, queue_name, name, None, mine)
         jobs = job_list(api, states=unfinished, limit=MAX_PAGE, all_pages=True, **filters)
-        ids = [job["id"] for job in jobs] if unfinished else []
+        ids = [job["id"] for job in jobs]
         if not ids and not as_json:
             click.echo("No unfinished job matches.")
     act_on_jobs(api, ids, "cancel", as_json=as_json)
