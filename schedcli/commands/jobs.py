@@ -502,8 +502,9 @@ def job_spec(api, command, name, team, definition, callable_name, opts) -> dict:
         if command or callable_name or given:
             shown = ", ".join(f"--{o.removesuffix('_name').replace('_', '-')}" for o in given)
             raise click.UsageError(
-                "With --definition the command and resources come from it; "
-                f"give only --name, --env, --param, --priority, --array. ({shown or 'command'})"
+                "With --definition the command and resources come from it; give only "
+                "--name, --env, --param, --priority, --array, --idempotency-key. "
+                f"({shown or 'command'})"
             )
         spec = {"definition": definition_id(api, definition, team)}
     else:
