@@ -149,7 +149,8 @@ def test_queue_json_parses_and_matches_the_api(platform):
 
 
 def test_logs_follow_prints_lines_as_they_appear_and_exits_when_the_job_ends(platform):
-    script = 'for i in 1 2 3 4 5; do echo "line $i $(date +%s.%N)"; sleep 1; done'
+    # Two seconds apart: the follower's own start on a busy machine must not outlast the job.
+    script = 'for i in 1 2 3 4 5; do echo "line $i $(date +%s.%N)"; sleep 2; done'
     job_id = sched(platform, "submit", "--parsable", "--", "sh", "-c", script).stdout.strip()
     follower = subprocess.Popen(
         [SCHED, "logs", "-f", job_id],
