@@ -3,7 +3,7 @@
 import click
 
 from .app import SchedGroup
-from .commands import auth, jobs, nodes, schedules, workflows
+from .commands import auth, jobs, nodes, schedules, submit, workflows
 
 
 @click.group(cls=SchedGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,7 +24,7 @@ def cli(profile):
 for command in (
     auth.login,
     auth.logout,
-    jobs.submit,
+    submit.submit,
     jobs.queue,
     jobs.show,
     jobs.why,

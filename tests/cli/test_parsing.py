@@ -5,7 +5,8 @@ import click
 import pytest
 
 from schedcli import specs
-from schedcli.commands.jobs import parse_states, waited_exit_code
+from schedcli.commands.jobs import parse_states
+from schedcli.commands.submit import waited_exit_code
 from schedcli.output import duration, field_messages
 
 
