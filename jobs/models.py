@@ -300,6 +300,7 @@ class Job(JobSpec):
                     ("job_team_status_created", ("team", "status")),
                     ("job_queue_created", ("queue",)),
                     ("job_name_created", ("name",)),
+                    ("job_submitted_by_created", ("submitted_by",)),
                 )
             ),
             # Used by the dead-letter view: failed and not yet acknowledged.

@@ -26,6 +26,16 @@ ensure_venv() {
         "$PY" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements.txt"
         echo "$want" > "$stamp"
     fi
+    # The `sched` command (pyproject.toml's [project.scripts]), installed from this
+    # checkout; again when pyproject.toml changes or the checkout moved.
+    local project_stamp="$VENV/.project.sha256"
+    want="$(cat "$ROOT/pyproject.toml" <(echo "$ROOT") | sha256sum | cut -d' ' -f1)"
+    if [ ! -x "$VENV/bin/sched" ] || [ "$(cat "$project_stamp" 2>/dev/null)" != "$want" ]; then
+        say "Installing the sched command"
+        "$PY" -m pip install --quiet --disable-pip-version-check --no-deps \
+            --editable "$ROOT"
+        echo "$want" > "$project_stamp"
+    fi
 }
 
 ensure_postgres() {

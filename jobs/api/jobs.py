@@ -71,6 +71,13 @@ class JobFilter(django_filters.FilterSet):
     created_before = IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
     dead_letter = django_filters.BooleanFilter(method="filter_dead_letter")
     workflow = django_filters.NumberFilter(field_name="workflow_id")
+    mine = django_filters.BooleanFilter(
+        method="filter_mine", label="true: only the jobs the caller submitted."
+    )
+
+    def filter_mine(self, queryset, name, value):
+        user = self.request.user
+        return queryset.filter(submitted_by=user) if value else queryset.exclude(submitted_by=user)
 
     def filter_dead_letter(self, queryset, name, value):
         return queryset.dead_letter() if value else queryset.not_dead_letter()

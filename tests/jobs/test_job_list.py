@@ -48,13 +48,29 @@ def test_a_forged_cursor_is_a_404_not_a_500(api, team, default_queue):
     assert api.get("/api/jobs/?cursor=not-a-cursor").status_code == 404
 
 
+def test_mine_lists_only_the_jobs_the_caller_submitted(api, member, team, default_queue):
+    mine = make_jobs(team, default_queue, 2, submitted_by=member)
+    make_jobs(team, default_queue, 2)
+    listed = api.get("/api/jobs/?mine=true").json()["results"]
+    assert sorted(job["id"] for job in listed) == sorted(job.pk for job in mine)
+    others = api.get("/api/jobs/?mine=false").json()["results"]
+    assert not {job["id"] for job in others} & {job.pk for job in mine}
+    assert len(others) == 2
+
+
 def test_page_size_is_capped_at_500(api, team, default_queue):
     make_jobs(team, default_queue, 3)
     assert len(api.get("/api/jobs/?page_size=100000").json()["results"]) == 3
 
 
 # The column each filter's index must start from, after the caller's team for a member.
-COLUMN = {"status": "status", "team": "team_id", "queue": "queue_id", "name": "name"}
+COLUMN = {
+    "status": "status",
+    "team": "team_id",
+    "queue": "queue_id",
+    "name": "name",
+    "mine": "submitted_by_id",
+}
 
 
 @pytest.mark.parametrize("staff", [False, True], ids=["member", "staff"])
@@ -68,6 +84,7 @@ COLUMN = {"status": "status", "team": "team_id", "queue": "queue_id", "name": "n
         {"name": "j1"},
         {"created_after": "2026-01-01T00:00:00Z"},
         {"dead_letter": "true"},
+        {"mine": "true"},
         {"status": "failed", "team": "blue"},
     ],
     ids=str,

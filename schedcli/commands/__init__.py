@@ -1,0 +1,1 @@
+"""The commands of `sched`, one module per kind of object."""

@@ -1,0 +1,113 @@
+"""A live platform for the `sched` tests, shared by a module's tests: a web process
+(gunicorn, as scripts/up runs it), a scheduler and a node agent, a team with a member
+logged in through `sched login`. Its rows are committed, so they are flushed at the end."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from django.conf import settings
+from django.core.management import call_command
+
+from accounts.models import Role, Team, User
+from accounts.services import team_add_member
+from resources.models import DEFAULT_QUEUE_NAME, Queue
+from tests.processes import Cluster, free_port
+
+SCHED = str(Path(sys.executable).parent / "sched")
+PASSWORD = "correct horse battery"
+
+
+@dataclass
+class Platform:
+    url: str
+    cluster: Cluster
+    config_home: Path
+    # Every token and password the tests hold: none may appear in any output.
+    secrets: list[str] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SCHED_")}
+        return {**env, "XDG_CONFIG_HOME": str(self.config_home), "NO_COLOR": "1"}
+
+    @property
+    def token(self) -> str:
+        config = json.loads((self.config_home / "sched" / "config.json").read_text())
+        return config["profiles"]["default"]["token"]
+
+    def http(self) -> httpx.Client:
+        """The API as the member, straight, to compare the command's answers with."""
+        return httpx.Client(
+            base_url=f"{self.url}/api/",
+            headers={"Authorization": f"Token {self.token}"},
+            timeout=30,
+        )
+
+
+def sched(platform: Platform, *args: str, env: dict | None = None, timeout: float = 90):
+    """Runs the installed `sched` executable; checks no secret is in what it printed."""
+    result = subprocess.run(
+        [SCHED, *args],
+        env={**platform.env, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    for secret in platform.secrets:
+        assert secret not in result.stdout and secret not in result.stderr, args
+    return result
+
+
+def sched_json(platform: Platform, *args: str, **kwargs):
+    """`sched ARGS --json`, the flag before a `--` that starts a job's command."""
+    at = args.index("--") if "--" in args else len(args)
+    result = sched(platform, *args[:at], "--json", *args[at:], **kwargs)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def platform(django_db_setup, django_db_blocker, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("platform")
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    with django_db_blocker.unblock():
+        broker.flushdb()
+        Queue.objects.get_or_create(name=DEFAULT_QUEUE_NAME, defaults={"all_teams": True})
+        team = Team.objects.create(name="Blue", slug="blue")
+        user = User.objects.create_user("alice", password=PASSWORD)
+        team_add_member(team=team, user=user, role=Role.MEMBER)
+        cluster = Cluster(tmp)
+        try:
+            cluster.start_node("node-a", cpu=2, memory_mb=4096, labels={"zone": "a"})
+            cluster.start_scheduler()
+            port = free_port()
+            cluster.start_web(port)
+            platform = Platform(
+                url=f"http://127.0.0.1:{port}",
+                cluster=cluster,
+                config_home=tmp / "config",
+                secrets=[PASSWORD],
+            )
+            login = sched(
+                platform,
+                "login",
+                f"--url={platform.url}",
+                "--username=alice",
+                f"--password={PASSWORD}",
+            )
+            assert login.returncode == 0, login.stderr
+            platform.secrets.append(platform.token)
+            yield platform
+        finally:
+            cluster.stop_all()
+            call_command("flush", interactive=False, verbosity=0)
+            broker.flushdb()
+            broker.close()
