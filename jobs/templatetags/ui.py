@@ -2,6 +2,7 @@
 and any JSON-shaped answer (such as the why answer) rendered as nested lists, so new
 keys show without a template change."""
 
+import shlex
 from datetime import UTC, datetime
 
 from django import template
@@ -20,7 +21,13 @@ def reltime(moment: datetime | None, empty: str = DASH):
     if moment is None:
         return empty
     now = timezone.now()
-    words = f"{timesince(moment, now)} ago" if moment <= now else f"in {timeuntil(moment, now)}"
+    seconds = (now - moment).total_seconds()
+    if 0 <= seconds < 60:
+        words = f"{int(seconds)} s ago"
+    elif seconds >= 0:
+        words = f"{timesince(moment, now)} ago"
+    else:
+        words = f"in {timeuntil(moment, now)}"
     exact = moment.astimezone(UTC)
     return format_html(
         '<time datetime="{}" title="{}">{}</time>',
@@ -34,6 +41,12 @@ def reltime(moment: datetime | None, empty: str = DASH):
 def cores(millis: int | None) -> str:
     """Thousandths of a core as cores: 1500 -> 1.5."""
     return DASH if millis is None else f"{millis / 1000:g}"
+
+
+@register.filter
+def argv(command: list[str]) -> str:
+    """An argv list as a shell would need it typed."""
+    return shlex.join(command)
 
 
 @register.filter
@@ -64,6 +77,8 @@ def data_view(value):
         )
     if value is None:
         return format_html('<span class="muted">{}</span>', DASH)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, datetime):
         return reltime(value)
     return format_html("{}", value)

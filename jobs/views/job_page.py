@@ -19,6 +19,9 @@ from ..why_pending import job_why_pending
 from .common import field_errors, require_may_change, submittable_team_ids
 
 TIMELINE_EVENTS = 200
+# Parts of the why answer the panel shows in their own way; every other key (those that
+# other features add) is shown as it comes.
+WHY_SHOWN_APART = ("job", "status", "pending", "summary", "nodes", "waits_on")
 # The page shows the end of a long log; the whole of it is at the API.
 LOG_SHOWN_CHARS = 64 * 1024
 
@@ -39,13 +42,15 @@ def job_page(request, pk):
         log = "".join(attempt_log(execution=latest))[-LOG_SHOWN_CHARS:]
     elif latest is not None:
         log = latest.log_tail
+    why = job_why_pending(job=job) if job.status == JobStatus.PENDING else None
     context = {
         "job": job,
         "executions": executions,
         "latest": latest,
         "following": following,
         "log": log,
-        "why": job_why_pending(job=job) if job.status == JobStatus.PENDING else None,
+        "why": why,
+        "why_more": why and {k: v for k, v in why.items() if k not in WHY_SHOWN_APART},
         "timeline": event_list_visible(user=request.user)
         .filter(job_id=job.pk)
         .order_by("at", "id")[:TIMELINE_EVENTS],
