@@ -54,8 +54,8 @@ def fill(jobs: int, nodes: int) -> tuple[str, list[int], list[int]]:
     node_rows = Node.objects.bulk_create(
         Node(
             name=f"node-{i:03d}",
-            cpu_millis=8000,
-            memory_mb=32768,
+            cpu_millis=32000,
+            memory_mb=65536,
             labels={"zone": "abc"[i % 3]},
             last_heartbeat=now,
             used_cpu_millis=rng.randrange(0, 4000),

@@ -158,7 +158,11 @@ def _preview(cron: str, zone: str) -> dict:
         timezone_check(schedule.timezone)
     except ScheduleTimeError as exc:
         return {"error": str(exc)}
-    return {"description": describe(schedule), "next_runs": _next_runs(schedule)}
+    return {
+        "description": describe(schedule),
+        "next_runs": _next_runs(schedule),
+        "timezone": schedule.timezone,
+    }
 
 
 @login_required

@@ -261,3 +261,26 @@ def test_a_retry_not_due_yet_is_listed_with_its_time(api, team, default_queue, s
 
     assert item["kind"] == "retry_time"
     assert item["at"] == retry.due_at.isoformat().replace("+00:00", "Z")
+
+
+def test_an_array_task_waiting_for_a_slot_names_its_arrays_parallelism(api, small_node):
+    response = api.post(
+        "/api/jobs/",
+        {"name": "fan", "command": ["true"], "array": {"count": 3, "parallelism": 1}},
+        format="json",
+    )
+    assert response.status_code == 201, response.json()
+    array = response.json()["id"]
+    held = Job.objects.filter(
+        array_parent_id=array, pending_reason=PendingReason.WAITING_ARRAY_SLOT
+    ).first()
+
+    (item,) = why(api, held)["waits_on"]
+
+    assert item == {
+        "kind": "array_slot",
+        "array": array,
+        "parallelism": 1,
+        "active": 0,
+        "summary": f"Array job {array} runs at most 1 tasks at once; 0 run now.",
+    }
