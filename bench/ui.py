@@ -151,7 +151,7 @@ def fill(jobs: int, nodes: int) -> tuple[str, list[int], list[int]]:
             " SELECT j.created_at + k * interval '1 second', t.type, j.team_id, j.id,"
             "        t.type || ' job ' || j.id, '{}'::jsonb, ''"
             "   FROM jobs_job j CROSS JOIN generate_series(0, 2) AS k"
-            "   JOIN (VALUES (0, 'job_submitted'), (1, 'job_placed'), (2, 'job_succeeded'))"
+            "   JOIN (VALUES (0, 'job.submitted'), (1, 'job.placed'), (2, 'job.succeeded'))"
             "        AS t(n, type) ON t.n = k"
         )
         cursor.execute(

@@ -310,3 +310,23 @@ def test_only_staff_cordon_nodes_from_the_nodes_page(member, staff, small_node):
 def test_the_audit_page_is_for_team_admins(member, staff):
     assert logged_in(member).get("/audit/").status_code == 403
     assert logged_in(staff).get("/audit/").status_code == 200
+
+
+def _queries(client, path) -> int:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as captured:
+        assert client.get(path).status_code == 200
+    return len(captured.captured_queries)
+
+
+def test_the_pages_cost_the_same_queries_with_more_jobs(member, team, default_queue, small_node):
+    client = logged_in(member)
+    job = Job.objects.create(team=team, queue=default_queue, name="first", command=["true"])
+    paths = ["/", "/jobs/", "/jobs/?status=pending", f"/jobs/{job.pk}/"]
+    few = {path: _queries(client, path) for path in paths}
+    Job.objects.bulk_create(
+        Job(team=team, queue=default_queue, name=f"more-{i}", command=["true"]) for i in range(60)
+    )
+    assert {path: _queries(client, path) for path in paths} == few
