@@ -1,7 +1,9 @@
 """Reads for jobs, always through the caller's teams."""
 
+from datetime import datetime
+
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, TruncMinute
 
 from accounts.models import User
 from accounts.selectors import team_list_visible
@@ -97,3 +99,19 @@ def array_task_counts(*, array: Job) -> dict[str, int]:
     rows = array.array_tasks.order_by().values("status").annotate(n=Count("id"))
     counts.update({row["status"]: row["n"] for row in rows})
     return counts
+
+
+def jobs_finished_per_minute(*, user: User, since: datetime) -> dict[datetime, int]:
+    """How many of the user's teams' jobs ended in each minute since `since` (minutes
+    with none are left out). Scans the jobs that ended since then through the list's
+    team filter; one query."""
+    rows = (
+        job_list_visible(user=user)
+        .filter(finished_at__gte=since)
+        .order_by()
+        .annotate(minute=TruncMinute("finished_at"))
+        .values("minute")
+        .annotate(n=Count("id"))
+        .values_list("minute", "n")
+    )
+    return dict(rows)

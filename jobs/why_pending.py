@@ -19,9 +19,11 @@ from resources.selectors import queue_allocated
 
 from .models import (
     ACTIVE_JOB_STATUSES,
+    TERMINAL_JOB_STATUSES,
     WAITING_NOT_BEFORE,
     WAITING_SCHEDULER,
     ConcurrencyLimit,
+    DependencyCondition,
     Job,
     JobRetry,
     JobStatus,
@@ -63,6 +65,7 @@ def job_why_pending(*, job: Job, now: datetime | None = None) -> dict:
         "retry": retry
         and {"attempt": retry.attempt, "reason": retry.reason, "due_at": retry.due_at},
         "queue": queue,
+        "waits_on": _waits_on(job, reason, due),
         "nodes": [group.as_json() for group in groups],
     }
 
@@ -70,6 +73,96 @@ def job_why_pending(*, job: Job, now: datetime | None = None) -> dict:
 def _last_retry(job: Job) -> JobRetry | None:
     # Through .all(), so the detail views' prefetch of retries serves it.
     return max(job.retries.all(), key=lambda retry: retry.attempt, default=None)
+
+
+# --- What else it waits on ------------------------------------------------------------
+
+
+def _waits_on(job: Job, reason: str, due: bool) -> list[dict]:
+    """Each thing besides room that holds the job, with a `kind` and a `summary` in
+    words: its start time, its dependencies, its team's concurrency limit, its array's
+    parallelism, and the deadline that cancels it. At most one query per kind."""
+    items = []
+    if not due:
+        kind = "retry_time" if reason == PendingReason.WAITING_RETRY else "start_time"
+        items.append(
+            {
+                "kind": kind,
+                "at": job.not_before,
+                "summary": f"Not before {job.not_before.isoformat()}.",
+            }
+        )
+    items.extend(_dependencies(job))
+    if reason == PendingReason.CONCURRENCY_LIMIT:
+        items.append(
+            {
+                "kind": "concurrency_limit",
+                "key": job.concurrency_key,
+                "summary": _concurrency_limit_summary(job),
+            }
+        )
+    if job.array_parent_id is not None and reason == PendingReason.WAITING_ARRAY_SLOT:
+        items.append(_array_slot(job))
+    if job.deadline is not None:
+        items.append(
+            {
+                "kind": "deadline",
+                "at": job.deadline,
+                "summary": f"Cancelled if not ended by {job.deadline.isoformat()}.",
+            }
+        )
+    return items
+
+
+def _dependencies(job: Job) -> list[dict]:
+    """The upstream jobs not yet meeting their condition, at most NODES_NAMED_PER_GROUP
+    of them named, however many the job depends on."""
+    rows = list(
+        job.dependencies.order_by("upstream_id").values_list(
+            "upstream_id", "upstream__name", "upstream__status", "upstream__started_at", "on"
+        )
+    )
+    if not rows:
+        return []
+    unmet = [row for row in rows if not _dependency_met(*row[2:])]
+    return [
+        {
+            "kind": "dependencies",
+            "count": len(rows),
+            "unmet": len(unmet),
+            "jobs": [
+                {"job": pk, "name": name, "status": status, "on": on}
+                for pk, name, status, _, on in unmet[:NODES_NAMED_PER_GROUP]
+            ],
+            "summary": f"{len(unmet)} of its {len(rows)} dependencies not met yet."
+            if unmet
+            else f"All {len(rows)} of its dependencies are met.",
+        }
+    ]
+
+
+def _dependency_met(status: str, started_at, on: str) -> bool:
+    """The edge's condition, as `services.dependencies` judges it."""
+    if on == DependencyCondition.STARTED:
+        return started_at is not None
+    if on == DependencyCondition.FINISHED:
+        return status in TERMINAL_JOB_STATUSES
+    return status == on
+
+
+def _array_slot(job: Job) -> dict:
+    parent = Job.objects.only("array_parallelism").get(pk=job.array_parent_id)
+    active = Job.objects.filter(
+        array_parent_id=job.array_parent_id, status__in=ACTIVE_JOB_STATUSES
+    ).count()
+    return {
+        "kind": "array_slot",
+        "array": job.array_parent_id,
+        "parallelism": parent.array_parallelism,
+        "active": active,
+        "summary": f"Array job {job.array_parent_id} runs at most {parent.array_parallelism} "
+        f"tasks at once; {active} run now.",
+    }
 
 
 # --- The queue -------------------------------------------------------------------------

@@ -4,14 +4,34 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts import views as account_views
-from jobs import views as job_views
+from alerts import views as alert_views
 from jobs.api.metrics import prometheus_metrics
+from jobs.views import definitions, job_list, job_page, nodes, overview, schedules, submit
 
 from . import health
 
 urlpatterns = [
-    path("", job_views.dashboard, name="dashboard"),
-    path("jobs/<int:pk>/", job_views.job_detail, name="job-page"),
+    # The web UI's pages.
+    path("", overview.overview, name="dashboard"),
+    path("jobs/", job_list.job_list, name="jobs-page"),
+    path("jobs/bulk/", job_list.job_bulk_action, name="jobs-bulk-page"),
+    path("jobs/new/", submit.job_submit_page, name="job-submit-page"),
+    path("jobs/<int:pk>/", job_page.job_page, name="job-page"),
+    path("jobs/<int:pk>/cancel/", job_page.job_cancel_view, name="job-cancel-page"),
+    path("jobs/<int:pk>/requeue/", job_page.job_requeue_view, name="job-requeue-page"),
+    path("jobs/<int:pk>/acknowledge/", job_page.job_acknowledge_view, name="job-acknowledge-page"),
+    path("definitions/", definitions.definition_list, name="definition-list-page"),
+    path("schedules/", schedules.schedule_list, name="schedule-list-page"),
+    path("schedules/new/", schedules.schedule_form, name="schedule-new-page"),
+    path("schedules/preview/", schedules.schedule_preview, name="schedule-preview-page"),
+    path("schedules/<int:pk>/", schedules.schedule_page, name="schedule-page"),
+    path("schedules/<int:pk>/edit/", schedules.schedule_form, name="schedule-edit-page"),
+    path("schedules/<int:pk>/pause/", schedules.schedule_pause_view, name="schedule-pause-page"),
+    path("schedules/<int:pk>/resume/", schedules.schedule_resume_view, name="schedule-resume-page"),
+    path("nodes/", nodes.node_page_list, name="node-list-page"),
+    path("nodes/<str:name>/<str:action>/", nodes.node_action, name="node-action"),
+    path("alerts/", alert_views.alert_list, name="alert-list-page"),
+    path("audit/", account_views.audit_list, name="audit-list-page"),
     path("login/", account_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

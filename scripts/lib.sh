@@ -69,6 +69,22 @@ ensure_redis() {
 # promtool checks and unit-tests deploy/prometheus/, and tests/e2e/test_prometheus.py runs a
 # real prometheus: both come from Debian's package. Installing it must not start the
 # service, so a policy-rc.d refuses every start for the length of the install.
+# Debian's chromium, which the browser tests (tests/e2e/test_browser.py) drive through
+# the playwright package; they are skipped, saying why, where it cannot be installed.
+ensure_chromium() {
+    [ -x /usr/bin/chromium ] && return 0
+    command -v apt-get >/dev/null || { say "chromium is missing and apt-get is not here: the browser tests will be skipped"; return 0; }
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then
+        command -v sudo >/dev/null || { say "Installing chromium needs root: the browser tests will be skipped"; return 0; }
+        sudo="sudo"
+    fi
+    say "Installing chromium (Debian package) for the browser tests"
+    $sudo apt-get update -qq \
+        && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+        || say "apt-get install chromium failed: the browser tests will be skipped"
+}
+
 ensure_prometheus() {
     command -v promtool >/dev/null && command -v prometheus >/dev/null && return 0
     command -v apt-get >/dev/null \

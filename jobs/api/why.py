@@ -42,6 +42,25 @@ class WhyNodeGroupSerializer(serializers.Serializer):
     count = serializers.IntegerField()
 
 
+class WhyWaitsOnSerializer(serializers.Serializer):
+    """One thing besides room that holds the job; the other fields depend on `kind`:
+    `at` (start_time, retry_time, deadline), `count`, `unmet` and `jobs` (dependencies:
+    the unmet upstreams, at most 20), `key` (concurrency_limit), `array`, `parallelism`
+    and `active` (array_slot)."""
+
+    kind = serializers.ChoiceField(
+        choices=[
+            "start_time",
+            "retry_time",
+            "dependencies",
+            "concurrency_limit",
+            "array_slot",
+            "deadline",
+        ]
+    )
+    summary = serializers.CharField()
+
+
 class JobWhySerializer(serializers.Serializer):
     """Why the job waits; a job that is not pending has only the first four fields."""
 
@@ -57,4 +76,5 @@ class JobWhySerializer(serializers.Serializer):
     not_before = serializers.DateTimeField(required=False, allow_null=True)
     retry = WhyRetrySerializer(required=False, allow_null=True)
     queue = WhyQueueSerializer(required=False)
+    waits_on = WhyWaitsOnSerializer(many=True, required=False)
     nodes = WhyNodeGroupSerializer(many=True, required=False)

@@ -1,10 +1,30 @@
-"""The web UI pages: login required, and only the user's teams' jobs."""
+"""The web UI's pages, through Django's test client: login required, another team's
+objects 404, viewers see no action and are refused one (403, nothing changed), forms
+carry CSRF protection and show the API's field errors beside their fields."""
+
+import re
 
 import pytest
+from django.test import Client
 
-from jobs.models import Job
+from accounts.models import Role, User
+from accounts.services import team_add_member
+from jobs.models import Job, JobDefinition, JobSchedule, JobStatus, PendingReason
+from nodes.models import Node
 
 pytestmark = pytest.mark.django_db
+
+PAGES = [
+    "/",
+    "/jobs/",
+    "/jobs/?dead_letter=true",
+    "/jobs/new/",
+    "/definitions/",
+    "/schedules/",
+    "/schedules/new/",
+    "/nodes/",
+    "/alerts/",
+]
 
 
 @pytest.fixture
@@ -12,27 +32,301 @@ def job(team, default_queue):
     return Job.objects.create(team=team, queue=default_queue, name="visible-job", command=["true"])
 
 
-def test_the_dashboard_needs_a_login(client):
-    response = client.get("/")
-    assert response.status_code == 302
-    assert response["Location"].startswith("/login/")
+@pytest.fixture
+def viewer(team):
+    user = User.objects.create_user("vic", password="correct horse battery")
+    team_add_member(team=team, user=user, role=Role.VIEWER)
+    return user
 
 
-def test_the_dashboard_shows_the_users_jobs_and_the_nodes(client, member, job, small_node):
-    client.force_login(member)
-    page = client.get("/").content.decode()
-    assert "visible-job" in page
+@pytest.fixture
+def definition(team, default_queue):
+    return JobDefinition.objects.create(
+        team=team, queue=default_queue, name="nightly", command=["echo", "hi"]
+    )
+
+
+def logged_in(user) -> Client:
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    return client
+
+
+def csrf_post(client, path, data):
+    """A POST as the browser sends it: with the token of the page's form."""
+    token = client.cookies["csrftoken"].value if "csrftoken" in client.cookies else None
+    if token is None:
+        client.get("/jobs/")
+        token = client.cookies["csrftoken"].value
+    return client.post(path, {**data, "csrfmiddlewaretoken": token})
+
+
+def test_the_pages_need_a_login(client):
+    for path in PAGES:
+        response = client.get(path)
+        assert response.status_code == 302, path
+        assert response["Location"].startswith("/login/")
+
+
+def test_every_page_answers_a_member(member, job, small_node, definition):
+    client = logged_in(member)
+    for path in [*PAGES, f"/jobs/{job.pk}/"]:
+        assert client.get(path).status_code == 200, path
+
+
+def test_the_overview_shows_the_nodes_and_queues(member, job, small_node):
+    page = logged_in(member).get("/").content.decode()
     assert "static-1" in page
+    assert "default" in page
+    assert "Jobs finished per minute" in page
 
 
-def test_another_teams_job_page_is_404_and_not_on_the_dashboard(client, outsider, job):
-    client.force_login(outsider)
-    assert "visible-job" not in client.get("/").content.decode()
+def test_the_jobs_list_filters_by_the_url_and_pages_by_cursor(member, team, default_queue):
+    jobs = [
+        Job.objects.create(team=team, queue=default_queue, name=f"job-{i}", command=["true"])
+        for i in range(55)
+    ]
+    Job.objects.filter(pk=jobs[0].pk).update(status=JobStatus.SUCCEEDED)
+    client = logged_in(member)
+
+    first = client.get("/jobs/").content.decode()
+    assert "job-54<" in first and "job-5<" in first and "job-4<" not in first
+    older = re.search(r'href="\?after=(\d+)"', first).group(1)
+    second = client.get(f"/jobs/?after={older}").content.decode()
+    assert "job-4<" in second and "job-5<" not in second
+
+    succeeded = client.get("/jobs/?status=succeeded").content.decode()
+    assert "job-0<" in succeeded and "job-1<" not in succeeded
+    assert re.search(
+        r"data-refresh=\"/jobs/\?status=succeeded&amp;(amp;)?fragment=rows\"", succeeded
+    ), re.findall('data-refresh="[^"]*', succeeded)
+
+
+def test_a_bad_filter_is_shown_not_a_500(member):
+    response = logged_in(member).get("/jobs/?status=bogus&created_after=yesterday")
+    assert response.status_code == 200
+    assert "Select a valid choice" in response.content.decode()
+
+
+def test_another_teams_job_page_is_404_and_not_listed(outsider, job):
+    client = logged_in(outsider)
+    assert "visible-job" not in client.get("/jobs/").content.decode()
     assert client.get(f"/jobs/{job.pk}/").status_code == 404
+    assert csrf_post(client, f"/jobs/{job.pk}/cancel/", {}).status_code == 404
+    job.refresh_from_db()
+    assert job.status == JobStatus.PENDING
 
 
-def test_the_job_page_shows_the_job(client, member, job):
-    client.force_login(member)
+def test_a_viewer_sees_no_action_and_a_forged_post_is_refused(viewer, job):
+    client = logged_in(viewer)
     page = client.get(f"/jobs/{job.pk}/").content.decode()
-    assert "visible-job" in page
-    assert "Not placed on a node yet." in page
+    assert "Cancel</button>" not in page
+    assert "Submit again" not in page
+    assert "Cancel</button>" not in client.get("/jobs/").content.decode()
+
+    assert csrf_post(client, f"/jobs/{job.pk}/cancel/", {}).status_code == 403
+    assert csrf_post(client, "/jobs/bulk/", {"action": "cancel", "job": job.pk}).status_code == 403
+    assert client.get("/jobs/new/").status_code == 403
+    job.refresh_from_db()
+    assert job.status == JobStatus.PENDING
+
+
+def test_every_form_carries_csrf_protection(member, job, definition, small_node):
+    client = logged_in(member)
+    for path in ["/jobs/", f"/jobs/{job.pk}/", "/jobs/new/", "/schedules/new/"]:
+        page = client.get(path).content.decode()
+        forms = re.findall(r"<form[^>]*method=\"post\".*?</form>", page, re.S)
+        assert forms, path
+        assert all("csrfmiddlewaretoken" in form for form in forms), path
+    # Without the token the POST is refused and changes nothing.
+    assert client.post(f"/jobs/{job.pk}/cancel/").status_code == 403
+    job.refresh_from_db()
+    assert job.status == JobStatus.PENDING
+
+
+def test_a_member_cancels_and_requeues_from_the_job_page(member, job):
+    client = logged_in(member)
+    response = csrf_post(client, f"/jobs/{job.pk}/cancel/", {})
+    assert response.status_code == 302
+    job.refresh_from_db()
+    assert job.status == JobStatus.CANCELLED
+    csrf_post(client, f"/jobs/{job.pk}/requeue/", {})
+    job.refresh_from_db()
+    assert job.status == JobStatus.PENDING
+
+
+def test_the_submit_form_shows_the_apis_field_errors(member, small_node):
+    client = logged_in(member)
+    response = csrf_post(
+        client,
+        "/jobs/new/",
+        {
+            "team": "blue",
+            "name": "",
+            "command": "echo 'open",
+            "cpu": "64",
+            "memory_mb": "x",
+            "gpu": "0",
+            "queue": "default",
+            "priority": "0",
+            "max_retries": "0",
+        },
+    )
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert re.search(r'data-field="command">.*Cannot split it', page)
+    assert not Job.objects.exists()
+
+    response = csrf_post(
+        client,
+        "/jobs/new/",
+        {
+            "team": "blue",
+            "name": "",
+            "command": "echo hi",
+            "cpu": "64",
+            "memory_mb": "x",
+            "gpu": "0",
+            "queue": "default",
+            "priority": "0",
+            "max_retries": "0",
+        },
+    )
+    page = response.content.decode()
+    assert re.search(r'data-field="name">.*This field may not be blank', page)
+    assert re.search(r'data-field="memory_mb">.*valid integer', page)
+    assert not Job.objects.exists()
+
+
+def test_the_submit_form_submits_and_submit_again_fills_it(member, small_node):
+    client = logged_in(member)
+    response = csrf_post(
+        client,
+        "/jobs/new/",
+        {
+            "team": "blue",
+            "name": "from-form",
+            "command": "sh -c 'echo hi'",
+            "cpu": "0.5",
+            "memory_mb": "128",
+            "gpu": "0",
+            "queue": "default",
+            "priority": "2",
+            "max_retries": "1",
+            "node_selector": "zone=a",
+        },
+    )
+    job = Job.objects.get()
+    assert response["Location"] == f"/jobs/{job.pk}/"
+    assert (job.command, job.cpu_millis, job.priority) == (["sh", "-c", "echo hi"], 500, 2)
+    assert job.node_selector == {"zone": "a"}
+    again = client.get(f"/jobs/new/?from={job.pk}").content.decode()
+    assert 'value="from-form"' in again and "sh -c &#x27;echo hi&#x27;" in again
+
+
+def test_the_submit_form_submits_from_a_definition(member, definition, small_node):
+    client = logged_in(member)
+    csrf_post(client, "/jobs/new/", {"definition": definition.pk, "name": "", "priority": "3"})
+    job = Job.objects.get()
+    assert (job.definition_id, job.command, job.priority) == (definition.pk, ["echo", "hi"], 3)
+
+
+def test_the_why_panel_shows_the_why_answer(member, team, default_queue):
+    Node.objects.create(name="node-busy", cpu_millis=1000, memory_mb=4096, allocated_cpu_millis=500)
+    job = Job.objects.create(
+        team=team,
+        queue=default_queue,
+        name="big",
+        command=["true"],
+        cpu_millis=2000,
+        pending_reason=PendingReason.INSUFFICIENT_CAPACITY,
+    )
+    client = logged_in(member)
+    page = client.get(f"/jobs/{job.pk}/").content.decode()
+    why = client.get(f"/api/jobs/{job.pk}/why/").json()
+    assert why["summary"] in page
+    assert "needs 2 CPU, has 1 in all" in page
+    assert "node-busy" in page
+
+
+def test_a_schedule_with_a_bad_cron_shows_the_field_error(member, definition):
+    client = logged_in(member)
+    response = csrf_post(
+        client,
+        "/schedules/new/",
+        {
+            "name": "bad",
+            "definition": definition.pk,
+            "cron": "61 * * * *",
+            "timezone": "UTC",
+            "concurrency_policy": "allow",
+            "misfire_policy": "run_once",
+        },
+    )
+    assert response.status_code == 400
+    assert re.search(r'data-field="cron">.*not a valid cron', response.content.decode())
+    assert not JobSchedule.objects.exists()
+
+
+def test_a_schedule_previews_five_runs_and_pauses_and_resumes(member, definition):
+    client = logged_in(member)
+    preview = client.get("/schedules/preview/?cron=0+9+*+*+1-5&timezone=Europe/Berlin")
+    assert preview.content.decode().count("<li>") == 5
+    response = csrf_post(
+        client,
+        "/schedules/new/",
+        {
+            "name": "weekdays",
+            "definition": definition.pk,
+            "cron": "0 9 * * 1-5",
+            "timezone": "Europe/Berlin",
+            "concurrency_policy": "allow",
+            "misfire_policy": "run_once",
+        },
+    )
+    schedule = JobSchedule.objects.get()
+    assert response["Location"] == f"/schedules/{schedule.pk}/"
+    page = client.get(f"/schedules/{schedule.pk}/").content.decode()
+    assert page.count("Europe/Berlin") >= 1
+    assert re.search(r'<ol id="next-runs">(.*?)</ol>', page, re.S).group(1).count("<li>") == 5
+    csrf_post(client, f"/schedules/{schedule.pk}/pause/", {})
+    schedule.refresh_from_db()
+    assert not schedule.enabled
+    csrf_post(client, f"/schedules/{schedule.pk}/resume/", {})
+    schedule.refresh_from_db()
+    assert schedule.enabled
+
+
+def test_only_staff_cordon_nodes_from_the_nodes_page(member, staff, small_node):
+    assert "Cordon" not in logged_in(member).get("/nodes/").content.decode()
+    assert csrf_post(logged_in(member), "/nodes/static-1/cordon/", {}).status_code == 403
+    client = logged_in(staff)
+    assert "Cordon" in client.get("/nodes/").content.decode()
+    csrf_post(client, "/nodes/static-1/cordon/", {})
+    small_node.refresh_from_db()
+    assert small_node.status == "cordoned"
+
+
+def test_the_audit_page_is_for_team_admins(member, staff):
+    assert logged_in(member).get("/audit/").status_code == 403
+    assert logged_in(staff).get("/audit/").status_code == 200
+
+
+def _queries(client, path) -> int:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as captured:
+        assert client.get(path).status_code == 200
+    return len(captured.captured_queries)
+
+
+def test_the_pages_cost_the_same_queries_with_more_jobs(member, team, default_queue, small_node):
+    client = logged_in(member)
+    job = Job.objects.create(team=team, queue=default_queue, name="first", command=["true"])
+    paths = ["/", "/jobs/", "/jobs/?status=pending", f"/jobs/{job.pk}/"]
+    few = {path: _queries(client, path) for path in paths}
+    Job.objects.bulk_create(
+        Job(team=team, queue=default_queue, name=f"more-{i}", command=["true"]) for i in range(60)
+    )
+    assert {path: _queries(client, path) for path in paths} == few

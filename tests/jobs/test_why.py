@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from accounts.models import Role, User
 from accounts.services import team_add_member
-from jobs.models import Job, JobExecution, JobStatus, PendingReason
+from jobs.models import ConcurrencyLimit, Job, JobDependency, JobExecution, JobStatus, PendingReason
 from jobs.scheduling.cycle import place_pending_jobs
 from jobs.services.executions import execution_claim
 from jobs.services.retries import JOB_LIFECYCLE_FIELDS, job_plan_retry
@@ -192,8 +192,8 @@ def test_it_costs_the_same_queries_for_any_cluster(
     job.save(update_fields=JOB_LIFECYCLE_FIELDS)
 
     # The token, its last use and the caller's teams; the job and its retries; the
-    # queue's position count and usage; the nodes.
-    with django_assert_num_queries(8):
+    # queue's position count and usage; its dependencies; the nodes.
+    with django_assert_num_queries(9):
         why(api, job)
 
 
@@ -207,3 +207,80 @@ def test_a_viewer_may_read_it(team, default_queue, small_node):
     team_add_member(team=team, user=viewer, role=Role.VIEWER)
     job = make_job(team, default_queue)
     assert token_client(viewer).get(f"/api/jobs/{job.pk}/why/").status_code == 200
+
+
+def test_it_lists_the_unmet_dependencies_and_the_deadline(api, team, default_queue, small_node):
+    done = make_job(team, default_queue, name="done", status=JobStatus.SUCCEEDED)
+    running = make_job(team, default_queue, name="still-running", status=JobStatus.RUNNING)
+    deadline = timezone.now() + timedelta(hours=2)
+    job = make_job(
+        team,
+        default_queue,
+        pending_reason=PendingReason.WAITING_DEPENDENCIES,
+        deadline=deadline,
+    )
+    JobDependency.objects.create(job=job, upstream=done, on="succeeded")
+    JobDependency.objects.create(job=job, upstream=running, on="finished")
+
+    body = why(api, job)
+
+    dependencies, deadline_item = body["waits_on"]
+    assert dependencies == {
+        "kind": "dependencies",
+        "count": 2,
+        "unmet": 1,
+        "jobs": [
+            {"job": running.pk, "name": "still-running", "status": "running", "on": "finished"}
+        ],
+        "summary": "1 of its 2 dependencies not met yet.",
+    }
+    assert deadline_item["kind"] == "deadline"
+    assert deadline_item["summary"] == f"Cancelled if not ended by {deadline.isoformat()}."
+
+
+def test_it_lists_the_concurrency_limit_it_waits_for(api, team, default_queue, small_node):
+    ConcurrencyLimit.objects.create(team=team, key="db", max_running=1)
+    make_job(team, default_queue, name="holder", concurrency_key="db", status=JobStatus.RUNNING)
+    job = make_job(
+        team, default_queue, concurrency_key="db", pending_reason=PendingReason.CONCURRENCY_LIMIT
+    )
+
+    (item,) = why(api, job)["waits_on"]
+
+    assert item["kind"] == "concurrency_limit"
+    assert item["key"] == "db"
+    assert "allows 1 at once and 1 of its jobs hold a slot" in item["summary"]
+
+
+def test_a_retry_not_due_yet_is_listed_with_its_time(api, team, default_queue, small_node):
+    job = make_job(team, default_queue, attempts=1)
+    retry = job_plan_retry(job=job, reason="exit code 1", delay_seconds=600, now=timezone.now())
+    job.save(update_fields=JOB_LIFECYCLE_FIELDS)
+
+    (item,) = why(api, job)["waits_on"]
+
+    assert item["kind"] == "retry_time"
+    assert item["at"] == retry.due_at.isoformat().replace("+00:00", "Z")
+
+
+def test_an_array_task_waiting_for_a_slot_names_its_arrays_parallelism(api, small_node):
+    response = api.post(
+        "/api/jobs/",
+        {"name": "fan", "command": ["true"], "array": {"count": 3, "parallelism": 1}},
+        format="json",
+    )
+    assert response.status_code == 201, response.json()
+    array = response.json()["id"]
+    held = Job.objects.filter(
+        array_parent_id=array, pending_reason=PendingReason.WAITING_ARRAY_SLOT
+    ).first()
+
+    (item,) = why(api, held)["waits_on"]
+
+    assert item == {
+        "kind": "array_slot",
+        "array": array,
+        "parallelism": 1,
+        "active": 0,
+        "summary": f"Array job {array} runs at most 1 tasks at once; 0 run now.",
+    }

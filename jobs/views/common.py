@@ -1,0 +1,56 @@
+"""What every page needs: who may act, the field errors of a refused form, and where
+to go back to after an action."""
+
+from django.core.exceptions import PermissionDenied
+from django.utils.http import url_has_allowed_host_and_scheme
+
+from accounts.models import User
+from accounts.selectors import team_list_submittable
+
+# Rows per page of the lists.
+PAGE_SIZE = 50
+
+
+def submittable_team_ids(user: User) -> set[int]:
+    return set(team_list_submittable(user=user).values_list("pk", flat=True))
+
+
+def require_may_change(user: User, team_id: int) -> None:
+    """A 403 unless the user may act for the team (a viewer may only look)."""
+    if team_id not in submittable_team_ids(user):
+        raise PermissionDenied("Viewers may look at this team's objects but not change them.")
+
+
+def field_errors(exc: Exception) -> dict[str, list[str]]:
+    """A refused form's messages by field, as the API would answer them; nested fields
+    are named with dots (`resources.cpu`), errors of the whole form under `form`."""
+    detail = getattr(exc, "detail", None)
+    if detail is None:
+        detail = getattr(exc, "message_dict", None) or {
+            "form": getattr(exc, "messages", [str(exc)])
+        }
+    errors: dict[str, list[str]] = {}
+
+    def walk(value, prefix):
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                name = "form" if key in ("non_field_errors", "__all__") else str(key)
+                walk(inner, f"{prefix}.{name}" if prefix else name)
+        elif isinstance(value, list):
+            for inner in value:
+                walk(inner, prefix)
+        else:
+            errors.setdefault(prefix or "form", []).append(str(value))
+
+    walk(detail, "")
+    return errors
+
+
+def back_to(request, default: str) -> str:
+    """The page a form came from (its `next` field), if it is on this site."""
+    target = request.POST.get("next") or request.GET.get("next") or ""
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return target
+    return default

@@ -1,0 +1,111 @@
+"""A job's page: its fields, attempts, timeline, log (followed live while an attempt
+runs), the "why is it waiting" panel, and its actions: cancel, requeue, acknowledge,
+submit again."""
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from events.selectors import event_list_visible
+
+from ..log_reading import LIVE_EXECUTION_STATUSES, attempt_log
+from ..models import JobStatus
+from ..selectors import execution_list_for_job, job_list_visible
+from ..services.actions import JobStateError, job_acknowledge, job_cancel, job_requeue
+from ..services.arrays import array_cancel, array_retry
+from ..why_pending import job_why_pending
+from .common import field_errors, require_may_change, submittable_team_ids
+
+TIMELINE_EVENTS = 200
+# Parts of the why answer the panel shows in their own way; every other key (those that
+# other features add) is shown as it comes.
+WHY_SHOWN_APART = ("job", "status", "pending", "summary", "nodes", "waits_on")
+# The page shows the end of a long log; the whole of it is at the API.
+LOG_SHOWN_CHARS = 64 * 1024
+
+
+def _job(request, pk):
+    jobs = job_list_visible(user=request.user).prefetch_related("retries")
+    return get_object_or_404(jobs, pk=pk)
+
+
+@login_required
+def job_page(request, pk):
+    job = _job(request, pk)
+    executions = list(execution_list_for_job(job=job))
+    latest = executions[-1] if executions else None
+    following = latest is not None and latest.status in LIVE_EXECUTION_STATUSES
+    log = ""
+    if latest is not None and not following:
+        log = "".join(attempt_log(execution=latest))[-LOG_SHOWN_CHARS:]
+    elif latest is not None:
+        log = latest.log_tail
+    why = job_why_pending(job=job) if job.status == JobStatus.PENDING else None
+    context = {
+        "job": job,
+        "executions": executions,
+        "latest": latest,
+        "following": following,
+        "log": log,
+        "why": why,
+        "why_more": why and {k: v for k, v in why.items() if k not in WHY_SHOWN_APART},
+        "timeline": event_list_visible(user=request.user)
+        .filter(job_id=job.pk)
+        .order_by("at", "id")[:TIMELINE_EVENTS],
+        "may_act": job.team_id in submittable_team_ids(request.user),
+        "live": job.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+        or job.cancel_requested_at is not None,
+    }
+    if request.GET.get("fragment") == "live":
+        return render(request, "jobs/_job_live.html", context)
+    return render(request, "jobs/job_page.html", context)
+
+
+def _act(request, pk, change, done: str):
+    job = _job(request, pk)
+    require_may_change(request.user, job.team_id)
+    try:
+        change(job, request.user)
+        messages.success(request, done)
+    except JobStateError as exc:
+        messages.error(request, " ".join(field_errors(exc).get("status", [str(exc)])))
+    return redirect(reverse("job-page", args=[job.pk]))
+
+
+def _cancel(job, user):
+    if job.array_count is not None:
+        return array_cancel(array=job, user=user)
+    return job_cancel(job=job, user=user)
+
+
+def _requeue(job, user):
+    if job.array_count is not None:
+        return array_retry(array=job, failed_only=False, user=user)
+    if job.array_parent_id is not None:
+        return array_retry(array=job.array_parent, task=job, user=user)
+    return job_requeue(job=job, user=user)
+
+
+@login_required
+@require_POST
+def job_cancel_view(request, pk):
+    return _act(request, pk, _cancel, "Cancel asked.")
+
+
+@login_required
+@require_POST
+def job_requeue_view(request, pk):
+    return _act(request, pk, _requeue, "Requeued as its next attempt.")
+
+
+@login_required
+@require_POST
+def job_acknowledge_view(request, pk):
+    return _act(
+        request,
+        pk,
+        lambda job, user: job_acknowledge(job=job, user=user),
+        "Acknowledged: out of the dead-letter view.",
+    )
