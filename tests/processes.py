@@ -364,9 +364,20 @@ class Cluster:
         self.processes.append(process.start())
         return process
 
-    def stop_all(self) -> None:
-        for process in reversed(self.processes):
-            process.stop()
+    def stop_all(self, timeout: float = 5) -> None:
+        """Every process at once: SIGTERM, up to `timeout` seconds for them all to end
+        (a node's running job is not waited for), then SIGKILL."""
+        live = [process for process in reversed(self.processes) if process.alive]
+        for process in live:
+            process.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for process in live:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+        for process in self.processes:
+            if process.popen is not None:
+                process.signal_group(signal.SIGKILL)
+                process.popen.wait(timeout=10)
 
     def logs(self) -> str:
         return "\n".join(f"===== {p.name}\n{p.log()[-4000:]}" for p in self.processes)
