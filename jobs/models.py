@@ -310,6 +310,10 @@ class Job(JobSpec):
                 name="job_dead_letter",
                 condition=DEAD_LETTER,
             ),
+            # Used by the overview's chart: jobs that ended in the last hour.
+            models.Index(
+                F("finished_at"), name="job_finished", condition=Q(finished_at__isnull=False)
+            ),
             # Used by the deadline check: jobs not ended, by deadline.
             models.Index(
                 F("deadline"),
@@ -392,6 +396,9 @@ class JobExecution(models.Model):
         ]
         indexes = [
             models.Index(fields=["node", "status"], name="execution_node_status"),
+            # Used by the metrics summary: attempts that ended in its window, or have not
+            # ended (NULL).
+            models.Index(fields=["finished_at"], name="execution_finished"),
             # Used by reconciliation: reserved executions no node has claimed yet.
             models.Index(
                 fields=["reserved_at"],
