@@ -262,6 +262,9 @@ SCHEDULER_COALESCE_SECONDS = env.float("SCHEDULER_COALESCE_SECONDS", default=0.0
 # When no ready node has room, new arrivals can only be told why they wait: the
 # scheduler gathers them for this long, unless something else (room) wakes it first.
 SCHEDULER_FULL_COALESCE_SECONDS = env.float("SCHEDULER_FULL_COALESCE_SECONDS", default=0.05)
+# How often the leading scheduler looks for busy tables that have changed enough since
+# their last ANALYZE (autovacuum's measure) and analyzes them; 0 leaves it to autovacuum.
+SCHEDULER_ANALYZE_SECONDS = env.float("SCHEDULER_ANALYZE_SECONDS", default=5.0)
 # How many pending jobs one cycle considers.
 SCHEDULER_BATCH_SIZE = env.int("SCHEDULER_BATCH_SIZE", default=10_000)
 # How often a node agent writes its heartbeat.

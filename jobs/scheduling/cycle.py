@@ -22,7 +22,7 @@ from django.db import transaction
 from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
-from common.db import prepared_cursor
+from common.db import prepared_cursor, sql_literal, sql_literals
 from nodes.models import Node, NodeStatus
 from nodes.services import node_drain_complete
 from resources.models import LIVE_ALLOCATION_STATUSES
@@ -62,8 +62,10 @@ logger = logging.getLogger(__name__)
 # cycle that ran just before (a leader that lost its lock mid-cycle) is seen once it
 # has committed. That usage is summed over the live allocations only (their partial
 # index), not filtered on the queues: a filter on the jobs' queue would let the planner
-# start from every job of it.
-PENDING_JOBS_SQL = """
+# start from every job of it. The statement is prepared: the statuses and held reasons
+# are written into it, not bound, so that its generic plan can see it matches the
+# partial indexes' conditions.
+PENDING_JOBS_SQL = f"""
 SELECT j.id, j.queue_id, j.cpu_millis, j.memory_mb, j.gpu, j.node_selector, j.attempts,
        j.pending_reason, j.team_id, j.concurrency_key, q.name, q.weight, q.priority,
        q.strategy, q.quota_cpu_millis, q.quota_memory_mb, q.quota_gpu,
@@ -75,11 +77,11 @@ CROSS JOIN LATERAL (
            team_id, concurrency_key, priority, deadline, created_at
     FROM jobs_job
     WHERE queue_id = q.id
-      AND status = %(pending)s
+      AND status = {sql_literal(JobStatus.PENDING)}
       AND (not_before IS NULL OR not_before <= %(now)s)
       AND (deadline IS NULL OR deadline > %(now)s)
       AND (%(reasons)s::text[] IS NULL OR pending_reason = ANY(%(reasons)s::text[]))
-      AND pending_reason <> ALL(%(held)s::text[])
+      AND pending_reason NOT IN ({sql_literals(HELD_REASONS)})
     ORDER BY priority DESC, deadline ASC NULLS LAST, created_at, id
     LIMIT %(per_queue)s
     FOR UPDATE SKIP LOCKED
@@ -90,7 +92,7 @@ LEFT JOIN (
       FROM resources_allocation a
       JOIN jobs_jobexecution e ON e.id = a.execution_id
       JOIN jobs_job job ON job.id = e.job_id
-     WHERE a.status = ANY(%(live)s)
+     WHERE a.status IN ({sql_literals(LIVE_ALLOCATION_STATUSES)})
      GROUP BY job.queue_id
 ) AS usage ON usage.queue_id = q.id
 ORDER BY q.id, j.priority DESC, j.deadline ASC NULLS LAST, j.created_at, j.id
@@ -169,12 +171,9 @@ def lock_pending_jobs(
         cursor.execute(
             PENDING_JOBS_SQL,
             {
-                "pending": JobStatus.PENDING,
                 "now": now,
                 "per_queue": per_queue,
                 "reasons": list(reasons) if reasons is not None else None,
-                "live": list(LIVE_ALLOCATION_STATUSES),
-                "held": list(HELD_REASONS),
             },
         )
         rows = cursor.fetchall()

@@ -15,6 +15,7 @@ import psycopg
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, close_old_connections
 
+from common.db import tables_analyze_when_changed
 from common.wakeup import ARRIVAL, SCHEDULER_CHANNEL
 
 from ..services.failover import execution_republish_stale
@@ -26,6 +27,16 @@ logger = logging.getLogger(__name__)
 # Arbitrary but fixed: the advisory lock that makes a scheduler the leader.
 LEADER_LOCK_ID = 0x5C4ED
 SHUTDOWN_POLL_SECONDS = 0.5
+# The tables every job writes to, whose statistics the leader keeps up (see
+# tables_analyze_when_changed).
+BUSY_TABLES = [
+    "jobs_job",
+    "jobs_jobexecution",
+    "jobs_joblogchunk",
+    "resources_allocation",
+    "events_event",
+    "nodes_node",
+]
 
 
 def leader_conninfo() -> dict:
@@ -51,6 +62,7 @@ class Scheduler:
         self.is_leader = False
         self.shutdown = False
         self.cluster_full = False  # the last cycle found no room on any ready node
+        self.next_analyze = 0.0  # time.monotonic() of the next look at BUSY_TABLES
         self.metrics = SchedulerMetrics(is_leader=lambda: self.is_leader)
 
     def install_signal_handlers(self) -> None:
@@ -111,6 +123,17 @@ class Scheduler:
         self.cluster_full = result.full
         return result.placed > 0 and result.batch_full
 
+    def keep_statistics(self) -> None:
+        """Every SCHEDULER_ANALYZE_SECONDS (0: never), analyze the busy tables that have
+        changed enough since their last analyze."""
+        interval = settings.SCHEDULER_ANALYZE_SECONDS
+        if not interval or time.monotonic() < self.next_analyze:
+            return
+        self.next_analyze = time.monotonic() + interval
+        analyzed = tables_analyze_when_changed(BUSY_TABLES)
+        if analyzed:
+            logger.info("analyzed %s", ", ".join(analyzed))
+
     def lose_leadership(self) -> None:
         self.is_leader = False
         if self.conn is not None:
@@ -127,7 +150,9 @@ class Scheduler:
                 if not self.is_leader and not self.try_to_lead():
                     time.sleep(self.standby_seconds)
                     continue
-                if not self.step():
+                more = self.step()
+                self.keep_statistics()
+                if not more:
                     self.wait_for_wakeup(self.tick_seconds)
             except (psycopg.Error, DatabaseError, InterfaceError):
                 logger.exception("scheduler lost the database; retrying")

@@ -5,6 +5,7 @@ import time
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 
 from common.wakeup import ARRIVAL, SCHEDULER_CHANNEL
 from jobs.models import Job
@@ -104,3 +105,45 @@ def test_a_metrics_port_already_taken_stops_the_scheduler_before_it_starts(db):
         port = taken.getsockname()[1]
         with pytest.raises(CommandError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
             call_command("run_scheduler", metrics_port=port)
+
+
+def test_the_leader_analyzes_a_busy_table_once_it_has_changed_enough(db, settings):
+    """A table that grew since its last ANALYZE by autovacuum's measure (50 rows and
+    10 %) is analyzed by the leader, so its statistics (here pg_class.reltuples) follow;
+    a smaller change, or a look before SCHEDULER_ANALYZE_SECONDS, analyzes nothing."""
+    settings.SCHEDULER_ANALYZE_SECONDS = 60
+
+    def stats_flushed():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_stat_force_next_flush()")
+
+    def reltuples() -> float:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT reltuples FROM pg_class WHERE relname = 'nodes_node'")
+            return cursor.fetchone()[0]
+
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE nodes_node")
+    Node.objects.bulk_create(
+        Node(name=f"n{i}", cpu_millis=1000, memory_mb=1024) for i in range(200)
+    )
+    stats_flushed()
+    scheduler = Scheduler(tick_seconds=1, batch_size=10)
+    scheduler.keep_statistics()
+    assert reltuples() == 200
+
+    Node.objects.bulk_create(
+        Node(name=f"m{i}", cpu_millis=1000, memory_mb=1024) for i in range(100)
+    )
+    stats_flushed()
+    scheduler.keep_statistics()  # looked less than a minute ago
+    assert reltuples() == 200
+    scheduler.next_analyze = 0
+    scheduler.keep_statistics()
+    assert reltuples() == 300
+
+    Node.objects.bulk_create(Node(name=f"k{i}", cpu_millis=1000, memory_mb=1024) for i in range(60))
+    stats_flushed()
+    scheduler.next_analyze = 0
+    scheduler.keep_statistics()  # 60 rows, under 50 + 10 % of 300
+    assert reltuples() == 300
