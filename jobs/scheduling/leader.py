@@ -29,14 +29,14 @@ LEADER_LOCK_ID = 0x5C4ED
 SHUTDOWN_POLL_SECONDS = 0.5
 # The tables every job writes to, whose statistics the leader keeps up (see
 # tables_analyze_when_changed).
-BUSY_TABLES = [
+BUSY_TABLES = (
     "jobs_job",
     "jobs_jobexecution",
     "jobs_joblogchunk",
     "resources_allocation",
     "events_event",
     "nodes_node",
-]
+)
 
 
 def leader_conninfo() -> dict:
@@ -54,7 +54,14 @@ def leader_conninfo() -> dict:
 
 
 class Scheduler:
-    def __init__(self, *, tick_seconds: float, batch_size: int, standby_seconds: float = 1.0):
+    def __init__(
+        self,
+        *,
+        tick_seconds: float,
+        batch_size: int,
+        standby_seconds: float = 1.0,
+        analyzed_tables: tuple[str, ...] = BUSY_TABLES,
+    ):
         self.tick_seconds = tick_seconds
         self.batch_size = batch_size
         self.standby_seconds = standby_seconds
@@ -62,7 +69,8 @@ class Scheduler:
         self.is_leader = False
         self.shutdown = False
         self.cluster_full = False  # the last cycle found no room on any ready node
-        self.next_analyze = 0.0  # time.monotonic() of the next look at BUSY_TABLES
+        self.analyzed_tables = analyzed_tables
+        self.next_analyze = 0.0  # time.monotonic() of the next look at analyzed_tables
         self.metrics = SchedulerMetrics(is_leader=lambda: self.is_leader)
 
     def install_signal_handlers(self) -> None:
@@ -130,7 +138,7 @@ class Scheduler:
         if not interval or time.monotonic() < self.next_analyze:
             return
         self.next_analyze = time.monotonic() + interval
-        analyzed = tables_analyze_when_changed(BUSY_TABLES)
+        analyzed = tables_analyze_when_changed(list(self.analyzed_tables))
         if analyzed:
             logger.info("analyzed %s", ", ".join(analyzed))
 
