@@ -49,11 +49,6 @@ def argv(command: list[str]) -> str:
     return shlex.join(command)
 
 
-@register.filter
-def percent(part, whole) -> int:
-    return 0 if not whole or part is None else max(0, min(100, round(100 * part / whole)))
-
-
 def _label(key: str) -> str:
     return str(key).replace("_", " ")
 

@@ -12,6 +12,7 @@ from resources.selectors import usage_summary
 from ..metrics.summary import metrics_summary
 from ..models import JobStatus
 from ..selectors import job_list_visible, jobs_finished_per_minute
+from ..templatetags.ui import DASH
 
 RECENT_FAILURES = 10
 CHART_MINUTES = 60
@@ -31,7 +32,7 @@ def overview(request):
         "jobs/overview.html",
         {
             "cluster": summary["cluster"],
-            "nodes": summary["nodes"],
+            "nodes": [_node_row(node) for node in summary["nodes"]],
             "queues": queues,
             "chart": _finished_chart(user),
             "failures": job_list_visible(user=user).filter(status=JobStatus.FAILED)[
@@ -39,6 +40,39 @@ def overview(request):
             ],
         },
     )
+
+
+def _node_row(node: dict) -> dict:
+    """A node of the summary with its cells as text: a page of a thousand nodes renders
+    strings, not numbers through the template's localization."""
+    allocated, used, capacity = node["allocated"], node["used"], node["capacity"]
+
+    def resource(kind: str, text) -> dict:
+        return {
+            "bar": _percent(allocated[kind], capacity[kind]),
+            "mark": None if used[kind] is None else _percent(used[kind], capacity[kind]),
+            "allocated": text(allocated[kind]),
+            "used": DASH if used[kind] is None else text(used[kind]),
+            "capacity": text(capacity[kind]),
+        }
+
+    return {
+        "name": node["name"],
+        "status": node["status"],
+        "up": node["up"],
+        "cpu": resource("cpu", _cores),
+        "memory": resource("memory_mb", str),
+        "gpu": f"{allocated['gpu']} / {capacity['gpu']}",
+    }
+
+
+def _cores(value: float) -> str:
+    """As the `floatformat:"-2"` filter: 2 -> "2", 0.5 -> "0.50"."""
+    return f"{value:.0f}" if value == int(value) else f"{value:.2f}"
+
+
+def _percent(part, whole) -> str:
+    return str(0 if not whole else max(0, min(100, round(100 * part / whole))))
 
 
 def _finished_chart(user) -> dict:
