@@ -52,10 +52,12 @@ def tables_analyze_when_changed(tables: list[str]) -> list[str]:
     their last analyze; returns their names. A table that grows fast (a new cluster's
     first burst, or any burst on a server running without autovacuum) otherwise keeps
     the statistics of when it was small, and the statements prepared on it keep plans
-    that scan it whole. An ANALYZE has every session plan those statements again."""
+    that scan it whole. An ANALYZE has every session plan those statements again. A
+    table that autovacuum (or another ANALYZE) holds is skipped, not waited for: the
+    caller is the scheduler's loop."""
     with connection.cursor() as cursor:
         cursor.execute(CHANGED_TABLES_SQL, [tables, ANALYZE_BASE_ROWS, ANALYZE_FRACTION])
         changed = [name for (name,) in cursor.fetchall()]
         for name in changed:
-            cursor.execute(f"ANALYZE {connection.ops.quote_name(name)}")
+            cursor.execute(f"ANALYZE (SKIP_LOCKED) {connection.ops.quote_name(name)}")
     return changed

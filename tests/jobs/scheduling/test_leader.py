@@ -7,6 +7,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
 
+from common.db import tables_analyze_when_changed
 from common.wakeup import ARRIVAL, SCHEDULER_CHANNEL
 from jobs.models import Job
 from jobs.scheduling.cycle import place_pending_jobs
@@ -147,3 +148,23 @@ def test_the_leader_analyzes_a_busy_table_once_it_has_changed_enough(db, setting
     scheduler.next_analyze = 0
     scheduler.keep_statistics()  # 60 rows, under 50 + 10 % of 300
     assert reltuples() == 300
+
+
+def test_a_table_someone_else_is_vacuuming_is_skipped_not_waited_for(db):
+    """While another session holds the lock VACUUM and ANALYZE take, the leader's look
+    returns at once and leaves that table for its next look."""
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE nodes_node")
+    Node.objects.bulk_create(
+        Node(name=f"n{i}", cpu_millis=1000, memory_mb=1024) for i in range(200)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_force_next_flush()")
+    with raw_connection() as vacuum, vacuum.transaction():
+        vacuum.execute("LOCK TABLE nodes_node IN SHARE UPDATE EXCLUSIVE MODE")
+        started = time.monotonic()
+        tables_analyze_when_changed(["nodes_node"])
+        assert time.monotonic() - started < 2
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reltuples FROM pg_class WHERE relname = 'nodes_node'")
+        assert cursor.fetchone()[0] == 0
