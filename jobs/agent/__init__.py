@@ -3,6 +3,7 @@
 - `supervision`: which node this process is, the host's capacity, the loop that
   heartbeats (with what the jobs use), applies cancels and watches memory, and the
   clean-up of what a previous agent left running
+- `guard`: the process that kills the agent's jobs when the agent dies
 - `runner`: running one execution in its own process group, with its limits and log
 - `sampling`: what /proc says about the jobs' processes: CPU time and resident memory
 - `metrics`: this process's own metrics (`run_node --metrics-port`)

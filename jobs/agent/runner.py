@@ -6,7 +6,7 @@ environment on top of a minimal base; the agent's own environment, with its data
 URL and secrets, is not passed on. Its stdout and stderr stream through a pipe into a
 log file capped at JOB_LOG_MAX_BYTES, and the last JOB_LOG_TAIL_BYTES are kept for the
 database; the same output is shipped to the database as it comes (`log_shipping`).
-With `setpriv` available, the job's process dies with the agent's.
+The agent's guard (`guard`) kills the job's group if the agent dies.
 
 `running` is this agent's registry of what it runs: the heartbeat reports its tokens,
 cancels and the memory watch act on it.
@@ -35,7 +35,6 @@ logger = logging.getLogger(__name__)
 
 # Passed through from the agent so ordinary commands behave; nothing else is.
 BASE_ENV_NAMES = ("PATH", "LANG", "LC_ALL", "TZ")
-SETPRIV = shutil.which("setpriv")
 
 
 @dataclass(frozen=True)
@@ -213,13 +212,6 @@ class LogPump(threading.Thread):
         return bytes(self.tail).decode("utf-8", errors="replace")
 
 
-def executable_exists(program: str, path: str) -> bool:
-    """Checked before the start because behind setpriv a missing program is just exit 127."""
-    if os.sep in program:
-        return not os.path.isabs(program) or os.access(program, os.X_OK)
-    return shutil.which(program, path=path) is not None
-
-
 def kill_process_group(pgid: int, grace_seconds: float, proc: subprocess.Popen | None = None):
     """SIGTERM the group, give it `grace_seconds`, then SIGKILL whatever is left."""
     try:
@@ -270,14 +262,6 @@ def _run_process(
     shipped: AttemptLog,
 ) -> Outcome:
     job = execution.job
-    if not executable_exists(argv[0], env["PATH"]):
-        error = f"could not start {argv[0]!r}: no such executable on PATH"
-        log_path.write_text(f"{error}\n")
-        shipped.write(f"{error}\n".encode())
-        shutil.rmtree(workdir, ignore_errors=True)
-        return Outcome(None, error, str(log_path), f"{error}\n")
-    if SETPRIV:
-        argv = [SETPRIV, "--pdeathsig", "KILL", "--", *argv]
     try:
         try:
             proc = subprocess.Popen(
@@ -290,7 +274,9 @@ def _run_process(
                 start_new_session=True,
             )
         except OSError as exc:
-            error = f"could not start {job_argv(execution)[0]!r}: {exc.strerror or exc}"
+            missing = isinstance(exc, FileNotFoundError) and os.sep not in argv[0]
+            reason = "no such executable on PATH" if missing else exc.strerror or str(exc)
+            error = f"could not start {argv[0]!r}: {reason}"
             log_path.write_text(f"{error}\n")
             shipped.write(f"{error}\n".encode())
             return Outcome(None, error, str(log_path), f"{error}\n")

@@ -2,10 +2,8 @@
 the loop that heartbeats (with what its jobs use), applies cancels and watches memory,
 and the clean-up of what a previous agent of this node left running."""
 
-import contextlib
 import logging
 import os
-import signal
 import threading
 import time
 from pathlib import Path
@@ -18,8 +16,9 @@ from nodes.services import NodeUsage, node_heartbeat
 
 from ..selectors import execution_tokens_cancel_requested
 from . import metrics
+from .guard import kill_agent_groups
 from .runner import agent_identity, running
-from .sampling import UsageMeter, groups_with_env
+from .sampling import UsageMeter
 
 logger = logging.getLogger(__name__)
 
@@ -52,14 +51,12 @@ def detect_gpu() -> int:
 
 def reap_orphans(node_name: str) -> int:
     """Kill the process groups a previous agent of this node left behind (it was killed
-    or crashed). Their executions are failed over and run again elsewhere, so letting
-    them go on would run the same work twice."""
-    groups = groups_with_env("SCHEDULER_AGENT", agent_identity(node_name)) - {os.getpgid(0)}
-    for pgid in groups:
-        logger.warning("killing leftover job process group pgid=%s node=%s", pgid, node_name)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-    return len(groups)
+    and its guard with it, or it crashed). Their executions are failed over and run again
+    elsewhere, so letting them go on would run the same work twice."""
+    reaped = kill_agent_groups(agent_identity(node_name))
+    if reaped:
+        logger.warning("killed %s leftover job process group(s) node=%s", reaped, node_name)
+    return reaped
 
 
 class AgentLoop(threading.Thread):

@@ -14,6 +14,8 @@ from django.core.management.base import BaseCommand, CommandError
 from jobs.agent import metrics as agent_metrics
 from jobs.agent import supervision as agent
 from jobs.agent import tasks  # noqa: F401  (registers the execution task in this worker)
+from jobs.agent.guard import start_guard
+from jobs.agent.runner import agent_identity
 from jobs.agent.success_batching import successes
 from jobs.agent.task_events import use_worker_dispatcher
 from jobs.management.metrics_port import add_metrics_arguments, serve_metrics
@@ -96,6 +98,7 @@ class Command(BaseCommand):
         reaped = agent.reap_orphans(node.name)
         if reaped:
             self.stdout.write(f"killed {reaped} job process group(s) left by a previous agent")
+        start_guard(agent_identity(node.name))
         agent.become_node(node.id, node.name)
         loop = agent.AgentLoop(node.name)
         loop.start()

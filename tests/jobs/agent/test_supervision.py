@@ -2,10 +2,7 @@
 running, and the loop that heartbeats the running tokens and applies cancels. Its steps
 are called directly; the processes they act on are real."""
 
-import contextlib
-import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -22,45 +19,6 @@ from jobs.services.executions import execution_claim
 from nodes.models import Node
 from resources.models import DEFAULT_QUEUE_NAME, Queue
 from tests.processes import gone, wait_until
-
-
-class Groups:
-    """Process groups started like jobs (a session of their own), always killed at the end."""
-
-    def __init__(self):
-        self.started: list[subprocess.Popen] = []
-
-    def start(self, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        proc = subprocess.Popen(
-            argv,
-            env={"PATH": os.environ["PATH"], **(env or {})},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            start_new_session=True,
-            text=True,
-        )
-        self.started.append(proc)
-        return proc
-
-    def start_job_like(self, identity: str) -> tuple[subprocess.Popen, int]:
-        """A shell and a `sleep` it started, marked as an agent's job is; returns the
-        shell and the pid of the sleep."""
-        proc = self.start(["sh", "-c", "sleep 60 & echo $!; wait"], {"SCHEDULER_AGENT": identity})
-        return proc, int(proc.stdout.readline())
-
-    def kill_all(self):
-        for proc in self.started:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-            proc.stdout.close()
-
-
-@pytest.fixture
-def groups():
-    groups = Groups()
-    yield groups
-    groups.kill_all()
 
 
 @pytest.fixture
