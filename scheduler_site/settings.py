@@ -225,16 +225,21 @@ CELERY_TIMEZONE = "UTC"
 # How often beat looks for changed schedules at the latest: a new or changed schedule is
 # picked up within this, and a first due time closer than this may fire late.
 CELERY_BEAT_MAX_LOOP_INTERVAL = env.float("BEAT_MAX_LOOP_INTERVAL_SECONDS", default=1.0)
+# How often reconciliation (re-publishing unclaimed executions, failing over vanished
+# processes) and node-loss handling run. The scheduler leader runs both itself, so they
+# go on with beat stopped; beat's runs on the control worker are a second, harmless pair.
+RECONCILE_INTERVAL_SECONDS = env.float("RECONCILE_INTERVAL_SECONDS", default=10.0)
+NODE_LOST_CHECK_SECONDS = env.float("NODE_LOST_CHECK_SECONDS", default=5.0)
 # Maintenance run by beat on the control worker; DatabaseScheduler (which ScheduleBeat
 # extends) stores these rows.
 CELERY_BEAT_SCHEDULE = {
     "reconcile-executions": {
         "task": "jobs.reconcile_executions",
-        "schedule": env.float("RECONCILE_INTERVAL_SECONDS", default=10.0),
+        "schedule": RECONCILE_INTERVAL_SECONDS,
     },
     "detect-lost-nodes": {
         "task": "nodes.detect_lost_nodes",
-        "schedule": env.float("NODE_LOST_CHECK_SECONDS", default=5.0),
+        "schedule": NODE_LOST_CHECK_SECONDS,
     },
     "cancel-past-deadline": {
         "task": "jobs.cancel_past_deadline",
