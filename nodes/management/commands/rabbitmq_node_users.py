@@ -77,7 +77,7 @@ class Command(BaseCommand):
                 self.stderr.write(f"node {name}: user {permissions.user} in vhost {vhost}")
             else:
                 self.stdout.write(shlex.join(set_permissions))
-            if new_password:
+            if new_password and settings.CELERY_BROKER_URL.startswith("amqp"):
                 url = node_broker_url(
                     settings.CELERY_BROKER_URL, node_name=name, password=new_password
                 )
