@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 from django.db.models import Count, Q
+from django.utils import timezone
 
 from jobs.models import ExecutionStatus, Job, JobExecution, JobStatus
 from nodes.models import Node, NodeStatus
@@ -183,3 +184,30 @@ def test_a_node_killed_mid_job_loses_no_job(cluster, api, any_broker, tmp_path):
     assert (second.node.name, second.status) == ("node-b", ExecutionStatus.SUCCEEDED)
     assert marker.read_text() == "start-node-a\nstart-node-b\nend-node-b\n"
     assert Node.objects.get(name="node-a").status == NodeStatus.OFFLINE
+
+
+def test_a_job_placed_before_its_nodes_agent_started_waits_in_its_queue(cluster, api, rabbitmq):
+    """RabbitMQ drops a message routed to a queue nobody declared: the scheduler declares
+    the node's durable queue before publishing, so the first message is the one that runs
+    (not a re-publish by reconciliation)."""
+    vhost_queues_delete(rabbitmq)
+    cluster.use_broker(rabbitmq)
+    cluster.env["EXECUTION_DISPATCH_TIMEOUT_SECONDS"] = "300"
+    cluster.env["NODE_LOST_AFTER_SECONDS"] = "300"
+    Node.objects.create(
+        name="node-a", cpu_millis=1000, memory_mb=4096, last_heartbeat=timezone.now()
+    )
+    cluster.start_scheduler()
+    job_id = api.post("/api/jobs/", {"name": "early", "command": ["true"]}, format="json").json()[
+        "id"
+    ]
+    wait_until(
+        lambda: queue_depth(rabbitmq, "node.node-a") == 1, 20, message="the message in its queue"
+    )
+    cluster.start_node("node-a", cpu=1)
+    wait_until(
+        lambda: Job.objects.get(pk=job_id).status == JobStatus.SUCCEEDED,
+        30,
+        message="the job to succeed",
+    )
+    assert JobExecution.objects.get(job_id=job_id).republished_at is None
