@@ -18,7 +18,8 @@ app.conf.update(
     accept_content=["json"],
     task_serializer="json",
 )
-_redis = redis.Redis.from_url(BROKER_URL)
+# Where finished tasks are counted: the broker, or (with RabbitMQ) a Redis database.
+_redis = redis.Redis.from_url(os.environ.get("BENCH_COUNTER_URL", BROKER_URL))
 
 
 @app.task(name="bench.run_command")

@@ -53,7 +53,7 @@ def _bench_script(name: str, *arguments: str) -> dict:
 def throughput_with_events(args) -> dict:
     if args.skip_throughput:
         return {}
-    figures = _bench_script("throughput.py")
+    figures = _bench_script("throughput.py", "--broker=redis")
     return {
         "throughput_ratio": figures["ratio"],
         "platform_jobs_per_second": figures["platform_jobs_per_second"],

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/throughput.py [--jobs 2000] [--latency-samples 200] [--slots 8]
                                          [--clients 4] [--command true]
+                                         [--broker both|redis|rabbitmq]
 
 Sets up its own database (scheduler_bench_tp) and Redis database (12), starts a real
 scheduler and one node agent (--slots threads, as much CPU as slots, 1 CPU per job),
@@ -9,13 +10,21 @@ and a bare Celery worker with the same pool, concurrency, acks and prefetch runn
 same command (`true`, or --command; the agent ships what it prints, the bare worker
 drops it). Measures completed jobs per second for each, submitted from
 --clients threads at once, then, with free capacity, the latency from a job's creation
-to its start, one job at a time. The last line printed is one JSON object of the figures.
+to its start, one job at a time. Each run ends with one line, a JSON object of the
+figures and its `broker`.
+
+With --broker both (the default) it runs once on Redis, then once on RabbitMQ (a vhost
+of its own, `scheduler_bench_tp`, made and deleted with rabbitmqctl; the cache and the
+bare worker's counter stay on Redis), so it prints one JSON line per broker, RabbitMQ's
+last. Where RabbitMQ is not installed or not running, its line says so instead.
 """
 
 import argparse
 import json
 import shlex
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,10 +32,33 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.harness import Bench, percentile, stop, wait_for  # noqa: E402
+from bench.harness import Bench, percentile, redis_url, stop, wait_for  # noqa: E402
 
-BENCH = Bench("tp", 12)
 POLL_SECONDS = 0.05
+BROKERS = ("redis", "rabbitmq")
+RABBITMQ_VHOST = "scheduler_bench_tp"
+RABBITMQ_URL = f"amqp://guest:guest@127.0.0.1:5672/{RABBITMQ_VHOST}"
+
+
+def rabbitmqctl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True)
+
+
+def rabbitmq_running() -> bool:
+    if not shutil.which("rabbitmqctl"):
+        return False
+    return rabbitmqctl("await_startup", "--timeout", "5").returncode == 0
+
+
+def run_per_broker(argv: list[str], brokers: list[str]) -> None:
+    """This bench once per broker, each in a process of its own (Django reads the broker
+    URL once), its output passed on as it comes."""
+    for broker in brokers:
+        if broker == "rabbitmq" and not rabbitmq_running():
+            skipped = "RabbitMQ is not installed or not running"
+            print(json.dumps({"broker": "rabbitmq", "skipped": skipped}), flush=True)
+            continue
+        subprocess.run([sys.executable, __file__, *argv, f"--broker={broker}"], check=True)
 
 
 def main() -> None:
@@ -48,9 +80,30 @@ def main() -> None:
     parser.add_argument(
         "--clients", type=int, default=4, help="threads submitting at once, in both phases"
     )
+    parser.add_argument("--broker", choices=["both", *BROKERS], default="both")
     args = parser.parse_args()
+    if args.broker == "both":
+        run_per_broker([a for a in sys.argv[1:] if not a.startswith("--broker")], list(BROKERS))
+        return
 
-    broker = BENCH.set_up()
+    if args.broker == "rabbitmq":
+        rabbitmqctl("delete_vhost", RABBITMQ_VHOST)
+        rabbitmqctl("add_vhost", RABBITMQ_VHOST).check_returncode()
+        rabbitmqctl("set_permissions", "-p", RABBITMQ_VHOST, "guest", ".*", ".*", ".*")
+        # The cache and the bare worker's counter stay in the Redis databases they use
+        # with a Redis broker.
+        bench = Bench("tp", 12, CELERY_BROKER_URL=RABBITMQ_URL, BENCH_COUNTER_URL=redis_url(12))
+    else:
+        bench = Bench("tp", 12)
+    try:
+        run(args, bench)
+    finally:
+        if args.broker == "rabbitmq":
+            rabbitmqctl("delete_vhost", RABBITMQ_VHOST)
+
+
+def run(args, bench: Bench) -> None:
+    broker = bench.set_up()  # the Redis database of the bench (the broker's, with Redis)
 
     from accounts.models import Team
     from jobs.models import Job, JobStatus
@@ -70,8 +123,8 @@ def main() -> None:
         "--loglevel=WARNING",
     ]
     processes = [
-        BENCH.start("scheduler", [*manage, "run_scheduler"]),
-        BENCH.start(
+        bench.start("scheduler", [*manage, "run_scheduler"]),
+        bench.start(
             "node",
             [
                 *manage,
@@ -84,7 +137,7 @@ def main() -> None:
                 "--loglevel=WARNING",
             ],
         ),
-        BENCH.start(
+        bench.start(
             "bare",
             [
                 *celery,
@@ -175,10 +228,11 @@ def main() -> None:
         from django.db import connections
 
         connections.close_all()
-        BENCH.drop_database()
+        bench.drop_database()
     print(
         json.dumps(
             {
+                "broker": args.broker,
                 "platform_jobs_per_second": round(platform, 1),
                 "bare_celery_jobs_per_second": round(bare, 1),
                 "ratio": round(platform / bare, 3),

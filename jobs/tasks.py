@@ -7,29 +7,16 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from nodes.selectors import node_ids_offline_with_live_executions
-from nodes.services import nodes_mark_lost
-
 from .schedules import FIRE_BATCH_TASK, FIRE_TASK, schedule_fire, schedules_fire
 from .services.deadlines import jobs_cancel_past_deadline
-from .services.failover import (
-    execution_republish_stale,
-    executions_fail_over_node,
-    executions_fail_over_unreported,
-)
+from .services.failover import executions_reconcile, nodes_lost_fail_over
 from .services.logs import log_chunks_purge
 
 
 @shared_task(name="jobs.reconcile_executions", ignore_result=True)
 def reconcile_executions() -> dict:
-    return {
-        "republished": execution_republish_stale(
-            older_than_seconds=settings.EXECUTION_DISPATCH_TIMEOUT_SECONDS
-        ),
-        "failed_over": executions_fail_over_unreported(
-            grace_seconds=settings.NODE_HEARTBEAT_SECONDS
-        ),
-    }
+    """Also run by the scheduler leader (jobs.scheduling.leader): either is enough."""
+    return executions_reconcile()
 
 
 @shared_task(name=FIRE_TASK, ignore_result=True)
@@ -46,14 +33,9 @@ def fire_schedules(schedule_ids: list[int]) -> int:
 
 @shared_task(name="nodes.detect_lost_nodes", ignore_result=True)
 def detect_lost_nodes() -> int:
-    """Nodes silent too long go offline, and what they ran is failed over."""
-    nodes_mark_lost(older_than_seconds=settings.NODE_LOST_AFTER_SECONDS)
-    # Every offline node, not only those just lost: a failed-over run that died half-way
-    # is finished by the next one.
-    return sum(
-        executions_fail_over_node(node_id=node_id, reason="node lost")
-        for node_id in node_ids_offline_with_live_executions()
-    )
+    """Nodes silent too long go offline, and what they ran is failed over. Also run by
+    the scheduler leader (jobs.scheduling.leader): either is enough."""
+    return nodes_lost_fail_over()
 
 
 @shared_task(name="jobs.cancel_past_deadline", ignore_result=True)

@@ -189,18 +189,42 @@ def _cache_url_beside(broker_url: str) -> str:
     return urlunsplit(parts._replace(path=f"/{broker_db + 1 if broker_db < 15 else 14}"))
 
 
-# The cache holds only throttle counters: losing it forgets who was near their limit.
-CACHES = {
-    "default": {
+BROKER_IS_REDIS = urlsplit(CELERY_BROKER_URL).scheme in ("redis", "rediss")
+
+
+def _cache(url: str) -> dict:
+    """A Redis cache at `url`; with no Redis at all (`CACHE_URL=locmem://`), each process's
+    memory, so that throttles count per process."""
+    if urlsplit(url).scheme == "locmem":
+        return {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "KEY_PREFIX": "scheduler",
+        }
+    return {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": env.str("CACHE_URL", default=_cache_url_beside(CELERY_BROKER_URL)),
+        "LOCATION": url,
         "KEY_PREFIX": "scheduler",
         # A Redis outage must not hang every request (throttles then let requests through).
         "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
     }
+
+
+# The cache holds only throttle counters: losing it forgets who was near their limit. By
+# default it is beside a Redis broker; with RabbitMQ, the local Redis's database 1.
+CACHES = {
+    "default": _cache(
+        env.str(
+            "CACHE_URL",
+            default=_cache_url_beside(CELERY_BROKER_URL)
+            if BROKER_IS_REDIS
+            else "redis://127.0.0.1:6379/1",
+        )
+    )
 }
-# Redis without the restore-on-close that kills a worker when Redis restarts (see broker.py).
-CELERY_BROKER_TRANSPORT = "scheduler_site.broker:Transport"
+if BROKER_IS_REDIS:
+    # Redis without the restore-on-close that kills a worker when Redis restarts (see
+    # broker.py). RabbitMQ (amqp://) uses Celery's own transport.
+    CELERY_BROKER_TRANSPORT = "scheduler_site.broker:Transport"
 # Celery closes Django's connections every 2 * N tasks; close_old_db_connections in
 # celery.py applies CONN_MAX_AGE and health checks instead.
 CELERY_DB_REUSE_MAX = 1_000_000_000
@@ -225,16 +249,21 @@ CELERY_TIMEZONE = "UTC"
 # How often beat looks for changed schedules at the latest: a new or changed schedule is
 # picked up within this, and a first due time closer than this may fire late.
 CELERY_BEAT_MAX_LOOP_INTERVAL = env.float("BEAT_MAX_LOOP_INTERVAL_SECONDS", default=1.0)
+# How often reconciliation (re-publishing unclaimed executions, failing over vanished
+# processes) and node-loss handling run. The scheduler leader runs both itself, so they
+# go on with beat stopped; beat's runs on the control worker are a second, harmless pair.
+RECONCILE_INTERVAL_SECONDS = env.float("RECONCILE_INTERVAL_SECONDS", default=10.0)
+NODE_LOST_CHECK_SECONDS = env.float("NODE_LOST_CHECK_SECONDS", default=5.0)
 # Maintenance run by beat on the control worker; DatabaseScheduler (which ScheduleBeat
 # extends) stores these rows.
 CELERY_BEAT_SCHEDULE = {
     "reconcile-executions": {
         "task": "jobs.reconcile_executions",
-        "schedule": env.float("RECONCILE_INTERVAL_SECONDS", default=10.0),
+        "schedule": RECONCILE_INTERVAL_SECONDS,
     },
     "detect-lost-nodes": {
         "task": "nodes.detect_lost_nodes",
-        "schedule": env.float("NODE_LOST_CHECK_SECONDS", default=5.0),
+        "schedule": NODE_LOST_CHECK_SECONDS,
     },
     "cancel-past-deadline": {
         "task": "jobs.cancel_past_deadline",

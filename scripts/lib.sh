@@ -66,6 +66,23 @@ ensure_redis() {
     fi
 }
 
+rabbitmq_up() { rabbitmqctl -q await_startup --timeout 5 >/dev/null 2>&1; }
+
+# RabbitMQ, for the suite's RabbitMQ variants (tests/e2e/test_broker_loss.py,
+# tests/nodes/test_rabbitmq_node_users.py): started where it is installed and down. Where
+# it is not installed those tests are skipped, saying why; nothing else needs it.
+ensure_rabbitmq() {
+    if ! command -v rabbitmq-server >/dev/null || ! command -v rabbitmqctl >/dev/null; then
+        say "RabbitMQ is not installed: its broker tests will be skipped (apt-get install rabbitmq-server)"
+        return 0
+    fi
+    rabbitmq_up && return 0
+    say "Starting RabbitMQ"
+    rabbitmq-server -detached >/dev/null 2>&1 || true
+    for _ in $(seq 60); do rabbitmq_up && break; sleep 1; done
+    rabbitmq_up || die "RabbitMQ did not start; see /var/log/rabbitmq/"
+}
+
 # promtool checks and unit-tests deploy/prometheus/, and tests/e2e/test_prometheus.py runs a
 # real prometheus: both come from Debian's package. Installing it must not start the
 # service, so a policy-rc.d refuses every start for the length of the install.

@@ -9,8 +9,9 @@ from nodes.models import Node
 from resources.models import DEFAULT_QUEUE_NAME, Queue
 from tests.processes import Cluster
 
-# The alert receivers' fixtures (`webhook`, `smtp_server`), for tests/alerts and tests/e2e.
-pytest_plugins = ["tests.alerts.receivers"]
+# The alert receivers' fixtures (`webhook`, `smtp_server`), for tests/alerts and tests/e2e;
+# RabbitMQ's (`rabbitmq`), for the tests that run the platform on it.
+pytest_plugins = ["tests.alerts.receivers", "tests.rabbitmq"]
 
 
 @pytest.fixture

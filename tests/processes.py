@@ -17,13 +17,15 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
+from amqp.exceptions import ChannelError
 from django.conf import settings
 from django.db import connection
+from kombu import Connection
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from jobs.scheduling.leader import LEADER_LOCK_ID
-from nodes.models import Node
+from nodes.models import Node, node_queue_name
 from scheduler_site.celery import app as celery_app
 
 BASE_DIR = Path(settings.BASE_DIR)
@@ -97,6 +99,22 @@ def workers_answering_ping() -> list[str]:
     except (OperationalError, RedisConnectionError):
         return []
     return [host for reply in replies for host in reply]
+
+
+def queue_consumers(broker_url: str, queue: str) -> int:
+    """How many consumers an AMQP queue has (0 when it is not declared or the broker is
+    away): a worker consumes its queue once it is ready. (This process's Celery app is the
+    suite's, on Redis; it cannot ping workers on another broker.)"""
+    try:
+        with Connection(broker_url) as conn:
+            channel = conn.channel()
+            try:
+                return channel.queue_declare(queue=queue, passive=True).consumer_count
+            finally:
+                if channel.is_open:
+                    channel.close()
+    except (OperationalError, OSError, ChannelError):
+        return 0
 
 
 def raw_connection() -> psycopg.Connection:
@@ -175,6 +193,14 @@ class Cluster:
             "JOB_LOG_DIR": str(tmp_path / "job-logs"),
             "PYTHONUNBUFFERED": "1",
         }
+        self.broker_url: str | None = None  # None: the suite's broker (settings)
+
+    def use_broker(self, url: str) -> None:
+        """Run this cluster's processes on the broker at `url` (e.g. a RabbitMQ vhost)
+        rather than the suite's; the cache stays on the suite's Redis."""
+        self.broker_url = url
+        self.env["CELERY_BROKER_URL"] = url
+        self.env["CACHE_URL"] = settings.CACHES["default"]["LOCATION"]
 
     @staticmethod
     def _database_url() -> str:
@@ -227,7 +253,7 @@ class Cluster:
         )
 
         def ready():
-            return any(host.startswith("control@") for host in workers_answering_ping())
+            return self._worker_up("control@", "control")
 
         wait_until(ready, 30, interval=0.2, message="the control worker")
         return process
@@ -301,7 +327,9 @@ class Cluster:
         slots: int | None = None,
         wait: bool = True,
         metrics_port: int | None = None,
+        env: dict | None = None,
     ) -> Process:
+        """A node agent; `env` on top of the cluster's (its own broker user, say)."""
         args = [
             "run_node",
             f"--name={name}",
@@ -314,7 +342,8 @@ class Cluster:
             args.append(f"--slots={slots}")
         if metrics_port:
             args.append(f"--metrics-port={metrics_port}")
-        process = self._start(name, *args)
+        argv = [sys.executable, str(BASE_DIR / "manage.py"), *args]
+        process = self._spawn_with(name, argv, {**self.env, **(env or {})})
         if wait:
             self.wait_node_ready(name, process)
         return process
@@ -325,9 +354,14 @@ class Cluster:
                 raise AssertionError(f"node agent {name} exited:\n{process.log()[-3000:]}")
             if not Node.objects.filter(name=name).exists():
                 return False
-            return any(host.startswith(f"{name}@") for host in workers_answering_ping())
+            return self._worker_up(f"{name}@", node_queue_name(name))
 
         wait_until(ready, timeout, interval=0.2, message=f"node agent {name}")
+
+    def _worker_up(self, hostname_prefix: str, queue: str) -> bool:
+        if self.broker_url is None:
+            return any(host.startswith(hostname_prefix) for host in workers_answering_ping())
+        return queue_consumers(self.broker_url, queue) > 0
 
     def start_web(self, port: int, **env: str) -> Process:
         """The web process as scripts/up starts it (gunicorn, threads), with `env` on top

@@ -1,5 +1,10 @@
 """The scheduler process: one leader at a time, woken by NOTIFY, with a safety tick.
 
+The leader also runs node-loss handling and reconciliation at their intervals, between
+cycles (never inside a cycle's transaction), so that lost nodes' jobs are failed over and
+lost messages sent again with beat stopped. Beat's runs of the same services on the
+control worker may overlap them: both are safe to run twice at once.
+
 Leadership is a PostgreSQL session advisory lock held on a connection of its own, so it
 ends the moment the leader's process or connection dies, and a standby takes it on
 its next try. The same connection LISTENs for wake-ups.
@@ -18,7 +23,11 @@ from django.db import DatabaseError, InterfaceError, close_old_connections
 from common.db import tables_analyze_when_changed
 from common.wakeup import ARRIVAL, SCHEDULER_CHANNEL
 
-from ..services.failover import execution_republish_stale
+from ..services.failover import (
+    execution_republish_stale,
+    executions_reconcile,
+    nodes_lost_fail_over,
+)
 from .cycle import run_cycle
 from .metrics import SchedulerMetrics
 
@@ -36,6 +45,11 @@ BUSY_TABLES = (
     "resources_allocation",
     "events_event",
     "nodes_node",
+)
+# What the leader runs between cycles: (name, the setting holding its interval, service).
+MAINTENANCE = (
+    ("detect-lost-nodes", "NODE_LOST_CHECK_SECONDS", nodes_lost_fail_over),
+    ("reconcile-executions", "RECONCILE_INTERVAL_SECONDS", executions_reconcile),
 )
 
 
@@ -71,6 +85,7 @@ class Scheduler:
         self.cluster_full = False  # the last cycle found no room on any ready node
         self.analyzed_tables = analyzed_tables
         self.next_analyze = 0.0  # time.monotonic() of the next look at analyzed_tables
+        self.maintenance_due: dict[str, float] = {}  # name -> time.monotonic() of its next run
         self.metrics = SchedulerMetrics(is_leader=lambda: self.is_leader)
 
     def install_signal_handlers(self) -> None:
@@ -142,8 +157,45 @@ class Scheduler:
         if analyzed:
             logger.info("analyzed %s", ", ".join(analyzed))
 
+    def maintain(self) -> None:
+        """Run each maintenance service whose interval has passed (0: never).
+
+        A failure other than the database's is logged and tried again at the next
+        interval: it must not stop placement.
+        """
+        for name, interval_setting, service in MAINTENANCE:
+            interval = getattr(settings, interval_setting)
+            now = time.monotonic()
+            if not interval or now < self.maintenance_due.get(name, 0.0):
+                continue
+            self.maintenance_due[name] = now + interval
+            close_old_connections()
+            try:
+                result = service()
+            except (psycopg.Error, DatabaseError, InterfaceError):
+                raise
+            except Exception:
+                logger.exception("scheduler maintenance %s failed", name)
+                continue
+            if any(result.values()) if isinstance(result, dict) else result:
+                logger.info("scheduler maintenance %s: %s", name, result)
+
+    def seconds_to_maintenance(self) -> float:
+        """How long until the next maintenance service is due (inf when none runs)."""
+        now = time.monotonic()
+        return min(
+            (
+                max(0.0, self.maintenance_due.get(name, 0.0) - now)
+                for name, interval_setting, _ in MAINTENANCE
+                if getattr(settings, interval_setting)
+            ),
+            default=float("inf"),
+        )
+
     def lose_leadership(self) -> None:
         self.is_leader = False
+        # A new leadership starts with a round of maintenance.
+        self.maintenance_due.clear()
         if self.conn is not None:
             # Unlocked before the close: a closed connection's backend lets go of the lock
             # only when it exits, a moment later, and a standby may be asking just then.
@@ -160,8 +212,9 @@ class Scheduler:
                     continue
                 more = self.step()
                 self.keep_statistics()
+                self.maintain()
                 if not more:
-                    self.wait_for_wakeup(self.tick_seconds)
+                    self.wait_for_wakeup(min(self.tick_seconds, self.seconds_to_maintenance()))
             except (psycopg.Error, DatabaseError, InterfaceError):
                 logger.exception("scheduler lost the database; retrying")
                 self.lose_leadership()

@@ -12,6 +12,8 @@ from django.utils import timezone
 from common.wakeup import scheduler_wake
 from events.models import EventType
 from nodes.models import NodeStatus
+from nodes.selectors import node_ids_offline_with_live_executions
+from nodes.services import nodes_mark_lost
 
 from ..accounting import allocation_release
 from ..models import ExecutionStatus, Job, JobExecution, JobStatus
@@ -122,10 +124,49 @@ def execution_republish_stale(*, older_than_seconds: float) -> int:
         status=ExecutionStatus.RESERVED,
         reserved_at__lt=cutoff,
     )
-    tokens = list(stale.order_by("reserved_at").values_list("token", flat=True))
-    if not tokens:
-        return 0
-    JobExecution.objects.filter(token__in=tokens).update(republished_at=now)
+    with transaction.atomic():
+        # Locked and stamped in one transaction: the scheduler leader and beat's control
+        # worker both run this, and the one that comes second skips (or no longer
+        # matches) what the first has just re-published.
+        tokens = list(
+            stale.select_for_update(skip_locked=True)
+            .order_by("reserved_at")
+            .values_list("token", flat=True)
+        )
+        if not tokens:
+            return 0
+        JobExecution.objects.filter(token__in=tokens).update(republished_at=now)
+        executions_publish_on_commit(tokens=tokens)
     logger.warning("re-publishing %s unclaimed executions: %s", len(tokens), " ".join(tokens[:20]))
-    executions_publish_on_commit(tokens=tokens)
     return len(tokens)
+
+
+def executions_reconcile() -> dict:
+    """Reconciliation, every RECONCILE_INTERVAL_SECONDS (by the scheduler leader, and by
+    beat on the control worker): send again what no node claimed in time, and fail over
+    running executions their live node no longer reports. Safe to run from both at once:
+    each execution is re-published under a row lock, and failed over by a conditional
+    update under its job's lock."""
+    return {
+        "republished": execution_republish_stale(
+            older_than_seconds=settings.EXECUTION_DISPATCH_TIMEOUT_SECONDS
+        ),
+        "failed_over": executions_fail_over_unreported(
+            grace_seconds=settings.NODE_HEARTBEAT_SECONDS
+        ),
+    }
+
+
+def nodes_lost_fail_over() -> int:
+    """Node-loss handling, every NODE_LOST_CHECK_SECONDS (by the scheduler leader, and by
+    beat on the control worker): nodes silent longer than NODE_LOST_AFTER_SECONDS go
+    offline, and what they ran is failed over. Safe to run from both at once: a node is
+    marked lost under its row lock (skipping one the other holds), and each execution is
+    failed over once (execution_fail_over)."""
+    nodes_mark_lost(older_than_seconds=settings.NODE_LOST_AFTER_SECONDS)
+    # Every offline node, not only those just lost: a failed-over run that died half-way
+    # is finished by the next one.
+    return sum(
+        executions_fail_over_node(node_id=node_id, reason="node lost")
+        for node_id in node_ids_offline_with_live_executions()
+    )

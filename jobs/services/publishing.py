@@ -36,22 +36,28 @@ def _publish(tokens: Sequence[str]) -> None:
 
     The same messages `send_task` would send, routed by the same router, built and sent
     with the two calls `send_task` itself makes: its per-call option handling costs as
-    much as the publishing when a cycle sends thousands. The queue is not re-declared per
-    message: a node's queue is declared by its own worker, and a message for it is
-    addressed to it by name. A failure here loses nothing: whatever was not sent stays
-    `reserved` in PostgreSQL, and reconciliation sends it again.
+    much as the publishing when a cycle sends thousands. A failure here loses nothing:
+    whatever was not sent stays `reserved` in PostgreSQL, and reconciliation sends it again.
+
+    With Redis the queue is not declared: a node's queue is declared by its own worker,
+    and a message for it is addressed to it by name. RabbitMQ drops a message routed to
+    a queue nobody declared (a node whose worker has not started yet, or a vhost that was
+    reset), so there the node's durable queue is declared before the first message to it,
+    once per connection (kombu remembers what a connection declared).
     """
     app = current_app
     amqp = app.amqp
     send_sent_event = app.conf.task_send_sent_event
     try:
         with app.producer_or_acquire() as producer, producer.batch():
+            # None: send_task_message declares the message's queue (if not yet declared).
+            declare = None if producer.connection.transport.driver_type == "amqp" else []
             for token in tokens:
                 kwargs = {"token": token}
                 route = amqp.router.route({}, EXECUTION_TASK, (), kwargs)
                 message = amqp.create_task_message(
                     uuid(), EXECUTION_TASK, (), kwargs, create_sent_event=send_sent_event
                 )
-                amqp.send_task_message(producer, EXECUTION_TASK, message, declare=[], **route)
+                amqp.send_task_message(producer, EXECUTION_TASK, message, declare=declare, **route)
     except Exception:
         logger.exception("could not publish %s executions", len(tokens))

@@ -84,6 +84,54 @@ def test_killed_node_job_runs_elsewhere_and_nothing_runs_twice(cluster, api, tmp
     assert leftovers.stdout == ""
 
 
+def test_killed_node_job_runs_elsewhere_with_beat_stopped(cluster, api, tmp_path):
+    """The scheduler leader handles node loss itself: no beat, no control worker."""
+    marker = tmp_path / "runs.txt"
+    cluster.start_node("node-a", cpu=1)
+    cluster.start_node("node-b", cpu=1)
+    cluster.start_scheduler()
+    job_id = api.post(
+        "/api/jobs/",
+        {
+            "name": "leaderless-maintenance",
+            "command": [
+                "sh",
+                "-c",
+                f"echo start-$NODE_NAME >> {marker}; sleep 2; echo end-$NODE_NAME >> {marker}",
+            ],
+        },
+        format="json",
+    ).json()["id"]
+    wait_until(
+        lambda: (
+            JobExecution.objects.filter(job_id=job_id, status=ExecutionStatus.RUNNING)
+            .values_list("node__name", flat=True)
+            .first()
+        ),
+        20,
+        message="the job to start",
+    )
+    first_node = JobExecution.objects.get(job_id=job_id).node.name
+    other_node = "node-b" if first_node == "node-a" else "node-a"
+    next(p for p in cluster.processes if p.name == first_node).kill()
+
+    wait_until(
+        lambda: job_status(job_id) == JobStatus.SUCCEEDED,
+        40,
+        message="the job to succeed on the other node",
+    )
+    first, second = JobExecution.objects.filter(job_id=job_id).order_by("attempt")
+    assert (first.node.name, first.status, first.error) == (
+        first_node,
+        ExecutionStatus.LOST,
+        "node lost",
+    )
+    assert (second.node.name, second.status) == (other_node, ExecutionStatus.SUCCEEDED)
+    assert Node.objects.get(name=first_node).status == NodeStatus.OFFLINE
+    assert Node.objects.get(name=first_node).allocated_cpu_millis == 0
+    assert [p.name for p in cluster.processes if p.name in ("beat", "control")] == []
+
+
 def test_a_running_execution_its_node_does_not_report_is_failed_over(cluster, api):
     """The agent lives, but the execution's process is gone: its heartbeat says so."""
     cluster.start_node("node-a", cpu=1)

@@ -1,18 +1,22 @@
 """The scheduler process's leadership, run in this process against the real database."""
 
 import socket
+import threading
 import time
+from datetime import timedelta
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection, transaction
+from django.utils import timezone
 
 from common.db import tables_analyze_when_changed
 from common.wakeup import ARRIVAL, SCHEDULER_CHANNEL
-from jobs.models import Job
+from jobs.models import Job, JobExecution
 from jobs.scheduling.cycle import place_pending_jobs
 from jobs.scheduling.leader import Scheduler
-from nodes.models import Node
+from jobs.services.failover import execution_republish_stale
+from nodes.models import Node, NodeStatus
 from resources.models import DEFAULT_QUEUE_NAME, Queue
 from tests.processes import raw_connection
 
@@ -170,3 +174,58 @@ def test_a_table_someone_else_is_vacuuming_is_skipped_not_waited_for(db):
     with connection.cursor() as cursor:
         cursor.execute("SELECT reltuples FROM pg_class WHERE relname = 'nodes_node'")
         assert cursor.fetchone()[0] == 0
+
+
+def test_the_leader_handles_lost_nodes_and_reconciles_at_their_intervals(team, broker, settings):
+    settings.NODE_LOST_CHECK_SECONDS = 60
+    settings.RECONCILE_INTERVAL_SECONDS = 60
+    settings.EXECUTION_DISPATCH_TIMEOUT_SECONDS = 0
+    Node.objects.create(name="n1", cpu_millis=4000, memory_mb=4096, last_heartbeat=timezone.now())
+    Job.objects.create(
+        team=team, queue=Queue.objects.get(name=DEFAULT_QUEUE_NAME), name="j", command=["true"]
+    )
+    assert place_pending_jobs(batch_size=10).placed == 1  # committed, never sent
+    silent = Node.objects.create(
+        name="silent",
+        cpu_millis=1000,
+        memory_mb=1024,
+        last_heartbeat=timezone.now() - timedelta(hours=1),
+    )
+    scheduler = Scheduler(tick_seconds=5, batch_size=10)
+    scheduler.maintain()
+    assert Node.objects.get(pk=silent.pk).status == NodeStatus.OFFLINE
+    assert broker.llen("node.n1") == 1  # reconciliation sent it
+    # Not again before its interval: the wait is bounded by the next one.
+    scheduler.maintain()
+    assert broker.llen("node.n1") == 1
+    assert 50 < scheduler.seconds_to_maintenance() <= 60
+
+
+def test_reconciliation_run_twice_at_once_sends_each_message_once(team, broker, settings):
+    Node.objects.create(name="n1", cpu_millis=4000, memory_mb=4096)
+    Job.objects.create(
+        team=team, queue=Queue.objects.get(name=DEFAULT_QUEUE_NAME), name="j", command=["true"]
+    )
+    assert place_pending_jobs(batch_size=10).placed == 1
+    time.sleep(0.01)
+    # Beat's run holds the row it is re-publishing when the leader's comes.
+    with transaction.atomic():
+        JobExecution.objects.select_for_update().get()
+        assert execution_republish_stale_elsewhere() == 0
+    assert execution_republish_stale(older_than_seconds=0) == 1
+    assert execution_republish_stale(older_than_seconds=0.5) == 0
+    assert broker.llen("node.n1") == 1
+
+
+def execution_republish_stale_elsewhere() -> int:
+    """execution_republish_stale on a connection of its own, as another process runs it."""
+    result = []
+    thread = threading.Thread(
+        target=lambda: (
+            result.append(execution_republish_stale(older_than_seconds=0)),
+            connection.close(),
+        )
+    )
+    thread.start()
+    thread.join(10)
+    return result[0]
