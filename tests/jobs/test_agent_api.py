@@ -180,3 +180,14 @@ def test_a_users_token_is_no_node_credential(api, node_a, team):
     assert claim(api, token).status_code == 401
     assert claim(APIClient(), token).status_code == 401
     assert JobExecution.objects.get(token=token).status == ExecutionStatus.RESERVED
+
+
+def test_a_claim_sent_again_after_a_lost_answer_resumes_it_for_its_node_only(
+    agent_a, agent_b, node_a, team
+):
+    token = reserved_on(node_a, team)
+    assert claim(agent_a, token).status_code == 200  # its answer lost on the way
+    again = agent_a.post("/api/agent/claim/", {"token": token, "resume": True}, format="json")
+    assert again.status_code == 200 and again.json()["token"] == token
+    other = agent_b.post("/api/agent/claim/", {"token": token, "resume": True}, format="json")
+    assert other.status_code == 404
