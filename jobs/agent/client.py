@@ -8,7 +8,8 @@ restarting server), is sent again with exponential back-off until it is answered
 agent stops: an outcome waits in the reporting thread, and the job's slot with it, until
 the server is back, so none is lost. Only the first send of a claim can tell a lost
 answer from a refusal; the sends after it ask to `resume` a claim of this node that the
-server did record.
+server did record (and a batch of successes sent again has those recorded answered as
+ended).
 
 A 401 means the key was revoked (or replaced): the agent cannot act for its node any
 more, and the control plane fails the node over as a lost one when its heartbeats stop.
@@ -138,12 +139,8 @@ class ControlPlane:
     def claim(self, token: str) -> dict | None:
         """The execution to run, claimed for this node; None if it was not reserved for
         it (a duplicate or stale message)."""
-
-        def resume(body):
-            return {**body, "resume": True}
-
         answer = self.post(
-            "/api/agent/claim/", {"token": token}, accept=(404, 409), on_retry=resume
+            "/api/agent/claim/", {"token": token}, accept=(404, 409), on_retry=_resumed
         )
         return answer.body if answer.status == 200 else None
 
@@ -157,6 +154,7 @@ class ControlPlane:
         return self.post(
             "/api/agent/successes/",
             {"successes": successes, "claim": claim, "fill_freed_room": fill_freed_room},
+            on_retry=_resumed,
         ).body
 
     def cancel_requests(self, tokens: list[str]) -> list[str]:
@@ -165,6 +163,11 @@ class ControlPlane:
 
     def log_chunks(self, *, chunks: list[dict], cuts: dict[int, int]) -> None:
         self.post("/api/agent/log-chunks/", {"chunks": chunks, "cuts": cuts}, retry=False)
+
+
+def _resumed(body: dict) -> dict:
+    """A claim or a batch of successes sent again: its first send may have been recorded."""
+    return {**body, "resume": True}
 
 
 _control_plane: ControlPlane | None = None

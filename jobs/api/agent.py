@@ -93,6 +93,13 @@ class SuccessesSerializer(StrictSerializer):
     fill_freed_room = serializers.BooleanField(
         default=True, help_text="False when the agent shuts down: its room is the scheduler's."
     )
+    resume = serializers.BooleanField(
+        default=False,
+        help_text=(
+            "The agent sends the batch again, not knowing whether the first got through: "
+            "successes already recorded are answered as ended."
+        ),
+    )
 
 
 class TokensSerializer(StrictSerializer):
@@ -244,9 +251,21 @@ class SuccessesView(AgentView):
             claim=data["claim"],
             fill_freed_room=data["fill_freed_room"],
         )
+        ended = reported.ended
+        if data["resume"]:
+            ended = sorted(
+                set(ended)
+                | set(
+                    JobExecution.objects.filter(
+                        node_id=node_id,
+                        token__in=[s.token for s in successes],
+                        status=ExecutionStatus.SUCCEEDED,
+                    ).values_list("token", flat=True)
+                )
+            )
         return Response(
             {
-                "ended": reported.ended,
+                "ended": ended,
                 "claimed": ExecutionToRunSerializer(reported.claimed, many=True).data,
             }
         )

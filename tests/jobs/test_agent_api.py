@@ -191,3 +191,14 @@ def test_a_claim_sent_again_after_a_lost_answer_resumes_it_for_its_node_only(
     assert again.status_code == 200 and again.json()["token"] == token
     other = agent_b.post("/api/agent/claim/", {"token": token, "resume": True}, format="json")
     assert other.status_code == 404
+
+
+def test_a_batch_of_successes_sent_again_answers_those_recorded_as_ended(agent_a, node_a, team):
+    token = reserved_on(node_a, team)
+    claim(agent_a, token)
+    body = {"successes": [{"token": token}]}
+    assert agent_a.post("/api/agent/successes/", body, format="json").json()["ended"] == [token]
+    again = agent_a.post("/api/agent/successes/", {**body, "resume": True}, format="json")
+    assert again.json() == {"ended": [token], "claimed": []}
+    plain = agent_a.post("/api/agent/successes/", body, format="json")
+    assert plain.json() == {"ended": [], "claimed": []}
