@@ -71,7 +71,7 @@ def main() -> None:
     ]
     processes = [
         BENCH.start("scheduler", [*manage, "run_scheduler"]),
-        BENCH.start(
+        *BENCH.start_node_agent(
             "node",
             [
                 *manage,
