@@ -43,9 +43,10 @@ def assert_each_ran_exactly_once(ids, marker) -> None:
 def test_an_agent_whose_server_is_down_for_20_s_runs_its_jobs_and_reports_them_after(
     cluster, api, tmp_path
 ):
-    # The control worker is not started here: no node-loss detection runs. An outage of
-    # the web server longer than NODE_LOST_AFTER_SECONDS would fail the node over, by
-    # design, as a lost one.
+    # An outage of the web server longer than NODE_LOST_AFTER_SECONDS fails the node
+    # over, by design, as a lost one: here it is shorter, as with the default of 30 s.
+    cluster.env["NODE_LOST_AFTER_SECONDS"] = "60"
+    cluster.start_maintenance()
     marker = tmp_path / "runs.txt"
     node = cluster.start_node("node-a", cpu=2, slots=8)
     cluster.start_scheduler()
