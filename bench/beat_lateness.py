@@ -77,7 +77,9 @@ def main() -> None:
     worker = ["--concurrency=2", "--pool=threads", "--without-gossip", "--without-mingle"]
     processes = [
         BENCH.start("scheduler", [*manage, "run_scheduler"]),
-        BENCH.start("node", [*manage, "run_node", "--name=bench", "--cpu=4", "--memory-mb=4096"]),
+        *BENCH.start_node_agent(
+            "node", [*manage, "run_node", "--name=bench", "--cpu=4", "--memory-mb=4096"]
+        ),
         BENCH.start(
             "control",
             [*celery, "worker", "-Q", "control", "-n", "control@%h", *worker, *quiet],

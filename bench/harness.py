@@ -4,6 +4,7 @@ with their settings and logs in a scratch directory, polling and percentiles."""
 import http.client
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -87,6 +88,36 @@ class Bench:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    def start_node_agent(self, name: str, argv: list[str], port: int = 8799) -> list:
+        """A node agent as in production: no database, a key of its node's, and a web
+        server of its own on `port` to talk to (started here). Returns both processes;
+        call after set_up. `argv` has `--name NODE` or `--name=NODE`."""
+        from nodes.services import node_credential_issue
+
+        node_name = next(
+            a.split("=", 1)[1] if "=" in a else argv[i + 1]
+            for i, a in enumerate(argv)
+            if a.startswith("--name")
+        )
+        web = self.start(f"{name}-api", gunicorn_argv(port))
+        wait_for(lambda: _listening(port), 60, "the node agent's web server", 0.2)
+        env = {k: v for k, v in self.env.items() if k != "DATABASE_URL"}
+        env["SCHEDULER_API_URL"] = f"http://127.0.0.1:{port}"
+        env["NODE_KEY"] = node_credential_issue(node_name=node_name)[1]
+        log = (self.work / f"{name}.log").open("wb")
+        node = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        return [web, node]
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def stop(processes: list[subprocess.Popen]) -> None:

@@ -124,7 +124,7 @@ def run(args, bench: Bench) -> None:
     ]
     processes = [
         bench.start("scheduler", [*manage, "run_scheduler"]),
-        bench.start(
+        *bench.start_node_agent(
             "node",
             [
                 *manage,

@@ -56,7 +56,7 @@ def main() -> None:
     manage = [sys.executable, str(ROOT / "manage.py")]
     processes = [
         BENCH.start("scheduler", [*manage, "run_scheduler"]),
-        BENCH.start(
+        *BENCH.start_node_agent(
             "node",
             [
                 *manage,

@@ -1,6 +1,7 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
+from .api import agent
 from .api.allocations import AllocationViewSet
 from .api.concurrency_limits import ConcurrencyLimitViewSet
 from .api.definitions import DefinitionViewSet
@@ -27,4 +28,9 @@ urlpatterns = [
     path("metrics/summary/", MetricsSummaryView.as_view(), name="metrics-summary"),
     path("logs/", LogSearchView.as_view(), name="log-search"),
     path("jobs/<int:pk>/events/", JobEventsView.as_view(), name="job-events"),
+    path("agent/claim/", agent.ClaimView.as_view(), name="agent-claim"),
+    path("agent/finish/", agent.FinishView.as_view(), name="agent-finish"),
+    path("agent/successes/", agent.SuccessesView.as_view(), name="agent-successes"),
+    path("agent/cancel-requests/", agent.CancelRequestsView.as_view(), name="agent-cancel"),
+    path("agent/log-chunks/", agent.LogChunksView.as_view(), name="agent-log-chunks"),
 ]

@@ -1,5 +1,7 @@
 """Settings, read from the environment (and an optional `.env` beside manage.py)."""
 
+import secrets
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -13,6 +15,11 @@ environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env.str("SECRET_KEY", default="")
+# A node agent (`manage.py run_node`) signs nothing: it needs no SECRET_KEY, nor a
+# database (see DATABASES).
+NODE_AGENT_PROCESS = sys.argv[1:2] == ["run_node"]
+if not SECRET_KEY and NODE_AGENT_PROCESS:
+    SECRET_KEY = secrets.token_urlsafe(50)
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("Set SECRET_KEY (or DEBUG=true for a development key).")
@@ -74,14 +81,22 @@ TEMPLATES = [
 
 WSGI_APPLICATION = "scheduler_site.wsgi.application"
 
-DATABASES = {
-    "default": env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/scheduler"),
-}
-DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-# Statements run through common.db.prepared_cursor are prepared from their
-# second run on (Django's own cursors bind on the client and are never prepared).
-DATABASES["default"].setdefault("OPTIONS", {}).setdefault("prepare_threshold", 1)
+# A node agent (`manage.py run_node`) reaches the control plane through the web API only
+# (SCHEDULER_API_URL, with its node key): it has no database at all, so Django's dummy
+# backend refuses any query, and the command refuses to start with DATABASE_URL set.
+if NODE_AGENT_PROCESS:
+    DATABASES = {}
+else:
+    DATABASES = {
+        "default": env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/scheduler"),
+    }
+    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # Statements run through common.db.prepared_cursor are prepared from their
+    # second run on (Django's own cursors bind on the client and are never prepared).
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("prepare_threshold", 1)
+# Where node agents find the web API (`run_node`), e.g. https://scheduler.example.com
+SCHEDULER_API_URL = env.str("SCHEDULER_API_URL", default="http://127.0.0.1:8000")
 
 AUTH_USER_MODEL = "accounts.User"
 AUTH_PASSWORD_VALIDATORS = [

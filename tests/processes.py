@@ -1,9 +1,12 @@
 """Real platform processes for tests: the scheduler, node agents, beat, the control
-worker and Flower as subprocesses.
+worker, the web and Flower as subprocesses.
 
 Each runs against the test database and the test Redis database, writes its
 output to a log file under the test's tmp dir, and is always stopped (SIGTERM, then
 SIGKILL of its whole process group) when the test ends.
+
+Node agents, as in production, have no database: each reaches the control plane through
+a web server the cluster starts for them (`api`), with a node key issued for it.
 """
 
 import contextlib
@@ -26,6 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from jobs.scheduling.leader import LEADER_LOCK_ID
 from nodes.models import Node, node_queue_name
+from nodes.services import node_credential_issue
 from scheduler_site.celery import app as celery_app
 
 BASE_DIR = Path(settings.BASE_DIR)
@@ -184,6 +188,9 @@ class Cluster:
     def __init__(self, tmp_path: Path):
         self.tmp_path = tmp_path
         self.processes: list[Process] = []
+        self.api: Process | None = None
+        self.api_port: int | None = None
+        self.api_workers = 1
         self.env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "tests.settings",
@@ -343,10 +350,32 @@ class Cluster:
         if metrics_port:
             args.append(f"--metrics-port={metrics_port}")
         argv = [sys.executable, str(BASE_DIR / "manage.py"), *args]
-        process = self._spawn_with(name, argv, {**self.env, **(env or {})})
+        process = self._spawn_with(name, argv, {**self.node_env(name), **(env or {})})
         if wait:
             self.wait_node_ready(name, process)
         return process
+
+    def node_env(self, name: str) -> dict:
+        """A node agent's environment: the control plane's URL and a key of its node's,
+        and no database."""
+        env = {k: v for k, v in self.env.items() if k != "DATABASE_URL"}
+        env["SCHEDULER_API_URL"] = f"http://127.0.0.1:{self.start_api()}"
+        env["NODE_KEY"] = node_credential_issue(node_name=name)[1]
+        return env
+
+    def start_api(self) -> int:
+        """The web server the node agents talk to, started with the first of them; its
+        port."""
+        if self.api is None or not self.api.alive:
+            self.api_port = self.api_port or free_port()
+            self.api = self.start_web(
+                self.api_port, name="api", workers=self.api_workers, threads=16
+            )
+        return self.api_port
+
+    def stop_api(self) -> None:
+        """Stop the node agents' web server, as a restart or an outage would."""
+        self.api.stop()
 
     def wait_node_ready(self, name: str, process: Process, timeout: float = 30) -> None:
         def ready():
@@ -363,20 +392,22 @@ class Cluster:
             return any(host.startswith(hostname_prefix) for host in workers_answering_ping())
         return queue_consumers(self.broker_url, queue) > 0
 
-    def start_web(self, port: int, **env: str) -> Process:
+    def start_web(
+        self, port: int, *, name: str = "web", workers: int = 1, threads: int = 4, **env: str
+    ) -> Process:
         """The web process as scripts/up starts it (gunicorn, threads), with `env` on top
         of the cluster's; returns once it answers."""
         process = self._spawn_with(
-            "web",
+            name,
             [
                 sys.executable,
                 "-m",
                 "gunicorn",
                 "scheduler_site.wsgi",
                 f"--bind=127.0.0.1:{port}",
-                "--workers=1",
+                f"--workers={workers}",
                 "--worker-class=gthread",
-                "--threads=4",
+                f"--threads={threads}",
             ],
             {**self.env, **env},
         )

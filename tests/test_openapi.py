@@ -140,7 +140,9 @@ def point_at_real_objects(case, world):
 def credentials(case, world) -> dict:
     """A node agent's credential where the operation wants one; otherwise a new API token
     for each request, so logging out or deleting a token cannot lock the next one out."""
-    if case.path in ("/api/nodes/register/", "/api/nodes/{name}/heartbeat/"):
+    if case.path in ("/api/nodes/register/", "/api/nodes/{name}/heartbeat/") or (
+        case.path.startswith("/api/agent/")
+    ):
         return {"Authorization": f"Node {world['node_key']}"}
     key = api_token_issue(user=world["user"], name="schemathesis").key
     return {"Authorization": f"Token {key}"}

@@ -1,5 +1,7 @@
 """The node agent: everything that runs on a node, in the `run_node` process.
 
+- `client`: its only way to the control plane, the web API with the node's key: keep-alive,
+  sent again with back-off while the server cannot answer
 - `supervision`: which node this process is, the host's capacity, the loop that
   heartbeats (with what the jobs use), applies cancels and watches memory, and the
   clean-up of what a previous agent left running

@@ -9,35 +9,51 @@ at once, and its task thread waits for that, so its log is complete in the datab
 before its outcome is. An attempt's log is capped at JOB_LOG_SHIP_MAX_BYTES: past it,
 its oldest chunks are deleted, so the tail is what is kept.
 
-The write goes through a transport: today PostgreSQL, as every other report of the
-agent; `LogShipper` does not care how chunks travel.
+The write goes through a transport: the web API (`POST /api/agent/log-chunks/`), as
+every other report of the agent; `LogShipper` does not care how chunks travel. A send
+that fails is not retried on the spot: its chunks go again with the next send (unless
+the server refused them: then they are dropped).
 """
 
+import dataclasses
 import logging
 import threading
 from collections import deque
 
 from django.conf import settings
-from django.db import close_old_connections, connections
 
-from ..services.logs import LogChunk, log_chunks_append
+from .client import Refused, control_plane
 
 logger = logging.getLogger(__name__)
 
 # A line longer than this is sent in pieces rather than held until it ends.
 LONG_LINE_BYTES = 64 * 1024
+# What one request carries at most, well under the web's API_MAX_BODY_BYTES (1 MiB by
+# default) once JSON has escaped it: output printed faster waits for the next request,
+# which follows at once.
+CHUNK_MAX_BYTES = 128 * 1024
+SEND_MAX_BYTES = 384 * 1024
 
 
-class DatabaseLogTransport:
-    """Sends chunks the way the agent reports everything else today: into PostgreSQL."""
+@dataclasses.dataclass(frozen=True)
+class LogChunk:
+    """A piece of an attempt's output (`jobs.services.logs.LogChunk` on the server)."""
+
+    execution_id: int
+    seq: int
+    first_line: int
+    offset: int
+    text: str
+
+
+class ApiLogTransport:
+    """Sends chunks to the control plane's web API."""
 
     def send(self, chunks: list[LogChunk], cuts: dict[int, int]) -> None:
-        close_old_connections()
-        log_chunks_append(chunks=chunks, cuts=cuts)
+        control_plane().log_chunks(chunks=[dataclasses.asdict(c) for c in chunks], cuts=cuts)
 
     def idle(self) -> None:
-        """Nothing is running: let go of the connection until something is."""
-        connections.close_all()
+        """Nothing is running: the keep-alive connection may stay open."""
 
 
 def _char_start(data: bytes | bytearray, at: int) -> int:
@@ -94,12 +110,12 @@ class AttemptLog:
     def take(self) -> tuple[LogChunk | None, int]:
         """The next chunk to send, if any, and the seq below which chunks are cut."""
         with self.lock:
-            if self.closed:
+            if self.closed and len(self.pending) <= CHUNK_MAX_BYTES:
                 end = len(self.pending)
             else:
-                end = self.pending.rfind(b"\n") + 1
-                if not end and len(self.pending) >= LONG_LINE_BYTES:
-                    end = _char_start(self.pending, len(self.pending))
+                end = self.pending.rfind(b"\n", 0, CHUNK_MAX_BYTES) + 1
+                if not end and (self.closed or len(self.pending) >= LONG_LINE_BYTES):
+                    end = _char_start(self.pending, min(len(self.pending), CHUNK_MAX_BYTES))
             if not end:
                 return None, self.cut_below
             piece = bytes(self.pending[:end])
@@ -115,6 +131,10 @@ class AttemptLog:
                 self.kept_bytes -= size
                 self.cut_below = seq + 1
             return chunk, self.cut_below
+
+    def has_pending(self) -> bool:
+        with self.lock:
+            return bool(self.pending)
 
     def settled(self) -> bool:
         """Closed, with every byte taken and stored."""
@@ -181,10 +201,17 @@ class LogShipper:
         if not logs and not self._unsent:
             return
         chunks, cuts = list(self._unsent), {}
+        size = sum(len(c.text) for c in chunks)
+        more = False
         for log in logs:
+            if size >= SEND_MAX_BYTES:
+                more = True
+                break
             chunk, cut_below = log.take()
             if chunk is not None:
                 chunks.append(chunk)
+                size += len(chunk.text)
+                more = more or log.has_pending()
             if cut_below > self._cuts_sent.get(log.execution_id, 0):
                 cuts[log.execution_id] = cut_below
         taken = {c.execution_id: c.seq + 1 for c in chunks}  # in seq order per attempt
@@ -192,11 +219,17 @@ class LogShipper:
         if chunks or cuts:
             try:
                 self.transport.send(chunks, cuts)
-            except Exception:
-                logger.exception("log shipping failed; sending again with the next chunks")
+            except Refused as exc:
+                # Sending them again would get the same answer: they are dropped, so the
+                # output of the other attempts still goes.
+                logger.warning("log chunks refused, dropped (%s)", exc)
+            except Exception as exc:
+                logger.warning("log shipping failed (%s); sending again with the next chunks", exc)
                 self._unsent = chunks
                 return
         self._unsent = []
+        if more:  # what is left goes in the next request, at once
+            self._wake.set()
         done = []
         for log in logs:
             with log.lock:
@@ -212,4 +245,4 @@ class LogShipper:
             log.shipped.set()
 
 
-shipper = LogShipper(DatabaseLogTransport())
+shipper = LogShipper(ApiLogTransport())

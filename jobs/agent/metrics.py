@@ -24,11 +24,12 @@ used = Gauge(
     registry=registry,
 )
 heartbeats = Counter(
-    "scheduler_agent_heartbeats", "Heartbeats this agent has written.", registry=registry
+    "scheduler_agent_heartbeats", "Heartbeats this agent has sent.", registry=registry
 )
 database_errors = Counter(
     "scheduler_agent_database_errors",
-    "Times the agent's loop lost the database (its heartbeat or cancel check failed).",
+    "Times the agent's loop lost the control plane (its heartbeat or cancel check failed); "
+    "the name is from when agents wrote to the database.",
     registry=registry,
 )
 

@@ -5,7 +5,7 @@ kills everything it started. It gets a working directory of its own and the job'
 environment on top of a minimal base; the agent's own environment, with its database
 URL and secrets, is not passed on. Its stdout and stderr stream through a pipe into a
 log file capped at JOB_LOG_MAX_BYTES, and the last JOB_LOG_TAIL_BYTES are kept for the
-database; the same output is shipped to the database as it comes (`log_shipping`).
+database; the same output is shipped to the control plane as it comes (`log_shipping`).
 The agent's guard (`guard`) kills the job's group if the agent dies.
 
 `running` is this agent's registry of what it runs: the heartbeat reports its tokens,
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from ..models import JobExecution, JobKind
+from ..models import JobKind
 from .log_shipping import AttemptLog, shipper
 from .sampling import resident_mb_by_group
 
@@ -35,6 +35,31 @@ logger = logging.getLogger(__name__)
 
 # Passed through from the agent so ordinary commands behave; nothing else is.
 BASE_ENV_NAMES = ("PATH", "LANG", "LC_ALL", "TZ")
+
+
+@dataclass(frozen=True)
+class ExecutionToRun:
+    """All the agent needs to run an execution, as its claim answered it
+    (`POST /api/agent/claim/`): the agent reads no model and no database."""
+
+    execution_id: int
+    token: str
+    attempt: int
+    job_id: int
+    name: str
+    kind: str
+    command: list
+    callable: str
+    env: dict
+    parameters: dict
+    cpu_millis: int
+    memory_mb: int
+    gpu: int
+    timeout_seconds: int | None
+
+    @classmethod
+    def of(cls, answer: dict) -> "ExecutionToRun":
+        return cls(**{name: answer[name] for name in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -112,6 +137,14 @@ class RunningRegistry:
                 target=tracked.kill, args=("cancelled",), kwargs={"cancelled": True}
             ).start()
 
+    def kill_all(self, reason: str) -> None:
+        """Kill every job this agent runs (its node is being failed over: they run again
+        elsewhere)."""
+        with self._lock:
+            tracked = list(self._items.values())
+        for entry in tracked:
+            threading.Thread(target=entry.kill, args=(reason,)).start()
+
     def enforce_memory_limits(self) -> None:
         """Kill the groups over their memory limit. A group is first looked at once it has
         run for a poll interval: reading /proc costs the same for one group as for all,
@@ -144,8 +177,8 @@ class RunningRegistry:
 running = RunningRegistry()
 
 
-def job_argv(execution: JobExecution) -> list[str]:
-    job = execution.job
+def job_argv(execution: ExecutionToRun) -> list[str]:
+    job = execution
     if job.kind == JobKind.CALLABLE:
         return [sys.executable, "-m", "jobs.agent.callable_runner", job.callable]
     return list(job.command)
@@ -157,8 +190,8 @@ def agent_identity(node_name: str) -> str:
     return f"{node_name}:{Path(settings.NODE_WORK_DIR).resolve()}"
 
 
-def job_environment(execution: JobExecution, node_name: str, workdir: Path) -> dict[str, str]:
-    job = execution.job
+def job_environment(execution: ExecutionToRun, node_name: str, workdir: Path) -> dict[str, str]:
+    job = execution
     env = {name: os.environ[name] for name in BASE_ENV_NAMES if name in os.environ}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env["HOME"] = str(workdir)
@@ -166,7 +199,7 @@ def job_environment(execution: JobExecution, node_name: str, workdir: Path) -> d
     if job.kind == JobKind.CALLABLE:
         env["PYTHONPATH"] = str(settings.BASE_DIR)
     env.update(
-        JOB_ID=str(job.id),
+        JOB_ID=str(job.job_id),
         JOB_ATTEMPT=str(execution.attempt),
         JOB_TOKEN=execution.token,
         JOB_PARAMETERS=json.dumps(job.parameters),
@@ -235,7 +268,7 @@ def describe_exit(returncode: int) -> str:
     return f"exit code {returncode}"
 
 
-def run_job(*, execution: JobExecution, node_name: str, tracked: TrackedExecution) -> Outcome:
+def run_job(*, execution: ExecutionToRun, node_name: str, tracked: TrackedExecution) -> Outcome:
     workdir = Path(settings.NODE_WORK_DIR) / node_name / execution.token
     log_dir = Path(settings.JOB_LOG_DIR)
     log_path = log_dir / f"{execution.token}.log"
@@ -243,7 +276,7 @@ def run_job(*, execution: JobExecution, node_name: str, tracked: TrackedExecutio
     log_dir.mkdir(parents=True, exist_ok=True)
     env = job_environment(execution, node_name, workdir)
     argv = job_argv(execution)
-    shipped = shipper.open(execution.id)
+    shipped = shipper.open(execution.execution_id)
     try:
         return _run_process(execution, node_name, tracked, workdir, log_path, env, argv, shipped)
     finally:
@@ -252,7 +285,7 @@ def run_job(*, execution: JobExecution, node_name: str, tracked: TrackedExecutio
 
 
 def _run_process(
-    execution: JobExecution,
+    execution: ExecutionToRun,
     node_name: str,
     tracked: TrackedExecution,
     workdir: Path,
@@ -261,7 +294,7 @@ def _run_process(
     argv: list[str],
     shipped: AttemptLog,
 ) -> Outcome:
-    job = execution.job
+    job = execution
     try:
         try:
             proc = subprocess.Popen(
@@ -291,7 +324,7 @@ def _run_process(
         tracked.started(proc.pid)
         logger.info(
             "execution started job=%s attempt=%s node=%s token=%s pid=%s",
-            job.id,
+            job.job_id,
             execution.attempt,
             node_name,
             execution.token,

@@ -8,31 +8,28 @@ import threading
 import time
 from pathlib import Path
 
+import requests
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, close_old_connections, connection
-from django.utils import timezone
 
-from nodes.services import NodeUsage, node_heartbeat
-
-from ..selectors import execution_tokens_cancel_requested
 from . import metrics
+from .client import Refused, Revoked, Stopped, control_plane
 from .guard import kill_agent_groups
 from .runner import agent_identity, running
 from .sampling import UsageMeter
 
 logger = logging.getLogger(__name__)
 
-_node: tuple[int, str] | None = None
+_node: str | None = None
 
 
-def become_node(node_id: int, name: str) -> None:
+def become_node(name: str) -> None:
     """Mark this process as the agent of a node; execution tasks run only where set."""
     global _node
-    _node = (node_id, name)
+    _node = name
 
 
-def current_node() -> tuple[int, str] | None:
-    """(id, name) of the node this process is the agent of, if it is one."""
+def current_node() -> str | None:
+    """The name of the node this process is the agent of, if it is one."""
     return _node
 
 
@@ -75,7 +72,6 @@ class AgentLoop(threading.Thread):
             now = time.monotonic()
             if now < min(next_heartbeat, next_cancel_check):
                 continue
-            close_old_connections()
             try:
                 if now >= next_cancel_check:
                     self.apply_cancels()
@@ -83,18 +79,24 @@ class AgentLoop(threading.Thread):
                 if now >= next_heartbeat:
                     self.heartbeat()
                     next_heartbeat = now + settings.NODE_HEARTBEAT_SECONDS
-            except (DatabaseError, InterfaceError):
+            except (Revoked, Stopped):
+                return
+            except (requests.RequestException, Refused) as exc:
                 metrics.database_errors.inc()
-                logger.warning("agent loop lost the database node=%s; will retry", self.node_name)
-        connection.close()
+                logger.warning(
+                    "agent loop lost the control plane node=%s problem=%s; will retry",
+                    self.node_name,
+                    type(exc).__name__,
+                )
 
     def heartbeat(self):
-        # Stamp first, then list: a token claimed before the stamp is in the list.
-        at = timezone.now()
+        # The server stamps the heartbeat when it gets it, after this list is made: an
+        # execution claimed in between is missed once, and the control worker's grace
+        # (a heartbeat interval) covers that unless the request waits longer than it.
         tokens = running.tokens()
         cores, resident_bytes = self.meter.measure(running.process_groups())
-        used = NodeUsage(cpu_millis=round(cores * 1000), memory_mb=resident_bytes // 2**20)
-        node_heartbeat(name=self.node_name, at=at, running_tokens=tokens, used=used)
+        used = {"cpu": round(cores, 3), "memory_mb": resident_bytes // 2**20}
+        control_plane().heartbeat(node_name=self.node_name, running_tokens=tokens, used=used)
         metrics.heartbeats.inc()
         metrics.used.labels("cpu").set(cores)
         metrics.used.labels("memory").set(resident_bytes)
@@ -102,7 +104,7 @@ class AgentLoop(threading.Thread):
     def apply_cancels(self):
         tokens = running.tokens()
         if tokens:
-            for token in execution_tokens_cancel_requested(tokens=tokens):
+            for token in control_plane().cancel_requests(tokens):
                 running.cancel(token)
 
     def stop(self):

@@ -10,11 +10,10 @@ from celery import shared_task
 
 from resources.routing import EXECUTION_TASK
 
-from ..accounting import Success
-from ..models import ExecutionStatus, JobExecution
-from ..services.executions import execution_claim, execution_finish
-from .runner import TrackedExecution, run_job, running
-from .success_batching import Claimed, successes
+from ..models import ExecutionStatus
+from .client import control_plane
+from .runner import ExecutionToRun, TrackedExecution, run_job, running
+from .success_batching import Claimed, Success, successes
 from .supervision import current_node
 from .task_events import Ended, ExecutionTask
 
@@ -25,18 +24,18 @@ logger = logging.getLogger(__name__)
 def run_execution(self, token: str) -> None:
     """Claim and run the execution, then whatever its success placed on the room it freed
     for this thread."""
-    node = current_node()
-    if node is None:
+    node_name = current_node()
+    if node_name is None:
         logger.warning("execution message reached a process that is no node agent token=%s", token)
         return
     task = ExecutionTask.of_message(self.request, token)
     task.start()
     try:
-        claimed = _claim(token, *node)
+        claimed = _claim(token, node_name)
         if claimed is None:
             task.dropped()
         while claimed is not None:
-            ended, claimed = _run(*claimed, *node)
+            ended, claimed = _run(*claimed, node_name)
             task.end(ended)
             if claimed is not None:
                 task = task.next(claimed[0].token)
@@ -46,48 +45,48 @@ def run_execution(self, token: str) -> None:
         raise
 
 
-def _claim(token: str, node_id: int, node_name: str) -> Claimed | None:
+def _claim(token: str, node_name: str) -> Claimed | None:
     # Tracked before the claim, so no heartbeat can miss a claimed execution.
     tracked = running.track(token)
     if tracked is None:
         logger.info("dropped duplicate execution message token=%s node=%s", token, node_name)
         return None
     try:
-        execution = execution_claim(token=token, node_id=node_id)
+        answer = control_plane().claim(token)
     except BaseException:
         running.untrack(tracked)
         raise
-    if execution is None:
+    if answer is None:
         running.untrack(tracked)
         logger.info(
             "dropped duplicate or stale execution message token=%s node=%s", token, node_name
         )
         return None
-    return execution, tracked
+    return ExecutionToRun.of(answer), tracked
 
 
 def _run(
-    execution: JobExecution, tracked: TrackedExecution, node_id: int, node_name: str
+    execution: ExecutionToRun, tracked: TrackedExecution, node_name: str
 ) -> tuple[Ended, Claimed | None]:
     """Run a claimed execution and report how it ended; returns that, and the execution
     claimed on the room its success freed, for this thread to run next, if any."""
     token = execution.token
-    job = execution.job
+    job_id, name = execution.job_id, execution.name
     try:
-        tracked.memory_limit_mb = job.memory_mb
+        tracked.memory_limit_mb = execution.memory_mb
         try:
             outcome = run_job(execution=execution, node_name=node_name, tracked=tracked)
         except Exception as exc:
             logger.exception("agent failed to run execution token=%s node=%s", token, node_name)
             error = f"node agent error: {exc}"
-            status = execution_finish(token=token, exit_code=None, error=error)
-            return Ended(job.id, job.name, status, None, error), None
+            status = _finish(token=token, exit_code=None, error=error)
+            return Ended(job_id, name, status, None, error), None
         if outcome.exit_code == 0 and not outcome.error and not outcome.cancelled:
             success = Success(token=token, log_path=outcome.log_path, log_tail=outcome.log_tail)
-            reported = successes.report(success, node_id=node_id)
+            reported = successes.report(success)
             if reported.ended:
-                return Ended(job.id, job.name, ExecutionStatus.SUCCEEDED, 0, ""), reported.next
-        status = execution_finish(
+                return Ended(job_id, name, ExecutionStatus.SUCCEEDED, 0, ""), reported.next
+        status = _finish(
             token=token,
             exit_code=outcome.exit_code,
             error=outcome.error,
@@ -95,6 +94,13 @@ def _run(
             log_tail=outcome.log_tail,
             cancelled=outcome.cancelled,
         )
-        return Ended(job.id, job.name, status, outcome.exit_code, outcome.error), None
+        return Ended(job_id, name, status, outcome.exit_code, outcome.error), None
     finally:
         running.untrack(tracked)
+
+
+def _finish(**outcome) -> ExecutionStatus | None:
+    """Report an outcome other than a success (or a success the batch did not end);
+    the status the server recorded, None when it ignored it (not running any more)."""
+    status = control_plane().finish(**outcome)
+    return None if status is None else ExecutionStatus(status)

@@ -3,10 +3,12 @@ allocations places the jobs waiting for room on that node, in the same transacti
 the scheduling cycle's rules (queues by fair share and quota, jobs by priority then age),
 so a freed slot does not wait for a scheduler round trip.
 
-The node agent's success batching (`jobs.agent.success_batching`) calls it; the jobs it
-claims there run on the threads whose successes freed the room.
+The node agent reports its successes in batches (`successes_report`, behind `POST
+/api/agent/successes/`); the jobs claimed there run on the agent threads whose successes
+freed the room.
 """
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,12 +16,18 @@ from django.db import transaction
 from django.utils import timezone
 
 from common.db import prepared_cursor
+from common.wakeup import scheduler_wake
 from nodes.models import Node, NodeStatus
 from resources.placement import NodeSlot, Resources
+from resources.routing import routes_known
 
+from ..accounting import Success
 from ..models import JobExecution, PendingReason
-from ..services.executions import job_started_settle
+from ..services.executions import executions_finish_succeeded, job_started_settle
+from ..services.publishing import executions_publish_on_commit
 from .cycle import json_value, lock_pending_jobs, place
+
+logger = logging.getLogger(__name__)
 
 # Placements on freed room serialize on this transaction-level advisory lock, so two
 # nodes' finishes never both read a queue's usage and both place up to its quota; a
@@ -118,3 +126,48 @@ def place_on_freed_room(
         result.placements[len(claimed) :],
         slot.free_cpu_millis > 0 and slot.free_memory_mb > 0,
     )
+
+
+@dataclass(frozen=True)
+class SuccessesReported:
+    ended: list[str]  # the tokens whose executions these successes ended
+    claimed: list[JobExecution]  # placed on the freed room and claimed for the reporter
+
+
+def successes_report(
+    *, node_id: int, successes: list[Success], claim: int, fill_freed_room: bool = True
+) -> SuccessesReported:
+    """End a node's successes and place waiting jobs on the room they freed, in one
+    transaction: up to `claim` of them (no more than successes ended) are claimed for the
+    reporting node to run at once; any others are published once it commits. When room
+    is left (or the node placed nothing), the scheduler is woken to use it.
+
+    The node agent reports through `POST /api/agent/successes/`, so this runs on the
+    server, within that request: the agent needs no database of its own."""
+    placements: list[tuple[str, str]] = []
+    with transaction.atomic():
+        ended = executions_finish_succeeded(successes, wake=False)
+        if not ended:
+            return SuccessesReported([], [])
+        freed = None
+        if fill_freed_room:
+            freed = place_on_freed_room(node_id=node_id, claim=min(claim, len(ended)))
+        # Room left here, or a limit's slot freed, may let the scheduler place jobs
+        # elsewhere.
+        if freed is None or freed.room_left or ended.freed_limit_slots:
+            scheduler_wake()
+        if freed is not None:
+            placements = freed.placements
+    claimed = [] if freed is None else freed.claimed
+    tokens = [e.token for e in claimed] + [token for token, _ in placements]
+    if tokens:
+        logger.info(
+            "placed on the room freed by %s successes node=%s: %s",
+            len(ended),
+            node_id,
+            " ".join(f"token={token}" for token in tokens),
+        )
+    if placements:
+        with routes_known(dict(placements)):
+            executions_publish_on_commit(tokens=[token for token, _ in placements])
+    return SuccessesReported(list(ended), claimed)

@@ -39,7 +39,7 @@ def processes_matching(marker: str) -> list[str]:
 
 
 def test_the_same_execution_message_delivered_three_times_runs_once(cluster, api, tmp_path):
-    cluster.start_node("node-a", cpu=2, slots=4)
+    node = cluster.start_node("node-a", cpu=2, slots=4)
     cluster.start_scheduler()
     marker = tmp_path / "runs.txt"
     job_id = submit(api, command=["sh", "-c", f"echo run >> {marker}; sleep 1"])
@@ -57,7 +57,7 @@ def test_the_same_execution_message_delivered_three_times_runs_once(cluster, api
     def dropped():
         return sum(
             "dropped duplicate" in line and f"token={execution.token} " in line
-            for line in cluster.processes[0].log().splitlines()
+            for line in node.log().splitlines()
         )
 
     wait_until(lambda: dropped() == 3, 10, message="three dropped duplicates")

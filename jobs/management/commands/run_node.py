@@ -2,25 +2,33 @@
 
 Registers the node (capacity detected from the host unless given), heartbeats, and
 runs a Celery worker on the node's own queue, `node.NAME`, in this process.
+
+It reaches the control plane through the web API only (SCHEDULER_API_URL), with the
+node's key (`manage.py issue_node_token NAME`) from NODE_KEY or from the file NODE_KEY_FILE
+names (readable by its owner only), and the broker: no database. It refuses to start with
+DATABASE_URL set, so no agent keeps the platform's password by habit.
 """
 
+import os
+import signal
 import socket
+import stat
 
 from celery import current_app
 from celery.signals import worker_ready, worker_shutting_down
-from django.core.exceptions import ValidationError
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from jobs.agent import metrics as agent_metrics
 from jobs.agent import supervision as agent
 from jobs.agent import tasks  # noqa: F401  (registers the execution task in this worker)
+from jobs.agent.client import ControlPlane, Refused, Revoked, use_control_plane
 from jobs.agent.guard import start_guard
-from jobs.agent.runner import agent_identity
+from jobs.agent.runner import agent_identity, running
 from jobs.agent.success_batching import successes
 from jobs.agent.task_events import use_worker_dispatcher
 from jobs.management.metrics_port import add_metrics_arguments, serve_metrics
 from nodes.models import NODE_NAME_RE, node_queue_name
-from nodes.services import node_register
 
 AGENT_VERSION = "0.1.0"
 
@@ -28,6 +36,47 @@ AGENT_VERSION = "0.1.0"
 def stop_filling_freed_room(**kwargs) -> None:
     """On shutdown, finishes leave their room to the scheduler rather than take new work."""
     successes.fill_freed_room = False
+
+
+def node_key() -> str:
+    """The node's key, from NODE_KEY or the file NODE_KEY_FILE names; a file others may
+    read is refused, as ssh refuses such a private key."""
+    key = os.environ.get("NODE_KEY", "")
+    path = os.environ.get("NODE_KEY_FILE", "")
+    if key and path:
+        raise CommandError("Set NODE_KEY or NODE_KEY_FILE, not both.")
+    if path:
+        try:
+            mode = os.stat(path).st_mode
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise CommandError(f"NODE_KEY_FILE {path} is readable by others; chmod 600 it.")
+            with open(path) as file:
+                key = file.read().strip()
+        except OSError as exc:
+            raise CommandError(f"NODE_KEY_FILE {path}: {exc.strerror}") from exc
+    if not key:
+        raise CommandError(
+            "Set NODE_KEY (or NODE_KEY_FILE) to the node's key: manage.py issue_node_token NAME."
+        )
+    return key
+
+
+def databases_configured() -> list[str]:
+    """The databases this process could reach; none for an agent (Django puts its dummy
+    backend in place of an empty DATABASES)."""
+    return [
+        alias
+        for alias, database in settings.DATABASES.items()
+        if database.get("ENGINE") != "django.db.backends.dummy"
+    ]
+
+
+def stop_on_revoked_key() -> None:
+    """The key was refused: this agent can report nothing any more, and the control plane
+    fails its node over when its heartbeats stop. Kill its jobs and stop, as a lost node
+    would, rather than run work that also runs elsewhere."""
+    running.kill_all("node key revoked")
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def parse_label(text: str) -> tuple[str, str]:
@@ -70,6 +119,11 @@ class Command(BaseCommand):
         metrics_address,
         **options,
     ):
+        if "DATABASE_URL" in os.environ or databases_configured():
+            raise CommandError(
+                "A node agent reaches the control plane through its web API only: "
+                "unset DATABASE_URL, and set SCHEDULER_API_URL and NODE_KEY."
+            )
         if not NODE_NAME_RE.match(name):
             raise CommandError("--name must be lower-case letters, digits and dashes (max 63).")
         cpu_millis = round(cpu * 1000) if cpu is not None else agent.detect_cpu_millis()
@@ -77,30 +131,39 @@ class Command(BaseCommand):
         gpu = gpu if gpu is not None else agent.detect_gpu()
         if cpu_millis < 1 or memory_mb < 0 or gpu < 0:
             raise CommandError("--cpu must be positive; --memory-mb and --gpu not negative.")
+        labels = dict(parse_label(item) for item in label)
+        slots = slots or min(64, max(4, 4 * cpu_millis // 1000))
+        control_plane = ControlPlane(
+            base_url=settings.SCHEDULER_API_URL, key=node_key(), pool_size=slots + 4
+        )
+        control_plane.on_revoked = stop_on_revoked_key
+        use_control_plane(control_plane)
         serve_metrics(self, agent_metrics.serve, port=metrics_port, address=metrics_address)
         try:
-            node = node_register(
-                name=name,
-                cpu_millis=cpu_millis,
-                memory_mb=memory_mb,
-                gpu=gpu,
-                labels=dict(parse_label(item) for item in label),
-                address=socket.gethostname(),
-                agent_version=AGENT_VERSION,
+            node = control_plane.register(
+                {
+                    "name": name,
+                    "cpu": cpu_millis / 1000,
+                    "memory_mb": memory_mb,
+                    "gpu": gpu,
+                    "labels": labels,
+                    "address": socket.gethostname(),
+                    "agent_version": AGENT_VERSION,
+                }
             )
-        except ValidationError as exc:
-            raise CommandError(" ".join(exc.messages)) from exc
-        slots = slots or min(64, max(4, 4 * cpu_millis // 1000))
+        except (Refused, Revoked) as exc:
+            raise CommandError(f"registering with {settings.SCHEDULER_API_URL}: {exc}") from exc
         self.stdout.write(
-            f"node {node.name}: {cpu_millis / 1000:g} CPU, {memory_mb} MB, {gpu} GPU, "
-            f"labels {node.labels}, {slots} slots, queue {node.queue_name}"
+            f"node {name}: {cpu_millis / 1000:g} CPU, {memory_mb} MB, {gpu} GPU, "
+            f"labels {node['labels']}, {slots} slots, queue {node['queue']}, "
+            f"control plane {settings.SCHEDULER_API_URL}"
         )
-        reaped = agent.reap_orphans(node.name)
+        reaped = agent.reap_orphans(name)
         if reaped:
             self.stdout.write(f"killed {reaped} job process group(s) left by a previous agent")
-        start_guard(agent_identity(node.name))
-        agent.become_node(node.id, node.name)
-        loop = agent.AgentLoop(node.name)
+        start_guard(agent_identity(name))
+        agent.become_node(name)
+        loop = agent.AgentLoop(name)
         loop.start()
         worker_shutting_down.connect(stop_filling_freed_room, weak=False)
         worker_ready.connect(use_worker_dispatcher, weak=False)
@@ -108,8 +171,8 @@ class Command(BaseCommand):
             current_app.worker_main(
                 argv=[
                     "worker",
-                    f"--queues={node_queue_name(node.name)}",
-                    f"--hostname={node.name}@{socket.gethostname()}",
+                    f"--queues={node_queue_name(name)}",
+                    f"--hostname={name}@{socket.gethostname()}",
                     "--pool=threads",
                     f"--concurrency={slots}",
                     f"--loglevel={loglevel}",
@@ -121,3 +184,4 @@ class Command(BaseCommand):
         finally:
             loop.stop()
             successes.stop()
+            control_plane.stop()

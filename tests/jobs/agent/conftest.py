@@ -1,11 +1,65 @@
-"""Fixtures of the node agent's tests."""
+"""The node agent's code under test talks to the control plane as in production, through
+`jobs.agent.client`, but its requests are served in this process by the Django test
+client, as node-a's: no web server, and the test's own database."""
 
 import contextlib
 import os
 import signal
 import subprocess
+from urllib.parse import urlsplit
 
 import pytest
+import requests
+from requests.adapters import BaseAdapter
+from requests.structures import CaseInsensitiveDict
+from rest_framework.test import APIClient
+
+from jobs.agent import client
+from jobs.agent.runner import ExecutionToRun
+from jobs.api.agent import ExecutionToRunSerializer
+from nodes.models import NodeCredential
+
+
+class InProcessAdapter(BaseAdapter):
+    """Serves the agent's requests with the Django test client, as `node_name`'s agent."""
+
+    def __init__(self, node_name: str):
+        super().__init__()
+        self.credential = NodeCredential(node_name=node_name)
+
+    def send(self, request, **kwargs):
+        api = APIClient()  # one per request: the agent's threads call at once
+        api.force_authenticate(token=self.credential)
+        answer = api.generic(
+            request.method,
+            urlsplit(request.url).path,
+            request.body or b"",
+            content_type="application/json",
+        )
+        response = requests.Response()
+        response.status_code = answer.status_code
+        response._content = answer.content
+        response.headers = CaseInsensitiveDict(answer.headers.items())
+        response.url, response.request = request.url, request
+        return response
+
+    def close(self):
+        pass
+
+
+@pytest.fixture(autouse=True)
+def control_plane():
+    control_plane = client.ControlPlane(base_url="http://testserver", key="not-used")
+    control_plane.session.mount("http://", InProcessAdapter("node-a"))
+    client.use_control_plane(control_plane)
+    yield control_plane
+    control_plane.stop()
+    client.use_control_plane(None)
+
+
+def to_run(execution) -> ExecutionToRun:
+    """A claimed execution as its claim's answer gives it to the agent."""
+    return ExecutionToRun.of(ExecutionToRunSerializer(execution).data)
 
 
 class Groups:

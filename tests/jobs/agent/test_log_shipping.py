@@ -11,16 +11,17 @@ from django.utils import timezone
 
 from jobs.agent.log_shipping import (
     LONG_LINE_BYTES,
+    ApiLogTransport,
     AttemptLog,
-    DatabaseLogTransport,
+    LogChunk,
     LogShipper,
 )
 from jobs.agent.runner import TrackedExecution, run_job
 from jobs.log_reading import attempt_log
 from jobs.models import JobExecution, JobLogChunk
-from jobs.services.logs import LogChunk
 from jobs.tasks import purge_job_logs
 from nodes.models import Node
+from tests.jobs.agent.conftest import to_run
 from tests.jobs.making import make_jobs, start_running
 from tests.processes import wait_until
 
@@ -91,7 +92,7 @@ def running(transactional_db, team, settings, tmp_path):
 
 def run(execution):
     return run_job(
-        execution=execution, node_name="node-a", tracked=TrackedExecution(execution.token)
+        execution=to_run(execution), node_name="node-a", tracked=TrackedExecution(execution.token)
     )
 
 
@@ -118,7 +119,7 @@ def test_a_running_jobs_lines_are_stored_before_it_ends_and_all_once_it_has(runn
     assert "".join(attempt_log(execution=execution)) == "first\nsecond\nthird"
 
 
-class CountingTransport(DatabaseLogTransport):
+class CountingTransport(ApiLogTransport):
     """The real transport, counting its writes."""
 
     def __init__(self):
@@ -150,8 +151,8 @@ def test_a_chunk_sent_again_is_stored_once_and_one_of_a_gone_attempt_is_dropped(
         LogChunk(execution_id, 0, 1, 0, f"{execution_id}\n")
         for execution_id in (execution.id, gone)
     ]
-    DatabaseLogTransport().send(chunks, {})
-    DatabaseLogTransport().send(chunks[:1], {})  # its answer was lost
+    ApiLogTransport().send(chunks, {})
+    ApiLogTransport().send(chunks[:1], {})  # its answer was lost
     assert list(JobLogChunk.objects.values_list("execution_id", "text")) == [
         (execution.id, f"{execution.id}\n")
     ]

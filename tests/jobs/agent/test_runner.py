@@ -16,9 +16,11 @@ from jobs.scheduling.cycle import place_pending_jobs
 from jobs.services.executions import execution_claim
 from nodes.models import Node
 from resources.models import DEFAULT_QUEUE_NAME, Queue
+from tests.jobs.agent.conftest import to_run
 from tests.processes import gone, wait_until
 
-pytestmark = pytest.mark.django_db
+# The agent's log shipping stores the output from a thread of its own, through the API.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
@@ -40,7 +42,7 @@ def claim(team, settings, tmp_path):
 
 def run(execution, tracked=None):
     tracked = tracked or TrackedExecution(execution.token)
-    return run_job(execution=execution, node_name="node-a", tracked=tracked)
+    return run_job(execution=to_run(execution), node_name="node-a", tracked=tracked)
 
 
 @pytest.mark.parametrize(

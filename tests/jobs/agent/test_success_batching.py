@@ -12,9 +12,8 @@ import pytest
 from django.db import connection
 
 from common.wakeup import SCHEDULER_CHANNEL
-from jobs.accounting import Success
 from jobs.agent.runner import running
-from jobs.agent.success_batching import Reported, SuccessBatcher
+from jobs.agent.success_batching import Reported, Success, SuccessBatcher
 from jobs.models import (
     ConcurrencyLimit,
     ExecutionStatus,
@@ -26,10 +25,18 @@ from jobs.models import (
 from jobs.scheduling.cycle import place_pending_jobs
 from nodes.models import Node
 from resources.models import AllocationStatus
+from tests.jobs.agent.conftest import InProcessAdapter
 from tests.jobs.making import make_jobs, start_running
 from tests.processes import raw_connection, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def control_plane(control_plane):
+    """The agent of node "one"."""
+    control_plane.session.mount("http://", InProcessAdapter("one"))
+    return control_plane
 
 
 @pytest.fixture
@@ -58,7 +65,7 @@ def report_while_the_jobs_are_held(batcher, node, tokens) -> dict[str, Reported 
 
     def report(token):
         try:
-            answers[token] = batcher.report(Success(token), node_id=node.id)
+            answers[token] = batcher.report(Success(token))
         except Exception as exc:
             answers[token] = exc
 
@@ -129,7 +136,7 @@ def test_an_error_in_the_write_is_raised_in_every_waiting_thread(team, broker, b
 
     # The writer carries on: once the counters are right, a report is written.
     Node.objects.filter(pk=node.pk).update(allocated_cpu_millis=4000)
-    assert batcher.report(Success(tokens[0]), node_id=node.id) == Reported(ended=True, next=None)
+    assert batcher.report(Success(tokens[0])) == Reported(ended=True, next=None)
     assert JobExecution.objects.get(token=tokens[0]).status == ExecutionStatus.SUCCEEDED
     node.refresh_from_db()
     assert node.allocated_cpu_millis == 3000
@@ -153,7 +160,7 @@ def test_the_freed_slot_is_claimed_for_the_reporting_thread_or_the_scheduler_is_
     messages = broker.llen("node.one")
     with raw_connection() as listener:
         listener.execute(f"LISTEN {SCHEDULER_CHANNEL}")
-        reported = batcher.report(Success(token), node_id=node.id)
+        reported = batcher.report(Success(token))
         notified = list(listener.notifies(timeout=0.5, stop_after=1))
     assert reported.ended
     if claimed:
@@ -161,7 +168,7 @@ def test_the_freed_slot_is_claimed_for_the_reporting_thread_or_the_scheduler_is_
         running.untrack(tracked)
         # Claimed for the reporting thread, which runs it without a claim of its own.
         assert tracked.token == execution.token
-        assert execution.job.command == ["true"]
+        assert execution.command == ["true"]
         job = Job.objects.get(last_execution__token=execution.token)
         assert (job.status, job.last_execution.status) == ("running", "running")
         assert job.last_execution.allocation.status == AllocationStatus.ACTIVE
@@ -181,7 +188,7 @@ def test_a_batcher_told_not_to_fill_freed_room_leaves_it_to_the_scheduler(team, 
     batcher.fill_freed_room = False
     with raw_connection() as listener:
         listener.execute(f"LISTEN {SCHEDULER_CHANNEL}")
-        reported = batcher.report(Success(token), node_id=node.id)
+        reported = batcher.report(Success(token))
         notified = list(listener.notifies(timeout=0.5, stop_after=1))
 
     assert reported == Reported(ended=True, next=None)
@@ -215,7 +222,7 @@ def test_a_finish_that_frees_a_concurrency_slot_wakes_the_scheduler_though_its_r
     assert keyed.pending_reason == PendingReason.CONCURRENCY_LIMIT
     with raw_connection() as listener:
         listener.execute(f"LISTEN {SCHEDULER_CHANNEL}")
-        reported = batcher.report(Success(token), node_id=node.id)
+        reported = batcher.report(Success(token))
         notified = list(listener.notifies(timeout=0.5, stop_after=1))
     _, tracked = reported.next  # the unkeyed job took the room
     running.untrack(tracked)

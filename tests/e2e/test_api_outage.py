@@ -1,0 +1,98 @@
+"""Node agents reach the control plane through the web API only, so they must outlive
+it: while the web server is down their jobs run on, their outcomes wait in the agent,
+and they are reported once it is back; a restart of every web worker under load loses
+and repeats nothing."""
+
+import time
+
+import pytest
+from django.db.models import Count
+
+from jobs.models import Job, JobExecution, JobStatus
+from tests.processes import wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def submit_marked(api, count, marker, seconds) -> list[int]:
+    """`count` jobs that each append their id to `marker`, then sleep `seconds`."""
+    ids = []
+    for _ in range(count):
+        response = api.post(
+            "/api/jobs/",
+            {
+                "name": "marked",
+                "command": ["sh", "-c", f'echo "$JOB_ID" >> {marker}; sleep {seconds}'],
+                "resources": {"cpu": 0.1, "memory_mb": 16},
+            },
+            format="json",
+        )
+        assert response.status_code == 201, response.json()
+        ids.append(response.json()["id"])
+    return ids
+
+
+def assert_each_ran_exactly_once(ids, marker) -> None:
+    assert Job.objects.filter(pk__in=ids, status=JobStatus.SUCCEEDED).count() == len(ids)
+    runs = sorted(int(line) for line in marker.read_text().split())
+    assert runs == sorted(ids)
+    attempts = JobExecution.objects.filter(job_id__in=ids).values("job_id").annotate(n=Count("id"))
+    assert {row["n"] for row in attempts} == {1}
+
+
+def test_an_agent_whose_server_is_down_for_20_s_runs_its_jobs_and_reports_them_after(
+    cluster, api, tmp_path
+):
+    # An outage of the web server longer than NODE_LOST_AFTER_SECONDS fails the node
+    # over, by design, as a lost one: here it is shorter, as with the default of 30 s.
+    cluster.env["NODE_LOST_AFTER_SECONDS"] = "60"
+    cluster.start_maintenance()
+    marker = tmp_path / "runs.txt"
+    node = cluster.start_node("node-a", cpu=2, slots=8)
+    cluster.start_scheduler()
+    ids = submit_marked(api, 6, marker, 3)
+    wait_until(
+        lambda: Job.objects.filter(pk__in=ids, status=JobStatus.RUNNING).count() == 6,
+        30,
+        message="six running jobs",
+    )
+    cluster.stop_api()
+    down_at = time.monotonic()
+    # The jobs end while the server is away; their outcomes wait in the agent.
+    time.sleep(20)
+    assert node.alive
+    assert Job.objects.filter(pk__in=ids, status=JobStatus.RUNNING).count() == 6
+    assert len(marker.read_text().split()) == 6
+    cluster.start_api()
+    wait_until(
+        lambda: Job.objects.filter(pk__in=ids, status=JobStatus.SUCCEEDED).count() == 6,
+        30,
+        message="the outcomes to be reported",
+    )
+    assert time.monotonic() - down_at >= 20
+    assert_each_ran_exactly_once(ids, marker)
+    assert "control plane unreachable" in node.log()
+
+
+def test_200_jobs_succeed_exactly_once_across_a_restart_of_every_web_worker(cluster, api, tmp_path):
+    marker = tmp_path / "runs.txt"
+    cluster.api_workers = 2
+    node = cluster.start_node("node-a", cpu=2, slots=16)
+    cluster.start_scheduler()
+    ids = submit_marked(api, 200, marker, 0.2)
+    wait_until(
+        lambda: Job.objects.filter(pk__in=ids, status=JobStatus.SUCCEEDED).count() >= 30,
+        60,
+        message="the first jobs to succeed",
+    )
+    cluster.stop_api()
+    time.sleep(2)
+    cluster.start_api()
+    wait_until(
+        lambda: Job.objects.filter(pk__in=ids, status=JobStatus.SUCCEEDED).count() == 200,
+        180,
+        interval=0.5,
+        message="200 jobs to succeed",
+    )
+    assert_each_ran_exactly_once(ids, marker)
+    assert "control plane unreachable" in node.log()  # the agent did meet the restart
