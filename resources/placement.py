@@ -15,7 +15,7 @@ fractions, so ties are real ties and always go to the lower node name.
 import heapq
 import math
 from bisect import bisect_left, insort
-from collections.abc import Hashable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from fractions import Fraction
@@ -385,16 +385,24 @@ class Release:
     gpu: int = 0
 
 
+def could_hold(node: NodeSlot, request: Request) -> bool:
+    """Would the node hold the request with nothing else on it?"""
+    return (
+        request.cpu_millis <= node.cpu_millis
+        and request.memory_mb <= node.memory_mb
+        and request.gpu <= node.gpu
+        and matches_selector(node, request.node_selector)
+    )
+
+
 def expected_start(
     node: NodeSlot, request: Request, releases: Sequence[Release], now: float
 ) -> float | None:
     """When the node will have room for the request at the latest, going by the time
     limits of what runs on it (`releases` must cover all of it); None if never."""
-    wanted = astuple_request(request)
-    if not matches_selector(node, request.node_selector) or any(
-        w > c for w, c in zip(wanted, (node.cpu_millis, node.memory_mb, node.gpu), strict=True)
-    ):
+    if not could_hold(node, request):
         return None
+    wanted = astuple_request(request)
     free = [node.free_cpu_millis, node.free_memory_mb, node.free_gpu]
     if all(f >= w for f, w in zip(free, wanted, strict=True)):
         return now
@@ -498,7 +506,9 @@ def plan_placements(
     nodes: Iterable[NodeSlot],
     capacity: Resources,
     limit_slots: MutableMapping[Hashable, int] | None = None,
-    releases: Mapping[int, Sequence[Release]] | None = None,
+    releases: Mapping[int, Sequence[Release]]
+    | Callable[[], Mapping[int, Sequence[Release]]]
+    | None = None,
     now: float = 0.0,
 ) -> Plan:
     """Place pending jobs, serving queues by fair share and each queue's jobs in order.
@@ -514,14 +524,14 @@ def plan_placements(
     With `releases` (node id -> when its running executions end by their time limits;
     a node left out has one with no limit), the first job that finds no room gets a
     `Reservation`, and no later job starts on its node if it would delay it (see
-    `Reservation.admits`): such a job goes elsewhere, or waits.
+    `Reservation.admits`): such a job goes elsewhere, or waits. `releases` may be a
+    function, called only when a job first finds no room.
     """
     limit_slots = {} if limit_slots is None else limit_slots
     plan = Plan()
     nodes = list(nodes)
     index = NodeIndex(nodes, smallest_request(job.request for job in jobs))
-    # What runs on each node once this plan's placements start, while it is known.
-    releases = None if releases is None else {k: list(v) for k, v in releases.items()}
+    ends = _Ends(releases, now)
     backlog: dict[int, list[PendingJob]] = {}
     for job in jobs:
         backlog.setdefault(job.queue_id, []).append(job)
@@ -554,9 +564,10 @@ def plan_placements(
                     plan.held[job.id] = reservation.job.id
                 elif (
                     reservation is None
-                    and releases is not None
+                    and ends.wanted
                     and choice is Unplaced.INSUFFICIENT_CAPACITY
-                    and (found := reserve(job, nodes, releases, now)) is not None
+                    and any(could_hold(node, job.request) for node in nodes)
+                    and (found := reserve(job, nodes, ends.known(plan), now)) is not None
                 ):
                     plan.reservation = found
                     plan.waiting[job.id] = Unplaced.RESERVATION
@@ -566,13 +577,7 @@ def plan_placements(
                 index.take(choice, job.request)
                 if reservation is not None and choice is reservation.node:
                     reservation.take(job, now)
-                if releases is not None and choice.id in releases:
-                    if job.time_limit is None:
-                        del releases[choice.id]  # its end is unknown from now on
-                    else:
-                        releases[choice.id].append(
-                            Release(now + job.time_limit, *astuple_request(job.request))
-                        )
+                ends.started(job, choice)
                 if job.limit_key in limit_slots:
                     limit_slots[job.limit_key] -= 1
                 queue.allocated += job.request
@@ -587,3 +592,31 @@ def plan_placements(
 
 def astuple_request(request: Request) -> tuple[int, int, int]:
     return request.cpu_millis, request.memory_mb, request.gpu
+
+
+class _Ends:
+    """The releases of each node as a plan goes: what ran before it, and what it starts,
+    each ending by its time limit; read when first needed."""
+
+    def __init__(self, releases, now: float):
+        self.wanted = releases is not None
+        self._source = releases
+        self._now = now
+        self._by_node: dict[int, list[Release]] | None = None
+
+    def known(self, plan: Plan) -> dict[int, list[Release]]:
+        if self._by_node is None:
+            source = self._source() if callable(self._source) else self._source
+            self._by_node = {node_id: list(ends) for node_id, ends in source.items()}
+            for job, node in plan.placements:
+                self.started(job, node)
+        return self._by_node
+
+    def started(self, job: PendingJob, node: NodeSlot) -> None:
+        if self._by_node is None or node.id not in self._by_node:
+            return
+        if job.time_limit is None:
+            del self._by_node[node.id]  # its end is unknown from now on
+        else:
+            release = Release(self._now + job.time_limit, *astuple_request(job.request))
+            self._by_node[node.id].append(release)
