@@ -532,6 +532,7 @@ def plan_placements(
     nodes = list(nodes)
     index = NodeIndex(nodes, smallest_request(job.request for job in jobs))
     ends = _Ends(releases, now)
+    unreservable: set[tuple] = set()  # request keys no node can be reserved for
     backlog: dict[int, list[PendingJob]] = {}
     for job in jobs:
         backlog.setdefault(job.queue_id, []).append(job)
@@ -566,12 +567,16 @@ def plan_placements(
                     reservation is None
                     and ends.wanted
                     and choice is Unplaced.INSUFFICIENT_CAPACITY
-                    and any(could_hold(node, job.request) for node in nodes)
-                    and (found := reserve(job, nodes, ends.known(plan), now)) is not None
+                    and job.request.key not in unreservable
+                    and (found := _reserve_once(job, nodes, ends, plan, now)) is not None
                 ):
                     plan.reservation = found
                     plan.waiting[job.id] = Unplaced.RESERVATION
                 else:
+                    if choice is Unplaced.INSUFFICIENT_CAPACITY and reservation is None:
+                        # No node whose end times are known could ever hold it, and
+                        # they only grow fewer as the plan goes.
+                        unreservable.add(job.request.key)
                     plan.waiting[job.id] = choice
             else:
                 index.take(choice, job.request)
@@ -592,6 +597,12 @@ def plan_placements(
 
 def astuple_request(request: Request) -> tuple[int, int, int]:
     return request.cpu_millis, request.memory_mb, request.gpu
+
+
+def _reserve_once(job, nodes, ends, plan, now) -> Reservation | None:
+    if not any(could_hold(node, job.request) for node in nodes):
+        return None  # larger than any node: no need to read what runs where
+    return reserve(job, nodes, ends.known(plan), now)
 
 
 class _Ends:
