@@ -13,6 +13,7 @@ from django.db.models import F, Q
 class EventType(models.TextChoices):
     JOB_SUBMITTED = "job.submitted", "Job submitted"
     JOB_PLACED = "job.placed", "Job placed on a node"
+    JOB_RESERVED = "job.reserved", "Room reserved for the job on a node"
     JOB_STARTED = "job.started", "Job started"
     JOB_SUCCEEDED = "job.succeeded", "Job succeeded"
     JOB_ATTEMPT_FAILED = "job.attempt_failed", "Attempt failed"

@@ -39,6 +39,13 @@ class PendingReason(models.TextChoices):
     NODE_SELECTOR = "node_selector", "No ready node matches the node selector"
     CONCURRENCY_LIMIT = "concurrency_limit", "Its team's concurrency limit for its key is reached"
     WAITING_ARRAY_SLOT = "waiting_array_slot", "Waiting for a slot of its array's parallelism"
+    # The first job in the scheduler's order that found no room: room is reserved for it
+    # (`reservation_node`, from `reservation_start_at` by the running jobs' time limits).
+    RESERVATION = "reservation", "Room is reserved for it on a node"
+    WOULD_DELAY_RESERVATION = (
+        "would_delay_reservation",
+        "Held back: starting it would delay a job with a reservation",
+    )
 
 
 # A pending job with one of these reasons is held: no scheduling cycle considers it until
@@ -225,6 +232,17 @@ class Job(JobSpec):
     # Among jobs of equal priority, earlier deadlines are placed first; a job not ended
     # by its deadline is cancelled (stopped, if running) with the reason "deadline passed".
     deadline = models.DateTimeField(null=True, blank=True)
+    # Where and when (by the running executions' time limits) room is reserved for it;
+    # meaningful only while its pending reason is `reservation`.
+    reservation_node = models.ForeignKey(
+        "nodes.Node",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
+    )
+    reservation_start_at = models.DateTimeField(null=True, blank=True)
 
     objects = JobQuerySet.as_manager()
 
@@ -288,6 +306,12 @@ class Job(JobSpec):
                 F("id"),
                 name="job_pending_by_queue",
                 condition=Q(status=JobStatus.PENDING) & ~Q(pending_reason__in=HELD_REASONS),
+            ),
+            # Used by placement on freed room and /why/: the jobs room is reserved for.
+            models.Index(
+                fields=["reservation_node"],
+                name="job_reservation_by_node",
+                condition=Q(status=JobStatus.PENDING, pending_reason=PendingReason.RESERVATION),
             ),
             # Used by the jobs list: newest first, by cursor, alone or under one filter
             # (a member's list is also filtered by team).

@@ -55,17 +55,18 @@ def job_why_pending(*, job: Job, now: datetime | None = None) -> dict:
     retry = _last_retry(job) if reason == PendingReason.WAITING_RETRY else None
     queue = _queue_figures(job, request, now=now, due=due)
     groups = node_groups(request=request, nodes=_nodes())
+    reservation = _reservation(job, reason)
     return {
         "job": job.pk,
         "status": job.status,
         "pending": True,
         "reason": reason,
-        "summary": _pending_summary(job, reason, due, retry, queue, groups),
+        "summary": _pending_summary(job, reason, due, retry, queue, groups, reservation),
         "not_before": job.not_before,
         "retry": retry
         and {"attempt": retry.attempt, "reason": retry.reason, "due_at": retry.due_at},
         "queue": queue,
-        "waits_on": _waits_on(job, reason, due),
+        "waits_on": _waits_on(job, reason, due, reservation),
         "nodes": [group.as_json() for group in groups],
     }
 
@@ -78,11 +79,61 @@ def _last_retry(job: Job) -> JobRetry | None:
 # --- What else it waits on ------------------------------------------------------------
 
 
-def _waits_on(job: Job, reason: str, due: bool) -> list[dict]:
+def _reservation(job: Job, reason: str) -> dict | None:
+    """The reservation the job holds (reason `reservation`) or would delay (reason
+    `would_delay_reservation`): at most one job holds one at a time. One query."""
+    if reason == PendingReason.RESERVATION:
+        holder = job
+    elif reason == PendingReason.WOULD_DELAY_RESERVATION:
+        holder = (
+            Job.objects.filter(status=JobStatus.PENDING, pending_reason=PendingReason.RESERVATION)
+            .only("id", "reservation_node_id", "reservation_start_at")
+            .first()
+        )
+        if holder is None:  # started or given up since the last cycle looked
+            return None
+    else:
+        return None
+    node = Node.objects.filter(pk=holder.reservation_node_id).values_list("name", flat=True)
+    return {
+        "job": holder.pk,
+        "node": node.first(),
+        "expected_start": holder.reservation_start_at,
+    }
+
+
+def _reservation_words(reservation: dict) -> str:
+    start = reservation["expected_start"]
+    return (
+        f"reserved: expected start {start.isoformat(timespec='seconds') if start else 'unknown'}"
+        f" on node {reservation['node']}"
+    )
+
+
+def _waits_on(job: Job, reason: str, due: bool, reservation: dict | None = None) -> list[dict]:
     """Each thing besides room that holds the job, with a `kind` and a `summary` in
     words: its start time, its dependencies, its team's concurrency limit, its array's
-    parallelism, and the deadline that cancels it. At most one query per kind."""
+    parallelism, the reservation it holds or would delay, and the deadline that cancels
+    it. At most one query per kind."""
     items = []
+    if reservation is not None and reason == PendingReason.RESERVATION:
+        items.append(
+            {
+                "kind": "reservation",
+                **reservation,
+                "summary": f"Room is {_reservation_words(reservation)}, by the time limits of "
+                "the jobs running there; jobs behind it start only if they cannot delay it.",
+            }
+        )
+    elif reservation is not None:
+        items.append(
+            {
+                "kind": "would_delay",
+                **reservation,
+                "summary": f"Starting it now would delay job {reservation['job']} "
+                f"({_reservation_words(reservation)}).",
+            }
+        )
     if not due:
         kind = "retry_time" if reason == PendingReason.WAITING_RETRY else "start_time"
         items.append(
@@ -357,7 +408,7 @@ def _not_pending_summary(job: Job) -> str:
     return "The job was cancelled."
 
 
-def _pending_summary(job, reason, due, retry, queue, groups) -> str:
+def _pending_summary(job, reason, due, retry, queue, groups, reservation=None) -> str:
     counts = dict.fromkeys(VERDICT_ORDER, 0)
     for group in groups:
         counts[group.verdict] += group.count
@@ -380,6 +431,13 @@ def _pending_summary(job, reason, due, retry, queue, groups) -> str:
     if reason == PendingReason.WAITING_ARRAY_SLOT:
         return "The job waits for a slot of its array's parallelism; it runs when one frees."
     position = f" It is number {queue['position']} of {queue['pending']} in queue {queue['name']}."
+    if reason == PendingReason.RESERVATION and reservation is not None:
+        return f"The job is {_reservation_words(reservation)}.{position}"
+    if reason == PendingReason.WOULD_DELAY_RESERVATION and reservation is not None:
+        return (
+            f"Held back: it would delay job {reservation['job']} "
+            f"({_reservation_words(reservation)}).{position}"
+        )
     if counts[FITS]:
         return (
             f"{counts[FITS]} ready node(s) have room for the job now; the next scheduling "

@@ -57,6 +57,14 @@ class QueueInputSerializer(StrictSerializer):
         choices=PlacementStrategy.choices, default=PlacementStrategy.BINPACK
     )
     quota = QuotaSerializer(required=False)
+    default_timeout_seconds = serializers.IntegerField(
+        min_value=1,
+        max_value=2**31 - 1,
+        allow_null=True,
+        required=False,
+        help_text="Time limit of the queue's jobs that set no timeout_seconds, given them "
+        "at submission; reservations for large jobs are computed from time limits.",
+    )
 
     def validate_teams(self, slugs):
         teams = list(Team.objects.filter(slug__in=slugs))
@@ -84,6 +92,7 @@ class QueueSerializer(serializers.Serializer):
     priority = serializers.IntegerField()
     strategy = serializers.CharField()
     quota = serializers.SerializerMethodField()
+    default_timeout_seconds = serializers.IntegerField(allow_null=True)
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
 

@@ -39,6 +39,12 @@ class Queue(models.Model):
     )
     quota_memory_mb = models.PositiveIntegerField(null=True, blank=True)
     quota_gpu = models.PositiveIntegerField(null=True, blank=True)
+    default_timeout_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Time limit of its jobs that set none, e.g. 3600. Reservations for large "
+        "jobs are computed from time limits; a job running with none blocks them on its node.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -15,7 +15,7 @@ fractions, so ties are real ties and always go to the lower node name.
 import heapq
 import math
 from bisect import bisect_left, insort
-from collections.abc import Hashable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from fractions import Fraction
@@ -85,6 +85,11 @@ class Unplaced(StrEnum):
     INSUFFICIENT_CAPACITY = "insufficient_capacity"
     QUEUE_QUOTA = "queue_quota"
     CONCURRENCY_LIMIT = "concurrency_limit"
+    # The first job that found no room: room is reserved for it on one node (`Reservation`).
+    RESERVATION = "reservation"
+    # It would fit the reserved node now, but would still hold room there when the
+    # reserved job is due to start, and fits nowhere else.
+    WOULD_DELAY_RESERVATION = "would_delay_reservation"
 
 
 # --- Predicates and scores -------------------------------------------------------------
@@ -181,10 +186,12 @@ class _Shape:
         del self.emptiest_last[bisect_left(self.emptiest_last, (free, node.name))]
         del self.emptiest_first[bisect_left(self.emptiest_first, (-free, node.name))]
 
-    def first_fit(self, request: Request, strategy: Strategy) -> NodeSlot | None:
+    def first_fit(
+        self, request: Request, strategy: Strategy, excluding: NodeSlot | None = None
+    ) -> NodeSlot | None:
         entries = self.emptiest_last if strategy is Strategy.BINPACK else self.emptiest_first
         for _, _, node in entries:
-            if fits_now(node, request):
+            if node is not excluding and fits_now(node, request):
                 return node
         return None
 
@@ -229,15 +236,19 @@ class NodeIndex:
         return shapes
 
     def choose(
-        self, request: Request, strategy: Strategy = Strategy.BINPACK
+        self,
+        request: Request,
+        strategy: Strategy = Strategy.BINPACK,
+        excluding: NodeSlot | None = None,
     ) -> NodeSlot | Unplaced:
+        """`choose_node` over the nodes, `excluding` one of them if given."""
         known = self._unplaced.get(request.key)
         if known is not None:
             return known
         best: NodeSlot | None = None
         best_score = (0, 1)  # numerator, denominator of free_fraction_after
         for shape in self.shapes_for(request.node_selector):
-            node = shape.first_fit(request, strategy)
+            node = shape.first_fit(request, strategy, excluding)
             if node is None:
                 continue
             score = (
@@ -253,7 +264,8 @@ class NodeIndex:
             reason = Unplaced.NODE_SELECTOR
         else:
             reason = Unplaced.INSUFFICIENT_CAPACITY
-        self._unplaced[request.key] = reason
+        if excluding is None:  # the excluded node may still take it
+            self._unplaced[request.key] = reason
         return reason
 
     def take(self, node: NodeSlot, request: Request) -> None:
@@ -349,12 +361,133 @@ class PendingJob:
     request: Request
     # Jobs with the same limit key share the slots `plan_placements` is given for it.
     limit_key: Hashable | None = None
+    # The longest it may run once started, in seconds (its timeout, or its queue's
+    # default); None is no limit.
+    time_limit: float | None = None
+
+
+# --- Reservation and backfill ---------------------------------------------------------
+#
+# The first job in the planning order that finds no room gets a reservation: the node
+# where the running executions' time limits free enough room soonest, and that time.
+# Later jobs may still start on that node only if they cannot delay it: they end, by
+# their own time limit, before the reserved start, or they take room the reserved job
+# will not need even then (EASY backfill, as in Slurm's backfill scheduler).
+
+
+@dataclass(frozen=True)
+class Release:
+    """Room a running execution gives back when its time limit ends it, at the latest."""
+
+    at: float  # seconds since the epoch
+    cpu_millis: int
+    memory_mb: int
+    gpu: int = 0
+
+
+def could_hold(node: NodeSlot, request: Request) -> bool:
+    """Would the node hold the request with nothing else on it?"""
+    return (
+        request.cpu_millis <= node.cpu_millis
+        and request.memory_mb <= node.memory_mb
+        and request.gpu <= node.gpu
+        and matches_selector(node, request.node_selector)
+    )
+
+
+def expected_start(
+    node: NodeSlot, request: Request, releases: Sequence[Release], now: float
+) -> float | None:
+    """When the node will have room for the request at the latest, going by the time
+    limits of what runs on it (`releases` must cover all of it); None if never."""
+    if not could_hold(node, request):
+        return None
+    wanted = astuple_request(request)
+    free = [node.free_cpu_millis, node.free_memory_mb, node.free_gpu]
+    if all(f >= w for f, w in zip(free, wanted, strict=True)):
+        return now
+    for release in sorted(releases, key=lambda r: r.at):
+        free[0] += release.cpu_millis
+        free[1] += release.memory_mb
+        free[2] += release.gpu
+        if all(f >= w for f, w in zip(free, wanted, strict=True)):
+            return max(release.at, now)
+    return None
+
+
+@dataclass
+class Reservation:
+    """Room held for `job` on `node` from `starts_at` on, and what is left over then."""
+
+    job: PendingJob
+    node: NodeSlot
+    starts_at: float
+    spare: Resources  # free at starts_at beyond what the job needs
+
+    def admits(self, job: PendingJob, now: float) -> bool:
+        """May the job start on the reserved node now without delaying the reservation?"""
+        if job.time_limit is not None and now + job.time_limit <= self.starts_at:
+            return True  # ended by then, by its own limit
+        request, spare = job.request, self.spare
+        return (
+            request.cpu_millis <= spare.cpu_millis
+            and request.memory_mb <= spare.memory_mb
+            and request.gpu <= spare.gpu
+        )
+
+    def take(self, job: PendingJob, now: float) -> None:
+        if job.time_limit is not None and now + job.time_limit <= self.starts_at:
+            return
+        self.spare = Resources(
+            self.spare.cpu_millis - job.request.cpu_millis,
+            self.spare.memory_mb - job.request.memory_mb,
+            self.spare.gpu - job.request.gpu,
+        )
+
+
+def reserve(
+    job: PendingJob,
+    nodes: Iterable[NodeSlot],
+    releases: Mapping[int, Sequence[Release]],
+    now: float,
+) -> Reservation | None:
+    """The reservation for a job that found no room: the node (of those in `releases`,
+    whose running executions all have time limits) with the earliest expected start,
+    ties to the lower name; None if no such node can ever hold it."""
+    best: tuple[float, str, NodeSlot] | None = None
+    for node in nodes:
+        if node.id not in releases:
+            continue
+        start = expected_start(node, job.request, releases[node.id], now)
+        if start is not None and (best is None or (start, node.name) < best[:2]):
+            best = (start, node.name, node)
+    if best is None:
+        return None
+    start, _, node = best
+    free = Resources(node.free_cpu_millis, node.free_memory_mb, node.free_gpu)
+    for release in releases[node.id]:
+        if release.at <= start:
+            free = Resources(
+                free.cpu_millis + release.cpu_millis,
+                free.memory_mb + release.memory_mb,
+                free.gpu + release.gpu,
+            )
+    request = job.request
+    spare = Resources(
+        free.cpu_millis - request.cpu_millis,
+        free.memory_mb - request.memory_mb,
+        free.gpu - request.gpu,
+    )
+    return Reservation(job=job, node=node, starts_at=start, spare=spare)
 
 
 @dataclass
 class Plan:
     placements: list[tuple[PendingJob, NodeSlot]] = field(default_factory=list)
     waiting: dict[int, Unplaced] = field(default_factory=dict)  # job id -> why
+    reservation: Reservation | None = None
+    # Jobs held back (WOULD_DELAY_RESERVATION): job id -> the reserved job's id.
+    held: dict[int, int] = field(default_factory=dict)
 
 
 def smallest_request(requests: Iterable[Request]) -> Request:
@@ -373,6 +506,10 @@ def plan_placements(
     nodes: Iterable[NodeSlot],
     capacity: Resources,
     limit_slots: MutableMapping[Hashable, int] | None = None,
+    releases: Mapping[int, Sequence[Release]]
+    | Callable[[], Mapping[int, Sequence[Release]]]
+    | None = None,
+    now: float = 0.0,
 ) -> Plan:
     """Place pending jobs, serving queues by fair share and each queue's jobs in order.
 
@@ -383,10 +520,19 @@ def plan_placements(
     first. A job whose `limit_key` has no slot left in `limit_slots` (keys not in it
     have no limit) waits too. `queues`, `nodes` and `limit_slots` are updated in place
     with what was placed.
+
+    With `releases` (node id -> when its running executions end by their time limits;
+    a node left out has one with no limit), the first job that finds no room gets a
+    `Reservation`, and no later job starts on its node if it would delay it (see
+    `Reservation.admits`): such a job goes elsewhere, or waits. `releases` may be a
+    function, called only when a job first finds no room.
     """
     limit_slots = {} if limit_slots is None else limit_slots
     plan = Plan()
+    nodes = list(nodes)
     index = NodeIndex(nodes, smallest_request(job.request for job in jobs))
+    ends = _Ends(releases, now)
+    unreservable: set[tuple] = set()  # request keys no node can be reserved for
     backlog: dict[int, list[PendingJob]] = {}
     for job in jobs:
         backlog.setdefault(job.queue_id, []).append(job)
@@ -398,16 +544,45 @@ def plan_placements(
         rank, qid = heap[0]
         queue, pending = queues[qid], backlog[qid]
         job = pending.pop()
+        reservation = plan.reservation
         if limit_slots.get(job.limit_key, 1) <= 0:
             plan.waiting[job.id] = Unplaced.CONCURRENCY_LIMIT
         elif not queue.within_quota(job.request):
             plan.waiting[job.id] = Unplaced.QUEUE_QUOTA
         else:
-            choice = index.choose(job.request, queue.strategy)
+            held_off = None
+            if reservation is not None and not reservation.admits(job, now):
+                held_off = reservation.node
+            choice = index.choose(job.request, queue.strategy, excluding=held_off)
             if isinstance(choice, Unplaced):
-                plan.waiting[job.id] = choice
+                if (
+                    held_off is not None
+                    and choice is Unplaced.INSUFFICIENT_CAPACITY
+                    and fits_now(held_off, job.request)
+                    and matches_selector(held_off, job.request.node_selector)
+                ):
+                    plan.waiting[job.id] = Unplaced.WOULD_DELAY_RESERVATION
+                    plan.held[job.id] = reservation.job.id
+                elif (
+                    reservation is None
+                    and ends.wanted
+                    and choice is Unplaced.INSUFFICIENT_CAPACITY
+                    and job.request.key not in unreservable
+                    and (found := _reserve_once(job, nodes, ends, plan, now)) is not None
+                ):
+                    plan.reservation = found
+                    plan.waiting[job.id] = Unplaced.RESERVATION
+                else:
+                    if choice is Unplaced.INSUFFICIENT_CAPACITY and reservation is None:
+                        # No node whose end times are known could ever hold it, and
+                        # they only grow fewer as the plan goes.
+                        unreservable.add(job.request.key)
+                    plan.waiting[job.id] = choice
             else:
                 index.take(choice, job.request)
+                if reservation is not None and choice is reservation.node:
+                    reservation.take(job, now)
+                ends.started(job, choice)
                 if job.limit_key in limit_slots:
                     limit_slots[job.limit_key] -= 1
                 queue.allocated += job.request
@@ -418,3 +593,41 @@ def plan_placements(
         else:
             heapq.heappop(heap)
     return plan
+
+
+def astuple_request(request: Request) -> tuple[int, int, int]:
+    return request.cpu_millis, request.memory_mb, request.gpu
+
+
+def _reserve_once(job, nodes, ends, plan, now) -> Reservation | None:
+    if not any(could_hold(node, job.request) for node in nodes):
+        return None  # larger than any node: no need to read what runs where
+    return reserve(job, nodes, ends.known(plan), now)
+
+
+class _Ends:
+    """The releases of each node as a plan goes: what ran before it, and what it starts,
+    each ending by its time limit; read when first needed."""
+
+    def __init__(self, releases, now: float):
+        self.wanted = releases is not None
+        self._source = releases
+        self._now = now
+        self._by_node: dict[int, list[Release]] | None = None
+
+    def known(self, plan: Plan) -> dict[int, list[Release]]:
+        if self._by_node is None:
+            source = self._source() if callable(self._source) else self._source
+            self._by_node = {node_id: list(ends) for node_id, ends in source.items()}
+            for job, node in plan.placements:
+                self.started(job, node)
+        return self._by_node
+
+    def started(self, job: PendingJob, node: NodeSlot) -> None:
+        if self._by_node is None or node.id not in self._by_node:
+            return
+        if job.time_limit is None:
+            del self._by_node[node.id]  # its end is unknown from now on
+        else:
+            release = Release(self._now + job.time_limit, *astuple_request(job.request))
+            self._by_node[node.id].append(release)

@@ -39,6 +39,7 @@ def queue_create(
     quota_cpu_millis: int | None = None,
     quota_memory_mb: int | None = None,
     quota_gpu: int | None = None,
+    default_timeout_seconds: int | None = None,
 ) -> Queue:
     queue = Queue(
         name=name,
@@ -49,6 +50,7 @@ def queue_create(
         quota_cpu_millis=quota_cpu_millis,
         quota_memory_mb=quota_memory_mb,
         quota_gpu=quota_gpu,
+        default_timeout_seconds=default_timeout_seconds,
     )
     queue = _queue_save(queue, teams=teams or [])
     logger.info("queue created queue=%s", queue.name)
@@ -64,6 +66,7 @@ QUEUE_FIELDS = (
     "quota_cpu_millis",
     "quota_memory_mb",
     "quota_gpu",
+    "default_timeout_seconds",
 )
 
 

@@ -46,7 +46,8 @@ class WhyWaitsOnSerializer(serializers.Serializer):
     """One thing besides room that holds the job; the other fields depend on `kind`:
     `at` (start_time, retry_time, deadline), `count`, `unmet` and `jobs` (dependencies:
     the unmet upstreams, at most 20), `key` (concurrency_limit), `array`, `parallelism`
-    and `active` (array_slot)."""
+    and `active` (array_slot), `job`, `node` and `expected_start` (reservation: the one
+    the job holds; would_delay: the one starting the job now would delay)."""
 
     kind = serializers.ChoiceField(
         choices=[
@@ -55,6 +56,8 @@ class WhyWaitsOnSerializer(serializers.Serializer):
             "dependencies",
             "concurrency_limit",
             "array_slot",
+            "reservation",
+            "would_delay",
             "deadline",
         ]
     )

@@ -34,6 +34,7 @@ from resources.placement import (
     Request,
     Resources,
     Strategy,
+    Unplaced,
     plan_placements,
 )
 from resources.routing import routes_known
@@ -49,6 +50,7 @@ from ..models import (
 )
 from ..services.publishing import executions_publish_on_commit
 from .concurrency import concurrency_slots_lock
+from .reservations import reservation_write, running_releases
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +69,16 @@ logger = logging.getLogger(__name__)
 # partial indexes' conditions.
 PENDING_JOBS_SQL = f"""
 SELECT j.id, j.queue_id, j.cpu_millis, j.memory_mb, j.gpu, j.node_selector, j.attempts,
-       j.pending_reason, j.team_id, j.concurrency_key, q.name, q.weight, q.priority,
+       j.pending_reason, j.team_id, j.concurrency_key, j.timeout_seconds,
+       j.reservation_node_id, j.reservation_start_at, q.name, q.weight, q.priority,
        q.strategy, q.quota_cpu_millis, q.quota_memory_mb, q.quota_gpu,
        coalesce(usage.cpu_millis, 0),
        coalesce(usage.memory_mb, 0), coalesce(usage.gpu, 0)
 FROM resources_queue q
 CROSS JOIN LATERAL (
     SELECT id, queue_id, cpu_millis, memory_mb, gpu, node_selector, attempts, pending_reason,
-           team_id, concurrency_key, priority, deadline, created_at
+           team_id, concurrency_key, timeout_seconds, reservation_node_id,
+           reservation_start_at, priority, deadline, created_at
     FROM jobs_job
     WHERE queue_id = q.id
       AND status = {sql_literal(JobStatus.PENDING)}
@@ -156,6 +160,8 @@ class _Pending:
     job: PendingJob
     attempts: int
     pending_reason: str
+    team_id: int
+    reservation: tuple  # (pending reason, node id, start): what the job holds now
 
 
 def json_value(value):
@@ -179,10 +185,14 @@ def lock_pending_jobs(
         rows = cursor.fetchall()
     pending, queues = [], {}
     for row in rows:
-        job_id, queue_id, cpu, memory, gpu, selector, attempts, reason, team_id, key, *queue = row
+        job_id, queue_id, cpu, memory, gpu, selector, attempts, reason, team_id, key = row[:10]
+        timeout, reservation_node, reservation_start, *queue = row[10:]
         request = Request(cpu, memory, gpu, json_value(selector) or {})
         limit_key = (team_id, key) if key else None
-        pending.append(_Pending(PendingJob(job_id, queue_id, request, limit_key), attempts, reason))
+        job = PendingJob(job_id, queue_id, request, limit_key, timeout)
+        pending.append(
+            _Pending(job, attempts, reason, team_id, (reason, reservation_node, reservation_start))
+        )
         if queue_id not in queues:
             name, weight, priority, strategy, quota_cpu, quota_memory, quota_gpu, *used = queue
             queues[queue_id] = QueueState(
@@ -229,14 +239,35 @@ def place_pending_jobs(*, batch_size: int) -> CycleResult:
     capacity = Resources(
         sum(n.cpu_millis for n in nodes), sum(n.memory_mb for n in nodes), sum(n.gpu for n in nodes)
     )
-    result, plan, _ = place(pending, queues, slots.values(), capacity, now, window=per_queue_limit)
+    # A cycle that holds no node locks reserves nothing: the room it would reserve on
+    # may be changing under it. Placement on freed room reserves in such times.
+    result, plan, _ = place(
+        pending,
+        queues,
+        slots.values(),
+        capacity,
+        now,
+        window=per_queue_limit,
+        reserve=not arrivals_only,
+    )
     if arrivals_only:
         result.batch_full, result.full = False, True
+    for reason in plan.waiting.values():
+        result.waiting[reason.value] = result.waiting.get(reason.value, 0) + 1
+    waiting_write(plan, pending)
+    return result
+
+
+def waiting_write(plan: Plan, pending: list[_Pending], *, only: Iterable[str] | None = None):
+    """Record why the plan's waiting jobs wait, where it changed (only for the reasons in
+    `only`, if given), and its reservation."""
     by_job = {p.job.id: p for p in pending}
+    only = None if only is None else set(only)
     changed: dict[str, list[int]] = {}
     for job_id, reason in plan.waiting.items():
-        result.waiting[reason.value] = result.waiting.get(reason.value, 0) + 1
-        if by_job[job_id].pending_reason != reason.value:
+        if only is not None and reason.value not in only:
+            continue
+        if by_job[job_id].pending_reason != reason.value and reason is not Unplaced.RESERVATION:
             changed.setdefault(reason.value, []).append(job_id)
     if changed:
         Job.objects.filter(id__in=[i for ids in changed.values() for i in ids]).update(
@@ -244,7 +275,11 @@ def place_pending_jobs(*, batch_size: int) -> CycleResult:
                 *[When(id__in=ids, then=Value(reason)) for reason, ids in changed.items()]
             )
         )
-    return result
+    reservation_write(
+        plan=plan,
+        held={p.job.id: p.reservation for p in pending},
+        team_ids={p.job.id: p.team_id for p in pending},
+    )
 
 
 def place(
@@ -255,11 +290,14 @@ def place(
     now,
     *,
     window: int,
+    reserve: bool = False,
     claim: int = 0,
     before_claim: Callable[[list[str]], None] | None = None,
 ) -> tuple[CycleResult, Plan, list[JobExecution]]:
     """Plan the locked pending jobs onto the locked nodes and write the placements; the
-    first `claim` are claimed (see `_write_placements`), and come back as executions."""
+    first `claim` are claimed (see `_write_placements`), and come back as executions.
+    With `reserve`, the first job that finds no room gets a reservation on one of the
+    nodes (see `resources.placement.Reservation`)."""
     result = CycleResult(considered=len(pending))
     if not pending:
         return result, Plan(), []
@@ -271,6 +309,10 @@ def place(
         nodes=slots,
         capacity=capacity,
         limit_slots=concurrency_slots_lock({p.job.limit_key for p in pending} - {None}),
+        releases=(lambda: running_releases(node_ids=[s.id for s in slots], now=now))
+        if reserve
+        else None,
+        now=now.timestamp(),
     )
     claimed = []
     if plan.placements:

@@ -15,17 +15,17 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
-from common.db import prepared_cursor
+from common.db import prepared_cursor, sql_literal
 from common.wakeup import scheduler_wake
 from nodes.models import Node, NodeStatus
 from resources.placement import NodeSlot, Resources
 from resources.routing import routes_known
 
 from ..accounting import Success
-from ..models import JobExecution, PendingReason
+from ..models import JobExecution, JobStatus, PendingReason
 from ..services.executions import executions_finish_succeeded, job_started_settle
 from ..services.publishing import executions_publish_on_commit
-from .cycle import json_value, lock_pending_jobs, place
+from .cycle import json_value, lock_pending_jobs, place, waiting_write
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +46,22 @@ FREED_ROOM_REASONS = (
     PendingReason.QUEUE_QUOTA,
     PendingReason.WAITING_RETRY,
     PendingReason.CONCURRENCY_LIMIT,
+    PendingReason.RESERVATION,
+    PendingReason.WOULD_DELAY_RESERVATION,
 )
-NODE_WITH_FREED_ROOM_SQL = """
+# What freed room may write of why the jobs it did not place wait: it sees one node, so
+# only what it knows from that node alone.
+FREED_ROOM_WRITES = (PendingReason.RESERVATION, PendingReason.WOULD_DELAY_RESERVATION)
+# Last, whether a job holds a reservation elsewhere (job_reservation_by_node index): then
+# this node's room cannot delay it, and freed room reserves nothing itself.
+NODE_WITH_FREED_ROOM_SQL = f"""
 SELECT pg_try_advisory_xact_lock(%(lock)s), n.status, n.name, n.cpu_millis, n.memory_mb,
        n.gpu, n.allocated_cpu_millis, n.allocated_memory_mb, n.allocated_gpu, n.labels,
-       cluster.cpu_millis, cluster.memory_mb, cluster.gpu
+       cluster.cpu_millis, cluster.memory_mb, cluster.gpu,
+       EXISTS (SELECT 1 FROM jobs_job r
+                WHERE r.status = {sql_literal(JobStatus.PENDING)}
+                  AND r.pending_reason = {sql_literal(PendingReason.RESERVATION)}
+                  AND r.reservation_node_id IS DISTINCT FROM n.id)
 FROM nodes_node n,
      (SELECT sum(cpu_millis), sum(memory_mb), sum(gpu) FROM nodes_node
        WHERE status <> %(offline)s) AS cluster(cpu_millis, memory_mb, gpu)
@@ -110,16 +121,22 @@ def place_on_freed_room(
     pending, queues = lock_pending_jobs(
         now=now, per_queue=FREED_ROOM_JOBS_PER_QUEUE, reasons=FREED_ROOM_REASONS
     )
-    result, _, claimed = place(
+    # A reservation on this node is honoured (the planner makes it again, from this node's
+    # running jobs' limits); with none anywhere, the first job the room is too small for
+    # gets one here, so a large job is not starved by a stream of small ones.
+    reserved_elsewhere = row[13]
+    result, plan, claimed = place(
         pending,
         queues,
         [slot],
-        Resources(*row[10:]),
+        Resources(*row[10:13]),
         now,
         window=FREED_ROOM_JOBS_PER_QUEUE,
+        reserve=not reserved_elsewhere,
         claim=claim,
         before_claim=before_claim,
     )
+    waiting_write(plan, pending, only=FREED_ROOM_WRITES)
     job_started_settle(executions=claimed, now=now)
     return FreedRoomPlacements(
         claimed,

@@ -10,6 +10,7 @@ from django.utils import timezone
 from accounts.models import Team, User
 from common.wakeup import ARRIVAL, scheduler_wake
 from events.models import EventType
+from resources.models import Queue
 
 from ..models import Job, JobStatus, PendingReason
 from .arrays import array_tasks_create
@@ -57,10 +58,10 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
     try:
         with transaction.atomic():
             if array:
-                job = _array_create(team=team, spec={**spec, "queue": queue}, user=user, **array)
+                job = _array_create(team=team, spec=spec_in_queue(spec, queue), user=user, **array)
             else:
                 job_dependencies_lock(depends_on=depends_on)
-                job = Job.objects.create(team=team, submitted_by=user, **{**spec, "queue": queue})
+                job = Job.objects.create(team=team, submitted_by=user, **spec_in_queue(spec, queue))
                 if depends_on:
                     job_dependencies_record(job=job, depends_on=depends_on)
             by = f" by {user.username}" if user else ""
@@ -80,6 +81,17 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
     scheduler_wake(ARRIVAL)
     logger.info("job submitted job=%s team=%s name=%s", job.id, team.slug, job.name)
     return Submission(job=job, created=True)
+
+
+def spec_in_queue(spec: dict, queue: Queue) -> dict:
+    """The job's fields in its queue: a job that sets no time limit gets the queue's
+    default, which the node enforces as its own and reservations count on."""
+    timeout = spec.get("timeout_seconds")
+    return {
+        **spec,
+        "queue": queue,
+        "timeout_seconds": queue.default_timeout_seconds if timeout is None else timeout,
+    }
 
 
 def _array_create(*, team: Team, spec: dict, user: User | None, count: int, parallelism: int):
@@ -114,7 +126,7 @@ def jobs_submit_many(
         return jobs
     queue = job_spec_check(team=team, spec=spec)
     created = Job.objects.bulk_create(
-        Job(team=team, submitted_by=user, **{**spec, "queue": queue, "idempotency_key": key})
+        Job(team=team, submitted_by=user, **{**spec_in_queue(spec, queue), "idempotency_key": key})
         for key in new_keys
     )
     jobs_submitted_events(created, lambda job: f"submitted to queue {queue.name}")

@@ -77,6 +77,8 @@ def test_a_member_sees_the_queues_their_teams_use_and_only_their_teams_jobs(worl
         "node_selector": 0,
         "concurrency_limit": 0,
         "waiting_array_slot": 0,
+        "reservation": 0,
+        "would_delay_reservation": 0,
         "waiting_not_before": 0,
     }
     assert 100 <= default["oldest_pending_age_seconds"] < 130

@@ -284,3 +284,32 @@ def test_an_array_task_waiting_for_a_slot_names_its_arrays_parallelism(api, smal
         "active": 0,
         "summary": f"Array job {array} runs at most 1 tasks at once; 0 run now.",
     }
+
+
+def test_a_reserved_job_says_when_it_is_expected_to_start_and_a_held_one_whom_it_would_delay(
+    api, team, default_queue
+):
+    node = Node.objects.create(name="node-a", cpu_millis=2000, memory_mb=4096)
+    make_job(team, default_queue, name="running", timeout_seconds=30)
+    (token,) = place_pending_jobs(batch_size=10).tokens
+    execution = execution_claim(token=token, node_id=node.id)
+    big = make_job(team, default_queue, name="big", cpu_millis=2000, timeout_seconds=60)
+    held = make_job(team, default_queue, name="long", timeout_seconds=100)
+    place_pending_jobs(batch_size=10)
+    start = JobExecution.objects.get(pk=execution.pk).started_at + timedelta(seconds=30)
+    words = f"reserved: expected start {start.isoformat(timespec='seconds')} on node node-a"
+
+    answer = why(api, big)
+    assert answer["reason"] == "reservation"
+    assert answer["summary"].startswith(f"The job is {words}.")
+    (item,) = answer["waits_on"]
+    assert item["kind"] == "reservation"
+    assert (item["job"], item["node"]) == (big.pk, "node-a")
+    assert item["expected_start"] == start.isoformat().replace("+00:00", "Z")
+
+    answer = why(api, held)
+    assert answer["reason"] == "would_delay_reservation"
+    assert answer["summary"].startswith(f"Held back: it would delay job {big.pk} ({words}).")
+    (item,) = answer["waits_on"]
+    assert item["kind"] == "would_delay"
+    assert item["job"] == big.pk

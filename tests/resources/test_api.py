@@ -322,3 +322,17 @@ def test_usage_has_a_fixed_number_of_queries(api, cluster_state, django_assert_m
         "default": figures(1.0, 1000, 0),
     }
     assert [(t["team"], t["allocated"]) for t in body["teams"]] == [("blue", figures(3.0, 1200, 0))]
+
+
+def test_staff_set_a_queues_default_time_limit(staff_api, team):
+    response = staff_api.post(
+        "/api/queues/", {"name": "timed", "default_timeout_seconds": 3600}, format="json"
+    )
+    assert response.status_code == 201, response.json()
+    assert response.json()["default_timeout_seconds"] == 3600
+    response = staff_api.patch(
+        "/api/queues/timed/", {"default_timeout_seconds": None}, format="json"
+    )
+    assert response.json()["default_timeout_seconds"] is None
+    response = staff_api.patch("/api/queues/timed/", {"default_timeout_seconds": 0}, format="json")
+    assert response.status_code == 400
