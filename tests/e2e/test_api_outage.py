@@ -75,6 +75,9 @@ def test_an_agent_whose_server_is_down_for_20_s_runs_its_jobs_and_reports_them_a
 
 
 def test_200_jobs_succeed_exactly_once_across_a_restart_of_every_web_worker(cluster, api, tmp_path):
+    # The scheduler leader detects lost nodes; a restart that outlasted the suite's 5 s
+    # (gunicorn's start on a loaded machine) would fail the node over, as a lost one.
+    cluster.env["NODE_LOST_AFTER_SECONDS"] = "60"
     marker = tmp_path / "runs.txt"
     cluster.api_workers = 2
     node = cluster.start_node("node-a", cpu=2, slots=16)
