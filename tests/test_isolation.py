@@ -258,6 +258,13 @@ ENDPOINTS = [
     # Only a node's own credential registers or heartbeats it; user tokens are no credential.
     Endpoint("POST", "/api/nodes/register/", everyone(401), data=NODE),
     Endpoint("POST", "/api/nodes/iso-node/heartbeat/", everyone(401), data={}),
+    # The agents' own API: a node's credential only (another node's executions are a 404:
+    # tests/jobs/test_agent_api.py); user tokens are no credential.
+    Endpoint("POST", "/api/agent/claim/", everyone(401), data={"token": "job-1-attempt-1"}),
+    Endpoint("POST", "/api/agent/finish/", everyone(401), data={"token": "job-1-attempt-1"}),
+    Endpoint("POST", "/api/agent/successes/", everyone(401), data={"successes": []}),
+    Endpoint("POST", "/api/agent/cancel-requests/", everyone(401), data={"tokens": []}),
+    Endpoint("POST", "/api/agent/log-chunks/", everyone(401), data={"chunks": []}),
     # --- queues, allocations, usage
     Endpoint("GET", "/api/queues/", everyone(200), counts={"azure-team": 2, "crimson-team": 2}),
     Endpoint("GET", "/api/queues/azure-q/", azure_only(200)),
