@@ -10,6 +10,7 @@ from accounts.selectors import team_list_visible
 
 from .models import (
     ConcurrencyLimit,
+    ExecutionStatus,
     Job,
     JobDefinition,
     JobExecution,
@@ -39,6 +40,26 @@ def execution_tokens_cancel_requested(*, tokens: list[str]) -> list[str]:
     return list(
         JobExecution.objects.filter(
             token__in=tokens, job__cancel_requested_at__isnull=False
+        ).values_list("token", flat=True)
+    )
+
+
+def execution_running_on_node(*, token: str, node_id: int) -> JobExecution | None:
+    """The execution `token` if it is running on the node: what a node's claim, sent
+    again after its answer was lost, had claimed."""
+    return (
+        JobExecution.objects.select_related("job")
+        .filter(token=token, node_id=node_id, status=ExecutionStatus.RUNNING)
+        .first()
+    )
+
+
+def execution_tokens_succeeded_on_node(*, tokens: list[str], node_id: int) -> list[str]:
+    """Which of these tokens are recorded as succeeded on the node: what a batch of
+    successes, sent again after its answer was lost, had ended."""
+    return list(
+        JobExecution.objects.filter(
+            node_id=node_id, token__in=tokens, status=ExecutionStatus.SUCCEEDED
         ).values_list("token", flat=True)
     )
 

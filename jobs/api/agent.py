@@ -24,9 +24,13 @@ from nodes.authentication import IsNodeAgent, NodeCredentialAuthentication
 from nodes.models import Node
 
 from ..accounting import Success
-from ..models import ExecutionStatus, JobExecution
+from ..models import JobExecution
 from ..scheduling.freed_room import successes_report
-from ..selectors import execution_tokens_cancel_requested
+from ..selectors import (
+    execution_running_on_node,
+    execution_tokens_cancel_requested,
+    execution_tokens_succeeded_on_node,
+)
 from ..services.executions import execution_claim, execution_finish
 from ..services.logs import LogChunk, log_chunks_append
 
@@ -207,11 +211,7 @@ class ClaimView(AgentView):
         self.own(node_id, tokens=[token], known=True)
         execution = execution_claim(token=token, node_id=node_id)
         if execution is None and data["resume"]:
-            execution = (
-                JobExecution.objects.select_related("job")
-                .filter(token=token, node_id=node_id, status=ExecutionStatus.RUNNING)
-                .first()
-            )
+            execution = execution_running_on_node(token=token, node_id=node_id)
         if execution is None:
             return Response(
                 {"detail": "Not reserved for this node: claimed or ended already."},
@@ -253,16 +253,10 @@ class SuccessesView(AgentView):
         )
         ended = reported.ended
         if data["resume"]:
-            ended = sorted(
-                set(ended)
-                | set(
-                    JobExecution.objects.filter(
-                        node_id=node_id,
-                        token__in=[s.token for s in successes],
-                        status=ExecutionStatus.SUCCEEDED,
-                    ).values_list("token", flat=True)
-                )
+            recorded = execution_tokens_succeeded_on_node(
+                tokens=[s.token for s in successes], node_id=node_id
             )
+            ended = sorted(set(ended) | set(recorded))
         return Response(
             {
                 "ended": ended,

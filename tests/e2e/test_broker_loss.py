@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from jobs.models import ExecutionStatus, Job, JobExecution, JobStatus
 from nodes.models import Node, NodeStatus
+from tests.e2e.survivor import submit_survivor
 from tests.processes import restart_redis, wait_until
 from tests.rabbitmq import purge_queues, queue_depth, restart_rabbitmq, vhost_queues_delete
 
@@ -148,20 +149,7 @@ def test_a_node_killed_mid_job_loses_no_job(cluster, api, any_broker, tmp_path):
     cluster.start_maintenance()
     node_a = cluster.start_node("node-a", cpu=1)
     cluster.start_scheduler()
-    job_id = api.post(
-        "/api/jobs/",
-        {
-            "name": "survivor",
-            "command": [
-                "sh",
-                "-c",
-                f"echo start-$NODE_NAME >> {marker}; "
-                f'if [ "$NODE_NAME" = node-a ]; then sleep 60; else sleep 1; fi; '
-                f"echo end-$NODE_NAME >> {marker}",
-            ],
-        },
-        format="json",
-    ).json()["id"]
+    job_id = submit_survivor(api, marker)
     # More for node-a, waiting in its queue (one slot) when its agent dies.
     queued = [
         api.post("/api/jobs/", {"name": f"queued-{i}", "command": ["true"]}, format="json").json()[

@@ -10,6 +10,7 @@ from jobs.scheduling.cycle import place_pending_jobs
 from jobs.services.executions import execution_claim
 from nodes.models import Node, NodeStatus
 from resources.models import AllocationStatus
+from tests.e2e.survivor import submit_survivor
 from tests.processes import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -24,23 +25,7 @@ def test_killed_node_job_runs_elsewhere_and_nothing_runs_twice(cluster, api, tmp
     cluster.start_maintenance()
     node_a = cluster.start_node("node-a", cpu=1)
     cluster.start_scheduler()
-    response = api.post(
-        "/api/jobs/",
-        {
-            "name": "survivor",
-            "command": [
-                "sh",
-                "-c",
-                # Long on node-a, so it is surely still running when its agent is killed
-                # however long node-b takes to start; short on node-b.
-                f"echo start-$NODE_NAME >> {marker}; "
-                f'if [ "$NODE_NAME" = node-a ]; then sleep 60; else sleep 1; fi; '
-                f"echo end-$NODE_NAME >> {marker}",
-            ],
-        },
-        format="json",
-    )
-    job_id = response.json()["id"]
+    job_id = submit_survivor(api, marker)
     wait_until(
         lambda: marker.exists() and "start-node-a" in marker.read_text(),
         20,
