@@ -1,5 +1,7 @@
 """What the audit log records, in one place: every state-changing API request (through
 `AuditMiddleware`) and every admin save, delete or action (through `AuditedModelAdmin`).
+Not the node agents' own traffic (heartbeats and `/api/agent/`): what it changes is in
+the job and node events (`events`), and a row per claim would cost more than the claim.
 
 Views add what only they know (the object, its team, a better action name) with
 `audit_describe`; anything whose key looks secret is redacted before it is stored.
@@ -32,6 +34,8 @@ REDACTED = "[redacted]"
 MAX_CHANGE_BYTES = 16 * 1024
 # Liveness, not change: a heartbeat every few seconds per node would drown the log.
 UNAUDITED_ACTIONS = frozenset({"node.heartbeat"})
+# The agents' claims, reports, cancel polls and log chunks: a few per job run.
+UNAUDITED_PATH_PREFIX = "/api/agent/"
 
 
 def redact(value):
@@ -132,7 +136,11 @@ class AuditMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        if request.method in SAFE_METHODS or not request.path.startswith("/api/"):
+        if (
+            request.method in SAFE_METHODS
+            or not request.path.startswith("/api/")
+            or request.path.startswith(UNAUDITED_PATH_PREFIX)
+        ):
             return self.get_response(request)
         body = self._body_if_json(request)
         response = self.get_response(request)

@@ -6,6 +6,8 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from accounts.models import AuditEvent
+from events.models import Event
 from jobs.models import ExecutionStatus, Job, JobExecution, JobLogChunk, JobStatus
 from jobs.scheduling.cycle import place_pending_jobs
 from nodes.models import Node
@@ -113,6 +115,18 @@ def test_a_success_takes_the_waiting_job_onto_the_room_it_freed(agent_a, node_a,
     assert claimed["job_id"] == waiting.id
     assert JobExecution.objects.get(token=claimed["token"]).status == ExecutionStatus.RUNNING
     assert JobExecution.objects.get(token=token).status == ExecutionStatus.SUCCEEDED
+
+
+def test_the_agents_calls_leave_no_audit_rows_but_job_events(agent_a, node_a, team):
+    """A claim and a success are the job's events (started, succeeded), not audit rows."""
+    token = reserved_on(node_a, team)
+    assert claim(agent_a, token).status_code == 200
+    ended = agent_a.post("/api/agent/successes/", {"successes": [{"token": token}]}, format="json")
+    assert ended.status_code == 200, ended.content
+    assert not AuditEvent.objects.exists()
+    job = Job.objects.get()
+    types = set(Event.objects.filter(job_id=job.id).values_list("type", flat=True))
+    assert {"job.started", "job.succeeded"} <= types
 
 
 def test_it_lists_the_cancel_requests_and_stores_log_chunks(agent_a, node_a, team):
