@@ -180,12 +180,21 @@ class JobQuerySet(models.QuerySet):
 
 
 class Job(JobSpec):
-    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="jobs")
+    # A foreign key that leads an index below (team_id, created_at, ...) gets no index of
+    # its own: every index is written on each of a job's status changes.
+    team = models.ForeignKey(
+        "accounts.Team", on_delete=models.CASCADE, related_name="jobs", db_index=False
+    )
     definition = models.ForeignKey(
         JobDefinition, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
     )
     submitted_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
     )
     status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.PENDING)
     pending_reason = models.CharField(
@@ -226,7 +235,12 @@ class Job(JobSpec):
     array_count = models.PositiveIntegerField(null=True, blank=True)
     array_parallelism = models.PositiveIntegerField(null=True, blank=True)
     array_parent = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="array_tasks"
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="array_tasks",
+        db_index=False,
     )
     array_index = models.PositiveIntegerField(null=True, blank=True)
     # Among jobs of equal priority, earlier deadlines are placed first; a job not ended
@@ -391,10 +405,16 @@ class Job(JobSpec):
 class JobExecution(models.Model):
     """One attempt of a job on one node. Its token is what every message carries."""
 
-    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="executions")
+    # Indexed by the (job, attempt) and (node, status) keys below, and the token by its
+    # unique constraint (no second index for LIKE, which nothing asks of a token).
+    job = models.ForeignKey(
+        Job, on_delete=models.CASCADE, related_name="executions", db_index=False
+    )
     attempt = models.PositiveIntegerField()
-    node = models.ForeignKey("nodes.Node", on_delete=models.PROTECT, related_name="executions")
-    token = models.CharField(max_length=64, unique=True)
+    node = models.ForeignKey(
+        "nodes.Node", on_delete=models.PROTECT, related_name="executions", db_index=False
+    )
+    token = models.CharField(max_length=64)
     status = models.CharField(
         max_length=16, choices=ExecutionStatus.choices, default=ExecutionStatus.RESERVED
     )
@@ -413,6 +433,7 @@ class JobExecution(models.Model):
         ordering = ["job", "attempt"]
         constraints = [
             models.UniqueConstraint(fields=["job", "attempt"], name="execution_job_attempt_unique"),
+            models.UniqueConstraint(fields=["token"], name="execution_token_unique"),
             models.CheckConstraint(condition=Q(attempt__gte=1), name="execution_attempt_positive"),
             models.CheckConstraint(
                 condition=Q(status__in=ExecutionStatus.values), name="execution_status_valid"

@@ -76,7 +76,10 @@ class Allocation(models.Model):
     execution = models.OneToOneField(
         "jobs.JobExecution", on_delete=models.PROTECT, related_name="allocation"
     )
-    node = models.ForeignKey("nodes.Node", on_delete=models.PROTECT, related_name="allocations")
+    # Indexed by the (node, created_at) and (node, status) keys below.
+    node = models.ForeignKey(
+        "nodes.Node", on_delete=models.PROTECT, related_name="allocations", db_index=False
+    )
     cpu_millis = models.PositiveIntegerField()
     memory_mb = models.PositiveIntegerField()
     gpu = models.PositiveIntegerField(default=0)
