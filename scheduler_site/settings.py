@@ -253,6 +253,12 @@ CELERY_TASK_ROUTES = ("resources.routing.route_task",)
 # messages when Redis restarts dies restoring them on the closed connection.
 CELERY_TASK_ACKS_LATE = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# After a broker reconnection Celery would lower the prefetch count and raise it again as
+# each task is acknowledged, with a basic.qos sent and answered from the pool thread that
+# acknowledged, while the consumer thread reads the same AMQP connection: a node agent
+# (threads pool) on RabbitMQ then stopped taking messages after a restart. A node's queue
+# is its own, so over-fetching after a reconnection costs nothing.
+CELERY_WORKER_ENABLE_PREFETCH_COUNT_REDUCTION = False
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_WORKER_SEND_TASK_EVENTS = True
