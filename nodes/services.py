@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Case, Q, Value, When
+from django.db.models import Case, OuterRef, Q, Subquery, Value, When
 from django.utils import timezone
 
 from accounts.services import secret_key_digest, secret_key_generate, secret_key_matches
@@ -257,9 +257,17 @@ def node_credential_issue(*, node_name: str) -> tuple[NodeCredential, str]:
 
 
 def node_credential_verify(key: str) -> NodeCredential | None:
-    """The live credential for `key`, or None if it is unknown or revoked."""
+    """The live credential for `key`, or None if it is unknown or revoked. It carries
+    `node_id`, its node's id (None while the node is not registered), found in the same
+    query: an agent's every call needs it."""
     prefix, _, _secret = key.partition(".")
-    credential = NodeCredential.objects.filter(prefix=prefix, revoked_at__isnull=True).first()
+    credential = (
+        NodeCredential.objects.filter(prefix=prefix, revoked_at__isnull=True)
+        .annotate(
+            node_id=Subquery(Node.objects.filter(name=OuterRef("node_name")).values("id")[:1])
+        )
+        .first()
+    )
     if credential is None or not secret_key_matches(digest=credential.digest, key=key):
         return None
     now = timezone.now()

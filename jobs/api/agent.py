@@ -21,7 +21,6 @@ from rest_framework.views import APIView
 from common.schema import ErrorSerializer
 from common.serializers import StrictSerializer
 from nodes.authentication import IsNodeAgent, NodeCredentialAuthentication
-from nodes.models import Node
 
 from ..accounting import Success
 from ..models import JobExecution
@@ -161,9 +160,7 @@ class AgentView(APIView):
 
     def node_id(self) -> int:
         """The id of the caller's node; 404 while it is not registered."""
-        node_id = (
-            Node.objects.filter(name=self.request.auth.node_name).values_list("id", flat=True)
-        ).first()
+        node_id = self.request.auth.node_id  # found with the credential
         if node_id is None:
             raise NotFound("This node is not registered; register it first.")
         return node_id
@@ -208,8 +205,12 @@ class ClaimView(AgentView):
         data = self.valid(ClaimSerializer)
         token = data["token"]
         node_id = self.node_id()
-        self.own(node_id, tokens=[token], known=True)
+        # The claim takes only an execution reserved for this node; when it takes none,
+        # another node's or an unknown token is a 404, this node's a 409 (or, resuming,
+        # the execution it already runs).
         execution = execution_claim(token=token, node_id=node_id)
+        if execution is None:
+            self.own(node_id, tokens=[token], known=True)
         if execution is None and data["resume"]:
             execution = execution_running_on_node(token=token, node_id=node_id)
         if execution is None:
