@@ -9,6 +9,7 @@ belongs to team azure, the team of the first three callers.
 from dataclasses import dataclass, field
 
 import pytest
+from django.db import transaction
 from django.test import Client
 from django.urls import get_resolver, resolve
 from django.utils import timezone
@@ -32,7 +33,7 @@ from jobs.services.executions import execution_claim
 from jobs.services.submission import job_submit
 from jobs.services.workflows import workflow_cancel, workflow_create, workflow_template_save
 from nodes.models import Node
-from resources.models import Allocation, Queue
+from resources.models import DEFAULT_QUEUE_NAME, Allocation, Queue
 
 pytestmark = pytest.mark.django_db
 
@@ -367,8 +368,28 @@ def submit(team, queue, name, **fields):
     )
 
 
+@pytest.fixture(scope="module")
+def shared_world(django_db_setup, django_db_blocker):
+    """The world, built once for the module's ~550 requests inside a transaction rolled
+    back when the module ends. Each test runs in a savepoint of it (pytest-django's
+    `db`), so whatever a request changes is gone for the next."""
+    with django_db_blocker.unblock():
+        atomic = transaction.atomic()
+        atomic.__enter__()
+        try:
+            Queue.objects.get_or_create(name=DEFAULT_QUEUE_NAME, defaults={"all_teams": True})
+            yield build_world()
+        finally:
+            transaction.set_rollback(True)
+            atomic.__exit__(None, None, None)
+
+
 @pytest.fixture
-def world(default_queue):
+def world(shared_world, db):
+    return shared_world
+
+
+def build_world() -> dict:
     """Two teams, each with a running job (its log holds a mark), a failed one and pending
     ones, a queue of its own, an allocation and audit events."""
     azure = Team.objects.create(name="Azure", slug="azure-team")
