@@ -47,7 +47,7 @@ def job_cancel(*, job: Job, user: User | None = None, reason: str = "") -> Job:
                 f"The job already ended ({job.status}); there is nothing to cancel."
             )
         job.cancel_reason = cancel_reason(reason=reason, user=user)
-        if job.status == JobStatus.RESERVED:
+        if job.status == JobStatus.RESERVED or (job.status == JobStatus.RUNNING and job.tasks > 1):
             # Every execution of the attempt (a gang's tasks), locked so that a claim
             # racing for one has either run (it is running) or finds it cancelled.
             attempt = JobExecution.objects.filter(job=job, attempt=job.attempts)
@@ -62,7 +62,8 @@ def job_cancel(*, job: Job, user: User | None = None, reason: str = "") -> Job:
             for execution_id in unstarted:
                 allocation_release(execution_id=execution_id, now=now)
             if attempt.filter(status=ExecutionStatus.RUNNING).exists():
-                job.cancel_requested_at = now  # claimed meanwhile: it is running now
+                # Claimed (meanwhile): its node stops it.
+                job.cancel_requested_at = job.cancel_requested_at or now
             else:
                 job_end(job, JobStatus.CANCELLED, now)
         elif job.status == JobStatus.PENDING:
