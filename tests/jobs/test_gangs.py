@@ -217,3 +217,19 @@ def test_a_cancel_of_a_placed_gang_cancels_the_unstarted_and_stops_the_started(t
     job.refresh_from_db()
     assert job.status == JobStatus.CANCELLED
     assert all(n.allocated_cpu_millis == 0 for n in Node.objects.all())
+
+
+def test_each_tasks_attempt_and_log_are_listed_apart(team, three_nodes, api):
+    job = gang(team)
+    place_pending_jobs(batch_size=10)
+    for execution in claim_all(job):
+        execution_finish(
+            token=execution.token, exit_code=0, log_tail=f"task {execution.task_index}\n"
+        )
+    listed = api.get(f"/api/jobs/{job.id}/executions/").json()
+    rows = listed["results"] if isinstance(listed, dict) else listed
+    assert [(e["attempt"], e["task_index"]) for e in rows] == [(1, 0), (1, 1), (1, 2)]
+    for query, text in (("?task=1", b"task 1\n"), ("", b"task 0\n")):
+        response = api.get(f"/api/jobs/{job.id}/logs/{query}")
+        assert b"".join(response.streaming_content) == text
+    assert api.get(f"/api/jobs/{job.id}/logs/?task=3").status_code == 404
