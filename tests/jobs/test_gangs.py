@@ -8,7 +8,7 @@ from events.models import Event, EventType
 from jobs.models import ExecutionStatus, Job, JobExecution, JobStatus, PendingReason
 from jobs.scheduling.cycle import place_pending_jobs
 from jobs.selectors import execution_tokens_cancel_requested
-from jobs.services.actions import job_cancel
+from jobs.services.actions import execution_release_stuck, job_cancel
 from jobs.services.executions import execution_claim, execution_finish
 from jobs.services.failover import execution_fail_over
 from nodes.models import Node
@@ -233,3 +233,16 @@ def test_each_tasks_attempt_and_log_are_listed_apart(team, three_nodes, api):
         response = api.get(f"/api/jobs/{job.id}/logs/{query}")
         assert b"".join(response.streaming_content) == text
     assert api.get(f"/api/jobs/{job.id}/logs/?task=3").status_code == 404
+
+
+def test_an_operator_releasing_a_stuck_task_stops_the_rest_of_its_gang(team, three_nodes):
+    job = gang(team)
+    place_pending_jobs(batch_size=10)
+    claimed = claim_all(job)
+    assert execution_release_stuck(execution_id=claimed[2].id, released_by="admin")
+    assert {e.task_index for e in executions(job) if e.stop_requested_at} == {0, 1}
+    for execution in claimed[:2]:
+        execution_finish(token=execution.token, exit_code=-15, cancelled=True)
+    job.refresh_from_db()
+    assert (job.status, job.attempts) == (JobStatus.FAILED, 1)  # no retries left
+    assert all(n.allocated_cpu_millis == 0 for n in Node.objects.all())
