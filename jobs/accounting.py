@@ -45,10 +45,12 @@ JOB_RUN_FIELDS = (
     "memory_mb",
     "gpu",
     "timeout_seconds",
+    "tasks",
 )
 _JSON_RUN_FIELDS = {"command", "env", "parameters"}
 
-# The row of a claimed execution, as placements and claims return it: last, whether
+# The row of a claimed execution, as placements and claims return it: its task's index
+# and the addresses of its gang's nodes in task order (JOB_TASK_NODES), and last, whether
 # jobs wait for this one to start, so the claim's caller asks no second question to know
 # whether it has dependents to release.
 CLAIMED_COLUMNS = (
@@ -57,13 +59,32 @@ CLAIMED_COLUMNS = (
     "attempt",
     "token",
     "node_id",
+    "task_index",
     *JOB_RUN_FIELDS,
+    "task_nodes",
     "releases_on_start",
 )
-_JOB_RUN_COLUMNS = ", ".join(f"j.{name}" for name in JOB_RUN_FIELDS) + (
-    ", EXISTS (SELECT FROM jobs_jobdependency d"
-    " WHERE d.upstream_id = j.id AND d.on = %(dependency_started)s)"
-)
+# A node's address, or its name when it registered none.
+NODE_ADDRESS_SQL = "coalesce(nullif({n}.address, ''), {n}.name)"
+
+
+def _job_run_columns(execution: str) -> str:
+    """The columns after CLAIMED_COLUMNS' node_id, for `execution` (an alias with job_id,
+    attempt, node_id, task_index) and its job `j`. A gang's other executions are read
+    from the table: a gang is claimed task by task, never where it is placed."""
+    own_address = NODE_ADDRESS_SQL.format(n="n")
+    return (
+        f"{execution}.task_index, "
+        + ", ".join(f"j.{name}" for name in JOB_RUN_FIELDS)
+        + f""",
+        CASE WHEN j.tasks = 1
+             THEN (SELECT {own_address} FROM nodes_node n WHERE n.id = {execution}.node_id)
+             ELSE (SELECT string_agg({own_address}, ',' ORDER BY x.task_index)
+                     FROM jobs_jobexecution x JOIN nodes_node n ON n.id = x.node_id
+                    WHERE x.job_id = j.id AND x.attempt = {execution}.attempt) END,
+        EXISTS (SELECT FROM jobs_jobdependency d
+                 WHERE d.upstream_id = j.id AND d.on = %(dependency_started)s)"""
+    )
 
 
 def claimed_execution(row: Sequence, *, now) -> JobExecution:
@@ -80,11 +101,13 @@ def claimed_execution(row: Sequence, *, now) -> JobExecution:
         id=values["execution_id"],
         job=job,
         attempt=values["attempt"],
+        task_index=values["task_index"],
         node_id=values["node_id"],
         token=values["token"],
         status=ExecutionStatus.RUNNING,
         started_at=now,
     )
+    execution.task_nodes = values["task_nodes"]
     execution.releases_on_start = values["releases_on_start"]
     return execution
 
@@ -156,16 +179,23 @@ def _started_events(rows: str, where: str = "TRUE") -> str:
 
 # --- Placing --------------------------------------------------------------------------
 
-# A placement's event names the node, the queue and its strategy; one claimed at once
-# also has its started event.
+# A placement's event names the node, the queue and its strategy (a gang's, each task's
+# node, with its index); one claimed at once also has its started event.
 _PLACED_EVENTS = f"""
-    SELECT %(now)s::timestamptz, %(event_placed)s, job.team_id, job.id, job.node_id,
+    SELECT %(now)s::timestamptz, %(event_placed)s, job.team_id, job.id, p.node_id,
            job.attempt,
-           format('placed on %%s (queue %%s, %%s), attempt %%s', n.name, q.name, q.strategy,
-                  job.attempt),
+           format('placed on %%s (queue %%s, %%s), attempt %%s%%s', n.name, q.name,
+                  q.strategy, job.attempt,
+                  CASE WHEN j.tasks > 1
+                       THEN format(', task %%s of %%s', p.task_index, j.tasks) ELSE '' END),
            jsonb_build_object('node', n.name, 'queue', q.name, 'strategy', q.strategy,
-                              'token', job.token)
-      FROM job JOIN nodes_node n ON n.id = job.node_id
+                              'token', p.token)
+             || CASE WHEN j.tasks > 1
+                     THEN jsonb_build_object('task_index', p.task_index, 'tasks', j.tasks)
+                     ELSE '{{}}'::jsonb END
+      FROM job JOIN placed p ON p.job_id = job.id
+      JOIN jobs_job j ON j.id = job.id
+      JOIN nodes_node n ON n.id = p.node_id
       JOIN resources_queue q ON q.id = job.queue_id
     UNION ALL {_started_events("job", "r.claimed")}"""
 
@@ -176,43 +206,48 @@ _PLACED_EVENTS = f"""
 # locked are here, so their status is still pending; the nodes are locked too. A column
 # added to these tables needs a value here (or a database default); the cycle tests fail
 # until it has one. A placement marked `claimed` is claimed for its node at once (as
-# `claim_execution` leaves it), and its row of CLAIMED_COLUMNS comes back.
+# `claim_execution` leaves it), and its row of CLAIMED_COLUMNS comes back. A gang has a
+# placement per task, all in this statement; its job row follows its task 0 (the only
+# one a claim may be asked for: freed room places no gangs).
 _PLACE_SQL = f"""
 WITH placed AS (
     SELECT * FROM unnest(%(job_ids)s::bigint[], %(attempts)s::integer[],
                          %(node_ids)s::bigint[], %(tokens)s::text[], %(cpu)s::integer[],
-                         %(memory)s::integer[], %(gpu)s::integer[], %(claimed)s::boolean[])
-        AS p(job_id, attempt, node_id, token, cpu_millis, memory_mb, gpu, claimed)
+                         %(memory)s::integer[], %(gpu)s::integer[], %(claimed)s::boolean[],
+                         %(task_indexes)s::integer[])
+        AS p(job_id, attempt, node_id, token, cpu_millis, memory_mb, gpu, claimed, task_index)
 ), execution AS (
     INSERT INTO jobs_jobexecution
-        (job_id, attempt, node_id, token, status, reserved_at, started_at, error, log_path,
-         log_tail)
-    SELECT job_id, attempt, node_id, token,
+        (job_id, attempt, task_index, node_id, token, status, reserved_at, started_at, error,
+         log_path, log_tail)
+    SELECT job_id, attempt, task_index, node_id, token,
            CASE WHEN claimed THEN %(execution_running)s ELSE %(execution_reserved)s END,
            %(now)s, CASE WHEN claimed THEN %(now)s END, '', '', ''
       FROM placed
-    RETURNING id, job_id
+    RETURNING id, token
 ), allocation AS (
     INSERT INTO resources_allocation
         (execution_id, node_id, cpu_millis, memory_mb, gpu, status, created_at, activated_at)
     SELECT execution.id, node_id, cpu_millis, memory_mb, gpu,
            CASE WHEN claimed THEN %(allocation_active)s ELSE %(allocation_reserved)s END,
            %(now)s, CASE WHEN claimed THEN %(now)s END
-      FROM placed JOIN execution USING (job_id)
+      FROM placed JOIN execution USING (token)
 ), job AS (
     UPDATE jobs_job AS job
        SET status = CASE WHEN placed.claimed THEN %(job_running)s ELSE %(job_reserved)s END,
            started_at = CASE WHEN placed.claimed THEN %(now)s ELSE job.started_at END,
            pending_reason = %(no_reason)s, attempts = placed.attempt,
            last_execution_id = execution.id
-      FROM placed JOIN execution USING (job_id)
-     WHERE job.id = placed.job_id
+      FROM placed JOIN execution USING (token)
+     WHERE job.id = placed.job_id AND placed.task_index = 0
     RETURNING job.id, execution.id AS execution_id, placed.attempt, placed.token,
-              placed.node_id, placed.claimed, job.id AS job_id, job.team_id, job.queue_id
+              placed.node_id, placed.claimed, job.id AS job_id, job.team_id, job.queue_id,
+              placed.task_index
 ), node AS ({_node_counters_change("+", "placed")}
 ), event AS ({_events_insert(_PLACED_EVENTS)}
 )
-SELECT job.execution_id, job.id, job.attempt, job.token, job.node_id, {_JOB_RUN_COLUMNS}
+SELECT job.execution_id, job.id, job.attempt, job.token, job.node_id,
+       {_job_run_columns("job")}
   FROM job JOIN jobs_job j ON j.id = job.id
  WHERE job.claimed
 """
@@ -231,6 +266,7 @@ class Placement(NamedTuple):  # a tuple: a cycle makes thousands of them
     memory_mb: int
     gpu: int
     claimed: bool = False  # claimed for its node at once: running, not reserved
+    task_index: int = 0  # a gang's task
 
 
 def placements_write(placements: Sequence[Placement], *, now) -> list[JobExecution]:
@@ -239,7 +275,7 @@ def placements_write(placements: Sequence[Placement], *, now) -> list[JobExecuti
         return []
     small = len(placements) <= PREPARED_PLACEMENTS_MAX
     columns = map(list, zip(*placements, strict=True))
-    job_ids, attempts, node_ids, tokens, cpu, memory, gpu, claimed = columns
+    job_ids, attempts, node_ids, tokens, cpu, memory, gpu, claimed, task_indexes = columns
     with prepared_cursor() if small else connection.cursor() as cursor:
         cursor.execute(
             _PLACE_SQL,
@@ -253,6 +289,7 @@ def placements_write(placements: Sequence[Placement], *, now) -> list[JobExecuti
                 "memory": memory,
                 "gpu": gpu,
                 "claimed": claimed,
+                "task_indexes": task_indexes,
                 **_START_PARAMETERS,
                 "no_reason": PendingReason.NONE,
             },
@@ -271,7 +308,7 @@ _CLAIM_SQL = f"""
 WITH execution AS (
     UPDATE jobs_jobexecution SET status = %(execution_running)s, started_at = %(now)s
      WHERE token = %(token)s AND status = %(execution_reserved)s AND node_id = %(node_id)s
- RETURNING id, job_id, attempt, token, node_id
+ RETURNING id, job_id, attempt, token, node_id, task_index
 ), allocation AS (
     UPDATE resources_allocation a SET status = %(allocation_active)s, activated_at = %(now)s
       FROM execution
@@ -288,7 +325,7 @@ WITH execution AS (
 }
 )
 SELECT execution.id, execution.job_id, execution.attempt, execution.token,
-       execution.node_id, {_JOB_RUN_COLUMNS}
+       execution.node_id, {_job_run_columns("execution")}
   FROM execution JOIN jobs_job j ON j.id = execution.job_id
 """
 
@@ -323,11 +360,11 @@ _SUCCEEDED_EVENTS = """
 # for a whole batch of them: their row locks (jobs, then executions, allocations and
 # nodes) are taken at once, never one by one while an agent thread waits for its turn
 # to send the next statement, and each node row is written once per batch. An execution
-# is left alone when its job has a cancel pending or is not live, or when it is not
-# running; the general path then decides. The batch's executions are found by token
-# first (materialized), so the plan starts from the handful of rows the batch is about,
-# whatever the statistics say about the jobs table; a token reported twice counts once,
-# with its first report.
+# is left alone when its job has a cancel pending, is not live or is a gang (whose job
+# succeeds with its last task), or when it is not running; the general path then
+# decides. The batch's executions are found by token first (materialized), so the plan
+# starts from the handful of rows the batch is about, whatever the statistics say about
+# the jobs table; a token reported twice counts once, with its first report.
 _FINISH_SUCCEEDED_SQL = f"""
 WITH outcome AS MATERIALIZED (
     SELECT DISTINCT ON (o.token) e.job_id, o.token, o.log_path, o.log_tail
@@ -338,7 +375,7 @@ WITH outcome AS MATERIALIZED (
 ), job AS (
     SELECT j.id, j.team_id FROM jobs_job j
       JOIN outcome ON outcome.job_id = j.id
-     WHERE j.status = ANY(%(job_live)s) AND j.cancel_requested_at IS NULL
+     WHERE j.status = ANY(%(job_live)s) AND j.cancel_requested_at IS NULL AND j.tasks = 1
      ORDER BY j.id
        FOR UPDATE OF j
 ), execution AS (

@@ -108,7 +108,16 @@ class JobExecutionInline(admin.TabularInline):
     model = JobExecution
     extra = 0
     can_delete = False
-    fields = ["attempt", "node", "status", "exit_code", "error", "started_at", "finished_at"]
+    fields = [
+        "attempt",
+        "task_index",
+        "node",
+        "status",
+        "exit_code",
+        "error",
+        "started_at",
+        "finished_at",
+    ]
     readonly_fields = fields
     show_change_link = True
 

@@ -46,6 +46,7 @@ class PendingReason(models.TextChoices):
         "would_delay_reservation",
         "Held back: starting it would delay a job with a reservation",
     )
+    GANG_DOES_NOT_FIT = "gang_does_not_fit", "Its tasks do not all fit the free room at once"
 
 
 # A pending job with one of these reasons is held: no scheduling cycle considers it until
@@ -93,6 +94,16 @@ WAITING_SCHEDULER = "waiting_scheduler"
 WAITING_NOT_BEFORE = "waiting_not_before"
 
 
+# The most tasks one gang may have.
+GANG_TASKS_MAX = 256
+
+
+def tasks_in_range(prefix: str) -> models.CheckConstraint:
+    return models.CheckConstraint(
+        condition=Q(tasks__gte=1, tasks__lte=GANG_TASKS_MAX), name=f"{prefix}_tasks_in_range"
+    )
+
+
 class ExecutionStatus(models.TextChoices):
     RESERVED = "reserved", "Reserved"
     RUNNING = "running", "Running"
@@ -134,6 +145,11 @@ class JobSpec(models.Model):
         db_default="",
         help_text='At most its team\'s ConcurrencyLimit for this key run at once, e.g. "db"',
     )
+    # A gang: this many executions per attempt, each with the resources above, placed
+    # together or not at all (see README, "Gangs").
+    tasks = models.PositiveIntegerField(
+        default=1, db_default=1, help_text=f"Executions run together, 1 to {GANG_TASKS_MAX}."
+    )
 
     class Meta:
         abstract = True
@@ -159,6 +175,7 @@ class JobDefinition(JobSpec):
             models.UniqueConstraint(fields=["team", "name"], name="definition_team_name_unique"),
             models.CheckConstraint(condition=Q(cpu_millis__gte=1), name="definition_cpu_positive"),
             kind_matches_target("definition"),
+            tasks_in_range("definition"),
         ]
 
     def __str__(self):
@@ -275,6 +292,12 @@ class Job(JobSpec):
                 name="job_pending_reason_only_when_pending",
             ),
             models.CheckConstraint(condition=Q(cpu_millis__gte=1), name="job_cpu_positive"),
+            tasks_in_range("job"),
+            # A gang's tasks are its executions; an array's tasks are jobs of their own.
+            models.CheckConstraint(
+                condition=Q(tasks=1) | Q(array_count__isnull=True, array_parent__isnull=True),
+                name="job_gang_is_no_array",
+            ),
             models.UniqueConstraint(
                 fields=["team", "idempotency_key"],
                 condition=~Q(idempotency_key=""),
@@ -403,14 +426,17 @@ class Job(JobSpec):
 
 
 class JobExecution(models.Model):
-    """One attempt of a job on one node. Its token is what every message carries."""
+    """One attempt of a job on one node (one task of it, for a gang: an attempt of a job
+    with `tasks` N has N executions, `task_index` 0 to N-1). Its token is what every
+    message carries."""
 
-    # Indexed by the (job, attempt) and (node, status) keys below, and the token by its
+    # Indexed by the (job, attempt, task_index) and (node, status) keys below, and the token by its
     # unique constraint (no second index for LIKE, which nothing asks of a token).
     job = models.ForeignKey(
         Job, on_delete=models.CASCADE, related_name="executions", db_index=False
     )
     attempt = models.PositiveIntegerField()
+    task_index = models.PositiveIntegerField(default=0, db_default=0)
     node = models.ForeignKey(
         "nodes.Node", on_delete=models.PROTECT, related_name="executions", db_index=False
     )
@@ -428,11 +454,15 @@ class JobExecution(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     log_path = models.CharField(max_length=500, blank=True)
     log_tail = models.TextField(blank=True)
+    # Set when another task of its gang ended badly: its node stops it, as for a cancel.
+    stop_requested_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        ordering = ["job", "attempt"]
+        ordering = ["job", "attempt", "task_index"]
         constraints = [
-            models.UniqueConstraint(fields=["job", "attempt"], name="execution_job_attempt_unique"),
+            models.UniqueConstraint(
+                fields=["job", "attempt", "task_index"], name="execution_job_attempt_task_unique"
+            ),
             models.UniqueConstraint(fields=["token"], name="execution_token_unique"),
             models.CheckConstraint(condition=Q(attempt__gte=1), name="execution_attempt_positive"),
             models.CheckConstraint(
@@ -484,8 +514,10 @@ class JobRetry(models.Model):
         return f"retry of job {self.job_id} as attempt {self.attempt}: {self.reason}"
 
 
-def execution_token(job_id: int, attempt: int) -> str:
-    return f"job-{job_id}-attempt-{attempt}"
+def execution_token(job_id: int, attempt: int, task_index: int = 0) -> str:
+    """The token of an attempt's execution; a gang's other tasks add their index."""
+    token = f"job-{job_id}-attempt-{attempt}"
+    return f"{token}-task-{task_index}" if task_index else token
 
 
 class ConcurrencyPolicy(models.TextChoices):

@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
+from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce, TruncMinute
 
 from accounts.models import User
@@ -36,10 +36,12 @@ def execution_list_for_job(*, job: Job) -> QuerySet[JobExecution]:
 
 
 def execution_tokens_cancel_requested(*, tokens: list[str]) -> list[str]:
-    """Which of these running executions belong to jobs someone asked to cancel."""
+    """Which of these running executions belong to jobs someone asked to cancel, or are
+    tasks of a gang whose other task ended badly (`jobs.services.gangs`)."""
     return list(
         JobExecution.objects.filter(
-            token__in=tokens, job__cancel_requested_at__isnull=False
+            Q(job__cancel_requested_at__isnull=False) | Q(stop_requested_at__isnull=False),
+            token__in=tokens,
         ).values_list("token", flat=True)
     )
 
@@ -47,11 +49,25 @@ def execution_tokens_cancel_requested(*, tokens: list[str]) -> list[str]:
 def execution_running_on_node(*, token: str, node_id: int) -> JobExecution | None:
     """The execution `token` if it is running on the node: what a node's claim, sent
     again after its answer was lost, had claimed."""
-    return (
+    execution = (
         JobExecution.objects.select_related("job")
         .filter(token=token, node_id=node_id, status=ExecutionStatus.RUNNING)
         .first()
     )
+    if execution is not None:
+        execution.task_nodes = execution_task_nodes(execution=execution)
+    return execution
+
+
+def execution_task_nodes(*, execution: JobExecution) -> str:
+    """The addresses (a node's name when it has none) of the nodes of its attempt's
+    tasks, in task order, comma-separated: its JOB_TASK_NODES."""
+    nodes = (
+        JobExecution.objects.filter(job_id=execution.job_id, attempt=execution.attempt)
+        .order_by("task_index")
+        .values_list("node__address", "node__name")
+    )
+    return ",".join(address or name for address, name in nodes)
 
 
 def execution_tokens_succeeded_on_node(*, tokens: list[str], node_id: int) -> list[str]:

@@ -53,15 +53,25 @@ def job_why_pending(*, job: Job, now: datetime | None = None) -> dict:
     reason = job.pending_reason or (WAITING_SCHEDULER if due else WAITING_NOT_BEFORE)
     request = Request(job.cpu_millis, job.memory_mb, job.gpu, job.node_selector or {})
     retry = _last_retry(job) if reason == PendingReason.WAITING_RETRY else None
-    queue = _queue_figures(job, request, now=now, due=due)
-    groups = node_groups(request=request, nodes=_nodes())
+    whole = Request(*(amount * job.tasks for amount in (job.cpu_millis, job.memory_mb, job.gpu)))
+    queue = _queue_figures(job, whole, now=now, due=due)
+    nodes = _nodes()
+    groups = node_groups(request=request, nodes=nodes)
     reservation = _reservation(job, reason)
+    gang = gang_room(tasks=job.tasks, request=request, nodes=nodes) if job.tasks > 1 else None
+    summary = _pending_summary(job, reason, due, retry, queue, groups, reservation)
+    if gang is not None and reason == PendingReason.GANG_DOES_NOT_FIT:
+        position = (
+            f" It is number {queue['position']} of {queue['pending']} in queue {queue['name']}."
+        )
+        summary = f"The gang does not fit: {gang['summary']}{position}"
     return {
         "job": job.pk,
         "status": job.status,
         "pending": True,
         "reason": reason,
-        "summary": _pending_summary(job, reason, due, retry, queue, groups, reservation),
+        "summary": summary,
+        "gang": gang,
         "not_before": job.not_before,
         "retry": retry
         and {"attempt": retry.attempt, "reason": retry.reason, "due_at": retry.due_at},
@@ -338,6 +348,43 @@ def node_groups(*, request: Request, nodes: list[Node]) -> list[NodeGroup]:
             group.add(node.name)
         groups[SHORT, group.detail] = group
     return sorted(groups.values(), key=lambda g: (VERDICT_ORDER.index(g.verdict), g.detail))
+
+
+def gang_room(*, tasks: int, request: Request, nodes: list[Node]) -> dict:
+    """How many of a gang's tasks the ready nodes (with its labels) have room for now,
+    each task needing the whole request on one node, and on which nodes."""
+    room, holders = 0, []
+    for node in nodes:
+        slot = NodeSlot.of(node)
+        if node.status != NodeStatus.READY or not matches_selector(slot, request.node_selector):
+            continue
+        fitting = min(
+            free // wanted
+            for free, wanted in (
+                (slot.free_cpu_millis, request.cpu_millis),
+                (slot.free_memory_mb, request.memory_mb),
+                (slot.free_gpu, request.gpu),
+            )
+            if wanted
+        )
+        if fitting > 0:
+            room += fitting
+            holders.append(node.name)
+    each = f"{_format('cpu', request.cpu_millis)} CPU, {request.memory_mb} MB memory" + (
+        f", {request.gpu} GPU" if request.gpu else ""
+    )
+    found = f"room for {room} found" + (
+        f" on {len(holders)} node(s): {', '.join(holders[:NODES_NAMED_PER_GROUP])}"
+        if holders
+        else ""
+    )
+    return {
+        "tasks": tasks,
+        "room_now": room,
+        "nodes": holders[:NODES_NAMED_PER_GROUP],
+        "node_count": len(holders),
+        "summary": f"needs {tasks} tasks of {each} free at once; {found}.",
+    }
 
 
 def _lacking_labels(slot: NodeSlot, request: Request) -> str:

@@ -12,6 +12,22 @@ def node_capacity_maxima() -> dict:
     )
 
 
+def node_task_room(*, cpu_millis: int, memory_mb: int, gpu: int, node_selector: dict) -> int:
+    """How many tasks of this request the registered nodes that match the selector could
+    hold at once, each node empty: whether a gang could ever be placed."""
+    room = 0
+    nodes = Node.objects.values_list("cpu_millis", "memory_mb", "gpu", "labels")
+    for node_cpu, node_memory, node_gpu, labels in nodes.iterator():
+        if any((labels or {}).get(key) != value for key, value in node_selector.items()):
+            continue
+        room += min(
+            have // wanted
+            for have, wanted in ((node_cpu, cpu_millis), (node_memory, memory_mb), (node_gpu, gpu))
+            if wanted
+        )
+    return room
+
+
 def node_list():
     return Node.objects.order_by("name")
 

@@ -16,7 +16,7 @@ import heapq
 import math
 from bisect import bisect_left, insort
 from collections.abc import Callable, Hashable, Iterable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from fractions import Fraction
 
@@ -90,6 +90,8 @@ class Unplaced(StrEnum):
     # It would fit the reserved node now, but would still hold room there when the
     # reserved job is due to start, and fits nowhere else.
     WOULD_DELAY_RESERVATION = "would_delay_reservation"
+    # A gang whose tasks do not all fit at once (see `NodeIndex.choose_gang`).
+    GANG_DOES_NOT_FIT = "gang_does_not_fit"
 
 
 # --- Predicates and scores -------------------------------------------------------------
@@ -275,6 +277,43 @@ class NodeIndex:
         if fits_now(node, self.smallest):
             shape.add(node)
 
+    def give_back(self, node: NodeSlot, request: Request) -> None:
+        """Undo a `take` of the request on the node."""
+        shape = self.shape_of[node.id]
+        if fits_now(node, self.smallest):
+            shape.remove(node, shape.weighted_free(node))
+        node.take(Request(-request.cpu_millis, -request.memory_mb, -request.gpu))
+        if fits_now(node, self.smallest):
+            shape.add(node)
+
+    def choose_gang(
+        self,
+        request: Request,
+        tasks: int,
+        strategy: Strategy = Strategy.BINPACK,
+        excluding: NodeSlot | None = None,
+    ) -> list[NodeSlot] | Unplaced:
+        """Nodes for each of a gang's `tasks` (in task order), each chosen as `choose`
+        would after the ones before were taken, and taken; or, when they do not all fit,
+        why, with nothing taken. Several tasks may share a node."""
+        cached = request.key in self._unplaced
+        taken: list[NodeSlot] = []
+        for _ in range(tasks):
+            choice = self.choose(request, strategy, excluding)
+            if isinstance(choice, Unplaced):
+                for node in reversed(taken):
+                    self.give_back(node, request)
+                if not taken:
+                    return (
+                        choice if choice is Unplaced.NODE_SELECTOR else Unplaced.GANG_DOES_NOT_FIT
+                    )
+                if not cached:  # true only of the room the gang itself had taken
+                    self._unplaced.pop(request.key, None)
+                return Unplaced.GANG_DOES_NOT_FIT
+            self.take(choice, request)
+            taken.append(choice)
+        return taken
+
 
 def _better(score, name, best_score, best_name, strategy: Strategy) -> bool:
     """Is (score, name) better than the best so far? Scores compare as exact fractions."""
@@ -364,6 +403,14 @@ class PendingJob:
     # The longest it may run once started, in seconds (its timeout, or its queue's
     # default); None is no limit.
     time_limit: float | None = None
+    # A gang of this many tasks, each asking for `request`: placed all together or not at all.
+    tasks: int = 1
+
+    @property
+    def total(self) -> Request:
+        """What all its tasks ask for together (on no one node: for quotas)."""
+        request, n = self.request, self.tasks
+        return Request(request.cpu_millis * n, request.memory_mb * n, request.gpu * n)
 
 
 # --- Reservation and backfill ---------------------------------------------------------
@@ -483,6 +530,7 @@ def reserve(
 
 @dataclass
 class Plan:
+    # A gang's tasks come one after another, in task order.
     placements: list[tuple[PendingJob, NodeSlot]] = field(default_factory=list)
     waiting: dict[int, Unplaced] = field(default_factory=dict)  # job id -> why
     reservation: Reservation | None = None
@@ -547,8 +595,11 @@ def plan_placements(
         reservation = plan.reservation
         if limit_slots.get(job.limit_key, 1) <= 0:
             plan.waiting[job.id] = Unplaced.CONCURRENCY_LIMIT
-        elif not queue.within_quota(job.request):
+        elif not queue.within_quota(job.total):
             plan.waiting[job.id] = Unplaced.QUEUE_QUOTA
+        elif job.tasks > 1:
+            if _place_gang(job, queue, index, plan, ends, limit_slots, now):
+                rank = queue_rank(queue, capacity)
         else:
             held_off = None
             if reservation is not None and not reservation.admits(job, now):
@@ -593,6 +644,29 @@ def plan_placements(
         else:
             heapq.heappop(heap)
     return plan
+
+
+def _place_gang(job, queue, index, plan, ends, limit_slots, now) -> bool:
+    """Place all of a gang's tasks, or record why it waits. A gang takes no reservation
+    of its own (the reservation is of one node); it starts on a reserved node only when
+    all its tasks there together do not delay the reserved job."""
+    reservation = plan.reservation
+    held_off = None
+    if reservation is not None and not reservation.admits(replace(job, request=job.total), now):
+        held_off = reservation.node
+    choice = index.choose_gang(job.request, job.tasks, queue.strategy, excluding=held_off)
+    if isinstance(choice, Unplaced):
+        plan.waiting[job.id] = choice
+        return False
+    for node in choice:
+        if reservation is not None and node is reservation.node:
+            reservation.take(job, now)
+        ends.started(job, node)
+        queue.allocated += job.request
+        plan.placements.append((job, node))
+    if job.limit_key in limit_slots:
+        limit_slots[job.limit_key] -= 1
+    return True
 
 
 def astuple_request(request: Request) -> tuple[int, int, int]:

@@ -1,9 +1,9 @@
 """Checks of the resource accounting, sampled from SQL while real processes run.
 
 AccountingSampler polls, on a connection of its own, every node's counters and the live
-allocations behind them, and what each queue's jobs hold, and records any moment where a
-node held more than its capacity, its counters disagreed with its allocations, or a
-queue held more than its quota.
+allocations behind them, what each queue's jobs hold, and the gangs' executions, and
+records any moment where a node held more than its capacity, its counters disagreed with
+its allocations, a queue held more than its quota, or a gang was placed in part.
 """
 
 import threading
@@ -40,6 +40,22 @@ GROUP BY q.id
 """
 
 
+# Gangs placed in part: an attempt of a gang with fewer executions or allocations than
+# tasks (placement writes them all in one statement), or a pending gang that still holds
+# room (an attempt ends as one, once none of its tasks is live).
+GANG_ACCOUNTING_SQL = """
+SELECT j.id, e.attempt, j.tasks, COUNT(e.id), COUNT(a.id),
+       COUNT(a.id) FILTER (WHERE a.status IN ('reserved', 'active') AND j.status = 'pending')
+FROM jobs_job j
+JOIN jobs_jobexecution e ON e.job_id = j.id
+LEFT JOIN resources_allocation a ON a.execution_id = e.id
+WHERE j.tasks > 1
+GROUP BY j.id, e.attempt, j.tasks
+HAVING COUNT(e.id) <> j.tasks OR COUNT(a.id) <> j.tasks
+    OR COUNT(a.id) FILTER (WHERE a.status IN ('reserved', 'active') AND j.status = 'pending') > 0
+"""
+
+
 class AccountingSampler(threading.Thread):
     """Polls the accounting every few milliseconds while the test runs, recording breaches."""
 
@@ -58,6 +74,13 @@ class AccountingSampler(threading.Thread):
                     self.check(row)
                 for row in conn.execute(QUEUE_ACCOUNTING_SQL).fetchall():
                     self.check_queue(row)
+                for job_id, attempt, tasks, executions, allocations, held in conn.execute(
+                    GANG_ACCOUNTING_SQL
+                ).fetchall():
+                    self.violations.append(
+                        f"gang job {job_id} attempt {attempt} of {tasks} tasks: {executions} "
+                        f"executions, {allocations} allocations, {held} live while pending"
+                    )
                 self.samples += 1
                 time.sleep(0.01)
 

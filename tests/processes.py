@@ -335,6 +335,7 @@ class Cluster:
         wait: bool = True,
         metrics_port: int | None = None,
         env: dict | None = None,
+        address: str | None = None,
     ) -> Process:
         """A node agent; `env` on top of the cluster's (its own broker user, say)."""
         args = [
@@ -349,6 +350,8 @@ class Cluster:
             args.append(f"--slots={slots}")
         if metrics_port:
             args.append(f"--metrics-port={metrics_port}")
+        if address:
+            args.append(f"--address={address}")
         argv = [sys.executable, str(BASE_DIR / "manage.py"), *args]
         process = self._spawn_with(name, argv, {**self.node_env(name), **(env or {})})
         if wait:

@@ -1,8 +1,8 @@
 """A job submitter for e2e tests, run as its own process: `python -m tests.submitter`.
 
 Submits `--count` jobs for `--team` through jobs.services.job_submit, the same service
-the API calls, into the given queues at random, with random pauses, and exits 0 when
-every job was accepted.
+the API calls, into the given queues at random (`--gang-share` of them gangs), with
+random pauses, and exits 0 when every job was accepted.
 """
 
 import argparse
@@ -22,6 +22,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--max-pause", type=float, default=0.1)
     parser.add_argument("--sleep", type=float, default=0.3, help="what each job runs for")
     parser.add_argument("--concurrency-key", default="")
+    parser.add_argument(
+        "--gang-share", type=float, default=0.0, help="share of jobs that are gangs of 2 or 3"
+    )
     args = parser.parse_args(argv)
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
@@ -34,13 +37,15 @@ def main(argv: list[str]) -> None:
     team = Team.objects.get(slug=args.team)
     rng = random.Random(args.seed)
     for i in range(args.count):
+        gang = rng.random() < args.gang_share
         job_submit(
             team=team,
             spec={
                 "name": f"{args.name}-{i}",
                 "command": ["sh", "-c", f"sleep {args.sleep}"],
-                "cpu_millis": rng.choice([500, 1000]),
-                "memory_mb": rng.choice([64, 256]),
+                "cpu_millis": 500 if gang else rng.choice([500, 1000]),
+                "memory_mb": 64 if gang else rng.choice([64, 256]),
+                "tasks": rng.choice([2, 3]) if gang else 1,
                 "gpu": 0,
                 "queue": rng.choice(args.queue),
                 "idempotency_key": f"{args.name}-{i}",

@@ -56,6 +56,9 @@ class ExecutionToRun:
     memory_mb: int
     gpu: int
     timeout_seconds: int | None
+    task_index: int
+    tasks: int
+    task_nodes: str  # comma-separated, in task order
 
     @classmethod
     def of(cls, answer: dict) -> "ExecutionToRun":
@@ -208,6 +211,9 @@ def job_environment(execution: ExecutionToRun, node_name: str, workdir: Path) ->
         JOB_CPU_MILLIS=str(job.cpu_millis),
         JOB_MEMORY_MB=str(job.memory_mb),
         JOB_GPU=str(job.gpu),
+        JOB_TASK_INDEX=str(execution.task_index),
+        JOB_TASK_COUNT=str(execution.tasks),
+        JOB_TASK_NODES=execution.task_nodes,
     )
     return env
 

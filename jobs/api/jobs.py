@@ -46,6 +46,7 @@ class ExecutionSerializer(serializers.ModelSerializer):
         model = JobExecution
         fields = [
             "attempt",
+            "task_index",
             "token",
             "node",
             "status",

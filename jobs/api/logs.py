@@ -28,6 +28,12 @@ class AttemptLogQuerySerializer(serializers.Serializer):
         required=False,
         help_text="The attempt's number; default the latest.",
     )
+    task = serializers.IntegerField(
+        min_value=0,
+        max_value=MAX_INT,
+        default=0,
+        help_text="A gang's task, by its index; default task 0 (the only one of other jobs).",
+    )
     follow = serializers.BooleanField(
         default=False,
         help_text=(
@@ -38,11 +44,12 @@ class AttemptLogQuerySerializer(serializers.Serializer):
 
 
 def attempt_log_response(*, job: Job, query) -> StreamingHttpResponse:
-    """The log of one attempt as plain text, streamed; followed while it runs if asked."""
+    """The log of one attempt (of one of its tasks, for a gang) as plain text, streamed;
+    followed while it runs if asked."""
     params = AttemptLogQuerySerializer(data=query)
     params.is_valid(raise_exception=True)
     attempt, follow = params.validated_data.get("attempt"), params.validated_data["follow"]
-    executions = execution_list_for_job(job=job)
+    executions = execution_list_for_job(job=job).filter(task_index=params.validated_data["task"])
     if attempt is not None:
         executions = executions.filter(attempt=attempt)
     execution = executions.last()

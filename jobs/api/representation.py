@@ -166,6 +166,7 @@ JOB_FIELDS = (
         "workflow_id",
     ),
     field("concurrency_key", serializers.CharField()),
+    field("tasks", serializers.IntegerField()),
     field(
         "array",
         ArrayFiguresSerializer(allow_null=True, read_only=True),

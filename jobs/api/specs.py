@@ -11,7 +11,13 @@ from accounts.selectors import team_list_submittable, team_list_visible
 from common.serializers import StrictSerializer
 from resources.models import DEFAULT_QUEUE_NAME
 
-from ..models import DependencyCondition, JobDefinition, JobKind, OnUnsatisfied
+from ..models import (
+    GANG_TASKS_MAX,
+    DependencyCondition,
+    JobDefinition,
+    JobKind,
+    OnUnsatisfied,
+)
 from ..selectors import definition_list_visible
 from ..services.arrays import MAX_ARRAY_COUNT
 from ..services.specs import job_spec_limit_errors
@@ -144,6 +150,12 @@ class JobSpecSerializer(SpecLimitsMixin, StrictSerializer):
         child=serializers.CharField(max_length=63), required=False, default=dict
     )
     concurrency_key = concurrency_key_field(required=False, default="")
+    tasks = serializers.IntegerField(
+        min_value=1,
+        max_value=GANG_TASKS_MAX,
+        default=1,
+        help_text="A gang: this many tasks (each with `resources`), placed and run together.",
+    )
 
     def validate_team(self, slug):
         return team_of_write(self, slug)

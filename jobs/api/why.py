@@ -42,6 +42,18 @@ class WhyNodeGroupSerializer(serializers.Serializer):
     count = serializers.IntegerField()
 
 
+class WhyGangSerializer(serializers.Serializer):
+    tasks = serializers.IntegerField()
+    room_now = serializers.IntegerField(
+        help_text="How many of its tasks the ready nodes have room for now."
+    )
+    nodes = serializers.ListField(
+        child=serializers.CharField(), help_text="At most 20 of the nodes with room for a task."
+    )
+    node_count = serializers.IntegerField()
+    summary = serializers.CharField(help_text='e.g. "needs 3 tasks of 1 CPU ...; room for 2 found"')
+
+
 class WhyWaitsOnSerializer(serializers.Serializer):
     """One thing besides room that holds the job; the other fields depend on `kind`:
     `at` (start_time, retry_time, deadline), `count`, `unmet` and `jobs` (dependencies:
@@ -81,3 +93,6 @@ class JobWhySerializer(serializers.Serializer):
     queue = WhyQueueSerializer(required=False)
     waits_on = WhyWaitsOnSerializer(many=True, required=False)
     nodes = WhyNodeGroupSerializer(many=True, required=False)
+    gang = WhyGangSerializer(
+        required=False, allow_null=True, help_text="For a gang: the room for its tasks."
+    )

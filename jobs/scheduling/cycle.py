@@ -70,7 +70,7 @@ logger = logging.getLogger(__name__)
 PENDING_JOBS_SQL = f"""
 SELECT j.id, j.queue_id, j.cpu_millis, j.memory_mb, j.gpu, j.node_selector, j.attempts,
        j.pending_reason, j.team_id, j.concurrency_key, j.timeout_seconds,
-       j.reservation_node_id, j.reservation_start_at, q.name, q.weight, q.priority,
+       j.reservation_node_id, j.reservation_start_at, j.tasks, q.name, q.weight, q.priority,
        q.strategy, q.quota_cpu_millis, q.quota_memory_mb, q.quota_gpu,
        coalesce(usage.cpu_millis, 0),
        coalesce(usage.memory_mb, 0), coalesce(usage.gpu, 0)
@@ -78,7 +78,7 @@ FROM resources_queue q
 CROSS JOIN LATERAL (
     SELECT id, queue_id, cpu_millis, memory_mb, gpu, node_selector, attempts, pending_reason,
            team_id, concurrency_key, timeout_seconds, reservation_node_id,
-           reservation_start_at, priority, deadline, created_at
+           reservation_start_at, tasks, priority, deadline, created_at
     FROM jobs_job
     WHERE queue_id = q.id
       AND status = {sql_literal(JobStatus.PENDING)}
@@ -186,10 +186,10 @@ def lock_pending_jobs(
     pending, queues = [], {}
     for row in rows:
         job_id, queue_id, cpu, memory, gpu, selector, attempts, reason, team_id, key = row[:10]
-        timeout, reservation_node, reservation_start, *queue = row[10:]
+        timeout, reservation_node, reservation_start, tasks, *queue = row[10:]
         request = Request(cpu, memory, gpu, json_value(selector) or {})
         limit_key = (team_id, key) if key else None
-        job = PendingJob(job_id, queue_id, request, limit_key, timeout)
+        job = PendingJob(job_id, queue_id, request, limit_key, timeout, tasks)
         pending.append(
             _Pending(job, attempts, reason, team_id, (reason, reservation_node, reservation_start))
         )
@@ -334,9 +334,14 @@ def write_placements(
 ) -> tuple[list[str], list[JobExecution]]:
     """Write the plan's placements (see `jobs.accounting.placements_write`); returns their
     tokens, and the executions of the first `claim`, claimed for their node. Those
-    tokens go to `before_claim` before anything is written."""
+    tokens go to `before_claim` before anything is written. A gang's tasks come one
+    after another in the plan, and are numbered so."""
     attempts = [by_job[job.id].attempts + 1 for job, _ in placements]
-    tokens = [execution_token(job.id, a) for (job, _), a in zip(placements, attempts, strict=True)]
+    task_indexes = _task_indexes(placements)
+    tokens = [
+        execution_token(job.id, a, i)
+        for (job, _), a, i in zip(placements, attempts, task_indexes, strict=True)
+    ]
     if claim and before_claim is not None:
         before_claim(tokens[:claim])
         now = timezone.now()  # claimed after `before_claim` ran, as a claim would be
@@ -350,9 +355,19 @@ def write_placements(
             memory_mb=job.request.memory_mb,
             gpu=job.request.gpu,
             claimed=i < claim,
+            task_index=task_index,
         )
-        for i, ((job, slot), attempt, token) in enumerate(
-            zip(placements, attempts, tokens, strict=True)
+        for i, ((job, slot), attempt, token, task_index) in enumerate(
+            zip(placements, attempts, tokens, task_indexes, strict=True)
         )
     ]
     return tokens, placements_write(rows, now=now)
+
+
+def _task_indexes(placements) -> list[int]:
+    """Each placement's task index: 0 for a single job, 0 to N-1 along a gang's run."""
+    indexes, previous = [], None
+    for job, _ in placements:
+        indexes.append(indexes[-1] + 1 if job is previous else 0)
+        previous = job
+    return indexes

@@ -121,6 +121,8 @@ def place_on_freed_room(
     pending, queues = lock_pending_jobs(
         now=now, per_queue=FREED_ROOM_JOBS_PER_QUEUE, reasons=FREED_ROOM_REASONS
     )
+    # Gangs are the scheduler's: it weighs every node for their tasks together.
+    pending = [p for p in pending if p.job.tasks == 1]
     # A reservation on this node is honoured (the planner makes it again, from this node's
     # running jobs' limits); with none anywhere, the first job the room is too small for
     # gets one here, so a large job is not starved by a stream of small ones.

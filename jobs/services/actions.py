@@ -15,6 +15,7 @@ from ..accounting import allocation_release
 from ..models import TERMINAL_JOB_STATUSES, ExecutionStatus, Job, JobExecution, JobStatus
 from .array_slots import array_task_ended
 from .dependencies import dependents_rearm, workflows_refresh
+from .gangs import gang_task_ended
 from .retries import (
     JOB_LIFECYCLE_FIELDS,
     job_after_attempt,
@@ -46,16 +47,25 @@ def job_cancel(*, job: Job, user: User | None = None, reason: str = "") -> Job:
                 f"The job already ended ({job.status}); there is nothing to cancel."
             )
         job.cancel_reason = cancel_reason(reason=reason, user=user)
-        if job.status == JobStatus.RESERVED:
-            execution = job.last_execution
-            unstarted = JobExecution.objects.filter(
-                pk=execution.pk, status=ExecutionStatus.RESERVED
-            ).update(status=ExecutionStatus.CANCELLED, error="cancelled", finished_at=now)
-            if unstarted:
-                allocation_release(execution_id=execution.pk, now=now)
-                job_end(job, JobStatus.CANCELLED, now)
+        if job.status == JobStatus.RESERVED or (job.status == JobStatus.RUNNING and job.tasks > 1):
+            # Every execution of the attempt (a gang's tasks), locked so that a claim
+            # racing for one has either run (it is running) or finds it cancelled.
+            attempt = JobExecution.objects.filter(job=job, attempt=job.attempts)
+            unstarted = list(
+                attempt.filter(status=ExecutionStatus.RESERVED)
+                .select_for_update()
+                .values_list("id", flat=True)
+            )
+            attempt.filter(id__in=unstarted).update(
+                status=ExecutionStatus.CANCELLED, error="cancelled", finished_at=now
+            )
+            for execution_id in unstarted:
+                allocation_release(execution_id=execution_id, now=now)
+            if attempt.filter(status=ExecutionStatus.RUNNING).exists():
+                # Claimed (meanwhile): its node stops it.
+                job.cancel_requested_at = job.cancel_requested_at or now
             else:
-                job.cancel_requested_at = now  # claimed meanwhile: it is running now
+                job_end(job, JobStatus.CANCELLED, now)
         elif job.status == JobStatus.PENDING:
             job_end(job, JobStatus.CANCELLED, now)
             job.not_before = None
@@ -154,7 +164,12 @@ def execution_release_stuck(*, execution_id: int, released_by: str) -> bool:
         ended = JobExecution.objects.filter(
             pk=execution_id, status__in=(ExecutionStatus.RESERVED, ExecutionStatus.RUNNING)
         ).update(status=ExecutionStatus.FAILED, error=error, finished_at=now)
-        if ended and job.last_execution_id == execution_id:
+        attempt = JobExecution.objects.filter(pk=execution_id).values_list("attempt", flat=True)
+        if ended and job.tasks > 1:
+            gang_task_ended(
+                job, attempt=attempt.get(), status=ExecutionStatus.FAILED, error=error, now=now
+            )
+        elif ended and job.last_execution_id == execution_id:
             cancelled = job.cancel_requested_at is not None
             status = ExecutionStatus.CANCELLED if cancelled else ExecutionStatus.FAILED
             job_after_attempt(job, status=status, error=error, now=now)

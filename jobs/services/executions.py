@@ -28,6 +28,7 @@ from ..accounting import (
 from ..models import ExecutionStatus, Job, JobExecution
 from .array_slots import array_slots_release, array_task_ended
 from .dependencies import dependents_settle
+from .gangs import gang_task_ended
 from .retries import job_after_attempt
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,8 @@ def execution_finish(
 ) -> ExecutionStatus | None:
     """Record how a running execution ended, release its allocation, and move the job on:
     to `succeeded`, `cancelled`, back to `pending` for a retry, or to `failed` (the
-    dead-letter view) when out of retries. Returns the execution's status as recorded;
+    dead-letter view) when out of retries (a gang's, once all its tasks ended: see
+    `jobs.services.gangs`). Returns the execution's status as recorded;
     None when it was not running (a late or duplicate report), which changes nothing."""
     if exit_code == 0 and not error and not cancelled:
         success = Success(token=token, log_path=log_path, log_tail=log_tail)
@@ -73,10 +75,12 @@ def execution_finish(
             return ExecutionStatus.SUCCEEDED
     now = timezone.now()
     with transaction.atomic():
-        found = JobExecution.objects.filter(token=token).values_list("id", "job_id").first()
+        found = (
+            JobExecution.objects.filter(token=token).values_list("id", "job_id", "attempt").first()
+        )
         if found is None:
             return None
-        execution_id, job_id = found
+        execution_id, job_id, attempt = found
         job = Job.objects.select_for_update().get(pk=job_id)
         cancelled = cancelled or job.cancel_requested_at is not None
         if cancelled:
@@ -98,7 +102,10 @@ def execution_finish(
         if not finished:
             logger.warning("execution not running, outcome ignored token=%s", token)
             return None
-        job_after_attempt(job, status=status, error=error, now=now)
+        if job.tasks > 1:
+            gang_task_ended(job, attempt=attempt, status=status, error=error, now=now)
+        else:
+            job_after_attempt(job, status=status, error=error, now=now)
         scheduler_wake()
         # Last, so the node row (every finish and every cycle needs it) is held briefly.
         allocation_release(execution_id=execution_id, now=now)

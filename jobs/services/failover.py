@@ -18,9 +18,10 @@ from nodes.services import nodes_mark_lost
 from ..accounting import allocation_release
 from ..models import ExecutionStatus, Job, JobExecution, JobStatus
 from .array_slots import array_task_ended
+from .gangs import gang_task_ended
 from .publishing import executions_publish_on_commit
-from .retries import JOB_LIFECYCLE_FIELDS, job_end, job_ended_settle, job_plan_retry
-from .timeline import job_ended_event, job_event
+from .retries import job_after_lost_attempt
+from .timeline import job_event
 
 logger = logging.getLogger(__name__)
 
@@ -53,17 +54,13 @@ def execution_fail_over(*, execution_id: int, reason: str) -> bool:
             data={"node": node_name, "reason": reason},
             at=now,
         )
-        if job.status in (JobStatus.RESERVED, JobStatus.RUNNING):
+        if job.tasks > 1:
+            gang_task_ended(
+                job, attempt=attempt, status=ExecutionStatus.LOST, error=reason, now=now
+            )
+        elif job.status in (JobStatus.RESERVED, JobStatus.RUNNING):
             times_lost = job.executions.filter(status=ExecutionStatus.LOST).count()
-            if job.cancel_requested_at is not None:
-                job_end(job, JobStatus.CANCELLED, now)
-            elif times_lost <= settings.NODE_LOST_MAX_RETRIES:
-                job_plan_retry(job=job, reason=reason, delay_seconds=0, now=now)
-            else:
-                job_end(job, JobStatus.FAILED, now)
-            job.save(update_fields=JOB_LIFECYCLE_FIELDS)
-            job_ended_event(job, reason=reason, at=now)
-            job_ended_settle(job, now=now)
+            job_after_lost_attempt(job, reason=reason, attempts_lost=times_lost, now=now)
             array_task_ended(job)
         scheduler_wake()
     logger.warning(

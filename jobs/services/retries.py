@@ -5,6 +5,8 @@ import logging
 import random
 from datetime import timedelta
 
+from django.conf import settings
+
 from accounts.models import User
 from events.models import EventType
 
@@ -109,6 +111,22 @@ def job_after_attempt(job: Job, *, status: str, error: str, now) -> None:
         job_end(job, JobStatus.FAILED, now)
     job.save(update_fields=JOB_LIFECYCLE_FIELDS)
     job_ended_event(job, reason=error, at=now)
+    job_ended_settle(job, now=now)
+
+
+def job_after_lost_attempt(job: Job, *, reason: str, attempts_lost: int, now) -> None:
+    """Move a locked job on once its current attempt was lost with its node or process:
+    retried at once (a lost attempt is the platform's failure, not the job's: it does not
+    count against `max_retries`, NODE_LOST_MAX_RETRIES bounds it), or `cancelled` if a
+    cancel was asked for."""
+    if job.cancel_requested_at is not None:
+        job_end(job, JobStatus.CANCELLED, now)
+    elif attempts_lost <= settings.NODE_LOST_MAX_RETRIES:
+        job_plan_retry(job=job, reason=reason, delay_seconds=0, now=now)
+    else:
+        job_end(job, JobStatus.FAILED, now)
+    job.save(update_fields=JOB_LIFECYCLE_FIELDS)
+    job_ended_event(job, reason=reason, at=now)
     job_ended_settle(job, now=now)
 
 

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from accounts.models import Team
-from nodes.selectors import node_capacity_maxima
+from nodes.selectors import node_capacity_maxima, node_task_room
 from resources.models import DEFAULT_QUEUE_NAME, Queue
 from resources.selectors import queue_for_submission
 
@@ -160,4 +160,29 @@ def job_spec_check(*, team: Team, spec: dict) -> Queue:
         team=team, name=spec.get("queue", DEFAULT_QUEUE_NAME), request=request
     )
     job_request_check_quota(queue=queue, **request)
+    tasks = spec.get("tasks", 1)
+    if tasks > 1:
+        gang_check(queue=queue, tasks=tasks, request=request, selector=spec.get("node_selector"))
     return queue
+
+
+def gang_check(*, queue: Queue, tasks: int, request: dict, selector: dict | None) -> None:
+    """Refuse a gang that could never start: more tasks than the registered nodes could
+    hold at once, or more than its queue's quota allows at once."""
+    room = node_task_room(**request, node_selector=selector or {})
+    if room < tasks:
+        raise ValidationError(
+            {
+                "tasks": [
+                    f"{tasks} tasks of {_format_cpu(request['cpu_millis'])}, "
+                    f"{request['memory_mb']} MB and {request['gpu']} GPU each cannot all run "
+                    f"at once: the registered nodes hold at most {room} of them."
+                ]
+            }
+        )
+    try:
+        job_request_check_quota(queue=queue, **{k: v * tasks for k, v in request.items()})
+    except ValidationError as exc:
+        raise ValidationError(
+            {"tasks": [f"All {tasks} tasks together: {m}" for m in exc.message_dict["resources"]]}
+        ) from None

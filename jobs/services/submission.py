@@ -43,6 +43,10 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
         if existing is not None:
             return Submission(job=existing, created=False)
     queue = job_spec_check(team=team, spec=spec)
+    if array and spec.get("tasks", 1) > 1:
+        raise ValidationError(
+            {"tasks": ["An array job cannot be a gang; its tasks are jobs of their own."]}
+        )
     if array and depends_on:
         raise ValidationError(
             {"depends_on": ["An array job cannot depend on other jobs; its tasks start at once."]}

@@ -37,6 +37,7 @@ def form(team, queue, **fields):
         "retry_backoff_seconds": "10",
         "timeout_seconds": "",
         "node_selector": "{}",
+        "tasks": "1",
         **fields,
     }
 

@@ -102,6 +102,11 @@ class Command(BaseCommand):
             type=int,
             help="How many executions may run at once (default: 4 per CPU core, 4 to 64).",
         )
+        parser.add_argument(
+            "--address",
+            help="How other nodes reach this one, as a gang's tasks see it in "
+            "JOB_TASK_NODES (default: the host name)",
+        )
         parser.add_argument("--loglevel", default="INFO")
         add_metrics_arguments(parser, "agent")
 
@@ -114,6 +119,7 @@ class Command(BaseCommand):
         gpu,
         label,
         slots,
+        address,
         loglevel,
         metrics_port,
         metrics_address,
@@ -147,7 +153,7 @@ class Command(BaseCommand):
                     "memory_mb": memory_mb,
                     "gpu": gpu,
                     "labels": labels,
-                    "address": socket.gethostname(),
+                    "address": address or socket.gethostname(),
                     "agent_version": AGENT_VERSION,
                 }
             )

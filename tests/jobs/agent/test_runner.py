@@ -109,6 +109,9 @@ def test_a_job_sees_its_environment_on_a_minimal_base_and_none_of_the_agents(
         "JOB_CPU_MILLIS": "1500",
         "JOB_MEMORY_MB": "200",
         "JOB_GPU": "0",
+        "JOB_TASK_INDEX": "0",
+        "JOB_TASK_COUNT": "1",
+        "JOB_TASK_NODES": "node-a",  # its address, or its name when it has none
     }
     assert "s3cret" not in text
 
