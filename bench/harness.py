@@ -78,12 +78,19 @@ class Bench:
             return
         self.psql(f"DROP DATABASE IF EXISTS {self.db_name} WITH (FORCE)")
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def start(
+        self, name: str, argv: list[str], env: dict | None = None, *, database: bool = True
+    ) -> subprocess.Popen:
+        """A process with the bench's environment, `env` on top; without `database`, no
+        DATABASE_URL (a node agent refuses to start with one)."""
+        process_env = {**self.env, **(env or {})}
+        if not database:
+            del process_env["DATABASE_URL"]
         log = (self.work / f"{name}.log").open("wb")
         return subprocess.Popen(
             argv,
             cwd=ROOT,
-            env=self.env,
+            env=process_env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
