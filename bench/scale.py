@@ -32,6 +32,7 @@ import math
 import os
 import random
 import re
+import signal
 import sys
 import threading
 import time
@@ -40,7 +41,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.harness import Bench, gunicorn_argv, percentile, stop, wait_for  # noqa: E402
+from bench.harness import (  # noqa: E402
+    Bench,
+    gunicorn_argv,
+    listening,
+    percentile,
+    stop,
+    wait_for,
+)
 
 QUEUE_WEIGHTS = {"scale-1": 1, "scale-2": 2, "scale-3": 3, "scale-4": 4}
 API_PORT = 8797
@@ -187,6 +195,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     rate = args.rate or 0.25 * args.nodes
+    if listening(API_PORT):
+        raise SystemExit(f"port {API_PORT} is taken (a web server of an earlier run?)")
+    # SIGTERM (timeout, CI) stops the processes started, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(f"stopped by signal {signum}"))
     bench = Bench("scale", 8)
     bench.set_up()
     try:
