@@ -89,6 +89,15 @@ def hollow_seconds(parameters: dict) -> float | None:
     return float(value)
 
 
+def logged(step: Callable, *args, **kwargs) -> None:
+    """Run a step in the pool, logging what it raises: a future nobody reads would hide
+    it, and a node whose heartbeat step died would be lost without a word."""
+    try:
+        step(*args, **kwargs)
+    except Exception:
+        logger.exception("hollow node step failed: %s", getattr(step, "__qualname__", step))
+
+
 class _NodeSession:
     """The process's one keep-alive session, with one node's key on its requests."""
 
@@ -137,7 +146,7 @@ class Timers:
                 if self._stopped:
                     return
                 _, _, callback = heapq.heappop(self._heap)
-            self._pool.submit(callback)
+            self._pool.submit(logged, callback)
 
 
 @dataclass
@@ -189,6 +198,7 @@ class HollowNode:
         timeout = execution.timeout_seconds
         if seconds is None:
             self.fleet.pool.submit(
+                logged,
                 self._end,
                 token,
                 exit_code=1,
@@ -281,19 +291,19 @@ class HollowNode:
             )
         except (Refused, requests.RequestException) as exc:
             logger.warning("heartbeat failed node=%s problem=%s", self.name, type(exc).__name__)
-        self._again(settings.NODE_HEARTBEAT_SECONDS, self.heartbeat)
+        finally:
+            self._again(settings.NODE_HEARTBEAT_SECONDS, self.heartbeat)
 
     def apply_cancels(self) -> None:
-        tokens = self.tokens()
-        if tokens:
-            try:
-                cancelled = self._call(self.control_plane.cancel_requests, tokens)
-            except (Refused, requests.RequestException) as exc:
-                logger.warning("cancel check failed node=%s problem=%s", self.name, exc)
-                cancelled = []
+        try:
+            tokens = self.tokens()
+            cancelled = self._call(self.control_plane.cancel_requests, tokens) if tokens else []
             for token in cancelled or ():
                 self._end(token, None, "cancelled", cancelled=True)
-        self._again(settings.NODE_CANCEL_POLL_SECONDS, self.apply_cancels)
+        except (Refused, requests.RequestException) as exc:
+            logger.warning("cancel check failed node=%s problem=%s", self.name, exc)
+        finally:
+            self._again(settings.NODE_CANCEL_POLL_SECONDS, self.apply_cancels)
 
     def _again(self, delay: float, step: Callable[[], None]) -> None:
         if not self.dead and not self.fleet.stopped.is_set():
@@ -394,7 +404,7 @@ class HollowFleet:
         if node is None or not isinstance(token, str):
             logger.warning("dropped a message hollow nodes cannot run queue=%s", queue)
             return
-        self.pool.submit(node.receive, token)
+        self.pool.submit(logged, node.receive, token)
 
     def idle(self) -> bool:
         return not any(node.running for node in self.nodes.values())

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from jobs.models import Job, JobExecution, JobStatus
+from jobs.models import ExecutionStatus, Job, JobExecution, JobStatus
 from nodes.models import Node, NodeStatus
 from tests.processes import wait_until
 
@@ -70,15 +70,25 @@ def test_hollow_nodes_register_and_run_jobs_across_them(cluster, api):
     assert "Traceback" not in hollow.log()
 
 
-def test_hollow_seconds_that_is_no_duration_fails_the_job(cluster, api):
+def test_a_hollow_job_fails_on_a_bad_duration_and_ends_when_cancelled(cluster, api):
     cluster.start_scheduler()
     cluster.start_hollow_nodes("hollow", 2, cpu=1)
-    [job_id] = submit(api, 1, hollow_seconds="soon")
+    [bad] = submit(api, 1, hollow_seconds="soon")
+    [long] = submit(api, 1, hollow_seconds=600)
     wait_until(
-        lambda: Job.objects.get(pk=job_id).status == JobStatus.FAILED, 30, message="the job failed"
+        lambda: Job.objects.get(pk=bad).status == JobStatus.FAILED, 30, message="the bad job failed"
     )
-    execution = JobExecution.objects.get(job_id=job_id)
-    assert "hollow_seconds" in execution.error
+    assert "hollow_seconds" in JobExecution.objects.get(job_id=bad).error
+    wait_until(
+        lambda: Job.objects.get(pk=long).status == JobStatus.RUNNING, 30, message="the long job"
+    )
+    assert api.post(f"/api/jobs/{long}/cancel/").status_code == 200
+    wait_until(
+        lambda: Job.objects.get(pk=long).status == JobStatus.CANCELLED,
+        30,
+        message="the cancelled job to end",
+    )
+    assert JobExecution.objects.get(job_id=long).status == ExecutionStatus.CANCELLED
 
 
 def test_hollow_nodes_are_refused_unless_allowed(cluster):
