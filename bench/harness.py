@@ -78,12 +78,19 @@ class Bench:
             return
         self.psql(f"DROP DATABASE IF EXISTS {self.db_name} WITH (FORCE)")
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def start(
+        self, name: str, argv: list[str], env: dict | None = None, *, database: bool = True
+    ) -> subprocess.Popen:
+        """A process with the bench's environment, `env` on top; without `database`, no
+        DATABASE_URL (a node agent refuses to start with one)."""
+        process_env = {**self.env, **(env or {})}
+        if not database:
+            del process_env["DATABASE_URL"]
         log = (self.work / f"{name}.log").open("wb")
         return subprocess.Popen(
             argv,
             cwd=ROOT,
-            env=self.env,
+            env=process_env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -101,7 +108,7 @@ class Bench:
             if a.startswith("--name")
         )
         web = self.start(f"{name}-api", gunicorn_argv(port))
-        wait_for(lambda: _listening(port), 60, "the node agent's web server", 0.2)
+        wait_for(lambda: listening(port), 60, "the node agent's web server", 0.2)
         env = {k: v for k, v in self.env.items() if k != "DATABASE_URL"}
         env["SCHEDULER_API_URL"] = f"http://127.0.0.1:{port}"
         env["NODE_KEY"] = node_credential_issue(node_name=node_name)[1]
@@ -112,7 +119,7 @@ class Bench:
         return [web, node]
 
 
-def _listening(port: int) -> bool:
+def listening(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True

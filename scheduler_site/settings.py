@@ -335,6 +335,9 @@ NODE_LOST_MAX_RETRIES = env.int("NODE_LOST_MAX_RETRIES", default=3)
 # How often an agent looks for cancelled executions, and samples its jobs' memory.
 NODE_CANCEL_POLL_SECONDS = env.float("NODE_CANCEL_POLL_SECONDS", default=1.0)
 NODE_MEMORY_POLL_SECONDS = env.float("NODE_MEMORY_POLL_SECONDS", default=0.25)
+# `run_node --hollow N` (simulated nodes that run nothing, for sizing the control plane
+# in tests and benchmarks) starts only where this is true: never on a real cluster.
+HOLLOW_NODES_ALLOWED = env.bool("HOLLOW_NODES_ALLOWED", default=False)
 # A schedule's due time seen later than this (beat was down) is a misfire: its
 # misfire policy says whether it still runs (`run_once`) or is skipped (`skip`).
 SCHEDULE_MISFIRE_GRACE_SECONDS = env.float("SCHEDULE_MISFIRE_GRACE_SECONDS", default=5.0)

@@ -358,6 +358,51 @@ class Cluster:
             self.wait_node_ready(name, process)
         return process
 
+    def start_hollow_nodes(
+        self,
+        prefix: str,
+        count: int,
+        *,
+        cpu: float,
+        memory_mb: int = 4096,
+        allowed: bool = True,
+        wait: bool = True,
+    ) -> Process:
+        """`run_node --hollow count`: nodes PREFIX-1 to PREFIX-count in one process, with
+        a key file of their keys (and HOLLOW_NODES_ALLOWED=true unless not `allowed`)."""
+        key_file = self.tmp_path / f"{prefix}.keys"
+        key_file.touch(mode=0o600)
+        key_file.write_text(
+            "".join(
+                f"{name} {node_credential_issue(node_name=name)[1]}\n"
+                for name in (f"{prefix}-{i}" for i in range(1, count + 1))
+            )
+        )
+        env = {k: v for k, v in self.env.items() if k != "DATABASE_URL"}
+        env["SCHEDULER_API_URL"] = f"http://127.0.0.1:{self.start_api()}"
+        env["NODE_KEY_FILE"] = str(key_file)
+        env["HOLLOW_NODES_ALLOWED"] = "true" if allowed else "false"
+        argv = [
+            sys.executable,
+            str(BASE_DIR / "manage.py"),
+            "run_node",
+            f"--name={prefix}",
+            f"--hollow={count}",
+            f"--cpu={cpu}",
+            f"--memory-mb={memory_mb}",
+            "--gpu=0",
+        ]
+        process = self._spawn_with(prefix, argv, env)
+        if wait:
+
+            def ready():
+                if not process.alive:
+                    raise AssertionError(f"hollow nodes {prefix} exited:\n{process.log()[-3000:]}")
+                return f"hollow nodes consuming {count} queues" in process.log()
+
+            wait_until(ready, 60, interval=0.2, message=f"hollow nodes {prefix}")
+        return process
+
     def node_env(self, name: str) -> dict:
         """A node agent's environment: the control plane's URL and a key of its node's,
         and no database."""

@@ -7,7 +7,6 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import AuditEvent
-from events.models import Event
 from jobs.models import ExecutionStatus, Job, JobExecution, JobLogChunk, JobStatus
 from jobs.scheduling.cycle import place_pending_jobs
 from nodes.models import Node
@@ -117,18 +116,6 @@ def test_a_success_takes_the_waiting_job_onto_the_room_it_freed(agent_a, node_a,
     assert JobExecution.objects.get(token=token).status == ExecutionStatus.SUCCEEDED
 
 
-def test_the_agents_calls_leave_no_audit_rows_but_job_events(agent_a, node_a, team):
-    """A claim and a success are the job's events (started, succeeded), not audit rows."""
-    token = reserved_on(node_a, team)
-    assert claim(agent_a, token).status_code == 200
-    ended = agent_a.post("/api/agent/successes/", {"successes": [{"token": token}]}, format="json")
-    assert ended.status_code == 200, ended.content
-    assert not AuditEvent.objects.exists()
-    job = Job.objects.get()
-    types = set(Event.objects.filter(job_id=job.id).values_list("type", flat=True))
-    assert {"job.started", "job.succeeded"} <= types
-
-
 def test_it_lists_the_cancel_requests_and_stores_log_chunks(agent_a, node_a, team):
     token = reserved_on(node_a, team)
     claim(agent_a, token)
@@ -216,3 +203,20 @@ def test_a_batch_of_successes_sent_again_answers_those_recorded_as_ended(agent_a
     assert again.json() == {"ended": [token], "claimed": []}
     plain = agent_a.post("/api/agent/successes/", body, format="json")
     assert plain.json() == {"ended": [], "claimed": []}
+
+
+def test_the_agents_calls_on_executions_leave_no_audit_event(agent_a, node_a, team):
+    token = reserved_on(node_a, team)
+    assert claim(agent_a, token).status_code == 200
+    agent_a.post("/api/agent/cancel-requests/", {"tokens": [token]}, format="json")
+    execution_id = JobExecution.objects.get(token=token).id
+    chunk = {"execution_id": execution_id, "seq": 0, "first_line": 1, "offset": 0, "text": "a\n"}
+    agent_a.post("/api/agent/log-chunks/", {"chunks": [chunk], "cuts": {}}, format="json")
+    ended = agent_a.post("/api/agent/successes/", {"successes": [{"token": token}]}, format="json")
+    assert ended.json()["ended"] == [token]
+    other = reserved_on(node_a, team)
+    claim(agent_a, other)
+    outcome = {"token": other, "exit_code": 1, "error": "exit code 1"}
+    finished = agent_a.post("/api/agent/finish/", outcome, format="json")
+    assert finished.json() == {"status": ExecutionStatus.FAILED}
+    assert not AuditEvent.objects.exists()

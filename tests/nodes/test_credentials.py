@@ -3,7 +3,7 @@
 from io import StringIO
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
 from nodes.models import Node, NodeCredential
@@ -160,3 +160,27 @@ def test_shrinking_below_what_is_allocated_is_a_400(agent):
     response = agent.post("/api/nodes/register/", {**REGISTER, "cpu": 1}, format="json")
     assert response.status_code == 400
     assert Node.objects.get(name="node-a").cpu_millis == 2500
+
+
+def test_issue_node_token_with_count_prints_a_key_file_for_hollow_nodes(db):
+    out = StringIO()
+    call_command("issue_node_token", "hollow", "--count", "3", stdout=out, stderr=StringIO())
+    lines = [line.split(" ") for line in out.getvalue().splitlines()]
+    assert [name for name, _ in lines] == ["hollow-1", "hollow-2", "hollow-3"]
+    assert set(NodeCredential.objects.values_list("node_name", flat=True)) == {
+        "hollow-1",
+        "hollow-2",
+        "hollow-3",
+    }
+    name, key = lines[1]
+    register = {**REGISTER, "name": name}
+    assert node_client(key).post("/api/nodes/register/", register, format="json").status_code == 200
+    other = {**REGISTER, "name": "hollow-1"}
+    assert node_client(key).post("/api/nodes/register/", other, format="json").status_code == 403
+
+
+@pytest.mark.parametrize("args", [["hollow", "--count", "0"], ["x" * 62, "--count", "10"]])
+def test_issue_node_token_with_a_bad_count_or_prefix_issues_nothing(db, args):
+    with pytest.raises(CommandError):
+        call_command("issue_node_token", *args, stdout=StringIO(), stderr=StringIO())
+    assert not NodeCredential.objects.exists()

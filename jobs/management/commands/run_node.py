@@ -3,6 +3,9 @@
 Registers the node (capacity detected from the host unless given), heartbeats, and
 runs a Celery worker on the node's own queue, `node.NAME`, in this process.
 
+With `--hollow N` it runs N simulated nodes instead, for tests and benchmarks of the
+control plane only (`jobs.agent.hollow`; refused unless HOLLOW_NODES_ALLOWED=true).
+
 It reaches the control plane through the web API only (SCHEDULER_API_URL), with the
 node's key (`manage.py issue_node_token NAME`) from NODE_KEY or from the file NODE_KEY_FILE
 names (readable by its owner only), and the broker: no database. It refuses to start with
@@ -24,6 +27,13 @@ from jobs.agent import supervision as agent
 from jobs.agent import tasks  # noqa: F401  (registers the execution task in this worker)
 from jobs.agent.client import ControlPlane, Refused, Revoked, use_control_plane
 from jobs.agent.guard import start_guard
+from jobs.agent.hollow import (
+    HollowFleet,
+    HollowKeysError,
+    hollow_node_names,
+    read_hollow_keys,
+    valid_prefix,
+)
 from jobs.agent.runner import agent_identity, running
 from jobs.agent.success_batching import successes
 from jobs.agent.task_events import use_worker_dispatcher
@@ -108,6 +118,20 @@ class Command(BaseCommand):
             "JOB_TASK_NODES (default: the host name)",
         )
         parser.add_argument("--loglevel", default="INFO")
+        parser.add_argument(
+            "--hollow",
+            type=int,
+            metavar="N",
+            help="Run N simulated nodes NAME-1 to NAME-N that run nothing, for tests and "
+            "benchmarks of the control plane (needs HOLLOW_NODES_ALLOWED=true; keys from "
+            "NODE_KEY_FILE, one 'NAME KEY' line per node)",
+        )
+        parser.add_argument(
+            "--hollow-threads",
+            type=int,
+            default=32,
+            help="Threads making the hollow nodes' HTTP calls (default 32)",
+        )
         add_metrics_arguments(parser, "agent")
 
     def handle(
@@ -123,12 +147,19 @@ class Command(BaseCommand):
         loglevel,
         metrics_port,
         metrics_address,
+        hollow,
+        hollow_threads,
         **options,
     ):
         if "DATABASE_URL" in os.environ or databases_configured():
             raise CommandError(
                 "A node agent reaches the control plane through its web API only: "
                 "unset DATABASE_URL, and set SCHEDULER_API_URL and NODE_KEY."
+            )
+        if hollow is not None and not settings.HOLLOW_NODES_ALLOWED:
+            raise CommandError(
+                "Hollow nodes run nothing and are for tests and benchmarks only: "
+                "set HOLLOW_NODES_ALLOWED=true to start them."
             )
         if not NODE_NAME_RE.match(name):
             raise CommandError("--name must be lower-case letters, digits and dashes (max 63).")
@@ -138,6 +169,10 @@ class Command(BaseCommand):
         if cpu_millis < 1 or memory_mb < 0 or gpu < 0:
             raise CommandError("--cpu must be positive; --memory-mb and --gpu not negative.")
         labels = dict(parse_label(item) for item in label)
+        if hollow is not None:
+            spec = {"cpu": cpu_millis / 1000, "memory_mb": memory_mb, "gpu": gpu, "labels": labels}
+            self.run_hollow(prefix=name, count=hollow, spec=spec, threads=hollow_threads)
+            return
         slots = slots or min(64, max(4, 4 * cpu_millis // 1000))
         control_plane = ControlPlane(
             base_url=settings.SCHEDULER_API_URL, key=node_key(), pool_size=slots + 4
@@ -191,3 +226,63 @@ class Command(BaseCommand):
             loop.stop()
             successes.stop()
             control_plane.stop()
+
+    def run_hollow(self, *, prefix: str, count: int, spec: dict, threads: int) -> None:
+        """N hollow nodes until SIGTERM or SIGINT; then they take no more work, end what
+        they run (a second signal: at once), and stop."""
+        if count < 1 or threads < 1:
+            raise CommandError("--hollow and --hollow-threads must be at least 1.")
+        if not valid_prefix(prefix, count):
+            raise CommandError(f"--name {prefix!r}: {prefix}-{count} is no valid node name.")
+        path = os.environ.get("NODE_KEY_FILE", "")
+        if not path or os.environ.get("NODE_KEY"):
+            raise CommandError(
+                "Hollow nodes take their keys from NODE_KEY_FILE (not NODE_KEY), one 'NAME KEY' "
+                f"line per node: manage.py issue_node_token {prefix} --count {count} > FILE"
+            )
+        try:
+            keys = read_hollow_keys(path, hollow_node_names(prefix, count))
+        except HollowKeysError as exc:
+            raise CommandError(str(exc)) from exc
+        fleet = HollowFleet(keys=keys, base_url=settings.SCHEDULER_API_URL, threads=threads)
+        spec = {
+            **spec,
+            "address": socket.gethostname(),
+            "agent_version": f"{AGENT_VERSION}+hollow",
+        }
+        problems = fleet.register(spec)
+        if problems:
+            fleet.stop()
+            raise CommandError(
+                f"{len(problems)} hollow node(s) could not register with "
+                f"{settings.SCHEDULER_API_URL}: {'; '.join(problems[:5])}"
+            )
+        self.stdout.write(
+            f"{count} hollow nodes {prefix}-1 to {prefix}-{count}: {spec['cpu']:g} CPU, "
+            f"{spec['memory_mb']} MB, {spec['gpu']} GPU each, labels {spec['labels']}, "
+            f"control plane {settings.SCHEDULER_API_URL}"
+        )
+        signals = []
+
+        def on_signal(signum, frame):
+            signals.append(signum)
+            fleet.stop_consuming()
+            if len(signals) > 1:
+                fleet.stopped.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        fleet.start_loops()
+        try:
+            fleet.consume()
+            # What runs ends and is reported; its room is left to the scheduler.
+            fleet.fill_freed_room = False
+            while not fleet.idle() and not fleet.stopped.wait(0.2):
+                pass
+        finally:
+            running_now, started, succeeded = fleet.counts()
+            fleet.stop()
+            self.stdout.write(
+                f"hollow nodes stopped: {started} executions started, {succeeded} succeeded, "
+                f"{running_now} left running"
+            )
