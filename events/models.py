@@ -19,6 +19,7 @@ class EventType(models.TextChoices):
     JOB_ATTEMPT_FAILED = "job.attempt_failed", "Attempt failed"
     JOB_RETRY_PLANNED = "job.retry_planned", "Retry planned"
     JOB_NODE_LOST = "job.node_lost", "Attempt lost with its node or process"
+    JOB_PREEMPTED = "job.preempted", "Attempt preempted by a higher-priority job"
     JOB_CANCEL_REQUESTED = "job.cancel_requested", "Cancel of a running job requested"
     JOB_CANCELLED = "job.cancelled", "Job cancelled"
     JOB_DEAD_LETTERED = "job.dead_lettered", "Job failed for good (dead letter)"

@@ -106,9 +106,19 @@ class JobDefinitionAdmin(AuditedModelAdmin):
 
 class JobExecutionInline(admin.TabularInline):
     model = JobExecution
+    fk_name = "job"
     extra = 0
     can_delete = False
-    fields = ["attempt", "node", "status", "exit_code", "error", "started_at", "finished_at"]
+    fields = [
+        "attempt",
+        "node",
+        "status",
+        "exit_code",
+        "error",
+        "started_at",
+        "finished_at",
+        "preempted_by",
+    ]
     readonly_fields = fields
     show_change_link = True
 
@@ -129,7 +139,7 @@ class JobAdmin(AuditedModelAdmin):
         "created_at",
         "finished_at",
     ]
-    list_filter = ["status", "pending_reason", "team", "queue"]
+    list_filter = ["status", "pending_reason", "team", "queue", "preemptible"]
     search_fields = ["name", "idempotency_key", "concurrency_key"]
     list_select_related = ["team", "last_execution__node"]
     date_hierarchy = "created_at"
@@ -144,6 +154,7 @@ class JobAdmin(AuditedModelAdmin):
         "idempotency_key",
         "not_before",
         "attempts",
+        "preemptions",
         "last_execution",
         "created_at",
         "started_at",

@@ -46,6 +46,9 @@ class PendingReason(models.TextChoices):
         "would_delay_reservation",
         "Held back: starting it would delay a job with a reservation",
     )
+    # Lower-priority executions on `reservation_node` are being preempted for it; the room
+    # they free is held for it.
+    PREEMPTING = "preempting", "Lower-priority work is being preempted for it"
 
 
 # A pending job with one of these reasons is held: no scheduling cycle considers it until
@@ -100,6 +103,8 @@ class ExecutionStatus(models.TextChoices):
     FAILED = "failed", "Failed"
     CANCELLED = "cancelled", "Cancelled"
     LOST = "lost", "Lost"
+    # Stopped to make room for a higher-priority job; the job runs again, no retry used.
+    PREEMPTED = "preempted", "Preempted"
 
 
 class JobSpec(models.Model):
@@ -133,6 +138,12 @@ class JobSpec(models.Model):
         blank=True,
         db_default="",
         help_text='At most its team\'s ConcurrencyLimit for this key run at once, e.g. "db"',
+    )
+    preemptible = models.BooleanField(
+        null=True,
+        blank=True,
+        db_default=None,
+        help_text="May higher-priority work preempt it? Empty: its queue's default.",
     )
 
     class Meta:
@@ -233,7 +244,8 @@ class Job(JobSpec):
     # by its deadline is cancelled (stopped, if running) with the reason "deadline passed".
     deadline = models.DateTimeField(null=True, blank=True)
     # Where and when (by the running executions' time limits) room is reserved for it;
-    # meaningful only while its pending reason is `reservation`.
+    # meaningful only while its pending reason is `reservation`, or `preempting` (the node
+    # its victims run on, and when their grace ends).
     reservation_node = models.ForeignKey(
         "nodes.Node",
         null=True,
@@ -243,6 +255,14 @@ class Job(JobSpec):
         db_index=False,
     )
     reservation_start_at = models.DateTimeField(null=True, blank=True)
+    # Set from its queue's default at submission when the spec says nothing.
+    preemptible = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="May higher-priority work preempt it (stop it and run it again later)?",
+    )
+    # Attempts that ended preempted: they do not count against max_retries.
+    preemptions = models.PositiveIntegerField(default=0, db_default=0)
 
     objects = JobQuerySet.as_manager()
 
@@ -312,6 +332,18 @@ class Job(JobSpec):
                 fields=["reservation_node"],
                 name="job_reservation_by_node",
                 condition=Q(status=JobStatus.PENDING, pending_reason=PendingReason.RESERVATION),
+            ),
+            # Used by preemption: running jobs that may be preempted.
+            models.Index(
+                F("priority"),
+                name="job_running_preemptible",
+                condition=Q(status=JobStatus.RUNNING, preemptible=True),
+            ),
+            # Used by placement: the jobs room is held for while their victims stop.
+            models.Index(
+                fields=["reservation_node"],
+                name="job_preempting_by_node",
+                condition=Q(status=JobStatus.PENDING, pending_reason=PendingReason.PREEMPTING),
             ),
             # Used by the jobs list: newest first, by cursor, alone or under one filter
             # (a member's list is also filtered by team).
@@ -408,6 +440,11 @@ class JobExecution(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     log_path = models.CharField(max_length=500, blank=True)
     log_tail = models.TextField(blank=True)
+    # Set when the scheduler chose it to make room for `preempted_by`: its node stops it.
+    preempt_requested_at = models.DateTimeField(null=True, blank=True)
+    preempted_by = models.ForeignKey(
+        Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
 
     class Meta:
         ordering = ["job", "attempt"]
@@ -423,6 +460,12 @@ class JobExecution(models.Model):
             # Used by the metrics summary: attempts that ended in its window, or have not
             # ended (NULL).
             models.Index(fields=["finished_at"], name="execution_finished"),
+            # Used by placement: the executions being preempted for a job.
+            models.Index(
+                fields=["preempted_by"],
+                name="execution_preempted_by",
+                condition=Q(preempted_by__isnull=False),
+            ),
             # Used by reconciliation: reserved executions no node has claimed yet.
             models.Index(
                 fields=["reserved_at"],

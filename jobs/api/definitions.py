@@ -62,6 +62,7 @@ class DefinitionSerializer(serializers.ModelSerializer):
             "timeout_seconds",
             "node_selector",
             "concurrency_key",
+            "preemptible",
             "schedule_count",
             "created_at",
             "updated_at",

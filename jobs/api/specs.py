@@ -144,6 +144,14 @@ class JobSpecSerializer(SpecLimitsMixin, StrictSerializer):
         child=serializers.CharField(max_length=63), required=False, default=dict
     )
     concurrency_key = concurrency_key_field(required=False, default="")
+    preemptible = serializers.BooleanField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="May higher-priority work preempt it (stop it, SIGTERM then SIGKILL after "
+        "its queue's grace, and run it again later, no retry used)? Null: its queue's "
+        "default.",
+    )
 
     def validate_team(self, slug):
         return team_of_write(self, slug)

@@ -28,7 +28,7 @@ from ..accounting import (
 from ..models import ExecutionStatus, Job, JobExecution
 from .array_slots import array_slots_release, array_task_ended
 from .dependencies import dependents_settle
-from .retries import job_after_attempt
+from .retries import job_after_attempt, job_after_preempted
 
 logger = logging.getLogger(__name__)
 
@@ -62,25 +62,35 @@ def execution_finish(
     log_path: str = "",
     log_tail: str = "",
     cancelled: bool = False,
+    preempted: bool = False,
 ) -> ExecutionStatus | None:
     """Record how a running execution ended, release its allocation, and move the job on:
     to `succeeded`, `cancelled`, back to `pending` for a retry, or to `failed` (the
-    dead-letter view) when out of retries. Returns the execution's status as recorded;
+    dead-letter view) when out of retries. An execution its node stopped because it was
+    preempted (`preempted`, and the scheduler asked for it) ends `preempted`, and its job
+    waits again without using a retry. Returns the execution's status as recorded;
     None when it was not running (a late or duplicate report), which changes nothing."""
-    if exit_code == 0 and not error and not cancelled:
+    if exit_code == 0 and not error and not cancelled and not preempted:
         success = Success(token=token, log_path=log_path, log_tail=log_tail)
         if executions_finish_succeeded([success]):
             return ExecutionStatus.SUCCEEDED
     now = timezone.now()
     with transaction.atomic():
-        found = JobExecution.objects.filter(token=token).values_list("id", "job_id").first()
+        found = (
+            JobExecution.objects.filter(token=token)
+            .values_list("id", "job_id", "preempt_requested_at", "preempted_by_id")
+            .first()
+        )
         if found is None:
             return None
-        execution_id, job_id = found
+        execution_id, job_id, preempt_requested_at, preempted_by = found
         job = Job.objects.select_for_update().get(pk=job_id)
         cancelled = cancelled or job.cancel_requested_at is not None
+        preempted = preempted and preempt_requested_at is not None and not cancelled
         if cancelled:
             status = ExecutionStatus.CANCELLED
+        elif preempted:
+            status = ExecutionStatus.PREEMPTED
         elif exit_code == 0 and not error:
             status = ExecutionStatus.SUCCEEDED
         else:
@@ -90,7 +100,11 @@ def execution_finish(
         ).update(
             status=status,
             exit_code=exit_code,
-            error="cancelled" if cancelled else error,
+            error="cancelled"
+            if cancelled
+            else f"preempted by job {preempted_by}"
+            if preempted
+            else error,
             finished_at=now,
             log_path=log_path,
             log_tail=log_tail,
@@ -98,7 +112,10 @@ def execution_finish(
         if not finished:
             logger.warning("execution not running, outcome ignored token=%s", token)
             return None
-        job_after_attempt(job, status=status, error=error, now=now)
+        if preempted:
+            job_after_preempted(job, preempted_by=preempted_by, now=now)
+        else:
+            job_after_attempt(job, status=status, error=error, now=now)
         scheduler_wake()
         # Last, so the node row (every finish and every cycle needs it) is held briefly.
         allocation_release(execution_id=execution_id, now=now)

@@ -85,12 +85,15 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
 
 def spec_in_queue(spec: dict, queue: Queue) -> dict:
     """The job's fields in its queue: a job that sets no time limit gets the queue's
-    default, which the node enforces as its own and reservations count on."""
+    default, which the node enforces as its own and reservations count on; one that does
+    not say whether it is preemptible gets the queue's default too."""
     timeout = spec.get("timeout_seconds")
+    preemptible = spec.get("preemptible")
     return {
         **spec,
         "queue": queue,
         "timeout_seconds": queue.default_timeout_seconds if timeout is None else timeout,
+        "preemptible": queue.preemptible_default if preemptible is None else preemptible,
     }
 
 
