@@ -3,7 +3,8 @@
 AccountingSampler polls, on a connection of its own, every node's counters and the live
 allocations behind them, and what each queue's jobs hold, and records any moment where a
 node held more than its capacity, its counters disagreed with its allocations, or a
-queue held more than its quota.
+queue held more than its quota, or a job had two live attempts at once (a preempted
+attempt still live when its job's next one was placed).
 """
 
 import threading
@@ -39,6 +40,13 @@ LEFT JOIN resources_allocation a
 GROUP BY q.id
 """
 
+# Jobs with more than one live attempt.
+LIVE_ATTEMPTS_SQL = """
+SELECT job_id, count(*) FROM jobs_jobexecution
+ WHERE status IN ('reserved', 'running')
+ GROUP BY job_id HAVING count(*) > 1
+"""
+
 
 class AccountingSampler(threading.Thread):
     """Polls the accounting every few milliseconds while the test runs, recording breaches."""
@@ -58,6 +66,8 @@ class AccountingSampler(threading.Thread):
                     self.check(row)
                 for row in conn.execute(QUEUE_ACCOUNTING_SQL).fetchall():
                     self.check_queue(row)
+                for job_id, live in conn.execute(LIVE_ATTEMPTS_SQL).fetchall():
+                    self.violations.append(f"job {job_id}: {live} live attempts")
                 self.samples += 1
                 time.sleep(0.01)
 

@@ -22,6 +22,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--max-pause", type=float, default=0.1)
     parser.add_argument("--sleep", type=float, default=0.3, help="what each job runs for")
     parser.add_argument("--concurrency-key", default="")
+    parser.add_argument("--priorities", default="0", help="to choose from, e.g. 0,10")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
@@ -45,6 +46,7 @@ def main(argv: list[str]) -> None:
                 "queue": rng.choice(args.queue),
                 "idempotency_key": f"{args.name}-{i}",
                 "concurrency_key": args.concurrency_key,
+                "priority": rng.choice([int(p) for p in args.priorities.split(",")]),
             },
         )
         time.sleep(rng.uniform(0, args.max_pause))

@@ -2,13 +2,15 @@
 
 Everything is a real process: three submitter processes, two `run_scheduler` processes
 (one leads, one stands by) and three node agents with little room, while a sampler polls
-the accounting in SQL. The leader gets SIGKILL while work is still arriving.
+the accounting in SQL. The leader gets SIGKILL while work is still arriving. A fourth
+submitter keeps long low-priority preemptible jobs coming, which the others' high-priority
+jobs preempt.
 """
 
 import pytest
 from django.db.models import Count
 
-from jobs.models import Job, JobStatus
+from jobs.models import ExecutionStatus, Job, JobExecution, JobRetry, JobStatus
 from nodes.models import Node
 from resources.models import Allocation, AllocationStatus, Queue
 from tests.accounting import AccountingSampler
@@ -18,20 +20,41 @@ pytestmark = pytest.mark.e2e
 
 SUBMITTERS = 3
 JOBS_EACH = 30
+PREEMPTIBLE_JOBS = 8
 
 
 def test_racing_submitters_schedulers_and_nodes_never_oversubscribe_or_lose_a_job(cluster, team):
     Queue.objects.create(name="race-a", all_teams=True, weight=2, quota_cpu_millis=2000)
     Queue.objects.create(name="race-b", all_teams=True)
+    Queue.objects.create(
+        name="race-low", all_teams=True, preemptible_default=True, preemption_grace_seconds=1
+    )
     cluster.start_node("node-a", cpu=2, memory_mb=1024)
     cluster.start_node("node-b", cpu=1.5, memory_mb=512)
     cluster.start_node("node-c", cpu=1, memory_mb=1024)
     first = cluster.start_scheduler("scheduler-1")
     second = cluster.start_scheduler("scheduler-2", wait_leader=False)
-    total = SUBMITTERS * JOBS_EACH
+    total = SUBMITTERS * JOBS_EACH + PREEMPTIBLE_JOBS
     sampler = AccountingSampler()
     sampler.start()
     try:
+        # Long low-priority preemptible jobs first, so that the high-priority ones find
+        # them running.
+        preemptible = cluster.start_submitter(
+            "preemptible",
+            team=team.slug,
+            queues=["race-low"],
+            count=PREEMPTIBLE_JOBS,
+            max_pause=0.5,
+            sleep=3,
+        )
+        wait_until(
+            lambda: (
+                Job.objects.filter(queue__name="race-low", status=JobStatus.RUNNING).count() >= 2
+            ),
+            60,
+            message="preemptible jobs running",
+        )
         submitters = [
             cluster.start_submitter(
                 f"submitter-{i}",
@@ -39,7 +62,8 @@ def test_racing_submitters_schedulers_and_nodes_never_oversubscribe_or_lose_a_jo
                 queues=["race-a", "race-b", "default"],
                 count=JOBS_EACH,
                 seed=i,
-                max_pause=0.15,
+                max_pause=0.25,
+                priorities="0,10",
             )
             for i in range(SUBMITTERS)
         ]
@@ -56,7 +80,7 @@ def test_racing_submitters_schedulers_and_nodes_never_oversubscribe_or_lose_a_jo
         wait_until(
             lambda: cluster.leader_pid() == standby.popen.pid, 15, message="the standby to lead"
         )
-        for submitter in submitters:
+        for submitter in [*submitters, preemptible]:
             assert submitter.popen.wait(timeout=120) == 0, submitter.log()
         wait_until(
             lambda: Job.objects.filter(status=JobStatus.SUCCEEDED).count() == total,
@@ -70,9 +94,16 @@ def test_racing_submitters_schedulers_and_nodes_never_oversubscribe_or_lose_a_jo
     assert sampler.samples > 100
     assert sampler.violations == []
     assert Job.objects.count() == total
-    # Nothing lost, nothing placed twice: one execution, one allocation per job.
-    assert set(Job.objects.annotate(n=Count("executions")).values_list("n", flat=True)) == {1}
-    assert Allocation.objects.count() == total
+    # Nothing lost, nothing placed twice: one execution per job, and one more per
+    # preemption (of preemptible jobs only, each ended `preempted`), one allocation each.
+    jobs = Job.objects.annotate(n=Count("executions"))
+    assert {(j.preemptible, j.n - j.preemptions) for j in jobs} <= {(True, 1), (False, 1)}
+    assert not jobs.filter(preemptible=False, preemptions__gt=0).exists()
+    preempted = JobExecution.objects.filter(status=ExecutionStatus.PREEMPTED)
+    assert preempted.count() == sum(j.preemptions for j in jobs) >= 1
+    assert not preempted.exclude(job__queue__name="race-low").exists()
+    assert not JobRetry.objects.exists()  # preemptions use no retry
+    assert Allocation.objects.count() == JobExecution.objects.count()
     assert not Allocation.objects.exclude(status=AllocationStatus.RELEASED).exists()
     assert set(
         Node.objects.values_list("allocated_cpu_millis", "allocated_memory_mb", "allocated_gpu")
