@@ -161,3 +161,29 @@ def test_submission_takes_the_queue_default_unless_the_job_says(api, team, broke
     bad = api.post("/api/jobs/", {**base, "preemptible": "sometimes"}, format="json")
     assert bad.status_code == 400 and "preemptible" in bad.json()
     assert Job.objects.count() == 3
+
+
+def test_why_shows_what_would_be_preempted_and_changes_nothing(api, team, full_node):
+    _, low, _, tokens = full_node
+    high = make_jobs(team, 1, priority=10)[0]
+    place_pending_jobs(batch_size=100)
+    answer = api.get(f"/api/jobs/{high.id}/why/").json()
+    assert answer["preemption"]["state"] == "would_preempt"
+    assert answer["preemption"]["victims"] == [
+        {"job": low.id, "token": tokens[low.id], "priority": 0, "node": "one"}
+    ]
+    assert "It would preempt on node one" in answer["summary"]
+    assert state(high) == (JobStatus.PENDING, PendingReason.INSUFFICIENT_CAPACITY)
+    assert not JobExecution.objects.filter(preempt_requested_at__isnull=False).exists()
+
+    preempt_for_waiting_jobs()
+    answer = api.get(f"/api/jobs/{high.id}/why/").json()
+    assert answer["reason"] == "preempting"
+    assert answer["preemption"]["state"] == "under_way"
+    assert answer["preemption"]["grace_ends_at"] is not None
+    assert [v["token"] for v in answer["preemption"]["victims"]] == [tokens[low.id]]
+    # A job that may preempt nothing (its priority is no higher) has null.
+    same = make_jobs(team, 1)[0]
+    place_pending_jobs(batch_size=100)
+    answer = api.get(f"/api/jobs/{same.id}/why/").json()
+    assert answer["reason"] == "insufficient_capacity" and answer["preemption"] is None
