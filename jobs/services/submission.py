@@ -15,7 +15,7 @@ from resources.models import Queue
 from ..models import Job, JobStatus, PendingReason
 from .arrays import array_tasks_create
 from .dependencies import job_dependencies_check, job_dependencies_lock, job_dependencies_record
-from .specs import MAX_ENV, job_spec_check
+from .specs import MAX_ENV, job_preemptible, job_spec_check
 from .timeline import job_event, jobs_submitted_events
 
 logger = logging.getLogger(__name__)
@@ -88,12 +88,11 @@ def spec_in_queue(spec: dict, queue: Queue) -> dict:
     default, which the node enforces as its own and reservations count on; one that does
     not say whether it is preemptible gets the queue's default too."""
     timeout = spec.get("timeout_seconds")
-    preemptible = spec.get("preemptible")
     return {
         **spec,
         "queue": queue,
         "timeout_seconds": queue.default_timeout_seconds if timeout is None else timeout,
-        "preemptible": queue.preemptible_default if preemptible is None else preemptible,
+        "preemptible": job_preemptible(spec.get("preemptible"), queue),
     }
 
 
