@@ -27,6 +27,7 @@ from .placement import (
     Resources,
     could_hold,
     dominant_share,
+    fits_now,
     matches_selector,
 )
 
@@ -196,13 +197,16 @@ def plan_preemptions(
         if limit is not None and len(preemptions) >= limit:
             break
         job = entry.job
+        usable = [
+            node
+            for node in nodes
+            if matches_selector(node, job.request.node_selector) and could_hold(node, job.request)
+        ]
+        if any(fits_now(node, job.request) for node in usable):
+            continue  # it fits as things are: placement's, not preemption's
         reclaim = shares is not None and shares.may_reclaim(job)
         best: tuple | None = None
-        for node in nodes:
-            if not matches_selector(node, job.request.node_selector):
-                continue
-            if not could_hold(node, job.request):
-                continue
+        for node in usable:
             candidates = [
                 v
                 for v in by_node.get(node.id, ())

@@ -135,6 +135,9 @@ def test_a_job_that_fits_somewhere_or_has_no_eligible_victims_preempts_nothing_t
     nodes, running, waiting = world
     job = waiting[0]
     plan = plan_preemptions(waiting=[job], nodes=copy.deepcopy(nodes), running=running)
+    request = job.job.request
+    if any(fits_now(n, request) and matches_selector(n, request.node_selector) for n in nodes):
+        assert plan == []
     for node in nodes:
         if matches_selector(node, job.job.request.node_selector):
             candidates = [
@@ -198,7 +201,7 @@ def test_a_queue_below_its_share_reclaims_from_one_above_regardless_of_priority(
 def test_reclaim_evicts_higher_priority_only_from_queues_above_their_share(world, weights):
     nodes, running, waiting = world
     shares = _shares(nodes, running, weights)
-    start = copy.deepcopy(shares)
+    replay = copy.deepcopy(shares)  # the shares as each preemption in turn finds them
     plan = plan_preemptions(waiting=waiting, nodes=nodes, running=running, shares=shares)
     priority_of = {w.job.id: w.priority for w in waiting}
     for preemption in plan:
@@ -206,4 +209,8 @@ def test_reclaim_evicts_higher_priority_only_from_queues_above_their_share(world
             assert victim.preemptible
             if victim.priority >= priority_of[preemption.job.id]:
                 assert victim.queue_id != preemption.job.queue_id
-                assert start.share(victim.queue_id) > start.deserved(victim.queue_id)
+                assert replay.share(victim.queue_id) > replay.deserved(victim.queue_id)
+                assert replay.may_reclaim(preemption.job)
+        for victim in preemption.victims:
+            replay.evicted(victim)
+        replay.started(preemption.job)
