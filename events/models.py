@@ -20,6 +20,7 @@ class EventType(models.TextChoices):
     JOB_RETRY_PLANNED = "job.retry_planned", "Retry planned"
     JOB_NODE_LOST = "job.node_lost", "Attempt lost with its node or process"
     JOB_GANG_STOPPING = "job.gang_stopping", "A gang's task ended badly: its others are stopped"
+    JOB_PREEMPTED = "job.preempted", "Attempt preempted by a higher-priority job"
     JOB_CANCEL_REQUESTED = "job.cancel_requested", "Cancel of a running job requested"
     JOB_CANCELLED = "job.cancelled", "Job cancelled"
     JOB_DEAD_LETTERED = "job.dead_lettered", "Job failed for good (dead letter)"

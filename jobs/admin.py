@@ -106,6 +106,7 @@ class JobDefinitionAdmin(AuditedModelAdmin):
 
 class JobExecutionInline(admin.TabularInline):
     model = JobExecution
+    fk_name = "job"
     extra = 0
     can_delete = False
     fields = [
@@ -117,6 +118,7 @@ class JobExecutionInline(admin.TabularInline):
         "error",
         "started_at",
         "finished_at",
+        "preempted_by",
     ]
     readonly_fields = fields
     show_change_link = True
@@ -138,7 +140,7 @@ class JobAdmin(AuditedModelAdmin):
         "created_at",
         "finished_at",
     ]
-    list_filter = ["status", "pending_reason", "team", "queue"]
+    list_filter = ["status", "pending_reason", "team", "queue", "preemptible"]
     search_fields = ["name", "idempotency_key", "concurrency_key"]
     list_select_related = ["team", "last_execution__node"]
     date_hierarchy = "created_at"
@@ -153,6 +155,7 @@ class JobAdmin(AuditedModelAdmin):
         "idempotency_key",
         "not_before",
         "attempts",
+        "preemptions",
         "last_execution",
         "created_at",
         "started_at",

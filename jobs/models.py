@@ -47,6 +47,9 @@ class PendingReason(models.TextChoices):
         "Held back: starting it would delay a job with a reservation",
     )
     GANG_DOES_NOT_FIT = "gang_does_not_fit", "Its tasks do not all fit the free room at once"
+    # Lower-priority executions on `reservation_node` are being preempted for it; the room
+    # they free is held for it.
+    PREEMPTING = "preempting", "Lower-priority work is being preempted for it"
 
 
 # A pending job with one of these reasons is held: no scheduling cycle considers it until
@@ -111,6 +114,8 @@ class ExecutionStatus(models.TextChoices):
     FAILED = "failed", "Failed"
     CANCELLED = "cancelled", "Cancelled"
     LOST = "lost", "Lost"
+    # Stopped to make room for a higher-priority job; the job runs again, no retry used.
+    PREEMPTED = "preempted", "Preempted"
 
 
 class JobSpec(models.Model):
@@ -149,6 +154,12 @@ class JobSpec(models.Model):
     # together or not at all (see README, "Gangs").
     tasks = models.PositiveIntegerField(
         default=1, db_default=1, help_text=f"Executions run together, 1 to {GANG_TASKS_MAX}."
+    )
+    preemptible = models.BooleanField(
+        null=True,
+        blank=True,
+        db_default=None,
+        help_text="May higher-priority work preempt it? Empty: its queue's default.",
     )
 
     class Meta:
@@ -264,7 +275,8 @@ class Job(JobSpec):
     # by its deadline is cancelled (stopped, if running) with the reason "deadline passed".
     deadline = models.DateTimeField(null=True, blank=True)
     # Where and when (by the running executions' time limits) room is reserved for it;
-    # meaningful only while its pending reason is `reservation`.
+    # meaningful only while its pending reason is `reservation`, or `preempting` (the node
+    # its victims run on, and when their grace ends).
     reservation_node = models.ForeignKey(
         "nodes.Node",
         null=True,
@@ -274,6 +286,14 @@ class Job(JobSpec):
         db_index=False,
     )
     reservation_start_at = models.DateTimeField(null=True, blank=True)
+    # Set from its queue's default at submission when the spec says nothing.
+    preemptible = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="May higher-priority work preempt it (stop it and run it again later)?",
+    )
+    # Attempts that ended preempted: they do not count against max_retries.
+    preemptions = models.PositiveIntegerField(default=0, db_default=0)
 
     objects = JobQuerySet.as_manager()
 
@@ -349,6 +369,18 @@ class Job(JobSpec):
                 fields=["reservation_node"],
                 name="job_reservation_by_node",
                 condition=Q(status=JobStatus.PENDING, pending_reason=PendingReason.RESERVATION),
+            ),
+            # Used by preemption: running jobs that may be preempted.
+            models.Index(
+                F("priority"),
+                name="job_running_preemptible",
+                condition=Q(status=JobStatus.RUNNING, preemptible=True),
+            ),
+            # Used by placement: the jobs room is held for while their victims stop.
+            models.Index(
+                fields=["reservation_node"],
+                name="job_preempting_by_node",
+                condition=Q(status=JobStatus.PENDING, pending_reason=PendingReason.PREEMPTING),
             ),
             # Used by the jobs list: newest first, by cursor, alone or under one filter
             # (a member's list is also filtered by team).
@@ -456,6 +488,11 @@ class JobExecution(models.Model):
     log_tail = models.TextField(blank=True)
     # Set when another task of its gang ended badly: its node stops it, as for a cancel.
     stop_requested_at = models.DateTimeField(null=True, blank=True)
+    # Set when the scheduler chose it to make room for `preempted_by`: its node stops it.
+    preempt_requested_at = models.DateTimeField(null=True, blank=True)
+    preempted_by = models.ForeignKey(
+        Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
 
     class Meta:
         ordering = ["job", "attempt", "task_index"]
@@ -474,6 +511,12 @@ class JobExecution(models.Model):
             # Used by the metrics summary: attempts that ended in its window, or have not
             # ended (NULL).
             models.Index(fields=["finished_at"], name="execution_finished"),
+            # Used by placement: the executions being preempted for a job.
+            models.Index(
+                fields=["preempted_by"],
+                name="execution_preempted_by",
+                condition=Q(preempted_by__isnull=False),
+            ),
             # Used by reconciliation: reserved executions no node has claimed yet.
             models.Index(
                 fields=["reserved_at"],

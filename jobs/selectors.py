@@ -2,6 +2,7 @@
 
 from datetime import datetime
 
+from django.conf import settings
 from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce, TruncMinute
 
@@ -44,6 +45,28 @@ def execution_tokens_cancel_requested(*, tokens: list[str]) -> list[str]:
             token__in=tokens,
         ).values_list("token", flat=True)
     )
+
+
+def execution_preemptions_requested(*, tokens: list[str]) -> list[dict]:
+    """Which of these running executions the scheduler preempted: each token, the grace
+    its queue gives it between SIGTERM and SIGKILL, and the job it makes room for."""
+    rows = (
+        JobExecution.objects.filter(
+            token__in=tokens,
+            status=ExecutionStatus.RUNNING,
+            preempt_requested_at__isnull=False,
+        )
+        .order_by("token")
+        .values_list("token", "job__queue__preemption_grace_seconds", "preempted_by_id")
+    )
+    return [
+        {
+            "token": token,
+            "grace_seconds": settings.PREEMPTION_GRACE_SECONDS if grace is None else grace,
+            "preempted_by": preempted_by,
+        }
+        for token, grace, preempted_by in rows
+    ]
 
 
 def execution_running_on_node(*, token: str, node_id: int) -> JobExecution | None:

@@ -37,10 +37,14 @@ FITS, SHORT, SELECTOR, NOT_READY = "fits", "short", "selector", "not_ready"
 VERDICT_ORDER = (FITS, SHORT, SELECTOR, NOT_READY)
 
 
-def job_why_pending(*, job: Job, now: datetime | None = None) -> dict:
+def job_why_pending(
+    *, job: Job, now: datetime | None = None, preemption: dict | None = None
+) -> dict:
     """The answer of `GET /api/jobs/{id}/why/` for `job` (fetched by the caller, with
     its queue). A job that is not pending gets its status in words; a pending one its
-    reason, retry, queue position and quota, and the nodes grouped by verdict."""
+    reason, retry, queue position and quota, the nodes grouped by verdict, and the
+    `preemption` the caller found under way or possible for it
+    (`jobs.scheduling.preemption.job_preemption_preview`)."""
     now = now or timezone.now()
     if job.status != JobStatus.PENDING:
         return {
@@ -70,7 +74,7 @@ def job_why_pending(*, job: Job, now: datetime | None = None) -> dict:
         "status": job.status,
         "pending": True,
         "reason": reason,
-        "summary": summary,
+        "summary": summary + _preemption_words(preemption),
         "gang": gang,
         "not_before": job.not_before,
         "retry": retry
@@ -78,7 +82,17 @@ def job_why_pending(*, job: Job, now: datetime | None = None) -> dict:
         "queue": queue,
         "waits_on": _waits_on(job, reason, due, reservation),
         "nodes": [group.as_json() for group in groups],
+        "preemption": preemption,
     }
+
+
+def _preemption_words(preemption: dict | None) -> str:
+    if preemption is None:
+        return ""
+    victims = ", ".join(v["token"] for v in preemption["victims"])
+    if preemption["state"] == "under_way":
+        return f" Preempting on node {preemption['node']}: {victims or 'stopped'}."
+    return f" It would preempt on node {preemption['node']}: {victims}."
 
 
 def _last_retry(job: Job) -> JobRetry | None:

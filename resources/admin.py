@@ -16,8 +16,10 @@ class QueueAdmin(AuditedModelAdmin):
         "quota_cpu",
         "quota_memory_mb",
         "quota_gpu",
+        "preemptible_default",
+        "preemption_grace_seconds",
     ]
-    list_filter = ["all_teams", "strategy"]
+    list_filter = ["all_teams", "strategy", "preemptible_default"]
     search_fields = ["name"]
     filter_horizontal = ["teams"]
 

@@ -65,6 +65,19 @@ class QueueInputSerializer(StrictSerializer):
         help_text="Time limit of the queue's jobs that set no timeout_seconds, given them "
         "at submission; reservations for large jobs are computed from time limits.",
     )
+    preemptible_default = serializers.BooleanField(
+        required=False,
+        help_text="Whether its jobs may be preempted by higher-priority work, for jobs that "
+        "do not say (set at submission).",
+    )
+    preemption_grace_seconds = serializers.IntegerField(
+        min_value=0,
+        max_value=86400,
+        allow_null=True,
+        required=False,
+        help_text="Seconds between SIGTERM and SIGKILL when one of its jobs is preempted; "
+        "null is the PREEMPTION_GRACE_SECONDS setting.",
+    )
 
     def validate_teams(self, slugs):
         teams = list(Team.objects.filter(slug__in=slugs))
@@ -93,6 +106,8 @@ class QueueSerializer(serializers.Serializer):
     strategy = serializers.CharField()
     quota = serializers.SerializerMethodField()
     default_timeout_seconds = serializers.IntegerField(allow_null=True)
+    preemptible_default = serializers.BooleanField()
+    preemption_grace_seconds = serializers.IntegerField(allow_null=True)
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
 

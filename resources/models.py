@@ -45,6 +45,18 @@ class Queue(models.Model):
         help_text="Time limit of its jobs that set none, e.g. 3600. Reservations for large "
         "jobs are computed from time limits; a job running with none blocks them on its node.",
     )
+    preemptible_default = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="Whether its jobs may be preempted by higher-priority work, unless a job "
+        "says otherwise.",
+    )
+    preemption_grace_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Between SIGTERM and SIGKILL when one of its jobs is preempted, e.g. 30; "
+        "empty is the PREEMPTION_GRACE_SECONDS setting.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -40,6 +40,8 @@ def queue_create(
     quota_memory_mb: int | None = None,
     quota_gpu: int | None = None,
     default_timeout_seconds: int | None = None,
+    preemptible_default: bool = False,
+    preemption_grace_seconds: int | None = None,
 ) -> Queue:
     queue = Queue(
         name=name,
@@ -51,6 +53,8 @@ def queue_create(
         quota_memory_mb=quota_memory_mb,
         quota_gpu=quota_gpu,
         default_timeout_seconds=default_timeout_seconds,
+        preemptible_default=preemptible_default,
+        preemption_grace_seconds=preemption_grace_seconds,
     )
     queue = _queue_save(queue, teams=teams or [])
     logger.info("queue created queue=%s", queue.name)
@@ -67,6 +71,8 @@ QUEUE_FIELDS = (
     "quota_memory_mb",
     "quota_gpu",
     "default_timeout_seconds",
+    "preemptible_default",
+    "preemption_grace_seconds",
 )
 
 

@@ -350,6 +350,8 @@ JOB_CALLABLES = env.list(
 )
 # Seconds a killed job gets between SIGTERM and SIGKILL.
 JOB_KILL_GRACE_SECONDS = env.float("JOB_KILL_GRACE_SECONDS", default=5.0)
+# Between SIGTERM and SIGKILL for a preempted job (a queue may set its own).
+PREEMPTION_GRACE_SECONDS = env.int("PREEMPTION_GRACE_SECONDS", default=30)
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {

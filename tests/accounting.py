@@ -3,7 +3,9 @@
 AccountingSampler polls, on a connection of its own, every node's counters and the live
 allocations behind them, what each queue's jobs hold, and the gangs' executions, and
 records any moment where a node held more than its capacity, its counters disagreed with
-its allocations, a queue held more than its quota, or a gang was placed in part.
+its allocations, a queue held more than its quota, a gang was placed in part, or a job
+had two live attempts at once (a preempted attempt still live when its job's next one was
+placed).
 """
 
 import threading
@@ -37,6 +39,13 @@ LEFT JOIN jobs_jobexecution e ON e.job_id = j.id
 LEFT JOIN resources_allocation a
        ON a.execution_id = e.id AND a.status IN ('reserved', 'active')
 GROUP BY q.id
+"""
+
+# Jobs with more than one live attempt.
+LIVE_ATTEMPTS_SQL = """
+SELECT job_id, count(DISTINCT attempt) FROM jobs_jobexecution
+ WHERE status IN ('reserved', 'running')
+ GROUP BY job_id HAVING count(DISTINCT attempt) > 1
 """
 
 
@@ -81,6 +90,8 @@ class AccountingSampler(threading.Thread):
                         f"gang job {job_id} attempt {attempt} of {tasks} tasks: {executions} "
                         f"executions, {allocations} allocations, {held} live while pending"
                     )
+                for job_id, live in conn.execute(LIVE_ATTEMPTS_SQL).fetchall():
+                    self.violations.append(f"job {job_id}: {live} live attempts")
                 self.samples += 1
                 time.sleep(0.01)
 

@@ -25,6 +25,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument(
         "--gang-share", type=float, default=0.0, help="share of jobs that are gangs of 2 or 3"
     )
+    parser.add_argument("--priorities", default="0", help="to choose from, e.g. 0,10")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
@@ -50,6 +51,7 @@ def main(argv: list[str]) -> None:
                 "queue": rng.choice(args.queue),
                 "idempotency_key": f"{args.name}-{i}",
                 "concurrency_key": args.concurrency_key,
+                "priority": rng.choice([int(p) for p in args.priorities.split(",")]),
             },
         )
         time.sleep(rng.uniform(0, args.max_pause))

@@ -157,9 +157,10 @@ class ControlPlane:
             on_retry=_resumed,
         ).body
 
-    def cancel_requests(self, tokens: list[str]) -> list[str]:
+    def cancel_requests(self, tokens: list[str]) -> dict:
+        """{"tokens": those to cancel, "preempt": [{token, grace_seconds, preempted_by}]}."""
         answer = self.post("/api/agent/cancel-requests/", {"tokens": tokens}, retry=False)
-        return answer.body["tokens"]
+        return answer.body
 
     def log_chunks(self, *, chunks: list[dict], cuts: dict[int, int]) -> None:
         self.post("/api/agent/log-chunks/", {"chunks": chunks, "cuts": cuts}, retry=False)

@@ -72,6 +72,7 @@ class Outcome:
     log_path: str
     log_tail: str
     cancelled: bool = False
+    preempted: bool = False
 
 
 class TrackedExecution:
@@ -84,16 +85,29 @@ class TrackedExecution:
         self.started_at = 0.0  # time.monotonic() at its start
         self.kill_reason = ""  # why the agent killed it, if it did
         self.cancelled = False
+        self.preempted = False
+        self.grace_seconds = settings.JOB_KILL_GRACE_SECONDS
         self.lock = threading.Lock()
 
-    def kill(self, reason: str, *, cancelled: bool = False) -> None:
+    def kill(
+        self,
+        reason: str,
+        *,
+        cancelled: bool = False,
+        preempted: bool = False,
+        grace_seconds: float | None = None,
+    ) -> None:
+        """SIGTERM its group, then SIGKILL after the grace (JOB_KILL_GRACE_SECONDS, or
+        `grace_seconds`: a preempted job's queue says how long it gets)."""
         with self.lock:
             if self.kill_reason:
                 return
-            self.kill_reason, self.cancelled = reason, cancelled
+            self.kill_reason, self.cancelled, self.preempted = reason, cancelled, preempted
+            if grace_seconds is not None:
+                self.grace_seconds = grace_seconds
             pgid = self.pgid
         if pgid is not None:
-            kill_process_group(pgid, settings.JOB_KILL_GRACE_SECONDS)
+            kill_process_group(pgid, self.grace_seconds)
 
     def started(self, pgid: int) -> None:
         """Record the process group; a kill asked for before the start takes effect now."""
@@ -101,7 +115,7 @@ class TrackedExecution:
             self.pgid, self.started_at = pgid, time.monotonic()
             pending = self.kill_reason
         if pending:
-            kill_process_group(pgid, settings.JOB_KILL_GRACE_SECONDS)
+            kill_process_group(pgid, self.grace_seconds)
 
 
 class RunningRegistry:
@@ -138,6 +152,22 @@ class RunningRegistry:
             logger.info("cancelling execution token=%s", token)
             threading.Thread(
                 target=tracked.kill, args=("cancelled",), kwargs={"cancelled": True}
+            ).start()
+
+    def preempt(self, token: str, *, grace_seconds: float, preempted_by: int | None) -> None:
+        with self._lock:
+            tracked = self._items.get(token)
+        if tracked is not None and not tracked.kill_reason:
+            logger.info(
+                "preempting execution token=%s preempted_by=%s grace_seconds=%s",
+                token,
+                preempted_by,
+                grace_seconds,
+            )
+            threading.Thread(
+                target=tracked.kill,
+                args=(f"preempted by job {preempted_by}",),
+                kwargs={"preempted": True, "grace_seconds": grace_seconds},
             ).start()
 
     def kill_all(self, reason: str) -> None:
@@ -355,4 +385,6 @@ def _run_process(
         error = f"timed out after {job.timeout_seconds} s"
     else:
         error = describe_exit(exit_code)
-    return Outcome(exit_code, error, str(log_path), pump.tail_text(), tracked.cancelled)
+    return Outcome(
+        exit_code, error, str(log_path), pump.tail_text(), tracked.cancelled, tracked.preempted
+    )

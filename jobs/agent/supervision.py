@@ -104,8 +104,15 @@ class AgentLoop(threading.Thread):
     def apply_cancels(self):
         tokens = running.tokens()
         if tokens:
-            for token in control_plane().cancel_requests(tokens):
+            asked = control_plane().cancel_requests(tokens)
+            for token in asked["tokens"]:
                 running.cancel(token)
+            for request in asked.get("preempt", ()):
+                running.preempt(
+                    request["token"],
+                    grace_seconds=request["grace_seconds"],
+                    preempted_by=request["preempted_by"],
+                )
 
     def stop(self):
         self.stopped.set()

@@ -5,8 +5,8 @@ success placed on the room it freed (`success_batching`), which came without a m
 and so without Celery's events. So `jobs.run_execution` sends none of Celery's
 (`send_events=False`) and the agent sends, for each execution, what Celery sends for a
 task: task-received and task-started as it starts, then task-succeeded, task-failed or
-task-revoked (cancelled) with the runtime of that execution alone. The first execution
-is the message's own task; each next one gets a uuid of its own, the same name and
+task-revoked (cancelled or preempted) with the runtime of that execution alone. The first
+execution is the message's own task; each next one gets a uuid of its own, the same name and
 kwargs, and the one before it as parent. The result names the job and how it ended:
 `{'job': 7, 'name': 'report', 'outcome': 'failed', 'exit_code': 3, 'error': 'exit code 3'}`.
 
@@ -104,7 +104,7 @@ class ExecutionTask:
         fields = {"result": saferepr(result), "runtime": self._runtime()}
         if ended.status == ExecutionStatus.SUCCEEDED:
             self._finish("task-succeeded", **fields)
-        elif ended.status == ExecutionStatus.CANCELLED:
+        elif ended.status in (ExecutionStatus.CANCELLED, ExecutionStatus.PREEMPTED):
             self._finish("task-revoked", terminated=True, signum=None, expired=False, **fields)
         else:
             exception = ended.error if ended.status else "outcome ignored: no longer running"

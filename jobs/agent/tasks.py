@@ -81,7 +81,8 @@ def _run(
             error = f"node agent error: {exc}"
             status = _finish(token=token, exit_code=None, error=error)
             return Ended(job_id, name, status, None, error), None
-        if outcome.exit_code == 0 and not outcome.error and not outcome.cancelled:
+        ended_itself = not (outcome.cancelled or outcome.preempted)
+        if outcome.exit_code == 0 and not outcome.error and ended_itself:
             success = Success(token=token, log_path=outcome.log_path, log_tail=outcome.log_tail)
             reported = successes.report(success)
             if reported.ended:
@@ -93,6 +94,7 @@ def _run(
             log_path=outcome.log_path,
             log_tail=outcome.log_tail,
             cancelled=outcome.cancelled,
+            preempted=outcome.preempted,
         )
         return Ended(job_id, name, status, outcome.exit_code, outcome.error), None
     finally:

@@ -26,6 +26,7 @@ from ..accounting import Success
 from ..models import JobExecution
 from ..scheduling.freed_room import successes_report
 from ..selectors import (
+    execution_preemptions_requested,
     execution_running_on_node,
     execution_tokens_cancel_requested,
     execution_tokens_succeeded_on_node,
@@ -81,6 +82,9 @@ class FinishSerializer(StrictSerializer):
     log_path = serializers.CharField(allow_blank=True, default="")
     log_tail = serializers.CharField(allow_blank=True, default="", trim_whitespace=False)
     cancelled = serializers.BooleanField(default=False)
+    preempted = serializers.BooleanField(
+        default=False, help_text="The agent stopped it because the scheduler preempted it."
+    )
 
 
 class SuccessSerializer(StrictSerializer):
@@ -144,6 +148,17 @@ class FinishAnswerSerializer(serializers.Serializer):
     status = serializers.CharField(
         allow_null=True, help_text="As recorded; null when ignored (not running any more)."
     )
+
+
+class PreemptRequestSerializer(serializers.Serializer):
+    token = serializers.CharField()
+    grace_seconds = serializers.IntegerField(help_text="Between SIGTERM and SIGKILL.")
+    preempted_by = serializers.IntegerField(allow_null=True, help_text="The job it makes room for.")
+
+
+class CancelRequestsAnswerSerializer(serializers.Serializer):
+    tokens = serializers.ListField(child=serializers.CharField(), help_text="To cancel.")
+    preempt = PreemptRequestSerializer(many=True, help_text="To stop: preempted.")
 
 
 class SuccessesAnswerSerializer(serializers.Serializer):
@@ -270,14 +285,23 @@ class SuccessesView(AgentView):
 
 
 class CancelRequestsView(AgentView):
-    @extend_schema(request=TokensSerializer, responses={200: TokensSerializer, 404: NOT_THIS_NODES})
+    @extend_schema(
+        request=TokensSerializer,
+        responses={200: CancelRequestsAnswerSerializer, 404: NOT_THIS_NODES},
+    )
     def post(self, request):
-        """Which of these executions of this node belong to jobs someone asked to cancel."""
+        """Which of these executions of this node belong to jobs someone asked to cancel,
+        and which the scheduler preempted (to stop after their grace)."""
         tokens = self.valid(TokensSerializer)["tokens"]
         if not tokens:
-            return Response({"tokens": []})
+            return Response({"tokens": [], "preempt": []})
         self.own(self.node_id(), tokens=tokens)
-        return Response({"tokens": execution_tokens_cancel_requested(tokens=tokens)})
+        return Response(
+            {
+                "tokens": execution_tokens_cancel_requested(tokens=tokens),
+                "preempt": execution_preemptions_requested(tokens=tokens),
+            }
+        )
 
 
 class LogChunksView(AgentView):

@@ -63,6 +63,7 @@ class DefinitionSerializer(serializers.ModelSerializer):
             "node_selector",
             "concurrency_key",
             "tasks",
+            "preemptible",
             "schedule_count",
             "created_at",
             "updated_at",

@@ -27,6 +27,7 @@ from nodes.models import Node
 from resources.models import Queue
 
 from ..models import Job, JobExecution, JobStatus
+from ..scheduling.preemption import job_preemption_preview
 from ..selectors import execution_list_for_job, job_list_visible
 from ..services.actions import job_acknowledge, job_cancel, job_requeue
 from ..services.arrays import MAX_ARRAY_COUNT, array_cancel, array_parallelism_set, array_retry
@@ -56,7 +57,9 @@ class ExecutionSerializer(serializers.ModelSerializer):
             "started_at",
             "finished_at",
             "log_tail",
+            "preempted_by",
         ]
+        extra_kwargs = {"preempted_by": {"help_text": "Id of the job it was preempted for."}}
 
 
 class JobFilter(django_filters.FilterSet):
@@ -273,7 +276,9 @@ class JobViewSet(
     @action(detail=True, methods=["get"])
     def why(self, request, pk=None):
         """Why the job waits: its reason, its place in its queue, and each node's fit."""
-        return Response(job_why_pending(job=self.get_object()))
+        job = self.get_object()
+        preemption = job_preemption_preview(job=job) if job.status == JobStatus.PENDING else None
+        return Response(job_why_pending(job=job, preemption=preemption))
 
     @action(detail=True, methods=["get"])
     def logs(self, request, pk=None):

@@ -180,6 +180,11 @@ JOB_FIELDS = (
     ),
     field("array_index", serializers.IntegerField(allow_null=True)),
     field("deadline", serializers.DateTimeField(allow_null=True), write=iso_datetime),
+    field("preemptible", serializers.BooleanField()),
+    field(
+        "preemptions",
+        serializers.IntegerField(help_text="Attempts preempted; they use no retry."),
+    ),
 )
 
 # Every column read, once each, in the table's order.

@@ -156,6 +156,14 @@ class JobSpecSerializer(SpecLimitsMixin, StrictSerializer):
         default=1,
         help_text="A gang: this many tasks (each with `resources`), placed and run together.",
     )
+    preemptible = serializers.BooleanField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="May higher-priority work preempt it (stop it, SIGTERM then SIGKILL after "
+        "its queue's grace, and run it again later, no retry used)? Null: its queue's "
+        "default.",
+    )
 
     def validate_team(self, slug):
         return team_of_write(self, slug)

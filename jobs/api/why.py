@@ -76,6 +76,26 @@ class WhyWaitsOnSerializer(serializers.Serializer):
     summary = serializers.CharField()
 
 
+class WhyVictimSerializer(serializers.Serializer):
+    job = serializers.IntegerField()
+    token = serializers.CharField(help_text="The attempt, e.g. job-12-attempt-1")
+    priority = serializers.IntegerField()
+    node = serializers.CharField()
+
+
+class WhyPreemptionSerializer(serializers.Serializer):
+    state = serializers.ChoiceField(
+        choices=["under_way", "would_preempt"],
+        help_text="under_way: its victims are being stopped (reason preempting); "
+        "would_preempt: the scheduler would stop these for it now.",
+    )
+    node = serializers.CharField(allow_null=True)
+    grace_ends_at = serializers.DateTimeField(
+        allow_null=True, help_text="When its victims are killed at the latest (under way)."
+    )
+    victims = WhyVictimSerializer(many=True)
+
+
 class JobWhySerializer(serializers.Serializer):
     """Why the job waits; a job that is not pending has only the first four fields."""
 
@@ -95,4 +115,9 @@ class JobWhySerializer(serializers.Serializer):
     nodes = WhyNodeGroupSerializer(many=True, required=False)
     gang = WhyGangSerializer(
         required=False, allow_null=True, help_text="For a gang: the room for its tasks."
+    )
+    preemption = WhyPreemptionSerializer(
+        required=False,
+        allow_null=True,
+        help_text="Which executions are (or would be) preempted for it; null when none.",
     )

@@ -24,7 +24,7 @@ from prometheus_client.core import (
 from nodes.models import Node, NodeStatus
 from resources.models import Queue
 
-from ..models import Job, ScheduleRunOutcome
+from ..models import ExecutionStatus, Job, ScheduleRunOutcome
 from .figures import (
     ENDED_EXECUTION_STATUSES,
     LATENESS_BUCKETS,
@@ -174,16 +174,24 @@ def executions(figures: ClusterFigures) -> Iterable[Metric]:
         ["queue"],
         WAIT_BUCKETS,
     )
+    preemptions = CounterMetricFamily(
+        "scheduler_preemptions",
+        "Attempts stopped to make room for higher-priority work (or for a queue reclaiming "
+        "its share), by the queue of the preempted job.",
+        labels=["queue"],
+    )
     seen = figures.executions
     for queue_id, (name, _) in figures.queues.items():
         for outcome in ENDED_EXECUTION_STATUSES:
             finished.add_metric([name, outcome], seen.finished.get((queue_id, outcome), 0))
             add_run([name, outcome], seen.runs.get((queue_id, outcome)))
         add_wait([name], seen.waits.get(queue_id))
+        preempted = seen.finished.get((queue_id, ExecutionStatus.PREEMPTED), 0)
+        preemptions.add_metric([name], preempted)
     placements = CounterMetricFamily(
         "scheduler_placements", "Executions the scheduler ever created.", value=seen.placements
     )
-    return finished, run, wait, placements
+    return finished, run, wait, placements, preemptions
 
 
 def queues(figures: ClusterFigures) -> Iterable[Metric]:

@@ -38,6 +38,7 @@ ENDED_EXECUTION_STATUSES = (
     ExecutionStatus.FAILED,
     ExecutionStatus.CANCELLED,
     ExecutionStatus.LOST,
+    ExecutionStatus.PREEMPTED,
 )
 # A pending job with no reason stored still needs a label (see jobs.models); alerts on a
 # stalled scheduler skip the ones waiting for their not_before.

@@ -35,6 +35,7 @@ from resources.placement import (
     Resources,
     Strategy,
     Unplaced,
+    fits_now,
     plan_placements,
 )
 from resources.routing import routes_known
@@ -50,6 +51,7 @@ from ..models import (
 )
 from ..services.publishing import executions_publish_on_commit
 from .concurrency import concurrency_slots_lock
+from .preemption import hold_take, preempt_for_waiting_jobs, preemption_holds
 from .reservations import reservation_write, running_releases
 
 logger = logging.getLogger(__name__)
@@ -123,6 +125,7 @@ class CycleResult:
     waiting: dict[str, int] = field(default_factory=dict)  # reason -> jobs
     batch_full: bool = False  # some queue may have more due jobs than this cycle read
     full: bool = False  # no ready node had CPU free: only new arrivals were read
+    preempted: int = 0  # executions asked to stop for waiting jobs
 
     @property
     def placed(self) -> int:
@@ -138,17 +141,19 @@ def run_cycle(*, batch_size: int) -> CycleResult:
     node_drain_complete()
     started = time.perf_counter()
     result = place_pending_jobs(batch_size=batch_size)
+    result.preempted = len(preempt_for_waiting_jobs().victims)
     placed = time.perf_counter()
     # The router would look each token's node up in the database; this cycle has just
     # committed those allocations, so it tells the router instead.
     with routes_known(dict(result.placements)):
         executions_publish_on_commit(tokens=result.tokens)
-    if result.placed or result.waiting:
+    if result.placed or result.waiting or result.preempted:
         logger.info(
-            "cycle considered=%s placed=%s waiting=%s place_ms=%.1f publish_ms=%.1f",
+            "cycle considered=%s placed=%s waiting=%s preempting=%s place_ms=%.1f publish_ms=%.1f",
             result.considered,
             result.placed,
             result.waiting,
+            result.preempted,
             (placed - started) * 1000,
             (time.perf_counter() - placed) * 1000,
         )
@@ -303,17 +308,20 @@ def place(
         return result, Plan(), []
     per_queue = Counter(p.job.queue_id for p in pending)
     result.batch_full = max(per_queue.values()) >= window
+    slots = list(slots)
+    planned, first = place_on_held_room(pending, queues, slots)
     plan = plan_placements(
-        jobs=[p.job for p in pending],
+        jobs=[p.job for p in planned],
         queues=queues,
         nodes=slots,
         capacity=capacity,
-        limit_slots=concurrency_slots_lock({p.job.limit_key for p in pending} - {None}),
+        limit_slots=concurrency_slots_lock({p.job.limit_key for p in planned} - {None}),
         releases=(lambda: running_releases(node_ids=[s.id for s in slots], now=now))
         if reserve
         else None,
         now=now.timestamp(),
     )
+    plan.placements[:0] = first
     claimed = []
     if plan.placements:
         tokens, claimed = write_placements(
@@ -327,6 +335,38 @@ def place(
             (token, slot.name) for token, (_, slot) in zip(tokens, plan.placements, strict=True)
         ]
     return result, plan, claimed
+
+
+def place_on_held_room(
+    pending: list[_Pending], queues: dict[int, QueueState], slots: list[NodeSlot]
+) -> tuple[list[_Pending], list[tuple[PendingJob, NodeSlot]]]:
+    """Keep the room held for preempting jobs (see `jobs.scheduling.preemption`) off the
+    nodes, and place those of `pending` whose held room is all free now. Returns the
+    jobs left for the planner, and those placements. A preempting job whose victims are
+    still stopping waits on (neither planned nor told anything new); one whose victims
+    have all ended but whose node cannot take it (not ready any more) is planned as any."""
+    holds = preemption_holds()
+    by_id = {slot.id: slot for slot in slots}
+    for hold in holds.values():
+        if hold.node_id in by_id:
+            hold_take(by_id[hold.node_id], hold.room)
+    left, first = [], []
+    for p in pending:
+        hold = holds.get(p.job.id) if p.pending_reason == PendingReason.PREEMPTING else None
+        slot = None if hold is None else by_id.get(hold.node_id)
+        if slot is None:
+            left.append(p)
+            continue
+        hold_take(slot, hold.room, -1)
+        if not hold.victims_live and fits_now(slot, p.job.request):
+            slot.take(p.job.request)
+            queues[p.job.queue_id].allocated += p.job.request
+            first.append((p.job, slot))
+        elif hold.victims_live:
+            hold_take(slot, hold.room)
+        else:
+            left.append(p)
+    return left, first
 
 
 def write_placements(

@@ -48,6 +48,7 @@ FREED_ROOM_REASONS = (
     PendingReason.CONCURRENCY_LIMIT,
     PendingReason.RESERVATION,
     PendingReason.WOULD_DELAY_RESERVATION,
+    PendingReason.PREEMPTING,
 )
 # What freed room may write of why the jobs it did not place wait: it sees one node, so
 # only what it knows from that node alone.

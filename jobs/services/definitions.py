@@ -33,6 +33,7 @@ DEFINITION_SPEC_FIELDS = (
     "node_selector",
     "concurrency_key",
     "tasks",
+    "preemptible",
 )
 DEFINITION_NAME_TAKEN = {"name": ["The team already has a definition with this name."]}
 # What a submission from a definition may change; env and parameters merge over the

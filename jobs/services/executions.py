@@ -29,7 +29,7 @@ from ..models import ExecutionStatus, Job, JobExecution
 from .array_slots import array_slots_release, array_task_ended
 from .dependencies import dependents_settle
 from .gangs import gang_task_ended
-from .retries import job_after_attempt
+from .retries import job_after_attempt, job_after_preempted
 
 logger = logging.getLogger(__name__)
 
@@ -63,28 +63,36 @@ def execution_finish(
     log_path: str = "",
     log_tail: str = "",
     cancelled: bool = False,
+    preempted: bool = False,
 ) -> ExecutionStatus | None:
     """Record how a running execution ended, release its allocation, and move the job on:
     to `succeeded`, `cancelled`, back to `pending` for a retry, or to `failed` (the
     dead-letter view) when out of retries (a gang's, once all its tasks ended: see
-    `jobs.services.gangs`). Returns the execution's status as recorded;
+    `jobs.services.gangs`). An execution its node stopped because it was preempted
+    (`preempted`, and the scheduler asked for it) ends `preempted`, and its job waits
+    again without using a retry. Returns the execution's status as recorded;
     None when it was not running (a late or duplicate report), which changes nothing."""
-    if exit_code == 0 and not error and not cancelled:
+    if exit_code == 0 and not error and not cancelled and not preempted:
         success = Success(token=token, log_path=log_path, log_tail=log_tail)
         if executions_finish_succeeded([success]):
             return ExecutionStatus.SUCCEEDED
     now = timezone.now()
     with transaction.atomic():
         found = (
-            JobExecution.objects.filter(token=token).values_list("id", "job_id", "attempt").first()
+            JobExecution.objects.filter(token=token)
+            .values_list("id", "job_id", "attempt", "preempt_requested_at", "preempted_by_id")
+            .first()
         )
         if found is None:
             return None
-        execution_id, job_id, attempt = found
+        execution_id, job_id, attempt, preempt_requested_at, preempted_by = found
         job = Job.objects.select_for_update().get(pk=job_id)
         cancelled = cancelled or job.cancel_requested_at is not None
+        preempted = preempted and preempt_requested_at is not None and not cancelled
         if cancelled:
             status = ExecutionStatus.CANCELLED
+        elif preempted:
+            status = ExecutionStatus.PREEMPTED
         elif exit_code == 0 and not error:
             status = ExecutionStatus.SUCCEEDED
         else:
@@ -94,7 +102,11 @@ def execution_finish(
         ).update(
             status=status,
             exit_code=exit_code,
-            error="cancelled" if cancelled else error,
+            error="cancelled"
+            if cancelled
+            else f"preempted by job {preempted_by}"
+            if preempted
+            else error,
             finished_at=now,
             log_path=log_path,
             log_tail=log_tail,
@@ -104,6 +116,8 @@ def execution_finish(
             return None
         if job.tasks > 1:
             gang_task_ended(job, attempt=attempt, status=status, error=error, now=now)
+        elif preempted:
+            job_after_preempted(job, preempted_by=preempted_by, now=now)
         else:
             job_after_attempt(job, status=status, error=error, now=now)
         scheduler_wake()

@@ -104,7 +104,7 @@ def job_after_attempt(job: Job, *, status: str, error: str, now) -> None:
         job_end(job, JobStatus.SUCCEEDED, now)
     elif status == ExecutionStatus.CANCELLED:
         job_end(job, JobStatus.CANCELLED, now)
-    elif job.attempts <= job.max_retries:
+    elif job.attempts - job.preemptions <= job.max_retries:
         delay = retry_delay_seconds(backoff_seconds=job.retry_backoff_seconds, attempt=job.attempts)
         job_plan_retry(job=job, reason=error, delay_seconds=delay, now=now)
     else:
@@ -134,3 +134,26 @@ def job_ended_settle(job: Job, *, now) -> None:
     """Once a locked job's end is saved: settle what waits on it, in the same transaction."""
     if job.status in TERMINAL_JOB_STATUSES:
         dependents_settle(upstream_ids=[job.pk], now=now)
+
+
+def job_after_preempted(job: Job, *, preempted_by: int | None, now) -> None:
+    """Put a locked job whose attempt was preempted back to pending, at once, without
+    using a retry (its `preemptions` count goes up instead), with a `job.preempted`
+    event naming the job it made room for."""
+    if job.status not in (JobStatus.RESERVED, JobStatus.RUNNING):
+        return
+    job.status, job.pending_reason = JobStatus.PENDING, PendingReason.NONE
+    job.not_before, job.finished_at = None, None
+    job.preemptions += 1
+    job.save(update_fields=[*JOB_LIFECYCLE_FIELDS, "preemptions"])
+    job_event(
+        job,
+        EventType.JOB_PREEMPTED,
+        f"attempt {job.attempts} preempted by job {preempted_by}; it runs again, no retry used",
+        attempt=job.attempts,
+        data={"preempted_by": preempted_by},
+        at=now,
+    )
+    logger.info(
+        "attempt preempted job=%s attempt=%s preempted_by=%s", job.id, job.attempts, preempted_by
+    )

@@ -141,6 +141,11 @@ def _contains_nul(value) -> bool:
     return False
 
 
+def job_preemptible(preemptible: bool | None, queue: Queue) -> bool:
+    """Whether a job is preemptible: as its spec says, else as its queue's default."""
+    return queue.preemptible_default if preemptible is None else preemptible
+
+
 def job_spec_check(*, team: Team, spec: dict) -> Queue:
     """Refuse a spec that could never run for `team`: over the caps, a callable not on
     the allow-list, a queue the team may not use, a request larger than the largest node

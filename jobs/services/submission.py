@@ -15,7 +15,7 @@ from resources.models import Queue
 from ..models import Job, JobStatus, PendingReason
 from .arrays import array_tasks_create
 from .dependencies import job_dependencies_check, job_dependencies_lock, job_dependencies_record
-from .specs import MAX_ENV, job_spec_check
+from .specs import MAX_ENV, job_preemptible, job_spec_check
 from .timeline import job_event, jobs_submitted_events
 
 logger = logging.getLogger(__name__)
@@ -89,12 +89,14 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
 
 def spec_in_queue(spec: dict, queue: Queue) -> dict:
     """The job's fields in its queue: a job that sets no time limit gets the queue's
-    default, which the node enforces as its own and reservations count on."""
+    default, which the node enforces as its own and reservations count on; one that does
+    not say whether it is preemptible gets the queue's default too."""
     timeout = spec.get("timeout_seconds")
     return {
         **spec,
         "queue": queue,
         "timeout_seconds": queue.default_timeout_seconds if timeout is None else timeout,
+        "preemptible": job_preemptible(spec.get("preemptible"), queue),
     }
 
 

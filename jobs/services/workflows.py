@@ -39,7 +39,7 @@ from ..models import (
 from .actions import JobStateError, job_cancel
 from .definitions import DEFINITION_SPEC_FIELDS, definition_job_spec
 from .dependencies import dependents_settle, jobs_rearm, workflows_refresh
-from .specs import job_spec_check, job_spec_limit_errors
+from .specs import job_preemptible, job_spec_check, job_spec_limit_errors
 from .timeline import jobs_submitted_events
 
 logger = logging.getLogger(__name__)
@@ -270,8 +270,13 @@ def workflow_create(
                     definition=spec.get("definition"),
                     trigger_rule=rule,
                     pending_reason=PendingReason.WAITING_DEPENDENCIES,
-                    **{f: spec[f] for f in DEFINITION_SPEC_FIELDS if f in spec and f != "env"},
+                    **{
+                        f: spec[f]
+                        for f in DEFINITION_SPEC_FIELDS
+                        if f in spec and f not in ("env", "preemptible")
+                    },
                     env=env,
+                    preemptible=job_preemptible(spec.get("preemptible"), spec["queue"]),
                 )
             )
             edges += [
@@ -412,6 +417,7 @@ def _steps_refresh_from_definitions(
         for field in DEFINITION_SPEC_FIELDS:
             setattr(job, field, spec[field])
         job.queue = spec["queue"]
+        job.preemptible = job_preemptible(spec["preemptible"], job.queue)
         job.save(update_fields=[*DEFINITION_SPEC_FIELDS, "queue"])
 
 

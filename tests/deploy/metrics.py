@@ -31,6 +31,7 @@ EXPORTED_METRICS = [
     "scheduler_nodes_lost_total",
     "scheduler_cycle_duration_seconds",
     "scheduler_placements_total",
+    "scheduler_preemptions_total",
     "scheduler_leader",
     "scheduler_schedule_lateness_seconds",
     "scheduler_schedule_runs_total",

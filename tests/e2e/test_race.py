@@ -3,13 +3,15 @@
 Everything is a real process: three submitter processes (a fifth of their jobs gangs of
 2 or 3 tasks), two `run_scheduler` processes (one leads, one stands by) and three node
 agents with little room, while a sampler polls the accounting in SQL. The leader gets
-SIGKILL while work is still arriving.
+SIGKILL while work is still arriving. A fourth submitter keeps long low-priority
+preemptible jobs coming, which the others' high-priority jobs preempt (gangs neither
+preempt nor are preempted).
 """
 
 import pytest
 from django.db.models import Count
 
-from jobs.models import Job, JobStatus
+from jobs.models import ExecutionStatus, Job, JobExecution, JobRetry, JobStatus
 from nodes.models import Node
 from resources.models import Allocation, AllocationStatus, Queue
 from tests.accounting import AccountingSampler
@@ -19,20 +21,41 @@ pytestmark = pytest.mark.e2e
 
 SUBMITTERS = 3
 JOBS_EACH = 30
+PREEMPTIBLE_JOBS = 8
 
 
 def test_racing_submitters_schedulers_and_nodes_never_oversubscribe_or_lose_a_job(cluster, team):
     Queue.objects.create(name="race-a", all_teams=True, weight=2, quota_cpu_millis=2000)
     Queue.objects.create(name="race-b", all_teams=True)
+    Queue.objects.create(
+        name="race-low", all_teams=True, preemptible_default=True, preemption_grace_seconds=1
+    )
     cluster.start_node("node-a", cpu=2, memory_mb=1024)
     cluster.start_node("node-b", cpu=1.5, memory_mb=512)
     cluster.start_node("node-c", cpu=1, memory_mb=1024)
     first = cluster.start_scheduler("scheduler-1")
     second = cluster.start_scheduler("scheduler-2", wait_leader=False)
-    total = SUBMITTERS * JOBS_EACH
+    total = SUBMITTERS * JOBS_EACH + PREEMPTIBLE_JOBS
     sampler = AccountingSampler()
     sampler.start()
     try:
+        # Long low-priority preemptible jobs first, so that the high-priority ones find
+        # them running.
+        preemptible = cluster.start_submitter(
+            "preemptible",
+            team=team.slug,
+            queues=["race-low"],
+            count=PREEMPTIBLE_JOBS,
+            max_pause=0.5,
+            sleep=3,
+        )
+        wait_until(
+            lambda: (
+                Job.objects.filter(queue__name="race-low", status=JobStatus.RUNNING).count() >= 2
+            ),
+            60,
+            message="preemptible jobs running",
+        )
         submitters = [
             cluster.start_submitter(
                 f"submitter-{i}",
@@ -40,8 +63,9 @@ def test_racing_submitters_schedulers_and_nodes_never_oversubscribe_or_lose_a_jo
                 queues=["race-a", "race-b", "default"],
                 count=JOBS_EACH,
                 seed=i,
-                max_pause=0.15,
+                max_pause=0.25,
                 gang_share=0.2,
+                priorities="0,10",
             )
             for i in range(SUBMITTERS)
         ]
@@ -58,7 +82,7 @@ def test_racing_submitters_schedulers_and_nodes_never_oversubscribe_or_lose_a_jo
         wait_until(
             lambda: cluster.leader_pid() == standby.popen.pid, 15, message="the standby to lead"
         )
-        for submitter in submitters:
+        for submitter in [*submitters, preemptible]:
             assert submitter.popen.wait(timeout=120) == 0, submitter.log()
         wait_until(
             lambda: Job.objects.filter(status=JobStatus.SUCCEEDED).count() == total,
@@ -74,13 +98,21 @@ def test_racing_submitters_schedulers_and_nodes_never_oversubscribe_or_lose_a_jo
     assert Job.objects.count() == total
     gangs = Job.objects.filter(tasks__gt=1)
     assert gangs.exists()
-    # Nothing lost, nothing placed twice: one execution and one allocation per task of
-    # each job (a gang's tasks each have theirs).
-    assert all(
-        n == tasks
-        for n, tasks in Job.objects.annotate(n=Count("executions")).values_list("n", "tasks")
-    )
-    assert Allocation.objects.count() == sum(Job.objects.values_list("tasks", flat=True))
+    # Nothing lost, nothing placed twice: one execution per task of each job (a gang's
+    # tasks each have theirs), and one more per preemption (of preemptible single-task
+    # jobs only, each ended `preempted`), one allocation each.
+    jobs = Job.objects.annotate(n=Count("executions"))
+    assert {(j.preemptible, j.n - j.tasks * (1 + j.preemptions)) for j in jobs} <= {
+        (True, 0),
+        (False, 0),
+    }
+    assert not jobs.filter(preemptible=False, preemptions__gt=0).exists()
+    assert not gangs.filter(preemptions__gt=0).exists()
+    preempted = JobExecution.objects.filter(status=ExecutionStatus.PREEMPTED)
+    assert preempted.count() == sum(j.preemptions for j in jobs) >= 1
+    assert not preempted.exclude(job__queue__name="race-low").exists()
+    assert not JobRetry.objects.exists()  # preemptions use no retry
+    assert Allocation.objects.count() == JobExecution.objects.count()
     assert not Allocation.objects.exclude(status=AllocationStatus.RELEASED).exists()
     assert set(
         Node.objects.values_list("allocated_cpu_millis", "allocated_memory_mb", "allocated_gpu")

@@ -120,10 +120,10 @@ def test_it_lists_the_cancel_requests_and_stores_log_chunks(agent_a, node_a, tea
     token = reserved_on(node_a, team)
     claim(agent_a, token)
     asked = agent_a.post("/api/agent/cancel-requests/", {"tokens": [token]}, format="json")
-    assert asked.status_code == 200 and asked.json() == {"tokens": []}
+    assert asked.status_code == 200 and asked.json() == {"tokens": [], "preempt": []}
     Job.objects.update(cancel_requested_at=timezone.now())
     asked = agent_a.post("/api/agent/cancel-requests/", {"tokens": [token]}, format="json")
-    assert asked.json() == {"tokens": [token]}
+    assert asked.json() == {"tokens": [token], "preempt": []}
     execution_id = JobExecution.objects.get(token=token).id
     chunk = {"execution_id": execution_id, "seq": 0, "first_line": 1, "offset": 0, "text": "a\n"}
     shipped = agent_a.post("/api/agent/log-chunks/", {"chunks": [chunk], "cuts": {}}, format="json")

@@ -79,6 +79,7 @@ def test_a_member_sees_the_queues_their_teams_use_and_only_their_teams_jobs(worl
         "waiting_array_slot": 0,
         "reservation": 0,
         "would_delay_reservation": 0,
+        "preempting": 0,
         "waiting_not_before": 0,
     }
     assert 100 <= default["oldest_pending_age_seconds"] < 130
@@ -90,7 +91,7 @@ def test_a_member_sees_the_queues_their_teams_use_and_only_their_teams_jobs(worl
     assert default["last_hour"] == {
         "started": 5,
         "wait_seconds": {"p50": 5.0, "p95": pytest.approx(82.0)},
-        "finished": {"succeeded": 2, "failed": 2, "cancelled": 1, "lost": 0},
+        "finished": {"succeeded": 2, "failed": 2, "cancelled": 1, "lost": 0, "preempted": 0},
         "run_seconds": {"p50": 1.0, "p95": pytest.approx(6.0)},
         "failure_ratio": 0.5,
     }
@@ -98,7 +99,7 @@ def test_a_member_sees_the_queues_their_teams_use_and_only_their_teams_jobs(worl
     assert gpu["last_hour"] == {
         "started": 1,
         "wait_seconds": {"p50": 1.0, "p95": 1.0},
-        "finished": {"succeeded": 0, "failed": 1, "cancelled": 0, "lost": 1},
+        "finished": {"succeeded": 0, "failed": 1, "cancelled": 0, "lost": 1, "preempted": 0},
         "run_seconds": {"p50": 30.0, "p95": 30.0},
         "failure_ratio": 1.0,
     }
@@ -115,7 +116,7 @@ def test_a_member_of_another_team_sees_nothing_of_the_first_teams_queues_or_jobs
     assert queues["default"]["jobs"] == {"pending": 2, "reserved": 0, "running": 0}
     assert queues["default"]["dead_letter"] == 0
     assert queues["default"]["last_hour"]["finished"] == dict.fromkeys(
-        ("succeeded", "failed", "cancelled", "lost"), 0
+        ("succeeded", "failed", "cancelled", "lost", "preempted"), 0
     )
     assert queues["default"]["last_hour"]["wait_seconds"] == {"p50": None, "p95": None}
     assert queues["default"]["last_hour"]["failure_ratio"] is None

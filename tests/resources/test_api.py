@@ -103,6 +103,9 @@ def test_staff_create_change_and_delete_a_queue(staff_api, team, other_team):
         ({"name": "q", "quota": {"cpu": -1}}, "quota"),
         ({"name": "q", "quota": {"cpus": 1}}, "quota"),
         ({"name": "q", "colour": "red"}, "colour"),
+        ({"name": "q", "preemption_grace_seconds": -1}, "preemption_grace_seconds"),
+        ({"name": "q", "preemption_grace_seconds": "soon"}, "preemption_grace_seconds"),
+        ({"name": "q", "preemptible_default": "maybe"}, "preemptible_default"),
     ],
 )
 def test_bad_queue_input_is_a_400_naming_the_field(staff_api, team, payload, field):
@@ -336,3 +339,20 @@ def test_staff_set_a_queues_default_time_limit(staff_api, team):
     assert response.json()["default_timeout_seconds"] is None
     response = staff_api.patch("/api/queues/timed/", {"default_timeout_seconds": 0}, format="json")
     assert response.status_code == 400
+
+
+def test_staff_make_a_queue_preemptible_with_its_own_grace(staff_api, team):
+    response = staff_api.post(
+        "/api/queues/",
+        {"name": "scavenger", "preemptible_default": True, "preemption_grace_seconds": 10},
+        format="json",
+    )
+    assert response.status_code == 201, response.json()
+    body = response.json()
+    assert (body["preemptible_default"], body["preemption_grace_seconds"]) == (True, 10)
+    response = staff_api.patch(
+        "/api/queues/scavenger/", {"preemption_grace_seconds": None}, format="json"
+    )
+    assert response.json()["preemption_grace_seconds"] is None
+    queue = Queue.objects.get(name="scavenger")
+    assert (queue.preemptible_default, queue.preemption_grace_seconds) == (True, None)

@@ -217,8 +217,9 @@ def test_a_cycle_issues_the_same_number_of_queries_whatever_the_size(
     make_jobs(team, 3, node_selector={"zone": "nowhere"})
     make_jobs(team, 2, cpu_millis=128000)  # more than any node has
     # savepoint, a look for room, nodes, pending jobs with their queues and usage, the
-    # placements' writes, pending reasons, release savepoint
-    with django_assert_num_queries(7):
+    # room held for preempting jobs, the placements' writes, pending reasons, release
+    # savepoint
+    with django_assert_num_queries(8):
         result = place_pending_jobs(batch_size=1000)
     assert result.placed == jobs
     assert result.waiting == {

@@ -108,12 +108,13 @@ def test_a_cycle_with_a_reservation_adds_two_queries_once(team, broker, django_a
     run_on(node, team, 30)
     make_jobs(team, 1, cpu_millis=2000, timeout_seconds=60)
     make_jobs(team, 20, timeout_seconds=100)
-    # savepoint, a look for room, nodes, pending jobs, the running executions' limits,
-    # pending reasons, the reservation, its event, release savepoint
-    with django_assert_num_queries(9):
+    # savepoint, a look for room, nodes, pending jobs, the room held for preempting jobs,
+    # the running executions' limits, pending reasons, the reservation, its event,
+    # release savepoint
+    with django_assert_num_queries(10):
         place_pending_jobs(batch_size=100)
     # The same reservation again: only the running executions' limits are read anew.
-    with django_assert_num_queries(6):
+    with django_assert_num_queries(7):
         place_pending_jobs(batch_size=100)
 
 
