@@ -32,7 +32,8 @@ def node_register(
     address: str = "",
     agent_version: str = "",
 ) -> Node:
-    """Create the node or update its capacity and labels; an offline node comes back ready.
+    """Create the node or update its capacity and labels; an offline node comes back as
+    it was before it was lost (`node_status_after_loss`).
 
     A cordoned or draining node stays so: that was an operator's decision.
     """
@@ -50,8 +51,8 @@ def node_register(
             f"{node.allocated_memory_mb} MB, {node.allocated_gpu} GPU) than the new capacity; "
             "drain it first."
         )
-    if node.status == NodeStatus.OFFLINE:
-        node.status = NodeStatus.READY
+    if back:
+        node.status = node_status_after_loss(name=name)
     node.cpu_millis, node.memory_mb, node.gpu = cpu_millis, memory_mb, gpu
     node.labels = labels or {}
     node.address = address
@@ -92,15 +93,59 @@ def node_heartbeat(
     *, name: str, at: datetime, running_tokens: list[str], used: NodeUsage | None = None
 ) -> bool:
     """Record that the agent was alive at `at`, running exactly `running_tokens`, whose
-    jobs used `used` (None: the agent did not say, and an older figure is not kept)."""
-    return bool(
-        Node.objects.filter(name=name).update(
-            last_heartbeat=at,
-            running_tokens=running_tokens,
-            used_cpu_millis=None if used is None else used.cpu_millis,
-            used_memory_mb=None if used is None else used.memory_mb,
-        )
+    jobs used `used` (None: the agent did not say, and an older figure is not kept).
+
+    An offline node whose agent heartbeats again (its link is back) comes back as it was
+    before it was lost (`node_back`); its failed-over executions stay failed over."""
+    fields = {
+        "last_heartbeat": at,
+        "running_tokens": running_tokens,
+        "used_cpu_millis": None if used is None else used.cpu_millis,
+        "used_memory_mb": None if used is None else used.memory_mb,
+    }
+    # One statement for a node that is up, as nearly every heartbeat's is.
+    if Node.objects.filter(name=name).exclude(status=NodeStatus.OFFLINE).update(**fields):
+        return True
+    return node_back(name=name, fields=fields)
+
+
+def node_status_after_loss(*, name: str) -> NodeStatus:
+    """What a node that was lost comes back as: cordoned if it was cordoned or draining
+    when it went offline (its executions were failed over, so a drain is over), else
+    ready."""
+    before = (
+        NodeLoss.objects.filter(node_name=name)
+        .order_by("-lost_at", "-id")
+        .values_list("status_before", flat=True)
+        .first()
     )
+    if before in (NodeStatus.CORDONED, NodeStatus.DRAINING):
+        return NodeStatus.CORDONED
+    return NodeStatus.READY
+
+
+@transaction.atomic
+def node_back(*, name: str, fields: dict) -> bool:
+    """An offline node heard from again: it takes `fields` (a heartbeat's) and the status
+    it had before it was lost. False when no such node is registered."""
+    node = Node.objects.select_for_update().filter(name=name).first()
+    if node is None:
+        return False
+    if node.status != NodeStatus.OFFLINE:  # another heartbeat brought it back first
+        Node.objects.filter(pk=node.pk).update(**fields)
+        return True
+    status = node_status_after_loss(name=name)
+    Node.objects.filter(pk=node.pk).update(status=status, updated_at=timezone.now(), **fields)
+    event_record(
+        type=EventType.NODE_BACK,
+        message=f"back: {name} heartbeats again; {status}",
+        node_id=node.pk,
+        data={"node": name, "status": status},
+    )
+    if status == NodeStatus.READY:
+        scheduler_wake()
+    logger.warning("node back node=%s status=%s", name, status)
+    return True
 
 
 def nodes_mark_lost(*, older_than_seconds: float) -> list[str]:
@@ -113,14 +158,14 @@ def nodes_mark_lost(*, older_than_seconds: float) -> list[str]:
             Node.objects.select_for_update(skip_locked=True)
             .exclude(status=NodeStatus.OFFLINE)
             .filter(last_heartbeat__lt=cutoff)
-            .values_list("id", "name", "last_heartbeat")
+            .values_list("id", "name", "last_heartbeat", "status")
         )
-        names = [name for _, name, _ in silent]
+        names = [name for _, name, _, _ in silent]
         if names:
             Node.objects.filter(name__in=names).update(status=NodeStatus.OFFLINE)
             NodeLoss.objects.bulk_create(
-                NodeLoss(node_name=name, lost_at=now, last_heartbeat=beat)
-                for _, name, beat in silent
+                NodeLoss(node_name=name, lost_at=now, last_heartbeat=beat, status_before=status)
+                for _, name, beat, status in silent
             )
             events_record(
                 Event(
@@ -130,7 +175,7 @@ def nodes_mark_lost(*, older_than_seconds: float) -> list[str]:
                     message=f"offline: {name} silent since {beat.isoformat() if beat else 'ever'}",
                     data={"node": name, "last_heartbeat": beat.isoformat() if beat else None},
                 )
-                for node_id, name, beat in silent
+                for node_id, name, beat, _ in silent
             )
     for name in names:
         logger.warning("node lost node=%s silent_for_more_than=%ss", name, older_than_seconds)

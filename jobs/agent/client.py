@@ -55,6 +55,12 @@ class Answer:
     body: dict | list | None
 
 
+@dataclass
+class StopRequests:
+    cancel: list[str]  # someone asked to cancel their jobs
+    taken_away: list[str]  # failed over while the node was unreachable: run elsewhere
+
+
 class ControlPlane:
     def __init__(self, *, base_url: str, key: str, pool_size: int = 16):
         self.base_url = base_url.rstrip("/")
@@ -157,9 +163,10 @@ class ControlPlane:
             on_retry=_resumed,
         ).body
 
-    def cancel_requests(self, tokens: list[str]) -> list[str]:
+    def stop_requests(self, tokens: list[str]) -> "StopRequests":
+        """Which of these running executions to cancel, and which were taken away."""
         answer = self.post("/api/agent/cancel-requests/", {"tokens": tokens}, retry=False)
-        return answer.body["tokens"]
+        return StopRequests(cancel=answer.body["tokens"], taken_away=answer.body["taken_away"])
 
     def log_chunks(self, *, chunks: list[dict], cuts: dict[int, int]) -> None:
         self.post("/api/agent/log-chunks/", {"chunks": chunks, "cuts": cuts}, retry=False)

@@ -81,10 +81,13 @@ class TrackedExecution:
         self.started_at = 0.0  # time.monotonic() at its start
         self.kill_reason = ""  # why the agent killed it, if it did
         self.cancelled = False
+        # Failed over while the node was unreachable: its outcome is not reported.
+        self.taken_away = False
         self.lock = threading.Lock()
 
-    def kill(self, reason: str, *, cancelled: bool = False) -> None:
+    def kill(self, reason: str, *, cancelled: bool = False, taken_away: bool = False) -> None:
         with self.lock:
+            self.taken_away = self.taken_away or taken_away
             if self.kill_reason:
                 return
             self.kill_reason, self.cancelled = reason, cancelled
@@ -135,6 +138,19 @@ class RunningRegistry:
             logger.info("cancelling execution token=%s", token)
             threading.Thread(
                 target=tracked.kill, args=("cancelled",), kwargs={"cancelled": True}
+            ).start()
+
+    def take_away(self, token: str) -> None:
+        """The control plane failed this execution over while the node was unreachable
+        (its token is fenced): stop it, and report nothing for it."""
+        with self._lock:
+            tracked = self._items.get(token)
+        if tracked is not None:
+            logger.warning("execution taken away, failed over elsewhere: stopping token=%s", token)
+            threading.Thread(
+                target=tracked.kill,
+                args=("taken away: failed over while the node was unreachable",),
+                kwargs={"taken_away": True},
             ).start()
 
     def kill_all(self, reason: str) -> None:

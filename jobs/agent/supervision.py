@@ -104,8 +104,11 @@ class AgentLoop(threading.Thread):
     def apply_cancels(self):
         tokens = running.tokens()
         if tokens:
-            for token in control_plane().cancel_requests(tokens):
+            asked = control_plane().stop_requests(tokens)
+            for token in asked.cancel:
                 running.cancel(token)
+            for token in asked.taken_away:
+                running.take_away(token)
 
     def stop(self):
         self.stopped.set()

@@ -30,6 +30,7 @@ from ..selectors import (
     execution_running_on_node,
     execution_tokens_cancel_requested,
     execution_tokens_succeeded_on_node,
+    execution_tokens_taken_away,
 )
 from ..services.executions import execution_claim, execution_finish
 from ..services.logs import LogChunk, log_chunks_append
@@ -109,6 +110,19 @@ class SuccessesSerializer(StrictSerializer):
 class TokensSerializer(StrictSerializer):
     tokens = serializers.ListField(
         child=serializers.CharField(max_length=MAX_TOKEN), max_length=MAX_BATCH
+    )
+
+
+class StopRequestsSerializer(serializers.Serializer):
+    tokens = serializers.ListField(
+        child=serializers.CharField(), help_text="Cancel these: someone asked to."
+    )
+    taken_away = serializers.ListField(
+        child=serializers.CharField(),
+        help_text=(
+            "Stop these and report nothing for them: they were failed over (the node was "
+            "lost) and run elsewhere."
+        ),
     )
 
 
@@ -266,14 +280,21 @@ class SuccessesView(AgentView):
 
 
 class CancelRequestsView(AgentView):
-    @extend_schema(request=TokensSerializer, responses={200: TokensSerializer, 404: NOT_THIS_NODES})
+    @extend_schema(
+        request=TokensSerializer, responses={200: StopRequestsSerializer, 404: NOT_THIS_NODES}
+    )
     def post(self, request):
-        """Which of these executions of this node belong to jobs someone asked to cancel."""
+        """Which of these executions of this node belong to jobs someone asked to cancel
+        (`tokens`), and which were taken away from it, failed over while it was
+        unreachable (`taken_away`)."""
         tokens = self.valid(TokensSerializer)["tokens"]
         if not tokens:
-            return Response({"tokens": []})
-        self.own(self.node_id(), tokens=tokens)
-        return Response({"tokens": execution_tokens_cancel_requested(tokens=tokens)})
+            return Response({"tokens": [], "taken_away": []})
+        node_id = self.node_id()
+        self.own(node_id, tokens=tokens)
+        taken_away = execution_tokens_taken_away(tokens=tokens, node_id=node_id)
+        cancel = set(execution_tokens_cancel_requested(tokens=tokens)) - set(taken_away)
+        return Response({"tokens": sorted(cancel), "taken_away": taken_away})
 
 
 class LogChunksView(AgentView):

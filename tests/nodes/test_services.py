@@ -7,6 +7,7 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from common.wakeup import SCHEDULER_CHANNEL
+from events.models import Event, EventType
 from nodes.models import Node, NodeLoss, NodeStatus
 from nodes.services import (
     NodeUsage,
@@ -195,6 +196,53 @@ def test_a_silent_cordoned_or_draining_node_goes_offline_too(status):
     make_node(status=status, last_heartbeat=timezone.now() - timedelta(seconds=60))
     assert nodes_mark_lost(older_than_seconds=30) == ["node-a"]
     assert status_of("node-a") == NodeStatus.OFFLINE
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (NodeStatus.READY, NodeStatus.READY),
+        (NodeStatus.CORDONED, NodeStatus.CORDONED),
+        # Its executions were failed over when it was lost: the drain is over.
+        (NodeStatus.DRAINING, NodeStatus.CORDONED),
+    ],
+)
+@pytest.mark.django_db(transaction=True)
+def test_a_lost_node_whose_agent_heartbeats_again_comes_back_as_it_was(before, after):
+    make_node(status=before, last_heartbeat=timezone.now() - timedelta(seconds=60))
+    assert nodes_mark_lost(older_than_seconds=30) == ["node-a"]
+    assert NodeLoss.objects.get().status_before == before
+    at = timezone.now()
+    with raw_connection() as listener:
+        listener.execute(f"LISTEN {SCHEDULER_CHANNEL}")
+        assert node_heartbeat(name="node-a", at=at, running_tokens=["job-1-attempt-1"])
+        woken = list(listener.notifies(timeout=0.5, stop_after=1))
+    node = Node.objects.get()
+    assert (node.status, node.last_heartbeat, node.running_tokens) == (
+        after,
+        at,
+        ["job-1-attempt-1"],
+    )
+    # Only a node that takes work again is worth a scheduling cycle.
+    assert len(woken) == (1 if after == NodeStatus.READY else 0)
+    (back,) = Event.objects.filter(type=EventType.NODE_BACK)
+    assert back.data == {"node": "node-a", "status": after}
+    # The next heartbeats are ordinary ones.
+    assert node_heartbeat(name="node-a", at=timezone.now(), running_tokens=[])
+    assert Event.objects.filter(type=EventType.NODE_BACK).count() == 1
+
+
+def test_a_lost_cordoned_node_registered_again_stays_cordoned():
+    make_node(status=NodeStatus.CORDONED, last_heartbeat=timezone.now() - timedelta(seconds=60))
+    nodes_mark_lost(older_than_seconds=30)
+    node_register(name="node-a", cpu_millis=4000, memory_mb=8192)
+    assert status_of("node-a") == NodeStatus.CORDONED
+    # Once uncordoned and lost again, it comes back ready: the latest loss counts.
+    node_uncordon(name="node-a")
+    Node.objects.update(last_heartbeat=timezone.now() - timedelta(seconds=60))
+    nodes_mark_lost(older_than_seconds=30)
+    node_register(name="node-a", cpu_millis=4000, memory_mb=8192)
+    assert status_of("node-a") == NodeStatus.READY
 
 
 # --- Cordon, drain, uncordon ----------------------------------------------------------
