@@ -90,23 +90,61 @@ class NodeUsage:
 
 
 def node_heartbeat(
-    *, name: str, at: datetime, running_tokens: list[str], used: NodeUsage | None = None
+    *,
+    name: str,
+    at: datetime,
+    running_tokens: list[str],
+    used: NodeUsage | None = None,
+    broker_reachable: bool = True,
 ) -> bool:
     """Record that the agent was alive at `at`, running exactly `running_tokens`, whose
     jobs used `used` (None: the agent did not say, and an older figure is not kept).
 
     An offline node whose agent heartbeats again (its link is back) comes back as it was
-    before it was lost (`node_back`); its failed-over executions stay failed over."""
+    before it was lost (`node_back`); its failed-over executions stay failed over.
+
+    An agent that reaches the API but not the broker gets no message, so it cannot run
+    what is placed on it: its heartbeat is not counted (`node_broker_unreachable`)."""
     fields = {
-        "last_heartbeat": at,
         "running_tokens": running_tokens,
         "used_cpu_millis": None if used is None else used.cpu_millis,
         "used_memory_mb": None if used is None else used.memory_mb,
     }
+    if not broker_reachable:
+        return node_broker_unreachable(name=name, at=at, fields=fields)
+    fields["last_heartbeat"] = at
     # One statement for a node that is up, as nearly every heartbeat's is.
     if Node.objects.filter(name=name).exclude(status=NodeStatus.OFFLINE).update(**fields):
         return True
     return node_back(name=name, fields=fields)
+
+
+@transaction.atomic
+def node_broker_unreachable(*, name: str, at: datetime, fields: dict) -> bool:
+    """The agent of a node says it cannot reach the broker. Its heartbeat is recorded
+    (what it runs, what that uses) but not as a sign of life, so the node goes offline
+    NODE_LOST_AFTER_SECONDS after its last full heartbeat and what it ran is failed over,
+    as for a silent node; an offline one stays offline. One event per outage: the first
+    such heartbeat after the last full one. False when no such node is registered."""
+    node = Node.objects.select_for_update().filter(name=name).first()
+    if node is None:
+        return False
+    Node.objects.filter(pk=node.pk).update(**fields)
+    told = Event.objects.filter(type=EventType.NODE_BROKER_UNREACHABLE, node_id=node.pk)
+    if node.last_heartbeat is not None:
+        told = told.filter(at__gte=node.last_heartbeat)
+    if not told.exists():
+        offline = node.status == NodeStatus.OFFLINE
+        outlook = "offline already" if offline else "it goes offline unless it reconnects"
+        event_record(
+            type=EventType.NODE_BROKER_UNREACHABLE,
+            message=f"broker unreachable: {name} reaches the API but not the broker; {outlook}",
+            node_id=node.pk,
+            data={"node": name, "status": node.status},
+            at=at,
+        )
+        logger.warning("node reaches the API but not the broker node=%s", name)
+    return True
 
 
 def node_status_after_loss(*, name: str) -> NodeStatus:

@@ -135,10 +135,17 @@ class ControlPlane:
     def register(self, spec: dict) -> dict:
         return self.post("/api/nodes/register/", spec).body
 
-    def heartbeat(self, *, node_name: str, running_tokens: list[str], used: dict) -> None:
+    def heartbeat(
+        self,
+        *,
+        node_name: str,
+        running_tokens: list[str],
+        used: dict,
+        broker_reachable: bool = True,
+    ) -> None:
         self.post(
             f"/api/nodes/{node_name}/heartbeat/",
-            {"running_tokens": running_tokens, "used": used},
+            {"running_tokens": running_tokens, "used": used, "broker_reachable": broker_reachable},
             retry=False,
         )
 

@@ -247,3 +247,109 @@ def test_a_cut_off_node_is_failed_over_and_comes_back_without_running_anything_t
         message="a new job on node-a",
     )
     assert JobExecution.objects.get(job_id=again).node.name == "node-a"
+
+
+def start_on_node_a(hosts, api, marker) -> tuple[Process, int]:
+    """node-a running attempt 1 of a marked job, node-b ready beside it; the agent of
+    node-a and the job's id."""
+    agent_a = hosts.start_node("node-a")
+    hosts.start_node("node-b")
+    node_cordon(name="node-b")
+    hosts.cluster.start_scheduler()
+    job_id = submit_marked(api, marker)
+    wait_until(lambda: started_on(marker, "start 1 node-a"), 30, message="attempt 1 on node-a")
+    node_uncordon(name="node-b")
+    return agent_a, job_id
+
+
+def assert_failed_over_to_node_b(job_id) -> tuple:
+    wait_until(
+        lambda: Job.objects.get(pk=job_id).status == JobStatus.SUCCEEDED,
+        60,
+        message="the job to succeed on node-b",
+    )
+    succeeded = job_snapshot(job_id)
+    assert succeeded[:2] == (JobStatus.SUCCEEDED, 2)
+    assert [(attempt, node, status) for attempt, node, status, _ in succeeded[3]] == [
+        (1, "node-a", ExecutionStatus.LOST),
+        (2, "node-b", ExecutionStatus.SUCCEEDED),
+    ]
+    return succeeded
+
+
+def test_a_node_that_reaches_the_broker_but_not_the_api_is_failed_over_as_a_lost_one(
+    hosts, api, tmp_path
+):
+    marker = tmp_path / "runs.txt"
+    agent_a, job_id = start_on_node_a(hosts, api, marker)
+
+    hosts.link("node-a").cut_port(hosts.cluster.api_port)
+
+    succeeded = assert_failed_over_to_node_b(job_id)
+    assert status_of("node-a") == NodeStatus.OFFLINE
+    first_token = f"job-{job_id}-attempt-1"
+    assert processes_of(first_token)  # it cannot be told yet
+
+    hosts.link("node-a").heal()
+
+    wait_until(lambda: status_of("node-a") == NodeStatus.READY, 90, message="node-a back")
+    wait_until(lambda: not processes_of(first_token), 60, message="attempt 1 to be stopped")
+    assert job_snapshot(job_id) == succeeded
+    assert marker.read_text().splitlines() == ["start 1 node-a", "start 2 node-b", "done 2"]
+    node_events = list(
+        Event.objects.filter(type__startswith="node.", data__node="node-a")
+        .order_by("at", "id")
+        .values_list("type", flat=True)
+    )
+    assert node_events[-2:] == [EventType.NODE_OFFLINE, EventType.NODE_BACK]
+    assert EventType.NODE_BROKER_UNREACHABLE not in node_events
+    assert "execution taken away: not reported" in agent_a.log()
+
+
+def test_a_node_that_reaches_the_api_but_not_the_broker_goes_offline_and_stops_its_jobs(
+    hosts, api, tmp_path
+):
+    marker = tmp_path / "runs.txt"
+    agent_a, job_id = start_on_node_a(hosts, api, marker)
+
+    hosts.link("node-a").cut_port(hosts.broker.port)
+
+    succeeded = assert_failed_over_to_node_b(job_id)
+    assert status_of("node-a") == NodeStatus.OFFLINE
+    # It still reaches the API, so it learns at once that its attempt was taken away.
+    first_token = f"job-{job_id}-attempt-1"
+    wait_until(lambda: not processes_of(first_token), 30, message="attempt 1 to be stopped")
+    # While it cannot reach the broker it stays offline, heartbeating all the same.
+    later = Node.objects.get(name="node-a").last_heartbeat
+    wait_until(
+        lambda: Node.objects.get(name="node-a").running_tokens == [],
+        30,
+        message="node-a's heartbeats to say it runs nothing",
+    )
+    assert status_of("node-a") == NodeStatus.OFFLINE
+    assert Node.objects.get(name="node-a").last_heartbeat == later
+
+    hosts.link("node-a").heal()
+
+    wait_until(lambda: status_of("node-a") == NodeStatus.READY, 90, message="node-a back")
+    assert job_snapshot(job_id) == succeeded
+    assert marker.read_text().splitlines() == ["start 1 node-a", "start 2 node-b", "done 2"]
+    node_events = list(
+        Event.objects.filter(type__startswith="node.", data__node="node-a")
+        .order_by("at", "id")
+        .values_list("type", flat=True)
+    )
+    assert node_events[-3:] == [
+        EventType.NODE_BROKER_UNREACHABLE,
+        EventType.NODE_OFFLINE,
+        EventType.NODE_BACK,
+    ]
+    assert "execution taken away: not reported" in agent_a.log()
+    # Back, it takes work through the broker again.
+    node_cordon(name="node-b")
+    again = submit(api, "true")
+    wait_until(
+        lambda: Job.objects.get(pk=again).status == JobStatus.SUCCEEDED,
+        60,
+        message="a new job on node-a",
+    )

@@ -232,6 +232,38 @@ def test_a_lost_node_whose_agent_heartbeats_again_comes_back_as_it_was(before, a
     assert Event.objects.filter(type=EventType.NODE_BACK).count() == 1
 
 
+def test_a_node_whose_agent_cannot_reach_the_broker_is_not_counted_alive_and_goes_offline():
+    silent_since = timezone.now() - timedelta(seconds=20)
+    make_node(last_heartbeat=silent_since)
+    for _ in range(2):
+        assert node_heartbeat(
+            name="node-a",
+            at=timezone.now(),
+            running_tokens=["job-1-attempt-1"],
+            broker_reachable=False,
+        )
+    node = Node.objects.get()
+    assert (node.last_heartbeat, node.running_tokens) == (silent_since, ["job-1-attempt-1"])
+    (told,) = Event.objects.filter(type=EventType.NODE_BROKER_UNREACHABLE)
+    assert told.message == (
+        "broker unreachable: node-a reaches the API but not the broker; "
+        "it goes offline unless it reconnects"
+    )
+    assert nodes_mark_lost(older_than_seconds=10) == ["node-a"]
+    # Offline, it stays so until it reaches the broker again.
+    node_heartbeat(name="node-a", at=timezone.now(), running_tokens=[], broker_reachable=False)
+    assert status_of("node-a") == NodeStatus.OFFLINE
+    assert Event.objects.filter(type=EventType.NODE_BROKER_UNREACHABLE).count() == 1
+    node_heartbeat(name="node-a", at=timezone.now(), running_tokens=[])
+    assert status_of("node-a") == NodeStatus.READY
+    # A later outage is told again.
+    node_heartbeat(name="node-a", at=timezone.now(), running_tokens=[], broker_reachable=False)
+    assert Event.objects.filter(type=EventType.NODE_BROKER_UNREACHABLE).count() == 2
+    assert not node_heartbeat(
+        name="nowhere", at=timezone.now(), running_tokens=[], broker_reachable=False
+    )
+
+
 def test_a_lost_cordoned_node_registered_again_stays_cordoned():
     make_node(status=NodeStatus.CORDONED, last_heartbeat=timezone.now() - timedelta(seconds=60))
     nodes_mark_lost(older_than_seconds=30)
