@@ -9,7 +9,6 @@ NODE_LOST_AFTER_SECONDS. A round trip on a dropped link blocks until the link re
 which is what it should measure.
 """
 
-import contextlib
 import logging
 import threading
 import time
@@ -45,25 +44,25 @@ class BrokerWatch(threading.Thread):
             try:
                 with current_app.connection_for_read() as conn:
                     conn.ensure_connection(max_retries=1)
+                    channel = conn.channel()
                     while not self.stopped.is_set():
-                        self._round_trip(conn)
+                        channel = self._round_trip(conn, channel)
                         self.last_answer = time.monotonic()
                         self.stopped.wait(settings.NODE_HEARTBEAT_SECONDS)
             except Exception as exc:  # any broker or transport error: connect again
                 logger.debug("broker round trip failed: %s", type(exc).__name__)
                 self.stopped.wait(settings.NODE_HEARTBEAT_SECONDS)
 
-    def _round_trip(self, conn) -> None:
-        """Ask the broker about the node's queue. "No such queue" is an answer too: an
-        empty queue does not exist on Redis."""
-        channel = conn.channel()
+    def _round_trip(self, conn, channel):
+        """Ask the broker about the node's queue, on one channel kept for it (a new one
+        costs a connection on Redis); the channel to use next. "No such queue" is an
+        answer too: an empty queue does not exist on Redis. AMQP closes a channel on it."""
         try:
             channel.queue_declare(queue=self.queue, passive=True)
         except conn.channel_errors:
-            pass
-        finally:
-            with contextlib.suppress(*conn.channel_errors, *conn.connection_errors):
-                channel.close()
+            if getattr(channel, "closed", False) or not getattr(channel, "is_open", True):
+                return conn.channel()
+        return channel
 
     def stop(self):
         self.stopped.set()

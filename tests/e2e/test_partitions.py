@@ -353,3 +353,27 @@ def test_a_node_that_reaches_the_api_but_not_the_broker_goes_offline_and_stops_i
         60,
         message="a new job on node-a",
     )
+
+
+def test_200_jobs_succeed_over_lossy_slow_links_and_no_node_flaps(hosts, api):
+    """5 % of each node's packets lost and 100 ms added each way to its streams."""
+    for name in NODES:
+        hosts.link(name).lose(0.05)
+        hosts.start_node(name, cpu=1, slots=4, delay=0.1)
+    hosts.cluster.start_scheduler()
+    ids = [submit(api, "true", resources={"cpu": 0.25, "memory_mb": 16}) for _ in range(200)]
+    wait_until(
+        lambda: Job.objects.filter(pk__in=ids, status=JobStatus.SUCCEEDED).count() == 200,
+        600,
+        interval=1,
+        message="200 jobs to succeed",
+    )
+    assert set(Job.objects.filter(pk__in=ids).values_list("attempts", flat=True)) == {1}
+    assert {n.status for n in Node.objects.all()} == {NodeStatus.READY}
+    flaps = Event.objects.filter(
+        type__in=(EventType.NODE_OFFLINE, EventType.NODE_BROKER_UNREACHABLE, EventType.NODE_BACK)
+    )
+    assert list(flaps.values_list("message", flat=True)) == []
+    assert set(
+        JobExecution.objects.filter(job_id__in=ids).values_list("node__name", flat=True)
+    ) == set(NODES)
