@@ -4,9 +4,9 @@ A node that reaches the web API but not the broker gets none of the messages for
 is placed on it. Its Celery consumer cannot tell: a connection whose packets are dropped
 looks idle, not broken. So a thread of the agent's own makes a round trip to the broker
 every heartbeat interval, on a connection of its own (a passive declaration of the
-node's queue), and the broker counts as reachable while one succeeded within half of
-NODE_LOST_AFTER_SECONDS. A round trip on a dropped link blocks until the link returns,
-which is what it should measure.
+node's queue), and the broker counts as reachable while one succeeded within
+NODE_LOST_AFTER_SECONDS, the patience the node's heartbeats get. A round trip on a
+dropped link blocks until the link returns, which is what it should measure.
 """
 
 import logging
@@ -28,9 +28,9 @@ class BrokerWatch(threading.Thread):
         self._reported_unreachable = False
 
     def reachable(self) -> bool:
-        """A round trip succeeded within half of NODE_LOST_AFTER_SECONDS."""
+        """A round trip succeeded within NODE_LOST_AFTER_SECONDS."""
         silent = time.monotonic() - self.last_answer
-        reachable = silent < settings.NODE_LOST_AFTER_SECONDS / 2
+        reachable = silent < settings.NODE_LOST_AFTER_SECONDS
         if reachable == self._reported_unreachable:
             self._reported_unreachable = not reachable
             if reachable:
