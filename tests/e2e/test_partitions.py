@@ -183,15 +183,21 @@ def job_snapshot(job_id: int) -> tuple:
 def test_a_cut_off_node_is_failed_over_and_comes_back_without_running_anything_twice(
     hosts, api, tmp_path
 ):
-    marker = tmp_path / "runs.txt"
-    agent_a = hosts.start_node("node-a")
+    marker, early = tmp_path / "runs.txt", tmp_path / "early.txt"
+    agent_a = hosts.start_node("node-a", cpu=2, slots=2)
     hosts.start_node("node-b")
     hosts.start_node("node-c")
     node_cordon(name="node-b")
     node_cordon(name="node-c")  # stays cordoned across its loss
     hosts.cluster.start_scheduler()
     job_id = submit_marked(api, marker)
+    # Its first attempt ends while node-a is cut off: its success waits in the agent.
+    early_id = submit(
+        api,
+        f'echo "start $JOB_ATTEMPT" >> {early}; sleep 2; echo "done $JOB_ATTEMPT" >> {early}',
+    )
     wait_until(lambda: started_on(marker, "start 1 node-a"), 30, message="attempt 1 on node-a")
+    wait_until(lambda: started_on(early, "start 1"), 30, message="the early job on node-a")
     node_uncordon(name="node-b")
 
     hosts.link("node-a").cut()
@@ -203,6 +209,16 @@ def test_a_cut_off_node_is_failed_over_and_comes_back_without_running_anything_t
         message="the job to succeed elsewhere",
     )
     assert (status_of("node-a"), status_of("node-c")) == (NodeStatus.OFFLINE, NodeStatus.OFFLINE)
+    wait_until(
+        lambda: Job.objects.get(pk=early_id).status == JobStatus.SUCCEEDED,
+        60,
+        message="the early job to succeed elsewhere",
+    )
+    early_succeeded = job_snapshot(early_id)
+    assert [(attempt, node) for attempt, node, _, _ in early_succeeded[3]] == [
+        (1, "node-a"),
+        (2, "node-b"),
+    ]
     succeeded = job_snapshot(job_id)
     assert succeeded[:2] == (JobStatus.SUCCEEDED, 2)
     assert [(attempt, node, status) for attempt, node, status, _ in succeeded[3]] == [
@@ -230,9 +246,18 @@ def test_a_cut_off_node_is_failed_over_and_comes_back_without_running_anything_t
         30,
         message="node-a to drop the taken-away attempt",
     )
+    # The early job's success, sent once the link was back, was answered and ignored.
+    wait_until(
+        lambda: Node.objects.get(name="node-a").running_tokens == [],
+        60,
+        message="node-a to have reported all it held",
+    )
     assert job_snapshot(job_id) == succeeded
+    assert job_snapshot(early_id) == early_succeeded
     lines = marker.read_text().splitlines()
     assert lines == ["start 1 node-a", "start 2 node-b", "done 2"]
+    # Cut off, node-a could not know: the early job's first attempt ran to its end.
+    assert early.read_text().splitlines() == ["start 1", "done 1", "start 2", "done 2"]
     back = Event.objects.filter(type=EventType.NODE_BACK).values_list("data", flat=True)
     assert sorted(back, key=lambda d: d["node"]) == [
         {"node": "node-a", "status": NodeStatus.READY},
