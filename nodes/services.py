@@ -2,9 +2,12 @@
 the credentials node agents authenticate with."""
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from celery import current_app
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Case, Q, Value, When
@@ -110,13 +113,35 @@ def node_heartbeat(
         "used_cpu_millis": None if used is None else used.cpu_millis,
         "used_memory_mb": None if used is None else used.memory_mb,
     }
-    if not broker_reachable:
+    # When the control plane cannot reach the broker either, the outage is the broker's,
+    # not the node's link: the node stays up, and its running work reports through the API.
+    if not broker_reachable and broker_reachable_here():
         return node_broker_unreachable(name=name, at=at, fields=fields)
     fields["last_heartbeat"] = at
     # One statement for a node that is up, as nearly every heartbeat's is.
     if Node.objects.filter(name=name).exclude(status=NodeStatus.OFFLINE).update(**fields):
         return True
     return node_back(name=name, fields=fields)
+
+
+_broker_checked: tuple[float, bool] = (-float("inf"), True)  # (monotonic time, reachable)
+
+
+def broker_reachable_here() -> bool:
+    """Whether this process reaches the broker (a connection within 2 s), checked at most
+    once per heartbeat interval: asked only when an agent says it cannot reach it."""
+    global _broker_checked
+    checked_at, reachable = _broker_checked
+    if time.monotonic() - checked_at < settings.NODE_HEARTBEAT_SECONDS:
+        return reachable
+    try:
+        with current_app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        reachable = True
+    except Exception:  # whatever the transport raises: not reachable
+        reachable = False
+    _broker_checked = (time.monotonic(), reachable)
+    return reachable
 
 
 @transaction.atomic

@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from common.wakeup import SCHEDULER_CHANNEL
 from events.models import Event, EventType
+from nodes import services
 from nodes.models import Node, NodeLoss, NodeStatus
 from nodes.services import (
     NodeUsage,
@@ -19,7 +20,8 @@ from nodes.services import (
     node_uncordon,
     nodes_mark_lost,
 )
-from tests.processes import raw_connection
+from scheduler_site.celery import app as celery_app
+from tests.processes import free_port, raw_connection
 
 pytestmark = pytest.mark.django_db
 
@@ -262,6 +264,19 @@ def test_a_node_whose_agent_cannot_reach_the_broker_is_not_counted_alive_and_goe
     assert not node_heartbeat(
         name="nowhere", at=timezone.now(), running_tokens=[], broker_reachable=False
     )
+
+
+def test_when_the_control_plane_cannot_reach_the_broker_either_the_node_stays_up(
+    monkeypatch,
+):
+    # The broker is down for everyone, not this node's link: its heartbeats count.
+    monkeypatch.setattr(services, "_broker_checked", (-float("inf"), True))
+    monkeypatch.setattr(celery_app.conf, "broker_write_url", f"redis://127.0.0.1:{free_port()}/0")
+    make_node(last_heartbeat=timezone.now() - timedelta(seconds=20))
+    at = timezone.now()
+    assert node_heartbeat(name="node-a", at=at, running_tokens=[], broker_reachable=False)
+    assert Node.objects.get().last_heartbeat == at
+    assert not Event.objects.filter(type=EventType.NODE_BROKER_UNREACHABLE).exists()
 
 
 def test_a_lost_cordoned_node_registered_again_stays_cordoned():
