@@ -29,6 +29,7 @@ class EventType(models.TextChoices):
     NODE_REGISTERED = "node.registered", "Node registered"
     NODE_BACK = "node.back", "Node back after being offline"
     NODE_OFFLINE = "node.offline", "Node offline"
+    NODE_BROKER_UNREACHABLE = "node.broker_unreachable", "Node reaches the API but not the broker"
     NODE_CORDONED = "node.cordoned", "Node cordoned"
     NODE_DRAINING = "node.draining", "Node draining"
     NODE_DRAINED = "node.drained", "Node drained"

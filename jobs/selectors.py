@@ -69,6 +69,16 @@ def execution_preemptions_requested(*, tokens: list[str]) -> list[dict]:
     ]
 
 
+def execution_tokens_taken_away(*, tokens: list[str], node_id: int) -> list[str]:
+    """Which of these executions of the node were failed over (its node was lost, or
+    their process was reported gone): the agent must stop them and report nothing."""
+    return list(
+        JobExecution.objects.filter(
+            token__in=tokens, node_id=node_id, status=ExecutionStatus.LOST
+        ).values_list("token", flat=True)
+    )
+
+
 def execution_running_on_node(*, token: str, node_id: int) -> JobExecution | None:
     """The execution `token` if it is running on the node: what a node's claim, sent
     again after its answer was lost, had claimed."""

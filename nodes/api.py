@@ -137,6 +137,13 @@ class NodeHeartbeatSerializer(StrictSerializer):
     used = NodeUsageInputSerializer(
         required=False, help_text="What the jobs used; left out when the agent does not sample."
     )
+    broker_reachable = serializers.BooleanField(
+        default=True,
+        help_text=(
+            "False when the agent cannot reach the broker: the heartbeat does not count as a "
+            "sign of life, and the node goes offline as a silent one would."
+        ),
+    )
 
 
 def _own_node_name(request, name: str) -> str:
@@ -248,6 +255,7 @@ class NodeViewSet(NameLookupMixin, viewsets.ReadOnlyModelViewSet):
             used=None
             if used is None
             else NodeUsage(cpu_millis=int(used["cpu"] * 1000), memory_mb=used["memory_mb"]),
+            broker_reachable=data.validated_data["broker_reachable"],
         ):
             raise NotFound("This node is not registered; register it first.")
         return Response(NodeSerializer(Node.objects.get(name=name)).data)

@@ -98,9 +98,18 @@ class NodeLoss(models.Model):
     node_name = models.CharField(max_length=63)
     lost_at = models.DateTimeField()
     last_heartbeat = models.DateTimeField(null=True, blank=True)
+    # What the node was when it went offline: an operator's cordon (or drain) outlives
+    # the loss, and the node comes back as it was (`node_status_after_loss`).
+    status_before = models.CharField(
+        max_length=16, choices=NodeStatus.choices, default=NodeStatus.READY
+    )
 
     class Meta:
         ordering = ["-lost_at", "-id"]
+        indexes = [
+            # Used when a node comes back: its latest loss.
+            models.Index(fields=["node_name", "-lost_at"], name="nodeloss_node_latest_idx")
+        ]
 
     def __str__(self):
         return f"{self.node_name} lost at {self.lost_at.isoformat()}"

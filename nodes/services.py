@@ -2,9 +2,12 @@
 the credentials node agents authenticate with."""
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from celery import current_app
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Case, OuterRef, Q, Subquery, Value, When
@@ -32,7 +35,8 @@ def node_register(
     address: str = "",
     agent_version: str = "",
 ) -> Node:
-    """Create the node or update its capacity and labels; an offline node comes back ready.
+    """Create the node or update its capacity and labels; an offline node comes back as
+    it was before it was lost (`node_status_after_loss`).
 
     A cordoned or draining node stays so: that was an operator's decision.
     """
@@ -50,8 +54,8 @@ def node_register(
             f"{node.allocated_memory_mb} MB, {node.allocated_gpu} GPU) than the new capacity; "
             "drain it first."
         )
-    if node.status == NodeStatus.OFFLINE:
-        node.status = NodeStatus.READY
+    if back:
+        node.status = node_status_after_loss(name=name)
     node.cpu_millis, node.memory_mb, node.gpu = cpu_millis, memory_mb, gpu
     node.labels = labels or {}
     node.address = address
@@ -89,18 +93,122 @@ class NodeUsage:
 
 
 def node_heartbeat(
-    *, name: str, at: datetime, running_tokens: list[str], used: NodeUsage | None = None
+    *,
+    name: str,
+    at: datetime,
+    running_tokens: list[str],
+    used: NodeUsage | None = None,
+    broker_reachable: bool = True,
 ) -> bool:
     """Record that the agent was alive at `at`, running exactly `running_tokens`, whose
-    jobs used `used` (None: the agent did not say, and an older figure is not kept)."""
-    return bool(
-        Node.objects.filter(name=name).update(
-            last_heartbeat=at,
-            running_tokens=running_tokens,
-            used_cpu_millis=None if used is None else used.cpu_millis,
-            used_memory_mb=None if used is None else used.memory_mb,
+    jobs used `used` (None: the agent did not say, and an older figure is not kept).
+
+    An offline node whose agent heartbeats again (its link is back) comes back as it was
+    before it was lost (`node_back`); its failed-over executions stay failed over.
+
+    An agent that reaches the API but not the broker gets no message, so it cannot run
+    what is placed on it: its heartbeat is not counted (`node_broker_unreachable`)."""
+    fields = {
+        "running_tokens": running_tokens,
+        "used_cpu_millis": None if used is None else used.cpu_millis,
+        "used_memory_mb": None if used is None else used.memory_mb,
+    }
+    # When the control plane cannot reach the broker either, the outage is the broker's,
+    # not the node's link: the node stays up, and its running work reports through the API.
+    if not broker_reachable and broker_reachable_here():
+        return node_broker_unreachable(name=name, at=at, fields=fields)
+    fields["last_heartbeat"] = at
+    # One statement for a node that is up, as nearly every heartbeat's is.
+    if Node.objects.filter(name=name).exclude(status=NodeStatus.OFFLINE).update(**fields):
+        return True
+    return node_back(name=name, fields=fields)
+
+
+_broker_checked: tuple[float, bool] = (-float("inf"), True)  # (monotonic time, reachable)
+
+
+def broker_reachable_here() -> bool:
+    """Whether this process reaches the broker (a connection within 2 s), checked at most
+    once per heartbeat interval: asked only when an agent says it cannot reach it."""
+    global _broker_checked
+    checked_at, reachable = _broker_checked
+    if time.monotonic() - checked_at < settings.NODE_HEARTBEAT_SECONDS:
+        return reachable
+    try:
+        with current_app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        reachable = True
+    except Exception:  # whatever the transport raises: not reachable
+        reachable = False
+    _broker_checked = (time.monotonic(), reachable)
+    return reachable
+
+
+@transaction.atomic
+def node_broker_unreachable(*, name: str, at: datetime, fields: dict) -> bool:
+    """The agent of a node says it cannot reach the broker. Its heartbeat is recorded
+    (what it runs, what that uses) but not as a sign of life, so the node goes offline
+    NODE_LOST_AFTER_SECONDS after its last full heartbeat and what it ran is failed over,
+    as for a silent node; an offline one stays offline. One event per outage: the first
+    such heartbeat after the last full one. False when no such node is registered."""
+    node = Node.objects.select_for_update().filter(name=name).first()
+    if node is None:
+        return False
+    Node.objects.filter(pk=node.pk).update(**fields)
+    told = Event.objects.filter(type=EventType.NODE_BROKER_UNREACHABLE, node_id=node.pk)
+    if node.last_heartbeat is not None:
+        told = told.filter(at__gte=node.last_heartbeat)
+    if not told.exists():
+        offline = node.status == NodeStatus.OFFLINE
+        outlook = "offline already" if offline else "it goes offline unless it reconnects"
+        event_record(
+            type=EventType.NODE_BROKER_UNREACHABLE,
+            message=f"broker unreachable: {name} reaches the API but not the broker; {outlook}",
+            node_id=node.pk,
+            data={"node": name, "status": node.status},
+            at=at,
         )
+        logger.warning("node reaches the API but not the broker node=%s", name)
+    return True
+
+
+def node_status_after_loss(*, name: str) -> NodeStatus:
+    """What a node that was lost comes back as: cordoned if it was cordoned or draining
+    when it went offline (its executions were failed over, so a drain is over), else
+    ready."""
+    before = (
+        NodeLoss.objects.filter(node_name=name)
+        .order_by("-lost_at", "-id")
+        .values_list("status_before", flat=True)
+        .first()
     )
+    if before in (NodeStatus.CORDONED, NodeStatus.DRAINING):
+        return NodeStatus.CORDONED
+    return NodeStatus.READY
+
+
+@transaction.atomic
+def node_back(*, name: str, fields: dict) -> bool:
+    """An offline node heard from again: it takes `fields` (a heartbeat's) and the status
+    it had before it was lost. False when no such node is registered."""
+    node = Node.objects.select_for_update().filter(name=name).first()
+    if node is None:
+        return False
+    if node.status != NodeStatus.OFFLINE:  # another heartbeat brought it back first
+        Node.objects.filter(pk=node.pk).update(**fields)
+        return True
+    status = node_status_after_loss(name=name)
+    Node.objects.filter(pk=node.pk).update(status=status, updated_at=timezone.now(), **fields)
+    event_record(
+        type=EventType.NODE_BACK,
+        message=f"back: {name} heartbeats again; {status}",
+        node_id=node.pk,
+        data={"node": name, "status": status},
+    )
+    if status == NodeStatus.READY:
+        scheduler_wake()
+    logger.warning("node back node=%s status=%s", name, status)
+    return True
 
 
 def nodes_mark_lost(*, older_than_seconds: float) -> list[str]:
@@ -113,14 +221,14 @@ def nodes_mark_lost(*, older_than_seconds: float) -> list[str]:
             Node.objects.select_for_update(skip_locked=True)
             .exclude(status=NodeStatus.OFFLINE)
             .filter(last_heartbeat__lt=cutoff)
-            .values_list("id", "name", "last_heartbeat")
+            .values_list("id", "name", "last_heartbeat", "status")
         )
-        names = [name for _, name, _ in silent]
+        names = [name for _, name, _, _ in silent]
         if names:
             Node.objects.filter(name__in=names).update(status=NodeStatus.OFFLINE)
             NodeLoss.objects.bulk_create(
-                NodeLoss(node_name=name, lost_at=now, last_heartbeat=beat)
-                for _, name, beat in silent
+                NodeLoss(node_name=name, lost_at=now, last_heartbeat=beat, status_before=status)
+                for _, name, beat, status in silent
             )
             events_record(
                 Event(
@@ -130,7 +238,7 @@ def nodes_mark_lost(*, older_than_seconds: float) -> list[str]:
                     message=f"offline: {name} silent since {beat.isoformat() if beat else 'ever'}",
                     data={"node": name, "last_heartbeat": beat.isoformat() if beat else None},
                 )
-                for node_id, name, beat in silent
+                for node_id, name, beat, _ in silent
             )
     for name in names:
         logger.warning("node lost node=%s silent_for_more_than=%ss", name, older_than_seconds)

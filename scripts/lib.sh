@@ -102,6 +102,23 @@ ensure_chromium() {
         || say "apt-get install chromium failed: the browser tests will be skipped"
 }
 
+# iproute2 (`ip netns`) and iptables, for the partition tests (tests/e2e/test_partitions.py),
+# which run node agents in network namespaces of their own; they are skipped, saying
+# why, where these cannot be installed or namespaces cannot be made (not root).
+ensure_netns_tools() {
+    command -v ip >/dev/null && command -v iptables >/dev/null && return 0
+    command -v apt-get >/dev/null || { say "ip or iptables is missing and apt-get is not here: the partition tests will be skipped"; return 0; }
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then
+        command -v sudo >/dev/null || { say "Installing iptables needs root: the partition tests will be skipped"; return 0; }
+        sudo="sudo"
+    fi
+    say "Installing iproute2 and iptables (Debian packages) for the partition tests"
+    $sudo apt-get update -qq \
+        && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 iptables >/dev/null \
+        || say "apt-get install iproute2 iptables failed: the partition tests will be skipped"
+}
+
 ensure_prometheus() {
     command -v promtool >/dev/null && command -v prometheus >/dev/null && return 0
     command -v apt-get >/dev/null \

@@ -191,6 +191,9 @@ class Cluster:
         self.api: Process | None = None
         self.api_port: int | None = None
         self.api_workers = 1
+        # Where the node agents' web server listens: more than loopback when agents run
+        # on hosts of their own (tests/netns.py).
+        self.api_hosts = ["127.0.0.1"]
         self.env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "tests.settings",
@@ -336,8 +339,10 @@ class Cluster:
         metrics_port: int | None = None,
         env: dict | None = None,
         address: str | None = None,
+        argv_prefix: list[str] = (),
     ) -> Process:
-        """A node agent; `env` on top of the cluster's (its own broker user, say)."""
+        """A node agent; `env` on top of the cluster's (its own broker user, say);
+        `argv_prefix` runs it through another command (`ip netns exec NAME`)."""
         args = [
             "run_node",
             f"--name={name}",
@@ -352,7 +357,7 @@ class Cluster:
             args.append(f"--metrics-port={metrics_port}")
         if address:
             args.append(f"--address={address}")
-        argv = [sys.executable, str(BASE_DIR / "manage.py"), *args]
+        argv = [*argv_prefix, sys.executable, str(BASE_DIR / "manage.py"), *args]
         process = self._spawn_with(name, argv, {**self.node_env(name), **(env or {})})
         if wait:
             self.wait_node_ready(name, process)
@@ -417,7 +422,11 @@ class Cluster:
         if self.api is None or not self.api.alive:
             self.api_port = self.api_port or free_port()
             self.api = self.start_web(
-                self.api_port, name="api", workers=self.api_workers, threads=16
+                self.api_port,
+                name="api",
+                workers=self.api_workers,
+                threads=16,
+                hosts=self.api_hosts,
             )
         return self.api_port
 
@@ -441,10 +450,17 @@ class Cluster:
         return queue_consumers(self.broker_url, queue) > 0
 
     def start_web(
-        self, port: int, *, name: str = "web", workers: int = 1, threads: int = 4, **env: str
+        self,
+        port: int,
+        *,
+        name: str = "web",
+        workers: int = 1,
+        threads: int = 4,
+        hosts: list[str] = ("127.0.0.1",),
+        **env: str,
     ) -> Process:
-        """The web process as scripts/up starts it (gunicorn, threads), with `env` on top
-        of the cluster's; returns once it answers."""
+        """The web process as scripts/up starts it (gunicorn, threads), on `port` of each
+        of `hosts`, with `env` on top of the cluster's; returns once it answers."""
         process = self._spawn_with(
             name,
             [
@@ -452,7 +468,7 @@ class Cluster:
                 "-m",
                 "gunicorn",
                 "scheduler_site.wsgi",
-                f"--bind=127.0.0.1:{port}",
+                *(f"--bind={host}:{port}" for host in hosts),
                 f"--workers={workers}",
                 "--worker-class=gthread",
                 f"--threads={threads}",

@@ -55,6 +55,13 @@ class Answer:
     body: dict | list | None
 
 
+@dataclass
+class StopRequests:
+    cancel: list[str]  # someone asked to cancel their jobs
+    preempt: list[dict]  # preempted by the scheduler: token, grace_seconds, preempted_by
+    taken_away: list[str]  # failed over while the node was unreachable: run elsewhere
+
+
 class ControlPlane:
     def __init__(self, *, base_url: str, key: str, pool_size: int = 16):
         self.base_url = base_url.rstrip("/")
@@ -129,10 +136,17 @@ class ControlPlane:
     def register(self, spec: dict) -> dict:
         return self.post("/api/nodes/register/", spec).body
 
-    def heartbeat(self, *, node_name: str, running_tokens: list[str], used: dict) -> None:
+    def heartbeat(
+        self,
+        *,
+        node_name: str,
+        running_tokens: list[str],
+        used: dict,
+        broker_reachable: bool = True,
+    ) -> None:
         self.post(
             f"/api/nodes/{node_name}/heartbeat/",
-            {"running_tokens": running_tokens, "used": used},
+            {"running_tokens": running_tokens, "used": used, "broker_reachable": broker_reachable},
             retry=False,
         )
 
@@ -157,10 +171,15 @@ class ControlPlane:
             on_retry=_resumed,
         ).body
 
-    def cancel_requests(self, tokens: list[str]) -> dict:
-        """{"tokens": those to cancel, "preempt": [{token, grace_seconds, preempted_by}]}."""
+    def stop_requests(self, tokens: list[str]) -> "StopRequests":
+        """Which of these running executions to cancel, which to preempt, and which were
+        taken away."""
         answer = self.post("/api/agent/cancel-requests/", {"tokens": tokens}, retry=False)
-        return answer.body
+        return StopRequests(
+            cancel=answer.body["tokens"],
+            preempt=answer.body["preempt"],
+            taken_away=answer.body["taken_away"],
+        )
 
     def log_chunks(self, *, chunks: list[dict], cuts: dict[int, int]) -> None:
         self.post("/api/agent/log-chunks/", {"chunks": chunks, "cuts": cuts}, retry=False)

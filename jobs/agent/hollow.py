@@ -255,13 +255,21 @@ class HollowNode:
             for item in answer["claimed"]:
                 self.start(ExecutionToRun.of(item))
 
-    def _end(self, token: str, exit_code: int | None, error: str, cancelled: bool = False):
+    def _end(
+        self,
+        token: str,
+        exit_code: int | None,
+        error: str,
+        cancelled: bool = False,
+        preempted: bool = False,
+    ):
         with self.lock:
             entry = self.running.get(token)
             if entry is None or entry.ended:
                 return
             entry.ended = True
-        self._finish(token, exit_code=exit_code, error=error, cancelled=cancelled)
+        outcome = {"cancelled": cancelled} | ({"preempted": True} if preempted else {})
+        self._finish(token, exit_code=exit_code, error=error, **outcome)
         self._forget(token)
 
     def _finish(self, token: str, **outcome) -> None:
@@ -297,9 +305,14 @@ class HollowNode:
     def apply_cancels(self) -> None:
         try:
             tokens = self.tokens()
-            cancelled = self._call(self.control_plane.cancel_requests, tokens) if tokens else []
-            for token in cancelled or ():
-                self._end(token, None, "cancelled", cancelled=True)
+            asked = self._call(self.control_plane.stop_requests, tokens) if tokens else None
+            if asked is not None:
+                for token in asked.cancel:
+                    self._end(token, None, "cancelled", cancelled=True)
+                for request in asked.preempt:  # nothing to signal: it ends at once
+                    by = request["preempted_by"]
+                    self._end(request["token"], None, f"preempted by job {by}", preempted=True)
+                self._forget(*asked.taken_away)  # failed over: nothing to report
         except (Refused, requests.RequestException) as exc:
             logger.warning("cancel check failed node=%s problem=%s", self.name, exc)
         finally:

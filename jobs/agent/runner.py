@@ -87,6 +87,8 @@ class TrackedExecution:
         self.cancelled = False
         self.preempted = False
         self.grace_seconds = settings.JOB_KILL_GRACE_SECONDS
+        # Failed over while the node was unreachable: its outcome is not reported.
+        self.taken_away = False
         self.lock = threading.Lock()
 
     def kill(
@@ -96,10 +98,12 @@ class TrackedExecution:
         cancelled: bool = False,
         preempted: bool = False,
         grace_seconds: float | None = None,
+        taken_away: bool = False,
     ) -> None:
         """SIGTERM its group, then SIGKILL after the grace (JOB_KILL_GRACE_SECONDS, or
         `grace_seconds`: a preempted job's queue says how long it gets)."""
         with self.lock:
+            self.taken_away = self.taken_away or taken_away
             if self.kill_reason:
                 return
             self.kill_reason, self.cancelled, self.preempted = reason, cancelled, preempted
@@ -168,6 +172,19 @@ class RunningRegistry:
                 target=tracked.kill,
                 args=(f"preempted by job {preempted_by}",),
                 kwargs={"preempted": True, "grace_seconds": grace_seconds},
+            ).start()
+
+    def take_away(self, token: str) -> None:
+        """The control plane failed this execution over while the node was unreachable
+        (its token is fenced): stop it, and report nothing for it."""
+        with self._lock:
+            tracked = self._items.get(token)
+        if tracked is not None:
+            logger.warning("execution taken away, failed over elsewhere: stopping token=%s", token)
+            threading.Thread(
+                target=tracked.kill,
+                args=("taken away: failed over while the node was unreachable",),
+                kwargs={"taken_away": True},
             ).start()
 
     def kill_all(self, reason: str) -> None:

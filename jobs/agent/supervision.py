@@ -11,7 +11,10 @@ from pathlib import Path
 import requests
 from django.conf import settings
 
+from nodes.models import node_queue_name
+
 from . import metrics
+from .broker_watch import BrokerWatch
 from .client import Refused, Revoked, Stopped, control_plane
 from .guard import kill_agent_groups
 from .runner import agent_identity, running
@@ -64,8 +67,10 @@ class AgentLoop(threading.Thread):
         self.node_name = node_name
         self.stopped = threading.Event()
         self.meter = UsageMeter()
+        self.broker = BrokerWatch(node_queue_name(node_name))
 
     def run(self):
+        self.broker.start()
         next_heartbeat = next_cancel_check = 0.0
         while not self.stopped.wait(settings.NODE_MEMORY_POLL_SECONDS):
             running.enforce_memory_limits()
@@ -96,7 +101,12 @@ class AgentLoop(threading.Thread):
         tokens = running.tokens()
         cores, resident_bytes = self.meter.measure(running.process_groups())
         used = {"cpu": round(cores, 3), "memory_mb": resident_bytes // 2**20}
-        control_plane().heartbeat(node_name=self.node_name, running_tokens=tokens, used=used)
+        control_plane().heartbeat(
+            node_name=self.node_name,
+            running_tokens=tokens,
+            used=used,
+            broker_reachable=self.broker.reachable(),
+        )
         metrics.heartbeats.inc()
         metrics.used.labels("cpu").set(cores)
         metrics.used.labels("memory").set(resident_bytes)
@@ -104,15 +114,18 @@ class AgentLoop(threading.Thread):
     def apply_cancels(self):
         tokens = running.tokens()
         if tokens:
-            asked = control_plane().cancel_requests(tokens)
-            for token in asked["tokens"]:
+            asked = control_plane().stop_requests(tokens)
+            for token in asked.cancel:
                 running.cancel(token)
-            for request in asked.get("preempt", ()):
+            for request in asked.preempt:
                 running.preempt(
                     request["token"],
                     grace_seconds=request["grace_seconds"],
                     preempted_by=request["preempted_by"],
                 )
+            for token in asked.taken_away:
+                running.take_away(token)
 
     def stop(self):
         self.stopped.set()
+        self.broker.stop()

@@ -81,6 +81,15 @@ def _run(
             error = f"node agent error: {exc}"
             status = _finish(token=token, exit_code=None, error=error)
             return Ended(job_id, name, status, None, error), None
+        if tracked.taken_away:
+            logger.warning(
+                "execution taken away: not reported job=%s attempt=%s node=%s token=%s",
+                job_id,
+                execution.attempt,
+                node_name,
+                token,
+            )
+            return Ended(job_id, name, None, outcome.exit_code, outcome.error), None
         ended_itself = not (outcome.cancelled or outcome.preempted)
         if outcome.exit_code == 0 and not outcome.error and ended_itself:
             success = Success(token=token, log_path=outcome.log_path, log_tail=outcome.log_tail)

@@ -30,6 +30,7 @@ from ..selectors import (
     execution_running_on_node,
     execution_tokens_cancel_requested,
     execution_tokens_succeeded_on_node,
+    execution_tokens_taken_away,
 )
 from ..services.executions import execution_claim, execution_finish
 from ..services.logs import LogChunk, log_chunks_append
@@ -156,9 +157,18 @@ class PreemptRequestSerializer(serializers.Serializer):
     preempted_by = serializers.IntegerField(allow_null=True, help_text="The job it makes room for.")
 
 
-class CancelRequestsAnswerSerializer(serializers.Serializer):
-    tokens = serializers.ListField(child=serializers.CharField(), help_text="To cancel.")
-    preempt = PreemptRequestSerializer(many=True, help_text="To stop: preempted.")
+class StopRequestsSerializer(serializers.Serializer):
+    tokens = serializers.ListField(
+        child=serializers.CharField(), help_text="Cancel these: someone asked to."
+    )
+    preempt = PreemptRequestSerializer(many=True, help_text="Stop these: preempted.")
+    taken_away = serializers.ListField(
+        child=serializers.CharField(),
+        help_text=(
+            "Stop these and report nothing for them: they were failed over (the node was "
+            "lost) and run elsewhere."
+        ),
+    )
 
 
 class SuccessesAnswerSerializer(serializers.Serializer):
@@ -286,20 +296,25 @@ class SuccessesView(AgentView):
 
 class CancelRequestsView(AgentView):
     @extend_schema(
-        request=TokensSerializer,
-        responses={200: CancelRequestsAnswerSerializer, 404: NOT_THIS_NODES},
+        request=TokensSerializer, responses={200: StopRequestsSerializer, 404: NOT_THIS_NODES}
     )
     def post(self, request):
-        """Which of these executions of this node belong to jobs someone asked to cancel,
-        and which the scheduler preempted (to stop after their grace)."""
+        """Which of these executions of this node belong to jobs someone asked to cancel
+        (`tokens`), which the scheduler preempted, to stop after their grace (`preempt`),
+        and which were taken away from it, failed over while it was unreachable
+        (`taken_away`)."""
         tokens = self.valid(TokensSerializer)["tokens"]
         if not tokens:
-            return Response({"tokens": [], "preempt": []})
-        self.own(self.node_id(), tokens=tokens)
+            return Response({"tokens": [], "preempt": [], "taken_away": []})
+        node_id = self.node_id()
+        self.own(node_id, tokens=tokens)
+        taken_away = execution_tokens_taken_away(tokens=tokens, node_id=node_id)
+        cancel = set(execution_tokens_cancel_requested(tokens=tokens)) - set(taken_away)
         return Response(
             {
-                "tokens": execution_tokens_cancel_requested(tokens=tokens),
+                "tokens": sorted(cancel),
                 "preempt": execution_preemptions_requested(tokens=tokens),
+                "taken_away": taken_away,
             }
         )
 

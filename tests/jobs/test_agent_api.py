@@ -9,6 +9,7 @@ from rest_framework.test import APIClient
 from accounts.models import AuditEvent
 from jobs.models import ExecutionStatus, Job, JobExecution, JobLogChunk, JobStatus
 from jobs.scheduling.cycle import place_pending_jobs
+from jobs.services.failover import execution_fail_over
 from nodes.models import Node
 from nodes.services import node_credential_issue, node_credential_revoke
 from resources.models import Allocation, AllocationStatus
@@ -120,10 +121,11 @@ def test_it_lists_the_cancel_requests_and_stores_log_chunks(agent_a, node_a, tea
     token = reserved_on(node_a, team)
     claim(agent_a, token)
     asked = agent_a.post("/api/agent/cancel-requests/", {"tokens": [token]}, format="json")
-    assert asked.status_code == 200 and asked.json() == {"tokens": [], "preempt": []}
+    empty = {"tokens": [], "preempt": [], "taken_away": []}
+    assert asked.status_code == 200 and asked.json() == empty
     Job.objects.update(cancel_requested_at=timezone.now())
     asked = agent_a.post("/api/agent/cancel-requests/", {"tokens": [token]}, format="json")
-    assert asked.json() == {"tokens": [token], "preempt": []}
+    assert asked.json() == {**empty, "tokens": [token]}
     execution_id = JobExecution.objects.get(token=token).id
     chunk = {"execution_id": execution_id, "seq": 0, "first_line": 1, "offset": 0, "text": "a\n"}
     shipped = agent_a.post("/api/agent/log-chunks/", {"chunks": [chunk], "cuts": {}}, format="json")
@@ -220,3 +222,25 @@ def test_the_agents_calls_on_executions_leave_no_audit_event(agent_a, node_a, te
     finished = agent_a.post("/api/agent/finish/", outcome, format="json")
     assert finished.json() == {"status": ExecutionStatus.FAILED}
     assert not AuditEvent.objects.exists()
+
+
+def test_a_failed_over_execution_is_taken_away_and_its_late_reports_change_nothing(
+    agent_a, node_a, team
+):
+    token = reserved_on(node_a, team, max_retries=0)
+    claim(agent_a, token)
+    execution = JobExecution.objects.get(token=token)
+    assert execution_fail_over(execution_id=execution.id, reason="node lost")
+    asked = agent_a.post("/api/agent/cancel-requests/", {"tokens": [token]}, format="json")
+    assert asked.json() == {"tokens": [], "preempt": [], "taken_away": [token]}
+    before = state(token)
+    assert before[:2] == (ExecutionStatus.LOST, JobStatus.PENDING)
+    # A success and a failure sent late, once the link is back: both ignored.
+    late = agent_a.post("/api/agent/successes/", {"successes": [{"token": token}]}, format="json")
+    assert late.status_code == 200 and late.json()["ended"] == []
+    late = agent_a.post(
+        "/api/agent/finish/", {"token": token, "exit_code": 1, "error": "x"}, format="json"
+    )
+    assert late.status_code == 200 and late.json() == {"status": None}
+    assert state(token) == before
+    assert Job.objects.get().attempts == 1

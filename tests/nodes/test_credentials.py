@@ -71,6 +71,19 @@ def test_a_heartbeat_says_what_the_jobs_used(agent):
     assert (node.used_cpu_millis, node.used_memory_mb) == (1250, 300)
 
 
+def test_a_heartbeat_without_the_broker_is_recorded_but_not_as_a_sign_of_life(agent):
+    agent.post("/api/nodes/register/", REGISTER, format="json")
+    Node.objects.filter(name="node-a").update(last_heartbeat=None)
+    beat = agent.post(
+        "/api/nodes/node-a/heartbeat/",
+        {"running_tokens": ["job-1-attempt-1"], "broker_reachable": False},
+        format="json",
+    )
+    assert beat.status_code == 200, beat.content
+    node = Node.objects.get(name="node-a")
+    assert node.last_heartbeat is None and node.running_tokens == ["job-1-attempt-1"]
+
+
 def test_a_credential_cannot_register_or_heartbeat_another_node(agent):
     Node.objects.create(name="node-b", cpu_millis=1000, memory_mb=1024)
     other = agent.post("/api/nodes/register/", {**REGISTER, "name": "node-b"}, format="json")
@@ -146,6 +159,7 @@ def test_bad_registration_is_a_400_naming_the_field(agent, payload, field):
         {"used": {"cpu": 1, "memory_mb": 2**31}},
         {"used": {"cpu": 1, "memory_mb": 1, "gpu": 1}},
         {"used": 5},
+        {"broker_reachable": "perhaps"},
     ],
 )
 def test_a_bad_heartbeat_is_a_400(agent, payload):

@@ -7,6 +7,8 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from common.wakeup import SCHEDULER_CHANNEL
+from events.models import Event, EventType
+from nodes import services
 from nodes.models import Node, NodeLoss, NodeStatus
 from nodes.services import (
     NodeUsage,
@@ -18,7 +20,8 @@ from nodes.services import (
     node_uncordon,
     nodes_mark_lost,
 )
-from tests.processes import raw_connection
+from scheduler_site.celery import app as celery_app
+from tests.processes import free_port, raw_connection
 
 pytestmark = pytest.mark.django_db
 
@@ -195,6 +198,98 @@ def test_a_silent_cordoned_or_draining_node_goes_offline_too(status):
     make_node(status=status, last_heartbeat=timezone.now() - timedelta(seconds=60))
     assert nodes_mark_lost(older_than_seconds=30) == ["node-a"]
     assert status_of("node-a") == NodeStatus.OFFLINE
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (NodeStatus.READY, NodeStatus.READY),
+        (NodeStatus.CORDONED, NodeStatus.CORDONED),
+        # Its executions were failed over when it was lost: the drain is over.
+        (NodeStatus.DRAINING, NodeStatus.CORDONED),
+    ],
+)
+@pytest.mark.django_db(transaction=True)
+def test_a_lost_node_whose_agent_heartbeats_again_comes_back_as_it_was(before, after):
+    make_node(status=before, last_heartbeat=timezone.now() - timedelta(seconds=60))
+    assert nodes_mark_lost(older_than_seconds=30) == ["node-a"]
+    assert NodeLoss.objects.get().status_before == before
+    at = timezone.now()
+    with raw_connection() as listener:
+        listener.execute(f"LISTEN {SCHEDULER_CHANNEL}")
+        assert node_heartbeat(name="node-a", at=at, running_tokens=["job-1-attempt-1"])
+        woken = list(listener.notifies(timeout=0.5, stop_after=1))
+    node = Node.objects.get()
+    assert (node.status, node.last_heartbeat, node.running_tokens) == (
+        after,
+        at,
+        ["job-1-attempt-1"],
+    )
+    # Only a node that takes work again is worth a scheduling cycle.
+    assert len(woken) == (1 if after == NodeStatus.READY else 0)
+    (back,) = Event.objects.filter(type=EventType.NODE_BACK)
+    assert back.data == {"node": "node-a", "status": after}
+    # The next heartbeats are ordinary ones.
+    assert node_heartbeat(name="node-a", at=timezone.now(), running_tokens=[])
+    assert Event.objects.filter(type=EventType.NODE_BACK).count() == 1
+
+
+def test_a_node_whose_agent_cannot_reach_the_broker_is_not_counted_alive_and_goes_offline():
+    silent_since = timezone.now() - timedelta(seconds=20)
+    make_node(last_heartbeat=silent_since)
+    for _ in range(2):
+        assert node_heartbeat(
+            name="node-a",
+            at=timezone.now(),
+            running_tokens=["job-1-attempt-1"],
+            broker_reachable=False,
+        )
+    node = Node.objects.get()
+    assert (node.last_heartbeat, node.running_tokens) == (silent_since, ["job-1-attempt-1"])
+    (told,) = Event.objects.filter(type=EventType.NODE_BROKER_UNREACHABLE)
+    assert told.message == (
+        "broker unreachable: node-a reaches the API but not the broker; "
+        "it goes offline unless it reconnects"
+    )
+    assert nodes_mark_lost(older_than_seconds=10) == ["node-a"]
+    # Offline, it stays so until it reaches the broker again.
+    node_heartbeat(name="node-a", at=timezone.now(), running_tokens=[], broker_reachable=False)
+    assert status_of("node-a") == NodeStatus.OFFLINE
+    assert Event.objects.filter(type=EventType.NODE_BROKER_UNREACHABLE).count() == 1
+    node_heartbeat(name="node-a", at=timezone.now(), running_tokens=[])
+    assert status_of("node-a") == NodeStatus.READY
+    # A later outage is told again.
+    node_heartbeat(name="node-a", at=timezone.now(), running_tokens=[], broker_reachable=False)
+    assert Event.objects.filter(type=EventType.NODE_BROKER_UNREACHABLE).count() == 2
+    assert not node_heartbeat(
+        name="nowhere", at=timezone.now(), running_tokens=[], broker_reachable=False
+    )
+
+
+def test_when_the_control_plane_cannot_reach_the_broker_either_the_node_stays_up(
+    monkeypatch,
+):
+    # The broker is down for everyone, not this node's link: its heartbeats count.
+    monkeypatch.setattr(services, "_broker_checked", (-float("inf"), True))
+    monkeypatch.setattr(celery_app.conf, "broker_write_url", f"redis://127.0.0.1:{free_port()}/0")
+    make_node(last_heartbeat=timezone.now() - timedelta(seconds=20))
+    at = timezone.now()
+    assert node_heartbeat(name="node-a", at=at, running_tokens=[], broker_reachable=False)
+    assert Node.objects.get().last_heartbeat == at
+    assert not Event.objects.filter(type=EventType.NODE_BROKER_UNREACHABLE).exists()
+
+
+def test_a_lost_cordoned_node_registered_again_stays_cordoned():
+    make_node(status=NodeStatus.CORDONED, last_heartbeat=timezone.now() - timedelta(seconds=60))
+    nodes_mark_lost(older_than_seconds=30)
+    node_register(name="node-a", cpu_millis=4000, memory_mb=8192)
+    assert status_of("node-a") == NodeStatus.CORDONED
+    # Once uncordoned and lost again, it comes back ready: the latest loss counts.
+    node_uncordon(name="node-a")
+    Node.objects.update(last_heartbeat=timezone.now() - timedelta(seconds=60))
+    nodes_mark_lost(older_than_seconds=30)
+    node_register(name="node-a", cpu_millis=4000, memory_mb=8192)
+    assert status_of("node-a") == NodeStatus.READY
 
 
 # --- Cordon, drain, uncordon ----------------------------------------------------------

@@ -16,6 +16,7 @@ from jobs.agent.supervision import AgentLoop, reap_orphans
 from jobs.models import Job
 from jobs.scheduling.cycle import place_pending_jobs
 from jobs.services.executions import execution_claim
+from jobs.services.failover import execution_fail_over
 from nodes.models import Node
 from resources.models import DEFAULT_QUEUE_NAME, Queue
 from tests.processes import gone, wait_until
@@ -174,3 +175,29 @@ def test_cancels_kill_the_tracked_executions_whose_job_asked_and_no_others(team,
     )
     assert procs[kept.token].poll() is None
     assert (entry[kept.token].kill_reason, entry[kept.token].cancelled) == ("", False)
+
+
+@pytest.mark.django_db
+def test_executions_failed_over_are_taken_away_killed_and_marked_not_to_report(team, groups, track):
+    node = Node.objects.create(name="node-a", cpu_millis=2000, memory_mb=1024)
+    queue = Queue.objects.get(name=DEFAULT_QUEUE_NAME)
+    Job.objects.bulk_create(
+        [Job(team=team, queue=queue, name="j", command=["true"], memory_mb=100) for _ in range(2)]
+    )
+    tokens = place_pending_jobs(batch_size=10).tokens
+    executions = [execution_claim(token=token, node_id=node.id) for token in tokens]
+    lost, kept = executions
+    assert execution_fail_over(execution_id=lost.id, reason="node lost")
+    procs, entry = {}, {}
+    for execution in executions:
+        procs[execution.token] = groups.start(["sleep", "60"])
+        entry[execution.token] = track(execution.token)
+        entry[execution.token].started(procs[execution.token].pid)
+
+    AgentLoop("node-a").apply_cancels()
+
+    assert procs[lost.token].wait(timeout=5) == -signal.SIGTERM
+    assert entry[lost.token].taken_away and not entry[lost.token].cancelled
+    assert entry[lost.token].kill_reason == "taken away: failed over while the node was unreachable"
+    assert procs[kept.token].poll() is None
+    assert (entry[kept.token].kill_reason, entry[kept.token].taken_away) == ("", False)
