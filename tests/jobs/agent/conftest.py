@@ -17,6 +17,7 @@ from rest_framework.test import APIClient
 from jobs.agent import client
 from jobs.agent.runner import ExecutionToRun
 from jobs.api.agent import ExecutionToRunSerializer
+from jobs.selectors import execution_task_nodes
 from nodes.models import NodeCredential
 
 
@@ -58,7 +59,10 @@ def control_plane():
 
 
 def to_run(execution) -> ExecutionToRun:
-    """A claimed execution as its claim's answer gives it to the agent."""
+    """A claimed execution as its claim's answer gives it to the agent (one read from the
+    database gets its gang's node list here, as the claim does)."""
+    if not hasattr(execution, "task_nodes"):
+        execution.task_nodes = execution_task_nodes(execution=execution)
     return ExecutionToRun.of(ExecutionToRunSerializer(execution).data)
 
 
