@@ -79,6 +79,7 @@ def test_a_member_sees_the_queues_their_teams_use_and_only_their_teams_jobs(worl
         "waiting_array_slot": 0,
         "reservation": 0,
         "would_delay_reservation": 0,
+        "gang_does_not_fit": 0,
         "preempting": 0,
         "waiting_not_before": 0,
     }
