@@ -21,7 +21,6 @@ from rest_framework.views import APIView
 from common.schema import ErrorSerializer
 from common.serializers import StrictSerializer
 from nodes.authentication import IsNodeAgent, NodeCredentialAuthentication
-from nodes.models import Node
 
 from ..accounting import Success
 from ..models import JobExecution
@@ -189,11 +188,7 @@ class AgentView(APIView):
 
     def node_id(self) -> int:
         """The id of the caller's node; 404 while it is not registered."""
-        credential = self.request.auth
-        # Found with the credential (`node_credential_verify`), else looked up here.
-        node_id = getattr(credential, "node_id", None) or (
-            Node.objects.filter(name=credential.node_name).values_list("id", flat=True).first()
-        )
+        node_id = self.request.auth.node_id  # found with the credential
         if node_id is None:
             raise NotFound("This node is not registered; register it first.")
         return node_id

@@ -18,7 +18,7 @@ from jobs.agent import client
 from jobs.agent.runner import ExecutionToRun
 from jobs.api.agent import ExecutionToRunSerializer
 from jobs.selectors import execution_task_nodes
-from nodes.models import NodeCredential
+from nodes.models import Node, NodeCredential
 
 
 class InProcessAdapter(BaseAdapter):
@@ -26,11 +26,17 @@ class InProcessAdapter(BaseAdapter):
 
     def __init__(self, node_name: str):
         super().__init__()
-        self.credential = NodeCredential(node_name=node_name)
+        self.node_name = node_name
 
     def send(self, request, **kwargs):
+        # As `node_credential_verify` gives it: with its node's id, found per request
+        # (the tests register the node after the agent is set up).
+        credential = NodeCredential(node_name=self.node_name)
+        credential.node_id = (
+            Node.objects.filter(name=self.node_name).values_list("id", flat=True).first()
+        )
         api = APIClient()  # one per request: the agent's threads call at once
-        api.force_authenticate(token=self.credential)
+        api.force_authenticate(token=credential)
         answer = api.generic(
             request.method,
             urlsplit(request.url).path,
