@@ -1,6 +1,7 @@
 """Job definitions, jobs (requested runs) and executions (attempts on nodes)."""
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import BrinIndex, GinIndex
 from django.db import models
 from django.db.models import F, Q
@@ -286,6 +287,9 @@ class Job(JobSpec):
         db_index=False,
     )
     reservation_start_at = models.DateTimeField(null=True, blank=True)
+    # Every node of the reservation, `reservation_node` first: a gang's holds room for
+    # its tasks on each of them.
+    reservation_nodes = ArrayField(models.BigIntegerField(), null=True, blank=True)
     # Set from its queue's default at submission when the spec says nothing.
     preemptible = models.BooleanField(
         default=False,
@@ -369,6 +373,14 @@ class Job(JobSpec):
                 fields=["reservation_node"],
                 name="job_reservation_by_node",
                 condition=Q(status=JobStatus.PENDING, pending_reason=PendingReason.RESERVATION),
+            ),
+            # Used by placement on freed room: is a gang waiting for room?
+            models.Index(
+                fields=["queue"],
+                name="job_gang_waiting",
+                condition=Q(
+                    status=JobStatus.PENDING, pending_reason=PendingReason.GANG_DOES_NOT_FIT
+                ),
             ),
             # Used by preemption: running jobs that may be preempted.
             models.Index(

@@ -111,26 +111,31 @@ def _reservation(job: Job, reason: str) -> dict | None:
     elif reason == PendingReason.WOULD_DELAY_RESERVATION:
         holder = (
             Job.objects.filter(status=JobStatus.PENDING, pending_reason=PendingReason.RESERVATION)
-            .only("id", "reservation_node_id", "reservation_start_at")
+            .only("id", "reservation_node_id", "reservation_nodes", "reservation_start_at")
             .first()
         )
         if holder is None:  # started or given up since the last cycle looked
             return None
     else:
         return None
-    node = Node.objects.filter(pk=holder.reservation_node_id).values_list("name", flat=True)
+    node_ids = holder.reservation_nodes or [holder.reservation_node_id]
+    names = dict(Node.objects.filter(pk__in=node_ids).values_list("id", "name"))
+    nodes = [names[node_id] for node_id in node_ids if node_id in names]
     return {
         "job": holder.pk,
-        "node": node.first(),
+        "node": nodes[0] if nodes else None,
+        "nodes": nodes,
         "expected_start": holder.reservation_start_at,
     }
 
 
 def _reservation_words(reservation: dict) -> str:
     start = reservation["expected_start"]
+    nodes = reservation["nodes"]
+    where = f"node {reservation['node']}" if len(nodes) < 2 else f"nodes {', '.join(nodes)}"
     return (
         f"reserved: expected start {start.isoformat(timespec='seconds') if start else 'unknown'}"
-        f" on node {reservation['node']}"
+        f" on {where}"
     )
 
 

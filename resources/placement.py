@@ -15,7 +15,15 @@ fractions, so ties are real ties and always go to the lower node name.
 import heapq
 import math
 from bisect import bisect_left, insort
-from collections.abc import Callable, Hashable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import (
+    Callable,
+    Collection,
+    Hashable,
+    Iterable,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from fractions import Fraction
@@ -189,11 +197,11 @@ class _Shape:
         del self.emptiest_first[bisect_left(self.emptiest_first, (-free, node.name))]
 
     def first_fit(
-        self, request: Request, strategy: Strategy, excluding: NodeSlot | None = None
+        self, request: Request, strategy: Strategy, excluding: Collection[int] = frozenset()
     ) -> NodeSlot | None:
         entries = self.emptiest_last if strategy is Strategy.BINPACK else self.emptiest_first
         for _, _, node in entries:
-            if node is not excluding and fits_now(node, request):
+            if fits_now(node, request) and node.id not in excluding:
                 return node
         return None
 
@@ -241,9 +249,9 @@ class NodeIndex:
         self,
         request: Request,
         strategy: Strategy = Strategy.BINPACK,
-        excluding: NodeSlot | None = None,
+        excluding: Collection[int] = frozenset(),
     ) -> NodeSlot | Unplaced:
-        """`choose_node` over the nodes, `excluding` one of them if given."""
+        """`choose_node` over the nodes, leaving out those whose ids are in `excluding`."""
         known = self._unplaced.get(request.key)
         if known is not None:
             return known
@@ -266,7 +274,7 @@ class NodeIndex:
             reason = Unplaced.NODE_SELECTOR
         else:
             reason = Unplaced.INSUFFICIENT_CAPACITY
-        if excluding is None:  # the excluded node may still take it
+        if not excluding:  # an excluded node may still take it
             self._unplaced[request.key] = reason
         return reason
 
@@ -291,7 +299,7 @@ class NodeIndex:
         request: Request,
         tasks: int,
         strategy: Strategy = Strategy.BINPACK,
-        excluding: NodeSlot | None = None,
+        excluding: Collection[int] = frozenset(),
     ) -> list[NodeSlot] | Unplaced:
         """Nodes for each of a gang's `tasks` (in task order), each chosen as `choose`
         would after the ones before were taken, and taken; or, when they do not all fit,
@@ -415,11 +423,13 @@ class PendingJob:
 
 # --- Reservation and backfill ---------------------------------------------------------
 #
-# The first job in the planning order that finds no room gets a reservation: the node
-# where the running executions' time limits free enough room soonest, and that time.
-# Later jobs may still start on that node only if they cannot delay it: they end, by
-# their own time limit, before the reserved start, or they take room the reserved job
-# will not need even then (EASY backfill, as in Slurm's backfill scheduler).
+# The first job in the planning order that finds no room gets a reservation: the room
+# the running executions' time limits free soonest, and that time. For a single job it
+# is one node; for a gang, room for all its tasks at once, on as many nodes as the
+# queue's strategy spreads them over at that time. Later jobs may still start on a
+# reserved node only if they cannot delay it: they end, by their own time limit, before
+# the reserved start, or they take room the reserved job will not need even then (EASY
+# backfill, as in Slurm's backfill scheduler).
 
 
 @dataclass(frozen=True)
@@ -462,33 +472,58 @@ def expected_start(
     return None
 
 
+def fit_count(free: Sequence[int], request: Request, most: int) -> int:
+    """How many copies of the request fit in `free` (cpu, memory, gpu), up to `most`."""
+    counts = [max(f, 0) // w for f, w in zip(free, astuple_request(request), strict=True) if w > 0]
+    return min([most, *counts])
+
+
 @dataclass
 class Reservation:
-    """Room held for `job` on `node` from `starts_at` on, and what is left over then."""
+    """Room held for `job` from `starts_at` on: on each of its nodes, room for the number
+    of its tasks in `tasks_on` (one, for a single job), and `spare`, what each of those
+    nodes has free then beyond that. `nodes` are in the order its tasks would go."""
 
     job: PendingJob
-    node: NodeSlot
+    nodes: list[NodeSlot]
     starts_at: float
-    spare: Resources  # free at starts_at beyond what the job needs
+    tasks_on: dict[int, int]  # node id -> tasks
+    spare: dict[int, Resources]  # node id -> free at starts_at beyond the tasks
 
-    def admits(self, job: PendingJob, now: float) -> bool:
-        """May the job start on the reserved node now without delaying the reservation?"""
-        if job.time_limit is not None and now + job.time_limit <= self.starts_at:
-            return True  # ended by then, by its own limit
-        request, spare = job.request, self.spare
+    @property
+    def node(self) -> NodeSlot:
+        """The node of its first task: the one the job's record names."""
+        return self.nodes[0]
+
+    def ends_before(self, job: PendingJob, now: float) -> bool:
+        """Will the job, started now, have ended by its own limit at the reserved start?"""
+        return job.time_limit is not None and now + job.time_limit <= self.starts_at
+
+    def admits(self, job: PendingJob, now: float, node: NodeSlot) -> bool:
+        """May the job start on the node now without delaying the reservation?"""
+        spare = self.spare.get(node.id)
+        if spare is None or self.ends_before(job, now):
+            return True
+        request = job.request
         return (
             request.cpu_millis <= spare.cpu_millis
             and request.memory_mb <= spare.memory_mb
             and request.gpu <= spare.gpu
         )
 
-    def take(self, job: PendingJob, now: float) -> None:
-        if job.time_limit is not None and now + job.time_limit <= self.starts_at:
+    def held_off(self, job: PendingJob, now: float) -> frozenset[int]:
+        """The ids of the reserved nodes the job may not start on now."""
+        return frozenset(node.id for node in self.nodes if not self.admits(job, now, node))
+
+    def take(self, job: PendingJob, now: float, node: NodeSlot) -> None:
+        """The job starts on the node: what it holds at the reserved start is spare no more."""
+        spare = self.spare.get(node.id)
+        if spare is None or self.ends_before(job, now):
             return
-        self.spare = Resources(
-            self.spare.cpu_millis - job.request.cpu_millis,
-            self.spare.memory_mb - job.request.memory_mb,
-            self.spare.gpu - job.request.gpu,
+        self.spare[node.id] = Resources(
+            spare.cpu_millis - job.request.cpu_millis,
+            spare.memory_mb - job.request.memory_mb,
+            spare.gpu - job.request.gpu,
         )
 
 
@@ -511,21 +546,77 @@ def reserve(
     if best is None:
         return None
     start, _, node = best
-    free = Resources(node.free_cpu_millis, node.free_memory_mb, node.free_gpu)
+    free = [node.free_cpu_millis, node.free_memory_mb, node.free_gpu]
     for release in releases[node.id]:
         if release.at <= start:
-            free = Resources(
-                free.cpu_millis + release.cpu_millis,
-                free.memory_mb + release.memory_mb,
-                free.gpu + release.gpu,
-            )
-    request = job.request
-    spare = Resources(
-        free.cpu_millis - request.cpu_millis,
-        free.memory_mb - request.memory_mb,
-        free.gpu - request.gpu,
+            free = _plus(free, release)
+    spare = Resources(*(f - w for f, w in zip(free, astuple_request(job.request), strict=True)))
+    return Reservation(job, [node], start, {node.id: 1}, {node.id: spare})
+
+
+def reserve_gang(
+    job: PendingJob,
+    nodes: Iterable[NodeSlot],
+    releases: Mapping[int, Sequence[Release]],
+    now: float,
+    strategy: Strategy = Strategy.BINPACK,
+) -> Reservation | None:
+    """The reservation for a gang that found no room: the earliest time at which, by the
+    time limits of what runs on the nodes in `releases`, those nodes have room for all
+    its tasks at once, and the nodes `NodeIndex.choose_gang` would give them then (by
+    `strategy`); None if they never will. Nodes running anything without a limit take
+    no part, as for a single job."""
+    request, tasks = job.request, job.tasks
+    usable = [node for node in nodes if node.id in releases and could_hold(node, request)]
+    whole = [(node.cpu_millis, node.memory_mb, node.gpu) for node in usable]
+    if sum(fit_count(room, request, tasks) for room in whole) < tasks:
+        return None
+    free = {node.id: [node.free_cpu_millis, node.free_memory_mb, node.free_gpu] for node in usable}
+    fits = {node_id: fit_count(room, request, tasks) for node_id, room in free.items()}
+    total = sum(fits.values())
+    ends = sorted(
+        ((release.at, node.id, release) for node in usable for release in releases[node.id]),
+        key=lambda end: (end[0], end[1]),
     )
-    return Reservation(job=job, node=node, starts_at=start, spare=spare)
+    start, taken = now, 0
+    # Time moves on release by release until the tasks fit, then takes in every release
+    # due by then, as `reserve` does.
+    while taken < len(ends) and (total < tasks or max(ends[taken][0], now) <= start):
+        at, node_id, release = ends[taken]
+        taken += 1
+        free[node_id] = _plus(free[node_id], release)
+        total -= fits[node_id]
+        fits[node_id] = fit_count(free[node_id], request, tasks)
+        total += fits[node_id]
+        start = max(start, at)
+    if total < tasks:  # what runs there does not add up to the nodes' capacity
+        return None
+    at_start = [
+        replace(
+            node,
+            free_cpu_millis=free[node.id][0],
+            free_memory_mb=free[node.id][1],
+            free_gpu=free[node.id][2],
+        )
+        for node in usable
+    ]
+    chosen = NodeIndex(at_start, request).choose_gang(request, tasks, strategy)
+    if not isinstance(chosen, list):  # the count above says they fit: a broken snapshot
+        return None
+    by_id = {node.id: node for node in usable}
+    tasks_on: dict[int, int] = {}
+    for slot in chosen:
+        tasks_on[slot.id] = tasks_on.get(slot.id, 0) + 1
+    spare = {
+        slot.id: Resources(slot.free_cpu_millis, slot.free_memory_mb, slot.free_gpu)
+        for slot in at_start
+        if slot.id in tasks_on
+    }
+    return Reservation(job, [by_id[node_id] for node_id in tasks_on], start, tasks_on, spare)
+
+
+def _plus(free: Sequence[int], release: Release) -> list[int]:
+    return [free[0] + release.cpu_millis, free[1] + release.memory_mb, free[2] + release.gpu]
 
 
 @dataclass
@@ -570,17 +661,17 @@ def plan_placements(
     with what was placed.
 
     With `releases` (node id -> when its running executions end by their time limits;
-    a node left out has one with no limit), the first job that finds no room gets a
-    `Reservation`, and no later job starts on its node if it would delay it (see
-    `Reservation.admits`): such a job goes elsewhere, or waits. `releases` may be a
-    function, called only when a job first finds no room.
+    a node left out has one with no limit), the first job (or gang) that finds no room
+    gets a `Reservation`, and no later job starts on a reserved node if it would delay
+    it (see `Reservation.admits`): such a job goes elsewhere, or waits. `releases` may
+    be a function, called only when a job first finds no room.
     """
     limit_slots = {} if limit_slots is None else limit_slots
     plan = Plan()
     nodes = list(nodes)
     index = NodeIndex(nodes, smallest_request(job.request for job in jobs))
     ends = _Ends(releases, now)
-    unreservable: set[tuple] = set()  # request keys no node can be reserved for
+    unreservable: set[tuple] = set()  # (request key, tasks) no node can be reserved for
     backlog: dict[int, list[PendingJob]] = {}
     for job in jobs:
         backlog.setdefault(job.queue_id, []).append(job)
@@ -598,41 +689,34 @@ def plan_placements(
         elif not queue.within_quota(job.total):
             plan.waiting[job.id] = Unplaced.QUEUE_QUOTA
         elif job.tasks > 1:
-            if _place_gang(job, queue, index, plan, ends, limit_slots, now):
+            if _place_gang(job, queue, index, nodes, plan, ends, limit_slots, now, unreservable):
                 rank = queue_rank(queue, capacity)
         else:
-            held_off = None
-            if reservation is not None and not reservation.admits(job, now):
-                held_off = reservation.node
+            held_off = frozenset() if reservation is None else reservation.held_off(job, now)
             choice = index.choose(job.request, queue.strategy, excluding=held_off)
             if isinstance(choice, Unplaced):
-                if (
-                    held_off is not None
+                if held_off and any(
+                    node.id in held_off
                     and choice is Unplaced.INSUFFICIENT_CAPACITY
-                    and fits_now(held_off, job.request)
-                    and matches_selector(held_off, job.request.node_selector)
+                    and fits_now(node, job.request)
+                    and matches_selector(node, job.request.node_selector)
+                    for node in reservation.nodes
                 ):
                     plan.waiting[job.id] = Unplaced.WOULD_DELAY_RESERVATION
                     plan.held[job.id] = reservation.job.id
                 elif (
                     reservation is None
-                    and ends.wanted
                     and choice is Unplaced.INSUFFICIENT_CAPACITY
-                    and job.request.key not in unreservable
-                    and (found := _reserve_once(job, nodes, ends, plan, now)) is not None
+                    and (found := _reserve_once(job, queue, nodes, ends, plan, now, unreservable))
                 ):
                     plan.reservation = found
                     plan.waiting[job.id] = Unplaced.RESERVATION
                 else:
-                    if choice is Unplaced.INSUFFICIENT_CAPACITY and reservation is None:
-                        # No node whose end times are known could ever hold it, and
-                        # they only grow fewer as the plan goes.
-                        unreservable.add(job.request.key)
                     plan.waiting[job.id] = choice
             else:
                 index.take(choice, job.request)
-                if reservation is not None and choice is reservation.node:
-                    reservation.take(job, now)
+                if reservation is not None:
+                    reservation.take(job, now, choice)
                 ends.started(job, choice)
                 if job.limit_key in limit_slots:
                     limit_slots[job.limit_key] -= 1
@@ -646,37 +730,65 @@ def plan_placements(
     return plan
 
 
-def _place_gang(job, queue, index, plan, ends, limit_slots, now) -> bool:
-    """Place all of a gang's tasks, or record why it waits. A gang takes no reservation
-    of its own (the reservation is of one node); it starts on a reserved node only when
-    all its tasks there together do not delay the reserved job."""
+def _place_gang(job, queue, index, nodes, plan, ends, limit_slots, now, unreservable) -> bool:
+    """Place all of a gang's tasks, or record why it waits. It starts on a reserved node
+    only when all its tasks there together would not delay the reserved job; the first
+    job that finds no room may be a gang, which then gets the reservation."""
     reservation = plan.reservation
-    held_off = None
-    if reservation is not None and not reservation.admits(replace(job, request=job.total), now):
-        held_off = reservation.node
+    held_off = frozenset()
+    if reservation is not None:
+        held_off = reservation.held_off(replace(job, request=job.total), now)
     choice = index.choose_gang(job.request, job.tasks, queue.strategy, excluding=held_off)
-    if isinstance(choice, Unplaced):
-        plan.waiting[job.id] = choice
+    if isinstance(choice, list):
+        for node in choice:
+            if reservation is not None:
+                reservation.take(job, now, node)
+            ends.started(job, node)
+            queue.allocated += job.request
+            plan.placements.append((job, node))
+        if job.limit_key in limit_slots:
+            limit_slots[job.limit_key] -= 1
+        return True
+    if choice is Unplaced.GANG_DOES_NOT_FIT and held_off:
+        trial = index.choose_gang(job.request, job.tasks, queue.strategy)
+        if isinstance(trial, list):  # it would fit but for the reservation: give it back
+            for node in reversed(trial):
+                index.give_back(node, job.request)
+            plan.waiting[job.id] = Unplaced.WOULD_DELAY_RESERVATION
+            plan.held[job.id] = reservation.job.id
+            return False
+    if (
+        reservation is None
+        and choice is Unplaced.GANG_DOES_NOT_FIT
+        and (found := _reserve_once(job, queue, nodes, ends, plan, now, unreservable))
+    ):
+        plan.reservation = found
+        plan.waiting[job.id] = Unplaced.RESERVATION
         return False
-    for node in choice:
-        if reservation is not None and node is reservation.node:
-            reservation.take(job, now)
-        ends.started(job, node)
-        queue.allocated += job.request
-        plan.placements.append((job, node))
-    if job.limit_key in limit_slots:
-        limit_slots[job.limit_key] -= 1
-    return True
+    plan.waiting[job.id] = choice
+    return False
 
 
 def astuple_request(request: Request) -> tuple[int, int, int]:
     return request.cpu_millis, request.memory_mb, request.gpu
 
 
-def _reserve_once(job, nodes, ends, plan, now) -> Reservation | None:
-    if not any(could_hold(node, job.request) for node in nodes):
-        return None  # larger than any node: no need to read what runs where
-    return reserve(job, nodes, ends.known(plan), now)
+def _reserve_once(job, queue, nodes, ends, plan, now, unreservable) -> Reservation | None:
+    """The job's reservation, if one can be made (see `reserve` and `reserve_gang`).
+    A job whose request (and tasks) no node with known end times could take is
+    remembered in `unreservable`: those nodes only grow fewer as the plan goes."""
+    key = (job.request.key, job.tasks)
+    if not ends.wanted or key in unreservable:
+        return None
+    found = None
+    if any(could_hold(node, job.request) for node in nodes):  # else: no need to read ends
+        if job.tasks == 1:
+            found = reserve(job, nodes, ends.known(plan), now)
+        else:
+            found = reserve_gang(job, nodes, ends.known(plan), now, queue.strategy)
+    if found is None:
+        unreservable.add(key)
+    return found
 
 
 class _Ends:

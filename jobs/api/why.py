@@ -58,8 +58,9 @@ class WhyWaitsOnSerializer(serializers.Serializer):
     """One thing besides room that holds the job; the other fields depend on `kind`:
     `at` (start_time, retry_time, deadline), `count`, `unmet` and `jobs` (dependencies:
     the unmet upstreams, at most 20), `key` (concurrency_limit), `array`, `parallelism`
-    and `active` (array_slot), `job`, `node` and `expected_start` (reservation: the one
-    the job holds; would_delay: the one starting the job now would delay)."""
+    and `active` (array_slot), `job`, `node`, `nodes` and `expected_start` (reservation:
+    the one the job holds; would_delay: the one starting the job now would delay; `node`
+    is the first of `nodes`, which are several for a gang's)."""
 
     kind = serializers.ChoiceField(
         choices=[

@@ -72,7 +72,8 @@ logger = logging.getLogger(__name__)
 PENDING_JOBS_SQL = f"""
 SELECT j.id, j.queue_id, j.cpu_millis, j.memory_mb, j.gpu, j.node_selector, j.attempts,
        j.pending_reason, j.team_id, j.concurrency_key, j.timeout_seconds,
-       j.reservation_node_id, j.reservation_start_at, j.tasks, q.name, q.weight, q.priority,
+       j.reservation_node_id, j.reservation_start_at, j.reservation_nodes, j.tasks, q.name,
+       q.weight, q.priority,
        q.strategy, q.quota_cpu_millis, q.quota_memory_mb, q.quota_gpu,
        coalesce(usage.cpu_millis, 0),
        coalesce(usage.memory_mb, 0), coalesce(usage.gpu, 0)
@@ -80,7 +81,7 @@ FROM resources_queue q
 CROSS JOIN LATERAL (
     SELECT id, queue_id, cpu_millis, memory_mb, gpu, node_selector, attempts, pending_reason,
            team_id, concurrency_key, timeout_seconds, reservation_node_id,
-           reservation_start_at, tasks, priority, deadline, created_at
+           reservation_start_at, reservation_nodes, tasks, priority, deadline, created_at
     FROM jobs_job
     WHERE queue_id = q.id
       AND status = {sql_literal(JobStatus.PENDING)}
@@ -166,7 +167,7 @@ class _Pending:
     attempts: int
     pending_reason: str
     team_id: int
-    reservation: tuple  # (pending reason, node id, start): what the job holds now
+    reservation: tuple  # (pending reason, node id, start, node ids): what the job holds now
 
 
 def json_value(value):
@@ -191,12 +192,18 @@ def lock_pending_jobs(
     pending, queues = [], {}
     for row in rows:
         job_id, queue_id, cpu, memory, gpu, selector, attempts, reason, team_id, key = row[:10]
-        timeout, reservation_node, reservation_start, tasks, *queue = row[10:]
+        timeout, reservation_node, reservation_start, reservation_nodes, tasks, *queue = row[10:]
         request = Request(cpu, memory, gpu, json_value(selector) or {})
         limit_key = (team_id, key) if key else None
         job = PendingJob(job_id, queue_id, request, limit_key, timeout, tasks)
         pending.append(
-            _Pending(job, attempts, reason, team_id, (reason, reservation_node, reservation_start))
+            _Pending(
+                job,
+                attempts,
+                reason,
+                team_id,
+                (reason, reservation_node, reservation_start, reservation_nodes),
+            )
         )
         if queue_id not in queues:
             name, weight, priority, strategy, quota_cpu, quota_memory, quota_gpu, *used = queue

@@ -54,15 +54,27 @@ FREED_ROOM_REASONS = (
 # only what it knows from that node alone.
 FREED_ROOM_WRITES = (PendingReason.RESERVATION, PendingReason.WOULD_DELAY_RESERVATION)
 # Last, whether a job holds a reservation elsewhere (job_reservation_by_node index): then
-# this node's room cannot delay it, and freed room reserves nothing itself.
+# this node's room cannot delay it, and freed room reserves nothing itself; and whether
+# the room is the scheduler's because of a gang, which only the scheduler, weighing every
+# node, places and reserves for: a gang's reservation takes in this node, or a gang waits
+# for room (job_gang_waiting index) and no job holds a reservation yet.
+RESERVATION_HOLDERS = f"""
+SELECT 1 FROM jobs_job r
+ WHERE r.status = {sql_literal(JobStatus.PENDING)}
+   AND r.pending_reason = {sql_literal(PendingReason.RESERVATION)}"""
+GANGS_WAITING = f"""
+SELECT 1 FROM jobs_job g
+ WHERE g.status = {sql_literal(JobStatus.PENDING)}
+   AND g.pending_reason = {sql_literal(PendingReason.GANG_DOES_NOT_FIT)}"""
 NODE_WITH_FREED_ROOM_SQL = f"""
 SELECT pg_try_advisory_xact_lock(%(lock)s), n.status, n.name, n.cpu_millis, n.memory_mb,
        n.gpu, n.allocated_cpu_millis, n.allocated_memory_mb, n.allocated_gpu, n.labels,
        cluster.cpu_millis, cluster.memory_mb, cluster.gpu,
-       EXISTS (SELECT 1 FROM jobs_job r
-                WHERE r.status = {sql_literal(JobStatus.PENDING)}
-                  AND r.pending_reason = {sql_literal(PendingReason.RESERVATION)}
-                  AND r.reservation_node_id IS DISTINCT FROM n.id)
+       EXISTS ({RESERVATION_HOLDERS}
+                AND r.reservation_node_id IS DISTINCT FROM n.id
+                AND NOT n.id = ANY(coalesce(r.reservation_nodes, '{{}}'))),
+       EXISTS ({RESERVATION_HOLDERS} AND r.tasks > 1 AND n.id = ANY(r.reservation_nodes))
+       OR (EXISTS ({GANGS_WAITING}) AND NOT EXISTS ({RESERVATION_HOLDERS}))
 FROM nodes_node n,
      (SELECT sum(cpu_millis), sum(memory_mb), sum(gpu) FROM nodes_node
        WHERE status <> %(offline)s) AS cluster(cpu_millis, memory_mb, gpu)
@@ -85,8 +97,8 @@ def place_on_freed_room(
 ) -> FreedRoomPlacements | None:
     """Place waiting jobs on the room a finish has just freed on the node, inside the
     finish's transaction (which holds the node's row). None when it did not look, and
-    the room is the scheduler's: the node is not ready, or another node's freed room
-    is being filled.
+    the room is the scheduler's: the node is not ready, another node's freed room is
+    being filled, or a gang may want it (see NODE_WITH_FREED_ROOM_SQL).
 
     Up to `claim` of them are claimed for the node in the same statement, for the agent
     threads whose successes freed the room: they run them without a claim of their own.
@@ -104,7 +116,8 @@ def place_on_freed_room(
     if row is None:
         return None
     locked, status, name, cpu, memory, gpu, used_cpu, used_memory, used_gpu, labels = row[:10]
-    if not locked or status != NodeStatus.READY:
+    reserved_elsewhere, left_for_a_gang = row[13:15]
+    if not locked or status != NodeStatus.READY or left_for_a_gang:
         return None
     slot = NodeSlot.of(
         Node(
@@ -127,7 +140,6 @@ def place_on_freed_room(
     # A reservation on this node is honoured (the planner makes it again, from this node's
     # running jobs' limits); with none anywhere, the first job the room is too small for
     # gets one here, so a large job is not starved by a stream of small ones.
-    reserved_elsewhere = row[13]
     result, plan, claimed = place(
         pending,
         queues,

@@ -1,6 +1,6 @@
-"""Reservations: what the planner needs to reserve room for a large job (when each node's
-running executions end, by their time limits), and the reservation's record on the job
-(its node and expected start, for placement on freed room and /why/).
+"""Reservations: what the planner needs to reserve room for a large job or a gang (when
+each node's running executions end, by their time limits), and the reservation's record
+on the job (its nodes and expected start, for placement on freed room and /why/).
 
 At most one job holds a reservation at a time: writing a new one takes it from any other.
 An execution counts from its start (from now if it has not started), for the time limit
@@ -38,6 +38,7 @@ UPDATE jobs_job
    SET pending_reason = CASE WHEN id = %(job)s THEN {sql_literal(PendingReason.RESERVATION)}
                              ELSE {sql_literal(PendingReason.INSUFFICIENT_CAPACITY)} END,
        reservation_node_id = CASE WHEN id = %(job)s THEN %(node)s::bigint END,
+       reservation_nodes = CASE WHEN id = %(job)s THEN %(nodes)s::bigint[] END,
        reservation_start_at = CASE WHEN id = %(job)s THEN %(start)s::timestamptz END
  WHERE id = %(job)s
     OR (status = {sql_literal(JobStatus.PENDING)}
@@ -69,27 +70,38 @@ def running_releases(*, node_ids: Iterable[int], now: datetime) -> dict[int, lis
 
 def reservation_write(*, plan: Plan, held: dict[int, tuple], team_ids: dict[int, int]) -> None:
     """Record the plan's reservation on its job, if it is new or has moved (`held`: job id
-    -> the (reason, node id, start) it had), with a `job.reserved` event when the job
-    did not hold it on that node before."""
+    -> the (reason, node id, start, node ids) it had), with a `job.reserved` event when the job
+    did not hold it on that node before. A gang's reservation names each of its nodes."""
     reservation = plan.reservation
     if reservation is None:
         return
     job_id = reservation.job.id
     start = datetime.fromtimestamp(reservation.starts_at, tz=UTC)
     before = held.get(job_id)
-    if before == (PendingReason.RESERVATION, reservation.node.id, start):
+    node_ids = [node.id for node in reservation.nodes]
+    if before == (PendingReason.RESERVATION, reservation.node.id, start, node_ids):
         return
     with prepared_cursor() as cursor:
         cursor.execute(
-            RESERVATION_WRITE_SQL, {"job": job_id, "node": reservation.node.id, "start": start}
+            RESERVATION_WRITE_SQL,
+            {"job": job_id, "node": reservation.node.id, "nodes": node_ids, "start": start},
         )
     if before is None or before[:2] != (PendingReason.RESERVATION, reservation.node.id):
+        names = [node.name for node in reservation.nodes]
+        where = f"node {names[0]}" if len(names) == 1 else f"nodes {', '.join(names)}"
         event_record(
             type=EventType.JOB_RESERVED,
             team_id=team_ids[job_id],
             job_id=job_id,
-            message=f"room reserved on node {reservation.node.name}, expected start "
+            message=f"room reserved on {where}, expected start "
             f"{start.isoformat(timespec='seconds')}",
             node_id=reservation.node.id,
-            data={"expected_start": start.isoformat(), "node": reservation.node.name},
+            data={
+                "expected_start": start.isoformat(),
+                "node": names[0],
+                "nodes": names,
+                "tasks_on": {
+                    node.name: reservation.tasks_on[node.id] for node in reservation.nodes
+                },
+            },
         )

@@ -13,15 +13,16 @@ from resources.placement import (
     NodeSlot,
     PendingJob,
     QueueState,
-    Release,
     Request,
     Resources,
     Strategy,
     Unplaced,
     choose_node,
-    expected_start,
+    could_hold,
+    fit_count,
     matches_selector,
     plan_placements,
+    reserve_gang,
 )
 
 from .test_backfill import NOW, worlds
@@ -123,8 +124,11 @@ def test_with_gangs_capacity_quotas_and_limits_hold(world):
 @given(gang_worlds(), st.data())
 def test_a_gang_that_waits_leaves_the_plan_as_if_it_were_not_there(world, data):
     plan = plan_of(world)
+    # Any but the gang that holds the reservation, which changes what the others may do.
     waiting = sorted(
-        job.id for job in world[3] if job.tasks > 1 and plan.waiting.get(job.id) is not None
+        job.id
+        for job in world[3]
+        if job.tasks > 1 and plan.waiting.get(job.id) not in (None, Unplaced.RESERVATION)
     )
     if not waiting:
         return
@@ -134,29 +138,88 @@ def test_a_gang_that_waits_leaves_the_plan_as_if_it_were_not_there(world, data):
     assert {k: v for k, v in plan.waiting.items() if k != gang} == alone.waiting
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(gang_worlds())
-def test_with_gangs_backfill_never_delays_the_reserved_job(world):
-    _, releases, _, _, _ = world
+def test_with_gangs_backfill_never_delays_the_reserved_job_gang_or_not(world):
+    nodes, releases, _, _, _ = world
     plan = plan_of(world)
     reservation = plan.reservation
     if reservation is None:
         return
-    assert reservation.job.tasks == 1  # a gang takes no reservation of its own
-    node = reservation.node
-    after = list(releases[node.id])
-    for job, chosen in plan.placements:
-        if chosen.id == node.id and job.time_limit is not None:
-            after.append(
-                Release(
-                    NOW + job.time_limit,
-                    job.request.cpu_millis,
-                    job.request.memory_mb,
-                    job.request.gpu,
-                )
-            )
-    start = expected_start(node, reservation.job.request, after, NOW)
-    assert start is not None and start <= reservation.starts_at
+    job = reservation.job
+    assert sum(reservation.tasks_on.values()) == job.tasks
+    assert set(reservation.tasks_on) == {node.id for node in reservation.nodes}
+    # On each reserved node, at the reserved start: the room free before the plan, plus
+    # what running executions have given back by then, less what the plan started there
+    # that still holds room then (one without a limit holds it for ever), holds the
+    # reserved tasks.
+    before = {node.id: node for node in nodes}
+    for node_id, tasks in reservation.tasks_on.items():
+        assert node_id in releases  # only where every running execution has a limit
+        node = before[node_id]
+        free = [node.free_cpu_millis, node.free_memory_mb, node.free_gpu]
+        for release in releases[node_id]:
+            if release.at <= reservation.starts_at:
+                free = [
+                    free[0] + release.cpu_millis,
+                    free[1] + release.memory_mb,
+                    free[2] + release.gpu,
+                ]
+        for started, chosen in plan.placements:
+            limit = started.time_limit
+            if chosen.id == node_id and (limit is None or NOW + limit > reservation.starts_at):
+                r = started.request
+                free = [free[0] - r.cpu_millis, free[1] - r.memory_mb, free[2] - r.gpu]
+        r = job.request
+        assert free[0] >= tasks * r.cpu_millis
+        assert free[1] >= tasks * r.memory_mb
+        assert free[2] >= tasks * r.gpu
+
+
+def room_at(node: NodeSlot, releases, moment: float) -> list[int]:
+    """The node's free room at `moment`, by the time limits of what runs on it."""
+    free = [node.free_cpu_millis, node.free_memory_mb, node.free_gpu]
+    for release in releases:
+        if release.at <= moment:
+            free = [
+                free[0] + release.cpu_millis,
+                free[1] + release.memory_mb,
+                free[2] + release.gpu,
+            ]
+    return free
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(gang_worlds(), requests, st.integers(2, 6), st.sampled_from(list(Strategy)))
+def test_a_gangs_reservation_is_the_first_time_all_its_tasks_fit_and_holds_them(
+    world, request, tasks, strategy
+):
+    nodes, releases, _, _, _ = world
+    gang = PendingJob(99, 0, request, tasks=tasks)
+    reservation = reserve_gang(gang, copy.deepcopy(nodes), releases, NOW, strategy)
+    usable = [n for n in nodes if n.id in releases and could_hold(n, request)]
+
+    def tasks_that_fit_at(moment: float) -> int:
+        return sum(fit_count(room_at(n, releases[n.id], moment), request, tasks) for n in usable)
+
+    moments = sorted({NOW, *(max(r.at, NOW) for n in usable for r in releases[n.id])})
+    if reservation is None:
+        assert tasks_that_fit_at(moments[-1]) < tasks
+        return
+    assert all(tasks_that_fit_at(m) < tasks for m in moments if m < reservation.starts_at)
+    assert reservation.starts_at in moments
+    assert sum(reservation.tasks_on.values()) == tasks
+    by_id = {n.id: n for n in usable}
+    for node_id, count in reservation.tasks_on.items():
+        free = room_at(by_id[node_id], releases[node_id], reservation.starts_at)
+        wanted = (request.cpu_millis, request.memory_mb, request.gpu)
+        spare = reservation.spare[node_id]
+        assert [f - count * w for f, w in zip(free, wanted, strict=True)] == [
+            spare.cpu_millis,
+            spare.memory_mb,
+            spare.gpu,
+        ]
+        assert min(spare.cpu_millis, spare.memory_mb, spare.gpu) >= 0
 
 
 @settings(max_examples=300)

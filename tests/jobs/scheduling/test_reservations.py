@@ -172,3 +172,96 @@ def test_a_job_without_a_time_limit_gets_its_queues_default(team):
     assert own.timeout_seconds == 5
     assert job_submit(team=team, spec=spec).job.timeout_seconds is None
     assert queue.default_timeout_seconds == 600
+
+
+def started(node, team, cpu_millis: int, timeout: int) -> JobExecution:
+    """A job of this size and time limit, placed and claimed on the node (where binpack
+    puts it: the caller sees to it that it is `node`)."""
+    job = make_jobs(team, 1, cpu_millis=cpu_millis, timeout_seconds=timeout)[0]
+    [token] = place_pending_jobs(batch_size=100).tokens
+    assert execution_claim(token=token, node_id=node.id) is not None
+    return JobExecution.objects.get(job=job)
+
+
+@pytest.fixture
+def gang_world(team, broker):
+    """Two 2-CPU nodes: `a` runs a 1-CPU job for 30 s at most, `b` a 2-CPU job for
+    20 s, and a half-CPU node `c` one for 50 s; a gang of two 2-CPU tasks waits, and so do
+    a long and a short half-CPU job."""
+    a = Node.objects.create(name="a", cpu_millis=2000, memory_mb=4096)
+    on_a = started(a, team, 1000, 30)
+    b = Node.objects.create(name="b", cpu_millis=2000, memory_mb=4096)
+    on_b = started(b, team, 2000, 20)
+    c = Node.objects.create(name="c", cpu_millis=500, memory_mb=4096)
+    on_c = started(c, team, 500, 50)
+    gang = make_jobs(team, 1, cpu_millis=2000, tasks=2, timeout_seconds=60)[0]
+    long = make_jobs(team, 1, cpu_millis=500, timeout_seconds=100)[0]
+    short = make_jobs(team, 1, cpu_millis=500, timeout_seconds=5)[0]
+    return a, b, c, on_a, on_b, on_c, gang, long, short
+
+
+def test_a_gang_without_room_gets_a_reservation_on_all_the_nodes_its_tasks_need(gang_world, api):
+    a, b, _, on_a, _, _, gang, long, short = gang_world
+
+    result = place_pending_jobs(batch_size=100)
+
+    assert result.waiting == {"reservation": 1, "would_delay_reservation": 1}
+    assert state(gang) == (JobStatus.PENDING, PendingReason.RESERVATION)
+    # Both nodes are free when `a`'s job has used up its limit, the later of the two.
+    assert gang.reservation_start_at == on_a.started_at + timedelta(seconds=30)
+    assert (gang.reservation_node_id, gang.reservation_nodes) == (a.id, [a.id, b.id])
+    # The long job fits `a` now, but would still hold room there then; the short
+    # one has ended by then.
+    assert state(long) == (JobStatus.PENDING, PendingReason.WOULD_DELAY_RESERVATION)
+    assert state(short) == (JobStatus.RESERVED, "")
+    event = Event.objects.get(type=EventType.JOB_RESERVED)
+    assert event.job_id == gang.id
+    assert event.message.startswith("room reserved on nodes a, b, expected start")
+    assert event.data["tasks_on"] == {"a": 1, "b": 1}
+
+    body = api.get(f"/api/jobs/{gang.pk}/why/").json()
+    [reserved] = [item for item in body["waits_on"] if item["kind"] == "reservation"]
+    assert reserved["nodes"] == ["a", "b"]
+    assert "on nodes a, b" in body["summary"]
+    body = api.get(f"/api/jobs/{long.pk}/why/").json()
+    [held] = [item for item in body["waits_on"] if item["kind"] == "would_delay"]
+    assert held["job"] == gang.id
+    assert f"would delay job {gang.id}" in held["summary"]
+
+    # Again: the same reservation is neither written nor told twice.
+    place_pending_jobs(batch_size=100)
+    assert Event.objects.filter(type=EventType.JOB_RESERVED).count() == 1
+
+
+def test_freed_room_on_a_node_a_gang_has_reserved_is_left_to_the_scheduler(gang_world):
+    _, b, elsewhere, _, on_b, on_elsewhere, gang, long, _ = gang_world
+    place_pending_jobs(batch_size=100)
+    assert state(gang) == (JobStatus.PENDING, PendingReason.RESERVATION)
+
+    # `b`'s job ends: its room is not handed to the long job, which would delay the gang.
+    assert finish(b, on_b) is None
+    assert state(long) == (JobStatus.PENDING, PendingReason.WOULD_DELAY_RESERVATION)
+    place_pending_jobs(batch_size=100)
+    assert state(long) == (JobStatus.PENDING, PendingReason.WOULD_DELAY_RESERVATION)
+
+    # Room freed on a node the gang cannot use is placed on at once.
+    result = finish(elsewhere, on_elsewhere)
+    assert [token for token, _ in result.placements] == [f"job-{long.id}-attempt-1"]
+    assert state(gang) == (JobStatus.PENDING, PendingReason.RESERVATION)
+
+
+def test_while_a_gang_waits_for_room_unreserved_freed_room_is_left_to_the_scheduler(gang_world):
+    _, _, elsewhere, _, _, on_elsewhere, gang, long, _ = gang_world
+    # As a cycle that found every node full leaves it: it reserves nothing then.
+    Job.objects.filter(pk=gang.pk).update(pending_reason=PendingReason.GANG_DOES_NOT_FIT)
+
+    # A finish would hand its room to the jobs behind the gang, and so on for ever, with
+    # no cycle seeing room to reserve for it: the room is the scheduler's.
+    assert finish(elsewhere, on_elsewhere) is None
+    assert state(long)[0] == JobStatus.PENDING
+
+    result = place_pending_jobs(batch_size=100)
+    assert state(gang) == (JobStatus.PENDING, PendingReason.RESERVATION)
+    # The long job goes where it cannot delay the gang.
+    assert state(long) == (JobStatus.RESERVED, "")
+    assert dict(result.placements)[f"job-{long.id}-attempt-1"] == "c"
