@@ -287,8 +287,8 @@ class Job(JobSpec):
         db_index=False,
     )
     reservation_start_at = models.DateTimeField(null=True, blank=True)
-    # Every node of the reservation, `reservation_node` first: a gang's holds room for
-    # its tasks on each of them.
+    # The node of each of its tasks' reserved room, `reservation_node` first (one entry
+    # for a single job; a gang's may name a node once per task it holds room for there).
     reservation_nodes = ArrayField(models.BigIntegerField(), null=True, blank=True)
     # Set from its queue's default at submission when the spec says nothing.
     preemptible = models.BooleanField(

@@ -118,7 +118,7 @@ def _reservation(job: Job, reason: str) -> dict | None:
             return None
     else:
         return None
-    node_ids = holder.reservation_nodes or [holder.reservation_node_id]
+    node_ids = list(dict.fromkeys(holder.reservation_nodes or [holder.reservation_node_id]))
     names = dict(Node.objects.filter(pk__in=node_ids).values_list("id", "name"))
     nodes = [names[node_id] for node_id in node_ids if node_id in names]
     return {

@@ -495,6 +495,11 @@ class Reservation:
         """The node of its first task: the one the job's record names."""
         return self.nodes[0]
 
+    @property
+    def task_node_ids(self) -> list[int]:
+        """The node of each of its tasks, those on one node together."""
+        return [node.id for node in self.nodes for _ in range(self.tasks_on[node.id])]
+
     def ends_before(self, job: PendingJob, now: float) -> bool:
         """Will the job, started now, have ended by its own limit at the reserved start?"""
         return job.time_limit is not None and now + job.time_limit <= self.starts_at
@@ -546,12 +551,22 @@ def reserve(
     if best is None:
         return None
     start, _, node = best
+    return reservation_on(job, node, 1, start, releases[node.id])
+
+
+def reservation_on(
+    job: PendingJob, node: NodeSlot, tasks: int, starts_at: float, releases: Sequence[Release]
+) -> Reservation:
+    """A reservation's part on one node: room for `tasks` of the job's tasks from
+    `starts_at` on, and what the node has free then beyond them (by the time limits of
+    what runs on it, `releases`), which jobs that end later may still use."""
     free = [node.free_cpu_millis, node.free_memory_mb, node.free_gpu]
-    for release in releases[node.id]:
-        if release.at <= start:
+    for release in releases:
+        if release.at <= starts_at:
             free = _plus(free, release)
-    spare = Resources(*(f - w for f, w in zip(free, astuple_request(job.request), strict=True)))
-    return Reservation(job, [node], start, {node.id: 1}, {node.id: spare})
+    wanted = astuple_request(job.request)
+    spare = Resources(*(f - tasks * w for f, w in zip(free, wanted, strict=True)))
+    return Reservation(job, [node], starts_at, {node.id: tasks}, {node.id: spare})
 
 
 def reserve_gang(
@@ -649,6 +664,7 @@ def plan_placements(
     | Callable[[], Mapping[int, Sequence[Release]]]
     | None = None,
     now: float = 0.0,
+    reservation: Reservation | None = None,
 ) -> Plan:
     """Place pending jobs, serving queues by fair share and each queue's jobs in order.
 
@@ -664,10 +680,11 @@ def plan_placements(
     a node left out has one with no limit), the first job (or gang) that finds no room
     gets a `Reservation`, and no later job starts on a reserved node if it would delay
     it (see `Reservation.admits`): such a job goes elsewhere, or waits. `releases` may
-    be a function, called only when a job first finds no room.
+    be a function, called only when a job first finds no room. A `reservation` given
+    (made earlier, for a job not among `jobs`) is honoured as one the plan made.
     """
     limit_slots = {} if limit_slots is None else limit_slots
-    plan = Plan()
+    plan = Plan(reservation=reservation)
     nodes = list(nodes)
     index = NodeIndex(nodes, smallest_request(job.request for job in jobs))
     ends = _Ends(releases, now)

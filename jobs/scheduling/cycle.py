@@ -32,6 +32,7 @@ from resources.placement import (
     Plan,
     QueueState,
     Request,
+    Reservation,
     Resources,
     Strategy,
     Unplaced,
@@ -270,9 +271,15 @@ def place_pending_jobs(*, batch_size: int) -> CycleResult:
     return result
 
 
-def waiting_write(plan: Plan, pending: list[_Pending], *, only: Iterable[str] | None = None):
+def waiting_write(
+    plan: Plan,
+    pending: list[_Pending],
+    *,
+    only: Iterable[str] | None = None,
+    reservation: bool = True,
+):
     """Record why the plan's waiting jobs wait, where it changed (only for the reasons in
-    `only`, if given), and its reservation."""
+    `only`, if given), and (unless `reservation` is false) its reservation."""
     by_job = {p.job.id: p for p in pending}
     only = None if only is None else set(only)
     changed: dict[str, list[int]] = {}
@@ -287,6 +294,8 @@ def waiting_write(plan: Plan, pending: list[_Pending], *, only: Iterable[str] | 
                 *[When(id__in=ids, then=Value(reason)) for reason, ids in changed.items()]
             )
         )
+    if not reservation:
+        return
     reservation_write(
         plan=plan,
         held={p.job.id: p.reservation for p in pending},
@@ -305,11 +314,12 @@ def place(
     reserve: bool = False,
     claim: int = 0,
     before_claim: Callable[[list[str]], None] | None = None,
+    reservation: Reservation | None = None,
 ) -> tuple[CycleResult, Plan, list[JobExecution]]:
     """Plan the locked pending jobs onto the locked nodes and write the placements; the
     first `claim` are claimed (see `_write_placements`), and come back as executions.
     With `reserve`, the first job that finds no room gets a reservation on one of the
-    nodes (see `resources.placement.Reservation`)."""
+    nodes (see `resources.placement.Reservation`); a `reservation` given is honoured."""
     result = CycleResult(considered=len(pending))
     if not pending:
         return result, Plan(), []
@@ -327,6 +337,7 @@ def place(
         if reserve
         else None,
         now=now.timestamp(),
+        reservation=reservation,
     )
     plan.placements[:0] = first
     claimed = []

@@ -18,7 +18,14 @@ from django.utils import timezone
 from common.db import prepared_cursor, sql_literal
 from common.wakeup import scheduler_wake
 from nodes.models import Node, NodeStatus
-from resources.placement import NodeSlot, Resources
+from resources.placement import (
+    NodeSlot,
+    PendingJob,
+    Request,
+    Reservation,
+    Resources,
+    reservation_on,
+)
 from resources.routing import routes_known
 
 from ..accounting import Success
@@ -26,6 +33,7 @@ from ..models import JobExecution, JobStatus, PendingReason
 from ..services.executions import executions_finish_succeeded, job_started_settle
 from ..services.publishing import executions_publish_on_commit
 from .cycle import json_value, lock_pending_jobs, place, waiting_write
+from .reservations import running_releases
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +62,13 @@ FREED_ROOM_REASONS = (
 # only what it knows from that node alone.
 FREED_ROOM_WRITES = (PendingReason.RESERVATION, PendingReason.WOULD_DELAY_RESERVATION)
 # Last, whether a job holds a reservation elsewhere (job_reservation_by_node index): then
-# this node's room cannot delay it, and freed room reserves nothing itself; and whether
-# the room is the scheduler's because of a gang, which only the scheduler, weighing every
-# node, places and reserves for: a gang's reservation takes in this node, or a gang waits
-# for room (job_gang_waiting index) and no job holds a reservation yet.
+# this node's room cannot delay it, and freed room reserves nothing itself; whether a
+# gang's reservation takes in this node (GANG_RESERVATION_SQL then reads it, to honour
+# it here); and whether a gang waits for room (job_gang_waiting index) while no job holds
+# a reservation: then the room is the scheduler's. Only the scheduler, weighing every
+# node, places and reserves for gangs, and a cycle that finds every node full reserves
+# nothing: were each finish to fill its own room, the jobs behind the gang would take
+# all the room as it frees, and no cycle would ever see room to reserve for it.
 RESERVATION_HOLDERS = f"""
 SELECT 1 FROM jobs_job r
  WHERE r.status = {sql_literal(JobStatus.PENDING)}
@@ -73,14 +84,42 @@ SELECT pg_try_advisory_xact_lock(%(lock)s), n.status, n.name, n.cpu_millis, n.me
        EXISTS ({RESERVATION_HOLDERS}
                 AND r.reservation_node_id IS DISTINCT FROM n.id
                 AND NOT n.id = ANY(coalesce(r.reservation_nodes, '{{}}'))),
-       EXISTS ({RESERVATION_HOLDERS} AND r.tasks > 1 AND n.id = ANY(r.reservation_nodes))
-       OR (EXISTS ({GANGS_WAITING}) AND NOT EXISTS ({RESERVATION_HOLDERS}))
+       EXISTS ({RESERVATION_HOLDERS} AND r.tasks > 1 AND n.id = ANY(r.reservation_nodes)),
+       EXISTS ({GANGS_WAITING}) AND NOT EXISTS ({RESERVATION_HOLDERS})
 FROM nodes_node n,
      (SELECT sum(cpu_millis), sum(memory_mb), sum(gpu) FROM nodes_node
        WHERE status <> %(offline)s) AS cluster(cpu_millis, memory_mb, gpu)
 WHERE n.id = %(node)s
 FOR UPDATE OF n
 """
+
+
+# The gang whose reservation takes in the node: its tasks' request, its time limit, its
+# reserved start, and how many of its tasks room is reserved for there.
+GANG_RESERVATION_SQL = f"""
+SELECT r.id, r.queue_id, r.cpu_millis, r.memory_mb, r.gpu, r.timeout_seconds, r.tasks,
+       r.reservation_start_at, cardinality(array_positions(r.reservation_nodes, %(node)s))
+  FROM jobs_job r
+ WHERE r.status = {sql_literal(JobStatus.PENDING)}
+   AND r.pending_reason = {sql_literal(PendingReason.RESERVATION)}
+   AND r.tasks > 1
+   AND %(node)s = ANY(r.reservation_nodes)
+"""
+
+
+def gang_reservation_on(slot: NodeSlot, now) -> Reservation | None:
+    """The part on this node of the reservation a gang holds there (see
+    `resources.placement.reservation_on`), from the running executions' limits; None
+    when one of them has none (the node's room is then the scheduler's)."""
+    with prepared_cursor() as cursor:
+        cursor.execute(GANG_RESERVATION_SQL, {"node": slot.id})
+        row = cursor.fetchone()
+    job_id, queue_id, cpu, memory, gpu, timeout, tasks, start, here = row
+    releases = running_releases(node_ids=[slot.id], now=now)
+    if slot.id not in releases:
+        return None
+    gang = PendingJob(job_id, queue_id, Request(cpu, memory, gpu), None, timeout, tasks)
+    return reservation_on(gang, slot, here, start.timestamp(), releases[slot.id])
 
 
 @dataclass(frozen=True)
@@ -98,7 +137,7 @@ def place_on_freed_room(
     """Place waiting jobs on the room a finish has just freed on the node, inside the
     finish's transaction (which holds the node's row). None when it did not look, and
     the room is the scheduler's: the node is not ready, another node's freed room is
-    being filled, or a gang may want it (see NODE_WITH_FREED_ROOM_SQL).
+    being filled, or a gang waits for a reservation (see NODE_WITH_FREED_ROOM_SQL).
 
     Up to `claim` of them are claimed for the node in the same statement, for the agent
     threads whose successes freed the room: they run them without a claim of their own.
@@ -116,7 +155,7 @@ def place_on_freed_room(
     if row is None:
         return None
     locked, status, name, cpu, memory, gpu, used_cpu, used_memory, used_gpu, labels = row[:10]
-    reserved_elsewhere, left_for_a_gang = row[13:15]
+    reserved_elsewhere, reserved_for_a_gang, left_for_a_gang = row[13:16]
     if not locked or status != NodeStatus.READY or left_for_a_gang:
         return None
     slot = NodeSlot.of(
@@ -132,13 +171,19 @@ def place_on_freed_room(
             labels=json_value(labels),
         )
     )
+    gang_reservation = None
+    if reserved_for_a_gang:
+        gang_reservation = gang_reservation_on(slot, now)
+        if gang_reservation is None:
+            return None
     pending, queues = lock_pending_jobs(
         now=now, per_queue=FREED_ROOM_JOBS_PER_QUEUE, reasons=FREED_ROOM_REASONS
     )
     # Gangs are the scheduler's: it weighs every node for their tasks together.
     pending = [p for p in pending if p.job.tasks == 1]
-    # A reservation on this node is honoured (the planner makes it again, from this node's
-    # running jobs' limits); with none anywhere, the first job the room is too small for
+    # A single job's reservation on this node is honoured (the planner makes it again,
+    # from this node's running jobs' limits), and so is a gang's part of one here (as the
+    # gang's record has it); with none anywhere, the first job the room is too small for
     # gets one here, so a large job is not starved by a stream of small ones.
     result, plan, claimed = place(
         pending,
@@ -147,11 +192,12 @@ def place_on_freed_room(
         Resources(*row[10:13]),
         now,
         window=FREED_ROOM_JOBS_PER_QUEUE,
-        reserve=not reserved_elsewhere,
+        reserve=not reserved_elsewhere and gang_reservation is None,
         claim=claim,
         before_claim=before_claim,
+        reservation=gang_reservation,
     )
-    waiting_write(plan, pending, only=FREED_ROOM_WRITES)
+    waiting_write(plan, pending, only=FREED_ROOM_WRITES, reservation=gang_reservation is None)
     job_started_settle(executions=claimed, now=now)
     return FreedRoomPlacements(
         claimed,

@@ -32,10 +32,12 @@ SELECT a.node_id, a.cpu_millis, a.memory_mb, a.gpu, j.timeout_seconds, e.started
 """
 
 # The job's reservation, taken from whichever job held one (served by the
-# job_reservation_by_node partial index); that job waits for room again.
+# job_reservation_by_node partial index); that job waits for room again (a gang, for
+# room for all its tasks).
 RESERVATION_WRITE_SQL = f"""
 UPDATE jobs_job
    SET pending_reason = CASE WHEN id = %(job)s THEN {sql_literal(PendingReason.RESERVATION)}
+                             WHEN tasks > 1 THEN {sql_literal(PendingReason.GANG_DOES_NOT_FIT)}
                              ELSE {sql_literal(PendingReason.INSUFFICIENT_CAPACITY)} END,
        reservation_node_id = CASE WHEN id = %(job)s THEN %(node)s::bigint END,
        reservation_nodes = CASE WHEN id = %(job)s THEN %(nodes)s::bigint[] END,
@@ -78,7 +80,7 @@ def reservation_write(*, plan: Plan, held: dict[int, tuple], team_ids: dict[int,
     job_id = reservation.job.id
     start = datetime.fromtimestamp(reservation.starts_at, tz=UTC)
     before = held.get(job_id)
-    node_ids = [node.id for node in reservation.nodes]
+    node_ids = reservation.task_node_ids
     if before == (PendingReason.RESERVATION, reservation.node.id, start, node_ids):
         return
     with prepared_cursor() as cursor:

@@ -233,16 +233,22 @@ def test_a_gang_without_room_gets_a_reservation_on_all_the_nodes_its_tasks_need(
     assert Event.objects.filter(type=EventType.JOB_RESERVED).count() == 1
 
 
-def test_freed_room_on_a_node_a_gang_has_reserved_is_left_to_the_scheduler(gang_world):
+def test_freed_room_on_a_gangs_node_backfills_only_what_cannot_delay_it(gang_world, team):
     _, b, elsewhere, _, on_b, on_elsewhere, gang, long, _ = gang_world
     place_pending_jobs(batch_size=100)
     assert state(gang) == (JobStatus.PENDING, PendingReason.RESERVATION)
+    brief = make_jobs(team, 1, cpu_millis=2000, timeout_seconds=5)[0]
+    place_pending_jobs(batch_size=100)  # told why it waits: no node has 2 CPUs free
+    assert state(brief) == (JobStatus.PENDING, PendingReason.INSUFFICIENT_CAPACITY)
 
-    # `b`'s job ends: its room is not handed to the long job, which would delay the gang.
-    assert finish(b, on_b) is None
+    # `b`'s job ends: its room, all of which a gang task needs at the reserved start,
+    # goes to the job that ends before then, not to the long one.
+    result = finish(b, on_b)
+    assert [token for token, _ in result.placements] == [f"job-{brief.id}-attempt-1"]
     assert state(long) == (JobStatus.PENDING, PendingReason.WOULD_DELAY_RESERVATION)
-    place_pending_jobs(batch_size=100)
-    assert state(long) == (JobStatus.PENDING, PendingReason.WOULD_DELAY_RESERVATION)
+    # And the gang's reservation is as the scheduler wrote it, on both nodes.
+    assert state(gang) == (JobStatus.PENDING, PendingReason.RESERVATION)
+    assert len(gang.reservation_nodes) == 2
 
     # Room freed on a node the gang cannot use is placed on at once.
     result = finish(elsewhere, on_elsewhere)
@@ -265,3 +271,13 @@ def test_while_a_gang_waits_for_room_unreserved_freed_room_is_left_to_the_schedu
     # The long job goes where it cannot delay the gang.
     assert state(long) == (JobStatus.RESERVED, "")
     assert dict(result.placements)[f"job-{long.id}-attempt-1"] == "c"
+
+
+def test_a_gang_that_loses_its_reservation_waits_as_a_gang_again(gang_world, team):
+    gang = gang_world[6]
+    place_pending_jobs(batch_size=100)
+    assert state(gang) == (JobStatus.PENDING, PendingReason.RESERVATION)
+    urgent = make_jobs(team, 1, cpu_millis=2000, timeout_seconds=60, priority=9)[0]
+    place_pending_jobs(batch_size=100)
+    assert state(urgent) == (JobStatus.PENDING, PendingReason.RESERVATION)
+    assert state(gang) == (JobStatus.PENDING, PendingReason.GANG_DOES_NOT_FIT)
