@@ -2,11 +2,13 @@
 functions over a snapshot, like `resources.placement`.
 
 A job that found no room may take a node's room from running executions that are
-`preemptible` and of lower priority. On each node that could hold it, the victims are
-taken lowest priority first, then most recently started (the least work lost), until
-the job fits; then any victim it can do without is spared, so no victim is evicted for
-nothing. Of the nodes, the one with the fewest victims wins, then the lowest victim
-priority, then the lower name.
+`preemptible` and of lower priority. Victim order puts first the lowest priority, then
+the most recently started (the least work lost). On each node that could hold the job,
+the victims are the fewest executions that make room for it; of the sets that size, the
+one whose last victim in victim order comes earliest, then its second-to-last, and so on
+(`victims_on_node` says so exactly, and what holds on a node with many candidates). Of
+the nodes, the one with the fewest victims wins, then the lowest victim priority, then
+the lower name.
 
 Reclaim: a queue's deserved share of the cluster is its weight over the weights of the
 queues with work (running or waiting), as the fair-share order has it. A job whose
@@ -16,6 +18,8 @@ here the cohort is the whole cluster, and there is no quota below which a queue 
 guaranteed more).
 """
 
+import itertools
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -94,20 +98,253 @@ def victims_on_node(
     node: NodeSlot, job: PendingJob, candidates: Sequence[Running]
 ) -> tuple[Running, ...] | None:
     """The victims to evict on `node` for `job` (`candidates`: the executions on it the
-    job may evict), or None when evicting them all would not make room."""
-    chosen: list[Running] = []
+    job may evict), in victim order; None when evicting them all would not make room.
+
+    They are the fewest that make room. Of the sets that size, the one whose last victim
+    in victim order comes earliest; on a tie, the one whose second-to-last does, and so
+    on (the set with the smallest sum of 2**position, positions counted in victim order
+    from 0). So among the fewest, the highest priority stopped is as low as it can be, as
+    `plan_preemptions` prefers, among nodes, the one whose highest victim priority is lowest.
+
+    Exact with at most `FEWEST_EXACT_UP_TO` candidates, and with more whenever the search
+    ends within `FEWEST_SEARCH_STEPS` steps, as it does on the usual node, whose
+    executions come in a few shapes. Cut short, it falls back to greedy-then-spare: the
+    earliest in victim order until the job fits, less any victim it can do without (from
+    the last taken), so still no victim for nothing, though not always the fewest.
+    """
+    short = _shortfall(node, job)
+    if not any(short):
+        return ()
+    # Each candidate as what it holds of what the job lacks, counted up to the shortfall:
+    # one that holds none of it is never needed, and two alike in this are interchangeable.
+    useful: list[Running] = []
+    shapes: list[_Vector] = []
     for candidate in sorted(candidates, key=victim_order):
-        if holds(room_after(node, chosen), job):
-            break
-        chosen.append(candidate)
-    if not holds(room_after(node, chosen), job):
+        held = candidate.held
+        shape = (
+            min(held.cpu_millis, short[0]),
+            min(held.memory_mb, short[1]),
+            min(held.gpu, short[2]),
+        )
+        if any(shape):
+            useful.append(candidate)
+            shapes.append(shape)
+    if not _enough([sum(shape[resource] for shape in shapes) for resource in range(3)], short):
         return None
-    # Spare, from the last taken, any victim the job can do without.
-    for victim in reversed(list(chosen)):
-        rest = [v for v in chosen if v is not victim]
-        if holds(room_after(node, rest), job):
-            chosen = rest
-    return tuple(chosen)
+    return tuple(useful[position] for position in _fewest(shapes, short))
+
+
+# The search for the fewest victims on a node gives up after FEWEST_SEARCH_STEPS steps
+# (a step: one candidate left out, to be taken on the way back), unless there are at
+# most FEWEST_EXACT_UP_TO candidates: with n, it tries at most n sizes of at most
+# 2**n - 1 steps each, 10,230 in all for 10, and ends exact.
+FEWEST_SEARCH_STEPS = 2_000
+FEWEST_EXACT_UP_TO = 10
+
+_Vector = tuple[int, int, int]  # cpu_millis, memory_mb, gpu
+
+
+def _shortfall(node: NodeSlot, job: PendingJob) -> _Vector:
+    """What the job lacks on the node: its request less the room free there."""
+    request = job.request
+    return (
+        max(request.cpu_millis - node.free_cpu_millis, 0),
+        max(request.memory_mb - node.free_memory_mb, 0),
+        max(request.gpu - node.free_gpu, 0),
+    )
+
+
+def _enough(total: Sequence[int], short: _Vector) -> bool:
+    return total[0] >= short[0] and total[1] >= short[1] and total[2] >= short[2]
+
+
+def _greedy_then_spare(shapes: Sequence[_Vector], short: _Vector) -> list[int]:
+    """The earliest in victim order until they cover the shortfall, less any that can
+    be spared (from the last taken): no victim for nothing, but not always the fewest."""
+    chosen: list[int] = []
+    total = [0, 0, 0]
+    for position, shape in enumerate(shapes):
+        if _enough(total, short):
+            break
+        chosen.append(position)
+        total = [held + amount for held, amount in zip(total, shape, strict=True)]
+    for position in reversed(list(chosen)):
+        rest = [held - amount for held, amount in zip(total, shapes[position], strict=True)]
+        if _enough(rest, short):
+            chosen.remove(position)
+            total = rest
+    return chosen
+
+
+def _fewest(shapes: Sequence[_Vector], short: _Vector) -> list[int]:
+    """The positions of the victims `victims_on_node` chooses: for each size from a
+    lower bound up, the first set of that size in the tie-break's order, if any."""
+    greedy = _greedy_then_spare(shapes, short)
+    if len(greedy) == 1:
+        return greedy  # one victim is the fewest, and greedy takes the earliest that will do
+    steps = None if len(shapes) <= FEWEST_EXACT_UP_TO else FEWEST_SEARCH_STEPS
+    search = _FewestVictims(shapes, short, steps)
+    # The bound cannot fail: greedy's set is within it.
+    fewest = search.fewest_more(short, len(greedy)) or len(greedy)
+    for size in range(fewest, len(greedy) + 1):
+        # No set of greedy's size needs a victim after greedy's last.
+        last = greedy[-1] if size == len(greedy) else len(shapes) - 1
+        found = search.first_within(size, last)
+        if found is not None:
+            return found
+        if search.spent:
+            break
+    return greedy
+
+
+class _FewestVictims:
+    """Depth-first search for the first set of at most `size` victims that covers the
+    shortfall, in the tie-break's order: from the last candidate in victim order down,
+    each is first left out, then taken.
+
+    Candidates alike (of one shape) are taken earliest first: a set that takes a later
+    one and leaves an earlier one is beaten, in the tie-break, by the set with the two
+    swapped. So taking one takes the earlier ones of its shape with it, and leaving one
+    out leaves the later ones out too. A branch is cut as soon as the candidates still
+    open cannot cover what is lacking with the victims left to take, by a lower bound:
+    under each of a few weightings of the resources (`_mixes`), how many of the largest
+    holders it takes for their weighted sum to reach the weighted shortfall.
+    """
+
+    def __init__(self, shapes: Sequence[_Vector], short: _Vector, steps: int | None):
+        self.short = short
+        self.steps_left = steps  # None: no limit
+        self.shape_of: list[int] = []  # per position: its shape's index
+        self.earlier: list[int] = []  # per position: how many of its shape come before it
+        self.shapes: list[_Vector] = []
+        self.counts: list[int] = []  # per shape: how many candidates have it
+        index: dict[_Vector, int] = {}
+        for shape in shapes:
+            which = index.setdefault(shape, len(self.shapes))
+            if which == len(self.shapes):
+                self.shapes.append(shape)
+                self.counts.append(0)
+            self.shape_of.append(which)
+            self.earlier.append(self.counts[which])
+            self.counts[which] += 1
+        # Per shape, while searching: how many are open (not passed yet, nor decided with
+        # a later one of the shape), and how many are taken.
+        self.open = list(self.counts)
+        self.taken = [0] * len(self.shapes)
+        self.rankings: list[tuple[_Vector, list[tuple[int, int]]]] = []
+        for weights in _mixes(short):
+            w0, w1, w2 = weights
+            scores = [w0 * a0 + w1 * a1 + w2 * a2 for a0, a1, a2 in self.shapes]
+            ranked = sorted(((s, which) for which, s in enumerate(scores) if s), reverse=True)
+            self.rankings.append((weights, ranked))
+
+    @property
+    def spent(self) -> bool:
+        return self.steps_left is not None and self.steps_left < 0
+
+    def fewest_more(self, short: Sequence[int], most: int) -> int | None:
+        """How many more victims, at least, of the shapes still open cover `short`; None
+        when the open ones cannot with `most`."""
+        fewest = 0
+        s0, s1, s2 = max(short[0], 0), max(short[1], 0), max(short[2], 0)
+        for (w0, w1, w2), ranked in self.rankings:
+            lacking = w0 * s0 + w1 * s1 + w2 * s2
+            count = 0
+            for score, which in ranked:
+                if lacking <= 0 or count > most:
+                    break
+                if self.open[which]:
+                    take = min(self.open[which], -(-lacking // score))
+                    count += take
+                    lacking -= take * score
+            if lacking > 0 or count > most:
+                return None
+            fewest = max(fewest, count)
+        return fewest
+
+    def first_within(self, size: int, last: int) -> list[int] | None:
+        """The positions of the first set (in the tie-break's order) of at most `size`
+        victims, none after position `last`, that covers the shortfall; None when there
+        is none, or the steps ran out."""
+        self.open = [0] * len(self.shapes)
+        self.taken = [0] * len(self.shapes)
+        short = list(self.short)
+        room = size
+        # The search would leave out each one from `last` down while the bounds pass, and
+        # they pass for every prefix longer than the shortest they pass for: find that one
+        # from below, which is quicker when the set comes early, as it mostly does.
+        position = -1
+        while position < last:
+            position += 1
+            self.open[self.shape_of[position]] += 1
+            if self.fewest_more(short, room) is not None:
+                break
+        else:
+            return None
+        # (position, taken), the latest decision last.
+        decided = [(later, False) for later in range(last, position, -1)]
+        while True:
+            # Past the ones whose shape is decided: taken with a later one, or left out.
+            while position >= 0 and not self.open[self.shape_of[position]]:
+                position -= 1
+            if all(lacking <= 0 for lacking in short):
+                taken = self.taken
+                return [p for p, w in enumerate(self.shape_of) if self.earlier[p] < taken[w]]
+            if position >= 0 and self.fewest_more(short, room) is not None:
+                if self.steps_left is not None:
+                    self.steps_left -= 1
+                    if self.steps_left < 0:
+                        return None
+                self.open[self.shape_of[position]] -= 1  # leave it out
+                decided.append((position, False))
+                position -= 1
+                continue
+            # A dead end: back to the latest one left out that there is room to take.
+            while decided:
+                position, taken = decided.pop()
+                which = self.shape_of[position]
+                shape = self.shapes[which]
+                if taken:
+                    count = self.taken[which]
+                    self.open[which], self.taken[which] = count, 0
+                    room += count
+                    for resource in range(3):
+                        short[resource] += count * shape[resource]
+                    continue
+                self.open[which] += 1
+                count = self.open[which]  # it and the earlier ones of its shape
+                if count <= room:
+                    self.open[which], self.taken[which] = 0, count
+                    room -= count
+                    for resource in range(3):
+                        short[resource] -= count * shape[resource]
+                    decided.append((position, True))
+                    position -= 1
+                    break
+            else:
+                return None
+
+
+def _mixes(short: _Vector) -> list[_Vector]:
+    """Weights of the resources for the search's bounds: each lacking resource alone;
+    each two of them as shares of what is lacking, evenly and 1:3 either way (where the
+    ones that hold much of one hold little of the other); all three evenly."""
+    lacking = [resource for resource in range(3) if short[resource]]
+    unit = math.lcm(*(short[resource] for resource in lacking))
+    share = [unit // amount if amount else 0 for amount in short]
+    mixes: list[_Vector] = []
+    for resource in lacking:
+        mixes.append(_weights({resource: 1}))
+    for one, other in itertools.combinations(lacking, 2):
+        for a, b in ((1, 1), (1, 3), (3, 1)):
+            mixes.append(_weights({one: a * share[one], other: b * share[other]}))
+    if len(lacking) == 3:
+        mixes.append((share[0], share[1], share[2]))
+    return mixes
+
+
+def _weights(by_resource: dict[int, int]) -> _Vector:
+    return (by_resource.get(0, 0), by_resource.get(1, 0), by_resource.get(2, 0))
 
 
 @dataclass

@@ -1,12 +1,15 @@
 """Properties of the preemption planner: it evicts only preemptible executions of lower
-priority (or, reclaiming, of queues above their deserved share), a set no victim of which
-could be spared, and after the evictions the job fits, with no room given twice."""
+priority (or, reclaiming, of queues above their deserved share), the fewest that make
+room on the node (of those, the set whose last victim in victim order comes earliest),
+and after the evictions the job fits, with no room given twice."""
 
 import copy
+import itertools
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from resources import preemption as rules
 from resources.placement import (
     NodeSlot,
     PendingJob,
@@ -23,6 +26,7 @@ from resources.preemption import (
     holds,
     plan_preemptions,
     room_after,
+    victim_order,
     victims_on_node,
 )
 
@@ -102,6 +106,7 @@ def test_it_evicts_only_lower_priority_preemptible_executions_a_minimal_set_and_
     evicted = [v.id for p in plan for v in p.victims]
     assert len(evicted) == len(set(evicted)), "a victim evicted twice"
     current = copy.deepcopy(before)  # each node as the next preemption on it finds it
+    taken: set[int] = set()
     for preemption in plan:
         job, node = preemption.job, current[preemption.node.id]
         assert preemption.victims, "a preemption without victims"
@@ -111,10 +116,23 @@ def test_it_evicts_only_lower_priority_preemptible_executions_a_minimal_set_and_
             assert victim.preemptible
             assert victim.priority < priority_of[job.id]
             assert victim.node_id == node.id
-        # Minimal: no victim could be spared.
+        # Minimal: no victim could be spared; the fewest: no smaller set of the ones it
+        # could evict there would do.
         for spared in preemption.victims:
             rest = [v for v in preemption.victims if v is not spared]
             assert not holds(room_after(node, rest), job)
+        evictable = [
+            r
+            for r in running
+            if r.node_id == node.id
+            and r.preemptible
+            and r.priority < priority_of[job.id]
+            and r.id not in taken
+        ]
+        for fewer in range(len(preemption.victims)):
+            for victims in itertools.combinations(evictable, fewer):
+                assert not holds(room_after(node, victims), job)
+        taken.update(v.id for v in preemption.victims)
         room = room_after(node, preemption.victims)
         node.free_cpu_millis = room.cpu_millis - job.request.cpu_millis
         node.free_memory_mb = room.memory_mb - job.request.memory_mb
@@ -164,9 +182,55 @@ def test_it_spares_a_victim_it_can_do_without():
     small = Running(1, 11, 1, 1, 0, True, 10.0, 1000, 512)
     large = Running(2, 12, 1, 1, 1, True, 10.0, 3000, 1536)
     job = PendingJob(99, 1, Request(2000, 1024))
-    # Lowest priority first takes the small one, which is not enough; the large one is,
+    # The small one comes first in victim order but is not enough; the large one is,
     # alone: the small one is spared.
     assert victims_on_node(node, job, [small, large]) == (large,)
+
+
+def test_one_victim_that_makes_room_beats_two_earlier_in_victim_order():
+    node = NodeSlot(1, "n", 8000, 8192, 0, 0, 0, 0)
+    first = Running(1, 11, 1, 1, 0, True, 30.0, 2000, 1024)
+    second = Running(2, 12, 1, 1, 0, True, 20.0, 2000, 1024)
+    large = Running(3, 13, 1, 1, 1, True, 10.0, 4000, 2048)
+    job = PendingJob(99, 1, Request(4000, 2048))
+    # Taking the earliest until the job fits takes the two 2-CPU ones, and neither can
+    # be spared; the 4-CPU one alone makes room.
+    two, four = (2000, 1024, 0), (4000, 2048, 0)
+    assert rules._greedy_then_spare([two, two, four], four) == [0, 1]
+    assert victims_on_node(node, job, [large, second, first]) == (large,)
+
+
+def test_of_the_fewest_it_stops_the_set_whose_highest_priority_victim_is_lowest():
+    node = NodeSlot(1, "n", 8000, 8192, 0, 0, 0, 0)
+    lowest = Running(1, 11, 1, 1, 0, True, 10.0, 3000, 1024)
+    newer = Running(2, 12, 1, 1, 1, True, 20.0, 2000, 2048)
+    older = Running(3, 13, 1, 1, 1, True, 10.0, 2000, 2048)
+    highest = Running(4, 14, 1, 1, 2, True, 10.0, 1000, 3072)
+    job = PendingJob(99, 1, Request(4000, 4096))
+    # Two victims are needed: the lowest and the highest would do, and so would the two
+    # of priority 1, whose highest priority is lower.
+    assert victims_on_node(node, job, [highest, older, newer, lowest]) == (newer, older)
+
+
+def test_a_large_job_stops_two_large_executions_rather_than_thirty_two_small_ones():
+    node = NodeSlot(1, "n", 64000, 65536, 0, 0, 0, 0)
+    small = [Running(1 + i, 100 + i, 1, 1, 0, True, float(i), 500, 512) for i in range(96)]
+    large = [Running(200 + i, 300 + i, 1, 1, 1, True, float(i), 8000, 8192) for i in range(2)]
+    job = PendingJob(99, 1, Request(16000, 16384))
+    # Taking the earliest until the job fits would stop 32 small ones. With 98
+    # candidates the search has a step budget, and two shapes need few of its steps.
+    assert len(small) + len(large) > rules.FEWEST_EXACT_UP_TO
+    assert victims_on_node(node, job, small + large) == tuple(reversed(large))
+
+
+def test_cut_short_the_search_falls_back_to_the_earliest_with_none_for_nothing(monkeypatch):
+    node = NodeSlot(1, "n", 64000, 65536, 0, 0, 0, 0)
+    small = [Running(1 + i, 100 + i, 1, 1, 0, True, float(i), 500, 512) for i in range(32)]
+    large = [Running(200 + i, 300 + i, 1, 1, 1, True, float(i), 8000, 8192) for i in range(2)]
+    job = PendingJob(99, 1, Request(16000, 16384))
+    monkeypatch.setattr(rules, "FEWEST_SEARCH_STEPS", 0)
+    # No step to take: the 32 small ones, newest first, all needed.
+    assert victims_on_node(node, job, small + large) == tuple(reversed(small))
 
 
 def test_non_preemptible_and_equal_priority_executions_are_never_victims():
@@ -214,3 +278,55 @@ def test_reclaim_evicts_higher_priority_only_from_queues_above_their_share(world
         for victim in preemption.victims:
             replay.evicted(victim)
         replay.started(preemption.job)
+
+
+@st.composite
+def crowded_nodes(draw):
+    """A node, a job, and up to 10 executions on the node that the job may evict, of a
+    few shapes (so that many sets tie), asking for about what they and the room free hold."""
+    shapes = st.tuples(
+        st.sampled_from([250, 500, 1000, 2000, 3000]),
+        st.sampled_from([128, 256, 512, 1024]),
+        st.sampled_from([0, 0, 1]),
+    )
+    candidates = [
+        Running(i + 1, 100 + i, 1, 1, priority, True, float(started), cpu, memory, gpu)
+        for i, ((cpu, memory, gpu), priority, started) in enumerate(
+            draw(st.lists(st.tuples(shapes, st.integers(0, 3), st.integers(0, 20)), max_size=10))
+        )
+    ]
+    free = (draw(st.sampled_from([0, 250, 1000])), draw(st.sampled_from([0, 128])), 0)
+    node = NodeSlot(1, "n", 64000, 65536, 8, *free)
+    most = room_after(node, candidates)
+    request = Request(
+        draw(st.integers(0, most.cpu_millis + 250)),
+        draw(st.integers(0, most.memory_mb + 128)),
+        draw(st.integers(0, most.gpu + 1)),
+    )
+    return node, PendingJob(99, 1, request), candidates
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(crowded_nodes())
+def test_it_evicts_the_fewest_and_of_those_the_set_whose_last_victim_comes_earliest(case):
+    node, job, candidates = case
+    ordered = sorted(candidates, key=victim_order)
+    # Every set that makes room, as positions in victim order (ascending), by brute force.
+    fitting = [
+        positions
+        for size in range(len(ordered) + 1)
+        for positions in itertools.combinations(range(len(ordered)), size)
+        if holds(room_after(node, [ordered[p] for p in positions]), job)
+    ]
+    chosen = victims_on_node(node, job, candidates)
+    if not fitting:
+        assert chosen is None
+        return
+    assert chosen is not None
+    positions = tuple(ordered.index(victim) for victim in chosen)
+    assert positions in fitting  # makes room, and comes in victim order
+    assert len(positions) == min(len(f) for f in fitting)
+    # Of the sets that size: compared from the last victim in victim order down, the
+    # earliest.
+    rivals = [f for f in fitting if len(f) == len(positions)]
+    assert positions[::-1] == min(f[::-1] for f in rivals)
