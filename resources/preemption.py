@@ -372,6 +372,10 @@ class Shares:
     def over(self, queue_id: int) -> bool:
         return self.share(queue_id) > self.deserved(queue_id)
 
+    def within_quota(self, job: PendingJob) -> bool:
+        queue = self.queues.get(job.queue_id)
+        return queue is None or queue.within_quota(job.total)
+
     def may_reclaim(self, job: PendingJob) -> bool:
         return self.share(job.queue_id, _resources(job)) <= self.deserved(job.queue_id)
 
@@ -441,6 +445,8 @@ def plan_preemptions(
         ]
         if any(fits_now(node, job.request) for node in usable):
             continue  # it fits as things are: placement's, not preemption's
+        if shares is not None and not shares.within_quota(job):
+            continue  # its queue holds its quota: room would not let it start
         reclaim = shares is not None and shares.may_reclaim(job)
         best: tuple | None = None
         for node in usable:

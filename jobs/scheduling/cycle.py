@@ -362,7 +362,8 @@ def place_on_held_room(
     nodes, and place those of `pending` whose held room is all free now. Returns the
     jobs left for the planner, and those placements. A preempting job whose victims are
     still stopping waits on (neither planned nor told anything new); one whose victims
-    have all ended but whose node cannot take it (not ready any more) is planned as any."""
+    have all ended but whose node cannot take it (not ready any more), or whose queue
+    has reached its quota meanwhile, is planned as any (and waits for its quota then)."""
     holds = preemption_holds()
     by_id = {slot.id: slot for slot in slots}
     for hold in holds.values():
@@ -376,9 +377,14 @@ def place_on_held_room(
             left.append(p)
             continue
         hold_take(slot, hold.room, -1)
-        if not hold.victims_live and fits_now(slot, p.job.request):
+        queue = queues[p.job.queue_id]
+        if (
+            not hold.victims_live
+            and fits_now(slot, p.job.request)
+            and queue.within_quota(p.job.total)
+        ):
             slot.take(p.job.request)
-            queues[p.job.queue_id].allocated += p.job.request
+            queue.allocated += p.job.request
             first.append((p.job, slot))
         elif hold.victims_live:
             hold_take(slot, hold.room)

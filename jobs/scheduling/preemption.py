@@ -85,10 +85,10 @@ SELECT e.id, e.job_id, a.node_id, j.queue_id, j.priority, e.started_at, a.cpu_mi
    AND a.status = {sql_literal(AllocationStatus.ACTIVE)}
 """
 
-# Every queue's rules and what its jobs hold, for reclaim.
+# Every queue's rules and what its jobs hold, for reclaim and quotas.
 QUEUES_SQL = f"""
-SELECT q.id, q.name, q.weight, coalesce(u.cpu_millis, 0), coalesce(u.memory_mb, 0),
-       coalesce(u.gpu, 0)
+SELECT q.id, q.name, q.weight, q.quota_cpu_millis, q.quota_memory_mb, q.quota_gpu,
+       coalesce(u.cpu_millis, 0), coalesce(u.memory_mb, 0), coalesce(u.gpu, 0)
   FROM resources_queue q
   LEFT JOIN (
     SELECT job.queue_id, sum(a.cpu_millis) AS cpu_millis, sum(a.memory_mb) AS memory_mb,
@@ -242,8 +242,16 @@ def preemption_snapshot(*, now, lock: bool, waiting: bool = True) -> Snapshot:
         )
         victims[execution_id] = Victim(running, team_id, attempt, token, grace)
     queues = {
-        qid: QueueState(id=qid, name=name, weight=weight, allocated=Resources(*used))
-        for qid, name, weight, *used in queue_rows
+        qid: QueueState(
+            id=qid,
+            name=name,
+            weight=weight,
+            quota_cpu_millis=quota_cpu,
+            quota_memory_mb=quota_memory,
+            quota_gpu=quota_gpu,
+            allocated=Resources(*used),
+        )
+        for qid, name, weight, quota_cpu, quota_memory, quota_gpu, *used in queue_rows
     }
     active = {q.id for q in queues.values() if q.allocated != Resources()}
     active |= {w.job.queue_id for w in found}

@@ -260,6 +260,21 @@ def test_a_queue_below_its_share_reclaims_from_one_above_regardless_of_priority(
     assert plan_preemptions(waiting=more, nodes=nodes, running=borrowed, shares=shares) == []
 
 
+def test_a_job_whose_queue_holds_its_quota_preempts_nothing():
+    nodes = [NodeSlot(1, "n", 2000, 1024, 0, 0, 0, 0)]
+    running = [
+        Running(1, 11, 1, 1, 0, False, 10.0, 1000, 512),  # queue 1's, at its quota
+        Running(2, 12, 1, 2, 0, True, 20.0, 1000, 512),
+    ]
+    waiting = [Waiting(PendingJob(99, 1, Request(1000, 512)), priority=9)]
+    shares = _shares(nodes, running)
+    assert plan_preemptions(
+        waiting=waiting, nodes=copy.deepcopy(nodes), running=running, shares=shares
+    )
+    shares.queues[1].quota_cpu_millis = 1000
+    assert plan_preemptions(waiting=waiting, nodes=nodes, running=running, shares=shares) == []
+
+
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(worlds(), st.tuples(st.integers(1, 3), st.integers(1, 3)))
 def test_reclaim_evicts_higher_priority_only_from_queues_above_their_share(world, weights):

@@ -187,3 +187,28 @@ def test_why_shows_what_would_be_preempted_and_changes_nothing(api, team, full_n
     place_pending_jobs(batch_size=100)
     answer = api.get(f"/api/jobs/{same.id}/why/").json()
     assert answer["reason"] == "insufficient_capacity" and answer["preemption"] is None
+
+
+def test_a_preemptor_whose_queue_reached_its_quota_meanwhile_does_not_take_the_held_room(
+    team, full_node
+):
+    _, low, _, tokens = full_node
+    capped = Queue.objects.create(name="capped", all_teams=True, quota_cpu_millis=1000)
+    high = make_jobs(team, 1, priority=10, queue=capped)[0]
+    place_pending_jobs(batch_size=100)
+    preempt_for_waiting_jobs()
+    assert state(high) == (JobStatus.PENDING, PendingReason.PREEMPTING)
+    # Meanwhile another of the queue's jobs starts on a new node: the queue is at its quota.
+    other = Node.objects.create(name="two", cpu_millis=1000, memory_mb=4096)
+    urgent = make_jobs(team, 1, priority=20, queue=capped)[0]
+    place_pending_jobs(batch_size=100)
+    assert state(urgent) == (JobStatus.RESERVED, "")
+    assert urgent.last_execution.node_id == other.id
+
+    execution_finish(token=tokens[low.id], exit_code=-15, error="killed", preempted=True)
+    place_pending_jobs(batch_size=100)
+
+    # The victims have gone, but the queue may start nothing more.
+    assert state(high) == (JobStatus.PENDING, PendingReason.QUEUE_QUOTA)
+    live = Job.objects.filter(queue=capped).exclude(status=JobStatus.PENDING)
+    assert list(live.values_list("pk", flat=True)) == [urgent.pk]
