@@ -712,24 +712,13 @@ def plan_placements(
             held_off = frozenset() if reservation is None else reservation.held_off(job, now)
             choice = index.choose(job.request, queue.strategy, excluding=held_off)
             if isinstance(choice, Unplaced):
-                if held_off and any(
+                held_back = choice is Unplaced.INSUFFICIENT_CAPACITY and any(
                     node.id in held_off
-                    and choice is Unplaced.INSUFFICIENT_CAPACITY
                     and fits_now(node, job.request)
                     and matches_selector(node, job.request.node_selector)
-                    for node in reservation.nodes
-                ):
-                    plan.waiting[job.id] = Unplaced.WOULD_DELAY_RESERVATION
-                    plan.held[job.id] = reservation.job.id
-                elif (
-                    reservation is None
-                    and choice is Unplaced.INSUFFICIENT_CAPACITY
-                    and (found := _reserve_once(job, queue, nodes, ends, plan, now, unreservable))
-                ):
-                    plan.reservation = found
-                    plan.waiting[job.id] = Unplaced.RESERVATION
-                else:
-                    plan.waiting[job.id] = choice
+                    for node in (reservation.nodes if held_off else ())
+                )
+                _wait(job, queue, choice, held_back, nodes, plan, ends, now, unreservable)
             else:
                 index.take(choice, job.request)
                 if reservation is not None:
@@ -766,24 +755,33 @@ def _place_gang(job, queue, index, nodes, plan, ends, limit_slots, now, unreserv
         if job.limit_key in limit_slots:
             limit_slots[job.limit_key] -= 1
         return True
+    held_back = False
     if choice is Unplaced.GANG_DOES_NOT_FIT and held_off:
         trial = index.choose_gang(job.request, job.tasks, queue.strategy)
         if isinstance(trial, list):  # it would fit but for the reservation: give it back
             for node in reversed(trial):
                 index.give_back(node, job.request)
-            plan.waiting[job.id] = Unplaced.WOULD_DELAY_RESERVATION
-            plan.held[job.id] = reservation.job.id
-            return False
-    if (
-        reservation is None
-        and choice is Unplaced.GANG_DOES_NOT_FIT
+            held_back = True
+    _wait(job, queue, choice, held_back, nodes, plan, ends, now, unreservable)
+    return False
+
+
+def _wait(job, queue, choice, held_back, nodes, plan, ends, now, unreservable) -> None:
+    """Record why a job (or gang) that found no room (`choice`) waits: held back, when
+    it would fit but for the reservation; or given the reservation, as the first that
+    finds no room; or `choice`."""
+    if held_back:
+        plan.waiting[job.id] = Unplaced.WOULD_DELAY_RESERVATION
+        plan.held[job.id] = plan.reservation.job.id
+    elif (
+        plan.reservation is None
+        and choice in (Unplaced.INSUFFICIENT_CAPACITY, Unplaced.GANG_DOES_NOT_FIT)
         and (found := _reserve_once(job, queue, nodes, ends, plan, now, unreservable))
     ):
         plan.reservation = found
         plan.waiting[job.id] = Unplaced.RESERVATION
-        return False
-    plan.waiting[job.id] = choice
-    return False
+    else:
+        plan.waiting[job.id] = choice
 
 
 def astuple_request(request: Request) -> tuple[int, int, int]:
