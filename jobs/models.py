@@ -374,7 +374,13 @@ class Job(JobSpec):
                 name="job_reservation_by_node",
                 condition=Q(status=JobStatus.PENDING, pending_reason=PendingReason.RESERVATION),
             ),
-            # Used by placement on freed room: is a gang waiting for room?
+            # Used by placement on freed room: is a gang waiting for room, and does any job
+            # placed have no time limit?
+            models.Index(
+                fields=["queue"],
+                name="job_live_without_limit",
+                condition=Q(status__in=ACTIVE_JOB_STATUSES, timeout_seconds__isnull=True),
+            ),
             models.Index(
                 fields=["queue"],
                 name="job_gang_waiting",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
-from common.db import prepared_cursor, sql_literal
+from common.db import prepared_cursor, sql_literal, sql_literals
 from common.wakeup import scheduler_wake
 from nodes.models import Node, NodeStatus
 from resources.placement import (
@@ -29,7 +29,7 @@ from resources.placement import (
 from resources.routing import routes_known
 
 from ..accounting import Success
-from ..models import JobExecution, JobStatus, PendingReason
+from ..models import ACTIVE_JOB_STATUSES, JobExecution, JobStatus, PendingReason
 from ..services.executions import executions_finish_succeeded, job_started_settle
 from ..services.publishing import executions_publish_on_commit
 from .cycle import json_value, lock_pending_jobs, place, waiting_write
@@ -65,10 +65,12 @@ FREED_ROOM_WRITES = (PendingReason.RESERVATION, PendingReason.WOULD_DELAY_RESERV
 # this node's room cannot delay it, and freed room reserves nothing itself; whether a
 # gang's reservation takes in this node (GANG_RESERVATION_SQL then reads it, to honour
 # it here); and whether a gang waits for room (job_gang_waiting index) while no job holds
-# a reservation: then the room is the scheduler's. Only the scheduler, weighing every
-# node, places and reserves for gangs, and a cycle that finds every node full reserves
-# nothing: were each finish to fill its own room, the jobs behind the gang would take
-# all the room as it frees, and no cycle would ever see room to reserve for it.
+# a reservation and every job placed has a time limit (job_live_without_limit index):
+# then the room is the scheduler's. Only the scheduler, weighing every node, places and
+# reserves for gangs, and a cycle that finds every node full reserves nothing: were each
+# finish to fill its own room, the jobs behind the gang would take all the room as it
+# frees, and no cycle would ever see room to reserve for it. (With a job without a limit
+# running, the gang may have no reservation to get, and that would only slow the rest.)
 RESERVATION_HOLDERS = f"""
 SELECT 1 FROM jobs_job r
  WHERE r.status = {sql_literal(JobStatus.PENDING)}
@@ -77,6 +79,9 @@ GANGS_WAITING = f"""
 SELECT 1 FROM jobs_job g
  WHERE g.status = {sql_literal(JobStatus.PENDING)}
    AND g.pending_reason = {sql_literal(PendingReason.GANG_DOES_NOT_FIT)}"""
+LIVE_WITHOUT_LIMIT = f"""
+SELECT 1 FROM jobs_job u
+ WHERE u.status IN ({sql_literals(ACTIVE_JOB_STATUSES)}) AND u.timeout_seconds IS NULL"""
 NODE_WITH_FREED_ROOM_SQL = f"""
 SELECT pg_try_advisory_xact_lock(%(lock)s), n.status, n.name, n.cpu_millis, n.memory_mb,
        n.gpu, n.allocated_cpu_millis, n.allocated_memory_mb, n.allocated_gpu, n.labels,
@@ -86,6 +91,7 @@ SELECT pg_try_advisory_xact_lock(%(lock)s), n.status, n.name, n.cpu_millis, n.me
                 AND NOT n.id = ANY(coalesce(r.reservation_nodes, '{{}}'))),
        EXISTS ({RESERVATION_HOLDERS} AND r.tasks > 1 AND n.id = ANY(r.reservation_nodes)),
        EXISTS ({GANGS_WAITING}) AND NOT EXISTS ({RESERVATION_HOLDERS})
+         AND NOT EXISTS ({LIVE_WITHOUT_LIMIT})
 FROM nodes_node n,
      (SELECT sum(cpu_millis), sum(memory_mb), sum(gpu) FROM nodes_node
        WHERE status <> %(offline)s) AS cluster(cpu_millis, memory_mb, gpu)

@@ -281,3 +281,15 @@ def test_a_gang_that_loses_its_reservation_waits_as_a_gang_again(gang_world, tea
     place_pending_jobs(batch_size=100)
     assert state(urgent) == (JobStatus.PENDING, PendingReason.RESERVATION)
     assert state(gang) == (JobStatus.PENDING, PendingReason.GANG_DOES_NOT_FIT)
+
+
+def test_with_a_job_without_a_time_limit_placed_freed_room_does_not_wait_on_a_gang(gang_world):
+    _, _, elsewhere, on_a, _, on_elsewhere, gang, long, _ = gang_world
+    # As a cycle that found every node full leaves them.
+    Job.objects.filter(pk=gang.pk).update(pending_reason=PendingReason.GANG_DOES_NOT_FIT)
+    Job.objects.filter(pk=long.pk).update(pending_reason=PendingReason.INSUFFICIENT_CAPACITY)
+    # `a`'s job has no limit: the gang may never get a reservation, so nothing is held
+    # back for one.
+    Job.objects.filter(pk=on_a.job_id).update(timeout_seconds=None)
+    result = finish(elsewhere, on_elsewhere)
+    assert [token for token, _ in result.placements] == [f"job-{long.id}-attempt-1"]
