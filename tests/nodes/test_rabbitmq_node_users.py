@@ -3,6 +3,7 @@ queue, and not another node's."""
 
 import io
 import re
+import subprocess
 
 import amqp.exceptions
 import pytest
@@ -32,7 +33,8 @@ def test_it_prints_a_user_and_permissions_per_registered_node(db, settings):
         f"rabbitmqctl set_permissions -p jobs node.gpu-01 '{permissions.configure}' "
         f"'{permissions.write}' '{permissions.read}'"
     ) in printed
-    assert "# CELERY_BROKER_URL for node gpu-01: amqp://node.gpu-01:" in printed
+    url_line = "# CELERY_BROKER_URL for node gpu-01 (if its user was new): amqp://node.gpu-01:"
+    assert url_line in printed
     assert "@mq.example:5672/jobs" in printed
 
 
@@ -98,4 +100,22 @@ def test_a_node_user_consumes_its_own_queue_and_not_another_nodes(rabbitmq, node
 def test_applying_again_keeps_the_password_unless_given(rabbitmq, node_users):
     run_command("mq-a", "--apply")
     with Connection(node_url(rabbitmq, "mq-a", node_users["mq-a"])) as conn:
+        conn.connect()
+
+
+def test_the_printed_script_keeps_an_existing_users_password_unless_given(rabbitmq, node_users):
+    vhost = rabbitmq.rsplit("/", 1)[1]
+    printed = run_command("mq-a", f"--vhost={vhost}")
+    # Run as printed, twice over (a script run again does no harm), without failing on
+    # the user that exists.
+    for _ in range(2):
+        ran = subprocess.run(["bash", "-ec", printed], capture_output=True, text=True)
+        assert ran.returncode == 0, ran.stderr
+    with Connection(node_url(rabbitmq, "mq-a", node_users["mq-a"])) as conn:
+        conn.connect()  # the password it had
+
+    printed = run_command("mq-a", f"--vhost={vhost}", "--password=password-new")
+    ran = subprocess.run(["bash", "-ec", printed], capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    with Connection(node_url(rabbitmq, "mq-a", "password-new")) as conn:
         conn.connect()

@@ -24,7 +24,8 @@ class Command(BaseCommand):
         "Print (or, with --apply, run) the rabbitmqctl commands that give each node a "
         "RabbitMQ user of its own, `node.NAME`, allowed only its queue node.NAME, the "
         "events exchange and remote control, in the vhost of CELERY_BROKER_URL. Without "
-        "NAME: every registered node."
+        "NAME: every registered node. Printed, they are a shell script that, as --apply "
+        "does, leaves an existing user's password as it is unless --password is given."
     )
 
     def add_arguments(self, parser):
@@ -59,12 +60,10 @@ class Command(BaseCommand):
             permissions = node_broker_permissions(name)
             new_password = password
             if not apply:
+                given = new_password is not None
                 new_password = new_password or secrets.token_urlsafe(24)
                 self.stdout.write(f"# node {name}")
-                self.stdout.write(
-                    f"printf '%s' {shlex.quote(new_password)} | "
-                    f"{shlex.join(rabbitmqctl_add_user(permissions.user))}"
-                )
+                self.stdout.write(_user_script(permissions.user, new_password, change=given))
             elif permissions.user in existing:
                 if new_password:
                     self._run(rabbitmqctl_change_password(permissions.user), stdin=new_password)
@@ -81,7 +80,8 @@ class Command(BaseCommand):
                 url = node_broker_url(
                     settings.CELERY_BROKER_URL, node_name=name, password=new_password
                 )
-                self.stdout.write(f"# CELERY_BROKER_URL for node {name}: {url}")
+                new_only = "" if apply or password else " (if its user was new)"
+                self.stdout.write(f"# CELERY_BROKER_URL for node {name}{new_only}: {url}")
 
     def _existing_users(self) -> set[str]:
         listing = self._run(["rabbitmqctl", "-q", "list_users", "--no-table-headers"])
@@ -100,3 +100,18 @@ class Command(BaseCommand):
                 f"{(result.stderr or result.stdout).strip()}"
             )
         return result.stdout
+
+
+def _user_script(user: str, password: str, *, change: bool) -> str:
+    """Shell that adds the user with the password, as --apply does: a user that exists
+    keeps its password, unless `change` (a --password given) sets it."""
+    exists = (
+        f"rabbitmqctl -q list_users --no-table-headers | cut -f1 | grep -qxF {shlex.quote(user)}"
+    )
+    feed = f"printf '%s' {shlex.quote(password)} | "
+    add = feed + shlex.join(rabbitmqctl_add_user(user))
+    if not change:
+        return f"{exists} || {add}"
+    return (
+        f"if {exists}; then {feed}{shlex.join(rabbitmqctl_change_password(user))}; else {add}; fi"
+    )
