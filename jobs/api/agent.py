@@ -22,7 +22,7 @@ from common.schema import ErrorSerializer
 from common.serializers import StrictSerializer
 from nodes.authentication import IsNodeAgent, NodeCredentialAuthentication
 
-from ..accounting import Success
+from ..accounting import ExecutionOfAnotherNode, Success
 from ..models import JobExecution
 from ..scheduling.freed_room import successes_report
 from ..selectors import (
@@ -273,13 +273,15 @@ class SuccessesView(AgentView):
         data = self.valid(SuccessesSerializer)
         node_id = self.node_id()
         successes = [Success(**item) for item in data["successes"]]
-        self.own(node_id, tokens=[s.token for s in successes])
-        reported = successes_report(
-            node_id=node_id,
-            successes=successes,
-            claim=data["claim"],
-            fill_freed_room=data["fill_freed_room"],
-        )
+        try:  # the statement that ends them checks they are all this node's
+            reported = successes_report(
+                node_id=node_id,
+                successes=successes,
+                claim=data["claim"],
+                fill_freed_room=data["fill_freed_room"],
+            )
+        except ExecutionOfAnotherNode:
+            raise NotFound("No such execution on this node.") from None
         ended = reported.ended
         if data["resume"]:
             recorded = execution_tokens_succeeded_on_node(

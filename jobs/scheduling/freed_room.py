@@ -224,13 +224,14 @@ def successes_report(
     """End a node's successes and place waiting jobs on the room they freed, in one
     transaction: up to `claim` of them (no more than successes ended) are claimed for the
     reporting node to run at once; any others are published once it commits. When room
-    is left (or the node placed nothing), the scheduler is woken to use it.
+    is left (or the node placed nothing), the scheduler is woken to use it. A batch that
+    names another node's execution changes nothing (`ExecutionOfAnotherNode`).
 
     The node agent reports through `POST /api/agent/successes/`, so this runs on the
     server, within that request: the agent needs no database of its own."""
     placements: list[tuple[str, str]] = []
     with transaction.atomic():
-        ended = executions_finish_succeeded(successes, wake=False)
+        ended = executions_finish_succeeded(successes, wake=False, node_id=node_id)
         if not ended:
             return SuccessesReported([], [])
         freed = None

@@ -159,6 +159,22 @@ def test_another_nodes_key_is_404_and_changes_nothing(agent_a, agent_b, node_a, 
     assert state(token) == before
 
 
+def test_a_batch_of_successes_with_another_nodes_execution_is_404_and_ends_none(
+    agent_a, agent_b, node_a, node_b, team
+):
+    own, other = reserved_on(node_a, team), reserved_on(node_b, team)
+    claim(agent_a, own)
+    claim(agent_b, other)
+    before = {token: state(token) for token in (own, other)}
+    body = {"successes": [{"token": own}, {"token": other}], "claim": 2}
+    assert agent_a.post("/api/agent/successes/", body, format="json").status_code == 404
+    assert {token: state(token) for token in (own, other)} == before
+    assert before[own][:2] == (ExecutionStatus.RUNNING, JobStatus.RUNNING)
+    # Its own alone it ends.
+    alone = agent_a.post("/api/agent/successes/", {"successes": [{"token": own}]}, format="json")
+    assert alone.json() == {"ended": [own], "claimed": []}
+
+
 def test_a_revoked_key_is_401_at_once_and_changes_nothing(node_a, team):
     credential, key = node_credential_issue(node_name="node-a")
     agent = node_client(key)
