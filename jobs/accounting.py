@@ -87,28 +87,63 @@ def _job_run_columns(execution: str) -> str:
     )
 
 
-def claimed_execution(row: Sequence, *, now) -> JobExecution:
-    """A claimed execution from a row of CLAIMED_COLUMNS, with its job's JOB_RUN_FIELDS
-    (and only those) loaded, and `releases_on_start` set: whether jobs wait for it to
-    start."""
+@dataclass(frozen=True, slots=True)
+class ClaimedExecution:
+    """An execution claimed for its node, from a row of CLAIMED_COLUMNS (same names, same
+    order): what the node needs to run it, as plain values, and whether jobs wait for it
+    to start. A batch of successes claims a job for each reporting thread, and building
+    models for them would cost more than the rest of the answer."""
+
+    execution_id: int
+    job_id: int
+    attempt: int
+    token: str
+    node_id: int
+    task_index: int
+    name: str
+    kind: str
+    command: list
+    callable: str
+    env: dict
+    parameters: dict
+    cpu_millis: int
+    memory_mb: int
+    gpu: int
+    timeout_seconds: int | None
+    tasks: int
+    task_nodes: str  # its gang's node addresses, in task order
+    releases_on_start: bool
+
+
+def claimed_execution(row: Sequence) -> ClaimedExecution:
     values = dict(zip(CLAIMED_COLUMNS, row, strict=True))
-    fields = {name: values[name] for name in JOB_RUN_FIELDS}
     for name in _JSON_RUN_FIELDS:  # Django has psycopg hand jsonb over as text
-        if isinstance(fields[name], str):
-            fields[name] = json.loads(fields[name])
-    job = Job(id=values["job_id"], status=JobStatus.RUNNING, started_at=now, **fields)
+        if isinstance(values[name], str):
+            values[name] = json.loads(values[name])
+    return ClaimedExecution(**values)
+
+
+def claimed_execution_model(claimed: ClaimedExecution, *, now) -> JobExecution:
+    """The claimed execution as a model, with its job's JOB_RUN_FIELDS (and only those)
+    loaded, and `task_nodes` and `releases_on_start` set."""
+    job = Job(
+        id=claimed.job_id,
+        status=JobStatus.RUNNING,
+        started_at=now,
+        **{name: getattr(claimed, name) for name in JOB_RUN_FIELDS},
+    )
     execution = JobExecution(
-        id=values["execution_id"],
+        id=claimed.execution_id,
         job=job,
-        attempt=values["attempt"],
-        task_index=values["task_index"],
-        node_id=values["node_id"],
-        token=values["token"],
+        attempt=claimed.attempt,
+        task_index=claimed.task_index,
+        node_id=claimed.node_id,
+        token=claimed.token,
         status=ExecutionStatus.RUNNING,
         started_at=now,
     )
-    execution.task_nodes = values["task_nodes"]
-    execution.releases_on_start = values["releases_on_start"]
+    execution.task_nodes = claimed.task_nodes
+    execution.releases_on_start = claimed.releases_on_start
     return execution
 
 
@@ -269,7 +304,7 @@ class Placement(NamedTuple):  # a tuple: a cycle makes thousands of them
     task_index: int = 0  # a gang's task
 
 
-def placements_write(placements: Sequence[Placement], *, now) -> list[JobExecution]:
+def placements_write(placements: Sequence[Placement], *, now) -> list[ClaimedExecution]:
     """Write the placements; returns the claimed ones' executions, in their order."""
     if not placements:
         return []
@@ -294,7 +329,7 @@ def placements_write(placements: Sequence[Placement], *, now) -> list[JobExecuti
                 "no_reason": PendingReason.NONE,
             },
         )
-        by_token = {row[3]: claimed_execution(row, now=now) for row in cursor.fetchall()}
+        by_token = {row[3]: claimed_execution(row) for row in cursor.fetchall()}
     return [by_token[p.token] for p in placements if p.claimed]
 
 
@@ -345,7 +380,7 @@ def claim_execution(*, token: str, node_id: int, now) -> JobExecution | None:
             },
         )
         row = cursor.fetchone()
-    return None if row is None else claimed_execution(row, now=now)
+    return None if row is None else claimed_execution_model(claimed_execution(row), now=now)
 
 
 # --- Ending successes -----------------------------------------------------------------

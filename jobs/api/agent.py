@@ -22,7 +22,7 @@ from common.schema import ErrorSerializer
 from common.serializers import StrictSerializer
 from nodes.authentication import IsNodeAgent, NodeCredentialAuthentication
 
-from ..accounting import ExecutionOfAnotherNode, Success
+from ..accounting import ClaimedExecution, ExecutionOfAnotherNode, Success
 from ..models import JobExecution
 from ..scheduling.freed_room import successes_report
 from ..selectors import (
@@ -59,6 +59,16 @@ class ExecutionToRunSerializer(serializers.Serializer):
     task_index = serializers.IntegerField()
     tasks = serializers.IntegerField(source="job.tasks")
     task_nodes = serializers.CharField(help_text="Its gang's node addresses, in task order.")
+
+
+# ExecutionToRunSerializer's fields: a ClaimedExecution has them under the same names.
+RUN_FIELDS = tuple(ExecutionToRunSerializer().fields)
+
+
+def claimed_to_run(claimed: ClaimedExecution) -> dict:
+    """What ExecutionToRunSerializer answers for an execution, read off the plain values
+    of one claimed on freed room: a batch of successes claims one for each thread."""
+    return {name: getattr(claimed, name) for name in RUN_FIELDS}
 
 
 class TokenSerializer(StrictSerializer):
@@ -291,7 +301,7 @@ class SuccessesView(AgentView):
         return Response(
             {
                 "ended": ended,
-                "claimed": ExecutionToRunSerializer(reported.claimed, many=True).data,
+                "claimed": [claimed_to_run(claimed) for claimed in reported.claimed],
             }
         )
 

@@ -19,6 +19,7 @@ from django.utils import timezone
 from common.wakeup import scheduler_wake
 
 from ..accounting import (
+    ClaimedExecution,
     EndedSuccesses,
     Success,
     allocation_release,
@@ -161,7 +162,7 @@ def executions_finish_succeeded(
     return ended
 
 
-def job_started_settle(*, executions: list[JobExecution], now) -> None:
+def job_started_settle(*, executions: Sequence[JobExecution | ClaimedExecution], now) -> None:
     """Release what waits for the jobs of these executions (claimed just now) to start;
     the claim said which have such dependents (`releases_on_start`). The claim commits
     on its own, as one statement; should this process die before the release, the

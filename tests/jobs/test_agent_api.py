@@ -7,8 +7,10 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import AuditEvent
+from jobs.api.agent import ExecutionToRunSerializer
 from jobs.models import ExecutionStatus, Job, JobExecution, JobLogChunk, JobStatus
 from jobs.scheduling.cycle import place_pending_jobs
+from jobs.selectors import execution_task_nodes
 from jobs.services.failover import execution_fail_over
 from nodes.models import Node
 from nodes.services import node_credential_issue, node_credential_revoke
@@ -99,7 +101,8 @@ def test_it_reports_a_failure_and_the_job_moves_on(agent_a, node_a, team):
 
 
 def test_a_success_takes_the_waiting_job_onto_the_room_it_freed(agent_a, node_a, team):
-    make_jobs(team, 2)  # 1 CPU each, on a node of 1 CPU: the second waits for room
+    # 1 CPU each, on a node of 1 CPU: the second waits for room.
+    make_jobs(team, 2, env={"A": "1"}, parameters={"x": [2]}, timeout_seconds=30)
     (token,) = place_pending_jobs(batch_size=10).tokens
     claim(agent_a, token)
     waiting = Job.objects.get(status=JobStatus.PENDING)
@@ -113,7 +116,12 @@ def test_a_success_takes_the_waiting_job_onto_the_room_it_freed(agent_a, node_a,
     assert body["ended"] == [token]
     (claimed,) = body["claimed"]
     assert claimed["job_id"] == waiting.id
-    assert JobExecution.objects.get(token=claimed["token"]).status == ExecutionStatus.RUNNING
+    execution = JobExecution.objects.select_related("job").get(token=claimed["token"])
+    assert execution.status == ExecutionStatus.RUNNING
+    # All the runner needs, as a claim of its own would have answered it.
+    execution.task_nodes = execution_task_nodes(execution=execution)
+    assert claimed == ExecutionToRunSerializer(execution).data
+    assert claimed["env"] == {"A": "1"} and claimed["timeout_seconds"] == 30
     assert JobExecution.objects.get(token=token).status == ExecutionStatus.SUCCEEDED
 
 
