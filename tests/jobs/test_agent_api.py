@@ -3,6 +3,8 @@ node credential, and only for executions allocated to its node: another node's k
 404 and changes nothing; a revoked key gets 401."""
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -123,6 +125,27 @@ def test_a_success_takes_the_waiting_job_onto_the_room_it_freed(agent_a, node_a,
     assert claimed == ExecutionToRunSerializer(execution).data
     assert claimed["env"] == {"A": "1"} and claimed["timeout_seconds"] == 30
     assert JobExecution.objects.get(token=token).status == ExecutionStatus.SUCCEEDED
+
+
+def test_a_batch_of_successes_takes_as_many_statements_whatever_its_size(agent_a, node_a, team):
+    Node.objects.filter(pk=node_a.pk).update(cpu_millis=4000)
+    make_jobs(team, 4)
+    running = place_pending_jobs(batch_size=10).tokens
+    for token in running:
+        assert claim(agent_a, token).status_code == 200
+    make_jobs(team, 8)
+    place_pending_jobs(batch_size=10)  # told they wait for room
+    counts = []
+    for batch in (running[:1], running[1:]):
+        body = {"successes": [{"token": t, "log_tail": "ok\n"} for t in batch], "claim": 3}
+        with CaptureQueriesContext(connection) as queries:
+            answer = agent_a.post("/api/agent/successes/", body, format="json").json()
+        assert len(answer["ended"]) == len(answer["claimed"]) == len(batch)
+        counts.append(len(queries))
+    # The key, then in one transaction (savepoint here): the batch's end, the node and
+    # the waiting jobs, the preempting jobs' held room, the running jobs' time limits
+    # (for a reservation) and the placements claimed for the reporting threads.
+    assert counts == [9, 9], counts
 
 
 def test_it_lists_the_cancel_requests_and_stores_log_chunks(agent_a, node_a, team):
