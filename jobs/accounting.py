@@ -87,28 +87,63 @@ def _job_run_columns(execution: str) -> str:
     )
 
 
-def claimed_execution(row: Sequence, *, now) -> JobExecution:
-    """A claimed execution from a row of CLAIMED_COLUMNS, with its job's JOB_RUN_FIELDS
-    (and only those) loaded, and `releases_on_start` set: whether jobs wait for it to
-    start."""
+@dataclass(frozen=True, slots=True)
+class ClaimedExecution:
+    """An execution claimed for its node, from a row of CLAIMED_COLUMNS (same names, same
+    order): what the node needs to run it, as plain values, and whether jobs wait for it
+    to start. A batch of successes claims a job for each reporting thread, and building
+    models for them would cost more than the rest of the answer."""
+
+    execution_id: int
+    job_id: int
+    attempt: int
+    token: str
+    node_id: int
+    task_index: int
+    name: str
+    kind: str
+    command: list
+    callable: str
+    env: dict
+    parameters: dict
+    cpu_millis: int
+    memory_mb: int
+    gpu: int
+    timeout_seconds: int | None
+    tasks: int
+    task_nodes: str  # its gang's node addresses, in task order
+    releases_on_start: bool
+
+
+def claimed_execution(row: Sequence) -> ClaimedExecution:
     values = dict(zip(CLAIMED_COLUMNS, row, strict=True))
-    fields = {name: values[name] for name in JOB_RUN_FIELDS}
     for name in _JSON_RUN_FIELDS:  # Django has psycopg hand jsonb over as text
-        if isinstance(fields[name], str):
-            fields[name] = json.loads(fields[name])
-    job = Job(id=values["job_id"], status=JobStatus.RUNNING, started_at=now, **fields)
+        if isinstance(values[name], str):
+            values[name] = json.loads(values[name])
+    return ClaimedExecution(**values)
+
+
+def claimed_execution_model(claimed: ClaimedExecution, *, now) -> JobExecution:
+    """The claimed execution as a model, with its job's JOB_RUN_FIELDS (and only those)
+    loaded, and `task_nodes` and `releases_on_start` set."""
+    job = Job(
+        id=claimed.job_id,
+        status=JobStatus.RUNNING,
+        started_at=now,
+        **{name: getattr(claimed, name) for name in JOB_RUN_FIELDS},
+    )
     execution = JobExecution(
-        id=values["execution_id"],
+        id=claimed.execution_id,
         job=job,
-        attempt=values["attempt"],
-        task_index=values["task_index"],
-        node_id=values["node_id"],
-        token=values["token"],
+        attempt=claimed.attempt,
+        task_index=claimed.task_index,
+        node_id=claimed.node_id,
+        token=claimed.token,
         status=ExecutionStatus.RUNNING,
         started_at=now,
     )
-    execution.task_nodes = values["task_nodes"]
-    execution.releases_on_start = values["releases_on_start"]
+    execution.task_nodes = claimed.task_nodes
+    execution.releases_on_start = claimed.releases_on_start
     return execution
 
 
@@ -269,7 +304,7 @@ class Placement(NamedTuple):  # a tuple: a cycle makes thousands of them
     task_index: int = 0  # a gang's task
 
 
-def placements_write(placements: Sequence[Placement], *, now) -> list[JobExecution]:
+def placements_write(placements: Sequence[Placement], *, now) -> list[ClaimedExecution]:
     """Write the placements; returns the claimed ones' executions, in their order."""
     if not placements:
         return []
@@ -294,7 +329,7 @@ def placements_write(placements: Sequence[Placement], *, now) -> list[JobExecuti
                 "no_reason": PendingReason.NONE,
             },
         )
-        by_token = {row[3]: claimed_execution(row, now=now) for row in cursor.fetchall()}
+        by_token = {row[3]: claimed_execution(row) for row in cursor.fetchall()}
     return [by_token[p.token] for p in placements if p.claimed]
 
 
@@ -345,7 +380,7 @@ def claim_execution(*, token: str, node_id: int, now) -> JobExecution | None:
             },
         )
         row = cursor.fetchone()
-    return None if row is None else claimed_execution(row, now=now)
+    return None if row is None else claimed_execution_model(claimed_execution(row), now=now)
 
 
 # --- Ending successes -----------------------------------------------------------------
@@ -364,18 +399,26 @@ _SUCCEEDED_EVENTS = """
 # succeeds with its last task), or when it is not running; the general path then
 # decides. The batch's executions are found by token first (materialized), so the plan
 # starts from the handful of rows the batch is about, whatever the statistics say about
-# the jobs table; a token reported twice counts once, with its first report.
+# the jobs table; a token reported twice counts once, with its first report. Given a
+# node, a batch that names any execution allocated elsewhere changes nothing, and says
+# so in each row (there is always one, its token null when nothing ended): the node's
+# credential checks its batch in this round trip rather than one of its own.
 _FINISH_SUCCEEDED_SQL = f"""
 WITH outcome AS MATERIALIZED (
-    SELECT DISTINCT ON (o.token) e.job_id, o.token, o.log_path, o.log_tail
+    SELECT DISTINCT ON (o.token) e.job_id, e.node_id, o.token, o.log_path, o.log_tail
       FROM unnest(%(tokens)s::text[], %(log_paths)s::text[], %(log_tails)s::text[])
            WITH ORDINALITY AS o(token, log_path, log_tail, n)
       JOIN jobs_jobexecution e ON e.token = o.token
      ORDER BY o.token, o.n
+), other_node AS MATERIALIZED (
+    SELECT %(node_id)s::bigint IS NOT NULL
+           AND EXISTS (SELECT FROM outcome WHERE node_id IS DISTINCT FROM %(node_id)s::bigint)
+           AS found
 ), job AS (
     SELECT j.id, j.team_id FROM jobs_job j
       JOIN outcome ON outcome.job_id = j.id
      WHERE j.status = ANY(%(job_live)s) AND j.cancel_requested_at IS NULL AND j.tasks = 1
+       AND NOT (SELECT found FROM other_node)
      ORDER BY j.id
        FOR UPDATE OF j
 ), execution AS (
@@ -392,13 +435,15 @@ WITH outcome AS MATERIALIZED (
     RETURNING j.id, j.array_parent_id, j.concurrency_key
 ), event AS ({_events_insert(_SUCCEEDED_EVENTS)}
 ), {_RELEASE}
-SELECT execution.token, execution.job_id, job_ended.array_parent_id,
-       job_ended.concurrency_key,
-       CASE WHEN %(wake)s THEN pg_notify(%(channel)s, '') END,
-       EXISTS (SELECT 1 FROM jobs_jobdependency d WHERE d.upstream_id = execution.job_id)
-       OR EXISTS (SELECT 1 FROM jobs_job w
-                   WHERE w.id = execution.job_id AND w.workflow_id IS NOT NULL)
-  FROM execution JOIN job_ended ON job_ended.id = execution.job_id
+SELECT other_node.found, ended.* FROM other_node LEFT JOIN (
+    SELECT execution.token, execution.job_id, job_ended.array_parent_id,
+           job_ended.concurrency_key,
+           CASE WHEN %(wake)s THEN pg_notify(%(channel)s, '') END,
+           EXISTS (SELECT 1 FROM jobs_jobdependency d WHERE d.upstream_id = execution.job_id)
+           OR EXISTS (SELECT 1 FROM jobs_job w
+                       WHERE w.id = execution.job_id AND w.workflow_id IS NOT NULL)
+      FROM execution JOIN job_ended ON job_ended.id = execution.job_id
+) AS ended ON TRUE
 """
 
 
@@ -415,6 +460,10 @@ class EndedSuccesses(dict):
         self.to_settle = list(to_settle)
 
 
+class ExecutionOfAnotherNode(Exception):
+    """A node reported successes of executions allocated to another node."""
+
+
 @dataclass(frozen=True)
 class Success:
     token: str
@@ -422,11 +471,14 @@ class Success:
     log_tail: str = ""
 
 
-def successes_finish(successes: Sequence[Success], *, now, wake: bool) -> EndedSuccesses:
+def successes_finish(
+    successes: Sequence[Success], *, now, wake: bool, node_id: int | None = None
+) -> EndedSuccesses:
     """End the running executions that succeeded: execution, job, allocation and node
     counters, and (with `wake`) a wake-up for the scheduler. Returns {token: job id} of
     those it ended, with the arrays they were tasks of and the jobs whose dependents and
-    workflows are to be settled."""
+    workflows are to be settled. Given `node_id`, raises ExecutionOfAnotherNode, having
+    changed nothing, when any of them is not allocated to that node."""
     with prepared_cursor() as cursor:
         cursor.execute(
             _FINISH_SUCCEEDED_SQL,
@@ -434,6 +486,7 @@ def successes_finish(successes: Sequence[Success], *, now, wake: bool) -> EndedS
                 "tokens": [s.token for s in successes],
                 "log_paths": [s.log_path for s in successes],
                 "log_tails": [s.log_tail for s in successes],
+                "node_id": node_id,
                 "now": now,
                 "wake": wake,
                 "channel": SCHEDULER_CHANNEL,
@@ -447,6 +500,9 @@ def successes_finish(successes: Sequence[Success], *, now, wake: bool) -> EndedS
             },
         )
         rows = cursor.fetchall()
+    if rows[0][0]:
+        raise ExecutionOfAnotherNode(node_id)
+    rows = [row[1:] for row in rows if row[1] is not None]
     return EndedSuccesses(
         ((token, job_id) for token, job_id, *_ in rows),
         array_ids=(array_id for _, _, array_id, *_ in rows if array_id is not None),

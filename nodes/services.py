@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 from celery import current_app
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
-from django.db.models import Case, OuterRef, Q, Subquery, Value, When
+from django.db import connection, transaction
+from django.db.models import Case, Q, Value, When
 from django.utils import timezone
 
 from accounts.services import secret_key_digest, secret_key_generate, secret_key_matches
@@ -364,19 +364,39 @@ def node_credential_issue(*, node_name: str) -> tuple[NodeCredential, str]:
     return credential, key
 
 
+# The live credential of a key's prefix, and its node's id: every call of every agent
+# reads it, so it is one prepared statement rather than a query the ORM builds each time.
+CREDENTIAL_FIELDS = [
+    "id",
+    "node_name",
+    "prefix",
+    "digest",
+    "created_at",
+    "last_used_at",
+    "revoked_at",
+]
+CREDENTIAL_WITH_NODE_SQL = """
+SELECT c.id, c.node_name, c.prefix, c.digest, c.created_at, c.last_used_at, c.revoked_at,
+       (SELECT n.id FROM nodes_node n WHERE n.name = c.node_name)
+  FROM nodes_nodecredential c
+ WHERE c.prefix = %(prefix)s AND c.revoked_at IS NULL
+"""
+
+
 def node_credential_verify(key: str) -> NodeCredential | None:
     """The live credential for `key`, or None if it is unknown or revoked. It carries
     `node_id`, its node's id (None while the node is not registered), found in the same
     query: an agent's every call needs it."""
     prefix, _, _secret = key.partition(".")
-    credential = (
-        NodeCredential.objects.filter(prefix=prefix, revoked_at__isnull=True)
-        .annotate(
-            node_id=Subquery(Node.objects.filter(name=OuterRef("node_name")).values("id")[:1])
-        )
-        .first()
-    )
-    if credential is None or not secret_key_matches(digest=credential.digest, key=key):
+    with prepared_cursor() as cursor:
+        cursor.execute(CREDENTIAL_WITH_NODE_SQL, {"prefix": prefix})
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    *values, node_id = row
+    credential = NodeCredential.from_db(connection.alias, CREDENTIAL_FIELDS, values)
+    credential.node_id = node_id
+    if not secret_key_matches(digest=credential.digest, key=key):
         return None
     now = timezone.now()
     if credential.last_used_at is None or (now - credential.last_used_at).total_seconds() > 60:

@@ -14,11 +14,20 @@ the scheduler's rules (`jobs.scheduling.freed_room.successes_report`). Each repo
 thread gets one of them, claimed for it in that transaction, to run next: no scheduler
 round trip, no broker message and no claim of its own. Any more go out as messages on
 the node's queue.
+
+Those threads run their jobs at once, so under load they end about together, and their
+successes would miss the request sent for the threads that reported meanwhile: the
+node's threads would split into groups that take turns, each waiting for the others'
+round trip as well as its own. So the writer waits for the executions the last answer
+handed out, at most as long as that request took (past that, sending first is the
+faster way), before it sends what is waiting; any other time, and once they have all
+reported, it sends at once.
 """
 
 import logging
 import queue
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 
 from .client import control_plane
@@ -33,6 +42,8 @@ class Success:
     log_path: str = ""
     log_tail: str = ""
 
+
+_STOP = object()  # stop()'s marker, as `_next_waiting` answers it
 
 # An execution claimed for this node, with its entry in the agent's registry.
 Claimed = tuple[ExecutionToRun, TrackedExecution]
@@ -60,6 +71,10 @@ class SuccessBatcher:
         self._lock = threading.Lock()
         # Cleared when the agent shuts down: its room is then left to the scheduler.
         self.fill_freed_room = True
+        # The executions the last answer handed to the reporting threads, not reported
+        # yet, and until when (monotonic) the writer waits for them (see `_gather`).
+        self._awaited: set[str] = set()
+        self._linger_until = 0.0
 
     def report(self, success: Success) -> Reported:
         """Write the success; returns whether it ended the execution (if not, the outcome
@@ -91,9 +106,7 @@ class SuccessBatcher:
             first = self._reports.get()
             if first is None:
                 return
-            batch = [first]
-            while (report := self._next_waiting()) is not None:
-                batch.append(report)
+            batch = self._gather(first)
             try:
                 self._write(batch)
             except BaseException as exc:  # handed to the waiting task threads, which log it
@@ -104,18 +117,43 @@ class SuccessBatcher:
             for report in batch:
                 report.done.set()
 
-    def _next_waiting(self) -> "_Report | None":
+    def _gather(self, first: _Report) -> list[_Report]:
+        """The batch that starts with `first`: every report waiting now, and then, while
+        any execution the last answer handed out has not reported, those that come until
+        the linger ends (see the module's docstring)."""
+        batch = [first]
+        awaited = self._awaited
+        awaited.discard(first.success.token)
+        while True:
+            report = self._next_waiting()
+            if report is None and awaited:
+                linger = self._linger_until - time.monotonic()
+                report = self._next_waiting(timeout=linger) if linger > 0 else None
+            if report is None or report is _STOP:
+                break
+            batch.append(report)
+            awaited.discard(report.success.token)
+        awaited.clear()
+        return batch
+
+    def _next_waiting(self, timeout: float | None = None) -> "_Report | object | None":
+        """The next report, None if none came (within `timeout`), _STOP for stop()'s."""
         try:
-            report = self._reports.get_nowait()
+            if timeout is None:
+                report = self._reports.get_nowait()
+            else:
+                report = self._reports.get(timeout=timeout)
         except queue.Empty:
             return None
         if report is None:  # stop() comes once this batch is written
             self._reports.put(None)
+            return _STOP
         return report
 
     def _write(self, batch: list[_Report]) -> None:
         """Report the batch's successes; the server ends them and places waiting jobs on
         the room they freed, as many claimed for the reporting threads as ended."""
+        sent = time.monotonic()
         answer = control_plane().successes(
             successes=[asdict(r.success) for r in batch],
             claim=len(batch) if self.fill_freed_room else 0,
@@ -126,6 +164,9 @@ class SuccessBatcher:
         for report in threads:
             report.ended = True
         claimed = [ExecutionToRun.of(item) for item in answer["claimed"]]
+        answered = time.monotonic()
+        self._awaited = {e.token for e in claimed}
+        self._linger_until = answered + (answered - sent)  # as long as this request took
         for report, execution in zip(threads, claimed, strict=False):
             entry = running.track(execution.token)
             if entry is None:  # a token placed just now cannot be running yet

@@ -22,7 +22,7 @@ from common.schema import ErrorSerializer
 from common.serializers import StrictSerializer
 from nodes.authentication import IsNodeAgent, NodeCredentialAuthentication
 
-from ..accounting import Success
+from ..accounting import ClaimedExecution, ExecutionOfAnotherNode, Success
 from ..models import JobExecution
 from ..scheduling.freed_room import successes_report
 from ..selectors import (
@@ -59,6 +59,16 @@ class ExecutionToRunSerializer(serializers.Serializer):
     task_index = serializers.IntegerField()
     tasks = serializers.IntegerField(source="job.tasks")
     task_nodes = serializers.CharField(help_text="Its gang's node addresses, in task order.")
+
+
+# ExecutionToRunSerializer's fields: a ClaimedExecution has them under the same names.
+RUN_FIELDS = tuple(ExecutionToRunSerializer().fields)
+
+
+def claimed_to_run(claimed: ClaimedExecution) -> dict:
+    """What ExecutionToRunSerializer answers for an execution, read off the plain values
+    of one claimed on freed room: a batch of successes claims one for each thread."""
+    return {name: getattr(claimed, name) for name in RUN_FIELDS}
 
 
 class TokenSerializer(StrictSerializer):
@@ -273,13 +283,15 @@ class SuccessesView(AgentView):
         data = self.valid(SuccessesSerializer)
         node_id = self.node_id()
         successes = [Success(**item) for item in data["successes"]]
-        self.own(node_id, tokens=[s.token for s in successes])
-        reported = successes_report(
-            node_id=node_id,
-            successes=successes,
-            claim=data["claim"],
-            fill_freed_room=data["fill_freed_room"],
-        )
+        try:  # the statement that ends them checks they are all this node's
+            reported = successes_report(
+                node_id=node_id,
+                successes=successes,
+                claim=data["claim"],
+                fill_freed_room=data["fill_freed_room"],
+            )
+        except ExecutionOfAnotherNode:
+            raise NotFound("No such execution on this node.") from None
         ended = reported.ended
         if data["resume"]:
             recorded = execution_tokens_succeeded_on_node(
@@ -289,7 +301,7 @@ class SuccessesView(AgentView):
         return Response(
             {
                 "ended": ended,
-                "claimed": ExecutionToRunSerializer(reported.claimed, many=True).data,
+                "claimed": [claimed_to_run(claimed) for claimed in reported.claimed],
             }
         )
 

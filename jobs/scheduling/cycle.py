@@ -41,11 +41,10 @@ from resources.placement import (
 )
 from resources.routing import routes_known
 
-from ..accounting import Placement, placements_write
+from ..accounting import ClaimedExecution, Placement, placements_write
 from ..models import (
     HELD_REASONS,
     Job,
-    JobExecution,
     JobStatus,
     PendingReason,
     execution_token,
@@ -315,7 +314,7 @@ def place(
     claim: int = 0,
     before_claim: Callable[[list[str]], None] | None = None,
     reservation: Reservation | None = None,
-) -> tuple[CycleResult, Plan, list[JobExecution]]:
+) -> tuple[CycleResult, Plan, list[ClaimedExecution]]:
     """Plan the locked pending jobs onto the locked nodes and write the placements; the
     first `claim` are claimed (see `_write_placements`), and come back as executions.
     With `reserve`, the first job that finds no room gets a reservation on one of the
@@ -395,7 +394,7 @@ def place_on_held_room(
 
 def write_placements(
     placements, by_job, now, *, claim: int = 0, before_claim=None
-) -> tuple[list[str], list[JobExecution]]:
+) -> tuple[list[str], list[ClaimedExecution]]:
     """Write the plan's placements (see `jobs.accounting.placements_write`); returns their
     tokens, and the executions of the first `claim`, claimed for their node. Those
     tokens go to `before_claim` before anything is written. A gang's tasks come one

@@ -28,8 +28,8 @@ from resources.placement import (
 )
 from resources.routing import routes_known
 
-from ..accounting import Success
-from ..models import ACTIVE_JOB_STATUSES, JobExecution, JobStatus, PendingReason
+from ..accounting import ClaimedExecution, Success
+from ..models import ACTIVE_JOB_STATUSES, JobStatus, PendingReason
 from ..services.executions import executions_finish_succeeded, job_started_settle
 from ..services.publishing import executions_publish_on_commit
 from .cycle import json_value, lock_pending_jobs, place, waiting_write
@@ -130,7 +130,7 @@ def gang_reservation_on(slot: NodeSlot, now) -> Reservation | None:
 
 @dataclass(frozen=True)
 class FreedRoomPlacements:
-    claimed: list[JobExecution]  # placed and claimed for the node, to run at once
+    claimed: list[ClaimedExecution]  # placed and claimed for the node, to run at once
     placements: list[tuple[str, str]]  # (token, node name): placed, to be sent
     # Room the waiting jobs did not take (too small for them, or more jobs wait than
     # were read): the scheduler's, which sees new arrivals and every queue's backlog.
@@ -215,7 +215,7 @@ def place_on_freed_room(
 @dataclass(frozen=True)
 class SuccessesReported:
     ended: list[str]  # the tokens whose executions these successes ended
-    claimed: list[JobExecution]  # placed on the freed room and claimed for the reporter
+    claimed: list[ClaimedExecution]  # placed on the freed room and claimed for the reporter
 
 
 def successes_report(
@@ -224,13 +224,14 @@ def successes_report(
     """End a node's successes and place waiting jobs on the room they freed, in one
     transaction: up to `claim` of them (no more than successes ended) are claimed for the
     reporting node to run at once; any others are published once it commits. When room
-    is left (or the node placed nothing), the scheduler is woken to use it.
+    is left (or the node placed nothing), the scheduler is woken to use it. A batch that
+    names another node's execution changes nothing (`ExecutionOfAnotherNode`).
 
     The node agent reports through `POST /api/agent/successes/`, so this runs on the
     server, within that request: the agent needs no database of its own."""
     placements: list[tuple[str, str]] = []
     with transaction.atomic():
-        ended = executions_finish_succeeded(successes, wake=False)
+        ended = executions_finish_succeeded(successes, wake=False, node_id=node_id)
         if not ended:
             return SuccessesReported([], [])
         freed = None

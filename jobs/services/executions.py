@@ -19,6 +19,7 @@ from django.utils import timezone
 from common.wakeup import scheduler_wake
 
 from ..accounting import (
+    ClaimedExecution,
     EndedSuccesses,
     Success,
     allocation_release,
@@ -137,19 +138,20 @@ def execution_finish(
 
 
 def executions_finish_succeeded(
-    successes: Sequence[Success], *, wake: bool = True
+    successes: Sequence[Success], *, wake: bool = True, node_id: int | None = None
 ) -> EndedSuccesses:
     """End running executions that succeeded, in one statement: execution, job,
     allocation and node counters, and (with `wake`) a wake-up for the scheduler. Returns
     {token: job id} of those it ended; the others (a cancel pending, a duplicate report)
-    are for `execution_finish` to decide."""
+    are for `execution_finish` to decide. Given the reporting node's `node_id`, raises
+    ExecutionOfAnotherNode, having changed nothing, if any is another node's."""
     if not successes:
         return EndedSuccesses()
     now = timezone.now()
     # One transaction with the dependents' release and the slots the arrays' tasks free
     # (no savepoint inside a caller's: the agent's batch rolls back whole).
     with transaction.atomic(savepoint=False):
-        ended = successes_finish(successes, now=now, wake=wake)
+        ended = successes_finish(successes, now=now, wake=wake, node_id=node_id)
         if ended.to_settle:
             dependents_settle(upstream_ids=ended.to_settle, now=now)
         array_slots_release(array_ids=ended.array_ids)
@@ -160,7 +162,7 @@ def executions_finish_succeeded(
     return ended
 
 
-def job_started_settle(*, executions: list[JobExecution], now) -> None:
+def job_started_settle(*, executions: Sequence[JobExecution | ClaimedExecution], now) -> None:
     """Release what waits for the jobs of these executions (claimed just now) to start;
     the claim said which have such dependents (`releases_on_start`). The claim commits
     on its own, as one statement; should this process die before the release, the

@@ -3,12 +3,16 @@ node credential, and only for executions allocated to its node: another node's k
 404 and changes nothing; a revoked key gets 401."""
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import AuditEvent
+from jobs.api.agent import ExecutionToRunSerializer
 from jobs.models import ExecutionStatus, Job, JobExecution, JobLogChunk, JobStatus
 from jobs.scheduling.cycle import place_pending_jobs
+from jobs.selectors import execution_task_nodes
 from jobs.services.failover import execution_fail_over
 from nodes.models import Node
 from nodes.services import node_credential_issue, node_credential_revoke
@@ -99,7 +103,8 @@ def test_it_reports_a_failure_and_the_job_moves_on(agent_a, node_a, team):
 
 
 def test_a_success_takes_the_waiting_job_onto_the_room_it_freed(agent_a, node_a, team):
-    make_jobs(team, 2)  # 1 CPU each, on a node of 1 CPU: the second waits for room
+    # 1 CPU each, on a node of 1 CPU: the second waits for room.
+    make_jobs(team, 2, env={"A": "1"}, parameters={"x": [2]}, timeout_seconds=30)
     (token,) = place_pending_jobs(batch_size=10).tokens
     claim(agent_a, token)
     waiting = Job.objects.get(status=JobStatus.PENDING)
@@ -113,8 +118,34 @@ def test_a_success_takes_the_waiting_job_onto_the_room_it_freed(agent_a, node_a,
     assert body["ended"] == [token]
     (claimed,) = body["claimed"]
     assert claimed["job_id"] == waiting.id
-    assert JobExecution.objects.get(token=claimed["token"]).status == ExecutionStatus.RUNNING
+    execution = JobExecution.objects.select_related("job").get(token=claimed["token"])
+    assert execution.status == ExecutionStatus.RUNNING
+    # All the runner needs, as a claim of its own would have answered it.
+    execution.task_nodes = execution_task_nodes(execution=execution)
+    assert claimed == ExecutionToRunSerializer(execution).data
+    assert claimed["env"] == {"A": "1"} and claimed["timeout_seconds"] == 30
     assert JobExecution.objects.get(token=token).status == ExecutionStatus.SUCCEEDED
+
+
+def test_a_batch_of_successes_takes_as_many_statements_whatever_its_size(agent_a, node_a, team):
+    Node.objects.filter(pk=node_a.pk).update(cpu_millis=4000)
+    make_jobs(team, 4)
+    running = place_pending_jobs(batch_size=10).tokens
+    for token in running:
+        assert claim(agent_a, token).status_code == 200
+    make_jobs(team, 8)
+    place_pending_jobs(batch_size=10)  # told they wait for room
+    counts = []
+    for batch in (running[:1], running[1:]):
+        body = {"successes": [{"token": t, "log_tail": "ok\n"} for t in batch], "claim": 3}
+        with CaptureQueriesContext(connection) as queries:
+            answer = agent_a.post("/api/agent/successes/", body, format="json").json()
+        assert len(answer["ended"]) == len(answer["claimed"]) == len(batch)
+        counts.append(len(queries))
+    # The key, then in one transaction (savepoint here): the batch's end, the node and
+    # the waiting jobs, the preempting jobs' held room, the running jobs' time limits
+    # (for a reservation) and the placements claimed for the reporting threads.
+    assert counts == [9, 9], counts
 
 
 def test_it_lists_the_cancel_requests_and_stores_log_chunks(agent_a, node_a, team):
@@ -157,6 +188,22 @@ def test_another_nodes_key_is_404_and_changes_nothing(agent_a, agent_b, node_a, 
     }
     assert {name: r.status_code for name, r in refused.items()} == dict.fromkeys(refused, 404)
     assert state(token) == before
+
+
+def test_a_batch_of_successes_with_another_nodes_execution_is_404_and_ends_none(
+    agent_a, agent_b, node_a, node_b, team
+):
+    own, other = reserved_on(node_a, team), reserved_on(node_b, team)
+    claim(agent_a, own)
+    claim(agent_b, other)
+    before = {token: state(token) for token in (own, other)}
+    body = {"successes": [{"token": own}, {"token": other}], "claim": 2}
+    assert agent_a.post("/api/agent/successes/", body, format="json").status_code == 404
+    assert {token: state(token) for token in (own, other)} == before
+    assert before[own][:2] == (ExecutionStatus.RUNNING, JobStatus.RUNNING)
+    # Its own alone it ends.
+    alone = agent_a.post("/api/agent/successes/", {"successes": [{"token": own}]}, format="json")
+    assert alone.json() == {"ended": [own], "claimed": []}
 
 
 def test_a_revoked_key_is_401_at_once_and_changes_nothing(node_a, team):

@@ -228,3 +228,74 @@ def test_a_finish_that_frees_a_concurrency_slot_wakes_the_scheduler_though_its_r
     running.untrack(tracked)
     assert [n.channel for n in notified] == [SCHEDULER_CHANNEL]
     assert place_pending_jobs(batch_size=100).placements == [(f"job-{keyed.id}-attempt-1", "two")]
+
+
+def first_write_slowed(batcher, token, *, seconds: float) -> Reported:
+    """Report `token`'s success while another connection holds its job's row for `seconds`:
+    the write (and so the batcher's linger after it) takes at least that long."""
+    answer: dict[str, Reported] = {}
+    thread = threading.Thread(target=lambda: answer.update(first=batcher.report(Success(token))))
+    with raw_connection() as holder, holder.transaction():
+        holder.execute(
+            "SELECT 1 FROM jobs_job j JOIN jobs_jobexecution e ON e.job_id = j.id"
+            " WHERE e.token = %s FOR UPDATE OF j",
+            [token],
+        )
+        thread.start()
+        wait_until(lambda: waiting_for(holder), 10, message="the write waiting for the job")
+        time.sleep(seconds)
+    thread.join(timeout=30)
+    return answer["first"]
+
+
+def report_in_thread(batcher, token) -> tuple[threading.Thread, dict]:
+    answer: dict = {}
+
+    def report():
+        answer["reported"] = batcher.report(Success(token))
+        answer["at"] = time.monotonic()
+
+    thread = threading.Thread(target=report)
+    thread.start()
+    return thread, answer
+
+
+def test_a_success_waits_for_the_execution_the_last_answer_handed_out_to_share_its_request(
+    team, broker, batcher
+):
+    node = Node.objects.create(name="one", cpu_millis=2000, memory_mb=4096)
+    make_jobs(team, 2)
+    first, second = start_running(node).values()
+    make_jobs(team, 1)
+    place_pending_jobs(batch_size=100)  # told it waits for room
+    handed, tracked = first_write_slowed(batcher, first, seconds=0.6).next
+
+    # The second success comes while the execution handed out runs: it waits for it.
+    thread, answer = report_in_thread(batcher, second)
+    time.sleep(0.2)
+    assert batcher.report(Success(handed.token)) == Reported(ended=True, next=None)
+    thread.join(timeout=30)
+    running.untrack(tracked)
+
+    assert answer["reported"] == Reported(ended=True, next=None)
+    assert transactions_that_wrote([second, handed.token]) == 1
+
+
+def test_a_success_waits_no_longer_than_the_last_request_took(team, broker, batcher):
+    node = Node.objects.create(name="one", cpu_millis=2000, memory_mb=4096)
+    make_jobs(team, 2)
+    first, second = start_running(node).values()
+    make_jobs(team, 1)
+    place_pending_jobs(batch_size=100)
+    handed, tracked = first_write_slowed(batcher, first, seconds=0.6).next
+    answered = time.monotonic()
+
+    # The execution handed out does not end: the second success goes once the linger,
+    # as long as the first request took, is over.
+    thread, answer = report_in_thread(batcher, second)
+    thread.join(timeout=30)
+    running.untrack(tracked)
+
+    assert answer["reported"] == Reported(ended=True, next=None)
+    assert 0.5 < answer["at"] - answered < 3
+    assert JobExecution.objects.get(token=handed.token).status == ExecutionStatus.RUNNING
