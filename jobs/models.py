@@ -1,7 +1,6 @@
 """Job definitions, jobs (requested runs) and executions (attempts on nodes)."""
 
 from django.conf import settings
-from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import BrinIndex, GinIndex
 from django.db import models
 from django.db.models import F, Q
@@ -289,7 +288,9 @@ class Job(JobSpec):
     reservation_start_at = models.DateTimeField(null=True, blank=True)
     # The node of each of its tasks' reserved room, `reservation_node` first (one entry
     # for a single job; a gang's may name a node once per task it holds room for there).
-    reservation_nodes = ArrayField(models.BigIntegerField(), null=True, blank=True)
+    # (A JSON list, not an array column: an array column would keep bulk inserts of jobs,
+    # such as an array job's tasks, from Django's fast UNNEST path.)
+    reservation_nodes = models.JSONField(null=True, blank=True)
     # Set from its queue's default at submission when the spec says nothing.
     preemptible = models.BooleanField(
         default=False,

@@ -202,7 +202,7 @@ def lock_pending_jobs(
                 attempts,
                 reason,
                 team_id,
-                (reason, reservation_node, reservation_start, reservation_nodes),
+                (reason, reservation_node, reservation_start, json_value(reservation_nodes)),
             )
         )
         if queue_id not in queues:

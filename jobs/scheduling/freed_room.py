@@ -88,8 +88,8 @@ SELECT pg_try_advisory_xact_lock(%(lock)s), n.status, n.name, n.cpu_millis, n.me
        cluster.cpu_millis, cluster.memory_mb, cluster.gpu,
        EXISTS ({RESERVATION_HOLDERS}
                 AND r.reservation_node_id IS DISTINCT FROM n.id
-                AND NOT n.id = ANY(coalesce(r.reservation_nodes, '{{}}'))),
-       EXISTS ({RESERVATION_HOLDERS} AND r.tasks > 1 AND n.id = ANY(r.reservation_nodes)),
+                AND NOT coalesce(r.reservation_nodes, '[]') @> to_jsonb(n.id)),
+       EXISTS ({RESERVATION_HOLDERS} AND r.tasks > 1 AND r.reservation_nodes @> to_jsonb(n.id)),
        EXISTS ({GANGS_WAITING}) AND NOT EXISTS ({RESERVATION_HOLDERS})
          AND NOT EXISTS ({LIVE_WITHOUT_LIMIT})
 FROM nodes_node n,
@@ -104,12 +104,14 @@ FOR UPDATE OF n
 # reserved start, and how many of its tasks room is reserved for there.
 GANG_RESERVATION_SQL = f"""
 SELECT r.id, r.queue_id, r.cpu_millis, r.memory_mb, r.gpu, r.timeout_seconds, r.tasks,
-       r.reservation_start_at, cardinality(array_positions(r.reservation_nodes, %(node)s))
+       r.reservation_start_at,
+       (SELECT count(*) FROM jsonb_array_elements(r.reservation_nodes) AS task(node)
+         WHERE task.node = to_jsonb(%(node)s::bigint))
   FROM jobs_job r
  WHERE r.status = {sql_literal(JobStatus.PENDING)}
    AND r.pending_reason = {sql_literal(PendingReason.RESERVATION)}
    AND r.tasks > 1
-   AND %(node)s = ANY(r.reservation_nodes)
+   AND r.reservation_nodes @> to_jsonb(%(node)s::bigint)
 """
 
 

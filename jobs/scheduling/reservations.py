@@ -12,6 +12,8 @@ limit has no expected start: no reservation goes there, and jobs wait for it as 
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
+from psycopg.types.json import Jsonb
+
 from common.db import prepared_cursor, sql_literal, sql_literals
 from events.models import EventType
 from events.services import event_record
@@ -40,7 +42,7 @@ UPDATE jobs_job
                              WHEN tasks > 1 THEN {sql_literal(PendingReason.GANG_DOES_NOT_FIT)}
                              ELSE {sql_literal(PendingReason.INSUFFICIENT_CAPACITY)} END,
        reservation_node_id = CASE WHEN id = %(job)s THEN %(node)s::bigint END,
-       reservation_nodes = CASE WHEN id = %(job)s THEN %(nodes)s::bigint[] END,
+       reservation_nodes = CASE WHEN id = %(job)s THEN %(nodes)s::jsonb END,
        reservation_start_at = CASE WHEN id = %(job)s THEN %(start)s::timestamptz END
  WHERE id = %(job)s
     OR (status = {sql_literal(JobStatus.PENDING)}
@@ -86,7 +88,7 @@ def reservation_write(*, plan: Plan, held: dict[int, tuple], team_ids: dict[int,
     with prepared_cursor() as cursor:
         cursor.execute(
             RESERVATION_WRITE_SQL,
-            {"job": job_id, "node": reservation.node.id, "nodes": node_ids, "start": start},
+            {"job": job_id, "node": reservation.node.id, "nodes": Jsonb(node_ids), "start": start},
         )
     if before is None or before[:2] != (PendingReason.RESERVATION, reservation.node.id):
         names = [node.name for node in reservation.nodes]
