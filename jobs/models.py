@@ -375,8 +375,8 @@ class Job(JobSpec):
                 name="job_reservation_by_node",
                 condition=Q(status=JobStatus.PENDING, pending_reason=PendingReason.RESERVATION),
             ),
-            # Used by placement on freed room: is a gang waiting for room, and does any job
-            # placed have no time limit?
+            # Used by placement on freed room (does any job placed have no time limit; is
+            # a gang waiting for room?).
             models.Index(
                 fields=["queue"],
                 name="job_live_without_limit",

@@ -464,9 +464,7 @@ def expected_start(
     if all(f >= w for f, w in zip(free, wanted, strict=True)):
         return now
     for release in sorted(releases, key=lambda r: r.at):
-        free[0] += release.cpu_millis
-        free[1] += release.memory_mb
-        free[2] += release.gpu
+        free = _plus(free, release)
         if all(f >= w for f, w in zip(free, wanted, strict=True)):
             return max(release.at, now)
     return None

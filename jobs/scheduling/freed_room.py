@@ -118,10 +118,13 @@ SELECT r.id, r.queue_id, r.cpu_millis, r.memory_mb, r.gpu, r.timeout_seconds, r.
 def gang_reservation_on(slot: NodeSlot, now) -> Reservation | None:
     """The part on this node of the reservation a gang holds there (see
     `resources.placement.reservation_on`), from the running executions' limits; None
-    when one of them has none (the node's room is then the scheduler's)."""
+    when one of them has none, or the gang has just been cancelled (the node's room is
+    then the scheduler's)."""
     with prepared_cursor() as cursor:
         cursor.execute(GANG_RESERVATION_SQL, {"node": slot.id})
         row = cursor.fetchone()
+    if row is None:
+        return None
     job_id, queue_id, cpu, memory, gpu, timeout, tasks, start, here = row
     releases = running_releases(node_ids=[slot.id], now=now)
     if slot.id not in releases:
