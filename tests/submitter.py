@@ -26,6 +26,7 @@ def main(argv: list[str]) -> None:
         "--gang-share", type=float, default=0.0, help="share of jobs that are gangs of 2 or 3"
     )
     parser.add_argument("--priorities", default="0", help="to choose from, e.g. 0,10")
+    parser.add_argument("--cpu-millis", type=int, help="every job's CPU (else 500 or 1000)")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
@@ -44,7 +45,7 @@ def main(argv: list[str]) -> None:
             spec={
                 "name": f"{args.name}-{i}",
                 "command": ["sh", "-c", f"sleep {args.sleep}"],
-                "cpu_millis": 500 if gang else rng.choice([500, 1000]),
+                "cpu_millis": args.cpu_millis or (500 if gang else rng.choice([500, 1000])),
                 "memory_mb": 64 if gang else rng.choice([64, 256]),
                 "tasks": rng.choice([2, 3]) if gang else 1,
                 "gpu": 0,

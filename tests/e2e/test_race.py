@@ -22,6 +22,7 @@ pytestmark = pytest.mark.e2e
 SUBMITTERS = 3
 JOBS_EACH = 30
 PREEMPTIBLE_JOBS = 8
+QUOTA_BURST = 8  # race-a jobs of 500 m for 2 s, all at once: twice its 2000 m quota
 
 
 def test_racing_submitters_schedulers_and_nodes_never_oversubscribe_or_lose_a_job(cluster, team):
@@ -35,7 +36,7 @@ def test_racing_submitters_schedulers_and_nodes_never_oversubscribe_or_lose_a_jo
     cluster.start_node("node-c", cpu=1, memory_mb=1024)
     first = cluster.start_scheduler("scheduler-1")
     second = cluster.start_scheduler("scheduler-2", wait_leader=False)
-    total = SUBMITTERS * JOBS_EACH + PREEMPTIBLE_JOBS
+    total = SUBMITTERS * JOBS_EACH + PREEMPTIBLE_JOBS + QUOTA_BURST
     sampler = AccountingSampler()
     sampler.start()
     try:
@@ -55,6 +56,16 @@ def test_racing_submitters_schedulers_and_nodes_never_oversubscribe_or_lose_a_jo
             ),
             60,
             message="preemptible jobs running",
+        )
+        # A burst that asks race-a for twice its quota, so the quota is what holds it back.
+        burst = cluster.start_submitter(
+            "quota-burst",
+            team=team.slug,
+            queues=["race-a"],
+            count=QUOTA_BURST,
+            max_pause=0,
+            sleep=2,
+            cpu_millis=500,
         )
         submitters = [
             cluster.start_submitter(
@@ -82,7 +93,7 @@ def test_racing_submitters_schedulers_and_nodes_never_oversubscribe_or_lose_a_jo
         wait_until(
             lambda: cluster.leader_pid() == standby.popen.pid, 15, message="the standby to lead"
         )
-        for submitter in [*submitters, preemptible]:
+        for submitter in [*submitters, preemptible, burst]:
             assert submitter.popen.wait(timeout=120) == 0, submitter.log()
         wait_until(
             lambda: Job.objects.filter(status=JobStatus.SUCCEEDED).count() == total,
