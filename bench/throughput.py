@@ -1,17 +1,21 @@
 """Throughput and submit-to-start latency of the whole platform, against bare Celery.
 
-    .venv/bin/python bench/throughput.py [--jobs 2000] [--latency-samples 200] [--slots 8]
-                                         [--clients 4] [--command true]
+    .venv/bin/python bench/throughput.py [--jobs 2000] [--rounds 3] [--latency-samples 200]
+                                         [--slots 8] [--clients 4] [--command true]
                                          [--broker both|redis|rabbitmq]
 
 Sets up its own database (scheduler_bench_tp) and Redis database (12), starts a real
 scheduler and one node agent (--slots threads, as much CPU as slots, 1 CPU per job),
 and a bare Celery worker with the same pool, concurrency, acks and prefetch running the
 same command (`true`, or --command; the agent ships what it prints, the bare worker
-drops it). Measures completed jobs per second for each, submitted from
---clients threads at once, then, with free capacity, the latency from a job's creation
-to its start, one job at a time. Each run ends with one line, a JSON object of the
-figures and its `broker`.
+drops it). Measures completed jobs per second for each, submitted from --clients
+threads at once, in --rounds rounds that alternate the two (platform, bare, platform,
+bare, ...), so that both sides meet the machine's drift alike: a shared machine's speed
+moves by a third between minutes, more than the difference measured. Each side's figure
+is the median of its rounds, and the ratio the median of the rounds' ratios (the two
+runs of a round are a minute apart at most); every round is printed. Then, with free
+capacity, the latency from a job's creation to its start, one job at a time. Each run
+ends with one line, a JSON object of the figures and its `broker`.
 
 With --broker both (the default) it runs once on Redis, then once on RabbitMQ (a vhost
 of its own, `scheduler_bench_tp`, made and deleted with rabbitmqctl; the cache and the
@@ -68,6 +72,9 @@ def main() -> None:
         type=int,
         default=2000,
         help="jobs per throughput run: enough that each run lasts seconds, not one",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="throughput rounds of each side, alternated"
     )
     parser.add_argument("--latency-samples", type=int, default=200)
     parser.add_argument("--slots", type=int, default=8)
@@ -193,11 +200,21 @@ def run(args, bench: Bench) -> None:
 
         platform_run(20)  # warm-up: connections, imports
         bare_run(20)
-        platform = platform_run(args.jobs)
-        bare = bare_run(args.jobs)
+        platforms, bares = [], []
+        for round_ in range(1, args.rounds + 1):
+            platforms.append(platform_run(args.jobs))
+            bares.append(bare_run(args.jobs))
+            print(
+                f"round {round_}: platform {platforms[-1]:.1f} jobs/s, bare Celery "
+                f"{bares[-1]:.1f} tasks/s, ratio {platforms[-1] / bares[-1]:.3f}",
+                flush=True,
+            )
+        platform, bare = statistics.median(platforms), statistics.median(bares)
+        ratios = [p / b for p, b in zip(platforms, bares, strict=True)]
         print(
-            f"throughput: platform {platform:.1f} jobs/s, bare Celery {bare:.1f} tasks/s "
-            f"({args.jobs} jobs running {args.command!r}, {args.slots} slots)"
+            f"throughput (medians of {args.rounds} rounds): platform {platform:.1f} jobs/s, "
+            f"bare Celery {bare:.1f} tasks/s ({args.jobs} jobs running {args.command!r}, "
+            f"{args.slots} slots)"
         )
 
         latencies = []
@@ -235,7 +252,8 @@ def run(args, bench: Bench) -> None:
                 "broker": args.broker,
                 "platform_jobs_per_second": round(platform, 1),
                 "bare_celery_jobs_per_second": round(bare, 1),
-                "ratio": round(platform / bare, 3),
+                "ratio": round(statistics.median(ratios), 3),
+                "round_ratios": [round(r, 3) for r in ratios],
                 "submit_to_start_p50_ms": round(p50, 1),
                 "submit_to_start_p99_ms": round(p99, 1),
             }
