@@ -90,6 +90,12 @@ def node_queue_name(node_name: str) -> str:
     return f"node.{node_name}"
 
 
+def node_stops_queue_name(node_name: str) -> str:
+    """The queue that tells a node's agent to ask which of its executions to stop (node
+    names have no dots, so it is no other node's queue)."""
+    return f"node.{node_name}.stops"
+
+
 class NodeLoss(models.Model):
     """One time a node went offline because its agent fell silent. By name, not by
     reference, so the history outlives the node: `scheduler_nodes_lost_total` counts

@@ -8,6 +8,8 @@ vhost) allow only:
 - its own queue `node.<name>` and the direct exchange of the same name Celery binds it
   to: declare, bind, consume. Not another node's queue, not `control`, not the default
   exchange (so it cannot publish to any queue by name);
+- its stops queue `node.<name>.stops` (on the default exchange, which the control plane
+  publishes to): declare and consume;
 - `celeryev`, the events exchange: declare and publish its task events and heartbeats
   (Flower reads them), not read them;
 - remote control: bind and consume its own `<name>@<host>.celery.pidbox` queue on the
@@ -22,7 +24,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
-from .models import node_queue_name
+from .models import node_queue_name, node_stops_queue_name
 
 EVENTS_EXCHANGE = "celeryev"
 PIDBOX_EXCHANGE = "celery.pidbox"
@@ -49,20 +51,21 @@ def _anchored(*patterns: str) -> str:
 
 def node_broker_permissions(node_name: str) -> NodePermissions:
     queue = re.escape(node_queue_name(node_name))
+    stops = re.escape(node_stops_queue_name(node_name))
     pidbox_queue = re.escape(f"{node_name}@") + r"[^@]*" + re.escape(f".{PIDBOX_EXCHANGE}")
     events, pidbox, reply = (
         re.escape(name) for name in (EVENTS_EXCHANGE, PIDBOX_EXCHANGE, PIDBOX_REPLY_EXCHANGE)
     )
     return NodePermissions(
         user=node_broker_user(node_name),
-        # Declaring: its queue and exchange, its pidbox queue, and the shared exchanges
-        # (a redeclaration with the same arguments changes nothing).
-        configure=_anchored(queue, pidbox_queue, events, pidbox, reply),
+        # Declaring: its queue and exchange, its stops queue, its pidbox queue, and the
+        # shared exchanges (a redeclaration with the same arguments changes nothing).
+        configure=_anchored(queue, stops, pidbox_queue, events, pidbox, reply),
         # Publishing to an exchange, and binding a queue (write on the queue): its own
         # queue and pidbox queue, its events, its control replies.
         write=_anchored(queue, pidbox_queue, events, reply),
         # Consuming a queue, and binding to an exchange (read on the exchange).
-        read=_anchored(queue, pidbox_queue, pidbox),
+        read=_anchored(queue, stops, pidbox_queue, pidbox),
     )
 
 

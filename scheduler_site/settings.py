@@ -332,8 +332,11 @@ JOB_LOG_TAIL_BYTES = env.int("JOB_LOG_TAIL_BYTES", default=4096)
 NODE_LOST_AFTER_SECONDS = env.float("NODE_LOST_AFTER_SECONDS", default=30.0)
 # How many times one job may be retried because its node or process was lost.
 NODE_LOST_MAX_RETRIES = env.int("NODE_LOST_MAX_RETRIES", default=3)
-# How often an agent looks for cancelled executions, and samples its jobs' memory.
-NODE_CANCEL_POLL_SECONDS = env.float("NODE_CANCEL_POLL_SECONDS", default=1.0)
+# How often an agent asks which executions to stop (cancelled, preempted, taken away)
+# unprompted: the control plane nudges it through its stops queue when there is one, so
+# this only bounds the delay when a nudge is lost. And how often it samples its jobs'
+# memory.
+NODE_CANCEL_POLL_SECONDS = env.float("NODE_CANCEL_POLL_SECONDS", default=30.0)
 NODE_MEMORY_POLL_SECONDS = env.float("NODE_MEMORY_POLL_SECONDS", default=0.25)
 # `run_node --hollow N` (simulated nodes that run nothing, for sizing the control plane
 # in tests and benchmarks) starts only where this is true: never on a real cluster.

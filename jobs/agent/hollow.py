@@ -3,13 +3,14 @@ control plane with hundreds or thousands of nodes, not to run work. For tests an
 benchmarks only; `run_node` refuses it unless HOLLOW_NODES_ALLOWED=true.
 
 Each node registers, heartbeats (with its running tokens), asks which of its executions
-to cancel, claims and reports through the same web API as a real agent, with a key of
+to stop (when its stops queue nudges it, and every NODE_CANCEL_POLL_SECONDS), claims
+and reports through the same web API as a real agent, with a key of
 its own (`Authorization: Node <key>`). It "runs" an execution by waiting the seconds in
 the job's `parameters.hollow_seconds` (default 1) and reports a success through the same
 batched path (`/api/agent/successes/`), taking on the room it frees; it spawns no process.
 
 A real agent costs a Celery worker, a broker connection and threads per node; here one
-process carries them all: one broker connection consumes every node's queue (the
+process carries them all: one broker connection consumes every node's queue and stops queue (the
 router sends an execution to its node's queue, `node.NAME`, and the queue a message came
 from says which node it is for), one timer thread holds every due time (heartbeats, ends
 of executions), and a shared pool of threads makes the HTTP calls over one keep-alive
@@ -31,10 +32,10 @@ from dataclasses import dataclass
 import requests
 from celery import current_app
 from django.conf import settings
-from kombu import Consumer
+from kombu import Consumer, Queue
 from requests.adapters import HTTPAdapter
 
-from nodes.models import NODE_NAME_RE, node_queue_name
+from nodes.models import NODE_NAME_RE, node_queue_name, node_stops_queue_name
 
 from .client import ControlPlane, Refused, Revoked, Stopped
 from .runner import ExecutionToRun
@@ -303,6 +304,14 @@ class HollowNode:
             self._again(settings.NODE_HEARTBEAT_SECONDS, self.heartbeat)
 
     def apply_cancels(self) -> None:
+        """The periodic check, for a nudge that was lost."""
+        try:
+            self.check_stops()
+        finally:
+            self._again(settings.NODE_CANCEL_POLL_SECONDS, self.apply_cancels)
+
+    def check_stops(self) -> None:
+        """Ask which executions to stop, and stop them."""
         try:
             tokens = self.tokens()
             asked = self._call(self.control_plane.stop_requests, tokens) if tokens else None
@@ -315,8 +324,6 @@ class HollowNode:
                 self._forget(*asked.taken_away)  # failed over: nothing to report
         except (Refused, requests.RequestException) as exc:
             logger.warning("cancel check failed node=%s problem=%s", self.name, exc)
-        finally:
-            self._again(settings.NODE_CANCEL_POLL_SECONDS, self.apply_cancels)
 
     def _again(self, delay: float, step: Callable[[], None]) -> None:
         if not self.dead and not self.fleet.stopped.is_set():
@@ -349,6 +356,7 @@ class HollowFleet:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.nodes: dict[str, HollowNode] = {}
+        self.stops_queues: dict[str, HollowNode] = {}
         for name, key in keys.items():
             control_plane = ControlPlane(base_url=base_url, key=key)
             control_plane.session = _NodeSession(self.session, key)
@@ -376,9 +384,12 @@ class HollowFleet:
             self.timers.call_later(settings.NODE_CANCEL_POLL_SECONDS * share, node.apply_cancels)
 
     def consume(self) -> None:
-        """Consume every node's queue over one broker connection until `stop_consuming`."""
+        """Consume every node's queue and stops queue over one broker connection until
+        `stop_consuming`."""
         by_queue = {node_queue_name(name): node for name, node in self.nodes.items()}
         queues = [current_app.amqp.queues.select_add(name) for name in by_queue]
+        self.stops_queues = {node_stops_queue_name(name): node for name, node in self.nodes.items()}
+        queues += [Queue(name) for name in self.stops_queues]
         self.consuming.set()
         while self.consuming.is_set():
             connection = current_app.connection_for_read()
@@ -392,7 +403,7 @@ class HollowFleet:
                         accept=["json"],
                     ),
                 ):
-                    logger.info("hollow nodes consuming %s queues", len(queues))
+                    logger.info("hollow nodes consuming %s queues and their stops", len(by_queue))
                     while self.consuming.is_set():
                         try:
                             connection.drain_events(timeout=DRAIN_TIMEOUT_SECONDS)
@@ -411,6 +422,10 @@ class HollowFleet:
         # ran, and reconciliation re-publishes an execution nobody claimed.
         message.ack()
         queue = message.delivery_info.get("routing_key", "")
+        stopping = self.stops_queues.get(queue)
+        if stopping is not None:
+            self.pool.submit(logged, stopping.check_stops)
+            return
         node = by_queue.get(queue)
         kwargs = body[1] if isinstance(body, list | tuple) and len(body) > 1 else {}
         token = kwargs.get("token") if isinstance(kwargs, dict) else None

@@ -1,5 +1,6 @@
 """The node agent's in-process parts: which node this process is, its host's capacity,
-the loop that heartbeats (with what its jobs use), applies cancels and watches memory,
+the loop that heartbeats (with what its jobs use), applies stops (cancels, preemptions,
+attempts taken away) and watches memory,
 and the clean-up of what a previous agent of this node left running."""
 
 import logging
@@ -11,7 +12,7 @@ from pathlib import Path
 import requests
 from django.conf import settings
 
-from nodes.models import node_queue_name
+from nodes.models import node_queue_name, node_stops_queue_name
 
 from . import metrics
 from .broker_watch import BrokerWatch
@@ -19,6 +20,7 @@ from .client import Refused, Revoked, Stopped, control_plane
 from .guard import kill_agent_groups
 from .runner import agent_identity, running
 from .sampling import UsageMeter
+from .stop_nudges import StopNudges
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +62,13 @@ def reap_orphans(node_name: str) -> int:
 
 
 class AgentLoop(threading.Thread):
-    """Heartbeats with the running tokens, applies cancels, and enforces memory limits."""
+    """Heartbeats with the running tokens, applies stops, and enforces memory limits.
+
+    It asks which executions to stop when a nudge arrives on the node's stops queue
+    (`StopNudges`), when its calls get through again after failing (the outage may
+    have hidden nudges, and attempts may have been taken away meanwhile), and every
+    NODE_CANCEL_POLL_SECONDS otherwise, which only a lost nudge needs; every second
+    while the broker is unreachable, since no nudge comes then."""
 
     def __init__(self, node_name: str):
         super().__init__(name=f"agent-{node_name}", daemon=True)
@@ -68,31 +76,44 @@ class AgentLoop(threading.Thread):
         self.stopped = threading.Event()
         self.meter = UsageMeter()
         self.broker = BrokerWatch(node_queue_name(node_name))
+        self.nudges = StopNudges(node_stops_queue_name(node_name))
 
     def run(self):
         self.broker.start()
+        self.nudges.start()
         next_heartbeat = next_cancel_check = 0.0
+        cut_off = False  # the last call failed: check stops as soon as one gets through
         while not self.stopped.wait(settings.NODE_MEMORY_POLL_SECONDS):
             running.enforce_memory_limits()
             now = time.monotonic()
+            if self.nudges.asked.is_set():
+                self.nudges.asked.clear()
+                next_cancel_check = now
             if now < min(next_heartbeat, next_cancel_check):
                 continue
             try:
-                if now >= next_cancel_check:
-                    self.apply_cancels()
-                    next_cancel_check = now + settings.NODE_CANCEL_POLL_SECONDS
                 if now >= next_heartbeat:
                     self.heartbeat()
                     next_heartbeat = now + settings.NODE_HEARTBEAT_SECONDS
+                if now >= next_cancel_check or cut_off:
+                    self.apply_cancels()
+                    next_cancel_check = now + self.cancel_check_interval()
+                cut_off = False
             except (Revoked, Stopped):
                 return
             except (requests.RequestException, Refused) as exc:
+                cut_off = True
                 metrics.database_errors.inc()
                 logger.warning(
                     "agent loop lost the control plane node=%s problem=%s; will retry",
                     self.node_name,
                     type(exc).__name__,
                 )
+
+    def cancel_check_interval(self) -> float:
+        if self.broker.reachable():
+            return settings.NODE_CANCEL_POLL_SECONDS
+        return min(settings.NODE_CANCEL_POLL_SECONDS, 1.0)
 
     def heartbeat(self):
         # The server stamps the heartbeat when it gets it, after this list is made: an
@@ -129,3 +150,4 @@ class AgentLoop(threading.Thread):
     def stop(self):
         self.stopped.set()
         self.broker.stop()
+        self.nudges.stop()

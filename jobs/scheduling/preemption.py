@@ -39,6 +39,7 @@ from resources.preemption import (
 )
 
 from ..models import ExecutionStatus, Job, JobExecution, JobStatus, PendingReason
+from ..services.publishing import stop_checks_publish_on_commit
 
 logger = logging.getLogger(__name__)
 
@@ -331,6 +332,7 @@ def preempt_for_waiting_jobs() -> PreemptionResult:
             preemption.node.name,
             " ".join(f"token={t}" for t in tokens),
         )
+    stop_checks_publish_on_commit(node_names=[p.node.name for p in planned])
     result.preemptions = planned
     result.victims = {v.id: victims[v.id] for p in planned for v in p.victims}
     return result

@@ -16,6 +16,7 @@ from ..models import TERMINAL_JOB_STATUSES, ExecutionStatus, Job, JobExecution, 
 from .array_slots import array_task_ended
 from .dependencies import dependents_rearm, workflows_refresh
 from .gangs import gang_task_ended
+from .publishing import stop_checks_publish_on_commit
 from .retries import (
     JOB_LIFECYCLE_FIELDS,
     job_after_attempt,
@@ -78,6 +79,11 @@ def job_cancel(*, job: Job, user: User | None = None, reason: str = "") -> Job:
         if job.status == JobStatus.CANCELLED:
             job_ended_event(job, actor=who, at=now)
         else:
+            stop_checks_publish_on_commit(
+                node_names=JobExecution.objects.filter(
+                    job=job, attempt=job.attempts, status=ExecutionStatus.RUNNING
+                ).values_list("node__name", flat=True)
+            )
             by = f" by {who}" if who else ""
             job_event(
                 job,

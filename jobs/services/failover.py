@@ -19,7 +19,7 @@ from ..accounting import allocation_release
 from ..models import ExecutionStatus, Job, JobExecution, JobStatus
 from .array_slots import array_task_ended
 from .gangs import gang_task_ended
-from .publishing import executions_publish_on_commit
+from .publishing import executions_publish_on_commit, stop_checks_publish_on_commit
 from .retries import job_after_lost_attempt
 from .timeline import job_event
 
@@ -45,6 +45,8 @@ def execution_fail_over(*, execution_id: int, reason: str) -> bool:
         if not lost:
             return False
         allocation_release(execution_id=execution_id, now=now)
+        # Taken away: its agent, if it still runs it, learns so when it is back.
+        stop_checks_publish_on_commit(node_names=[node_name])
         job_event(
             job,
             EventType.JOB_NODE_LOST,

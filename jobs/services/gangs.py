@@ -17,6 +17,7 @@ from events.models import EventType
 
 from ..accounting import allocation_release
 from ..models import ExecutionStatus, Job, JobExecution
+from .publishing import stop_checks_publish_on_commit
 from .retries import job_after_attempt, job_after_lost_attempt
 from .timeline import job_event
 
@@ -81,12 +82,16 @@ def gang_stop_others(job: Job, *, error: str, now) -> None:
     )
     for execution_id in unstarted:
         allocation_release(execution_id=execution_id, now=now)
-    stopping = list(
+    stopping, nodes = [], set()
+    for task_index, node_name in (
         attempt.filter(Q(stop_requested_at__isnull=True), status=ExecutionStatus.RUNNING)
         .order_by("task_index")
-        .values_list("task_index", flat=True)
-    )
+        .values_list("task_index", "node__name")
+    ):
+        stopping.append(task_index)
+        nodes.add(node_name)
     attempt.filter(task_index__in=stopping).update(stop_requested_at=now)
+    stop_checks_publish_on_commit(node_names=nodes)
     if unstarted or stopping:
         job_event(
             job,

@@ -9,13 +9,14 @@ its commit, and one whose transaction rolls back is never sent.
 """
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import partial
 
 from celery import current_app
 from celery.utils import uuid
 from django.db import transaction
 
+from nodes.models import node_stops_queue_name
 from resources.routing import EXECUTION_TASK
 
 logger = logging.getLogger(__name__)
@@ -61,3 +62,38 @@ def _publish(tokens: Sequence[str]) -> None:
                 amqp.send_task_message(producer, EXECUTION_TASK, message, declare=declare, **route)
     except Exception:
         logger.exception("could not publish %s executions", len(tokens))
+
+
+def stop_checks_publish_on_commit(*, node_names: Iterable[str]) -> None:
+    """Tell these nodes' agents to ask now which of their executions to stop (a cancel, a
+    preemption, a gang's task stopping, an attempt failed over), once the transaction
+    that asked for it commits, rather than at their next check.
+
+    A nudge, as an execution's message is: the agent reads what to stop from the API.
+    A lost one costs only time (the agent checks every `NODE_CANCEL_POLL_SECONDS` anyway,
+    and at once when its calls get through again after an outage). Sent on the default
+    exchange to `node.NAME.stops`, which the agent declares: with RabbitMQ a nudge for a
+    node whose agent never declared it is dropped, and its agent checks when it starts.
+    """
+    names = sorted(set(node_names))
+    if not names:
+        return
+    if transaction.get_connection().in_atomic_block:
+        transaction.on_commit(partial(_publish_stop_checks, names))
+    else:
+        _publish_stop_checks(names)
+
+
+def _publish_stop_checks(node_names: Sequence[str]) -> None:
+    try:
+        with current_app.producer_or_acquire() as producer, producer.batch():
+            for name in node_names:
+                producer.publish(
+                    {"stops": name},
+                    exchange="",
+                    routing_key=node_stops_queue_name(name),
+                    serializer="json",
+                    retry=False,
+                )
+    except Exception:
+        logger.exception("could not ask %s node(s) to check their stops", len(node_names))

@@ -47,9 +47,17 @@ def test_a_node_pattern_matches_its_own_names_only():
     permissions = node_broker_permissions("node-a")
     read = re.compile(permissions.read)
     assert read.match("node.node-a")
+    assert read.match("node.node-a.stops")
     assert read.match("node-a@host.example.com.celery.pidbox")
     assert read.match("celery.pidbox")
-    others = ("node.node-ab", "node.node-b", "control", "node-ab@h.celery.pidbox", "celeryev")
+    others = (
+        "node.node-ab",
+        "node.node-b",
+        "node.node-b.stops",
+        "control",
+        "node-ab@h.celery.pidbox",
+        "celeryev",
+    )
     for other in others:
         assert not read.match(other), other
     write = re.compile(permissions.write)
@@ -75,26 +83,32 @@ def node_url(rabbitmq: str, name: str, password: str) -> str:
 
 
 def test_a_node_user_consumes_its_own_queue_and_not_another_nodes(rabbitmq, node_users):
+    queues = ("node.mq-a", "node.mq-b", "node.mq-a.stops", "node.mq-b.stops")
     with Connection(rabbitmq) as admin:
         channel = admin.channel()
-        for queue in ("node.mq-a", "node.mq-b"):
+        for queue in queues:
             channel.queue_declare(queue=queue, durable=True, auto_delete=False)
             channel.basic_publish(amqp.Message("hello"), exchange="", routing_key=queue)
         channel.close()
     with Connection(node_url(rabbitmq, "mq-a", node_users["mq-a"])) as conn:
         channel = conn.channel()
         assert channel.basic_get("node.mq-a", no_ack=True).body == "hello"
-        with pytest.raises(amqp.exceptions.AccessRefused):
-            channel.basic_get("node.mq-b", no_ack=True)
-        channel = conn.channel()
-        with pytest.raises(amqp.exceptions.AccessRefused):
-            channel.basic_consume("node.mq-b", callback=lambda message: None)
-        channel = conn.channel()
-        with pytest.raises(amqp.exceptions.AccessRefused):
-            channel.queue_purge("node.mq-b")
-    # node-b's message is still there for node-b.
+        assert channel.basic_get("node.mq-a.stops", no_ack=True).body == "hello"
+        for theirs in ("node.mq-b", "node.mq-b.stops"):
+            with pytest.raises(amqp.exceptions.AccessRefused):
+                channel.basic_get(theirs, no_ack=True)
+            channel = conn.channel()
+            with pytest.raises(amqp.exceptions.AccessRefused):
+                channel.basic_consume(theirs, callback=lambda message: None)
+            channel = conn.channel()
+            with pytest.raises(amqp.exceptions.AccessRefused):
+                channel.queue_purge(theirs)
+            channel = conn.channel()
+    # node-b's messages are still there for node-b.
     with Connection(node_url(rabbitmq, "mq-b", node_users["mq-b"])) as conn:
-        assert conn.channel().basic_get("node.mq-b", no_ack=True).body == "hello"
+        channel = conn.channel()
+        assert channel.basic_get("node.mq-b", no_ack=True).body == "hello"
+        assert channel.basic_get("node.mq-b.stops", no_ack=True).body == "hello"
 
 
 def test_applying_again_keeps_the_password_unless_given(rabbitmq, node_users):

@@ -1,10 +1,13 @@
-"""An execution's message never leaves before the transaction that reserved it commits."""
+"""An execution's message never leaves before the transaction that reserved it commits,
+and neither does the nudge that tells a node to look at what it should stop."""
 
 import pytest
 from django.db import transaction
 
 from jobs.models import Job
 from jobs.scheduling.cycle import place_pending_jobs
+from jobs.services.actions import job_cancel
+from jobs.services.executions import execution_claim
 from jobs.services.publishing import executions_publish_on_commit
 from nodes.models import Node
 from resources.models import DEFAULT_QUEUE_NAME, Queue
@@ -38,3 +41,19 @@ def test_a_publish_inside_a_transaction_that_rolls_back_sends_nothing(placed_tok
 def test_a_publish_outside_a_transaction_is_sent_at_once(placed_token, broker):
     executions_publish_on_commit(tokens=[placed_token])
     assert broker.llen("node.pub") == 1
+
+
+def test_cancelling_a_running_job_nudges_its_node_once_the_cancel_commits(placed_token, broker):
+    node = Node.objects.get(name="pub")
+    execution = execution_claim(token=placed_token, node_id=node.pk)
+    with transaction.atomic():
+        job_cancel(job=execution.job)
+        assert broker.llen("node.pub.stops") == 0  # not while the transaction is open
+    assert broker.llen("node.pub.stops") == 1
+    assert broker.llen("node.pub") == 0  # a nudge, no execution message
+
+
+def test_cancelling_a_job_not_started_nudges_no_node(placed_token, broker):
+    job_cancel(job=Job.objects.get())  # reserved, unclaimed: cancelled at once
+    assert Job.objects.get().status == "cancelled"
+    assert broker.llen("node.pub.stops") == 0
