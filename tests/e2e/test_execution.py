@@ -6,6 +6,7 @@ import subprocess
 import uuid
 
 import pytest
+from django.conf import settings
 
 from jobs.models import Job, JobExecution, JobStatus
 from resources.models import AllocationStatus
@@ -155,6 +156,8 @@ def test_cancelling_a_running_job_kills_it_and_frees_its_allocation(cluster, api
     response = api.post(f"/api/jobs/{job_id}/cancel/")
     assert response.status_code == 200
     assert response.json()["cancel_requested_at"] is not None
+    # Well before the agent's periodic check: the cancel's nudge tells it at once.
+    assert settings.NODE_CANCEL_POLL_SECONDS >= 30
     wait_until(
         lambda: Job.objects.get(pk=job_id).status == JobStatus.CANCELLED,
         5,
