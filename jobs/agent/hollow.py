@@ -43,6 +43,8 @@ from .runner import ExecutionToRun
 logger = logging.getLogger(__name__)
 
 DEFAULT_HOLLOW_SECONDS = 1.0
+# Threads that only heartbeat, beside the --hollow-threads that make the other calls.
+HEARTBEAT_THREADS = 8
 # How long one drain of the broker connection waits before looking at the stop flag.
 DRAIN_TIMEOUT_SECONDS = 1.0
 
@@ -111,21 +113,27 @@ class _NodeSession:
 
 
 class Timers:
-    """One thread for every due time of the process: each callback is handed to the
-    pool when due, so a slow HTTP call never delays another node's timer."""
+    """One thread for every due time of the process: each callback is handed to a pool
+    when due (the one given, else the shared one), so a slow HTTP call never delays
+    another node's timer."""
 
     def __init__(self, pool: ThreadPoolExecutor):
         self._pool = pool
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._heap: list[tuple[float, int, Callable[[], None], ThreadPoolExecutor]] = []
         self._order = itertools.count()
         self._changed = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="hollow-timers", daemon=True)
         self._thread.start()
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+    def call_later(
+        self,
+        delay: float,
+        callback: Callable[[], None],
+        pool: ThreadPoolExecutor | None = None,
+    ) -> None:
         with self._changed:
-            entry = (time.monotonic() + delay, next(self._order), callback)
+            entry = (time.monotonic() + delay, next(self._order), callback, pool or self._pool)
             heapq.heappush(self._heap, entry)
             if self._heap[0] is entry:
                 self._changed.notify()
@@ -146,8 +154,8 @@ class Timers:
                     self._changed.wait(wait)
                 if self._stopped:
                     return
-                _, _, callback = heapq.heappop(self._heap)
-            self._pool.submit(logged, callback)
+                _, _, callback, pool = heapq.heappop(self._heap)
+            pool.submit(logged, callback)
 
 
 @dataclass
@@ -301,7 +309,7 @@ class HollowNode:
         except (Refused, requests.RequestException) as exc:
             logger.warning("heartbeat failed node=%s problem=%s", self.name, type(exc).__name__)
         finally:
-            self._again(settings.NODE_HEARTBEAT_SECONDS, self.heartbeat)
+            self._again(settings.NODE_HEARTBEAT_SECONDS, self.heartbeat, self.fleet.beats)
 
     def apply_cancels(self) -> None:
         """The periodic check, for a nudge that was lost."""
@@ -325,9 +333,11 @@ class HollowNode:
         except (Refused, requests.RequestException) as exc:
             logger.warning("cancel check failed node=%s problem=%s", self.name, exc)
 
-    def _again(self, delay: float, step: Callable[[], None]) -> None:
+    def _again(
+        self, delay: float, step: Callable[[], None], pool: ThreadPoolExecutor | None = None
+    ) -> None:
         if not self.dead and not self.fleet.stopped.is_set():
-            self.fleet.timers.call_later(delay, step)
+            self.fleet.timers.call_later(delay, step, pool)
 
     def _call(self, call, *args, **kwargs):
         """A call to the control plane; None once the node is dead or the process stops."""
@@ -350,9 +360,15 @@ class HollowFleet:
         self.consuming = threading.Event()
         self.fill_freed_room = True
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hollow")
+        # Heartbeats have threads of their own, as a real agent's loop is a thread of its
+        # own: queued behind a busy control plane's claims and reports, they would come
+        # late, and their nodes would be failed over as lost.
+        self.beats = ThreadPoolExecutor(
+            max_workers=HEARTBEAT_THREADS, thread_name_prefix="hollow-beat"
+        )
         self.timers = Timers(self.pool)
         self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=threads)
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=threads + HEARTBEAT_THREADS)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.nodes: dict[str, HollowNode] = {}
@@ -380,7 +396,9 @@ class HollowFleet:
         count = len(self.nodes)
         for i, node in enumerate(self.nodes.values()):
             share = i / count
-            self.timers.call_later(settings.NODE_HEARTBEAT_SECONDS * share, node.heartbeat)
+            self.timers.call_later(
+                settings.NODE_HEARTBEAT_SECONDS * share, node.heartbeat, self.beats
+            )
             self.timers.call_later(settings.NODE_CANCEL_POLL_SECONDS * share, node.apply_cancels)
 
     def consume(self) -> None:
@@ -452,6 +470,7 @@ class HollowFleet:
         self.stopped.set()
         self.timers.stop()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.beats.shutdown(wait=True, cancel_futures=True)
 
 
 def valid_prefix(prefix: str, count: int) -> bool:
