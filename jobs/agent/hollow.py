@@ -3,18 +3,19 @@ control plane with hundreds or thousands of nodes, not to run work. For tests an
 benchmarks only; `run_node` refuses it unless HOLLOW_NODES_ALLOWED=true.
 
 Each node registers, heartbeats (with its running tokens), asks which of its executions
-to stop (when its stops queue nudges it, and every NODE_CANCEL_POLL_SECONDS), claims
-and reports through the same web API as a real agent, with a key of
-its own (`Authorization: Node <key>`). It "runs" an execution by waiting the seconds in
+to stop (when its stops queue nudges it, and every NODE_CANCEL_POLL_SECONDS), claims and
+reports through the same web API as a real agent, with a key of its own
+(`Authorization: Node <key>`). It "runs" an execution by waiting the seconds in
 the job's `parameters.hollow_seconds` (default 1) and reports a success through the same
 batched path (`/api/agent/successes/`), taking on the room it frees; it spawns no process.
 
 A real agent costs a Celery worker, a broker connection and threads per node; here one
-process carries them all: one broker connection consumes every node's queue and stops queue (the
-router sends an execution to its node's queue, `node.NAME`, and the queue a message came
-from says which node it is for), one timer thread holds every due time (heartbeats, ends
-of executions), and a shared pool of threads makes the HTTP calls over one keep-alive
-session, each with its node's key.
+process carries them all: one broker connection consumes every node's queue and stops
+queue (the router sends an execution to its node's queue, `node.NAME`, and the queue a
+message came from says which node it is for), one timer thread holds every due time
+(heartbeats, ends of executions), and a shared pool of threads makes the HTTP calls over
+one keep-alive session, each with its node's key (heartbeats on a few threads of their
+own).
 """
 
 import heapq

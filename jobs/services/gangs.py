@@ -1,10 +1,11 @@
 """Gangs: a job whose attempt runs as `tasks` executions (task 0 to N-1), placed all
 together by the scheduling cycle, and ended together here. When one task fails, is
 cancelled or is lost with its node, the others are stopped: those not started are
-cancelled at once, the running ones are asked to stop through the cancel path their
-agents poll (`stop_requested_at`). Once none of the attempt's executions is live, the
-attempt ends as one: succeeded when every task succeeded, else failed (retried as a
-unit, one attempt counted), lost (retried at once) or cancelled.
+cancelled at once, the running ones are asked to stop through the cancel path
+(`stop_requested_at`; their nodes are nudged to ask at once). Once none of the
+attempt's executions is live, the attempt ends as one: succeeded when every task
+succeeded, else failed (retried as a unit, one attempt counted), lost (retried at once)
+or cancelled.
 
 Callers hold the job's row lock (job, then executions, then allocations and nodes, as
 everywhere)."""
