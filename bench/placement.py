@@ -7,8 +7,20 @@ Sets itself up and cleans up after itself: creates the database `scheduler_bench
 (BENCH_BROKER_URL), flushing it before and after. For 100 and for 1,000 nodes of mixed
 sizes, zones and GPUs, it submits 10,000 pending jobs of mixed sizes into four queues
 (weights, a quota, a spread queue, some node selectors and GPU requests), times one
-`run_cycle` and checks what it wrote. Each size runs three times on fresh data; the
-median counts. The last line printed is one JSON object with the figures.
+`run_cycle` and checks what it wrote.
+
+The mixed run, on 1,000 nodes, has the cycle do everything at once. About 40 % of the
+CPU already runs 1-CPU jobs with time limits, half of them preemptible. Of the 10,000
+pending jobs, 10 % are gangs of 2 to 8 tasks, most have time limits, some are
+preemptible, and a fifth have a higher priority than the running ones. They want
+about twice the free room, so the first that finds none gets a reservation, later ones
+are held back where they would delay it (backfill), and high-priority jobs preempt.
+The cycle (placement, reservation, preemption, commit, publish) is timed, and its
+placements per second count each gang task. The check adds: no gang partly placed, a
+reservation made, and preemptions started.
+
+Each run is made three times on fresh data; the median counts. The last line printed
+is one JSON object with the figures.
 """
 
 import json
@@ -66,15 +78,39 @@ def drop_database() -> None:
 
 def fill(node_count: int, rng: random.Random) -> None:
     """A cluster of `node_count` nodes with about a fifth more room than the jobs need."""
-    from accounts.models import Team
     from jobs.models import Job
+
+    team, queues = cluster(node_count)
+    jobs = []
+    for i in range(JOBS):
+        roll = rng.random()
+        jobs.append(
+            Job(
+                team=team,
+                queue=queues[i % len(queues)],
+                name=f"bench-{i}",
+                command=["true"],
+                cpu_millis=rng.choice([250, 500, 1000, 1000, 2000]),
+                memory_mb=rng.choice([128, 256, 1024, 2048]),
+                gpu=1 if roll < 0.03 else 0,
+                node_selector={"zone": "b"} if 0.03 <= roll < 0.13 else {},
+                priority=rng.choice([0, 0, 0, 5]),
+            )
+        )
+    Job.objects.bulk_create(jobs, batch_size=2000)
+
+
+def cluster(node_count: int):
+    """The bench team, and its four queues on `node_count` nodes of four shapes with
+    about a fifth more room in all than 10,000 jobs of 0.9 CPU want."""
+    from accounts.models import Team
     from nodes.models import Node
     from resources.models import DEFAULT_QUEUE_NAME, PlacementStrategy, Queue
 
     team = Team.objects.create(name="Bench", slug="bench")
     queues = [
         Queue.objects.get(name=DEFAULT_QUEUE_NAME),
-        Queue.objects.create(name="batch", all_teams=True, weight=3),
+        Queue.objects.create(name="batch", all_teams=True, weight=3, preemptible_default=True),
         Queue.objects.create(
             name="services", all_teams=True, weight=1, strategy=PlacementStrategy.SPREAD
         ),
@@ -101,9 +137,52 @@ def fill(node_count: int, rng: random.Random) -> None:
             )
         )
     Node.objects.bulk_create(nodes)
+    return team, queues
+
+
+# The mixed run: how much of the CPU already runs when the timed cycle starts.
+RUNNING_SHARE = 0.4
+
+
+def fill_mixed(node_count: int, rng: random.Random, broker: redis.Redis) -> int:
+    """The cluster, about 40 % of its CPU running 1-CPU jobs with time limits (half of
+    them preemptible), and 10,000 pending jobs of the mixed run. Returns the number of
+    executions running."""
+    from django.db.models import Sum
+
+    from jobs.models import Job
+    from jobs.scheduling.cycle import run_cycle
+    from jobs.services.executions import execution_claim
+    from nodes.models import Node
+
+    team, queues = cluster(node_count)
+    cores = Node.objects.aggregate(cpu=Sum("cpu_millis"))["cpu"] // 1000
+    running = [
+        Job(
+            team=team,
+            queue=queues[i % 3],  # not the capped one: all of them start
+            name=f"running-{i}",
+            command=["true"],
+            cpu_millis=1000,
+            memory_mb=1024,
+            priority=0,
+            preemptible=i % 2 == 0,
+            timeout_seconds=rng.choice([600, 1200, 1800, 3600]),
+        )
+        for i in range(int(cores * RUNNING_SHARE))
+    ]
+    Job.objects.bulk_create(running, batch_size=2000)
+    placements = run_cycle(batch_size=len(running)).placements
+    assert len(placements) == len(running), (len(placements), len(running))
+    node_ids = dict(Node.objects.values_list("name", "id"))
+    for token, node_name in placements:  # each claimed as its node would
+        assert execution_claim(token=token, node_id=node_ids[node_name]) is not None
+    broker.flushdb()
+
     jobs = []
     for i in range(JOBS):
         roll = rng.random()
+        gang = rng.random() < 0.10
         jobs.append(
             Job(
                 team=team,
@@ -112,12 +191,16 @@ def fill(node_count: int, rng: random.Random) -> None:
                 command=["true"],
                 cpu_millis=rng.choice([250, 500, 1000, 1000, 2000]),
                 memory_mb=rng.choice([128, 256, 1024, 2048]),
-                gpu=1 if roll < 0.03 else 0,
+                gpu=1 if roll < 0.03 and not gang else 0,
                 node_selector={"zone": "b"} if 0.03 <= roll < 0.13 else {},
-                priority=rng.choice([0, 0, 0, 5]),
+                priority=rng.choice([0, 0, 0, 0, 5, 5, 5, 5, 10, 10]),
+                tasks=rng.randint(2, 8) if gang else 1,
+                preemptible=rng.random() < 0.2,
+                timeout_seconds=rng.choice([None, 60, 300, 900, 900, 3600]),
             )
         )
     Job.objects.bulk_create(jobs, batch_size=2000)
+    return len(running)
 
 
 def empty_tables() -> None:
@@ -131,40 +214,74 @@ def empty_tables() -> None:
         cursor.execute("DELETE FROM resources_queue WHERE name <> 'default'")
 
 
-def check(result, broker: redis.Redis) -> None:
-    """What the cycle wrote agrees with what it says it placed."""
-    from django.db.models import F
+def check(result, broker: redis.Redis, running: int = 0) -> None:
+    """What the cycle wrote agrees with what it says it placed (beside the `running`
+    executions there before): every task of a placed gang and none of one left waiting,
+    no node holding more than it has, one message per placement."""
+    from django.db.models import Count, F, Q, Sum
 
     from jobs.models import Job, JobExecution
     from nodes.models import Node
     from resources.models import Allocation
 
-    assert JobExecution.objects.count() == result.placed
-    assert Allocation.objects.count() == result.placed
-    assert Job.objects.filter(status="reserved").count() == result.placed
-    assert not Node.objects.filter(allocated_cpu_millis__gt=F("cpu_millis")).exists()
-    published = sum(broker.llen(key) for key in broker.scan_iter("node.*"))
+    assert JobExecution.objects.count() == running + result.placed
+    assert Allocation.objects.count() == running + result.placed
+    reserved = Job.objects.filter(status="reserved")
+    assert (reserved.aggregate(tasks=Sum("tasks"))["tasks"] or 0) == result.placed
+    placed_tasks = Count("executions", filter=Q(executions__status="reserved"))
+    partly = Job.objects.annotate(placed=placed_tasks).exclude(placed=0).exclude(placed=F("tasks"))
+    assert not partly.exists(), list(partly.values_list("id", "tasks", "placed")[:5])
+    assert not JobExecution.objects.filter(status="reserved", job__status="pending").exists()
+    assert not Node.objects.filter(
+        Q(allocated_cpu_millis__gt=F("cpu_millis"))
+        | Q(allocated_memory_mb__gt=F("memory_mb"))
+        | Q(allocated_gpu__gt=F("gpu"))
+    ).exists()
+    queues = [key for key in broker.scan_iter("node.*") if not key.endswith(b".stops")]
+    published = sum(broker.llen(key) for key in queues)
     assert published == result.placed, (published, result.placed)
 
 
-def measure(node_count: int, broker: redis.Redis) -> dict:
+def measure(node_count: int, broker: redis.Redis, *, mixed: bool = False) -> dict:
     from django.conf import settings
 
+    from jobs.models import Job
     from jobs.scheduling.cycle import run_cycle
 
     runs = []
     for run in range(RUNS):
         empty_tables()
         broker.flushdb()
-        fill(node_count, random.Random(SEED + run))
+        rng = random.Random(SEED + run)
+        if mixed:
+            running = fill_mixed(node_count, rng, broker)
+        else:
+            fill(node_count, rng)
+            running = 0
         started = time.perf_counter()
         result = run_cycle(batch_size=settings.SCHEDULER_BATCH_SIZE)
         seconds = time.perf_counter() - started
-        check(result, broker)
-        runs.append({"placed": result.placed, "seconds": seconds, "waiting": result.waiting})
+        check(result, broker, running)
+        gangs = Job.objects.filter(status="reserved", tasks__gt=1).count()
+        if mixed:
+            assert result.waiting.get("reservation") == 1, result.waiting
+            assert result.preempted, "no preemption started"
+        runs.append(
+            {
+                "placed": result.placed,
+                "seconds": seconds,
+                "gangs_placed": gangs,
+                "preempted": result.preempted,
+                "waiting": result.waiting,
+            }
+        )
+        what = f"{node_count:>5} nodes, {JOBS} pending" + (
+            f" ({running} running; mixed)" if mixed else ""
+        )
         print(
-            f"{node_count:>5} nodes, {JOBS} pending: placed {result.placed} in {seconds:.2f} s"
-            f" ({result.placed / seconds:,.0f}/s), waiting {result.waiting}",
+            f"{what}: placed {result.placed} in {seconds:.2f} s"
+            f" ({result.placed / seconds:,.0f}/s; {gangs} gangs), preempting"
+            f" {result.preempted}, waiting {result.waiting}",
             flush=True,
         )
     median = statistics.median(r["placed"] / r["seconds"] for r in runs)
@@ -183,6 +300,7 @@ def main() -> None:
         broker.flushdb()
         small = measure(100, broker)
         large = measure(1000, broker)
+        mixed = measure(1000, broker, mixed=True)
         connections.close_all()
     finally:
         broker.flushdb()
@@ -193,6 +311,7 @@ def main() -> None:
             {
                 "placements_per_second_100_nodes": small["rate"],
                 "placements_per_second_1000_nodes": large["rate"],
+                "placements_per_second_mixed_1000_nodes": mixed["rate"],
                 "pending_jobs": JOBS,
                 "runs_per_size": RUNS,
                 "cpu_count": os.cpu_count(),

@@ -18,8 +18,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from django.db import transaction
-from django.db.models import Case, F, Value, When
+from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from common.db import prepared_cursor, sql_literal, sql_literals
@@ -44,7 +44,6 @@ from resources.routing import routes_known
 from ..accounting import ClaimedExecution, Placement, placements_write
 from ..models import (
     HELD_REASONS,
-    Job,
     JobStatus,
     PendingReason,
     execution_token,
@@ -117,6 +116,14 @@ MIN_JOBS_PER_QUEUE = 256
 def jobs_per_queue(*, free_cpu_millis: int, batch_size: int) -> int:
     wanted = math.ceil(free_cpu_millis / TYPICAL_SMALL_JOB_CPU_MILLIS)
     return min(batch_size, max(MIN_JOBS_PER_QUEUE, wanted))
+
+
+# Each waiting job's new pending reason, in one statement whatever their number.
+REASONS_WRITE_SQL = """
+UPDATE jobs_job j SET pending_reason = w.reason
+  FROM unnest(%(ids)s::bigint[], %(reasons)s::text[]) AS w(id, reason)
+ WHERE j.id = w.id
+"""
 
 
 @dataclass
@@ -281,18 +288,18 @@ def waiting_write(
     `only`, if given), and (unless `reservation` is false) its reservation."""
     by_job = {p.job.id: p for p in pending}
     only = None if only is None else set(only)
-    changed: dict[str, list[int]] = {}
+    changed: dict[int, str] = {}
     for job_id, reason in plan.waiting.items():
         if only is not None and reason.value not in only:
             continue
         if by_job[job_id].pending_reason != reason.value and reason is not Unplaced.RESERVATION:
-            changed.setdefault(reason.value, []).append(job_id)
+            changed[job_id] = reason.value
     if changed:
-        Job.objects.filter(id__in=[i for ids in changed.values() for i in ids]).update(
-            pending_reason=Case(
-                *[When(id__in=ids, then=Value(reason)) for reason, ids in changed.items()]
+        # The jobs are locked by this transaction and still pending.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                REASONS_WRITE_SQL, {"ids": list(changed), "reasons": list(changed.values())}
             )
-        )
     if not reservation:
         return
     reservation_write(

@@ -1,7 +1,11 @@
 """An execution's message never leaves before the transaction that reserved it commits,
 and neither does the nudge that tells a node to look at what it should stop."""
 
+import base64
+import json
+
 import pytest
+from celery import current_app
 from django.db import transaction
 
 from jobs.models import Job
@@ -11,6 +15,7 @@ from jobs.services.executions import execution_claim
 from jobs.services.publishing import executions_publish_on_commit
 from nodes.models import Node
 from resources.models import DEFAULT_QUEUE_NAME, Queue
+from resources.routing import EXECUTION_TASK
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -57,3 +62,28 @@ def test_cancelling_a_job_not_started_nudges_no_node(placed_token, broker):
     job_cancel(job=Job.objects.get())  # reserved, unclaimed: cancelled at once
     assert Job.objects.get().status == "cancelled"
     assert broker.llen("node.pub.stops") == 0
+
+
+def test_a_cycle_sends_the_message_send_task_would_send(placed_token, broker):
+    """The publisher builds its messages itself, for speed: the same headers, body and
+    properties as Celery's own `send_task`, but for the task id, and no `reply_to`
+    (send_task names its process for results; nobody waits for an execution's)."""
+    executions_publish_on_commit(tokens=[placed_token])
+    current_app.send_task(EXECUTION_TASK, kwargs={"token": placed_token})
+    ours, celerys = (json.loads(broker.rpop("node.pub")) for _ in range(2))  # oldest first
+    assert broker.llen("node.pub") == 0
+
+    def comparable(message):
+        headers = {k: v for k, v in message["headers"].items() if k not in ("id", "root_id")}
+        properties = message["properties"]
+        properties = {
+            k: v
+            for k, v in properties.items()
+            if k not in ("correlation_id", "delivery_tag", "reply_to")
+        }
+        body = json.loads(base64.b64decode(message["body"]))
+        return headers, properties, body, message["content-type"]
+
+    assert comparable(ours) == comparable(celerys)
+    assert ours["headers"]["kwargsrepr"] == f"{{'token': '{placed_token}'}}"
+    assert ours["headers"]["id"] == ours["headers"]["root_id"] != celerys["headers"]["id"]
