@@ -414,6 +414,32 @@ def may_evict(victim: Running, waiting: Waiting, *, reclaim: bool, shares: Share
     )
 
 
+def _key_bound(node: NodeSlot, job: PendingJob, candidates: Sequence[Running]) -> tuple | None:
+    """At most the key `plan_preemptions` ranks the node's victims by (how many, their
+    highest priority, the node's name): for each resource the job lacks there, how many
+    of the largest holders of it it takes, and the lowest priority among the candidates.
+    None when all of them together would not make room."""
+    short = _shortfall(node, job)
+    fewest = 0
+    for resource, lacking in enumerate(short):
+        if not lacking:
+            continue
+        count = 0
+        for held in sorted((astuple_held(c)[resource] for c in candidates), reverse=True):
+            if lacking <= 0 or not held:
+                break
+            lacking -= held
+            count += 1
+        if lacking > 0:
+            return None
+        fewest = max(fewest, count)
+    return (fewest, min(c.priority for c in candidates), node.name)
+
+
+def astuple_held(execution: Running) -> _Vector:
+    return (execution.cpu_millis, execution.memory_mb, execution.gpu)
+
+
 def plan_preemptions(
     *,
     waiting: Sequence[Waiting],
@@ -455,6 +481,12 @@ def plan_preemptions(
                 for v in by_node.get(node.id, ())
                 if v.id not in taken and may_evict(v, entry, reclaim=reclaim, shares=shares)
             ]
+            if not candidates:
+                continue
+            # No set on this node can beat the best so far: a cheap bound on its key first.
+            bound = _key_bound(node, job, candidates)
+            if bound is None or (best is not None and bound >= best[0]):
+                continue
             victims = victims_on_node(node, job, candidates)
             if not victims:  # None: no room even so; empty: it fits already
                 continue

@@ -147,6 +147,83 @@ def test_it_evicts_only_lower_priority_preemptible_executions_a_minimal_set_and_
         assert node.free_cpu_millis >= 0 and node.free_memory_mb >= 0
 
 
+@st.composite
+def contested_worlds(draw):
+    """Nodes with little or no room left, mostly running preemptible work of lower
+    priority than the one waiting job: several nodes could make room for it."""
+    nodes, running = [], []
+    for index in range(draw(st.integers(2, 6))):
+        cpu, memory = draw(st.sampled_from([(2000, 1024), (4000, 2048), (3000, 1536)]))
+        free_cpu, free_memory = cpu, memory
+        while free_cpu >= 500 and free_memory >= 128 and draw(st.integers(0, 9)):
+            want_cpu = min(draw(CPU), free_cpu)
+            want_memory = min(draw(MEMORY), free_memory)
+            free_cpu -= want_cpu
+            free_memory -= want_memory
+            running.append(
+                Running(
+                    id=len(running) + 1,
+                    job_id=1000 + len(running),
+                    node_id=index + 1,
+                    queue_id=draw(st.integers(1, 2)),
+                    priority=draw(st.integers(0, 3)),
+                    preemptible=draw(st.integers(0, 4)) > 0,
+                    started_at=float(draw(st.integers(0, 100))),
+                    cpu_millis=want_cpu,
+                    memory_mb=want_memory,
+                )
+            )
+        nodes.append(
+            NodeSlot(index + 1, f"node-{index}", cpu, memory, 0, free_cpu, free_memory, 0, {})
+        )
+    request = Request(draw(st.sampled_from([1000, 1500, 2000, 3000])), draw(MEMORY))
+    waiting = [Waiting(PendingJob(id=1, queue_id=draw(st.integers(1, 2)), request=request), 4)]
+    return nodes, running, waiting
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(worlds(), contested_worlds()), st.booleans())
+def test_of_the_nodes_it_takes_the_one_with_the_fewest_then_lowest_victims(world, reclaim):
+    """The node chosen is the best by (how many victims, their highest priority, name)
+    of all the nodes, each with the victims it would get: the planner's shortcut past
+    nodes that cannot beat the best so far changes no choice."""
+    nodes, running, waiting = world
+    entry = waiting[0]
+    shares = _shares(nodes, running) if reclaim else None
+    usable = [
+        n
+        for n in nodes
+        if matches_selector(n, entry.job.request.node_selector)
+        and rules.could_hold(n, entry.job.request)
+    ]
+    plan = plan_preemptions(
+        waiting=[entry], nodes=copy.deepcopy(nodes), running=running, shares=shares, limit=1
+    )
+    if any(fits_now(n, entry.job.request) for n in usable) or (
+        shares is not None and not shares.within_quota(entry.job)
+    ):
+        assert plan == []
+        return
+    fresh = _shares(nodes, running)
+    may_reclaim = shares is not None and fresh.may_reclaim(entry.job)
+    keys = []
+    for node in usable:
+        candidates = [
+            r
+            for r in running
+            if r.node_id == node.id and rules.may_evict(r, entry, reclaim=may_reclaim, shares=fresh)
+        ]
+        victims = victims_on_node(node, entry.job, candidates)
+        if victims:
+            keys.append((len(victims), max(v.priority for v in victims), node.name, victims))
+    if not keys:
+        assert plan == []
+        return
+    *_, name, victims = min(keys, key=lambda key: key[:3])
+    (preemption,) = plan
+    assert (preemption.node.name, preemption.victims) == (name, victims)
+
+
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(worlds())
 def test_a_job_that_fits_somewhere_or_has_no_eligible_victims_preempts_nothing_there(world):
