@@ -12,9 +12,10 @@ sizes, zones and GPUs, it submits 10,000 pending jobs of mixed sizes into four q
 The mixed run, on 1,000 nodes, has the cycle do everything at once. About 40 % of the
 CPU already runs 1-CPU jobs with time limits, half of them preemptible. Of the 10,000
 pending jobs, 10 % are gangs of 2 to 8 tasks, most have time limits, some are
-preemptible, and a fifth have a higher priority than the running ones. They want
-about twice the free room, so the first that finds none gets a reservation, later ones
-are held back where they would delay it (backfill), and high-priority jobs preempt.
+preemptible, and six in ten have a higher priority than the running ones. They want
+about twice the free room, so the first that finds none gets a reservation, every later
+one is checked against it (backfill: on its nodes, only what would not delay it), and
+high-priority jobs preempt.
 The cycle (placement, reservation, preemption, commit, publish) is timed, and its
 placements per second count each gang task. The check adds: no gang partly placed, a
 reservation made, and preemptions started.

@@ -30,8 +30,10 @@ FIELDS = (
     "cpu",
     "memory_mb",
     "gpu",
+    "tasks",
     "queue",
     "priority",
+    "preemptible",
     "max_retries",
     "timeout_seconds",
     "node_selector",
@@ -81,7 +83,7 @@ def _posted(request) -> dict:
 def _initial(request) -> dict:
     """Empty with defaults, or (`?from=ID`, "submit again") the fields of a job."""
     values = dict.fromkeys(FIELDS, "")
-    values.update(cpu="1", memory_mb="256", gpu="0", queue="default", priority="0")
+    values.update(cpu="1", memory_mb="256", gpu="0", tasks="1", queue="default", priority="0")
     values["max_retries"] = "0"
     values["definition"] = request.GET.get("definition", "")
     source = request.GET.get("from", "")
@@ -95,8 +97,10 @@ def _initial(request) -> dict:
                 cpu=f"{job.cpu_millis / 1000:g}",
                 memory_mb=str(job.memory_mb),
                 gpu=str(job.gpu),
+                tasks=str(job.tasks),
                 queue=job.queue.name,
                 priority=str(job.priority),
+                preemptible="yes" if job.preemptible else "no",
                 max_retries=str(job.max_retries),
                 timeout_seconds="" if job.timeout_seconds is None else str(job.timeout_seconds),
                 node_selector=", ".join(f"{k}={v}" for k, v in job.node_selector.items()),
@@ -135,6 +139,10 @@ def _submit(request, values: dict):
         "max_retries": values["max_retries"] or 0,
         "node_selector": _labels(values["node_selector"]),
     }
+    if values["tasks"]:
+        data["tasks"] = values["tasks"]
+    if values["preemptible"]:  # else the queue's default
+        data["preemptible"] = values["preemptible"] == "yes"
     if values["timeout_seconds"]:
         data["timeout_seconds"] = values["timeout_seconds"]
     if values["parameters"]:

@@ -45,7 +45,18 @@ def waited_exit_code(job: dict) -> int:
     return EXIT_JOB_FAILED
 
 
-SPEC_OPTIONS = ("cpus", "mem", "gpus", "queue_name", "retries", "timeout", "select", "after")
+SPEC_OPTIONS = (
+    "cpus",
+    "mem",
+    "gpus",
+    "tasks",
+    "preemptible",
+    "queue_name",
+    "retries",
+    "timeout",
+    "select",
+    "after",
+)
 
 
 @click.command(context_settings={"allow_interspersed_args": False})
@@ -55,8 +66,18 @@ SPEC_OPTIONS = ("cpus", "mem", "gpus", "queue_name", "retries", "timeout", "sele
 @click.option("--cpus", help="CPU cores, e.g. 0.5 (default 1).")
 @click.option("--mem", help="Memory: 512, 512M, 2G (default 256M).")
 @click.option("--gpus", type=click.IntRange(min=0), help="GPUs (default 0).")
+@click.option(
+    "--tasks",
+    type=click.IntRange(min=1),
+    help="A gang of N tasks, each with these resources, started together or not at all.",
+)
 @click.option("--queue", "queue_name", help="The queue (default: default).")
 @click.option("--priority", type=int, help="Higher runs first (-1000 to 1000).")
+@click.option(
+    "--preemptible/--not-preemptible",
+    default=None,
+    help="May higher-priority work stop it and run it again later? (default: the queue's).",
+)
 @click.option("--retries", type=click.IntRange(min=0), help="Retries after a failed attempt.")
 @click.option("--timeout", help="Wall-time limit: 90, 90s, 10m, 2h, 1d.")
 @click.option("--env", "env_pairs", multiple=True, metavar="K=V", help="Environment variable.")
@@ -98,7 +119,7 @@ def job_spec(api, command, name, team, definition, callable_name, opts) -> dict:
     params = specs.key_values(opts["param"], "--param", typed=True)
     env = specs.key_values(opts["env_pairs"], "--env")
     if definition is not None:
-        given = [option for option in SPEC_OPTIONS if opts[option]]
+        given = [option for option in SPEC_OPTIONS if opts[option] not in (None, ())]
         if command or callable_name or given:
             shown = ", ".join(f"--{o.removesuffix('_name').replace('_', '-')}" for o in given)
             raise click.UsageError(
@@ -146,6 +167,10 @@ def command_spec(opts: dict, team: str | None) -> dict:
         resources["gpu"] = opts["gpus"]
     if resources:
         spec["resources"] = resources
+    if opts["tasks"] is not None:
+        spec["tasks"] = opts["tasks"]
+    if opts["preemptible"] is not None:
+        spec["preemptible"] = opts["preemptible"]
     if opts["queue_name"]:
         spec["queue"] = opts["queue_name"]
     if opts["retries"] is not None:

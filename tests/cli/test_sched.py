@@ -107,6 +107,11 @@ def test_submit_sends_every_option_as_the_apis_fields(platform):
     array = sched_json(platform, "submit", "--array=0-3%2", "--", "true")
     assert array["array"] == {"count": 4, "parallelism": 2}
 
+    gang = sched_json(platform, "submit", "--tasks=2", "--preemptible", "--", "true")
+    assert (gang["tasks"], gang["preemptible"]) == (2, True)
+    single = sched_json(platform, "submit", "--not-preemptible", "--", "true")
+    assert (single["tasks"], single["preemptible"]) == (1, False)
+
 
 def test_queue_json_parses_and_matches_the_api(platform):
     ids = [

@@ -220,8 +220,36 @@ def test_the_submit_form_submits_and_submit_again_fills_it(member, small_node):
     assert response["Location"] == f"/jobs/{job.pk}/"
     assert (job.command, job.cpu_millis, job.priority) == (["sh", "-c", "echo hi"], 500, 2)
     assert job.node_selector == {"zone": "a"}
+    assert (job.tasks, job.preemptible) == (1, False)  # the queue's default
     again = client.get(f"/jobs/new/?from={job.pk}").content.decode()
     assert 'value="from-form"' in again and "sh -c &#x27;echo hi&#x27;" in again
+
+
+def test_the_submit_form_submits_a_preemptible_gang(member, small_node):
+    client = logged_in(member)
+    fields = {
+        "team": "blue",
+        "name": "gang",
+        "command": "true",
+        "cpu": "0.5",
+        "memory_mb": "128",
+        "gpu": "0",
+        "tasks": "0",
+        "queue": "default",
+        "priority": "0",
+        "preemptible": "yes",
+        "max_retries": "0",
+    }
+    response = csrf_post(client, "/jobs/new/", fields)
+    assert response.status_code == 400
+    assert re.search(r'data-field="tasks">.*greater than or equal to 1', response.content.decode())
+    assert not Job.objects.exists()
+
+    csrf_post(client, "/jobs/new/", {**fields, "tasks": "3"})
+    job = Job.objects.get()
+    assert (job.tasks, job.preemptible) == (3, True)
+    again = client.get(f"/jobs/new/?from={job.pk}").content.decode()
+    assert 'name="tasks" value="3"' in again and '<option value="yes" selected>' in again
 
 
 def test_the_submit_form_submits_from_a_definition(member, definition, small_node):
