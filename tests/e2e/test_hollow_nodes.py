@@ -4,6 +4,7 @@ heartbeat, claim and report through the agents' API like real ones, and run noth
 import time
 
 import pytest
+from django.conf import settings
 
 from jobs.models import ExecutionStatus, Job, JobExecution, JobStatus
 from nodes.models import Node, NodeStatus
@@ -85,9 +86,12 @@ def test_a_hollow_job_fails_on_a_bad_duration_and_ends_when_cancelled(cluster, a
         lambda: Job.objects.get(pk=long).status == JobStatus.RUNNING, 30, message="the long job"
     )
     assert api.post(f"/api/jobs/{long}/cancel/").status_code == 200
+    # Within a third of the nodes' periodic check: the cancel's nudge on the node's stops
+    # queue tells it at once.
+    assert settings.NODE_CANCEL_POLL_SECONDS >= 30
     wait_until(
         lambda: Job.objects.get(pk=long).status == JobStatus.CANCELLED,
-        30,
+        10,
         message="the cancelled job to end",
     )
     assert JobExecution.objects.get(job_id=long).status == ExecutionStatus.CANCELLED
