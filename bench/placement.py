@@ -82,23 +82,34 @@ def fill(node_count: int, rng: random.Random) -> None:
     from jobs.models import Job
 
     team, queues = cluster(node_count)
-    jobs = []
-    for i in range(JOBS):
-        roll = rng.random()
-        jobs.append(
-            Job(
-                team=team,
-                queue=queues[i % len(queues)],
-                name=f"bench-{i}",
-                command=["true"],
-                cpu_millis=rng.choice([250, 500, 1000, 1000, 2000]),
-                memory_mb=rng.choice([128, 256, 1024, 2048]),
-                gpu=1 if roll < 0.03 else 0,
-                node_selector={"zone": "b"} if 0.03 <= roll < 0.13 else {},
-                priority=rng.choice([0, 0, 0, 5]),
-            )
-        )
+    jobs = [pending_job(team, queues[i % len(queues)], i, rng) for i in range(JOBS)]
     Job.objects.bulk_create(jobs, batch_size=2000)
+
+
+def pending_job(team, queue, i: int, rng: random.Random, *, mixed: bool = False):
+    """The i-th pending job: of mixed sizes, a few wanting a GPU or zone b. In the mixed
+    run, also a gang one time in ten, most with a time limit, some preemptible, and more
+    of higher priority."""
+    from jobs.models import Job
+
+    roll = rng.random()
+    gang = mixed and rng.random() < 0.10
+    job = Job(
+        team=team,
+        queue=queue,
+        name=f"bench-{i}",
+        command=["true"],
+        cpu_millis=rng.choice([250, 500, 1000, 1000, 2000]),
+        memory_mb=rng.choice([128, 256, 1024, 2048]),
+        gpu=1 if roll < 0.03 and not gang else 0,
+        node_selector={"zone": "b"} if 0.03 <= roll < 0.13 else {},
+        priority=rng.choice([0, 0, 0, 0, 5, 5, 5, 5, 10, 10] if mixed else [0, 0, 0, 5]),
+    )
+    if mixed:
+        job.tasks = rng.randint(2, 8) if gang else 1
+        job.preemptible = rng.random() < 0.2
+        job.timeout_seconds = rng.choice([None, 60, 300, 900, 900, 3600])
+    return job
 
 
 def cluster(node_count: int):
@@ -180,26 +191,7 @@ def fill_mixed(node_count: int, rng: random.Random, broker: redis.Redis) -> int:
         assert execution_claim(token=token, node_id=node_ids[node_name]) is not None
     broker.flushdb()
 
-    jobs = []
-    for i in range(JOBS):
-        roll = rng.random()
-        gang = rng.random() < 0.10
-        jobs.append(
-            Job(
-                team=team,
-                queue=queues[i % len(queues)],
-                name=f"bench-{i}",
-                command=["true"],
-                cpu_millis=rng.choice([250, 500, 1000, 1000, 2000]),
-                memory_mb=rng.choice([128, 256, 1024, 2048]),
-                gpu=1 if roll < 0.03 and not gang else 0,
-                node_selector={"zone": "b"} if 0.03 <= roll < 0.13 else {},
-                priority=rng.choice([0, 0, 0, 0, 5, 5, 5, 5, 10, 10]),
-                tasks=rng.randint(2, 8) if gang else 1,
-                preemptible=rng.random() < 0.2,
-                timeout_seconds=rng.choice([None, 60, 300, 900, 900, 3600]),
-            )
-        )
+    jobs = [pending_job(team, queues[i % len(queues)], i, rng, mixed=True) for i in range(JOBS)]
     Job.objects.bulk_create(jobs, batch_size=2000)
     return len(running)
 

@@ -34,6 +34,22 @@ CPU = st.sampled_from([500, 1000, 2000])
 MEMORY = st.sampled_from([128, 256, 512])
 
 
+def drawn_running(draw, running, node_id, cpu_millis, memory_mb, preemptible) -> Running:
+    """The next execution of `running` on the node, its queue, priority (0 to 3), start
+    and whether it is preemptible (by that strategy) drawn."""
+    return Running(
+        id=len(running) + 1,
+        job_id=1000 + len(running),
+        node_id=node_id,
+        queue_id=draw(st.integers(1, 2)),
+        priority=draw(st.integers(0, 3)),
+        preemptible=draw(preemptible),
+        started_at=float(draw(st.integers(0, 100))),
+        cpu_millis=cpu_millis,
+        memory_mb=memory_mb,
+    )
+
+
 @st.composite
 def worlds(draw):
     """Full-ish nodes with executions on them, and waiting jobs."""
@@ -49,17 +65,7 @@ def worlds(draw):
             free_cpu -= want_cpu
             free_memory -= want_memory
             running.append(
-                Running(
-                    id=len(running) + 1,
-                    job_id=1000 + len(running),
-                    node_id=index + 1,
-                    queue_id=draw(st.integers(1, 2)),
-                    priority=draw(st.integers(0, 3)),
-                    preemptible=draw(st.booleans()),
-                    started_at=float(draw(st.integers(0, 100))),
-                    cpu_millis=want_cpu,
-                    memory_mb=want_memory,
-                )
+                drawn_running(draw, running, index + 1, want_cpu, want_memory, st.booleans())
             )
         nodes.append(
             NodeSlot(index + 1, f"node-{index}", cpu, memory, 0, free_cpu, free_memory, 0, labels)
@@ -160,19 +166,8 @@ def contested_worlds(draw):
             want_memory = min(draw(MEMORY), free_memory)
             free_cpu -= want_cpu
             free_memory -= want_memory
-            running.append(
-                Running(
-                    id=len(running) + 1,
-                    job_id=1000 + len(running),
-                    node_id=index + 1,
-                    queue_id=draw(st.integers(1, 2)),
-                    priority=draw(st.integers(0, 3)),
-                    preemptible=draw(st.integers(0, 4)) > 0,
-                    started_at=float(draw(st.integers(0, 100))),
-                    cpu_millis=want_cpu,
-                    memory_mb=want_memory,
-                )
-            )
+            mostly = st.integers(0, 4).map(bool)  # preemptible four times in five
+            running.append(drawn_running(draw, running, index + 1, want_cpu, want_memory, mostly))
         nodes.append(
             NodeSlot(index + 1, f"node-{index}", cpu, memory, 0, free_cpu, free_memory, 0, {})
         )
@@ -181,7 +176,7 @@ def contested_worlds(draw):
     return nodes, running, waiting
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(worlds(), contested_worlds()), st.booleans())
 def test_of_the_nodes_it_takes_the_one_with_the_fewest_then_lowest_victims(world, reclaim):
     """The node chosen is the best by (how many victims, their highest priority, name)
