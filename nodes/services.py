@@ -213,7 +213,12 @@ def node_back(*, name: str, fields: dict) -> bool:
 
 def nodes_mark_lost(*, older_than_seconds: float) -> list[str]:
     """Nodes silent for longer than `older_than_seconds` go offline, each loss recorded
-    (`NodeLoss`); returns their names."""
+    (`NodeLoss`); returns their names.
+
+    When most of the nodes are silent at once (see `loss_held`), only the longest silent
+    goes, and only if no node was lost within `older_than_seconds`: a control plane that
+    hears from no one (its web server down longer than that, its network cut) does not
+    fail every node over at once, while a rack that really died still is, slowly."""
     now = timezone.now()
     cutoff = now - timedelta(seconds=older_than_seconds)
     with transaction.atomic():
@@ -221,8 +226,21 @@ def nodes_mark_lost(*, older_than_seconds: float) -> list[str]:
             Node.objects.select_for_update(skip_locked=True)
             .exclude(status=NodeStatus.OFFLINE)
             .filter(last_heartbeat__lt=cutoff)
+            .order_by("last_heartbeat", "id")
             .values_list("id", "name", "last_heartbeat", "status")
         )
+        if silent:
+            not_offline = Node.objects.exclude(status=NodeStatus.OFFLINE)
+            heard = not_offline.exclude(last_heartbeat__lt=cutoff).count()
+            if loss_held(silent=len(silent), heard=heard):
+                recent = NodeLoss.objects.filter(lost_at__gt=cutoff).exists()
+                logger.warning(
+                    "node loss held: %s of %s nodes silent at once; failing over %s",
+                    len(silent),
+                    len(silent) + heard,
+                    "none yet" if recent else f"one, {silent[0][1]}",
+                )
+                silent = [] if recent else silent[:1]
         names = [name for _, name, _, _ in silent]
         if names:
             Node.objects.filter(name__in=names).update(status=NodeStatus.OFFLINE)
@@ -243,6 +261,15 @@ def nodes_mark_lost(*, older_than_seconds: float) -> list[str]:
     for name in names:
         logger.warning("node lost node=%s silent_for_more_than=%ss", name, older_than_seconds)
     return names
+
+
+def loss_held(*, silent: int, heard: int) -> bool:
+    """Are so many of the nodes not offline silent at once (`silent` of `silent` +
+    `heard`) that their loss is held (NODE_LOSS_HOLD_SHARE, NODE_LOSS_HOLD_MIN_NODES)?"""
+    return (
+        silent >= settings.NODE_LOSS_HOLD_MIN_NODES
+        and silent >= settings.NODE_LOSS_HOLD_SHARE * (silent + heard)
+    )
 
 
 # Nothing allocated on the node: every allocation holds at least one CPU milli, since a

@@ -193,6 +193,41 @@ def test_each_time_a_node_is_lost_is_recorded_once_and_outlives_the_node():
     assert NodeLoss.objects.filter(node_name="node-a").count() == 2
 
 
+def silent_nodes(count: int, *, heard: int) -> list[str]:
+    """`count` nodes silent for 60 s and more (node-0 the longest), and `heard` more
+    heard from now; the silent ones' names."""
+    now = timezone.now()
+    for i in range(heard):
+        make_node(f"heard-{i}", last_heartbeat=now)
+    for i in range(count):
+        make_node(f"node-{i}", last_heartbeat=now - timedelta(seconds=60 + count - i))
+    return [f"node-{i}" for i in range(count)]
+
+
+def test_when_most_nodes_fall_silent_at_once_they_are_failed_over_one_per_window():
+    names = silent_nodes(4, heard=1)  # 4 of 5: over the 0.55 share
+    assert nodes_mark_lost(older_than_seconds=30) == ["node-0"]  # the longest silent
+    assert nodes_mark_lost(older_than_seconds=30) == []  # one per 30 s
+    assert [status_of(n) for n in names] == [NodeStatus.OFFLINE, *["ready"] * 3]
+    # A window later the next goes: 3 of the 4 nodes not offline are silent.
+    NodeLoss.objects.update(lost_at=timezone.now() - timedelta(seconds=31))
+    assert nodes_mark_lost(older_than_seconds=30) == ["node-1"]
+    # Then 2 silent are fewer than the 3 a hold takes: both go at once.
+    assert nodes_mark_lost(older_than_seconds=30) == ["node-2", "node-3"]
+
+
+def test_fewer_silent_than_the_share_or_than_three_go_at_once(settings):
+    assert nodes_mark_lost(older_than_seconds=30) == []
+    assert sorted(silent_nodes(2, heard=0)) == sorted(nodes_mark_lost(older_than_seconds=30))
+    Node.objects.all().delete()
+    silent_nodes(4, heard=4)  # half: under the share
+    assert len(nodes_mark_lost(older_than_seconds=30)) == 4
+    Node.objects.all().delete()
+    settings.NODE_LOSS_HOLD_SHARE = 1.0  # no hold short of every node silent
+    silent_nodes(4, heard=1)
+    assert len(nodes_mark_lost(older_than_seconds=30)) == 4
+
+
 @pytest.mark.parametrize("status", [NodeStatus.CORDONED, NodeStatus.DRAINING])
 def test_a_silent_cordoned_or_draining_node_goes_offline_too(status):
     make_node(status=status, last_heartbeat=timezone.now() - timedelta(seconds=60))
