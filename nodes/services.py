@@ -215,10 +215,10 @@ def nodes_mark_lost(*, older_than_seconds: float) -> list[str]:
     """Nodes silent for longer than `older_than_seconds` go offline, each loss recorded
     (`NodeLoss`); returns their names.
 
-    When most of the nodes are silent at once (see `loss_held`), only the longest silent
-    goes, and only if no node was lost within `older_than_seconds`: a control plane that
-    hears from no one (its web server down longer than that, its network cut) does not
-    fail every node over at once, while a rack that really died still is, slowly."""
+    When most of the nodes are silent or offline (see `loss_held`), only the longest
+    silent goes, and only if no node was lost within `older_than_seconds`: a control plane
+    that hears from no one (its web server down longer than that, its network cut) does
+    not fail every node over at once, while a rack that really died still is, slowly."""
     now = timezone.now()
     cutoff = now - timedelta(seconds=older_than_seconds)
     with transaction.atomic():
@@ -230,14 +230,14 @@ def nodes_mark_lost(*, older_than_seconds: float) -> list[str]:
             .values_list("id", "name", "last_heartbeat", "status")
         )
         if silent:
-            not_offline = Node.objects.exclude(status=NodeStatus.OFFLINE)
-            heard = not_offline.exclude(last_heartbeat__lt=cutoff).count()
-            if loss_held(silent=len(silent), heard=heard):
+            offline = Node.objects.filter(status=NodeStatus.OFFLINE).count()
+            total = Node.objects.count()
+            if loss_held(down=len(silent) + offline, total=total):
                 recent = NodeLoss.objects.filter(lost_at__gt=cutoff).exists()
                 logger.warning(
-                    "node loss held: %s of %s nodes silent at once; failing over %s",
-                    len(silent),
-                    len(silent) + heard,
+                    "node loss held: %s of %s nodes silent or offline; failing over %s",
+                    len(silent) + offline,
+                    total,
                     "none yet" if recent else f"one, {silent[0][1]}",
                 )
                 silent = [] if recent else silent[:1]
@@ -263,12 +263,13 @@ def nodes_mark_lost(*, older_than_seconds: float) -> list[str]:
     return names
 
 
-def loss_held(*, silent: int, heard: int) -> bool:
-    """Are so many of the nodes not offline silent at once (`silent` of `silent` +
-    `heard`) that their loss is held (NODE_LOSS_HOLD_SHARE, NODE_LOSS_HOLD_MIN_NODES)?"""
+def loss_held(*, down: int, total: int) -> bool:
+    """Are so many of the `total` nodes silent or offline (`down`) that the loss of the
+    silent ones is held (NODE_LOSS_HOLD_SHARE, NODE_LOSS_HOLD_MIN_NODES)? Offline nodes
+    count, as Kubernetes counts the nodes not ready in a zone: else a mass silence would
+    stop being one as its nodes went offline one by one."""
     return (
-        silent >= settings.NODE_LOSS_HOLD_MIN_NODES
-        and silent >= settings.NODE_LOSS_HOLD_SHARE * (silent + heard)
+        down >= settings.NODE_LOSS_HOLD_MIN_NODES and down >= settings.NODE_LOSS_HOLD_SHARE * total
     )
 
 

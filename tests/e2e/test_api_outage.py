@@ -9,6 +9,7 @@ import pytest
 from django.db.models import Count
 
 from jobs.models import Job, JobExecution, JobStatus
+from nodes.models import Node, NodeLoss, NodeStatus
 from tests.processes import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -99,3 +100,55 @@ def test_200_jobs_succeed_exactly_once_across_a_restart_of_every_web_worker(clus
     )
     assert_each_ran_exactly_once(ids, marker)
     assert "control plane unreachable" in node.log()  # the agent did meet the restart
+
+
+def test_a_web_outage_longer_than_node_loss_fails_over_one_node_per_window(cluster, api, tmp_path):
+    """Four nodes all fall silent when the web server goes away: the loss is held, so
+    only the longest silent node goes offline per NODE_LOST_AFTER_SECONDS instead of
+    all four; the others' jobs run on and are reported once it is back."""
+    cluster.env["NODE_LOST_AFTER_SECONDS"] = "6"
+    marker = tmp_path / "runs.txt"
+    for name in ("node-a", "node-b", "node-c", "node-d"):
+        cluster.start_node(name, cpu=1)
+    cluster.start_scheduler()  # the leader checks for lost nodes every second
+    ids = []
+    for _ in range(4):
+        response = api.post(
+            "/api/jobs/",
+            {
+                "name": "held",
+                "command": ["sh", "-c", f'echo "$JOB_ID" >> {marker}; sleep 18'],
+                "resources": {"cpu": 1, "memory_mb": 16},
+            },
+            format="json",
+        )
+        assert response.status_code == 201, response.json()
+        ids.append(response.json()["id"])
+    wait_until(
+        lambda: Job.objects.filter(pk__in=ids, status=JobStatus.RUNNING).count() == 4,
+        30,
+        message="a job running on each node",
+    )
+    cluster.stop_api()
+    # 15 s: every node silent for two windows of 6 s (not held, all four would have
+    # gone offline after the first); one lost per window, so one or two by now.
+    time.sleep(15)
+    lost = NodeLoss.objects.count()
+    assert lost in (1, 2), list(NodeLoss.objects.values_list("node_name", "lost_at"))
+    cluster.start_api()
+    wait_until(
+        lambda: Job.objects.filter(pk__in=ids, status=JobStatus.SUCCEEDED).count() == 4,
+        90,
+        message="every job to succeed",
+    )
+    # Until their heartbeats got through again (the agents back off up to 5 s), one more
+    # may have gone; never all four.
+    lost = NodeLoss.objects.count()
+    assert lost <= 3
+    # The jobs of the nodes kept up ran once; those failed over ran again, once.
+    attempts = sorted(Job.objects.filter(pk__in=ids).values_list("attempts", flat=True))
+    assert attempts == [1] * (4 - lost) + [2] * lost
+    assert sorted(int(line) for line in marker.read_text().split()) == sorted(
+        ids + list(Job.objects.filter(pk__in=ids, attempts=2).values_list("id", flat=True))
+    )
+    wait_until(lambda: Node.objects.filter(status=NodeStatus.READY).count() == 4, 30)
