@@ -215,10 +215,11 @@ def nodes_mark_lost(*, older_than_seconds: float) -> list[str]:
     """Nodes silent for longer than `older_than_seconds` go offline, each loss recorded
     (`NodeLoss`); returns their names.
 
-    When most of the nodes are silent or offline (see `loss_held`), only the longest
-    silent goes, and only if no node was lost within `older_than_seconds`: a control plane
-    that hears from no one (its web server down longer than that, its network cut) does
-    not fail every node over at once, while a rack that really died still is, slowly."""
+    When most of the nodes are silent (for half that time) or offline (see `loss_held`),
+    only the longest silent goes, and only if no node was lost within
+    `older_than_seconds`: a control plane that hears from no one (its web server down
+    longer than that, its network cut) does not fail every node over at once, while a
+    rack that really died still is, slowly."""
     now = timezone.now()
     cutoff = now - timedelta(seconds=older_than_seconds)
     with transaction.atomic():
@@ -230,13 +231,19 @@ def nodes_mark_lost(*, older_than_seconds: float) -> list[str]:
             .values_list("id", "name", "last_heartbeat", "status")
         )
         if silent:
-            offline = Node.objects.filter(status=NodeStatus.OFFLINE).count()
+            # Down: offline, or silent for half the time it takes to be lost. Nodes fall
+            # silent a heartbeat apart; counting those about to be lost sees a mass
+            # silence from its first loss on, not only once some have gone.
+            half = now - timedelta(seconds=older_than_seconds / 2)
+            down = Node.objects.filter(
+                Q(status=NodeStatus.OFFLINE) | Q(last_heartbeat__lt=half)
+            ).count()
             total = Node.objects.count()
-            if loss_held(down=len(silent) + offline, total=total):
+            if loss_held(down=down, total=total):
                 recent = NodeLoss.objects.filter(lost_at__gt=cutoff).exists()
                 logger.warning(
                     "node loss held: %s of %s nodes silent or offline; failing over %s",
-                    len(silent) + offline,
+                    down,
                     total,
                     "none yet" if recent else f"one, {silent[0][1]}",
                 )

@@ -331,10 +331,10 @@ JOB_LOG_TAIL_BYTES = env.int("JOB_LOG_TAIL_BYTES", default=4096)
 # A node whose last heartbeat is older than this is offline; its executions are retried.
 NODE_LOST_AFTER_SECONDS = env.float("NODE_LOST_AFTER_SECONDS", default=30.0)
 # When at least this share of the nodes, and at least NODE_LOSS_HOLD_MIN_NODES of them,
-# are silent or offline, the control plane (or its network) is the likelier cause: the
-# silent are failed over one per NODE_LOST_AFTER_SECONDS, the longest silent first,
-# rather than all at once (as Kubernetes' node controller slows its evictions in a zone
-# that is mostly down).
+# are offline or silent for half of NODE_LOST_AFTER_SECONDS, the control plane (or its
+# network) is the likelier cause: the silent are failed over one per
+# NODE_LOST_AFTER_SECONDS, the longest silent first, rather than all at once (as
+# Kubernetes' node controller slows its evictions in a zone that is mostly down).
 NODE_LOSS_HOLD_SHARE = env.float("NODE_LOSS_HOLD_SHARE", default=0.55)
 NODE_LOSS_HOLD_MIN_NODES = env.int("NODE_LOSS_HOLD_MIN_NODES", default=3)
 # How many times one job may be retried because its node or process was lost.
