@@ -16,7 +16,7 @@ from tests.processes import wait_until
 pytestmark = pytest.mark.e2e
 
 
-def submit_marked(api, count, marker, seconds) -> list[int]:
+def submit_marked(api, count, marker, seconds, cpu=0.1) -> list[int]:
     """`count` jobs that each append their id to `marker`, then sleep `seconds`."""
     ids = []
     for _ in range(count):
@@ -25,7 +25,7 @@ def submit_marked(api, count, marker, seconds) -> list[int]:
             {
                 "name": "marked",
                 "command": ["sh", "-c", f'echo "$JOB_ID" >> {marker}; sleep {seconds}'],
-                "resources": {"cpu": 0.1, "memory_mb": 16},
+                "resources": {"cpu": cpu, "memory_mb": 16},
             },
             format="json",
         )
@@ -121,19 +121,7 @@ def test_a_web_outage_longer_than_node_loss_fails_over_one_node_per_window(clust
     for name in ("node-a", "node-b", "node-c", "node-d"):
         cluster.start_node(name, cpu=1)
     cluster.start_scheduler()  # the leader checks for lost nodes every second
-    ids = []
-    for _ in range(4):
-        response = api.post(
-            "/api/jobs/",
-            {
-                "name": "held",
-                "command": ["sh", "-c", f'echo "$JOB_ID" >> {marker}; sleep 12'],
-                "resources": {"cpu": 1, "memory_mb": 16},
-            },
-            format="json",
-        )
-        assert response.status_code == 201, response.json()
-        ids.append(response.json()["id"])
+    ids = submit_marked(api, 4, marker, 12, cpu=1)  # one per node
     wait_until(
         lambda: Job.objects.filter(pk__in=ids, status=JobStatus.RUNNING).count() == 4,
         30,
