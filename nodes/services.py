@@ -10,7 +10,7 @@ from celery import current_app
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Case, Q, Value, When
+from django.db.models import Case, Count, Q, Value, When
 from django.utils import timezone
 
 from accounts.services import secret_key_digest, secret_key_generate, secret_key_matches
@@ -235,10 +235,11 @@ def nodes_mark_lost(*, older_than_seconds: float) -> list[str]:
             # silent a heartbeat apart; counting those about to be lost sees a mass
             # silence from its first loss on, not only once some have gone.
             half = now - timedelta(seconds=older_than_seconds / 2)
-            down = Node.objects.filter(
-                Q(status=NodeStatus.OFFLINE) | Q(last_heartbeat__lt=half)
-            ).count()
-            total = Node.objects.count()
+            counts = Node.objects.aggregate(
+                total=Count("id"),
+                down=Count("id", filter=Q(status=NodeStatus.OFFLINE) | Q(last_heartbeat__lt=half)),
+            )
+            down, total = counts["down"], counts["total"]
             if loss_held(down=down, total=total):
                 recent = NodeLoss.objects.filter(lost_at__gt=cutoff).exists()
                 logger.warning(

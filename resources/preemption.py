@@ -415,17 +415,17 @@ def may_evict(victim: Running, waiting: Waiting, *, reclaim: bool, shares: Share
 
 
 def _key_bound(node: NodeSlot, job: PendingJob, candidates: Sequence[Running]) -> tuple | None:
-    """At most the key `plan_preemptions` ranks the node's victims by (how many, their
-    highest priority, the node's name): for each resource the job lacks there, how many
-    of the largest holders of it it takes, and the lowest priority among the candidates.
+    """A lower bound on the key `plan_preemptions` ranks the node's victims by (how many,
+    their highest priority, the node's name): for each resource the job lacks there, how
+    many of its largest holders it takes, and the lowest priority among the candidates.
     None when all of them together would not make room."""
-    short = _shortfall(node, job)
     fewest = 0
-    for resource, lacking in enumerate(short):
+    for resource, lacking in enumerate(_shortfall(node, job)):
         if not lacking:
             continue
         count = 0
-        for held in sorted((astuple_held(c)[resource] for c in candidates), reverse=True):
+        holders = ((c.cpu_millis, c.memory_mb, c.gpu)[resource] for c in candidates)
+        for held in sorted(holders, reverse=True):
             if lacking <= 0 or not held:
                 break
             lacking -= held
@@ -434,10 +434,6 @@ def _key_bound(node: NodeSlot, job: PendingJob, candidates: Sequence[Running]) -
             return None
         fewest = max(fewest, count)
     return (fewest, min(c.priority for c in candidates), node.name)
-
-
-def astuple_held(execution: Running) -> _Vector:
-    return (execution.cpu_millis, execution.memory_mb, execution.gpu)
 
 
 def plan_preemptions(
