@@ -265,6 +265,18 @@ CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+if BROKER_IS_REDIS:
+    # For a link to Redis cut without its connections closing (a partition): a consumer
+    # waits on its half-open socket until kombu sees its BRPOP unanswered for one second
+    # plus the health check interval, and again that at most before it looks (about 11 s
+    # rather than kombu's 51); any other command, a publish or the agent's broker watch,
+    # gives up after the socket timeout rather than waiting for TCP to retransmit after
+    # the link returns; a connect, after the connect timeout.
+    CELERY_BROKER_TRANSPORT_OPTIONS |= {
+        "health_check_interval": env.int("BROKER_HEALTH_CHECK_SECONDS", default=5),
+        "socket_timeout": env.float("BROKER_SOCKET_TIMEOUT_SECONDS", default=10.0),
+        "socket_connect_timeout": env.float("BROKER_SOCKET_TIMEOUT_SECONDS", default=10.0),
+    }
 CELERY_BEAT_SCHEDULER = "jobs.beat:ScheduleBeat"
 CELERY_TIMEZONE = "UTC"
 # How often beat looks for changed schedules at the latest: a new or changed schedule is

@@ -6,7 +6,8 @@ looks idle, not broken. So a thread of the agent's own makes a round trip to the
 every heartbeat interval, on a connection of its own (a passive declaration of the
 node's queue), and the broker counts as reachable while one succeeded within
 NODE_LOST_AFTER_SECONDS, the patience the node's heartbeats get. A round trip on a
-dropped link blocks until the link returns, which is what it should measure.
+dropped link blocks until it gives up (on Redis, BROKER_SOCKET_TIMEOUT_SECONDS), and
+the next connects again.
 """
 
 import logging
