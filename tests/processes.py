@@ -493,7 +493,7 @@ class Cluster:
         self.processes.append(process.start())
         return process
 
-    def stop_all(self, timeout: float = 5) -> None:
+    def stop_all(self, timeout: float = 2) -> None:
         """Every process at once: SIGTERM, up to `timeout` seconds for them all to end
         (a node's running job is not waited for), then SIGKILL."""
         live = [process for process in reversed(self.processes) if process.alive]

@@ -96,7 +96,14 @@ def test_a_revoked_key_stops_the_agent_and_its_job_runs_again_elsewhere(cluster,
     cluster.start_scheduler()
     response = api.post(
         "/api/jobs/",
-        {"name": "t", "command": ["sh", "-c", f'echo "$NODE_NAME" >> {marker}; sleep 15']},
+        {
+            "name": "t",
+            "command": [
+                "sh",
+                "-c",
+                f'echo "$NODE_NAME" >> {marker}; [ "$NODE_NAME" = node-b ] || sleep 15',
+            ],
+        },
         format="json",
     )
     job_id = response.json()["id"]

@@ -3,15 +3,20 @@
 import itertools
 import re
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
+import redis
+from django.conf import settings
+from django.core.management import call_command
 from django.utils import timezone
 
+from accounts.models import Team
 from jobs.models import Job, JobDefinition, JobSchedule, JobScheduleRun, JobStatus
 from jobs.schedules import schedule_create, schedule_pause, schedule_resume, schedules_create_many
-from resources.models import Queue
-from tests.processes import wait_until
+from resources.models import DEFAULT_QUEUE_NAME, Queue
+from tests.processes import Cluster, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -47,24 +52,134 @@ def runs(schedule, **filters):
     return list(JobScheduleRun.objects.filter(schedule=schedule, **filters).order_by("due_at"))
 
 
-def test_every_two_seconds_runs_each_due_time_once_and_on_time(cluster, team):
-    start_platform(cluster)
-    cluster.start_beat()
-    schedule = make_schedule(team, ["true"], interval_seconds=2)
-    first = schedule.next_fire_at
-    window_end = first + timedelta(seconds=20)
-    sleep_until(window_end, 3)
-    fired = runs(schedule, due_at__lt=window_end)
-    assert [run.due_at for run in fired] == [first + timedelta(seconds=2 * i) for i in range(10)]
-    assert all(run.outcome == "submitted" and not run.catch_up for run in fired)
-    jobs = Job.objects.filter(schedule_runs__in=fired)
-    assert jobs.count() == 10
-    lateness = [
-        (run.job.started_at - run.due_at).total_seconds()
-        for run in JobScheduleRun.objects.filter(pk__in=[r.pk for r in fired]).select_related("job")
-    ]
-    assert all(0 <= late <= 1.5 for late in lateness), lateness
-    assert set(jobs.values_list("status", flat=True)) == {JobStatus.SUCCEEDED}
+@dataclass
+class Shared:
+    cluster: Cluster
+    every: JobSchedule
+    forbid: JobSchedule
+    replace: JobSchedule
+    pausing: JobSchedule
+
+
+class TestSideBySide:
+    """Four schedules of one team on one platform (a node, the scheduler, the control
+    worker and beat), made together so that their waits overlap; each test reads only
+    its own schedule's runs and jobs."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def shared(cls, django_db_setup, django_db_blocker, tmp_path_factory):
+        broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+        with django_db_blocker.unblock():
+            broker.flushdb()
+            Queue.objects.get_or_create(name=DEFAULT_QUEUE_NAME, defaults={"all_teams": True})
+            team = Team.objects.create(name="Blue", slug="blue")
+            cluster = Cluster(tmp_path_factory.mktemp("schedules"))
+            try:
+                cluster.start_node("node-a", cpu=4, slots=8)
+                cluster.start_scheduler()
+                cluster.start_control_worker()
+                cluster.start_beat()
+                yield Shared(
+                    cluster=cluster,
+                    every=make_schedule(team, ["true"], interval_seconds=2),
+                    forbid=make_schedule(
+                        team,
+                        ["sleep", "5"],
+                        name="forbid",
+                        interval_seconds=2,
+                        concurrency_policy="forbid",
+                    ),
+                    replace=make_schedule(
+                        team,
+                        ["sleep", "60"],
+                        name="replace",
+                        interval_seconds=4,
+                        concurrency_policy="replace",
+                    ),
+                    pausing=make_schedule(team, ["true"], name="pausing", interval_seconds=1),
+                )
+            finally:
+                cluster.stop_all()
+                call_command("flush", interactive=False, verbosity=0)
+                broker.flushdb()
+                broker.close()
+
+    @pytest.fixture(autouse=True)
+    def logs_on_failure(self, shared, request):
+        yield
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(shared.cluster.logs())
+
+    def test_every_two_seconds_runs_each_due_time_once_and_on_time(self, shared):
+        schedule = shared.every
+        first = schedule.next_fire_at
+        window_end = first + timedelta(seconds=20)
+        sleep_until(window_end, 3)
+        fired = runs(schedule, due_at__lt=window_end)
+        due = [first + timedelta(seconds=2 * i) for i in range(10)]
+        assert [run.due_at for run in fired] == due
+        assert all(run.outcome == "submitted" and not run.catch_up for run in fired)
+        jobs = Job.objects.filter(schedule_runs__in=fired)
+        assert jobs.count() == 10
+        lateness = [
+            (run.job.started_at - run.due_at).total_seconds()
+            for run in JobScheduleRun.objects.filter(pk__in=[r.pk for r in fired]).select_related(
+                "job"
+            )
+        ]
+        assert all(0 <= late <= 1.5 for late in lateness), lateness
+        assert set(jobs.values_list("status", flat=True)) == {JobStatus.SUCCEEDED}
+
+    def test_forbid_skips_overlapping_runs_and_records_it(self, shared):
+        schedule = shared.forbid
+        sleep_until(schedule.next_fire_at, 13)
+        outcomes = [run.outcome for run in runs(schedule)]
+        assert outcomes.count("skipped_running") >= 3, outcomes
+        assert outcomes.count("submitted") >= 2, outcomes
+        spans = sorted(
+            (job.started_at, job.finished_at or timezone.now())
+            for job in Job.objects.filter(schedule_runs__schedule=schedule).exclude(started_at=None)
+        )
+        for (_, ended), (started, _) in itertools.pairwise(spans):
+            assert started >= ended, "two runs of a forbid schedule overlapped"
+
+    def test_replace_cancels_the_running_job(self, shared):
+        schedule = shared.replace
+        wait_until(lambda: len(runs(schedule, outcome="submitted")) >= 3, 20, message="three runs")
+        schedule_pause(schedule=schedule)
+        fired = runs(schedule)
+        assert {run.outcome for run in fired} == {"submitted"}
+        for previous, run in itertools.pairwise(fired):
+            assert run.cancelled_job_id == previous.job_id
+        replaced = [run.job_id for run in fired[:-1]]
+
+        def all_cancelled():
+            jobs = Job.objects.filter(pk__in=replaced)
+            return {job.status for job in jobs} == {JobStatus.CANCELLED} and jobs
+
+        # Each was running (started) when the next due time replaced it.
+        assert all(job.started_at for job in wait_until(all_cancelled, 10, message="cancels"))
+        wait_until(
+            lambda: Job.objects.get(pk=fired[-1].job_id).status == JobStatus.RUNNING,
+            10,
+            message="the last run",
+        )
+
+    def test_pause_stops_at_once_and_resume_does_not_catch_up(self, shared):
+        schedule = shared.pausing
+        wait_until(lambda: len(runs(schedule)) >= 3, 15, message="three runs")
+        schedule_pause(schedule=schedule)
+        paused_at = timezone.now()
+        time.sleep(4)
+        assert not JobScheduleRun.objects.filter(schedule=schedule, fired_at__gt=paused_at).exists()
+        resumed = schedule_resume(schedule=schedule)
+        time.sleep(4)
+        after = runs(schedule, due_at__gt=paused_at)
+        assert after[0].due_at == resumed.next_fire_at
+        assert all(run.missed == 0 and not run.catch_up for run in after)
+        assert 3 <= len(after) <= 5
 
 
 def test_two_beats_at_once_make_one_job_per_due_time(cluster, team):
@@ -84,61 +199,6 @@ def test_two_beats_at_once_make_one_job_per_due_time(cluster, team):
     control = next(p for p in cluster.processes if p.name == "control").log()
     received = len(re.findall(r"Task jobs\.fire_schedules?\[[^\]]+\] received", control))
     assert received >= 1.6 * len(fired), (received, len(fired))
-
-
-def test_forbid_skips_overlapping_runs_and_records_it(cluster, team):
-    start_platform(cluster)
-    cluster.start_beat()
-    schedule = make_schedule(team, ["sleep", "5"], interval_seconds=2, concurrency_policy="forbid")
-    sleep_until(schedule.next_fire_at, 13)
-    outcomes = [run.outcome for run in runs(schedule)]
-    assert outcomes.count("skipped_running") >= 3, outcomes
-    assert outcomes.count("submitted") >= 2, outcomes
-    spans = sorted(
-        (job.started_at, job.finished_at or timezone.now())
-        for job in Job.objects.exclude(started_at=None)
-    )
-    for (_, ended), (started, _) in itertools.pairwise(spans):
-        assert started >= ended, "two runs of a forbid schedule overlapped"
-
-
-def test_replace_cancels_the_running_job(cluster, team):
-    start_platform(cluster)
-    cluster.start_beat()
-    schedule = make_schedule(
-        team, ["sleep", "60"], interval_seconds=4, concurrency_policy="replace"
-    )
-    first = wait_until(
-        lambda: Job.objects.filter(status=JobStatus.RUNNING).first(), 15, message="the first run"
-    )
-    second = wait_until(
-        lambda: runs(schedule, outcome="submitted")[1:] and runs(schedule)[1], 10, message="run 2"
-    )
-    assert second.cancelled_job_id == first.pk
-    wait_until(
-        lambda: Job.objects.get(pk=first.pk).status == JobStatus.CANCELLED, 10, message="cancel"
-    )
-    wait_until(
-        lambda: Job.objects.get(pk=second.job_id).status == JobStatus.RUNNING, 10, message="run"
-    )
-    schedule_pause(schedule=schedule)
-
-
-def test_pause_stops_at_once_and_resume_does_not_catch_up(cluster, team):
-    start_platform(cluster)
-    cluster.start_beat()
-    schedule = make_schedule(team, ["true"], interval_seconds=1)
-    wait_until(lambda: len(runs(schedule)) >= 3, 15, message="three runs")
-    schedule_pause(schedule=schedule)
-    paused_at = timezone.now()
-    time.sleep(4)
-    assert not JobScheduleRun.objects.filter(schedule=schedule, fired_at__gt=paused_at).exists()
-    resumed = schedule_resume(schedule=schedule)
-    time.sleep(4)
-    after = runs(schedule, due_at__gt=paused_at)
-    assert after[0].due_at == resumed.next_fire_at
-    assert all(run.missed == 0 and not run.catch_up for run in after)
-    assert 3 <= len(after) <= 5
 
 
 def test_run_once_after_beat_downtime_runs_one_catch_up(cluster, team):
@@ -195,11 +255,13 @@ def test_ten_thousand_hourly_schedules_fire_their_boundary_once_and_keep_a_two_s
     )
     start_platform(cluster)
     cluster.start_beat()
-    # A 30 s window whose middle is the next minute boundary at least 18 s away.
-    boundary = timezone.now().replace(second=0, microsecond=0) + timedelta(minutes=1)
-    if boundary - timezone.now() < timedelta(seconds=18):
+    # A 30 s window that starts at least 4 s from now (beat is loading the schedules)
+    # and holds a minute boundary, with at least 2 s before it and 10 s after it.
+    now = timezone.now()
+    boundary = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    if boundary - now < timedelta(seconds=6):
         boundary += timedelta(minutes=1)
-    start_at = boundary - timedelta(seconds=14)
+    start_at = max(now + timedelta(seconds=4), boundary - timedelta(seconds=20))
     every = schedule_create(
         team=team,
         definition=definition,
