@@ -255,6 +255,11 @@ def place_pending_jobs(*, batch_size: int) -> CycleResult:
     pending, queues = lock_pending_jobs(
         now=now, per_queue=per_queue_limit, reasons=[PendingReason.NONE] if arrivals_only else None
     )
+    # What it writes (the executions' times, the placed events) is stamped after the
+    # jobs were read: one submitted while the cycle waited for the node locks was
+    # created after the cycle began, and its placement must not come before its
+    # submission.
+    now = timezone.now()
     capacity = Resources(
         sum(n.cpu_millis for n in nodes), sum(n.memory_mb for n in nodes), sum(n.gpu for n in nodes)
     )

@@ -1,18 +1,20 @@
 """One scheduling cycle, run in this process against the real database and broker."""
 
+import threading
 from datetime import timedelta
 
 import pytest
 from django.db import connection
 from django.utils import timezone
 
+from events.models import Event, EventType
 from jobs.models import Job, JobExecution, JobStatus, PendingReason
 from jobs.scheduling.cycle import MIN_JOBS_PER_QUEUE, jobs_per_queue, place_pending_jobs, run_cycle
 from nodes.models import Node, NodeStatus
 from resources.models import Allocation, AllocationStatus, Queue
 from resources.placement import Strategy, Unplaced
 from tests.jobs.making import make_jobs
-from tests.processes import raw_connection
+from tests.processes import raw_connection, wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -157,6 +159,44 @@ def test_a_full_cluster_tells_arrivals_why_they_wait_without_waiting_for_node_lo
     assert result.waiting == {PendingReason.INSUFFICIENT_CAPACITY.value: 1}
     arrival.refresh_from_db()
     assert arrival.pending_reason == PendingReason.INSUFFICIENT_CAPACITY
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_submitted_while_a_cycle_waits_for_the_node_locks_is_placed_after_it_was_made(
+    team, broker
+):
+    """A cycle that began before a job was submitted, and waited for its node's row (held
+    here as a finish holds it), places the job stamped after its submission: its placed
+    event does not come before its submitted one in the timeline."""
+    node = Node.objects.create(name="one", cpu_millis=1000, memory_mb=4096)
+    done = {}
+
+    def cycle():
+        try:
+            done["result"] = place_pending_jobs(batch_size=100)
+        finally:
+            connection.close()
+
+    with raw_connection() as finishing, raw_connection() as watching:
+        with finishing.transaction():
+            finishing.execute("SELECT 1 FROM nodes_node WHERE id = %s FOR UPDATE", [node.id])
+            thread = threading.Thread(target=cycle)
+            thread.start()
+            wait_until(
+                lambda: watching.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE '%nodes_node%'"
+                ).fetchone()[0],
+                10,
+                message="the cycle to wait for the node's row",
+            )
+            job = make_jobs(team, 1)[0]
+        thread.join(10)
+    assert done["result"].placed == 1
+    execution = JobExecution.objects.get(job=job)
+    assert execution.reserved_at >= job.created_at
+    placed = Event.objects.get(job_id=job.id, type=EventType.JOB_PLACED)
+    assert placed.at >= job.created_at
 
 
 def test_a_cycle_reads_as_many_jobs_per_queue_as_the_free_room_could_take():
