@@ -272,10 +272,11 @@ if BROKER_IS_REDIS:
     # rather than kombu's 51); any other command, a publish or the agent's broker watch,
     # gives up after the socket timeout rather than waiting for TCP to retransmit after
     # the link returns; a connect, after the connect timeout.
+    _broker_socket_timeout = env.float("BROKER_SOCKET_TIMEOUT_SECONDS", default=10.0)
     CELERY_BROKER_TRANSPORT_OPTIONS |= {
         "health_check_interval": env.int("BROKER_HEALTH_CHECK_SECONDS", default=5),
-        "socket_timeout": env.float("BROKER_SOCKET_TIMEOUT_SECONDS", default=10.0),
-        "socket_connect_timeout": env.float("BROKER_SOCKET_TIMEOUT_SECONDS", default=10.0),
+        "socket_timeout": _broker_socket_timeout,
+        "socket_connect_timeout": _broker_socket_timeout,
     }
 CELERY_BEAT_SCHEDULER = "jobs.beat:ScheduleBeat"
 CELERY_TIMEZONE = "UTC"

@@ -20,8 +20,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
+import redis
 from amqp.exceptions import ChannelError
 from django.conf import settings
+from django.core.management import call_command
 from django.db import connection
 from kombu import Connection
 from kombu.exceptions import OperationalError
@@ -30,6 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from jobs.scheduling.leader import LEADER_LOCK_ID
 from nodes.models import Node, node_queue_name
 from nodes.services import node_credential_issue
+from resources.models import DEFAULT_QUEUE_NAME, Queue
 from scheduler_site.celery import app as celery_app
 
 BASE_DIR = Path(settings.BASE_DIR)
@@ -510,6 +513,26 @@ class Cluster:
 
     def logs(self) -> str:
         return "\n".join(f"===== {p.name}\n{p.log()[-4000:]}" for p in self.processes)
+
+
+@contextlib.contextmanager
+def shared_cluster(django_db_blocker, tmp_path: Path):
+    """A cluster for several tests (a module's or a class's), with the database open to
+    them outside pytest-django's per-test transactions: the test Redis database emptied
+    and the default queue made first; afterwards its processes stopped, every table
+    emptied (as a transactional test leaves them) and Redis emptied again."""
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    with django_db_blocker.unblock():
+        broker.flushdb()
+        Queue.objects.get_or_create(name=DEFAULT_QUEUE_NAME, defaults={"all_teams": True})
+        cluster = Cluster(tmp_path)
+        try:
+            yield cluster
+        finally:
+            cluster.stop_all()
+            call_command("flush", interactive=False, verbosity=0)
+            broker.flushdb()
+            broker.close()
 
 
 def gone(pid: int) -> bool:

@@ -11,14 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
-from django.conf import settings
-from django.core.management import call_command
 
 from accounts.models import Role, Team, User
 from accounts.services import team_add_member
-from resources.models import DEFAULT_QUEUE_NAME, Queue
-from tests.processes import Cluster, free_port
+from tests.processes import Cluster, free_port, shared_cluster
 
 SCHED = str(Path(sys.executable).parent / "sched")
 PASSWORD = "correct horse battery"
@@ -77,37 +73,27 @@ def sched_json(platform: Platform, *args: str, **kwargs):
 @pytest.fixture(scope="module")
 def platform(django_db_setup, django_db_blocker, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("platform")
-    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    with django_db_blocker.unblock():
-        broker.flushdb()
-        Queue.objects.get_or_create(name=DEFAULT_QUEUE_NAME, defaults={"all_teams": True})
+    with shared_cluster(django_db_blocker, tmp) as cluster:
         team = Team.objects.create(name="Blue", slug="blue")
         user = User.objects.create_user("alice", password=PASSWORD)
         team_add_member(team=team, user=user, role=Role.MEMBER)
-        cluster = Cluster(tmp)
-        try:
-            cluster.start_node("node-a", cpu=2, memory_mb=4096, labels={"zone": "a"})
-            cluster.start_scheduler()
-            port = free_port()
-            cluster.start_web(port)
-            platform = Platform(
-                url=f"http://127.0.0.1:{port}",
-                cluster=cluster,
-                config_home=tmp / "config",
-                secrets=[PASSWORD],
-            )
-            login = sched(
-                platform,
-                "login",
-                f"--url={platform.url}",
-                "--username=alice",
-                f"--password={PASSWORD}",
-            )
-            assert login.returncode == 0, login.stderr
-            platform.secrets.append(platform.token)
-            yield platform
-        finally:
-            cluster.stop_all()
-            call_command("flush", interactive=False, verbosity=0)
-            broker.flushdb()
-            broker.close()
+        cluster.start_node("node-a", cpu=2, memory_mb=4096, labels={"zone": "a"})
+        cluster.start_scheduler()
+        port = free_port()
+        cluster.start_web(port)
+        platform = Platform(
+            url=f"http://127.0.0.1:{port}",
+            cluster=cluster,
+            config_home=tmp / "config",
+            secrets=[PASSWORD],
+        )
+        login = sched(
+            platform,
+            "login",
+            f"--url={platform.url}",
+            "--username=alice",
+            f"--password={PASSWORD}",
+        )
+        assert login.returncode == 0, login.stderr
+        platform.secrets.append(platform.token)
+        yield platform

@@ -7,23 +7,20 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
-import redis
-from django.conf import settings
-from django.core.management import call_command
 from django.utils import timezone
 
 from accounts.models import Team
 from jobs.models import Job, JobDefinition, JobSchedule, JobScheduleRun, JobStatus
 from jobs.schedules import schedule_create, schedule_pause, schedule_resume, schedules_create_many
-from resources.models import DEFAULT_QUEUE_NAME, Queue
-from tests.processes import Cluster, wait_until
+from resources.models import Queue
+from tests.processes import Cluster, shared_cluster, wait_until
 
 pytestmark = pytest.mark.e2e
 
 
-def start_platform(cluster):
+def start_platform(cluster, slots: int = 4):
     """Everything but beat: a node, the scheduler and the control worker."""
-    cluster.start_node("node-a", cpu=4, slots=4)
+    cluster.start_node("node-a", cpu=4, slots=slots)
     cluster.start_scheduler()
     cluster.start_control_worker()
 
@@ -42,6 +39,11 @@ def make_schedule(team, command, *, start_in=3.0, **fields) -> JobSchedule:
     return schedule_create(
         team=team, definition=definition, fields={"start_at": start_at, **fields}
     )
+
+
+def with_policy(team, policy: str, command, **fields) -> JobSchedule:
+    """A schedule named after its concurrency policy."""
+    return make_schedule(team, command, name=policy, concurrency_policy=policy, **fields)
 
 
 def sleep_until(moment, extra=0.0):
@@ -69,41 +71,17 @@ class TestSideBySide:
     @pytest.fixture(scope="class")
     @classmethod
     def shared(cls, django_db_setup, django_db_blocker, tmp_path_factory):
-        broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-        with django_db_blocker.unblock():
-            broker.flushdb()
-            Queue.objects.get_or_create(name=DEFAULT_QUEUE_NAME, defaults={"all_teams": True})
+        with shared_cluster(django_db_blocker, tmp_path_factory.mktemp("schedules")) as cluster:
             team = Team.objects.create(name="Blue", slug="blue")
-            cluster = Cluster(tmp_path_factory.mktemp("schedules"))
-            try:
-                cluster.start_node("node-a", cpu=4, slots=8)
-                cluster.start_scheduler()
-                cluster.start_control_worker()
-                cluster.start_beat()
-                yield Shared(
-                    cluster=cluster,
-                    every=make_schedule(team, ["true"], interval_seconds=2),
-                    forbid=make_schedule(
-                        team,
-                        ["sleep", "5"],
-                        name="forbid",
-                        interval_seconds=2,
-                        concurrency_policy="forbid",
-                    ),
-                    replace=make_schedule(
-                        team,
-                        ["sleep", "60"],
-                        name="replace",
-                        interval_seconds=4,
-                        concurrency_policy="replace",
-                    ),
-                    pausing=make_schedule(team, ["true"], name="pausing", interval_seconds=1),
-                )
-            finally:
-                cluster.stop_all()
-                call_command("flush", interactive=False, verbosity=0)
-                broker.flushdb()
-                broker.close()
+            start_platform(cluster, slots=8)
+            cluster.start_beat()
+            yield Shared(
+                cluster=cluster,
+                every=make_schedule(team, ["true"], interval_seconds=2),
+                forbid=with_policy(team, "forbid", ["sleep", "5"], interval_seconds=2),
+                replace=with_policy(team, "replace", ["sleep", "60"], interval_seconds=4),
+                pausing=make_schedule(team, ["true"], name="pausing", interval_seconds=1),
+            )
 
     @pytest.fixture(autouse=True)
     def logs_on_failure(self, shared, request):
