@@ -369,6 +369,8 @@ def report(args, bench: Bench, sampler: Sampler, submitted: float) -> None:
                 "cycle_p99_ms": round(percentile(cycles, 0.99), 1) if cycles else None,
                 "pg_connections_peak": sampler.connections_peak,
                 "cpu_seconds_per_1000_jobs": cpu,
+                # Live nodes failed over run their jobs again: this should stay 0.
+                "jobs_with_more_than_one_attempt": retried,
             }
         )
     )

@@ -24,13 +24,14 @@ router.register("concurrency-limits", ConcurrencyLimitViewSet, basename="concurr
 router.register("events", EventViewSet, basename="event")
 
 urlpatterns = [
-    *router.urls,
-    path("metrics/summary/", MetricsSummaryView.as_view(), name="metrics-summary"),
-    path("logs/", LogSearchView.as_view(), name="log-search"),
-    path("jobs/<int:pk>/events/", JobEventsView.as_view(), name="job-events"),
+    # The node agents' calls first: they are the most frequent.
     path("agent/claim/", agent.ClaimView.as_view(), name="agent-claim"),
     path("agent/finish/", agent.FinishView.as_view(), name="agent-finish"),
     path("agent/successes/", agent.SuccessesView.as_view(), name="agent-successes"),
     path("agent/cancel-requests/", agent.CancelRequestsView.as_view(), name="agent-cancel"),
     path("agent/log-chunks/", agent.LogChunksView.as_view(), name="agent-log-chunks"),
+    *router.urls,
+    path("metrics/summary/", MetricsSummaryView.as_view(), name="metrics-summary"),
+    path("logs/", LogSearchView.as_view(), name="log-search"),
+    path("jobs/<int:pk>/events/", JobEventsView.as_view(), name="job-events"),
 ]

@@ -271,7 +271,7 @@ class NodeViewSet(NameLookupMixin, viewsets.ReadOnlyModelViewSet):
         data = NodeHeartbeatSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         used = data.validated_data.get("used")
-        if not node_heartbeat(
+        node = node_heartbeat(
             name=name,
             at=timezone.now(),
             running_tokens=data.validated_data["running_tokens"],
@@ -279,6 +279,7 @@ class NodeViewSet(NameLookupMixin, viewsets.ReadOnlyModelViewSet):
             if used is None
             else NodeUsage(cpu_millis=int(used["cpu"] * 1000), memory_mb=used["memory_mb"]),
             broker_reachable=data.validated_data["broker_reachable"],
-        ):
+        )
+        if node is None:
             raise NotFound("This node is not registered; register it first.")
-        return Response(NodeSerializer(Node.objects.defer("running_tokens").get(name=name)).data)
+        return Response(NodeSerializer(node).data)

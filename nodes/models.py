@@ -39,6 +39,10 @@ class Node(models.Model):
     allocated_gpu = models.PositiveIntegerField(default=0)
 
     last_heartbeat = models.DateTimeField(null=True, blank=True)
+    # Seconds between its last two heartbeats while it was up: NODE_HEARTBEAT_SECONDS and
+    # a little, unless the heartbeats waited, on the way or in a busy web server (see
+    # nodes.services.node_loss_stretch). Empty until it has two, and after it was lost.
+    heartbeat_gap_seconds = models.FloatField(null=True, blank=True)
     # The execution tokens the agent was running at its last heartbeat.
     running_tokens = models.JSONField(default=list, blank=True)
     # What the node's jobs really used at its last heartbeat, as its agent sampled it:

@@ -1,6 +1,7 @@
 """Writes for nodes: registration, heartbeats, loss, cordon, drain and uncordon, and
 the credentials node agents authenticate with."""
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import Case, Count, Q, Value, When
 from django.utils import timezone
+from psycopg.types.json import Jsonb
 
 from accounts.services import secret_key_digest, secret_key_generate, secret_key_matches
 from common.db import prepared_cursor
@@ -61,6 +63,7 @@ def node_register(
     node.address = address
     node.agent_version = agent_version
     node.last_heartbeat = timezone.now()
+    node.heartbeat_gap_seconds = None
     # A new agent runs nothing yet; whatever the old one ran is found and failed over.
     node.running_tokens = []
     node.used_cpu_millis = node.used_memory_mb = None
@@ -99,9 +102,11 @@ def node_heartbeat(
     running_tokens: list[str],
     used: NodeUsage | None = None,
     broker_reachable: bool = True,
-) -> bool:
+) -> Node | None:
     """Record that the agent was alive at `at`, running exactly `running_tokens`, whose
     jobs used `used` (None: the agent did not say, and an older figure is not kept).
+    Returns the node as it is now (without its `running_tokens`), None when no such node
+    is registered.
 
     An offline node whose agent heartbeats again (its link is back) comes back as it was
     before it was lost (`node_back`); its failed-over executions stay failed over.
@@ -116,12 +121,51 @@ def node_heartbeat(
     # When the control plane cannot reach the broker either, the outage is the broker's,
     # not the node's link: the node stays up, and its running work reports through the API.
     if not broker_reachable and broker_reachable_here():
-        return node_broker_unreachable(name=name, at=at, fields=fields)
-    fields["last_heartbeat"] = at
-    # One statement for a node that is up, as nearly every heartbeat's is.
-    if Node.objects.filter(name=name).exclude(status=NodeStatus.OFFLINE).update(**fields):
-        return True
-    return node_back(name=name, fields=fields)
+        recorded = node_broker_unreachable(name=name, at=at, fields=fields)
+    else:
+        fields["last_heartbeat"] = at
+        node = node_heartbeat_if_up(name=name, fields=fields)
+        if node is not None:
+            return node
+        recorded = node_back(name=name, fields=fields)
+    return Node.objects.defer("running_tokens").get(name=name) if recorded else None
+
+
+# A heartbeat of a node that is up. It returns every column but the running tokens, in
+# the model's order, as Model.from_db takes them, for the answer (NodeSerializer).
+HEARTBEAT_ANSWER_FIELDS = [
+    field.attname for field in Node._meta.concrete_fields if field.name != "running_tokens"
+]
+HEARTBEAT_SQL = f"""
+UPDATE nodes_node
+   SET running_tokens = %(running_tokens)s, used_cpu_millis = %(used_cpu_millis)s,
+       used_memory_mb = %(used_memory_mb)s, last_heartbeat = %(last_heartbeat)s,
+       heartbeat_gap_seconds = EXTRACT(EPOCH FROM %(last_heartbeat)s - last_heartbeat)
+ WHERE name = %(name)s AND status <> %(offline)s
+RETURNING {", ".join(HEARTBEAT_ANSWER_FIELDS)}
+"""  # noqa: S608 (the model's column names)
+
+
+def node_heartbeat_if_up(*, name: str, fields: dict) -> Node | None:
+    """A heartbeat of a node that is up, as nearly every heartbeat is: one prepared
+    statement records it and returns the node for the answer (the ORM's update and a
+    read after it cost the web server more than the rest of the request). None when the
+    node is offline or not registered."""
+    params = {
+        **fields,
+        "running_tokens": Jsonb(fields["running_tokens"]),
+        "name": name,
+        "offline": NodeStatus.OFFLINE.value,
+    }
+    with prepared_cursor() as cursor:
+        cursor.execute(HEARTBEAT_SQL, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    values = list(row)
+    labels = HEARTBEAT_ANSWER_FIELDS.index("labels")
+    values[labels] = json.loads(values[labels])  # jsonb arrives as text, as in the ORM
+    return Node.from_db(connection.alias, HEARTBEAT_ANSWER_FIELDS, values)
 
 
 _broker_checked: tuple[float, bool] = (-float("inf"), True)  # (monotonic time, reachable)
@@ -198,7 +242,10 @@ def node_back(*, name: str, fields: dict) -> bool:
         Node.objects.filter(pk=node.pk).update(**fields)
         return True
     status = node_status_after_loss(name=name)
-    Node.objects.filter(pk=node.pk).update(status=status, updated_at=timezone.now(), **fields)
+    # Its gap would span the time it was away, not the pace of its heartbeats.
+    Node.objects.filter(pk=node.pk).update(
+        status=status, updated_at=timezone.now(), heartbeat_gap_seconds=None, **fields
+    )
     event_record(
         type=EventType.NODE_BACK,
         message=f"back: {name} heartbeats again; {status}",
@@ -215,6 +262,10 @@ def nodes_mark_lost(*, older_than_seconds: float) -> list[str]:
     """Nodes silent for longer than `older_than_seconds` go offline, each loss recorded
     (`NodeLoss`); returns their names.
 
+    That time is stretched while the nodes' heartbeats arrive far apart (see
+    `node_loss_stretch`): a web server with a backlog serves every node's heartbeat late,
+    and its nodes are not lost for it.
+
     When most of the nodes are silent (for half that time) or offline (see `loss_held`),
     only the longest silent goes, and only if no node was lost within
     `older_than_seconds`: a control plane that hears from no one (its web server down
@@ -230,6 +281,22 @@ def nodes_mark_lost(*, older_than_seconds: float) -> list[str]:
             .order_by("last_heartbeat", "id")
             .values_list("id", "name", "last_heartbeat", "status")
         )
+        stretch = node_loss_stretch() if silent else 1.0
+        if stretch > 1:
+            older_than_seconds *= stretch
+            cutoff = now - timedelta(seconds=older_than_seconds)
+            spared = [name for _, name, beat, _ in silent if beat >= cutoff]
+            silent = [node for node in silent if node[2] < cutoff]
+            if spared:
+                logger.warning(
+                    "node loss stretched: heartbeats arrive %.1f times further apart than "
+                    "twice their interval, so a node is lost after %.0f s of silence; %s "
+                    "silent nodes not lost yet, the longest silent %s",
+                    stretch,
+                    older_than_seconds,
+                    len(spared),
+                    spared[0],
+                )
         if silent:
             # Down: offline, or silent for half the time it takes to be lost. Nodes fall
             # silent a heartbeat apart; counting those about to be lost sees a mass
@@ -269,6 +336,30 @@ def nodes_mark_lost(*, older_than_seconds: float) -> list[str]:
     for name in names:
         logger.warning("node lost node=%s silent_for_more_than=%ss", name, older_than_seconds)
     return names
+
+
+def node_loss_stretch() -> float:
+    """How much longer than NODE_LOST_AFTER_SECONDS a node may be silent before it is
+    lost: the median, over the nodes that are up, of the gap between their last two
+    heartbeats, over twice NODE_HEARTBEAT_SECONDS; 1 when that is smaller, at most
+    NODE_LOSS_MAX_STRETCH.
+
+    Heartbeats that a saturated web server queues for long arrive far apart from every
+    node at once, so the median rises; a node that died or was cut off keeps the gap it
+    had while it was heard, and a minority of them does not move the median, so they are
+    lost on time. Agents that beat more slowly than this server's setting stretch it
+    too, as they should."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY heartbeat_gap_seconds) "
+            "FROM nodes_node WHERE status <> %s AND heartbeat_gap_seconds IS NOT NULL",
+            [NodeStatus.OFFLINE.value],
+        )
+        (gap,) = cursor.fetchone()
+    if gap is None:
+        return 1.0
+    stretch = gap / (2 * settings.NODE_HEARTBEAT_SECONDS)
+    return min(max(stretch, 1.0), settings.NODE_LOSS_MAX_STRETCH)
 
 
 def loss_held(*, down: int, total: int) -> bool:

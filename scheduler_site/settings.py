@@ -350,6 +350,12 @@ NODE_LOST_AFTER_SECONDS = env.float("NODE_LOST_AFTER_SECONDS", default=30.0)
 # Kubernetes' node controller slows its evictions in a zone that is mostly down).
 NODE_LOSS_HOLD_SHARE = env.float("NODE_LOSS_HOLD_SHARE", default=0.55)
 NODE_LOSS_HOLD_MIN_NODES = env.int("NODE_LOSS_HOLD_MIN_NODES", default=3)
+# When the nodes' heartbeats arrive further apart than twice NODE_HEARTBEAT_SECONDS (the
+# median node's last gap), the web server is too busy to serve them in time, or the agents
+# beat more slowly than this server expects: NODE_LOST_AFTER_SECONDS is stretched by the
+# median gap over twice the interval, at most by this factor, so live nodes are not
+# failed over for the control plane's own backlog.
+NODE_LOSS_MAX_STRETCH = env.float("NODE_LOSS_MAX_STRETCH", default=10.0)
 # How many times one job may be retried because its node or process was lost.
 NODE_LOST_MAX_RETRIES = env.int("NODE_LOST_MAX_RETRIES", default=3)
 # How often an agent asks which executions to stop (cancelled, preempted, taken away)

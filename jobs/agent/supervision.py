@@ -94,7 +94,10 @@ class AgentLoop(threading.Thread):
             try:
                 if now >= next_heartbeat:
                     self.heartbeat()
-                    next_heartbeat = now + settings.NODE_HEARTBEAT_SECONDS
+                    # The next an interval after this one was answered: a web server slow
+                    # to answer gets no heartbeats back to back, and the control plane
+                    # sees them arrive as far apart as it is slow (node_loss_stretch).
+                    next_heartbeat = time.monotonic() + settings.NODE_HEARTBEAT_SECONDS
                 if now >= next_cancel_check or cut_off:
                     self.apply_cancels()
                     next_cancel_check = now + self.cancel_check_interval()

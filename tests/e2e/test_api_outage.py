@@ -4,6 +4,7 @@ and they are reported once it is back; a restart of every web worker under load 
 and repeats nothing."""
 
 import itertools
+import signal
 import time
 
 import pytest
@@ -155,3 +156,37 @@ def test_a_web_outage_longer_than_node_loss_fails_over_one_node_per_window(clust
         message=f"runs {expected}",
     )
     wait_until(lambda: Node.objects.filter(status=NodeStatus.READY).count() == 4, 30)
+
+
+def test_a_web_server_that_answers_heartbeats_late_loses_no_node(cluster, api, tmp_path):
+    """The web server is stopped (SIGSTOP) for 3, then 5, then 8 s, running 0.7 s in
+    between, as a backlog holds requests: every node's heartbeats then arrive as far
+    apart, the node-loss time (5 s here) stretches with them, and no node is failed
+    over, though the last silence is longer than it. Without the stretch the loss of
+    the three silent nodes is held, one per window, and one goes."""
+    marker = tmp_path / "runs.txt"
+    for name in ("node-a", "node-b", "node-c"):
+        cluster.start_node(name, cpu=1)
+    scheduler = cluster.start_scheduler()  # the leader checks for lost nodes each second
+    ids = submit_marked(api, 3, marker, 24, cpu=1)  # one per node
+    wait_until(
+        lambda: Job.objects.filter(pk__in=ids, status=JobStatus.RUNNING).count() == 3,
+        30,
+        message="a job running on each node",
+    )
+    for stopped_for in (3, 5, 8):
+        cluster.api.signal_group(signal.SIGSTOP)
+        try:
+            time.sleep(stopped_for)
+        finally:
+            cluster.api.signal_group(signal.SIGCONT)
+        time.sleep(0.7)
+    assert not NodeLoss.objects.exists()
+    assert "node loss stretched" in scheduler.log()
+    wait_until(
+        lambda: Job.objects.filter(pk__in=ids, status=JobStatus.SUCCEEDED).count() == 3,
+        60,
+        message="the three jobs to succeed",
+    )
+    assert_each_ran_exactly_once(ids, marker)
+    assert set(Node.objects.values_list("status", flat=True)) == {NodeStatus.READY}

@@ -6,6 +6,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
+from nodes.api import NodeSerializer
 from nodes.models import Node, NodeCredential
 from nodes.services import node_credential_issue
 
@@ -69,6 +70,8 @@ def test_a_heartbeat_says_what_the_jobs_used(agent):
     assert beat.json()["used"] == {"cpu": 1.25, "memory_mb": 300}
     node = Node.objects.get(name="node-a")
     assert (node.used_cpu_millis, node.used_memory_mb) == (1250, 300)
+    # The answer, made from what the heartbeat's update returned, is the node as read.
+    assert beat.json() == NodeSerializer(node).data
 
 
 def test_a_heartbeat_without_the_broker_is_recorded_but_not_as_a_sign_of_life(agent):

@@ -160,6 +160,18 @@ def test_a_heartbeat_records_what_the_jobs_used_and_an_unsaid_figure_is_not_kept
     assert not node_heartbeat(name="nowhere", at=at, running_tokens=[], used=used)
 
 
+def test_a_heartbeat_records_how_long_after_the_one_before_it_came():
+    make_node(last_heartbeat=None)
+    at = timezone.now()
+    node_heartbeat(name="node-a", at=at, running_tokens=[])
+    assert Node.objects.get().heartbeat_gap_seconds is None  # the first: no gap yet
+    node_heartbeat(name="node-a", at=at + timedelta(seconds=7.5), running_tokens=[])
+    assert Node.objects.get().heartbeat_gap_seconds == 7.5
+    # A new agent starts without one.
+    node_register(name="node-a", cpu_millis=4000, memory_mb=8192)
+    assert Node.objects.get().heartbeat_gap_seconds is None
+
+
 # --- Loss -----------------------------------------------------------------------------
 
 
@@ -230,6 +242,45 @@ def test_fewer_down_than_the_share_or_than_three_go_at_once(settings):
     settings.NODE_LOSS_HOLD_SHARE = 1.0  # no hold short of every node down
     silent_nodes(4, heard=1)
     assert len(nodes_mark_lost(older_than_seconds=30)) == 4
+
+
+def nodes_heard_every(gap: float, count: int, *, silent_for: float, prefix="node") -> list[str]:
+    """`count` nodes whose heartbeats came `gap` seconds apart, the last `silent_for`
+    seconds ago."""
+    beat = timezone.now() - timedelta(seconds=silent_for)
+    for i in range(count):
+        make_node(f"{prefix}-{i}", last_heartbeat=beat, heartbeat_gap_seconds=gap)
+    return [f"{prefix}-{i}" for i in range(count)]
+
+
+def test_while_every_node_is_heard_late_the_loss_waits_in_proportion(settings):
+    """Heartbeats 40 s apart where 5 s are expected (a web server with a backlog): a
+    silence of 50 s is no loss, as the time is stretched 40 / (2 x 5) = 4 times, to
+    120 s; one of 130 s still is, and the stretch is capped."""
+    settings.NODE_HEARTBEAT_SECONDS = 5
+    late = nodes_heard_every(40, 5, silent_for=50)
+    assert services.node_loss_stretch() == 4
+    assert nodes_mark_lost(older_than_seconds=30) == []
+    assert {status_of(name) for name in late} == {NodeStatus.READY}
+    make_node("dead", last_heartbeat=timezone.now() - timedelta(seconds=130))
+    assert nodes_mark_lost(older_than_seconds=30) == ["dead"]
+    settings.NODE_LOSS_MAX_STRETCH = 1.5  # 45 s at most
+    settings.NODE_LOSS_HOLD_SHARE = 2.0  # all silent at once: not held here
+    assert services.node_loss_stretch() == 1.5
+    assert sorted(nodes_mark_lost(older_than_seconds=30)) == late
+    assert services.node_loss_stretch() == 1  # the offline's gaps do not count
+
+
+def test_dead_nodes_among_nodes_heard_on_time_are_lost_on_time(settings):
+    """The stretch is the median node's: nodes that died keep their last gap, and a
+    minority of them, with whatever gap, does not delay their own loss; heartbeats
+    somewhat late (under twice the interval apart) stretch nothing."""
+    settings.NODE_HEARTBEAT_SECONDS = 5
+    nodes_heard_every(9, 4, silent_for=1, prefix="heard")
+    dead = nodes_heard_every(5, 2, silent_for=31, prefix="dead")
+    Node.objects.filter(name="dead-1").update(heartbeat_gap_seconds=300)
+    assert services.node_loss_stretch() == 1
+    assert sorted(nodes_mark_lost(older_than_seconds=30)) == dead
 
 
 @pytest.mark.parametrize("status", [NodeStatus.CORDONED, NodeStatus.DRAINING])
