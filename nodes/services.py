@@ -289,10 +289,12 @@ def nodes_mark_lost(*, older_than_seconds: float) -> list[str]:
             silent = [node for node in silent if node[2] < cutoff]
             if spared:
                 logger.warning(
-                    "node loss stretched: heartbeats arrive %.1f times further apart than "
-                    "twice their interval, so a node is lost after %.0f s of silence; %s "
-                    "silent nodes not lost yet, the longest silent %s",
+                    "node loss stretched %.1f times (heartbeats arrive about %.0f s apart, "
+                    "%.0f s expected): a node is lost after %.0f s of silence; %s silent "
+                    "nodes spared, the longest silent %s",
                     stretch,
+                    stretch * 2 * settings.NODE_HEARTBEAT_SECONDS,
+                    settings.NODE_HEARTBEAT_SECONDS,
                     older_than_seconds,
                     len(spared),
                     spared[0],
