@@ -168,7 +168,7 @@ def test_a_web_server_that_answers_heartbeats_late_loses_no_node(cluster, api, t
     for name in ("node-a", "node-b", "node-c"):
         cluster.start_node(name, cpu=1)
     scheduler = cluster.start_scheduler()  # the leader checks for lost nodes each second
-    ids = submit_marked(api, 3, marker, 24, cpu=1)  # one per node
+    ids = submit_marked(api, 3, marker, 20, cpu=1)  # one per node
     wait_until(
         lambda: Job.objects.filter(pk__in=ids, status=JobStatus.RUNNING).count() == 3,
         30,
