@@ -1,13 +1,15 @@
 """Reads for jobs, always through the caller's teams."""
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
-from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce, TruncMinute
 
 from accounts.models import User
 from accounts.selectors import team_list_visible
+from common.db import prepared_cursor
 
 from .models import (
     ConcurrencyLimit,
@@ -36,46 +38,59 @@ def execution_list_for_job(*, job: Job) -> QuerySet[JobExecution]:
     return job.executions.select_related("node").order_by("attempt")
 
 
-def execution_tokens_cancel_requested(*, tokens: list[str]) -> list[str]:
-    """Which of these running executions belong to jobs someone asked to cancel, or are
-    tasks of a gang whose other task ended badly (`jobs.services.gangs`)."""
-    return list(
-        JobExecution.objects.filter(
-            Q(job__cancel_requested_at__isnull=False) | Q(stop_requested_at__isnull=False),
-            token__in=tokens,
-        ).values_list("token", flat=True)
-    )
+@dataclass(frozen=True)
+class StopRequests:
+    """What a node's agent must stop of the executions it runs (`cancel-requests/`)."""
+
+    cancel: list[str]  # someone asked to cancel their jobs, or their gang ended badly
+    preempt: list[dict]  # preempted: token, grace_seconds, preempted_by
+    taken_away: list[str]  # failed over (the node was lost): stop, report nothing
 
 
-def execution_preemptions_requested(*, tokens: list[str]) -> list[dict]:
-    """Which of these running executions the scheduler preempted: each token, the grace
-    its queue gives it between SIGTERM and SIGKILL, and the job it makes room for."""
-    rows = (
-        JobExecution.objects.filter(
-            token__in=tokens,
-            status=ExecutionStatus.RUNNING,
-            preempt_requested_at__isnull=False,
-        )
-        .order_by("token")
-        .values_list("token", "job__queue__preemption_grace_seconds", "preempted_by_id")
-    )
-    return [
-        {
-            "token": token,
-            "grace_seconds": settings.PREEMPTION_GRACE_SECONDS if grace is None else grace,
-            "preempted_by": preempted_by,
-        }
-        for token, grace, preempted_by in rows
-    ]
+# Every execution of these tokens, with what would stop it: an agent asks about all it
+# runs every NODE_CANCEL_POLL_SECONDS and at each nudge, so it is one prepared statement.
+STOP_REQUESTS_SQL = """
+SELECT e.token, e.node_id, e.status,
+       j.cancel_requested_at IS NOT NULL OR e.stop_requested_at IS NOT NULL,
+       e.preempt_requested_at IS NOT NULL, q.preemption_grace_seconds, e.preempted_by_id
+  FROM jobs_jobexecution e
+  JOIN jobs_job j ON j.id = e.job_id
+  LEFT JOIN resources_queue q ON q.id = j.queue_id
+ WHERE e.token = ANY(%(tokens)s::text[])
+ ORDER BY e.token
+"""
 
 
-def execution_tokens_taken_away(*, tokens: list[str], node_id: int) -> list[str]:
-    """Which of these executions of the node were failed over (its node was lost, or
-    their process was reported gone): the agent must stop them and report nothing."""
-    return list(
-        JobExecution.objects.filter(
-            token__in=tokens, node_id=node_id, status=ExecutionStatus.LOST
-        ).values_list("token", flat=True)
+def execution_stop_requests(*, tokens: list[str], node_id: int) -> StopRequests | None:
+    """Which of these executions of the node its agent must stop: those of jobs someone
+    asked to cancel, or tasks of a gang whose other task ended badly
+    (`jobs.services.gangs`); those the scheduler preempted, each with the grace its queue
+    gives it between SIGTERM and SIGKILL and the job it makes room for; and those taken
+    away from it, failed over (its node was lost, or their process was reported gone),
+    which it must stop without reporting anything. None when one of them is allocated
+    to another node (tokens of no execution are left out)."""
+    with prepared_cursor() as cursor:
+        cursor.execute(STOP_REQUESTS_SQL, {"tokens": list(set(tokens))})
+        rows = cursor.fetchall()
+    if any(row[1] != node_id for row in rows):
+        return None
+    taken_away = [token for token, _, status, *_ in rows if status == ExecutionStatus.LOST]
+    return StopRequests(
+        cancel=[
+            token
+            for token, _, status, cancel, *_ in rows
+            if cancel and status != ExecutionStatus.LOST
+        ],
+        preempt=[
+            {
+                "token": token,
+                "grace_seconds": settings.PREEMPTION_GRACE_SECONDS if grace is None else grace,
+                "preempted_by": preempted_by,
+            }
+            for token, _, status, _, preempt, grace, preempted_by in rows
+            if preempt and status == ExecutionStatus.RUNNING
+        ],
+        taken_away=taken_away,
     )
 
 

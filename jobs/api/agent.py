@@ -26,11 +26,9 @@ from ..accounting import ClaimedExecution, ExecutionOfAnotherNode, Success
 from ..models import JobExecution
 from ..scheduling.freed_room import successes_report
 from ..selectors import (
-    execution_preemptions_requested,
     execution_running_on_node,
-    execution_tokens_cancel_requested,
+    execution_stop_requests,
     execution_tokens_succeeded_on_node,
-    execution_tokens_taken_away,
 )
 from ..services.executions import execution_claim, execution_finish
 from ..services.logs import LogChunk, log_chunks_append
@@ -318,16 +316,11 @@ class CancelRequestsView(AgentView):
         tokens = self.valid(TokensSerializer)["tokens"]
         if not tokens:
             return Response({"tokens": [], "preempt": [], "taken_away": []})
-        node_id = self.node_id()
-        self.own(node_id, tokens=tokens)
-        taken_away = execution_tokens_taken_away(tokens=tokens, node_id=node_id)
-        cancel = set(execution_tokens_cancel_requested(tokens=tokens)) - set(taken_away)
+        asked = execution_stop_requests(tokens=tokens, node_id=self.node_id())
+        if asked is None:
+            raise NotFound("No such execution on this node.")
         return Response(
-            {
-                "tokens": sorted(cancel),
-                "preempt": execution_preemptions_requested(tokens=tokens),
-                "taken_away": taken_away,
-            }
+            {"tokens": asked.cancel, "preempt": asked.preempt, "taken_away": asked.taken_away}
         )
 
 

@@ -7,7 +7,7 @@ import pytest
 from events.models import Event, EventType
 from jobs.models import ExecutionStatus, Job, JobExecution, JobStatus, PendingReason
 from jobs.scheduling.cycle import place_pending_jobs
-from jobs.selectors import execution_tokens_cancel_requested
+from jobs.selectors import execution_stop_requests
 from jobs.services.actions import execution_release_stuck, job_cancel
 from jobs.services.executions import execution_claim, execution_finish
 from jobs.services.failover import execution_fail_over
@@ -163,7 +163,8 @@ def test_a_failed_task_stops_the_others_and_the_gang_retries_as_one_attempt(team
     by_task = {e.task_index: e for e in executions(job)}
     assert by_task[2].status == ExecutionStatus.CANCELLED  # not started: cancelled at once
     assert by_task[0].stop_requested_at is not None
-    assert execution_tokens_cancel_requested(tokens=[first.token]) == [first.token]
+    asked = execution_stop_requests(tokens=[first.token], node_id=first.node_id)
+    assert asked.cancel == [first.token]
     job.refresh_from_db()
     assert job.status == JobStatus.RUNNING  # until its last task has stopped
     stopping = Event.objects.get(job_id=job.id, type=EventType.JOB_GANG_STOPPING)

@@ -10,7 +10,7 @@ from events.models import Event, EventType
 from jobs.models import ExecutionStatus, Job, JobExecution, JobStatus, PendingReason
 from jobs.scheduling.cycle import place_pending_jobs
 from jobs.scheduling.preemption import job_preemption_preview, preempt_for_waiting_jobs
-from jobs.selectors import execution_preemptions_requested
+from jobs.selectors import execution_stop_requests
 from jobs.services.executions import execution_claim, execution_finish
 from nodes.models import Node
 from resources.models import Queue
@@ -54,8 +54,10 @@ def test_a_high_priority_job_preempts_the_preemptible_one_and_gets_its_room(team
     victim = JobExecution.objects.get(token=tokens[low.id])
     assert victim.preempted_by_id == high.id and victim.preempt_requested_at is not None
     assert JobExecution.objects.get(token=tokens[pinned.id]).preempt_requested_at is None
-    asked = execution_preemptions_requested(tokens=list(tokens.values()))
-    assert asked == [{"token": tokens[low.id], "grace_seconds": 30, "preempted_by": high.id}]
+    asked = execution_stop_requests(tokens=list(tokens.values()), node_id=node.id)
+    told = {"token": tokens[low.id], "grace_seconds": 30, "preempted_by": high.id}
+    assert asked.preempt == [told]
+    assert (asked.cancel, asked.taken_away) == ([], [])
     # Recorded once: another round finds nothing more to do.
     assert preempt_for_waiting_jobs().victims == {}
     assert job_preemption_preview(job=high)["state"] == "under_way"
@@ -126,13 +128,13 @@ def test_nothing_to_preempt_costs_one_query(team, broker):
 
 
 def test_the_queue_grace_is_what_the_agent_is_told(team, full_node):
-    _, low, _, tokens = full_node
+    node, low, _, tokens = full_node
     Queue.objects.filter(pk=low.queue_id).update(preemption_grace_seconds=3)
     make_jobs(team, 1, priority=10)
     place_pending_jobs(batch_size=100)
     preempt_for_waiting_jobs()
-    asked = execution_preemptions_requested(tokens=[tokens[low.id]])
-    assert asked[0]["grace_seconds"] == 3
+    asked = execution_stop_requests(tokens=[tokens[low.id]], node_id=node.id)
+    assert asked.preempt[0]["grace_seconds"] == 3
 
 
 def test_a_victim_that_ends_on_its_own_first_is_a_success_and_the_room_still_goes_to_the_preemptor(
