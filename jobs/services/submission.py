@@ -8,6 +8,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import Team, User
+from common.db import row_insert
 from common.wakeup import ARRIVAL, scheduler_wake
 from events.models import EventType
 from resources.models import Queue
@@ -56,7 +57,7 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
         spec["pending_reason"] = PendingReason.WAITING_DEPENDENCIES
     if array and len(spec.get("env", {})) >= MAX_ENV:  # each task gets JOB_ARRAY_INDEX too
         raise ValidationError({"env": [f"At most {MAX_ENV - 1} variables in an array job."]})
-    # The job and its event commit together, and the wake-up follows; inside a caller's
+    # The job, its event and the scheduler's wake-up commit together; inside a caller's
     # transaction it is a savepoint, so a lost key race leaves that usable. With
     # dependencies, the job, its dependencies and its first settling are one transaction.
     try:
@@ -65,7 +66,7 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
                 job = _array_create(team=team, spec=spec_in_queue(spec, queue), user=user, **array)
             else:
                 job_dependencies_lock(depends_on=depends_on)
-                job = Job.objects.create(team=team, submitted_by=user, **spec_in_queue(spec, queue))
+                job = row_insert(Job(team=team, submitted_by=user, **spec_in_queue(spec, queue)))
                 if depends_on:
                     job_dependencies_record(job=job, depends_on=depends_on)
             by = f" by {user.username}" if user else ""
@@ -76,13 +77,13 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
                 actor=user.username if user else "",
                 at=job.created_at,
             )
+            scheduler_wake(ARRIVAL)  # delivered as this commits, not a commit of its own
     except IntegrityError:
         # A concurrent submission with the same key won the race; return its job.
         existing = Job.objects.filter(team=team, idempotency_key=key).first() if key else None
         if existing is None:
             raise
         return Submission(job=existing, created=False)
-    scheduler_wake(ARRIVAL)
     logger.info("job submitted job=%s team=%s name=%s", job.id, team.slug, job.name)
     return Submission(job=job, created=True)
 
