@@ -11,24 +11,12 @@ from datetime import datetime, timedelta
 
 from django.db import connection
 from django.utils import timezone
-from psycopg.types.json import Jsonb
 
-from common.db import prepared_cursor
+from common.db import row_insert
 
 from .models import Event, EventType
 
 logger = logging.getLogger(__name__)
-
-
-# One event at a time is recorded on hot paths (a submission's, a retry's), so it is one
-# prepared statement rather than an ORM insert compiled afresh each time.
-_EVENT_INSERT_SQL = """
-INSERT INTO events_event
-    (at, type, message, team_id, job_id, node_id, schedule_id, attempt, actor, data)
-VALUES (%(at)s, %(type)s, %(message)s, %(team_id)s, %(job_id)s, %(node_id)s,
-        %(schedule_id)s, %(attempt)s, %(actor)s, %(data)s)
-RETURNING id
-"""
 
 
 def event_record(
@@ -44,37 +32,22 @@ def event_record(
     data: dict | None = None,
     at: datetime | None = None,
 ) -> Event:
-    event = Event(
-        at=at or timezone.now(),
-        type=type,
-        message=message,
-        team_id=team_id,
-        job_id=job_id,
-        node_id=node_id,
-        schedule_id=schedule_id,
-        attempt=attempt,
-        actor=actor,
-        data=data or {},
-    )
-    with prepared_cursor() as cursor:
-        cursor.execute(
-            _EVENT_INSERT_SQL,
-            {
-                "at": event.at,
-                "type": str(event.type),
-                "message": event.message,
-                "team_id": team_id,
-                "job_id": job_id,
-                "node_id": node_id,
-                "schedule_id": schedule_id,
-                "attempt": attempt,
-                "actor": actor,
-                "data": Jsonb(event.data),
-            },
+    # One event at a time is recorded on hot paths (a submission's, a retry's), so it is
+    # inserted by a prepared statement rather than an ORM insert compiled afresh each time.
+    return row_insert(
+        Event(
+            at=at or timezone.now(),
+            type=type,
+            message=message,
+            team_id=team_id,
+            job_id=job_id,
+            node_id=node_id,
+            schedule_id=schedule_id,
+            attempt=attempt,
+            actor=actor,
+            data=data or {},
         )
-        (event.id,) = cursor.fetchone()
-    event._state.adding = False
-    return event
+    )
 
 
 def events_record(events: Iterable[Event]) -> list[Event]:
