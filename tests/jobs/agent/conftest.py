@@ -6,10 +6,12 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 from urllib.parse import urlsplit
 
 import pytest
 import requests
+from django.db import connections
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 from rest_framework.test import APIClient
@@ -29,6 +31,16 @@ class InProcessAdapter(BaseAdapter):
         self.node_name = node_name
 
     def send(self, request, **kwargs):
+        try:
+            return self._serve(request)
+        finally:
+            # The agent's own threads (its success writer, its heartbeat loop) get a
+            # connection each here: closed with the request, as no request handler of
+            # theirs would, so none outlives its thread and holds the test database open.
+            if threading.current_thread() is not threading.main_thread():
+                connections.close_all()
+
+    def _serve(self, request):
         # As `node_credential_verify` gives it: with its node's id, found per request
         # (the tests register the node after the agent is set up).
         credential = NodeCredential(node_name=self.node_name)
