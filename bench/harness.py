@@ -147,6 +147,14 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.005):
     raise SystemExit(f"timed out waiting for {what}")
 
 
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine has spent busy since boot, all cores together (from
+    /proc/stat: user, nice, system, irq and softirq; not idle, I/O wait or steal)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq = map(int, f.readline().split()[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]

@@ -13,9 +13,13 @@ threads at once, in --rounds rounds that alternate the two (platform, bare, plat
 bare, ...), so that both sides meet the machine's drift alike: a shared machine's speed
 moves by a third between minutes, more than the difference measured. Each side's figure
 is the median of its rounds, and the ratio the median of the rounds' ratios (the two
-runs of a round are a minute apart at most); every round is printed. Then, with free
-capacity, the latency from a job's creation to its start, one job at a time. Each run
-ends with one line, a JSON object of the figures and its `broker`.
+runs of a round are a minute apart at most); every round is printed. Each side's run
+also reads the whole machine's CPU time (/proc/stat: every process, the kernel's work for
+them included) per completed job: `cpu_bound_ratio`, bare Celery's over the platform's,
+is the ratio both would reach with every core busy, so it tells a rate bound by CPU from
+one bound by waiting. Then, with free capacity, the latency from a job's creation to its
+start, one job at a time. Each run ends with one line, a JSON object of the figures and
+its `broker`.
 
 With --broker both (the default) it runs once on Redis, then once on RabbitMQ (a vhost
 of its own, `scheduler_bench_tp`, made and deleted with rabbitmqctl; the cache and the
@@ -32,11 +36,19 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.harness import Bench, percentile, redis_url, stop, wait_for  # noqa: E402
+from bench.harness import (  # noqa: E402
+    Bench,
+    machine_busy_seconds,
+    percentile,
+    redis_url,
+    stop,
+    wait_for,
+)
 
 POLL_SECONDS = 0.05
 BROKERS = ("redis", "rabbitmq")
@@ -46,6 +58,22 @@ RABBITMQ_URL = f"amqp://guest:guest@127.0.0.1:5672/{RABBITMQ_VHOST}"
 
 def rabbitmqctl(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True)
+
+
+@dataclass(frozen=True)
+class Run:
+    rate: float  # completed per second
+    cpu_ms: float  # the whole machine's CPU time per completed job, all cores together
+    cores: float  # cores busy on average
+
+
+def measured(count: int, submit, wait_done) -> Run:
+    """Submit `count` jobs and wait for them; the rate and the machine's CPU time."""
+    started, busy = time.perf_counter(), machine_busy_seconds()
+    submit()
+    wait_done()
+    elapsed, used = time.perf_counter() - started, machine_busy_seconds() - busy
+    return Run(count / elapsed, used * 1000 / count, used / elapsed)
 
 
 def rabbitmq_running() -> bool:
@@ -178,25 +206,32 @@ def run(args, bench: Bench) -> None:
         def platform_submit() -> int:
             return job_submit(team=team, spec=spec).job.id
 
-        def platform_run(count: int) -> float:
+        def platform_run(count: int) -> Run:
             first = Job.objects.order_by("-id").values_list("id", flat=True).first() or 0
-            started = time.perf_counter()
-            submit_all(count, platform_submit)
             done = Job.objects.filter(id__gt=first, status=JobStatus.SUCCEEDED)
             # Polled gently: this process shares the two cores with what it measures.
-            wait_for(lambda: done.count() == count, 300, "the platform jobs", POLL_SECONDS)
-            return count / (time.perf_counter() - started)
+            return measured(
+                count,
+                lambda: submit_all(count, platform_submit),
+                lambda: wait_for(
+                    lambda: done.count() == count, 300, "the platform jobs", POLL_SECONDS
+                ),
+            )
 
         from bench.bare_celery import COUNTER, run_command
 
-        def bare_run(count: int) -> float:
+        def bare_run(count: int) -> Run:
             broker.delete(COUNTER)
-            started = time.perf_counter()
-            submit_all(count, lambda: run_command.delay(shlex.split(args.command)))
-            wait_for(
-                lambda: int(broker.get(COUNTER) or 0) == count, 300, "the bare tasks", POLL_SECONDS
+            return measured(
+                count,
+                lambda: submit_all(count, lambda: run_command.delay(shlex.split(args.command))),
+                lambda: wait_for(
+                    lambda: int(broker.get(COUNTER) or 0) == count,
+                    300,
+                    "the bare tasks",
+                    POLL_SECONDS,
+                ),
             )
-            return count / (time.perf_counter() - started)
 
         platform_run(20)  # warm-up: connections, imports
         bare_run(20)
@@ -204,17 +239,24 @@ def run(args, bench: Bench) -> None:
         for round_ in range(1, args.rounds + 1):
             platforms.append(platform_run(args.jobs))
             bares.append(bare_run(args.jobs))
+            p, b = platforms[-1], bares[-1]
             print(
-                f"round {round_}: platform {platforms[-1]:.1f} jobs/s, bare Celery "
-                f"{bares[-1]:.1f} tasks/s, ratio {platforms[-1] / bares[-1]:.3f}",
+                f"round {round_}: platform {p.rate:.1f} jobs/s ({p.cpu_ms:.2f} ms of CPU a "
+                f"job, {p.cores:.2f} cores busy), bare Celery {b.rate:.1f} tasks/s "
+                f"({b.cpu_ms:.2f} ms, {b.cores:.2f} cores), ratio {p.rate / b.rate:.3f}",
                 flush=True,
             )
-        platform, bare = statistics.median(platforms), statistics.median(bares)
-        ratios = [p / b for p, b in zip(platforms, bares, strict=True)]
+        platform = statistics.median(r.rate for r in platforms)
+        bare = statistics.median(r.rate for r in bares)
+        ratios = [p.rate / b.rate for p, b in zip(platforms, bares, strict=True)]
+        platform_cpu = statistics.median(r.cpu_ms for r in platforms)
+        bare_cpu = statistics.median(r.cpu_ms for r in bares)
         print(
             f"throughput (medians of {args.rounds} rounds): platform {platform:.1f} jobs/s, "
             f"bare Celery {bare:.1f} tasks/s ({args.jobs} jobs running {args.command!r}, "
-            f"{args.slots} slots)"
+            f"{args.slots} slots); machine CPU a job: platform {platform_cpu:.2f} ms, bare "
+            f"Celery {bare_cpu:.2f} ms, so with every core busy on both sides the ratio "
+            f"would be {bare_cpu / platform_cpu:.3f}"
         )
 
         latencies = []
@@ -254,6 +296,9 @@ def run(args, bench: Bench) -> None:
                 "bare_celery_jobs_per_second": round(bare, 1),
                 "ratio": round(statistics.median(ratios), 3),
                 "round_ratios": [round(r, 3) for r in ratios],
+                "platform_cpu_ms_per_job": round(platform_cpu, 2),
+                "bare_celery_cpu_ms_per_job": round(bare_cpu, 2),
+                "cpu_bound_ratio": round(bare_cpu / platform_cpu, 3),
                 "submit_to_start_p50_ms": round(p50, 1),
                 "submit_to_start_p99_ms": round(p99, 1),
             }
