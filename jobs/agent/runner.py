@@ -4,8 +4,9 @@ The job runs in a process group of its own, so a timeout, a cancel or the memory
 kills everything it started. It gets a working directory of its own and the job's
 environment on top of a minimal base; the agent's own environment, with its database
 URL and secrets, is not passed on. Its stdout and stderr stream through a pipe into a
-log file capped at JOB_LOG_MAX_BYTES, and the last JOB_LOG_TAIL_BYTES are kept for the
-database; the same output is shipped to the control plane as it comes (`log_shipping`).
+log file capped at JOB_LOG_MAX_BYTES (made when the first byte comes), and the last
+JOB_LOG_TAIL_BYTES are kept for the database; the same output is shipped to the control
+plane as it comes (`log_shipping`).
 The agent's guard (`guard`) kills the job's group if the agent dies.
 
 `running` is this agent's registry of what it runs: the heartbeat reports its tokens,
@@ -16,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -265,52 +267,53 @@ def job_environment(execution: ExecutionToRun, node_name: str, workdir: Path) ->
     return env
 
 
-class LogPump(threading.Thread):
-    """Copies the job's output to its log file up to a cap, keeping the latest tail, and
-    hands it to the log shipper."""
+class JobOutput:
+    """The job's output as it comes: handed to the log shipper, copied to its log file up
+    to a cap (the file is made when the first byte comes, so a job that prints nothing
+    leaves none), and its latest tail kept."""
 
-    def __init__(
-        self, source, log_path: Path, max_bytes: int, tail_bytes: int, shipped: AttemptLog
-    ):
-        super().__init__(daemon=True)
-        self.source, self.log_path, self.shipped = source, log_path, shipped
+    def __init__(self, log_path: Path, max_bytes: int, tail_bytes: int, shipped: AttemptLog):
+        self.log_path, self.shipped = log_path, shipped
         self.max_bytes, self.tail_bytes = max_bytes, tail_bytes
         self.tail = bytearray()
         self.written = 0
         self.dropped = 0
+        self._file = None
 
-    def run(self):
-        with self.log_path.open("wb") as log:
-            while chunk := self.source.read1(65536):
-                self.shipped.write(chunk)
-                room = self.max_bytes - self.written
-                if room > 0:
-                    log.write(chunk[:room])
-                    self.written += min(room, len(chunk))
-                self.dropped += max(0, len(chunk) - max(room, 0))
-                self.tail += chunk
-                del self.tail[: -self.tail_bytes]
+    def write(self, chunk: bytes) -> None:
+        self.shipped.write(chunk)
+        if self._file is None:
+            self._file = self.log_path.open("wb")
+        room = self.max_bytes - self.written
+        if room > 0:
+            self._file.write(chunk[:room])
+            self.written += min(room, len(chunk))
+        self.dropped += max(0, len(chunk) - max(room, 0))
+        self.tail += chunk
+        del self.tail[: -self.tail_bytes]
+
+    def close(self) -> str:
+        """Close the log file; its path, or "" when the job printed nothing."""
+        if self._file is None:
+            return ""
+        with self._file as log:
             if self.dropped:
                 log.write(f"\n[log truncated: {self.dropped} more bytes not kept]\n".encode())
-        self.source.close()
+        return str(self.log_path)
 
     def tail_text(self) -> str:
         return bytes(self.tail).decode("utf-8", errors="replace")
 
 
-def kill_process_group(pgid: int, grace_seconds: float, proc: subprocess.Popen | None = None):
+def kill_process_group(pgid: int, grace_seconds: float):
     """SIGTERM the group, give it `grace_seconds`, then SIGKILL whatever is left."""
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    if proc is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=grace_seconds)
-    elif grace_seconds:
+    if grace_seconds:
         threading.Event().wait(grace_seconds)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
+    _signal_group(pgid, signal.SIGKILL)
 
 
 def describe_exit(returncode: int) -> str:
@@ -325,7 +328,12 @@ def run_job(*, execution: ExecutionToRun, node_name: str, tracked: TrackedExecut
     workdir = Path(settings.NODE_WORK_DIR) / node_name / execution.token
     log_dir = Path(settings.JOB_LOG_DIR)
     log_path = log_dir / f"{execution.token}.log"
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        workdir.mkdir()
+    except FileNotFoundError:  # the node's first job, or its directory was deleted
+        workdir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # left by an agent that died while it ran
+        pass
     log_dir.mkdir(parents=True, exist_ok=True)
     env = job_environment(execution, node_name, workdir)
     argv = job_argv(execution)
@@ -366,14 +374,6 @@ def _run_process(
             log_path.write_text(f"{error}\n")
             shipped.write(f"{error}\n".encode())
             return Outcome(None, error, str(log_path), f"{error}\n")
-        pump = LogPump(
-            proc.stdout,
-            log_path,
-            settings.JOB_LOG_MAX_BYTES,
-            settings.JOB_LOG_TAIL_BYTES,
-            shipped,
-        )
-        pump.start()
         tracked.started(proc.pid)
         logger.info(
             "execution started job=%s attempt=%s node=%s token=%s pid=%s",
@@ -383,19 +383,18 @@ def _run_process(
             execution.token,
             proc.pid,
         )
-        timed_out = False
+        output = JobOutput(
+            log_path, settings.JOB_LOG_MAX_BYTES, settings.JOB_LOG_TAIL_BYTES, shipped
+        )
         try:
-            exit_code = proc.wait(timeout=job.timeout_seconds)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            kill_process_group(proc.pid, settings.JOB_KILL_GRACE_SECONDS, proc)
-            exit_code = proc.wait()
-        # Whatever the job left running in its group goes with it, which also closes
-        # the pipe so the log pump can finish.
-        kill_process_group(proc.pid, 0)
-        pump.join()
+            exit_code, timed_out = _follow(proc, output, job.timeout_seconds)
+        finally:
+            log_path_kept = output.close()
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        try:
+            workdir.rmdir()  # what jobs leave in it is the exception
+        except OSError:
+            shutil.rmtree(workdir, ignore_errors=True)
     if tracked.kill_reason:
         error = tracked.kill_reason
     elif timed_out:
@@ -403,5 +402,60 @@ def _run_process(
     else:
         error = describe_exit(exit_code)
     return Outcome(
-        exit_code, error, str(log_path), pump.tail_text(), tracked.cancelled, tracked.preempted
+        exit_code, error, log_path_kept, output.tail_text(), tracked.cancelled, tracked.preempted
     )
+
+
+def _follow(proc: subprocess.Popen, output: JobOutput, timeout: int | None) -> tuple[int, bool]:
+    """Copy the job's output as it comes until its process ends, killing its group at
+    the timeout (SIGTERM, then SIGKILL after JOB_KILL_GRACE_SECONDS), then whatever it
+    left running in its group, which closes the pipe; returns its exit code and whether it
+    timed out. One thread does it all: it waits on the pipe and on the process (a pidfd)
+    at once, so no thread is started and no wait is polled."""
+    out = proc.stdout.fileno()
+    timed_out = False
+    try:
+        with _pidfd(proc.pid) as exited:
+            poller = select.poll()
+            poller.register(out, select.POLLIN)
+            poller.register(exited, select.POLLIN)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                ready = dict(poller.poll(None if wait is None else wait * 1000))
+                if out in ready:
+                    if chunk := os.read(out, 65536):
+                        output.write(chunk)
+                    else:  # it closed its output, and may run on
+                        poller.unregister(out)
+                if exited in ready:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    if timed_out:  # its grace is over
+                        _signal_group(proc.pid, signal.SIGKILL)
+                        deadline = None
+                    else:
+                        timed_out = True
+                        _signal_group(proc.pid, signal.SIGTERM)
+                        deadline = time.monotonic() + settings.JOB_KILL_GRACE_SECONDS
+        exit_code = proc.wait()
+    finally:  # also when the output could not be written: the job does not outlive this
+        kill_process_group(proc.pid, 0)
+    while chunk := os.read(out, 65536):
+        output.write(chunk)
+    proc.stdout.close()
+    return exit_code, timed_out
+
+
+@contextlib.contextmanager
+def _pidfd(pid: int):
+    fd = os.pidfd_open(pid)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signum)

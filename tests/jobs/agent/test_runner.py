@@ -67,6 +67,34 @@ def test_a_job_ends_with_its_exit_code_and_its_output_logged(
     assert not (tmp_path / "work" / "node-a" / execution.token).exists()
 
 
+def test_a_job_that_prints_nothing_leaves_no_log_file(claim, tmp_path):
+    execution = claim(["true"])
+    outcome = run(execution)
+    assert (outcome.exit_code, outcome.error, outcome.log_path, outcome.log_tail) == (0, "", "", "")
+    assert not (tmp_path / "logs" / f"{execution.token}.log").exists()
+    assert not (tmp_path / "work" / "node-a" / execution.token).exists()
+
+
+def test_a_job_ends_with_its_process_though_a_child_it_left_holds_its_output(claim):
+    # The child keeps the output pipe open: the job still ends when its process does,
+    # and the child is killed with its group.
+    execution = claim(["sh", "-c", "sleep 60 & echo $!"])
+    started = time.monotonic()
+    outcome = run(execution)
+    assert time.monotonic() - started < 5
+    assert (outcome.exit_code, outcome.error) == (0, "")
+    child = int(Path(outcome.log_path).read_text())
+    wait_until(lambda: gone(child), 5, message="the job's child to be killed with it")
+
+
+def test_a_job_that_closes_its_output_runs_on_to_its_own_end(claim):
+    execution = claim(["sh", "-c", "echo early; exec >&- 2>&-; sleep 1; exit 4"])
+    started = time.monotonic()
+    outcome = run(execution)
+    assert time.monotonic() - started >= 1
+    assert (outcome.exit_code, outcome.error, outcome.log_tail) == (4, "exit code 4", "early\n")
+
+
 def test_a_program_that_does_not_exist_is_reported_not_started(claim):
     execution = claim(["no-such-program-anywhere", "--flag"])
     outcome = run(execution)
@@ -128,6 +156,21 @@ def test_a_timeout_kills_the_whole_process_group(claim):
     assert 1.5 <= elapsed < 10
     child = int(Path(outcome.log_path).read_text().split()[0])
     wait_until(lambda: gone(child), 5, message="the job's child to be killed with it")
+
+
+def test_a_job_that_floods_its_output_past_its_timeout_is_killed_and_its_log_capped(
+    claim, settings
+):
+    settings.JOB_LOG_MAX_BYTES = 10_000
+    execution = claim(["sh", "-c", "trap '' TERM; while :; do echo flood; done"], timeout_seconds=1)
+    started = time.monotonic()
+    outcome = run(execution)
+    assert 1.5 <= time.monotonic() - started < 10
+    assert (outcome.exit_code, outcome.error) == (-signal.SIGKILL, "timed out after 1 s")
+    log = Path(outcome.log_path).read_text()
+    assert log.startswith("flood\nflood\n")
+    assert "more bytes not kept]" in log.splitlines()[-1]
+    assert outcome.log_tail.endswith("flood\n")
 
 
 def test_a_cancel_stops_a_running_job(claim):
