@@ -1,6 +1,8 @@
 """Statements that run for every job, prepared once per connection."""
 
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import psycopg
 from django.db import connection, models, transaction
@@ -26,14 +28,36 @@ def prepared_cursor():
 _INSERTS: dict[tuple, str] = {}
 
 
-def row_insert(obj: models.Model) -> models.Model:
-    """Insert `obj`, a new instance, as `obj.save()` would (auto_now fields stamped, each
-    value prepared by its field, a field left to its database default read back with the
-    id), as a prepared statement: the INSERT of a job names 45 columns, and Django
-    compiling it anew for each submission cost the submitter more than the rest of the
-    submission. Sends no signals (the project listens to none). Values only, or a
-    field's database default: an expression (F(), a function) is refused. Returns `obj`,
-    now saved."""
+@dataclass(frozen=True)
+class RowInsert:
+    """The INSERT of a new model instance, `obj`, as `row_insert` runs it: `sql` (with
+    `%s` placeholders for `values`) RETURNs `returned`, the primary key and the fields
+    left to their database defaults, for `read_back`."""
+
+    obj: models.Model
+    sql: str
+    values: list
+    returned: list[models.Field]
+
+    def read_back(self, row: Sequence) -> models.Model:
+        """Set the returned values (the first of `row`) on `obj`, now saved; returns it."""
+        obj, db = self.obj, transaction.get_connection()
+        for field, value in zip(self.returned, row, strict=False):
+            for converter in field.get_db_converters(db):
+                value = converter(value, field, db)
+            setattr(obj, field.attname, value)
+        obj._state.adding = False
+        obj._state.db = db.alias
+        return obj
+
+
+def row_insert_statement(obj: models.Model) -> RowInsert:
+    """The INSERT of `obj`, a new instance, as `obj.save()` would write it (auto_now
+    fields stamped on `obj`, each value prepared by its field, a field left to its
+    database default read back with the id), its SQL made once per model and set of
+    defaulted fields. Values only, or a field's database default: an expression (F(), a
+    function) is refused. For a statement that does more than the insert, in the same
+    round trip (`jobs.services.submission`); `row_insert` runs it alone."""
     meta = obj._meta
     db = transaction.get_connection()  # the connection itself, not its thread-local proxy
     given, defaulted, values = [], [], []
@@ -58,16 +82,18 @@ def row_insert(obj: models.Model) -> models.Model:
             f"VALUES ({', '.join(['%s'] * len(given))}) "
             f"RETURNING {', '.join(quote(field.column) for field in returned)}"
         )
+    return RowInsert(obj, _INSERTS[key], values, returned)
+
+
+def row_insert(obj: models.Model) -> models.Model:
+    """Insert `obj`, a new instance, as `obj.save()` would (see `row_insert_statement`),
+    as a prepared statement: the INSERT of a job names 45 columns, and Django compiling
+    it anew for each submission cost the submitter more than the rest of the submission.
+    Sends no signals (the project listens to none). Returns `obj`, now saved."""
+    insert = row_insert_statement(obj)
     with prepared_cursor() as cursor:
-        cursor.execute(_INSERTS[key], values)
-        row = cursor.fetchone()
-    for field, value in zip(returned, row, strict=True):
-        for converter in field.get_db_converters(db):
-            value = converter(value, field, db)
-        setattr(obj, field.attname, value)
-    obj._state.adding = False
-    obj._state.db = db.alias
-    return obj
+        cursor.execute(insert.sql, insert.values)
+        return insert.read_back(cursor.fetchone())
 
 
 def sql_literal(value: str) -> str:

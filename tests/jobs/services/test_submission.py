@@ -5,11 +5,14 @@ The submissions run in threads of their own, each on a connection of its own, so
 tests commit their data (transactional tests)."""
 
 import threading
+from contextlib import nullcontext
 
 import pytest
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from common.wakeup import ARRIVAL, SCHEDULER_CHANNEL
+from events.models import Event, EventType
 from jobs.models import Job
 from jobs.services.submission import job_submit
 from tests.processes import raw_connection, wait_until
@@ -38,13 +41,18 @@ def blocked_by(observer, pid: int) -> int:
     ).fetchone()[0]
 
 
-def test_a_submission_that_loses_the_race_for_its_key_returns_the_winners_job(team, small_node):
+# The loser submits in a transaction of its caller's (its job in a savepoint) or in none
+# (its job, event and wake-up one statement of their own).
+@pytest.mark.parametrize("loser_in_transaction", [True, False])
+def test_a_submission_that_loses_the_race_for_its_key_returns_the_winners_job(
+    team, small_node, loser_in_transaction
+):
     inserted, commit = threading.Event(), threading.Event()
     results, winner_pid = {}, []
 
     def submit(role, hold=False):
         try:
-            with transaction.atomic():
+            with transaction.atomic() if hold or loser_in_transaction else nullcontext():
                 results[role] = job_submit(team=team, spec=SPEC)
                 if hold:  # the winner's row is written, not committed yet
                     with connection.cursor() as cursor:
@@ -79,5 +87,34 @@ def test_a_submission_that_loses_the_race_for_its_key_returns_the_winners_job(te
         assert results["winner"].created and not results["loser"].created
         assert results["loser"].job.pk == results["winner"].job.pk
         assert Job.objects.filter(idempotency_key=SPEC["idempotency_key"]).count() == 1
-        # One wake-up: the winner's, at its commit; the loser's went with its savepoint.
+        # One wake-up: the winner's, at its commit; the loser's went with its savepoint or
+        # its statement.
         assert arrivals(listener) == [ARRIVAL]
+        assert Event.objects.filter(type=EventType.JOB_SUBMITTED).count() == 1
+
+
+def test_a_submission_is_one_statement_that_commits_its_job_event_and_wake_up(team, small_node):
+    spec = {name: value for name, value in SPEC.items() if name != "idempotency_key"}
+    with raw_connection() as listener:
+        listener.execute(f"LISTEN {SCHEDULER_CHANNEL}")
+        with CaptureQueriesContext(connection) as queries:
+            job = job_submit(team=team, spec=spec).job
+        # The queue's lookup, then the one statement, which committed on its own.
+        assert len(queries) == 2, [q["sql"][:80] for q in queries]
+        assert not connection.in_atomic_block
+        assert arrivals(listener) == [ARRIVAL]
+    stored = Job.objects.get()
+    assert (stored.pk, stored.concurrency_key, stored.created_at) == (
+        job.pk,
+        job.concurrency_key,
+        job.created_at,
+    )
+    (event,) = Event.objects.filter(job_id=job.pk)
+    assert (event.type, event.at, event.team_id, event.actor, event.data) == (
+        EventType.JOB_SUBMITTED,
+        job.created_at,
+        team.pk,
+        "",
+        {},
+    )
+    assert event.message == "submitted to queue default"
