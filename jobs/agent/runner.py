@@ -447,6 +447,16 @@ def _follow(proc: subprocess.Popen, output: JobOutput, timeout: int | None) -> t
     return exit_code, timed_out
 
 
+def pidfd_supported() -> bool:
+    """Whether this kernel has pidfd_open (Linux 5.3 or later), which the agent waits on
+    its jobs through (`_follow`)."""
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def _pidfd(pid: int):
     fd = os.pidfd_open(pid)

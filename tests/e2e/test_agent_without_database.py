@@ -75,6 +75,26 @@ def test_the_agent_refuses_to_start_with_a_database_or_without_a_key(
     assert refusal in result.stderr
 
 
+def test_the_agent_refuses_to_start_on_a_kernel_without_pidfd_open(cluster):
+    # As on a kernel older than Linux 5.3, where os.pidfd_open fails or Python lacks it.
+    run_node = (
+        "import os, runpy, sys; del os.pidfd_open; "
+        "sys.argv = ['manage.py', 'run_node', '--name=node-a', '--cpu=1']; "
+        "runpy.run_path('manage.py', run_name='__main__')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", run_node],
+        env=cluster.node_env("node-a"),
+        cwd=BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "needs Linux 5.3 or later" in result.stderr
+    assert not Node.objects.filter(name="node-a").exists()  # refused before registering
+
+
 def test_a_key_file_others_may_read_is_refused(cluster, tmp_path):
     env = cluster.node_env("node-a")
     key_file = tmp_path / "node.key"

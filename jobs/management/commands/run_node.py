@@ -34,7 +34,7 @@ from jobs.agent.hollow import (
     read_hollow_keys,
     valid_prefix,
 )
-from jobs.agent.runner import agent_identity, running
+from jobs.agent.runner import agent_identity, pidfd_supported, running
 from jobs.agent.success_batching import successes
 from jobs.agent.task_events import use_worker_dispatcher
 from jobs.management.metrics_port import add_metrics_arguments, serve_metrics
@@ -173,6 +173,11 @@ class Command(BaseCommand):
             spec = {"cpu": cpu_millis / 1000, "memory_mb": memory_mb, "gpu": gpu, "labels": labels}
             self.run_hollow(prefix=name, count=hollow, spec=spec, threads=hollow_threads)
             return
+        if not pidfd_supported():
+            raise CommandError(
+                "This kernel has no pidfd_open: a node agent needs Linux 5.3 or later, "
+                "as it waits on each job's process through a pidfd."
+            )
         slots = slots or min(64, max(4, 4 * cpu_millis // 1000))
         control_plane = ControlPlane(
             base_url=settings.SCHEDULER_API_URL, key=node_key(), pool_size=slots + 4
