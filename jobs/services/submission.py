@@ -58,10 +58,10 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
         spec["pending_reason"] = PendingReason.WAITING_DEPENDENCIES
     if array and len(spec.get("env", {})) >= MAX_ENV:  # each task gets JOB_ARRAY_INDEX too
         raise ValidationError({"env": [f"At most {MAX_ENV - 1} variables in an array job."]})
-    # The job, its event and the scheduler's wake-up commit together: one statement of
-    # its own (see _SUBMITTED_SQL), or, inside a caller's transaction, in a savepoint, so
-    # a lost key race leaves that usable. With dependencies, the job, its dependencies
-    # and its first settling are one transaction.
+    # The job, its event and the scheduler's wake-up commit together: one statement of its
+    # own (`_job_insert_submitted`), or, inside a caller's transaction, in a savepoint, so
+    # a lost key race leaves that usable. With dependencies, the job, its dependencies and
+    # its first settling are one transaction.
     by = f" by {user.username}" if user else ""
     message, actor = f"submitted{by} to queue {queue.name}", user.username if user else ""
     fields = spec_in_queue(spec, queue)
@@ -91,15 +91,16 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
     return Submission(job=job, created=True)
 
 
-# A job's insert, its submitted event and the scheduler's wake-up (a NOTIFY, delivered
-# as the statement commits), in one statement: outside a transaction it commits on its
-# own, one round trip where BEGIN, three statements and COMMIT took five. The wake-up's
-# channel and payload are literals: psycopg caches the parsing of a statement of 50
-# parameters at most, and the job's insert has 43.
+# The wake-up's channel and payload are literals: psycopg caches the parsing of a
+# statement of 50 parameters at most, and a job's insert has 43.
 _WAKE_SQL = f"pg_notify({sql_literal(SCHEDULER_CHANNEL)}, {sql_literal(ARRIVAL)})"
 
 
 def _job_insert_submitted(job: Job, *, message: str, actor: str) -> Job:
+    """The job's insert, its submitted event and the scheduler's wake-up (a NOTIFY,
+    delivered as the statement commits), in one statement: outside a transaction it
+    commits on its own, one round trip where BEGIN, three statements and COMMIT took
+    five."""
     insert = row_insert_statement(job)  # stamps job.created_at, the event's time
     sql = f"""
 WITH job AS ({insert.sql}), event AS (
