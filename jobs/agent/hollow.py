@@ -10,12 +10,12 @@ the job's `parameters.hollow_seconds` (default 1) and reports a success through 
 batched path (`/api/agent/successes/`), taking on the room it frees; it spawns no process.
 
 A real agent costs a Celery worker, a broker connection and threads per node; here one
-process carries them all: one broker connection consumes every node's queue and stops
-queue (the router sends an execution to its node's queue, `node.NAME`, and the queue a
-message came from says which node it is for), one timer thread holds every due time
-(heartbeats, ends of executions), and a shared pool of threads makes the HTTP calls over
-one keep-alive session, each with its node's key (heartbeats on a few threads of their
-own).
+process carries them all: a broker connection for every NODES_PER_CONNECTION nodes
+consumes their queues and stops queues (the router sends an execution to its node's
+queue, `node.NAME`, and the queue a message came from says which node it is for), one
+timer thread holds every due time (heartbeats, ends of executions), and a shared pool of
+threads makes the HTTP calls over one keep-alive session, each with its node's key
+(heartbeats on a few threads of their own).
 """
 
 import heapq
@@ -48,6 +48,11 @@ DEFAULT_HOLLOW_SECONDS = 1.0
 HEARTBEAT_THREADS = 8
 # How long one drain of the broker connection waits before looking at the stop flag.
 DRAIN_TIMEOUT_SECONDS = 1.0
+# Nodes whose queues (and stops queues) share a broker connection. A Redis consumer asks
+# again for every queue it consumes after each message (BRPOP on each queue's key, at
+# each priority), so one connection for hundreds of nodes spent most of the process's
+# time writing those commands, time the bench's control plane lost on the same cores.
+NODES_PER_CONNECTION = 25
 
 
 class HollowKeysError(Exception):
@@ -353,8 +358,41 @@ class HollowNode:
         return None
 
 
+class _Consumer(threading.Thread):
+    """One broker connection consuming the queues and stops queues of some of the fleet's
+    nodes until the fleet stops consuming; it connects again when the connection drops."""
+
+    def __init__(self, fleet: "HollowFleet", names: list[str]):
+        super().__init__(name=f"hollow-consumer-{names[0]}", daemon=True)
+        self.fleet = fleet
+        self.queues = [current_app.amqp.queues.select_add(node_queue_name(n)) for n in names]
+        self.queues += [Queue(node_stops_queue_name(n)) for n in names]
+        self.connected = threading.Event()
+
+    def run(self) -> None:
+        fleet = self.fleet
+        while fleet.consuming.is_set():
+            connection = current_app.connection_for_read()
+            try:
+                with (
+                    connection,
+                    Consumer(
+                        connection, queues=self.queues, callbacks=[fleet._received], accept=["json"]
+                    ),
+                ):
+                    self.connected.set()
+                    while fleet.consuming.is_set():
+                        try:
+                            connection.drain_events(timeout=DRAIN_TIMEOUT_SECONDS)
+                        except TimeoutError:
+                            continue
+            except connection.connection_errors as exc:
+                logger.warning("broker connection lost (%s); reconnecting", exc)
+                time.sleep(1.0)
+
+
 class HollowFleet:
-    """Every hollow node of this process, their shared pool, timers and broker consumer."""
+    """Every hollow node of this process, their shared pool, timers and broker consumers."""
 
     def __init__(self, *, keys: dict[str, str], base_url: str, threads: int):
         self.stopped = threading.Event()  # calls to the control plane give up
@@ -373,6 +411,7 @@ class HollowFleet:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.nodes: dict[str, HollowNode] = {}
+        self.by_queue: dict[str, HollowNode] = {}
         self.stops_queues: dict[str, HollowNode] = {}
         for name, key in keys.items():
             control_plane = ControlPlane(base_url=base_url, key=key)
@@ -403,40 +442,31 @@ class HollowFleet:
             self.timers.call_later(settings.NODE_CANCEL_POLL_SECONDS * share, node.apply_cancels)
 
     def consume(self) -> None:
-        """Consume every node's queue and stops queue over one broker connection until
-        `stop_consuming`."""
-        by_queue = {node_queue_name(name): node for name, node in self.nodes.items()}
-        queues = [current_app.amqp.queues.select_add(name) for name in by_queue]
+        """Consume every node's queue and stops queue until `stop_consuming`, over one
+        broker connection for each NODES_PER_CONNECTION nodes, each on a thread of its
+        own."""
+        self.by_queue = {node_queue_name(name): node for name, node in self.nodes.items()}
         self.stops_queues = {node_stops_queue_name(name): node for name, node in self.nodes.items()}
-        queues += [Queue(name) for name in self.stops_queues]
+        names = list(self.nodes)
+        shards = [
+            names[i : i + NODES_PER_CONNECTION] for i in range(0, len(names), NODES_PER_CONNECTION)
+        ]
         self.consuming.set()
-        while self.consuming.is_set():
-            connection = current_app.connection_for_read()
-            try:
-                with (
-                    connection,
-                    Consumer(
-                        connection,
-                        queues=queues,
-                        callbacks=[lambda body, message: self._received(by_queue, body, message)],
-                        accept=["json"],
-                    ),
-                ):
-                    logger.info("hollow nodes consuming %s queues and their stops", len(by_queue))
-                    while self.consuming.is_set():
-                        try:
-                            connection.drain_events(timeout=DRAIN_TIMEOUT_SECONDS)
-                        except TimeoutError:
-                            continue
-            except connection.connection_errors as exc:
-                logger.warning("broker connection lost (%s); reconnecting", exc)
-                time.sleep(1.0)
+        consumers = [_Consumer(self, shard) for shard in shards]
+        for consumer in consumers:
+            consumer.start()
+        for consumer in consumers:
+            while self.consuming.is_set() and not consumer.connected.wait(DRAIN_TIMEOUT_SECONDS):
+                continue
+        logger.info("hollow nodes consuming %s queues and their stops", len(names))
+        for consumer in consumers:
+            consumer.join()
 
     def stop_consuming(self) -> None:
         """Take no more messages (within DRAIN_TIMEOUT_SECONDS); what runs goes on."""
         self.consuming.clear()
 
-    def _received(self, by_queue: dict[str, HollowNode], body, message) -> None:
+    def _received(self, body, message) -> None:
         # Acknowledged on receipt, as the real agents' worker does: PostgreSQL knows what
         # ran, and reconciliation re-publishes an execution nobody claimed.
         message.ack()
@@ -445,7 +475,7 @@ class HollowFleet:
         if stopping is not None:
             self.pool.submit(logged, stopping.check_stops)
             return
-        node = by_queue.get(queue)
+        node = self.by_queue.get(queue)
         kwargs = body[1] if isinstance(body, list | tuple) and len(body) > 1 else {}
         token = kwargs.get("token") if isinstance(kwargs, dict) else None
         if node is None or not isinstance(token, str):

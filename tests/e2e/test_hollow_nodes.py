@@ -6,6 +6,7 @@ import time
 import pytest
 from django.conf import settings
 
+from jobs.agent.hollow import NODES_PER_CONNECTION
 from jobs.models import ExecutionStatus, Job, JobExecution, JobStatus
 from nodes.models import Node, NodeStatus
 from tests.jobs.making import make_jobs
@@ -13,7 +14,8 @@ from tests.processes import wait_until
 
 pytestmark = pytest.mark.e2e
 
-NODES = 20
+# More nodes than one broker connection consumes for: every connection must deliver.
+NODES = 30
 JOBS = 100
 
 
@@ -36,6 +38,7 @@ def submit(api, count: int, cpu: float = 1, **parameters) -> list[int]:
 
 
 def test_hollow_nodes_register_and_run_jobs_across_them(cluster, team):
+    assert NODES > NODES_PER_CONNECTION
     cluster.start_scheduler()
     hollow = cluster.start_hollow_nodes("hollow", NODES, cpu=2)
     names = {f"hollow-{i}" for i in range(1, NODES + 1)}
