@@ -262,11 +262,13 @@ WITH placed AS (
     RETURNING id, token
 ), allocation AS (
     INSERT INTO resources_allocation
-        (execution_id, node_id, cpu_millis, memory_mb, gpu, status, created_at, activated_at)
-    SELECT execution.id, node_id, cpu_millis, memory_mb, gpu,
+        (execution_id, node_id, queue_id, cpu_millis, memory_mb, gpu, status, created_at,
+         activated_at)
+    SELECT execution.id, placed.node_id, of_job.queue_id, placed.cpu_millis,
+           placed.memory_mb, placed.gpu,
            CASE WHEN claimed THEN %(allocation_active)s ELSE %(allocation_reserved)s END,
            %(now)s, CASE WHEN claimed THEN %(now)s END
-      FROM placed JOIN execution USING (token)
+      FROM placed JOIN execution USING (token) JOIN jobs_job of_job ON of_job.id = placed.job_id
 ), job AS (
     UPDATE jobs_job AS job
        SET status = CASE WHEN placed.claimed THEN %(job_running)s ELSE %(job_reserved)s END,

@@ -39,6 +39,7 @@ class AllocationAdmin(AuditedModelAdmin):
     list_display = [
         "execution",
         "node",
+        "queue",
         "cpu_millis",
         "memory_mb",
         "gpu",
@@ -46,9 +47,9 @@ class AllocationAdmin(AuditedModelAdmin):
         "created_at",
         "released_at",
     ]
-    list_filter = ["status", "node"]
+    list_filter = ["status", "queue", "node"]
     search_fields = ["execution__token", "node__name"]
-    list_select_related = ["execution", "node"]
+    list_select_related = ["execution", "node", "queue"]
     readonly_fields = [f.name for f in Allocation._meta.fields]
 
     def has_add_permission(self, request):

@@ -92,6 +92,12 @@ class Allocation(models.Model):
     node = models.ForeignKey(
         "nodes.Node", on_delete=models.PROTECT, related_name="allocations", db_index=False
     )
+    # The queue the job was placed from, copied from the job when it is placed: what a
+    # queue holds (its quota, its fair share) is summed from its live allocations alone,
+    # through allocation_live_by_queue, with no join to executions and jobs.
+    queue = models.ForeignKey(
+        "resources.Queue", on_delete=models.PROTECT, related_name="allocations", db_index=False
+    )
     cpu_millis = models.PositiveIntegerField()
     memory_mb = models.PositiveIntegerField()
     gpu = models.PositiveIntegerField(default=0)
@@ -123,6 +129,13 @@ class Allocation(models.Model):
             models.Index(
                 fields=["node", "status"],
                 name="allocation_live_by_node",
+                condition=Q(status__in=LIVE_ALLOCATION_STATUSES),
+            ),
+            # What each queue holds, read by every placement: an index-only scan.
+            models.Index(
+                fields=["queue"],
+                include=["cpu_millis", "memory_mb", "gpu"],
+                name="allocation_live_by_queue",
                 condition=Q(status__in=LIVE_ALLOCATION_STATUSES),
             ),
         ]

@@ -158,7 +158,7 @@ def usage_summary(*, user: User) -> dict:
 
     held = (
         Allocation.objects.filter(status__in=LIVE_ALLOCATION_STATUSES)
-        .values(queue=F("execution__job__queue_id"), team=F("execution__job__team_id"))
+        .values("queue", team=F("execution__job__team_id"))
         .annotate(cpu=Sum("cpu_millis"), memory=Sum("memory_mb"), gpu=Sum("gpu"))
         .order_by()
     )
@@ -220,7 +220,7 @@ def usage_summary(*, user: User) -> dict:
 
 def queue_allocated(*, queue: Queue) -> Resources:
     """What the queue's jobs hold now: the sum of their live allocations. One query."""
-    held = Allocation.objects.filter(
-        status__in=LIVE_ALLOCATION_STATUSES, execution__job__queue_id=queue.pk
-    ).aggregate(cpu=Sum("cpu_millis"), memory=Sum("memory_mb"), gpu=Sum("gpu"))
+    held = Allocation.objects.filter(status__in=LIVE_ALLOCATION_STATUSES, queue=queue).aggregate(
+        cpu=Sum("cpu_millis"), memory=Sum("memory_mb"), gpu=Sum("gpu")
+    )
     return Resources(held["cpu"] or 0, held["memory"] or 0, held["gpu"] or 0)

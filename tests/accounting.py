@@ -3,9 +3,9 @@
 AccountingSampler polls, on a connection of its own, every node's counters and the live
 allocations behind them, what each queue's jobs hold, and the gangs' executions, and
 records any moment where a node held more than its capacity, its counters disagreed with
-its allocations, a queue held more than its quota, a gang was placed in part, or a job
-had two live attempts at once (a preempted attempt still live when its job's next one was
-placed).
+its allocations, a queue held more than its quota, an allocation was charged to a queue
+other than its job's, a gang was placed in part, or a job had two live attempts at once
+(a preempted attempt still live when its job's next one was placed).
 """
 
 import threading
@@ -39,6 +39,14 @@ LEFT JOIN jobs_jobexecution e ON e.job_id = j.id
 LEFT JOIN resources_allocation a
        ON a.execution_id = e.id AND a.status IN ('reserved', 'active')
 GROUP BY q.id
+"""
+
+# Allocations charged to a queue other than their job's (placement copies the job's).
+ALLOCATION_QUEUE_SQL = """
+SELECT a.id, a.queue_id, j.queue_id FROM resources_allocation a
+  JOIN jobs_jobexecution e ON e.id = a.execution_id
+  JOIN jobs_job j ON j.id = e.job_id
+ WHERE a.queue_id <> j.queue_id
 """
 
 # Jobs with more than one live attempt.
@@ -89,6 +97,10 @@ class AccountingSampler(threading.Thread):
                     self.violations.append(
                         f"gang job {job_id} attempt {attempt} of {tasks} tasks: {executions} "
                         f"executions, {allocations} allocations, {held} live while pending"
+                    )
+                for allocation, queue, of_job in conn.execute(ALLOCATION_QUEUE_SQL).fetchall():
+                    self.violations.append(
+                        f"allocation {allocation} charged to queue {queue}, its job's is {of_job}"
                     )
                 for job_id, live in conn.execute(LIVE_ATTEMPTS_SQL).fetchall():
                     self.violations.append(f"job {job_id}: {live} live attempts")

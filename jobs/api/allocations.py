@@ -46,7 +46,7 @@ class AllocationFilter(django_filters.FilterSet):
     node = django_filters.CharFilter(field_name="node__name")
     status = django_filters.ChoiceFilter(choices=AllocationStatus.choices)
     team = django_filters.CharFilter(field_name="execution__job__team__slug")
-    queue = django_filters.CharFilter(field_name="execution__job__queue__name")
+    queue = django_filters.CharFilter(field_name="queue__name")
     job = django_filters.NumberFilter(field_name="execution__job_id")
 
 

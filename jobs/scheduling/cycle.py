@@ -63,9 +63,9 @@ logger = logging.getLogger(__name__)
 # looked at yet). Served by the job_pending_by_queue index. Each row also carries its
 # queue's rules and what the queue's jobs hold now, read after the node locks, so a
 # cycle that ran just before (a leader that lost its lock mid-cycle) is seen once it
-# has committed. That usage is summed over the live allocations only (their partial
-# index), not filtered on the queues: a filter on the jobs' queue would let the planner
-# start from every job of it. The statement is prepared: the statuses and held reasons
+# has committed. That usage is summed over the live allocations only, by the queue each
+# was placed from (an index-only scan of allocation_live_by_queue), not filtered on the
+# queues: it is as cheap for all of them. The statement is prepared: the statuses and held reasons
 # are written into it, not bound, so that its generic plan can see it matches the
 # partial indexes' conditions.
 PENDING_JOBS_SQL = f"""
@@ -93,13 +93,11 @@ CROSS JOIN LATERAL (
     FOR UPDATE SKIP LOCKED
 ) j
 LEFT JOIN (
-    SELECT job.queue_id, sum(a.cpu_millis) AS cpu_millis, sum(a.memory_mb) AS memory_mb,
-           sum(a.gpu) AS gpu
-      FROM resources_allocation a
-      JOIN jobs_jobexecution e ON e.id = a.execution_id
-      JOIN jobs_job job ON job.id = e.job_id
-     WHERE a.status IN ({sql_literals(LIVE_ALLOCATION_STATUSES)})
-     GROUP BY job.queue_id
+    SELECT queue_id, sum(cpu_millis) AS cpu_millis, sum(memory_mb) AS memory_mb,
+           sum(gpu) AS gpu
+      FROM resources_allocation
+     WHERE status IN ({sql_literals(LIVE_ALLOCATION_STATUSES)})
+     GROUP BY queue_id
 ) AS usage ON usage.queue_id = q.id
 ORDER BY q.id, j.priority DESC, j.deadline ASC NULLS LAST, j.created_at, j.id
 """

@@ -92,13 +92,11 @@ SELECT q.id, q.name, q.weight, q.quota_cpu_millis, q.quota_memory_mb, q.quota_gp
        coalesce(u.cpu_millis, 0), coalesce(u.memory_mb, 0), coalesce(u.gpu, 0)
   FROM resources_queue q
   LEFT JOIN (
-    SELECT job.queue_id, sum(a.cpu_millis) AS cpu_millis, sum(a.memory_mb) AS memory_mb,
-           sum(a.gpu) AS gpu
-      FROM resources_allocation a
-      JOIN jobs_jobexecution e ON e.id = a.execution_id
-      JOIN jobs_job job ON job.id = e.job_id
-     WHERE a.status IN ({sql_literals(LIVE_ALLOCATION_STATUSES)})
-     GROUP BY job.queue_id
+    SELECT queue_id, sum(cpu_millis) AS cpu_millis, sum(memory_mb) AS memory_mb,
+           sum(gpu) AS gpu
+      FROM resources_allocation
+     WHERE status IN ({sql_literals(LIVE_ALLOCATION_STATUSES)})
+     GROUP BY queue_id
   ) u ON u.queue_id = q.id
 """
 

@@ -71,6 +71,7 @@ def _execution(world, job, attempt, status, *, started=None, finished=None, held
         Allocation.objects.create(
             execution=execution,
             node=world.node,
+            queue_id=job.queue_id,
             cpu_millis=cpu,
             memory_mb=memory,
             gpu=gpu,
