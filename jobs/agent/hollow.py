@@ -368,8 +368,16 @@ class _Consumer(threading.Thread):
         self.queues = [current_app.amqp.queues.select_add(node_queue_name(n)) for n in names]
         self.queues += [Queue(node_stops_queue_name(n)) for n in names]
         self.connected = threading.Event()
+        self.error: BaseException | None = None
 
     def run(self) -> None:
+        try:
+            self._consume()
+        except BaseException as exc:  # every consumer stops, and `consume` raises it
+            self.error = exc
+            self.fleet.consuming.clear()
+
+    def _consume(self) -> None:
         fleet = self.fleet
         while fleet.consuming.is_set():
             connection = current_app.connection_for_read()
@@ -444,7 +452,8 @@ class HollowFleet:
     def consume(self) -> None:
         """Consume every node's queue and stops queue until `stop_consuming`, over one
         broker connection for each NODES_PER_CONNECTION nodes, each on a thread of its
-        own."""
+        own. A consumer that fails (other than by losing its connection, which it makes
+        again) stops them all, and its error is raised here."""
         self.by_queue = {node_queue_name(name): node for name, node in self.nodes.items()}
         self.stops_queues = {node_stops_queue_name(name): node for name, node in self.nodes.items()}
         names = list(self.nodes)
@@ -458,9 +467,13 @@ class HollowFleet:
         for consumer in consumers:
             while self.consuming.is_set() and not consumer.connected.wait(DRAIN_TIMEOUT_SECONDS):
                 continue
-        logger.info("hollow nodes consuming %s queues and their stops", len(names))
+        if self.consuming.is_set():
+            logger.info("hollow nodes consuming %s queues and their stops", len(names))
         for consumer in consumers:
             consumer.join()
+        for consumer in consumers:
+            if consumer.error is not None:
+                raise consumer.error
 
     def stop_consuming(self) -> None:
         """Take no more messages (within DRAIN_TIMEOUT_SECONDS); what runs goes on."""
