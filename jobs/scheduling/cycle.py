@@ -64,10 +64,9 @@ logger = logging.getLogger(__name__)
 # queue's rules and what the queue's jobs hold now, read after the node locks, so a
 # cycle that ran just before (a leader that lost its lock mid-cycle) is seen once it
 # has committed. That usage is summed over the live allocations only, by the queue each
-# was placed from (an index-only scan of allocation_live_by_queue), not filtered on the
-# queues: it is as cheap for all of them. The statement is prepared: the statuses and held reasons
-# are written into it, not bound, so that its generic plan can see it matches the
-# partial indexes' conditions.
+# was placed from, with no join (allocation_live_by_queue serves it), for every queue at
+# once. The statement is prepared: the statuses and held reasons are written into it,
+# not bound, so that its generic plan can see it matches the partial indexes' conditions.
 PENDING_JOBS_SQL = f"""
 SELECT j.id, j.queue_id, j.cpu_millis, j.memory_mb, j.gpu, j.node_selector, j.attempts,
        j.pending_reason, j.team_id, j.concurrency_key, j.timeout_seconds,
