@@ -131,7 +131,7 @@ class Allocation(models.Model):
                 name="allocation_live_by_node",
                 condition=Q(status__in=LIVE_ALLOCATION_STATUSES),
             ),
-            # What each queue holds, read by every placement: an index-only scan.
+            # What each queue holds, read by every placement, from its amounts alone.
             models.Index(
                 fields=["queue"],
                 include=["cpu_millis", "memory_mb", "gpu"],
