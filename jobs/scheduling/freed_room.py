@@ -16,7 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from common.db import prepared_cursor, sql_literal, sql_literals
-from common.wakeup import scheduler_wake
+from common.wakeup import wake_after_commit
 from nodes.models import Node, NodeStatus
 from resources.placement import (
     NodeSlot,
@@ -243,9 +243,10 @@ def successes_report(
         if fill_freed_room:
             freed = place_on_freed_room(node_id=node_id, claim=min(claim, len(ended)))
         # Room left here, or a limit's slot freed, may let the scheduler place jobs
-        # elsewhere.
+        # elsewhere. Woken once this commits (`wake_after_commit`), not by a NOTIFY in
+        # this transaction, which holds the node's row.
         if freed is None or freed.room_left or ended.freed_limit_slots:
-            scheduler_wake()
+            wake_after_commit()
         if freed is not None:
             placements = freed.placements
     claimed = [] if freed is None else freed.claimed

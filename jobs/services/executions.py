@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from django.db import transaction
 from django.utils import timezone
 
-from common.wakeup import scheduler_wake
+from common.wakeup import wake_after_commit
 
 from ..accounting import (
     ClaimedExecution,
@@ -121,7 +121,7 @@ def execution_finish(
             job_after_preempted(job, preempted_by=preempted_by, now=now)
         else:
             job_after_attempt(job, status=status, error=error, now=now)
-        scheduler_wake()
+        wake_after_commit()
         # Last, so the node row (every finish and every cycle needs it) is held briefly.
         allocation_release(execution_id=execution_id, now=now)
         array_task_ended(job)
