@@ -1,8 +1,9 @@
 """The scheduler's wake-up: a NOTIFY on the channel the scheduler's leader LISTENs on.
 
-Any app whose change may let a job start (a submission, a finish, a node or queue
-change) calls `scheduler_wake`; a NOTIFY sent inside a transaction is delivered only
-when it commits, so the scheduler never wakes before the data it should see.
+Any app whose change may let a job start (a submission, a node or queue change) calls
+`scheduler_wake`; a NOTIFY sent inside a transaction is delivered only when it commits,
+so the scheduler never wakes before the data it should see. A finish, which holds its
+node's row, calls `wake_after_commit` instead.
 """
 
 from django.db import transaction
