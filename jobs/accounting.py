@@ -18,7 +18,6 @@ from typing import NamedTuple
 from django.db import connection, transaction
 
 from common.db import prepared_cursor
-from common.wakeup import SCHEDULER_CHANNEL
 from events.models import EventType
 from resources.models import LIVE_ALLOCATION_STATUSES, AllocationStatus
 
@@ -440,7 +439,6 @@ WITH outcome AS MATERIALIZED (
 SELECT other_node.found, ended.* FROM other_node LEFT JOIN (
     SELECT execution.token, execution.job_id, job_ended.array_parent_id,
            job_ended.concurrency_key,
-           CASE WHEN %(wake)s THEN pg_notify(%(channel)s, '') END,
            EXISTS (SELECT 1 FROM jobs_jobdependency d WHERE d.upstream_id = execution.job_id)
            OR EXISTS (SELECT 1 FROM jobs_job w
                        WHERE w.id = execution.job_id AND w.workflow_id IS NOT NULL)
@@ -474,10 +472,11 @@ class Success:
 
 
 def successes_finish(
-    successes: Sequence[Success], *, now, wake: bool, node_id: int | None = None
+    successes: Sequence[Success], *, now, node_id: int | None = None
 ) -> EndedSuccesses:
     """End the running executions that succeeded: execution, job, allocation and node
-    counters, and (with `wake`) a wake-up for the scheduler. Returns {token: job id} of
+    counters (the scheduler's wake-up is the caller's, after the commit: see
+    `common.wakeup.wake_after_commit`). Returns {token: job id} of
     those it ended, with the arrays they were tasks of and the jobs whose dependents and
     workflows are to be settled. Given `node_id`, raises ExecutionOfAnotherNode, having
     changed nothing, when any of them is not allocated to that node."""
@@ -490,8 +489,6 @@ def successes_finish(
                 "log_tails": [s.log_tail for s in successes],
                 "node_id": node_id,
                 "now": now,
-                "wake": wake,
-                "channel": SCHEDULER_CHANNEL,
                 "job_live": [JobStatus.RESERVED, JobStatus.RUNNING],
                 "execution_succeeded": ExecutionStatus.SUCCEEDED,
                 "execution_running": ExecutionStatus.RUNNING,

@@ -141,7 +141,8 @@ def executions_finish_succeeded(
     successes: Sequence[Success], *, wake: bool = True, node_id: int | None = None
 ) -> EndedSuccesses:
     """End running executions that succeeded, in one statement: execution, job,
-    allocation and node counters, and (with `wake`) a wake-up for the scheduler. Returns
+    allocation and node counters, and (with `wake`) a wake-up for the scheduler once
+    that has committed (`wake_after_commit`: the statement holds the nodes' rows). Returns
     {token: job id} of those it ended; the others (a cancel pending, a duplicate report)
     are for `execution_finish` to decide. Given the reporting node's `node_id`, raises
     ExecutionOfAnotherNode, having changed nothing, if any is another node's."""
@@ -151,10 +152,12 @@ def executions_finish_succeeded(
     # One transaction with the dependents' release and the slots the arrays' tasks free
     # (no savepoint inside a caller's: the agent's batch rolls back whole).
     with transaction.atomic(savepoint=False):
-        ended = successes_finish(successes, now=now, wake=wake, node_id=node_id)
+        ended = successes_finish(successes, now=now, node_id=node_id)
         if ended.to_settle:
             dependents_settle(upstream_ids=ended.to_settle, now=now)
         array_slots_release(array_ids=ended.array_ids)
+        if wake and ended:
+            wake_after_commit()
     for token, job_id in ended.items():
         logger.info(
             "execution finished job=%s token=%s status=succeeded exit_code=0", job_id, token

@@ -102,7 +102,6 @@ def test_a_batch_of_successes_on_two_nodes_ends_in_one_statement(team, django_as
                 for token in tokens
             ],
             now=now,
-            wake=False,
         )
 
     assert ended == {token: stored(token).job_id for token in running}

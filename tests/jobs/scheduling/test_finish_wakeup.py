@@ -24,11 +24,16 @@ def report_success(node, token):
     return successes_report(node_id=node.id, successes=[Success(token)], claim=1)
 
 
+def report_one_success(node, token):
+    """`/api/agent/finish/` with exit code 0: the single success, outside a batch."""
+    return execution_finish(token=token, exit_code=0)
+
+
 def report_failure(node, token):
     return execution_finish(token=token, exit_code=1, error="exit code 1")
 
 
-@pytest.mark.parametrize("finish", [report_success, report_failure])
+@pytest.mark.parametrize("finish", [report_success, report_one_success, report_failure])
 def test_a_finish_that_leaves_room_wakes_the_scheduler_after_its_commit(team, broker, finish):
     node = Node.objects.create(name="one", cpu_millis=1000, memory_mb=4096)
     make_jobs(team, 1)
