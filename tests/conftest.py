@@ -1,6 +1,8 @@
 import pytest
 import redis
 from django.conf import settings
+from django.db import connection
+from django.test.utils import setup_databases, teardown_databases
 from rest_framework.test import APIClient
 
 from accounts.models import Role, Team, User
@@ -12,6 +14,28 @@ from tests.processes import Cluster
 # The alert receivers' fixtures (`webhook`, `smtp_server`), for tests/alerts and tests/e2e;
 # RabbitMQ's (`rabbitmq`), for the tests that run the platform on it.
 pytest_plugins = ["tests.alerts.receivers", "tests.rabbitmq"]
+
+# The development database's name, read before any test database replaces it.
+DEVELOPMENT_DATABASE = settings.DATABASES["default"]["NAME"]
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker, django_db_keepdb, django_db_createdb):
+    """The test database, whichever tests run. pytest-django makes it only when a test
+    that runs asks for `db`, `transactional_db` or `live_server`; tests that share a
+    platform (`tests.processes.shared_cluster`) reach the database through a module's
+    fixture instead, and run on their own they would use, and empty, the development
+    database."""
+    if connection.settings_dict["NAME"] != DEVELOPMENT_DATABASE:
+        yield  # pytest-django made it
+        return
+    keepdb = django_db_keepdb and not django_db_createdb
+    with django_db_blocker.unblock():
+        made = setup_databases(verbosity=0, interactive=False, aliases={"default"}, keepdb=keepdb)
+    yield
+    if not django_db_keepdb:
+        with django_db_blocker.unblock():
+            teardown_databases(made, verbosity=0)
 
 
 @pytest.fixture
