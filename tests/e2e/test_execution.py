@@ -1,4 +1,7 @@
-"""Execution on a real node agent: duplicates, timeouts, retries, environment."""
+"""Execution on a real node agent: duplicates, timeouts, retries, environment.
+
+The tests share one platform (a node agent, the scheduler and the web server its agent
+reaches), each with a team of its own (`team_api`), and leave its node empty."""
 
 import itertools
 import re
@@ -12,9 +15,19 @@ from jobs.models import Job, JobExecution, JobStatus
 from resources.models import AllocationStatus
 from resources.routing import EXECUTION_TASK
 from scheduler_site.celery import app as celery_app
-from tests.processes import wait_until
+from tests.processes import shared_cluster, wait_until
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def platform_cluster(django_db_setup, django_db_blocker, tmp_path_factory):
+    with shared_cluster(django_db_blocker, tmp_path_factory.mktemp("execution")) as cluster:
+        # The log test's cap on what an attempt ships; the others print far less.
+        cluster.env["JOB_LOG_SHIP_MAX_BYTES"] = "1048576"
+        cluster.start_node("node-a", cpu=2, memory_mb=1024, slots=4)
+        cluster.start_scheduler()
+        yield cluster
 
 
 def submit(api, **payload):
@@ -39,11 +52,12 @@ def processes_matching(marker: str) -> list[str]:
     return [line for line in found.splitlines() if "pgrep" not in line]
 
 
-def test_the_same_execution_message_delivered_three_times_runs_once(cluster, api, tmp_path):
-    node = cluster.start_node("node-a", cpu=2, slots=4)
-    cluster.start_scheduler()
+def test_the_same_execution_message_delivered_three_times_runs_once(
+    platform_cluster, team_api, tmp_path
+):
+    node = next(p for p in platform_cluster.processes if p.name == "node-a")
     marker = tmp_path / "runs.txt"
-    job_id = submit(api, command=["sh", "-c", f"echo run >> {marker}; sleep 1"])
+    job_id = submit(team_api, command=["sh", "-c", f"echo run >> {marker}; sleep 1"])
     execution = wait_until(
         lambda: JobExecution.objects.filter(job_id=job_id).first(), 10, message="placement"
     )
@@ -66,13 +80,11 @@ def test_the_same_execution_message_delivered_three_times_runs_once(cluster, api
     assert JobExecution.objects.filter(job_id=job_id).count() == 1
 
 
-def test_a_job_past_its_timeout_fails_and_leaves_no_process(cluster, api):
-    cluster.start_node("node-a", cpu=1)
-    cluster.start_scheduler()
+def test_a_job_past_its_timeout_fails_and_leaves_no_process(team_api):
     marker = f"timeout-marker-{uuid.uuid4().hex[:8]}"
     # A child in the background and one in the foreground: both must go.
     job_id = submit(
-        api,
+        team_api,
         command=["sh", "-c", f"sh -c 'sleep 300; echo {marker}' & sleep 301 # {marker}"],
         timeout_seconds=1,
     )
@@ -85,11 +97,9 @@ def test_a_job_past_its_timeout_fails_and_leaves_no_process(cluster, api):
     wait_until(lambda: not processes_matching(marker), 5, message="no process left behind")
 
 
-def test_a_failing_job_is_retried_then_fails_with_every_attempt_recorded(cluster, api):
-    cluster.start_node("node-a", cpu=1)
-    cluster.start_scheduler()
+def test_a_failing_job_is_retried_then_fails_with_every_attempt_recorded(team_api):
     job_id = submit(
-        api,
+        team_api,
         command=["sh", "-c", "echo attempt $JOB_ATTEMPT; exit 2"],
         max_retries=2,
         retry_backoff_seconds=0,
@@ -106,11 +116,9 @@ def test_a_failing_job_is_retried_then_fails_with_every_attempt_recorded(cluster
     assert [e.log_tail for e in attempts] == ["attempt 1\n", "attempt 2\n", "attempt 3\n"]
 
 
-def test_the_job_sees_its_environment_but_not_the_agents_secrets(cluster, api):
-    cluster.start_node("node-a", cpu=2, memory_mb=512)
-    cluster.start_scheduler()
+def test_the_job_sees_its_environment_but_not_the_agents_secrets(team_api):
     job_id = submit(
-        api,
+        team_api,
         command=["sh", "-c", "env | sort; pwd"],
         env={"GREETING": "hi there"},
         resources={"cpu": 1.5, "memory_mb": 300},
@@ -133,11 +141,9 @@ def test_the_job_sees_its_environment_but_not_the_agents_secrets(cluster, api):
     assert f"/node-a/job-{job_id}-attempt-1" in output
 
 
-def test_a_job_past_its_memory_limit_fails_with_the_memory_reason(cluster, api):
-    cluster.start_node("node-a", cpu=1, memory_mb=1024)
-    cluster.start_scheduler()
+def test_a_job_past_its_memory_limit_fails_with_the_memory_reason(team_api):
     job_id = submit(
-        api,
+        team_api,
         command=["python3", "-c", "import time; x = bytearray(300 * 2**20); time.sleep(30)"],
         resources={"cpu": 1, "memory_mb": 100},
     )
@@ -147,13 +153,11 @@ def test_a_job_past_its_memory_limit_fails_with_the_memory_reason(cluster, api):
     assert job.last_execution.allocation.status == AllocationStatus.RELEASED
 
 
-def test_cancelling_a_running_job_kills_it_and_frees_its_allocation(cluster, api):
-    cluster.start_node("node-a", cpu=1)
-    cluster.start_scheduler()
+def test_cancelling_a_running_job_kills_it_and_frees_its_allocation(team_api):
     marker = f"cancel-marker-{uuid.uuid4().hex[:8]}"
-    job_id = submit(api, command=["sh", "-c", f"sleep 300 # {marker}"])
+    job_id = submit(team_api, command=["sh", "-c", f"sleep 300 # {marker}"])
     wait_until(lambda: processes_matching(marker), 15, message="the job to start")
-    response = api.post(f"/api/jobs/{job_id}/cancel/")
+    response = team_api.post(f"/api/jobs/{job_id}/cancel/")
     assert response.status_code == 200
     assert response.json()["cancel_requested_at"] is not None
     # Well before the agent's periodic check: the cancel's nudge tells it at once.
@@ -170,12 +174,10 @@ def test_cancelling_a_running_job_kills_it_and_frees_its_allocation(cluster, api
     wait_until(lambda: not processes_matching(marker), 5, message="no process left behind")
 
 
-def test_an_always_failing_job_backs_off_then_sits_in_the_dead_letter_view(cluster, api, tmp_path):
-    cluster.start_node("node-a", cpu=1)
-    cluster.start_scheduler()
+def test_an_always_failing_job_backs_off_then_sits_in_the_dead_letter_view(team_api, tmp_path):
     ok = tmp_path / "ok"
     job_id = submit(
-        api,
+        team_api,
         command=["sh", "-c", f"test -f {ok} || exit 1"],
         max_retries=2,
         retry_backoff_seconds=3,
@@ -187,27 +189,25 @@ def test_an_always_failing_job_backs_off_then_sits_in_the_dead_letter_view(clust
     # Back-off of 3 s, then 6 s, each with +-20% jitter.
     assert 2.4 <= gaps[0] < gaps[1], gaps
     assert gaps[1] >= 4.8, gaps
-    retries = api.get(f"/api/jobs/{job_id}/").json()["retries"]
+    retries = team_api.get(f"/api/jobs/{job_id}/").json()["retries"]
     assert [(r["attempt"], r["reason"]) for r in retries] == [
         (2, "exit code 1"),
         (3, "exit code 1"),
     ]
-    dead = api.get("/api/jobs/", {"dead_letter": "true"}).json()
+    dead = team_api.get("/api/jobs/", {"dead_letter": "true"}).json()
     assert [j["id"] for j in dead["results"]] == [job_id]
 
     ok.touch()
-    response = api.post(f"/api/jobs/{job_id}/retry/")
+    response = team_api.post(f"/api/jobs/{job_id}/retry/")
     assert response.status_code == 200
     assert response.json()["status"] == "pending"
     job = wait_finished(job_id)
     assert job.status == JobStatus.SUCCEEDED and job.attempts == 4
-    assert len(api.get("/api/jobs/", {"dead_letter": "true"}).json()["results"]) == 0
+    assert len(team_api.get("/api/jobs/", {"dead_letter": "true"}).json()["results"]) == 0
 
 
-def test_a_callable_job_runs_with_its_parameters(cluster, api):
-    cluster.start_node("node-a", cpu=1)
-    cluster.start_scheduler()
-    response = api.post(
+def test_a_callable_job_runs_with_its_parameters(team_api):
+    response = team_api.post(
         "/api/jobs/",
         {
             "name": "echo",
@@ -223,19 +223,16 @@ def test_a_callable_job_runs_with_its_parameters(cluster, api):
     assert job.last_execution.log_tail == '{"day": "2026-11-23", "rows": 3}\n'
 
 
-def test_a_jobs_log_is_served_capped_with_its_tail_kept(cluster, api):
-    cluster.env["JOB_LOG_SHIP_MAX_BYTES"] = "1048576"
-    cluster.start_node("node-a", cpu=1)
-    cluster.start_scheduler()
+def test_a_jobs_log_is_served_capped_with_its_tail_kept(team_api):
     # About 2 MB of output against a 1 MB cap, then a last line.
     job_id = submit(
-        api,
+        team_api,
         command=["sh", "-c", "yes 0123456789abcdef | head -c 2000000; echo; echo the end"],
     )
     job = wait_finished(job_id)
     assert job.status == JobStatus.SUCCEEDED
     assert job.last_execution.log_tail.endswith("0123456789abcdef\n0\nthe end\n")
-    response = api.get(f"/api/jobs/{job_id}/logs/", {"attempt": 1})
+    response = team_api.get(f"/api/jobs/{job_id}/logs/", {"attempt": 1})
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain")
     body = b"".join(response.streaming_content).decode()
@@ -249,4 +246,4 @@ def test_a_jobs_log_is_served_capped_with_its_tail_kept(cluster, api):
     assert int(size) + len(tail) == 2_000_000 + 9
     assert len(tail) <= 2 * 1_048_576
     assert tail.startswith("0123456789abcdef\n") and tail.endswith("\n0\nthe end\n")
-    assert api.get(f"/api/jobs/{job_id}/logs/", {"attempt": 2}).status_code == 404
+    assert team_api.get(f"/api/jobs/{job_id}/logs/", {"attempt": 2}).status_code == 404

@@ -1,6 +1,9 @@
 """Workflows on a real scheduler, node agents and beat: dependency order, parameters, a
 failed step cancelling what needs it, a retry that runs only that step and what follows,
-and a template fired by a schedule."""
+and a template fired by a schedule.
+
+The tests share one platform (two node agents, the scheduler, the control worker and
+beat), each with a team of its own (`own_team`, `team_api`)."""
 
 from datetime import timedelta
 
@@ -18,9 +21,20 @@ from jobs.models import (
 )
 from jobs.schedules import schedule_create
 from resources.models import DEFAULT_QUEUE_NAME, Queue
-from tests.processes import wait_until
+from tests.processes import shared_cluster, wait_until
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def platform_cluster(django_db_setup, django_db_blocker, tmp_path_factory):
+    with shared_cluster(django_db_blocker, tmp_path_factory.mktemp("workflows")) as cluster:
+        cluster.start_node("node-a", cpu=2, slots=8)
+        cluster.start_node("node-b", cpu=2, slots=8)
+        cluster.start_scheduler()
+        cluster.start_control_worker()
+        cluster.start_beat()
+        yield cluster
 
 
 def inline(*argv):
@@ -68,12 +82,9 @@ def diamond(tmp_path, c_step):
     ]
 
 
-def test_a_diamond_runs_in_dependency_order_with_its_parameter(cluster, api, tmp_path):
-    cluster.start_node("node-a", cpu=2, slots=4)
-    cluster.start_node("node-b", cpu=2, slots=4)
-    cluster.start_scheduler()
+def test_a_diamond_runs_in_dependency_order_with_its_parameter(team_api, tmp_path):
     steps = diamond(tmp_path, {"job": inline("sleep", "0.3")})
-    workflow_id = create(api, steps, parameters={"word": "it's $(not) a shell"})
+    workflow_id = create(team_api, steps, parameters={"word": "it's $(not) a shell"})
     assert wait_ended(workflow_id).status == WorkflowStatus.SUCCEEDED
     jobs = steps_of(workflow_id)
     assert {job.status for job in jobs.values()} == {JobStatus.SUCCEEDED}
@@ -87,12 +98,10 @@ def test_a_diamond_runs_in_dependency_order_with_its_parameter(cluster, api, tmp
 
 
 def test_a_failed_step_cancels_its_dependent_and_retry_runs_only_it_and_after(
-    cluster, api, team, tmp_path
+    team_api, own_team, tmp_path
 ):
-    cluster.start_node("node-a", cpu=2, slots=4)
-    cluster.start_scheduler()
     definition = JobDefinition.objects.create(
-        team=team,
+        team=own_team,
         queue=Queue.objects.get(name=DEFAULT_QUEUE_NAME),
         name="step-c",
         command=["sh", "-c", "exit 3"],
@@ -100,7 +109,7 @@ def test_a_failed_step_cancels_its_dependent_and_retry_runs_only_it_and_after(
         memory_mb=64,
     )
     steps = diamond(tmp_path, {"definition": definition.pk})
-    workflow_id = create(api, steps, parameters={"word": "x"})
+    workflow_id = create(team_api, steps, parameters={"word": "x"})
     assert wait_ended(workflow_id).status == WorkflowStatus.FAILED
     jobs = steps_of(workflow_id)
     assert jobs["c"].status == JobStatus.FAILED
@@ -109,13 +118,13 @@ def test_a_failed_step_cancels_its_dependent_and_retry_runs_only_it_and_after(
         jobs["d"].cancel_reason == f"dependency never satisfied: job {jobs['c'].id} (step c) failed"
     )
     assert jobs["d"].started_at is None
-    detail = api.get(f"/api/workflows/{workflow_id}/").json()
+    detail = team_api.get(f"/api/workflows/{workflow_id}/").json()
     assert detail["status"] == "failed"
     assert {s["name"]: s["status"] for s in detail["steps"]}["d"] == "cancelled"
 
     definition.command = ["true"]
     definition.save()
-    response = api.post(f"/api/workflows/{workflow_id}/retry/")
+    response = team_api.post(f"/api/workflows/{workflow_id}/retry/")
     assert response.status_code == 200, response.json()
     assert wait_ended(workflow_id).status == WorkflowStatus.SUCCEEDED
     after = steps_of(workflow_id)
@@ -129,36 +138,29 @@ def test_a_failed_step_cancels_its_dependent_and_retry_runs_only_it_and_after(
     assert after["a"].finished_at == jobs["a"].finished_at  # untouched
 
 
-def test_a_fan_in_starts_once_when_upstreams_end_on_two_nodes(cluster, api):
+def test_a_fan_in_starts_once_when_upstreams_end_on_two_nodes(team_api):
     """Twenty upstreams ending at once on two nodes, in racing transactions: the one step
     after them is released exactly once, after the last of them."""
-    cluster.start_node("node-a", cpu=2, slots=8)
-    cluster.start_node("node-b", cpu=2, slots=8)
-    cluster.start_scheduler()
     middle = [f"m{i}" for i in range(20)]
     steps = [
         {"name": "root", "job": inline("true")},
         *({"name": m, "job": inline("true"), "depends_on": ["root"]} for m in middle),
         {"name": "sink", "job": inline("true"), "depends_on": middle},
     ]
-    workflow_id = create(api, steps, max_parallel=8)
+    workflow_id = create(team_api, steps, max_parallel=8)
     assert wait_ended(workflow_id).status == WorkflowStatus.SUCCEEDED
     jobs = steps_of(workflow_id)
     assert jobs["sink"].executions.count() == 1
     assert max(jobs[m].finished_at for m in middle) <= jobs["sink"].started_at
 
 
-def test_beat_fires_a_workflow_template_with_its_parameters(cluster, api, team, tmp_path):
-    cluster.start_node("node-a", cpu=2, slots=4)
-    cluster.start_scheduler()
-    cluster.start_control_worker()
-    cluster.start_beat()
+def test_beat_fires_a_workflow_template_with_its_parameters(team_api, own_team, tmp_path):
     out = tmp_path / "day"
     steps = [
         {"name": "a", "job": inline("sh", "-c", f'echo "$1" > {out}', "sh", "{{ params.day }}")},
         {"name": "b", "job": inline("true"), "depends_on": ["a"]},
     ]
-    response = api.post(
+    response = team_api.post(
         "/api/workflow-templates/",
         {"name": "nightly", "parameters": {"day": "monday"}, "steps": steps},
         format="json",
@@ -167,7 +169,7 @@ def test_beat_fires_a_workflow_template_with_its_parameters(cluster, api, team, 
     template = WorkflowTemplate.objects.get(pk=response.json()["id"])
     run_at = timezone.now() + timedelta(seconds=4)
     schedule_create(
-        team=team,
+        team=own_team,
         definition=None,
         fields={"name": "once", "workflow_template": template, "run_at": run_at},
     )
