@@ -141,8 +141,8 @@ def executions_finish_succeeded(
     successes: Sequence[Success], *, wake: bool = True, node_id: int | None = None
 ) -> EndedSuccesses:
     """End running executions that succeeded, in one statement: execution, job,
-    allocation and node counters, and (with `wake`) a wake-up for the scheduler once
-    that has committed (`wake_after_commit`: the statement holds the nodes' rows). Returns
+    allocation and node counters, and (with `wake`) a wake-up for the scheduler once its
+    transaction has committed (`wake_after_commit`: the statement holds the nodes' rows). Returns
     {token: job id} of those it ended; the others (a cancel pending, a duplicate report)
     are for `execution_finish` to decide. Given the reporting node's `node_id`, raises
     ExecutionOfAnotherNode, having changed nothing, if any is another node's."""
