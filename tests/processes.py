@@ -511,6 +511,10 @@ class Cluster:
                 process.signal_group(signal.SIGKILL)
                 process.popen.wait(timeout=10)
 
+    def process(self, name: str) -> Process:
+        """The process started as `name` (the first, if it was started again)."""
+        return next(p for p in self.processes if p.name == name)
+
     def logs(self) -> str:
         return "\n".join(f"===== {p.name}\n{p.log()[-4000:]}" for p in self.processes)
 

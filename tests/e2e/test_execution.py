@@ -55,7 +55,7 @@ def processes_matching(marker: str) -> list[str]:
 def test_the_same_execution_message_delivered_three_times_runs_once(
     platform_cluster, team_api, tmp_path
 ):
-    node = next(p for p in platform_cluster.processes if p.name == "node-a")
+    node = platform_cluster.process("node-a")
     marker = tmp_path / "runs.txt"
     job_id = submit(team_api, command=["sh", "-c", f"echo run >> {marker}; sleep 1"])
     execution = wait_until(

@@ -98,7 +98,7 @@ def test_killed_node_job_runs_elsewhere_with_beat_stopped(cluster, api, tmp_path
     )
     first_node = JobExecution.objects.get(job_id=job_id).node.name
     other_node = "node-b" if first_node == "node-a" else "node-a"
-    next(p for p in cluster.processes if p.name == first_node).kill()
+    cluster.process(first_node).kill()
 
     wait_until(
         lambda: job_status(job_id) == JobStatus.SUCCEEDED,

@@ -174,7 +174,7 @@ def test_two_beats_at_once_make_one_job_per_due_time(cluster, team):
     assert len(keys) == len(set(keys))
     assert all(run.job_id is not None for run in fired)
     # Both beats really fired: the control worker got about two triggers per due time.
-    control = next(p for p in cluster.processes if p.name == "control").log()
+    control = cluster.process("control").log()
     received = len(re.findall(r"Task jobs\.fire_schedules?\[[^\]]+\] received", control))
     assert received >= 1.6 * len(fired), (received, len(fired))
 
