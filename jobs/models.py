@@ -512,6 +512,8 @@ class JobExecution(models.Model):
     preempted_by = models.ForeignKey(
         Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
     )
+    # Counted in ExecutionTally (set once it has ended and been folded, never unset).
+    metrics_folded = models.BooleanField(db_default=False, editable=False)
 
     class Meta:
         ordering = ["job", "attempt", "task_index"]
@@ -541,6 +543,11 @@ class JobExecution(models.Model):
                 fields=["reserved_at"],
                 name="execution_unclaimed",
                 condition=Q(status=ExecutionStatus.RESERVED),
+            ),
+            # Used by the metrics: the executions not yet in the tallies (live, or ended
+            # since the last fold).
+            models.Index(
+                fields=["id"], name="execution_unfolded", condition=Q(metrics_folded=False)
             ),
         ]
 
@@ -955,3 +962,35 @@ class JobLogChunk(models.Model):
 
 
 JobLogChunk._meta.get_field("text").register_lookup(TrigramContains)
+
+
+class ExecutionTally(models.Model):
+    """What folded executions count for in the metrics (see jobs.services.execution_tally),
+    one row per group the scrape reads: by queue, status and run bucket (`of_waits`
+    false; bucket -1 for executions that did not run), and by queue and wait bucket
+    (`of_waits` true, status blank). Buckets are numbered as `width_bucket` numbers the
+    metrics' bounds: the number of bounds at or above the value."""
+
+    queue = models.ForeignKey("resources.Queue", on_delete=models.CASCADE, related_name="+")
+    of_waits = models.BooleanField()
+    status = models.CharField(max_length=16, blank=True)
+    bucket = models.SmallIntegerField()
+    executions = models.BigIntegerField()
+    runs = models.BigIntegerField()
+    run_seconds = models.FloatField()
+    waits = models.BigIntegerField()
+    wait_seconds = models.FloatField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["queue", "of_waits", "status", "bucket"], name="execution_tally_group"
+            ),
+            models.CheckConstraint(
+                condition=Q(executions__gte=0, runs__gte=0, waits__gte=0),
+                name="execution_tally_counts_positive",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.queue_id} {self.status or 'waits'} {self.bucket}"

@@ -288,6 +288,9 @@ CELERY_BEAT_MAX_LOOP_INTERVAL = env.float("BEAT_MAX_LOOP_INTERVAL_SECONDS", defa
 # go on with beat stopped; beat's runs on the control worker are a second, harmless pair.
 RECONCILE_INTERVAL_SECONDS = env.float("RECONCILE_INTERVAL_SECONDS", default=10.0)
 NODE_LOST_CHECK_SECONDS = env.float("NODE_LOST_CHECK_SECONDS", default=5.0)
+# How often the scheduler leader folds ended executions into the metrics' tallies, so a
+# scrape reads only the executions since (0: never; a scrape then reads them all).
+METRICS_FOLD_SECONDS = env.float("METRICS_FOLD_SECONDS", default=30.0)
 # Maintenance run by beat on the control worker; DatabaseScheduler (which ScheduleBeat
 # extends) stores these rows.
 CELERY_BEAT_SCHEDULE = {

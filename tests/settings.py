@@ -22,6 +22,7 @@ os.environ.setdefault("DB_CONN_MAX_AGE", "0")
 # Every test client comes from 127.0.0.1; the login throttle is tested with its own rates.
 os.environ.setdefault("API_THROTTLE_LOGIN", "10000/minute")
 os.environ.setdefault("ALERT_EVALUATE_SECONDS", "1")
+os.environ.setdefault("METRICS_FOLD_SECONDS", "1")
 os.environ.setdefault("ALERT_DELIVERY_BACKOFF_SECONDS", "0.5")
 # The test database's tables keep the statistics the EXPLAIN tests plan against (none);
 # tests/jobs/scheduling/test_leader.py analyzes a table of its own choosing.

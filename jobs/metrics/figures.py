@@ -2,10 +2,12 @@
 whatever the number of jobs, nodes or queues. `collector` turns them into Prometheus
 metrics; `summary` reads some of them through a caller's teams.
 
-Counters are counted from rows that never change back, so they only grow (unless jobs
-are deleted with their team): attempts that ended (an ended execution never un-ends,
-whereas a failed job that is requeued leaves `failed`), executions ever created,
-`JobRetry`, `NodeLoss` and `JobScheduleRun` rows.
+Counters are counted from rows that never change back, so they only grow: attempts
+that ended (an ended execution never un-ends, whereas a failed job that is requeued
+leaves `failed`), executions ever created, `JobRetry`, `NodeLoss` and `JobScheduleRun`
+rows. Ended executions are read from their tallies once folded
+(jobs.services.execution_tally), so deleting a team's jobs takes back only what was not
+yet folded.
 """
 
 from collections import defaultdict
@@ -23,7 +25,6 @@ from resources.models import LIVE_ALLOCATION_STATUSES
 from ..models import (
     WAITING_NOT_BEFORE,
     WAITING_SCHEDULER,
-    ExecutionStatus,
     Job,
     JobRetry,
     JobStatus,
@@ -31,15 +32,15 @@ from ..models import (
     ScheduleRunOutcome,
 )
 from ..scheduling.leader import LEADER_LOCK_ID
+from ..services.execution_tally import (
+    ENDED_EXECUTION_STATUSES,
+    EXECUTION_COLUMNS,
+    RUN_BUCKETS,
+    WAIT_BUCKETS,
+    bucket_fits,
+)
 
 LIVE_JOB_STATUSES = (JobStatus.PENDING, JobStatus.RESERVED, JobStatus.RUNNING)
-ENDED_EXECUTION_STATUSES = (
-    ExecutionStatus.SUCCEEDED,
-    ExecutionStatus.FAILED,
-    ExecutionStatus.CANCELLED,
-    ExecutionStatus.LOST,
-    ExecutionStatus.PREEMPTED,
-)
 # A pending job with no reason stored still needs a label (see jobs.models); alerts on a
 # stalled scheduler skip the ones waiting for their not_before.
 
@@ -53,16 +54,7 @@ PENDING_REASON_LABELS = (
     WAITING_NOT_BEFORE,
 )
 
-# Seconds. A job waits milliseconds on free room, and hours in a backlog.
-WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400)
-RUN_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200, 21600, 86400)
 LATENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
-
-
-def _fits(bounds: Sequence[float]) -> list[float]:
-    """The thresholds that make `width_bucket(-value, thresholds)` the number of bounds at
-    or above the value (a histogram's bucket `le` holds values equal to its bound)."""
-    return sorted(-float(bound) for bound in bounds)
 
 
 @dataclass
@@ -163,41 +155,36 @@ NODE_COLUMNS = (
 
 # --- Executions ------------------------------------------------------------------------
 
-# How long an execution ran, from start to end; null unless it did both. Clamped at 0
-# against clock skew between the hosts that wrote the two times (after the null check:
-# greatest() ignores nulls).
-RUN_SECONDS = """CASE WHEN e.started_at IS NOT NULL AND e.finished_at IS NOT NULL
-               THEN greatest(date_part('epoch', e.finished_at - e.started_at), 0) END"""
-
-WAIT_SECONDS = "greatest(date_part('epoch', e.started_at - j.created_at), 0)"
-
-# One pass over every execution with its job and its live allocation, if any, grouped
-# two ways: by queue, status and run-time bucket (placements, attempts ended, run times,
-# what the queue holds), and by queue and wait bucket. A job's wait is counted on its
-# first attempt that started, from the job's creation: a later attempt is that only when
-# no earlier one started (rare: checked only for attempts after the first). OFFSET 0
+# Every execution, once: those not yet folded, read with their job, grouped two ways: by
+# queue, status and run-time bucket (placements, attempts ended, run times), and by queue
+# and wait bucket; then the tallies of those folded, in the same groups. One statement,
+# so a fold that commits meanwhile is seen whole or not at all. Last, what each queue's
+# live allocations hold (rows with no status), through their index by queue. OFFSET 0
 # keeps the subquery whole, so each row's times are worked out once, not once per use.
 EXECUTIONS_SQL = f"""
 SELECT GROUPING(status) = 1 AS of_waits, queue_id, status,
        width_bucket(-run, %(run_fits)s::float8[]) AS run_fits,
        width_bucket(-wait, %(wait_fits)s::float8[]) AS wait_fits,
        count(*), count(run), coalesce(sum(run), 0), count(wait), coalesce(sum(wait), 0),
-       coalesce(sum(cpu), 0), coalesce(sum(memory), 0), coalesce(sum(gpu), 0)
-  FROM (SELECT j.queue_id, e.status, a.cpu_millis AS cpu, a.memory_mb AS memory, a.gpu,
-               {RUN_SECONDS} AS run,
-               CASE WHEN e.started_at IS NULL THEN NULL
-                    WHEN e.attempt = 1 THEN {WAIT_SECONDS}
-                    WHEN NOT EXISTS (
-                        SELECT 1 FROM jobs_jobexecution earlier
-                         WHERE earlier.job_id = e.job_id AND earlier.attempt < e.attempt
-                           AND earlier.started_at IS NOT NULL)
-                    THEN {WAIT_SECONDS} END AS wait
+       0, 0, 0
+  FROM (SELECT {EXECUTION_COLUMNS}
           FROM jobs_jobexecution e
           JOIN jobs_job j ON j.id = e.job_id
-          LEFT JOIN resources_allocation a
-                 ON a.execution_id = e.id AND a.status = ANY(%(live)s::text[])
+         WHERE NOT e.metrics_folded
         OFFSET 0) AS execution
  GROUP BY GROUPING SETS ((queue_id, status, run_fits), (queue_id, wait_fits))
+UNION ALL
+SELECT of_waits, queue_id, status,
+       CASE WHEN NOT of_waits AND bucket >= 0 THEN bucket END,
+       CASE WHEN of_waits THEN bucket END,
+       executions, runs, run_seconds, waits, wait_seconds, 0, 0, 0
+  FROM jobs_executiontally
+UNION ALL
+SELECT false, queue_id, NULL, NULL, NULL, 0, 0, 0, 0, 0,
+       sum(cpu_millis), sum(memory_mb), sum(gpu)
+  FROM resources_allocation
+ WHERE status = ANY(%(live)s::text[])
+ GROUP BY queue_id
 """
 
 
@@ -214,8 +201,8 @@ class ExecutionFigures:
 def execution_figures() -> ExecutionFigures:
     figures = ExecutionFigures()
     params = {
-        "run_fits": _fits(RUN_BUCKETS),
-        "wait_fits": _fits(WAIT_BUCKETS),
+        "run_fits": bucket_fits(RUN_BUCKETS),
+        "wait_fits": bucket_fits(WAIT_BUCKETS),
         "live": list(LIVE_ALLOCATION_STATUSES),
     }
     for row in _rows(EXECUTIONS_SQL, params):
@@ -224,13 +211,15 @@ def execution_figures() -> ExecutionFigures:
         if of_waits:
             figures.waits[queue_id].add(wait_fits, waited, wait_total)
             continue
+        if status is None:
+            queue_held = figures.allocated[queue_id]
+            for i, amount in enumerate(held):
+                queue_held[i] += amount
+            continue
         figures.placements += n
         if status in ENDED_EXECUTION_STATUSES:
             figures.finished[queue_id, status] += n
             figures.runs[queue_id, status].add(run_fits, ran, run_total)
-        queue_held = figures.allocated[queue_id]
-        for i, amount in enumerate(held):
-            queue_held[i] += amount
     return figures
 
 
@@ -249,7 +238,8 @@ def schedule_run_figures() -> tuple[dict[str, int], Observations]:
     backfilled run is not late, it was asked for long after its due time."""
     runs: dict[str, int] = defaultdict(int)
     lateness = Observations()
-    for outcome, fits, n, total in _rows(SCHEDULE_RUNS_SQL, {"fits": _fits(LATENESS_BUCKETS)}):
+    params = {"fits": bucket_fits(LATENESS_BUCKETS)}
+    for outcome, fits, n, total in _rows(SCHEDULE_RUNS_SQL, params):
         runs[outcome] += n
         if outcome != ScheduleRunOutcome.BACKFILLED:
             lateness.add(fits, n, total)

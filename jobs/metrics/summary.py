@@ -16,12 +16,12 @@ from nodes.models import Node, NodeStatus
 from resources.selectors import queue_list_visible
 
 from ..models import ExecutionStatus, Job
+from ..services.execution_tally import RUN_SECONDS
 from .figures import (
     ENDED_EXECUTION_STATUSES,
     LIVE_JOB_STATUSES,
     NODE_COLUMNS,
     PENDING_REASON_LABELS,
-    RUN_SECONDS,
     dead_letter_counts,
     live_jobs,
 )

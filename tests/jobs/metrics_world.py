@@ -1,11 +1,14 @@
 """A cluster whose metrics are known by construction: jobs in every status with their
 executions at set times, retries, queues with and without quotas, nodes up, offline and
-silent, schedule runs and node losses. `expected` says what the figures must be."""
+silent, schedule runs and node losses. `expected` says what the figures must be;
+`scrape` reads them."""
 
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from django.test import Client
 from django.utils import timezone
+from prometheus_client.parser import text_string_to_metric_families
 
 from accounts.models import Team
 from jobs.models import (
@@ -24,6 +27,18 @@ from nodes.models import Node, NodeLoss, NodeStatus
 from resources.models import Allocation, AllocationStatus, Queue
 
 MB = 1024 * 1024
+
+
+def scrape(client: Client | None = None, **headers) -> dict:
+    """The samples of /metrics: {(name, sorted labels): value}."""
+    response = (client or Client()).get("/metrics", **headers)
+    assert response.status_code == 200, response.content[:300]
+    assert response["Content-Type"].startswith("text/plain; version=0.0.4")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.content.decode())
+        for s in family.samples
+    }
 
 
 @dataclass

@@ -8,35 +8,18 @@ import pytest
 from django.db.models import Count
 from django.test import Client
 from django.utils import timezone
-from prometheus_client.parser import text_string_to_metric_families
 
 from jobs.models import ExecutionStatus, Job, JobExecution
 from jobs.scheduling.leader import LEADER_LOCK_ID
 from nodes.models import Node
 from resources.models import Queue
-from tests.jobs.metrics_world import EXPECTED, build_world
+from tests.jobs.metrics_world import EXPECTED, build_world, scrape
 from tests.processes import raw_connection
 
 pytestmark = pytest.mark.django_db
 
 TOKEN = "s3cret-metrics-token"
 ALLOWED_LABELS = {"queue", "node", "resource", "outcome", "reason", "status", "le"}
-
-
-def scrape(client: Client | None = None, **headers) -> dict:
-    """The samples of /metrics: {(name, sorted labels): value}."""
-    response = (client or Client()).get("/metrics", **headers)
-    assert response.status_code == 200, response.content[:300]
-    assert response["Content-Type"].startswith("text/plain; version=0.0.4")
-    return samples(response.content.decode())
-
-
-def samples(text: str) -> dict:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 @pytest.fixture

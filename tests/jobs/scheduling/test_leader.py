@@ -179,6 +179,7 @@ def test_a_table_someone_else_is_vacuuming_is_skipped_not_waited_for(db):
 def test_the_leader_handles_lost_nodes_and_reconciles_at_their_intervals(team, broker, settings):
     settings.NODE_LOST_CHECK_SECONDS = 60
     settings.RECONCILE_INTERVAL_SECONDS = 60
+    settings.METRICS_FOLD_SECONDS = 60
     settings.EXECUTION_DISPATCH_TIMEOUT_SECONDS = 0
     Node.objects.create(name="n1", cpu_millis=4000, memory_mb=4096, last_heartbeat=timezone.now())
     Job.objects.create(
