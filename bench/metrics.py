@@ -8,7 +8,10 @@ pending for each reason, reserved and running on the nodes (with their allocatio
 each ended one with its attempts; --nodes nodes with what their agents said they use,
 a minutely schedule's runs for a week and some node losses. Starts gunicorn with 2
 workers as scripts/up does, with METRICS_TOKEN set, and scrapes `GET /metrics` back to
-back --scrapes times from one client, as one Prometheus does, timing each; then
+back --scrapes times from one client, as one Prometheus does, timing each: first with
+every execution still to be read (as right after an upgrade, or with the scheduler
+stopped), then after folding the ended ones into the tallies as the scheduler's leader
+does (timed, then VACUUM ANALYZE as autovacuum would after so many updates); then
 `GET /api/metrics/summary/` as staff the same way.
 
 The last line printed is one JSON object of the figures.
@@ -18,6 +21,7 @@ import argparse
 import contextlib
 import http.client
 import json
+import math
 import random
 import socket
 import statistics
@@ -237,8 +241,14 @@ def main() -> None:
     try:
         wait_for(lambda: _answers(port, bearer), 60, "gunicorn", 0.2)
         timed(port, "/metrics", bearer, 10)  # warm both workers
+        print(f"{args.scrapes} scrapes of /metrics, nothing folded, back to back", flush=True)
+        unfolded, unfolded_body = timed(port, "/metrics", bearer, args.scrapes)
+        fold_seconds = fold()
+        print(f"folded the ended executions in {fold_seconds:.1f} s", flush=True)
         print(f"{args.scrapes} scrapes of /metrics, back to back", flush=True)
         scrapes, body = timed(port, "/metrics", bearer, args.scrapes)
+        if not _same(_figures(body), _figures(unfolded_body)):
+            raise SystemExit("/metrics said something else once the executions were folded")
         summary_path = "/api/metrics/summary/"
         timed(port, summary_path, f"Token {token}", 10)
         print(f"{args.scrapes} requests of {summary_path}, back to back", flush=True)
@@ -248,6 +258,8 @@ def main() -> None:
         BENCH.drop_database()
     samples = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
     p50, p99 = percentile(scrapes, 0.5), percentile(scrapes, 0.99)
+    u50, u99 = percentile(unfolded, 0.5), percentile(unfolded, 0.99)
+    print(f"/metrics with nothing folded: p50 {u50:.1f} ms, p99 {u99:.1f} ms")
     s50, s99 = percentile(summaries, 0.5), percentile(summaries, 0.99)
     print(
         f"/metrics: {len(body) / 1024:.0f} KiB, {samples} samples; p50 {p50:.1f} ms, "
@@ -259,6 +271,9 @@ def main() -> None:
             {
                 "scrape_p50_ms": round(p50, 1),
                 "scrape_p99_ms": round(p99, 1),
+                "unfolded_scrape_p50_ms": round(u50, 1),
+                "unfolded_scrape_p99_ms": round(u99, 1),
+                "fold_seconds": round(fold_seconds, 2),
                 "summary_p50_ms": round(s50, 1),
                 "summary_p99_ms": round(s99, 1),
                 "scrape_bytes": len(body),
@@ -267,6 +282,39 @@ def main() -> None:
                 "nodes": args.nodes,
             }
         )
+    )
+
+
+def fold() -> float:
+    """Seconds to fold every ended execution, as the scheduler's leader does."""
+    from django.db import connection, connections
+
+    from jobs.services.execution_tally import executions_tally_fold
+
+    began = time.perf_counter()
+    executions_tally_fold(budget_seconds=float("inf"))
+    took = time.perf_counter() - began
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE jobs_jobexecution")
+        cursor.execute("VACUUM ANALYZE jobs_executiontally")
+    connections.close_all()
+    return took
+
+
+def _figures(body: bytes) -> dict[bytes, float]:
+    """The samples, without the one that moves with the clock."""
+    return {
+        name: float(value)
+        for name, value in (line.rsplit(b" ", 1) for line in body.splitlines())
+        if not name.startswith((b"#", b"scheduler_oldest_pending_job_age_seconds"))
+    }
+
+
+def _same(folded: dict[bytes, float], unfolded: dict[bytes, float]) -> bool:
+    """The same samples with the same values (sums of seconds added up in another order
+    may differ in their last digits)."""
+    return folded.keys() == unfolded.keys() and all(
+        math.isclose(folded[name], unfolded[name], rel_tol=1e-9) for name in folded
     )
 
 
