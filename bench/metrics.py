@@ -10,8 +10,9 @@ a minutely schedule's runs for a week and some node losses. Starts gunicorn with
 workers as scripts/up does, with METRICS_TOKEN set, and scrapes `GET /metrics` back to
 back --scrapes times from one client, as one Prometheus does, timing each: first with
 every execution still to be read (as right after an upgrade, or with the scheduler
-stopped), then after folding the ended ones into the tallies as the scheduler's leader
-does (timed, then VACUUM ANALYZE as autovacuum would after so many updates); then
+stopped), then after folding the ended ones, the schedule runs and the retries into the
+tallies as the scheduler's leader does (timed, then VACUUM ANALYZE as autovacuum would
+after so many updates); then
 `GET /api/metrics/summary/` as staff the same way.
 
 The last line printed is one JSON object of the figures.
@@ -286,17 +287,18 @@ def main() -> None:
 
 
 def fold() -> float:
-    """Seconds to fold every ended execution, as the scheduler's leader does."""
+    """Seconds to fold every ended execution, schedule run and retry, as the scheduler's
+    leader does."""
     from django.db import connection, connections
 
-    from jobs.services.execution_tally import executions_tally_fold
+    from jobs.services.metrics_tallies import metrics_tallies_fold
 
     began = time.perf_counter()
-    executions_tally_fold(budget_seconds=float("inf"))
+    metrics_tallies_fold(budget_seconds=float("inf"))
     took = time.perf_counter() - began
     with connection.cursor() as cursor:
-        cursor.execute("VACUUM ANALYZE jobs_jobexecution")
-        cursor.execute("VACUUM ANALYZE jobs_executiontally")
+        for table in ("jobexecution", "jobschedulerun", "jobretry"):
+            cursor.execute(f"VACUUM ANALYZE jobs_{table}")
     connections.close_all()
     return took
 

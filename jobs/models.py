@@ -571,12 +571,18 @@ class JobRetry(models.Model):
         help_text="Who requeued the job by hand; empty for automatic retries.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # Counted in RetryTally (set once folded, never unset).
+    metrics_folded = models.BooleanField(db_default=False, editable=False)
 
     class Meta:
         ordering = ["job", "attempt"]
         constraints = [
             models.UniqueConstraint(fields=["job", "attempt"], name="retry_job_attempt_unique"),
             models.CheckConstraint(condition=Q(attempt__gte=1), name="retry_attempt_positive"),
+        ]
+        indexes = [
+            # Used by the metrics: the retries not yet in the tally.
+            models.Index(fields=["id"], name="retry_unfolded", condition=Q(metrics_folded=False)),
         ]
 
     def __str__(self):
@@ -740,6 +746,8 @@ class JobScheduleRun(models.Model):
     workflow = models.ForeignKey(
         "Workflow", null=True, blank=True, on_delete=models.SET_NULL, related_name="schedule_runs"
     )
+    # Counted in ScheduleRunTally (set once folded, never unset).
+    metrics_folded = models.BooleanField(db_default=False, editable=False)
 
     class Meta:
         ordering = ["-due_at"]
@@ -751,6 +759,12 @@ class JobScheduleRun(models.Model):
             models.CheckConstraint(
                 condition=Q(outcome__in=ScheduleRunOutcome.values),
                 name="schedule_run_outcome_valid",
+            ),
+        ]
+        indexes = [
+            # Used by the metrics: the runs not yet in the tally.
+            models.Index(
+                fields=["id"], name="schedule_run_unfolded", condition=Q(metrics_folded=False)
             ),
         ]
 
@@ -965,7 +979,7 @@ JobLogChunk._meta.get_field("text").register_lookup(TrigramContains)
 
 
 class ExecutionTally(models.Model):
-    """What folded executions count for in the metrics (see jobs.services.execution_tally),
+    """What folded executions count for in the metrics (see jobs.services.metrics_tallies),
     one row per group the scrape reads: by queue, status and run bucket (`of_waits`
     false; bucket -1 for executions that did not run), and by queue and wait bucket
     (`of_waits` true, status blank). Buckets are numbered as `width_bucket` numbers the
@@ -994,3 +1008,37 @@ class ExecutionTally(models.Model):
 
     def __str__(self):
         return f"{self.queue_id} {self.status or 'waits'} {self.bucket}"
+
+
+class ScheduleRunTally(models.Model):
+    """Folded schedule runs (see jobs.services.metrics_tallies), by outcome and lateness
+    bucket, numbered as ExecutionTally's are."""
+
+    outcome = models.CharField(max_length=16, choices=ScheduleRunOutcome.choices)
+    bucket = models.SmallIntegerField()
+    runs = models.BigIntegerField()
+    late_seconds = models.FloatField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["outcome", "bucket"], name="schedule_run_tally_group"),
+            models.CheckConstraint(condition=Q(runs__gte=0), name="schedule_run_tally_positive"),
+        ]
+
+    def __str__(self):
+        return f"{self.outcome} {self.bucket}: {self.runs}"
+
+
+class RetryTally(models.Model):
+    """Folded retries (see jobs.services.metrics_tallies), by their job's queue."""
+
+    queue = models.OneToOneField("resources.Queue", on_delete=models.CASCADE, related_name="+")
+    retries = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(retries__gte=0), name="retry_tally_positive"),
+        ]
+
+    def __str__(self):
+        return f"{self.queue_id}: {self.retries}"

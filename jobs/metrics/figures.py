@@ -5,9 +5,9 @@ metrics; `summary` reads some of them through a caller's teams.
 Counters are counted from rows that never change back, so they only grow: attempts
 that ended (an ended execution never un-ends, whereas a failed job that is requeued
 leaves `failed`), executions ever created, `JobRetry`, `NodeLoss` and `JobScheduleRun`
-rows. Ended executions are read from their tallies once folded
-(jobs.services.execution_tally), so deleting a team's jobs takes back only what was not
-yet folded.
+rows. Ended executions, schedule runs and retries are read from their tallies once
+folded (jobs.services.metrics_tallies), so deleting a team's jobs or a schedule takes
+back only what was not yet folded.
 """
 
 from collections import defaultdict
@@ -17,7 +17,7 @@ from datetime import datetime
 from itertools import accumulate
 
 from django.db import connection
-from django.db.models import Count, F, Min, Q, QuerySet
+from django.db.models import Count, Min, Q, QuerySet
 from django.db.models.functions import Coalesce, Greatest
 
 from resources.models import LIVE_ALLOCATION_STATUSES
@@ -26,15 +26,16 @@ from ..models import (
     WAITING_NOT_BEFORE,
     WAITING_SCHEDULER,
     Job,
-    JobRetry,
     JobStatus,
     PendingReason,
     ScheduleRunOutcome,
 )
 from ..scheduling.leader import LEADER_LOCK_ID
-from ..services.execution_tally import (
+from ..services.metrics_tallies import (
     ENDED_EXECUTION_STATUSES,
     EXECUTION_COLUMNS,
+    LATENESS_BUCKETS,
+    LATENESS_SECONDS,
     RUN_BUCKETS,
     WAIT_BUCKETS,
     bucket_fits,
@@ -53,8 +54,6 @@ PENDING_REASON_LABELS = (
     *(reason_label(reason) for reason in PendingReason.values),
     WAITING_NOT_BEFORE,
 )
-
-LATENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
 @dataclass
@@ -132,9 +131,23 @@ def dead_letter_counts(*, jobs: QuerySet[Job]) -> dict[int, int]:
     return dict(jobs.dead_letter().values_list("queue_id").annotate(Count("id")).order_by())
 
 
+# Retries not yet folded, by their job's queue, then the tally of those folded.
+RETRIES_SQL = """
+SELECT j.queue_id, count(*)
+  FROM jobs_jobretry r JOIN jobs_job j ON j.id = r.job_id
+ WHERE NOT r.metrics_folded
+ GROUP BY j.queue_id
+UNION ALL
+SELECT queue_id, retries FROM jobs_retrytally
+"""
+
+
 def retry_counts() -> dict[int, int]:
     """{queue id: retries ever planned}."""
-    return dict(JobRetry.objects.values_list(F("job__queue_id")).annotate(Count("id")).order_by())
+    counts: dict[int, int] = defaultdict(int)
+    for queue_id, n in _rows(RETRIES_SQL, {}):
+        counts[queue_id] += n
+    return counts
 
 
 # What the node figures read of each node, in this order.
@@ -225,11 +238,15 @@ def execution_figures() -> ExecutionFigures:
 
 # --- Schedules and the rest ------------------------------------------------------------
 
-SCHEDULE_RUNS_SQL = """
+# Schedule runs not yet folded, then the tally of those folded.
+SCHEDULE_RUNS_SQL = f"""
 SELECT outcome, width_bucket(-late, %(fits)s::float8[]), count(*), sum(late)
-  FROM (SELECT outcome, greatest(date_part('epoch', fired_at - due_at), 0) AS late
-          FROM jobs_jobschedulerun) AS run
+  FROM (SELECT r.outcome, {LATENESS_SECONDS} AS late
+          FROM jobs_jobschedulerun r
+         WHERE NOT r.metrics_folded) AS run
  GROUP BY 1, 2
+UNION ALL
+SELECT outcome, bucket, runs, late_seconds FROM jobs_scheduleruntally
 """
 
 

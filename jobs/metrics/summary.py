@@ -16,7 +16,7 @@ from nodes.models import Node, NodeStatus
 from resources.selectors import queue_list_visible
 
 from ..models import ExecutionStatus, Job
-from ..services.execution_tally import RUN_SECONDS
+from ..services.metrics_tallies import RUN_SECONDS
 from .figures import (
     ENDED_EXECUTION_STATUSES,
     LIVE_JOB_STATUSES,

@@ -4,7 +4,8 @@ The leader also runs node-loss handling and reconciliation at their intervals, b
 cycles (never inside a cycle's transaction), so that lost nodes' jobs are failed over and
 lost messages sent again with beat stopped. Beat's runs of the same services on the
 control worker may overlap them: both are safe to run twice at once. It also folds ended
-executions into the metrics' tallies (jobs.services.execution_tally).
+executions, schedule runs and retries into the metrics' tallies
+(jobs.services.metrics_tallies).
 
 Leadership is a PostgreSQL session advisory lock held on a connection of its own, so it
 ends the moment the leader's process or connection dies, and a standby takes it on
@@ -24,12 +25,12 @@ from django.db import DatabaseError, InterfaceError, close_old_connections
 from common.db import tables_analyze_when_changed
 from common.wakeup import ARRIVAL, SCHEDULER_CHANNEL
 
-from ..services.execution_tally import executions_tally_fold
 from ..services.failover import (
     execution_republish_stale,
     executions_reconcile,
     nodes_lost_fail_over,
 )
+from ..services.metrics_tallies import metrics_tallies_fold
 from .cycle import run_cycle
 from .metrics import SchedulerMetrics
 
@@ -52,7 +53,7 @@ BUSY_TABLES = (
 MAINTENANCE = (
     ("detect-lost-nodes", "NODE_LOST_CHECK_SECONDS", nodes_lost_fail_over),
     ("reconcile-executions", "RECONCILE_INTERVAL_SECONDS", executions_reconcile),
-    ("fold-execution-figures", "METRICS_FOLD_SECONDS", executions_tally_fold),
+    ("fold-metrics-tallies", "METRICS_FOLD_SECONDS", metrics_tallies_fold),
 )
 
 

@@ -1,6 +1,6 @@
-"""Ended executions folded into the metrics' tallies: a fold changes no figure, counts
-each execution once however folds, scrapes and finishes interleave, and the scheduler's
-leader runs it at its interval."""
+"""Ended executions, schedule runs and retries folded into the metrics' tallies: a fold
+changes no figure, counts each row once however folds, scrapes and finishes interleave,
+and the scheduler's leader runs it at its interval."""
 
 import threading
 from datetime import timedelta
@@ -9,10 +9,21 @@ import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 
-from jobs.metrics.figures import execution_figures
-from jobs.models import ExecutionStatus, ExecutionTally, Job, JobExecution
+from jobs.metrics.figures import execution_figures, schedule_run_figures
+from jobs.models import (
+    ExecutionStatus,
+    ExecutionTally,
+    Job,
+    JobDefinition,
+    JobExecution,
+    JobRetry,
+    JobSchedule,
+    JobScheduleRun,
+    RetryTally,
+    ScheduleRunTally,
+)
 from jobs.scheduling.leader import Scheduler
-from jobs.services.execution_tally import ENDED_EXECUTION_STATUSES, executions_tally_fold
+from jobs.services.metrics_tallies import ENDED_EXECUTION_STATUSES, metrics_tallies_fold
 from nodes.models import Node
 from tests.jobs.making import make_jobs
 from tests.jobs.metrics_world import EXPECTED, build_world, scrape
@@ -24,13 +35,19 @@ class Recounted(Exception):
     pass
 
 
+FOLDED = (JobExecution, JobScheduleRun, JobRetry)
+TALLIES = (ExecutionTally, ScheduleRunTally, RetryTally)
+
+
 def recount() -> dict:
-    """The figures as they were before any fold: every execution read again."""
+    """The figures as they were before any fold: every row read again."""
     figures = {}
     try:
         with transaction.atomic():
-            JobExecution.objects.update(metrics_folded=False)
-            ExecutionTally.objects.all().delete()
+            for model in FOLDED:
+                model.objects.update(metrics_folded=False)
+            for model in TALLIES:
+                model.objects.all().delete()
             figures = scrape()
             raise Recounted
     except Recounted:
@@ -42,52 +59,79 @@ def without_ages(values: dict) -> dict:
 
 
 @pytest.mark.django_db
-def test_a_fold_takes_the_ended_executions_and_changes_no_figure(team, default_queue):
-    world = build_world(team, default_queue)
+def test_a_fold_takes_what_never_changes_again_and_changes_no_figure(team, default_queue):
+    build_world(team, default_queue)
     before = scrape()
     ended = JobExecution.objects.filter(status__in=ENDED_EXECUTION_STATUSES)
-    assert ended.count() > 0
+    assert ended.exists() and JobScheduleRun.objects.exists() and JobRetry.objects.exists()
 
-    assert executions_tally_fold() == {"folded": ended.count()}
+    assert metrics_tallies_fold() == {
+        "executions": ended.count(),
+        "schedule_runs": JobScheduleRun.objects.count(),
+        "retries": JobRetry.objects.count(),
+    }
     assert set(JobExecution.objects.filter(metrics_folded=True)) == set(ended)
+    assert not JobScheduleRun.objects.filter(metrics_folded=False).exists()
+    assert not JobRetry.objects.filter(metrics_folded=False).exists()
     after = scrape()
     assert without_ages(after) == without_ages(before)
     assert {key: after[key] for key in EXPECTED} == pytest.approx(EXPECTED, abs=1e-6)
     # Nothing is left to fold, and folding again counts nothing twice.
-    assert executions_tally_fold() == {"folded": 0}
+    assert set(metrics_tallies_fold().values()) == {0}
     assert without_ages(scrape()) == without_ages(before)
-    assert world.jobs
 
 
 @pytest.mark.django_db
-def test_an_execution_that_ends_after_a_fold_is_counted_once_by_the_next(team, default_queue):
-    build_world(team, default_queue)
-    executions_tally_fold(batch=2)  # several batches
+def test_what_arrives_after_a_fold_is_counted_once_by_the_next(team, default_queue):
+    world = build_world(team, default_queue)
+    metrics_tallies_fold(batch=2)  # several batches of each
     running = JobExecution.objects.filter(status=ExecutionStatus.RUNNING).first()
     JobExecution.objects.filter(pk=running.pk).update(
         status=ExecutionStatus.FAILED, finished_at=timezone.now()
     )
-    key = (
-        "scheduler_jobs_finished_total",
-        (("outcome", "failed"), ("queue", running.job.queue.name)),
+    JobRetry.objects.create(
+        job=running.job, attempt=running.attempt + 1, reason="exit code 1", due_at=world.now
     )
+    schedule = JobSchedule.objects.get()
+    JobScheduleRun.objects.create(
+        schedule=schedule,
+        due_at=world.now + timedelta(minutes=5),
+        fired_at=world.now + timedelta(minutes=5, seconds=0.3),
+        outcome="submitted",
+    )
+    queue = running.job.queue.name
+    keys = [
+        ("scheduler_jobs_finished_total", (("outcome", "failed"), ("queue", queue))),
+        ("scheduler_retries_total", (("queue", queue),)),
+        ("scheduler_schedule_runs_total", (("outcome", "submitted"),)),
+    ]
     truth = recount()
-    assert without_ages(scrape()) == without_ages(truth)  # the new one read live
-    assert executions_tally_fold() == {"folded": 1}
-    assert without_ages(scrape()) == without_ages(truth)  # now from the tallies
-    assert scrape()[key] == truth[key] >= 1
+    assert without_ages(scrape()) == without_ages(truth)  # the new ones read live
+    assert metrics_tallies_fold() == {"executions": 1, "schedule_runs": 1, "retries": 1}
+    after = scrape()
+    assert without_ages(after) == without_ages(truth)  # now from the tallies
+    assert [after[key] for key in keys] == [truth[key] for key in keys]
+    assert all(truth[key] >= 1 for key in keys)
 
 
 @pytest.mark.django_db
-def test_a_counter_keeps_what_was_folded_when_the_jobs_are_deleted(team, default_queue):
+def test_a_counter_keeps_what_was_folded_when_its_rows_are_deleted(team, default_queue):
     build_world(team, default_queue)
-    executions_tally_fold()
+    metrics_tallies_fold()
     before = scrape()
     Job.objects.filter(status__in=["succeeded", "failed", "cancelled"]).delete()
+    JobSchedule.objects.all().delete()
+    assert not JobScheduleRun.objects.exists()
     after = scrape()
-    for name in ("scheduler_jobs_finished_total", "scheduler_job_run_seconds_count"):
-        keys = [key for key in before if key[0] == name]
-        assert keys and all(after[key] == before[key] for key in keys)
+    for name in (
+        "scheduler_jobs_finished_total",
+        "scheduler_job_run_seconds_count",
+        "scheduler_retries_total",
+        "scheduler_schedule_runs_total",
+        "scheduler_schedule_lateness_seconds_count",
+    ):
+        keys = [key for key in before if key[0] == name and before[key]]
+        assert keys and all(after[key] == before[key] for key in keys), name
 
 
 @pytest.mark.django_db(transaction=True)
@@ -101,6 +145,7 @@ def test_the_leader_folds_at_its_interval(team, default_queue, settings):
     assert not JobExecution.objects.filter(
         status__in=ENDED_EXECUTION_STATUSES, metrics_folded=False
     ).exists()
+    assert not JobScheduleRun.objects.filter(metrics_folded=False).exists()
     JobExecution.objects.filter(status=ExecutionStatus.RUNNING).update(
         status=ExecutionStatus.SUCCEEDED, finished_at=timezone.now()
     )
@@ -114,7 +159,8 @@ def test_the_leader_folds_at_its_interval(team, default_queue, settings):
 @pytest.mark.django_db(transaction=True)
 def test_folds_scrapes_and_finishes_racing_count_every_execution_once(team, default_queue):
     """Two folders (small batches, each commit a moment a scrape could fall between),
-    a scraper and a finisher, each on a PostgreSQL connection of its own."""
+    a scraper and a finisher, each on a PostgreSQL connection of its own; schedule runs
+    are folded meanwhile too."""
     node = Node.objects.create(name="n1", cpu_millis=1000, memory_mb=1000)
     jobs = make_jobs(team, 400)
     now = timezone.now()
@@ -134,6 +180,21 @@ def test_folds_scrapes_and_finishes_racing_count_every_execution_once(team, defa
     running = list(
         JobExecution.objects.filter(status=ExecutionStatus.RUNNING).values_list("pk", flat=True)
     )
+    definition = JobDefinition.objects.create(
+        team=team, queue=default_queue, name="minutely", command=["true"]
+    )
+    schedule = JobSchedule.objects.create(
+        team=team, definition=definition, name="minutely", interval_seconds=60
+    )
+    JobScheduleRun.objects.bulk_create(
+        JobScheduleRun(
+            schedule=schedule,
+            due_at=now - timedelta(minutes=m),
+            fired_at=now - timedelta(minutes=m),
+            outcome="submitted",
+        )
+        for m in range(300)
+    )
     stop = threading.Event()
     seen, errors = [], []
 
@@ -150,12 +211,13 @@ def test_folds_scrapes_and_finishes_racing_count_every_execution_once(team, defa
 
     def fold():
         while not stop.is_set():
-            executions_tally_fold(batch=7, budget_seconds=0.05)
+            metrics_tallies_fold(batch=7, budget_seconds=0.05)
 
     def read():
         while not stop.is_set():
             figures = execution_figures()
-            seen.append((figures.placements, sum(figures.finished.values())))
+            runs, _ = schedule_run_figures()
+            seen.append((figures.placements, sum(figures.finished.values()), sum(runs.values())))
 
     def finish():
         for pk in running:
@@ -176,11 +238,13 @@ def test_folds_scrapes_and_finishes_racing_count_every_execution_once(team, defa
     # Every scrape saw all 400 executions once, and between 200 and 400 of them ended,
     # never fewer than an earlier scrape saw.
     assert len(seen) > 10
-    assert {placements for placements, _ in seen} == {400}
-    ended = [n for _, n in seen]
+    assert {placements for placements, _, _ in seen} == {400}
+    assert {runs for _, _, runs in seen} == {300}
+    ended = [n for _, n, _ in seen]
     assert ended == sorted(ended) and ended[0] >= 200 and ended[-1] <= 400
-    executions_tally_fold()
+    metrics_tallies_fold()
     assert not JobExecution.objects.filter(metrics_folded=False).exists()
+    assert sum(ScheduleRunTally.objects.values_list("runs", flat=True)) == 300
     tallied = ExecutionTally.objects.filter(of_waits=False)
     assert sum(tallied.values_list("executions", flat=True)) == 400
     assert set(tallied.values_list("status", flat=True)) == {ExecutionStatus.SUCCEEDED}
