@@ -29,14 +29,12 @@ from tests.jobs.making import make_jobs
 from tests.jobs.metrics_world import EXPECTED, build_world, scrape
 
 AGE = "scheduler_oldest_pending_job_age_seconds"
+FOLDED = (JobExecution, JobScheduleRun, JobRetry)
+TALLIES = (ExecutionTally, ScheduleRunTally, RetryTally)
 
 
 class Recounted(Exception):
     pass
-
-
-FOLDED = (JobExecution, JobScheduleRun, JobRetry)
-TALLIES = (ExecutionTally, ScheduleRunTally, RetryTally)
 
 
 def recount() -> dict:
