@@ -9,11 +9,10 @@ each ended one with its attempts; --nodes nodes with what their agents said they
 a minutely schedule's runs for a week and some node losses. Starts gunicorn with 2
 workers as scripts/up does, with METRICS_TOKEN set, and scrapes `GET /metrics` back to
 back --scrapes times from one client, as one Prometheus does, timing each: first with
-every execution still to be read (as right after an upgrade, or with the scheduler
-stopped), then after folding the ended ones, the schedule runs and the retries into the
+every row still to be read (as right after an upgrade, or with the scheduler stopped),
+then after folding the ended executions, the schedule runs and the retries into the
 tallies as the scheduler's leader does (timed, then VACUUM ANALYZE as autovacuum would
-after so many updates); then
-`GET /api/metrics/summary/` as staff the same way.
+after so many updates). Then `GET /api/metrics/summary/` as staff the same way.
 
 The last line printed is one JSON object of the figures.
 """
@@ -245,11 +244,11 @@ def main() -> None:
         print(f"{args.scrapes} scrapes of /metrics, nothing folded, back to back", flush=True)
         unfolded, unfolded_body = timed(port, "/metrics", bearer, args.scrapes)
         fold_seconds = fold()
-        print(f"folded the ended executions in {fold_seconds:.1f} s", flush=True)
+        print(f"folded what never changes again in {fold_seconds:.1f} s", flush=True)
         print(f"{args.scrapes} scrapes of /metrics, back to back", flush=True)
         scrapes, body = timed(port, "/metrics", bearer, args.scrapes)
         if not _same(_figures(body), _figures(unfolded_body)):
-            raise SystemExit("/metrics said something else once the executions were folded")
+            raise SystemExit("/metrics said something else once its rows were folded")
         summary_path = "/api/metrics/summary/"
         timed(port, summary_path, f"Token {token}", 10)
         print(f"{args.scrapes} requests of {summary_path}, back to back", flush=True)
