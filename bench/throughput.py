@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/throughput.py [--jobs 2000] [--rounds 3] [--latency-samples 200]
                                          [--slots 8] [--clients 4] [--command true]
-                                         [--broker both|redis|rabbitmq]
+                                         [--broker both|redis|rabbitmq] [--cgroups off|auto]
 
 Sets up its own database (scheduler_bench_tp) and Redis database (12), starts a real
 scheduler and one node agent (--slots threads, as much CPU as slots, 1 CPU per job),
@@ -25,10 +25,16 @@ With --broker both (the default) it runs once on Redis, then once on RabbitMQ (a
 of its own, `scheduler_bench_tp`, made and deleted with rabbitmqctl; the cache and the
 bare worker's counter stay on Redis), so it prints one JSON line per broker, RabbitMQ's
 last. Where RabbitMQ is not installed or not running, its line says so instead.
+
+The agent runs with NODE_CGROUPS=off unless --cgroups auto: bare Celery puts its tasks in
+no control group, and a job's own cgroup costs the agent's host a few milliseconds of CPU
+a job (README, "Control groups"), which this bench of jobs that run `true` measures when
+asked. The JSON line says which it ran (`node_cgroups`).
 """
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import statistics
@@ -116,7 +122,14 @@ def main() -> None:
         "--clients", type=int, default=4, help="threads submitting at once, in both phases"
     )
     parser.add_argument("--broker", choices=["both", *BROKERS], default="both")
+    parser.add_argument(
+        "--cgroups",
+        choices=["off", "auto"],
+        default="off",
+        help="the agent's NODE_CGROUPS: off (as bare Celery), or auto (a cgroup per job)",
+    )
     args = parser.parse_args()
+    os.environ["NODE_CGROUPS"] = args.cgroups  # the agent's, through the bench's environment
     if args.broker == "both":
         run_per_broker([a for a in sys.argv[1:] if not a.startswith("--broker")], list(BROKERS))
         return
@@ -293,6 +306,7 @@ def run(args, bench: Bench) -> None:
         json.dumps(
             {
                 "broker": args.broker,
+                "node_cgroups": args.cgroups,
                 "platform_jobs_per_second": round(platform, 1),
                 "bare_celery_jobs_per_second": round(bare, 1),
                 "ratio": round(statistics.median(ratios), 3),

@@ -367,6 +367,11 @@ NODE_LOST_MAX_RETRIES = env.int("NODE_LOST_MAX_RETRIES", default=3)
 # memory.
 NODE_CANCEL_POLL_SECONDS = env.float("NODE_CANCEL_POLL_SECONDS", default=30.0)
 NODE_MEMORY_POLL_SECONDS = env.float("NODE_MEMORY_POLL_SECONDS", default=0.25)
+# Whether an agent puts each job in a control group of its own, which the kernel holds to
+# the job's memory and CPU (jobs/agent/cgroups.py): `auto` where the host lets it (root
+# with cgroup v1, or cgroup v2 with the memory and cpu controllers delegated to the
+# agent), `required` (the agent refuses to start without), or `off` (memory sampled).
+NODE_CGROUPS = env.str("NODE_CGROUPS", default="auto")
 # `run_node --hollow N` (simulated nodes that run nothing, for sizing the control plane
 # in tests and benchmarks) starts only where this is true: never on a real cluster.
 HOLLOW_NODES_ALLOWED = env.bool("HOLLOW_NODES_ALLOWED", default=False)

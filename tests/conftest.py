@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import redis
 from django.conf import settings
@@ -7,6 +9,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import Role, Team, User
 from accounts.services import api_token_issue, team_add_member
+from jobs.agent import cgroups
 from nodes.models import Node
 from resources.models import DEFAULT_QUEUE_NAME, Queue
 from tests.processes import Cluster
@@ -17,6 +20,30 @@ pytest_plugins = ["tests.alerts.receivers", "tests.rabbitmq"]
 
 # The development database's name, read before any test database replaces it.
 DEVELOPMENT_DATABASE = settings.DATABASES["default"]["NAME"]
+
+
+def agent_cgroup_dirs() -> set[Path]:
+    """The directories of job cgroups that node agents on this host have made."""
+    own = cgroups._own_paths()
+    found = set()
+    for fstype, mount, options in cgroups._mounts():
+        for name in [""] if fstype == "cgroup2" else set(cgroups.CONTROLLERS) & options:
+            if name in own:
+                found.update(cgroups._below(mount, own[name]).glob("scheduler-*"))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_job_cgroups_left():
+    """Agents the tests SIGKILL leave their jobs' (empty) cgroups behind, which an agent of
+    the same node and directories would have removed at its start: removed at the end."""
+    before = agent_cgroup_dirs()
+    yield
+    for directory in agent_cgroup_dirs() - before:
+        for group in directory.iterdir():
+            if group.is_dir():
+                cgroups.JobCgroup(0, group, group).remove()
+        directory.rmdir()
 
 
 @pytest.fixture(scope="session")

@@ -539,6 +539,12 @@ def shared_cluster(django_db_blocker, tmp_path: Path):
             broker.close()
 
 
+def processes_matching(marker: str) -> list[str]:
+    """The command lines of the processes whose command line holds `marker`."""
+    found = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout
+    return [line for line in found.splitlines() if "pgrep" not in line]
+
+
 def gone(pid: int) -> bool:
     """The process has ended (a zombie waiting for its parent counts as ended)."""
     try:

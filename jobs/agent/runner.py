@@ -1,12 +1,14 @@
 """Runs one execution on this node and says how it ended.
 
 The job runs in a process group of its own, so a timeout, a cancel or the memory limit
-kills everything it started. It gets a working directory of its own and the job's
-environment on top of a minimal base; the agent's own environment, with its database
-URL and secrets, is not passed on. Its stdout and stderr stream through a pipe into a
-log file capped at JOB_LOG_MAX_BYTES (made when the first byte comes), and the last
-JOB_LOG_TAIL_BYTES are kept for the database; the same output is shipped to the control
-plane as it comes (`log_shipping`).
+kills everything it started, and, where the host allows, in a control group of its own
+(`cgroups`), which the kernel holds to the job's memory and CPU, and which keeps even the
+processes that leave the job's process group: they are killed when the job ends. It
+gets a working directory of its own and the job's environment on top of a minimal base;
+the agent's own environment, with its database URL and secrets, is not passed on. Its
+stdout and stderr stream through a pipe into a log file capped at JOB_LOG_MAX_BYTES (made
+when the first byte comes), and the last JOB_LOG_TAIL_BYTES are kept for the database;
+the same output is shipped to the control plane as it comes (`log_shipping`).
 The agent's guard (`guard`) kills the job's group if the agent dies.
 
 `running` is this agent's registry of what it runs: the heartbeat reports its tokens,
@@ -14,6 +16,7 @@ cancels and the memory watch act on it.
 """
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -30,11 +33,14 @@ from pathlib import Path
 from django.conf import settings
 
 from ..models import JobKind
+from .cgroups import JobCgroup, cgroups
 from .log_shipping import AttemptLog, shipper
 from .sampling import resident_mb_by_group
 
 logger = logging.getLogger(__name__)
 
+# How long the end of a job's output is copied once its processes are killed.
+DRAIN_SECONDS = 1.0
 # Passed through from the agent so ordinary commands behave; nothing else is.
 BASE_ENV_NAMES = ("PATH", "LANG", "LC_ALL", "TZ")
 
@@ -337,12 +343,21 @@ def run_job(*, execution: ExecutionToRun, node_name: str, tracked: TrackedExecut
     log_dir.mkdir(parents=True, exist_ok=True)
     env = job_environment(execution, node_name, workdir)
     argv = job_argv(execution)
+    group = None
+    if cgroups.groups is not None:
+        group = cgroups.groups.take(memory_mb=execution.memory_mb, cpu_millis=execution.cpu_millis)
+    # Without a control group, the agent samples the job's memory (`enforce_memory_limits`).
+    tracked.memory_limit_mb = 0 if group else execution.memory_mb
     shipped = shipper.open(execution.execution_id)
     try:
-        return _run_process(execution, node_name, tracked, workdir, log_path, env, argv, shipped)
+        return _run_process(
+            execution, node_name, tracked, workdir, log_path, env, argv, shipped, group
+        )
     finally:
         # Its log is stored before its outcome is reported, so a follower sees it all.
         shipper.close(shipped)
+        if group is not None:
+            cgroups.groups.give_back(group)
 
 
 def _run_process(
@@ -354,12 +369,15 @@ def _run_process(
     env: dict[str, str],
     argv: list[str],
     shipped: AttemptLog,
+    group: JobCgroup | None,
 ) -> Outcome:
     job = execution
     try:
         try:
+            if group is not None:
+                _check_executable(argv[0], env["PATH"], workdir)  # as Popen would
             proc = subprocess.Popen(
-                argv,
+                group.command(argv) if group else argv,
                 cwd=workdir,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -387,7 +405,15 @@ def _run_process(
             log_path, settings.JOB_LOG_MAX_BYTES, settings.JOB_LOG_TAIL_BYTES, shipped
         )
         try:
-            exit_code, timed_out = _follow(proc, output, job.timeout_seconds)
+            exit_code, timed_out = _follow(proc, output, job.timeout_seconds, group)
+            oom_kills = group.oom_kills() if group else 0
+            if oom_kills and exit_code == 0:
+                note = (
+                    f"[the kernel killed {oom_kills} process(es) of this job for going past "
+                    f"its memory limit of {job.memory_mb} MB]\n"
+                )
+                starts_line = not output.tail or output.tail.endswith(b"\n")
+                output.write((note if starts_line else f"\n{note}").encode())
         finally:
             log_path_kept = output.close()
     finally:
@@ -399,6 +425,8 @@ def _run_process(
         error = tracked.kill_reason
     elif timed_out:
         error = f"timed out after {job.timeout_seconds} s"
+    elif oom_kills and exit_code != 0:
+        error = f"exceeded memory limit of {job.memory_mb} MB"
     else:
         error = describe_exit(exit_code)
     return Outcome(
@@ -406,12 +434,27 @@ def _run_process(
     )
 
 
-def _follow(proc: subprocess.Popen, output: JobOutput, timeout: int | None) -> tuple[int, bool]:
+def _check_executable(program: str, path: str, cwd: Path) -> None:
+    """Raise what Popen raises for a program that cannot be run, for a job that a shell
+    starts (to enter its cgroup), so its attempt fails the same way: not started."""
+    if os.sep in program:
+        program = str(cwd / program)  # an absolute path stays as it is
+    if shutil.which(program, path=path) is not None:
+        return
+    if os.sep in program and os.path.exists(program):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), program)
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+
+
+def _follow(
+    proc: subprocess.Popen, output: JobOutput, timeout: int | None, group: JobCgroup | None
+) -> tuple[int, bool]:
     """Copy the job's output as it comes until its process ends, killing its group at
     the timeout (SIGTERM, then SIGKILL after JOB_KILL_GRACE_SECONDS), then whatever it
-    left running in its group, which closes the pipe; returns its exit code and whether it
-    timed out. One thread does it all: it waits on the pipe and on the process (a pidfd)
-    at once, so no thread is started and no wait is polled."""
+    left running in its process group and its control group, which closes the pipe;
+    returns its exit code and whether it timed out. One thread does it all: it waits on the
+    pipe and on the process (a pidfd) at once, so no thread is started and no wait is
+    polled."""
     out = proc.stdout.fileno()
     timed_out = False
     try:
@@ -441,10 +484,25 @@ def _follow(proc: subprocess.Popen, output: JobOutput, timeout: int | None) -> t
         exit_code = proc.wait()
     finally:  # also when the output could not be written: the job does not outlive this
         kill_process_group(proc.pid, 0)
-    while chunk := os.read(out, 65536):
-        output.write(chunk)
+        if group is not None:
+            group.kill()
+    _drain(out, output)
     proc.stdout.close()
     return exit_code, timed_out
+
+
+def _drain(out: int, output: JobOutput) -> None:
+    """Copy what is left in the pipe once the job's processes are killed. A process that
+    left the job's process group where there is no control group to find it (setsid) may
+    still hold the pipe open: the copy stops after DRAIN_SECONDS, so it holds no slot."""
+    deadline = time.monotonic() + DRAIN_SECONDS
+    poller = select.poll()
+    poller.register(out, select.POLLIN)
+    while (left := deadline - time.monotonic()) > 0 and poller.poll(left * 1000):
+        if not (chunk := os.read(out, 65536)):
+            return
+        output.write(chunk)
+    output.write(b"\n[output not followed further: a process outside the job's group holds it]\n")
 
 
 def pidfd_supported() -> bool:

@@ -73,7 +73,6 @@ def _run(
     token = execution.token
     job_id, name = execution.job_id, execution.name
     try:
-        tracked.memory_limit_mb = execution.memory_mb
         try:
             outcome = run_job(execution=execution, node_name=node_name, tracked=tracked)
         except Exception as exc:

@@ -5,7 +5,6 @@ reaches), each with a team of its own (`team_api`), and leave its node empty."""
 
 import itertools
 import re
-import subprocess
 import uuid
 
 import pytest
@@ -15,7 +14,7 @@ from jobs.models import Job, JobExecution, JobStatus
 from resources.models import AllocationStatus
 from resources.routing import EXECUTION_TASK
 from scheduler_site.celery import app as celery_app
-from tests.processes import shared_cluster, wait_until
+from tests.processes import processes_matching, shared_cluster, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -45,11 +44,6 @@ def wait_finished(job_id, timeout=30):
         timeout,
         message=f"job {job_id} to finish",
     )
-
-
-def processes_matching(marker: str) -> list[str]:
-    found = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout
-    return [line for line in found.splitlines() if "pgrep" not in line]
 
 
 def test_the_same_execution_message_delivered_three_times_runs_once(
@@ -139,6 +133,21 @@ def test_the_job_sees_its_environment_but_not_the_agents_secrets(team_api):
     assert "DATABASE_URL" not in output
     assert "SECRET_KEY" not in output
     assert f"/node-a/job-{job_id}-attempt-1" in output
+
+
+def test_the_agent_runs_each_job_in_a_cgroup_of_its_own(platform_cluster, team_api):
+    said = platform_cluster.process("node-a").log()
+    if "no job cgroups" in said:
+        pytest.skip(f"this host gives the agent no job cgroups: {said}")
+    assert "node node-a: each job in a cgroup of its own under cgroup v" in said
+    job_id = submit(team_api, command=["cat", "/proc/self/cgroup"], resources={"cpu": 0.5})
+    job = wait_finished(job_id)
+    assert job.status == JobStatus.SUCCEEDED
+    groups = dict(line.split(":", 2)[1:] for line in job.last_execution.log_tail.splitlines())
+    own = re.compile(r"/scheduler-node-a-[0-9a-f]{8}/slot-[0-9]+$")
+    # cgroup v2: the one hierarchy; v1: the memory and cpu ones (cpu may share its mount).
+    held = [name for name, path in groups.items() if own.search(path)]
+    assert held == [""] or {"memory", "cpu"} <= {c for name in held for c in name.split(",")}
 
 
 def test_a_job_past_its_memory_limit_fails_with_the_memory_reason(team_api):

@@ -25,6 +25,7 @@ from django.core.management.base import BaseCommand, CommandError
 from jobs.agent import metrics as agent_metrics
 from jobs.agent import supervision as agent
 from jobs.agent import tasks  # noqa: F401  (registers the execution task in this worker)
+from jobs.agent.cgroups import MODES, CgroupsUnavailable, cgroups
 from jobs.agent.client import ControlPlane, Refused, Revoked, use_control_plane
 from jobs.agent.guard import start_guard
 from jobs.agent.hollow import (
@@ -178,6 +179,8 @@ class Command(BaseCommand):
                 "This kernel has no pidfd_open: a node agent needs Linux 5.3 or later, "
                 "as it waits on each job's process through a pidfd."
             )
+        if settings.NODE_CGROUPS not in MODES:
+            raise CommandError(f"NODE_CGROUPS must be one of {', '.join(MODES)}.")
         slots = slots or min(64, max(4, 4 * cpu_millis // 1000))
         control_plane = ControlPlane(
             base_url=settings.SCHEDULER_API_URL, key=node_key(), pool_size=slots + 4
@@ -207,6 +210,11 @@ class Command(BaseCommand):
         reaped = agent.reap_orphans(name)
         if reaped:
             self.stdout.write(f"killed {reaped} job process group(s) left by a previous agent")
+        try:  # before the guard starts: with cgroup v2 the agent may move to a group of its own
+            said = cgroups.start(settings.NODE_CGROUPS, name, agent_identity(name))
+        except CgroupsUnavailable as exc:
+            raise CommandError(f"NODE_CGROUPS=required, and {exc}") from exc
+        self.stdout.write(f"node {name}: {said}")
         start_guard(agent_identity(name))
         agent.become_node(name)
         loop = agent.AgentLoop(name)
@@ -231,6 +239,7 @@ class Command(BaseCommand):
             loop.stop()
             successes.stop()
             control_plane.stop()
+            cgroups.stop()
 
     def run_hollow(self, *, prefix: str, count: int, spec: dict, threads: int) -> None:
         """N hollow nodes until SIGTERM or SIGINT; then they take no more work, end what

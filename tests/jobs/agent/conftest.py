@@ -17,10 +17,14 @@ from requests.structures import CaseInsensitiveDict
 from rest_framework.test import APIClient
 
 from jobs.agent import client
-from jobs.agent.runner import ExecutionToRun
+from jobs.agent.runner import ExecutionToRun, TrackedExecution, run_job
 from jobs.api.agent import ExecutionToRunSerializer
+from jobs.models import Job, JobExecution
+from jobs.scheduling.cycle import place_pending_jobs
 from jobs.selectors import execution_task_nodes
+from jobs.services.executions import execution_claim
 from nodes.models import Node, NodeCredential
+from resources.models import DEFAULT_QUEUE_NAME, Queue
 
 
 class InProcessAdapter(BaseAdapter):
@@ -82,6 +86,29 @@ def to_run(execution) -> ExecutionToRun:
     if not hasattr(execution, "task_nodes"):
         execution.task_nodes = execution_task_nodes(execution=execution)
     return ExecutionToRun.of(ExecutionToRunSerializer(execution).data)
+
+
+@pytest.fixture
+def claim(team, settings, tmp_path):
+    """Claims a new job's execution on node-a, whose agent works under tmp_path."""
+    settings.NODE_WORK_DIR = tmp_path / "work"
+    settings.JOB_LOG_DIR = tmp_path / "logs"
+    settings.JOB_KILL_GRACE_SECONDS = 0.5
+    node = Node.objects.create(name="node-a", cpu_millis=4000, memory_mb=4096)
+    queue = Queue.objects.get(name=DEFAULT_QUEUE_NAME)
+
+    def claim(command: list[str], **spec) -> JobExecution:
+        Job.objects.create(team=team, queue=queue, name="j", command=command, **spec)
+        (token,) = place_pending_jobs(batch_size=10).tokens
+        return execution_claim(token=token, node_id=node.id)
+
+    return claim
+
+
+def run(execution, tracked=None):
+    """Run a claimed execution as node-a's agent does; how it ended."""
+    tracked = tracked or TrackedExecution(execution.token)
+    return run_job(execution=to_run(execution), node_name="node-a", tracked=tracked)
 
 
 class Groups:

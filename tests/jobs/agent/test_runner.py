@@ -6,43 +6,17 @@ import os
 import signal
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
-from jobs.agent.runner import TrackedExecution, agent_identity, run_job, running
-from jobs.models import Job, JobExecution
-from jobs.scheduling.cycle import place_pending_jobs
-from jobs.services.executions import execution_claim
-from nodes.models import Node
-from resources.models import DEFAULT_QUEUE_NAME, Queue
-from tests.jobs.agent.conftest import to_run
-from tests.processes import gone, wait_until
+from jobs.agent.runner import TrackedExecution, agent_identity, running
+from tests.jobs.agent.conftest import run
+from tests.processes import gone, processes_matching, wait_until
 
 # The agent's log shipping stores the output from a thread of its own, through the API.
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def claim(team, settings, tmp_path):
-    """Claims a new job's execution on node-a, whose agent works under tmp_path."""
-    settings.NODE_WORK_DIR = tmp_path / "work"
-    settings.JOB_LOG_DIR = tmp_path / "logs"
-    settings.JOB_KILL_GRACE_SECONDS = 0.5
-    node = Node.objects.create(name="node-a", cpu_millis=4000, memory_mb=4096)
-    queue = Queue.objects.get(name=DEFAULT_QUEUE_NAME)
-
-    def claim(command: list[str], **spec) -> JobExecution:
-        Job.objects.create(team=team, queue=queue, name="j", command=command, **spec)
-        (token,) = place_pending_jobs(batch_size=10).tokens
-        return execution_claim(token=token, node_id=node.id)
-
-    return claim
-
-
-def run(execution, tracked=None):
-    tracked = tracked or TrackedExecution(execution.token)
-    return run_job(execution=to_run(execution), node_name="node-a", tracked=tracked)
 
 
 @pytest.mark.parametrize(
@@ -85,6 +59,25 @@ def test_a_job_ends_with_its_process_though_a_child_it_left_holds_its_output(cla
     assert (outcome.exit_code, outcome.error) == (0, "")
     child = int(Path(outcome.log_path).read_text())
     wait_until(lambda: gone(child), 5, message="the job's child to be killed with it")
+
+
+def test_without_a_cgroup_a_process_that_left_the_group_holding_the_output_holds_no_slot(
+    claim,
+):
+    marker = f"escaped-{uuid.uuid4().hex[:8]}"
+    escape = f"setsid sh -c 'ps -o sid= $$ > sid; sleep 300; echo {marker}'"
+    execution = claim(["sh", "-c", f"{escape} & until [ -s sid ]; do sleep 0.01; done; echo left"])
+    started = time.monotonic()
+    try:
+        outcome = run(execution)
+    finally:  # the shell that left leads a session and a process group of its own
+        for line in processes_matching(marker):
+            os.killpg(int(line.split()[0]), signal.SIGKILL)
+    assert time.monotonic() - started < 5
+    assert (outcome.exit_code, outcome.error) == (0, "")
+    assert outcome.log_tail == (
+        "left\n\n[output not followed further: a process outside the job's group holds it]\n"
+    )
 
 
 def test_a_job_that_closes_its_output_runs_on_to_its_own_end(claim):

@@ -1,0 +1,345 @@
+"""Each job in a control group of its own, where the host lets the agent make them
+(`NODE_CGROUPS`): the kernel holds the job to its allocation, and the agent finds every
+process the job started.
+
+- Memory: the group's limit is the job's `memory_mb`, swap included where the kernel
+  counts it. Past it the kernel's OOM killer kills a process of the job at once, and the
+  execution fails with "exceeded memory limit of N MB", the reason the sampled watch
+  gives where there are no groups.
+- CPU: a CFS quota of `cpu_millis` per period, so a job of 1.5 CPU gets 1.5 cores' time
+  however many threads it runs.
+- Processes: one that leaves the job's process group (setsid, a daemon's double fork)
+  stays in the job's control group, and is killed with the rest when the job ends.
+
+Both cgroup versions are used. With v2 (one hierarchy) the agent must have a cgroup of its
+own with the memory and cpu controllers delegated to it (systemd's `Delegate=`, which
+deploy/systemd/scheduler-node@.service sets): a v2 group with children holds no processes,
+so the agent moves itself into a leaf, `agent`, and makes its jobs' groups beside it. With
+v1 (a hierarchy per controller) it makes them below its own groups in the memory and cpu
+hierarchies.
+
+A job enters its group before it runs: a shell writes "0" (itself) to the group's
+`cgroup.procs`, then execs the job's command in its place, so nothing the job runs starts
+outside.
+"""
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+MODES = ("auto", "off", "required")
+CONTROLLERS = ("memory", "cpu")
+PERIOD_US = 100_000
+MIN_QUOTA_US = 1_000  # the kernel's floor
+# How long the end of a job waits for its group to empty after SIGKILL before it leaves
+# the group to the next agent's sweep.
+EMPTY_WAIT_SECONDS = 2.0
+
+
+class CgroupsUnavailable(Exception):
+    """Why this agent cannot make its jobs' control groups."""
+
+
+def _read(path: Path) -> str:
+    return path.read_text().strip()
+
+
+def _write(path: Path, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _mounts() -> list[tuple[str, Path, set[str]]]:
+    """(filesystem type, mount point, super options) of the cgroup mounts this process sees."""
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        before, _, after = line.partition(" - ")
+        fstype, _source, options = after.split()[:3]
+        if fstype in ("cgroup", "cgroup2"):
+            found.append((fstype, Path(before.split()[4]), set(options.split(","))))
+    return found
+
+
+def _own_paths() -> dict[str, str]:
+    """This process's cgroup per hierarchy: "" for v2's, each controller's name for v1."""
+    own = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _id, names, path = line.split(":", 2)
+        for name in names.split(",") if names else [""]:
+            own[name] = path
+    return own
+
+
+def _below(mount: Path, path: str) -> Path:
+    return mount / path.lstrip("/")
+
+
+class JobGroups:
+    """Where this agent makes its jobs' groups (v2's one directory, or v1's memory and cpu
+    directories), and the groups it has made. A group is reused: the one a job ended in
+    is emptied and waits for the next job, since making and removing one costs more than
+    starting the job (and the kernel makes and removes one at a time), so an agent has
+    about as many as it runs jobs at once."""
+
+    def __init__(self, version: int, memory_dir: Path, cpu_dir: Path):
+        self.version, self.memory_dir, self.cpu_dir = version, memory_dir, cpu_dir
+        self.dirs = tuple(dict.fromkeys((memory_dir, cpu_dir)))
+        self._lock = threading.Lock()
+        self._idle: list[JobCgroup] = []
+        self._made = 0
+
+    def describe(self) -> str:
+        where = ", ".join(str(d) for d in self.dirs)
+        return f"cgroup v{self.version} ({where})"
+
+    def take(self, *, memory_mb: int, cpu_millis: int) -> "JobCgroup":
+        """An empty group with one job's limits (0: none), before the job starts."""
+        with self._lock:
+            group = self._idle.pop() if self._idle else None
+        if group is not None:
+            try:
+                group.limit(memory_mb=memory_mb, cpu_millis=cpu_millis)
+                return group
+            except OSError:  # its last job left memory charged past this limit (shm)
+                group.remove()
+        with self._lock:
+            self._made += 1
+            group = self._group(f"slot-{self._made}")
+        try:
+            for directory in group.dirs:
+                directory.mkdir(exist_ok=True)
+            group.limit(memory_mb=memory_mb, cpu_millis=cpu_millis)
+        except BaseException:
+            group.remove()
+            raise
+        return group
+
+    def give_back(self, group: "JobCgroup") -> None:
+        """Its job has ended: kill what it left, and keep the group for the next job (one
+        that does not empty is left to the next agent's sweep)."""
+        if group.kill():
+            with self._lock:
+                self._idle.append(group)
+
+    def sweep(self) -> int:
+        """Kill and remove the groups a previous agent of this node left (it died while
+        their jobs ran, or it stopped); how many there were."""
+        names = {p.name for d in self.dirs if d.is_dir() for p in d.iterdir() if p.is_dir()}
+        for name in names:
+            self._group(name).remove()
+        return len(names)
+
+    def remove_all(self) -> None:
+        """Sweep the groups, then remove the agent's directories of them."""
+        self.sweep()
+        for directory in self.dirs:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+
+    def _group(self, name: str) -> "JobCgroup":
+        return JobCgroup(self.version, self.memory_dir / name, self.cpu_dir / name)
+
+
+class JobCgroup:
+    """One job's control group (v1: its directory in each hierarchy)."""
+
+    def __init__(self, version: int, memory_dir: Path, cpu_dir: Path):
+        self.version, self.memory_dir, self.cpu_dir = version, memory_dir, cpu_dir
+        self.dirs = tuple(dict.fromkeys((memory_dir, cpu_dir)))
+        self._oom_kills_before = 0
+
+    def limit(self, *, memory_mb: int, cpu_millis: int) -> None:
+        """Set a job's limits (0: none) on the group, which may have held another job."""
+        memory = str(memory_mb * 1024 * 1024) if memory_mb else None
+        quota = max(MIN_QUOTA_US, cpu_millis * PERIOD_US // 1000) if cpu_millis else None
+        if self.version == 2:
+            _write(self.memory_dir / "memory.max", memory or "max")
+            with contextlib.suppress(FileNotFoundError):  # no swap accounting
+                _write(self.memory_dir / "memory.swap.max", "0")
+            _write(self.cpu_dir / "cpu.max", f"{quota or 'max'} {PERIOD_US}")
+        else:
+            # Memory and swap together may never be under memory alone: lifted first.
+            memsw = self.memory_dir / "memory.memsw.limit_in_bytes"
+            swap_accounted = memsw.exists()
+            if swap_accounted:
+                _write(memsw, "-1")
+            _write(self.memory_dir / "memory.limit_in_bytes", memory or "-1")
+            if swap_accounted:
+                _write(memsw, memory or "-1")
+            _write(self.cpu_dir / "cpu.cfs_period_us", str(PERIOD_US))
+            _write(self.cpu_dir / "cpu.cfs_quota_us", str(quota or -1))
+        self._oom_kills_before = self._oom_kills_total()
+
+    def command(self, argv: list[str]) -> list[str]:
+        """`argv` run by a shell that first moves itself into this group, then execs it in
+        its place: everything the job runs starts inside. (A `preexec_fn` would do it in
+        Python between fork and exec, but it makes subprocess fork the whole agent rather
+        than vfork it, which costs about 8 ms of CPU a job.)"""
+        enter = " ".join(
+            f'echo 0 > "${i}" || {{ echo "could not enter the cgroup ${i}" >&2; exit 126; }};'
+            for i in range(1, len(self.dirs) + 1)
+        )
+        script = f'{enter} shift {len(self.dirs)}; exec "$@"'
+        return ["/bin/sh", "-c", script, "sh", *(str(d / "cgroup.procs") for d in self.dirs), *argv]
+
+    def oom_kills(self) -> int:
+        """How many of its processes the kernel killed for going past the memory limit
+        since its limits were set."""
+        return self._oom_kills_total() - self._oom_kills_before
+
+    def _oom_kills_total(self) -> int:
+        name = "memory.events" if self.version == 2 else "memory.oom_control"
+        try:
+            lines = _read(self.memory_dir / name).splitlines()
+        except FileNotFoundError:
+            return 0
+        counts = dict(line.split() for line in lines if line.count(" ") == 1)
+        return int(counts.get("oom_kill", 0))
+
+    def pids(self) -> set[int]:
+        found = set()
+        for directory in self.dirs:
+            with contextlib.suppress(FileNotFoundError):
+                found.update(int(pid) for pid in _read(directory / "cgroup.procs").split())
+        return found
+
+    def kill(self) -> bool:
+        """SIGKILL whatever runs in it, until it is empty (a process may fork meanwhile);
+        whether it emptied in EMPTY_WAIT_SECONDS."""
+        deadline = time.monotonic() + EMPTY_WAIT_SECONDS
+        while pids := self.pids():
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if time.monotonic() > deadline:
+                logger.warning("job cgroup did not empty path=%s pids=%s", self.dirs[0], pids)
+                return False
+            time.sleep(0.01)
+        return True
+
+    def remove(self) -> None:
+        """Kill what runs in it, then remove it. A group that does not empty is left to the
+        next agent's sweep."""
+        if not self.kill():
+            return
+        deadline = time.monotonic() + EMPTY_WAIT_SECONDS
+        for directory in self.dirs:
+            self._rmdir(directory, deadline)
+
+    @staticmethod
+    def _rmdir(directory: Path, deadline: float) -> None:
+        while True:
+            try:
+                directory.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError as exc:  # EBUSY: a killed process not yet gone
+                if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                    logger.warning("job cgroup not removed path=%s: %s", directory, exc)
+                    return
+                time.sleep(0.01)
+
+
+def node_tag(node_name: str, identity: str) -> str:
+    """The name of this agent's directory of job groups: its node, and a hash of its
+    identity (`runner.agent_identity`), so agents of other clusters on the same host with
+    the same node name keep apart."""
+    return f"scheduler-{node_name}-{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
+
+
+def prepare(node_name: str, identity: str) -> JobGroups:
+    """Make this agent's directory of job groups, or say why it cannot."""
+    mounts, own = _mounts(), _own_paths()
+    unified = next((m for fstype, m, _o in mounts if fstype == "cgroup2"), None)
+    if unified is not None and "" in own:
+        here = _below(unified, own[""])
+        with contextlib.suppress(FileNotFoundError):
+            if set(CONTROLLERS) <= set(_read(here / "cgroup.controllers").split()):
+                return _prepare_v2(unified, here, node_tag(node_name, identity))
+    v1 = {}
+    for fstype, mount, options in mounts:
+        for controller in CONTROLLERS:
+            if fstype == "cgroup" and controller in options and controller in own:
+                v1[controller] = _below(mount, own[controller])
+    if len(v1) < len(CONTROLLERS):
+        raise CgroupsUnavailable(
+            "no cgroup hierarchy gives this agent the memory and cpu controllers "
+            "(cgroup v2: delegate them to its cgroup, as systemd's Delegate= does)"
+        )
+    tag = node_tag(node_name, identity)
+    groups = JobGroups(1, v1["memory"] / tag, v1["cpu"] / tag)
+    for directory in groups.dirs:
+        try:
+            directory.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise CgroupsUnavailable(f"cannot make {directory}: {exc.strerror}") from exc
+    return groups
+
+
+def _prepare_v2(unified: Path, here: Path, tag: str) -> JobGroups:
+    enable = " ".join(f"+{c}" for c in CONTROLLERS)
+    try:
+        if here != unified:  # the root group may hold processes and children alike
+            leaf = here / "agent"
+            leaf.mkdir(exist_ok=True)
+            _write(leaf / "cgroup.procs", "0")
+            try:
+                _write(here / "cgroup.subtree_control", enable)
+            except OSError as exc:
+                _write(here / "cgroup.procs", "0")  # back where it was
+                if exc.errno == errno.EBUSY:
+                    raise CgroupsUnavailable(
+                        f"other processes share this agent's cgroup {here}: run it in one of "
+                        "its own (systemd: Delegate=)"
+                    ) from exc
+                raise
+        else:
+            _write(here / "cgroup.subtree_control", enable)
+        base = here / tag
+        base.mkdir(exist_ok=True)
+        _write(base / "cgroup.subtree_control", enable)
+    except OSError as exc:
+        raise CgroupsUnavailable(f"cannot set up job cgroups in {here}: {exc}") from exc
+    return JobGroups(2, base, base)
+
+
+class NodeCgroups:
+    """This agent's choice, made once at its start: its jobs' groups, or None."""
+
+    def __init__(self):
+        self.groups: JobGroups | None = None
+
+    def start(self, mode: str, node_name: str, identity: str) -> str:
+        """Set up by NODE_CGROUPS; what the agent says about it at its start. `required`
+        raises CgroupsUnavailable where the host does not allow them."""
+        if mode == "off":
+            return "job cgroups off (NODE_CGROUPS=off): memory limits are sampled"
+        try:
+            groups = prepare(node_name, identity)
+        except CgroupsUnavailable as exc:
+            if mode == "required":
+                raise
+            return f"no job cgroups ({exc}): memory limits are sampled, CPU is not limited"
+        swept = groups.sweep()
+        self.groups = groups
+        left = f"; removed {swept} left by a previous agent" if swept else ""
+        return f"each job in a cgroup of its own under {groups.describe()}{left}"
+
+    def stop(self) -> None:
+        """The agent stops: remove its jobs' groups, killing what still runs in them, and
+        its directory of them."""
+        groups, self.groups = self.groups, None
+        if groups is not None:
+            groups.remove_all()
+
+
+cgroups = NodeCgroups()
