@@ -343,9 +343,10 @@ def run_job(*, execution: ExecutionToRun, node_name: str, tracked: TrackedExecut
     log_dir.mkdir(parents=True, exist_ok=True)
     env = job_environment(execution, node_name, workdir)
     argv = job_argv(execution)
+    groups = cgroups.groups  # held here: a cold shutdown clears it while jobs still end
     group = None
-    if cgroups.groups is not None:
-        group = cgroups.groups.take(memory_mb=execution.memory_mb, cpu_millis=execution.cpu_millis)
+    if groups is not None:
+        group = groups.take(memory_mb=execution.memory_mb, cpu_millis=execution.cpu_millis)
     # Without a control group, the agent samples the job's memory (`enforce_memory_limits`).
     tracked.memory_limit_mb = 0 if group else execution.memory_mb
     shipped = shipper.open(execution.execution_id)
@@ -357,7 +358,7 @@ def run_job(*, execution: ExecutionToRun, node_name: str, tracked: TrackedExecut
         # Its log is stored before its outcome is reported, so a follower sees it all.
         shipper.close(shipped)
         if group is not None:
-            cgroups.groups.give_back(group)
+            groups.give_back(group)
 
 
 def _run_process(
