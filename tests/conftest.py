@@ -24,13 +24,7 @@ DEVELOPMENT_DATABASE = settings.DATABASES["default"]["NAME"]
 
 def agent_cgroup_dirs() -> set[Path]:
     """The directories of job cgroups that node agents on this host have made."""
-    own = cgroups._own_paths()
-    found = set()
-    for fstype, mount, options in cgroups._mounts():
-        for name in [""] if fstype == "cgroup2" else set(cgroups.CONTROLLERS) & options:
-            if name in own:
-                found.update(cgroups._below(mount, own[name]).glob("scheduler-*"))
-    return found
+    return {d for own in cgroups.own_groups().values() for d in own.glob("scheduler-*")}
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -78,16 +78,25 @@ def _own_paths() -> dict[str, str]:
     return own
 
 
-def _below(mount: Path, path: str) -> Path:
-    return mount / path.lstrip("/")
+def own_groups() -> dict[str, Path]:
+    """The directories of this process's own groups that hold what an agent needs: v2's
+    (key "") and v1's memory and cpu ones (keyed by controller), where mounted."""
+    own = _own_paths()
+    found = {}
+    for fstype, mount, options in _mounts():
+        names = [""] if fstype == "cgroup2" else [c for c in CONTROLLERS if c in options]
+        for name in names:
+            if name in own:
+                found[name] = mount / own[name].lstrip("/")
+    return found
 
 
 class JobGroups:
     """Where this agent makes its jobs' groups (v2's one directory, or v1's memory and cpu
     directories), and the groups it has made. A group is reused: the one a job ended in
-    is emptied and waits for the next job, since making and removing one costs more than
-    starting the job (and the kernel makes and removes one at a time), so an agent has
-    about as many as it runs jobs at once."""
+    is emptied and waits for the next job, so an agent has about as many as it runs jobs
+    at once, and each job does a few writes rather than a mkdir and an rmdir under the
+    kernel's one cgroup lock (on bench/throughput.py the two cost the same)."""
 
     def __init__(self, version: int, memory_dir: Path, cpu_dir: Path):
         self.version, self.memory_dir, self.cpu_dir = version, memory_dir, cpu_dir
@@ -258,25 +267,17 @@ def node_tag(node_name: str, identity: str) -> str:
 
 def prepare(node_name: str, identity: str) -> JobGroups:
     """Make this agent's directory of job groups, or say why it cannot."""
-    mounts, own = _mounts(), _own_paths()
-    unified = next((m for fstype, m, _o in mounts if fstype == "cgroup2"), None)
-    if unified is not None and "" in own:
-        here = _below(unified, own[""])
-        with contextlib.suppress(FileNotFoundError):
-            if set(CONTROLLERS) <= set(_read(here / "cgroup.controllers").split()):
-                return _prepare_v2(unified, here, node_tag(node_name, identity))
-    v1 = {}
-    for fstype, mount, options in mounts:
-        for controller in CONTROLLERS:
-            if fstype == "cgroup" and controller in options and controller in own:
-                v1[controller] = _below(mount, own[controller])
-    if len(v1) < len(CONTROLLERS):
+    own = own_groups()
+    controllers = own[""] / "cgroup.controllers" if "" in own else None
+    if controllers and controllers.exists() and set(CONTROLLERS) <= set(_read(controllers).split()):
+        return _prepare_v2(own[""], node_tag(node_name, identity))
+    if not set(CONTROLLERS) <= own.keys():
         raise CgroupsUnavailable(
             "no cgroup hierarchy gives this agent the memory and cpu controllers "
             "(cgroup v2: delegate them to its cgroup, as systemd's Delegate= does)"
         )
     tag = node_tag(node_name, identity)
-    groups = JobGroups(1, v1["memory"] / tag, v1["cpu"] / tag)
+    groups = JobGroups(1, own["memory"] / tag, own["cpu"] / tag)
     for directory in groups.dirs:
         try:
             directory.mkdir(exist_ok=True)
@@ -285,10 +286,12 @@ def prepare(node_name: str, identity: str) -> JobGroups:
     return groups
 
 
-def _prepare_v2(unified: Path, here: Path, tag: str) -> JobGroups:
+def _prepare_v2(here: Path, tag: str) -> JobGroups:
     enable = " ".join(f"+{c}" for c in CONTROLLERS)
     try:
-        if here != unified:  # the root group may hold processes and children alike
+        # Only the real root group, the one without a cgroup.type, may hold processes and
+        # children with controllers alike; a namespace's root may not.
+        if (here / "cgroup.type").exists():
             leaf = here / "agent"
             leaf.mkdir(exist_ok=True)
             _write(leaf / "cgroup.procs", "0")
