@@ -372,6 +372,13 @@ NODE_MEMORY_POLL_SECONDS = env.float("NODE_MEMORY_POLL_SECONDS", default=0.25)
 # with cgroup v1, or cgroup v2 with the memory and cpu controllers delegated to the
 # agent), `required` (the agent refuses to start without), or `off` (memory sampled).
 NODE_CGROUPS = env.str("NODE_CGROUPS", default="auto")
+# The most processes and threads one job may have at once, held by the kernel in the job's
+# cgroup where the pids controller is there too (0: no limit), so that a fork bomb in a
+# job fails its own forks rather than the node's.
+NODE_JOB_PIDS_MAX = env.int("NODE_JOB_PIDS_MAX", default=4096)
+# How long a job of GPUs waits for devices that ended jobs of its agent still hold (one
+# failed over while its node was cut off, not yet killed) before it is not started.
+NODE_GPU_WAIT_SECONDS = env.float("NODE_GPU_WAIT_SECONDS", default=30.0)
 # `run_node --hollow N` (simulated nodes that run nothing, for sizing the control plane
 # in tests and benchmarks) starts only where this is true: never on a real cluster.
 HOLLOW_NODES_ALLOWED = env.bool("HOLLOW_NODES_ALLOWED", default=False)

@@ -9,14 +9,16 @@ process the job started.
 - CPU: a CFS quota of `cpu_millis` per period, so a job of 1.5 CPU gets 1.5 cores' time
   however many threads it runs.
 - Processes: one that leaves the job's process group (setsid, a daemon's double fork)
-  stays in the job's control group, and is killed with the rest when the job ends.
+  stays in the job's control group, and is killed with the rest when the job ends. Where
+  the pids controller is there too, a job may have at most NODE_JOB_PIDS_MAX processes
+  and threads at once, so a fork bomb fails its own forks, not the host's.
 
 Both cgroup versions are used. With v2 (one hierarchy) the agent must have a cgroup of its
-own with the memory and cpu controllers delegated to it (systemd's `Delegate=`, which
+own with the memory and cpu controllers (and pids) delegated to it (systemd's `Delegate=`, which
 deploy/systemd/scheduler-node@.service sets): a v2 group with children holds no processes,
 so the agent moves itself into a leaf, `agent`, and makes its jobs' groups beside it. With
 v1 (a hierarchy per controller) it makes them below its own groups in the memory and cpu
-hierarchies.
+hierarchies (and pids).
 
 A job enters its group before it runs: a shell writes "0" (itself) to the group's
 `cgroup.procs`, then execs the job's command in its place, so nothing the job runs starts
@@ -36,7 +38,8 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 MODES = ("auto", "off", "required")
-CONTROLLERS = ("memory", "cpu")
+CONTROLLERS = ("memory", "cpu")  # needed
+PIDS = "pids"  # used where there, for NODE_JOB_PIDS_MAX
 PERIOD_US = 100_000
 MIN_QUOTA_US = 1_000  # the kernel's floor
 # How long the end of a job waits for its group to empty after SIGKILL before it leaves
@@ -79,12 +82,12 @@ def _own_paths() -> dict[str, str]:
 
 
 def own_groups() -> dict[str, Path]:
-    """The directories of this process's own groups that hold what an agent needs: v2's
-    (key "") and v1's memory and cpu ones (keyed by controller), where mounted."""
+    """The directories of this process's own groups that hold what an agent uses: v2's
+    (key "") and v1's memory, cpu and pids ones (keyed by controller), where mounted."""
     own = _own_paths()
     found = {}
     for fstype, mount, options in _mounts():
-        names = [""] if fstype == "cgroup2" else [c for c in CONTROLLERS if c in options]
+        names = [""] if fstype == "cgroup2" else [c for c in (*CONTROLLERS, PIDS) if c in options]
         for name in names:
             if name in own:
                 found[name] = mount / own[name].lstrip("/")
@@ -92,22 +95,46 @@ def own_groups() -> dict[str, Path]:
 
 
 class JobGroups:
-    """Where this agent makes its jobs' groups (v2's one directory, or v1's memory and cpu
-    directories), and the groups it has made. A group is reused: the one a job ended in
+    """Where this agent makes its jobs' groups (v2's one directory, or v1's memory, cpu and
+    pids directories), and the groups it has made. A group is reused: the one a job ended in
     is emptied and waits for the next job, so an agent has about as many as it runs jobs
     at once, and each job does a few writes rather than a mkdir and an rmdir under the
     kernel's one cgroup lock (on bench/throughput.py the two cost the same)."""
 
-    def __init__(self, version: int, memory_dir: Path, cpu_dir: Path):
+    def __init__(
+        self,
+        version: int,
+        memory_dir: Path,
+        cpu_dir: Path,
+        pids_dir: Path | None = None,
+        *,
+        pids_max: int = 0,
+    ):
+        """`pids_dir`: the agent's directory in the pids hierarchy, where there is one (v1);
+        `pids_max`: the most processes and threads a job may have at once (0: no limit,
+        and its jobs do not enter the pids hierarchy, which would cost a move a job)."""
         self.version, self.memory_dir, self.cpu_dir = version, memory_dir, cpu_dir
-        self.dirs = tuple(dict.fromkeys((memory_dir, cpu_dir)))
+        self.pids_dir = pids_dir if pids_max else None
+        self.pids_max = pids_max if pids_dir else 0
+        self._wanted_pids_max = pids_max
+        self.dirs = tuple(dict.fromkeys(d for d in (memory_dir, cpu_dir, self.pids_dir) if d))
+        # A previous agent of the node may have used the pids hierarchy where this one
+        # does not: its leftovers are swept there too.
+        self._pids_base = pids_dir
+        self._swept = tuple(dict.fromkeys(d for d in (memory_dir, cpu_dir, pids_dir) if d))
         self._lock = threading.Lock()
         self._idle: list[JobCgroup] = []
         self._made = 0
 
     def describe(self) -> str:
         where = ", ".join(str(d) for d in self.dirs)
-        return f"cgroup v{self.version} ({where})"
+        if self.pids_max:
+            pids = f", at most {self.pids_max} processes a job"
+        elif self._wanted_pids_max:
+            pids = ", no pids controller: the number of a job's processes is not limited"
+        else:
+            pids = ""
+        return f"cgroup v{self.version} ({where}){pids}"
 
     def take(self, *, memory_mb: int, cpu_millis: int) -> "JobCgroup":
         """An empty group with one job's limits (0: none), before the job starts."""
@@ -115,17 +142,17 @@ class JobGroups:
             group = self._idle.pop() if self._idle else None
         if group is not None:
             try:
-                group.limit(memory_mb=memory_mb, cpu_millis=cpu_millis)
+                group.limit(memory_mb=memory_mb, cpu_millis=cpu_millis, pids_max=self.pids_max)
                 return group
             except OSError:  # its last job left memory charged past this limit (shm)
                 group.remove()
         with self._lock:
             self._made += 1
-            group = self._group(f"slot-{self._made}")
+            group = self._group(f"slot-{self._made}", self.pids_dir)
         try:
             for directory in group.dirs:
                 directory.mkdir(exist_ok=True)
-            group.limit(memory_mb=memory_mb, cpu_millis=cpu_millis)
+            group.limit(memory_mb=memory_mb, cpu_millis=cpu_millis, pids_max=self.pids_max)
         except BaseException:
             group.remove()
             raise
@@ -141,31 +168,34 @@ class JobGroups:
     def sweep(self) -> int:
         """Kill and remove the groups a previous agent of this node left (it died while
         their jobs ran, or it stopped); how many there were."""
-        names = {p.name for d in self.dirs if d.is_dir() for p in d.iterdir() if p.is_dir()}
+        names = {p.name for d in self._swept if d.is_dir() for p in d.iterdir() if p.is_dir()}
         for name in names:
-            self._group(name).remove()
+            self._group(name, self._pids_base).remove()
         return len(names)
 
     def remove_all(self) -> None:
         """Sweep the groups, then remove the agent's directories of them."""
         self.sweep()
-        for directory in self.dirs:
+        for directory in self._swept:
             with contextlib.suppress(OSError):
                 directory.rmdir()
 
-    def _group(self, name: str) -> "JobCgroup":
-        return JobCgroup(self.version, self.memory_dir / name, self.cpu_dir / name)
+    def _group(self, name: str, pids_base: Path | None) -> "JobCgroup":
+        pids_dir = pids_base / name if pids_base else None
+        return JobCgroup(self.version, self.memory_dir / name, self.cpu_dir / name, pids_dir)
 
 
 class JobCgroup:
     """One job's control group (v1: its directory in each hierarchy)."""
 
-    def __init__(self, version: int, memory_dir: Path, cpu_dir: Path):
+    def __init__(self, version: int, memory_dir: Path, cpu_dir: Path, pids_dir: Path | None = None):
         self.version, self.memory_dir, self.cpu_dir = version, memory_dir, cpu_dir
-        self.dirs = tuple(dict.fromkeys((memory_dir, cpu_dir)))
-        self._oom_kills_before = 0
+        self.pids_dir = pids_dir
+        self.dirs = tuple(dict.fromkeys(d for d in (memory_dir, cpu_dir, pids_dir) if d))
+        self.pids_max = 0
+        self._oom_kills_before = self._pids_refused_before = 0
 
-    def limit(self, *, memory_mb: int, cpu_millis: int) -> None:
+    def limit(self, *, memory_mb: int, cpu_millis: int, pids_max: int = 0) -> None:
         """Set a job's limits (0: none) on the group, which may have held another job."""
         memory = str(memory_mb * 1024 * 1024) if memory_mb else None
         quota = max(MIN_QUOTA_US, cpu_millis * PERIOD_US // 1000) if cpu_millis else None
@@ -185,7 +215,11 @@ class JobCgroup:
                 _write(memsw, memory or "-1")
             _write(self.cpu_dir / "cpu.cfs_period_us", str(PERIOD_US))
             _write(self.cpu_dir / "cpu.cfs_quota_us", str(quota or -1))
+        if self.pids_dir is not None:
+            _write(self.pids_dir / "pids.max", str(pids_max or "max"))
+            self.pids_max = pids_max
         self._oom_kills_before = self._oom_kills_total()
+        self._pids_refused_before = self._pids_refused_total()
 
     def command(self, argv: list[str]) -> list[str]:
         """`argv` run by a shell that first moves itself into this group, then execs it in
@@ -206,12 +240,15 @@ class JobCgroup:
 
     def _oom_kills_total(self) -> int:
         name = "memory.events" if self.version == 2 else "memory.oom_control"
-        try:
-            lines = _read(self.memory_dir / name).splitlines()
-        except FileNotFoundError:
-            return 0
-        counts = dict(line.split() for line in lines if line.count(" ") == 1)
-        return int(counts.get("oom_kill", 0))
+        return _count(self.memory_dir / name, "oom_kill")
+
+    def pids_refused(self) -> int:
+        """How many forks (or new threads) the kernel refused its processes at their limit
+        of processes since its limits were set."""
+        return self._pids_refused_total() - self._pids_refused_before
+
+    def _pids_refused_total(self) -> int:
+        return _count(self.pids_dir / "pids.events", "max") if self.pids_dir else 0
 
     def pids(self) -> set[int]:
         found = set()
@@ -258,6 +295,16 @@ class JobCgroup:
                 time.sleep(0.01)
 
 
+def _count(path: Path, key: str) -> int:
+    """A counter of a flat keyed file ("key value" lines); 0 where there is no file."""
+    try:
+        lines = _read(path).splitlines()
+    except FileNotFoundError:
+        return 0
+    counts = dict(line.split() for line in lines if line.count(" ") == 1)
+    return int(counts.get(key, 0))
+
+
 def node_tag(node_name: str, identity: str) -> str:
     """The name of this agent's directory of job groups: its node, and a hash of its
     identity (`runner.agent_identity`), so agents of other clusters on the same host with
@@ -265,19 +312,22 @@ def node_tag(node_name: str, identity: str) -> str:
     return f"scheduler-{node_name}-{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
 
 
-def prepare(node_name: str, identity: str) -> JobGroups:
-    """Make this agent's directory of job groups, or say why it cannot."""
+def prepare(node_name: str, identity: str, *, pids_max: int = 0) -> JobGroups:
+    """Make this agent's directory of job groups, or say why it cannot. `pids_max`: the
+    most processes a job may have at once (0: no limit), where the pids controller is."""
     own = own_groups()
     controllers = own[""] / "cgroup.controllers" if "" in own else None
-    if controllers and controllers.exists() and set(CONTROLLERS) <= set(_read(controllers).split()):
-        return _prepare_v2(own[""], node_tag(node_name, identity))
+    available = set(_read(controllers).split()) if controllers and controllers.exists() else set()
+    if set(CONTROLLERS) <= available:
+        return _prepare_v2(own[""], node_tag(node_name, identity), PIDS in available, pids_max)
     if not set(CONTROLLERS) <= own.keys():
         raise CgroupsUnavailable(
             "no cgroup hierarchy gives this agent the memory and cpu controllers "
             "(cgroup v2: delegate them to its cgroup, as systemd's Delegate= does)"
         )
     tag = node_tag(node_name, identity)
-    groups = JobGroups(1, own["memory"] / tag, own["cpu"] / tag)
+    pids_dir = own[PIDS] / tag if PIDS in own else None
+    groups = JobGroups(1, own["memory"] / tag, own["cpu"] / tag, pids_dir, pids_max=pids_max)
     for directory in groups.dirs:
         try:
             directory.mkdir(exist_ok=True)
@@ -286,8 +336,8 @@ def prepare(node_name: str, identity: str) -> JobGroups:
     return groups
 
 
-def _prepare_v2(here: Path, tag: str) -> JobGroups:
-    enable = " ".join(f"+{c}" for c in CONTROLLERS)
+def _prepare_v2(here: Path, tag: str, pids: bool, pids_max: int) -> JobGroups:
+    enable = " ".join(f"+{c}" for c in (*CONTROLLERS, *([PIDS] if pids else [])))
     try:
         # Only the real root group, the one without a cgroup.type, may hold processes and
         # children with controllers alike; a namespace's root may not.
@@ -312,7 +362,7 @@ def _prepare_v2(here: Path, tag: str) -> JobGroups:
         _write(base / "cgroup.subtree_control", enable)
     except OSError as exc:
         raise CgroupsUnavailable(f"cannot set up job cgroups in {here}: {exc}") from exc
-    return JobGroups(2, base, base)
+    return JobGroups(2, base, base, base if pids else None, pids_max=pids_max)
 
 
 class NodeCgroups:
@@ -321,13 +371,13 @@ class NodeCgroups:
     def __init__(self):
         self.groups: JobGroups | None = None
 
-    def start(self, mode: str, node_name: str, identity: str) -> str:
-        """Set up by NODE_CGROUPS; what the agent says about it at its start. `required`
-        raises CgroupsUnavailable where the host does not allow them."""
+    def start(self, mode: str, node_name: str, identity: str, *, pids_max: int = 0) -> str:
+        """Set up by NODE_CGROUPS (and NODE_JOB_PIDS_MAX); what the agent says about it at
+        its start. `required` raises CgroupsUnavailable where the host does not allow them."""
         if mode == "off":
             return "job cgroups off (NODE_CGROUPS=off): memory limits are sampled"
         try:
-            groups = prepare(node_name, identity)
+            groups = prepare(node_name, identity, pids_max=pids_max)
         except CgroupsUnavailable as exc:
             if mode == "required":
                 raise

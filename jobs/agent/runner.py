@@ -34,6 +34,7 @@ from django.conf import settings
 
 from ..models import JobKind
 from .cgroups import JobCgroup, cgroups
+from .gpus import GpusHeld, gpus, visible_devices
 from .log_shipping import AttemptLog, shipper
 from .sampling import resident_mb_by_group
 
@@ -266,6 +267,8 @@ def job_environment(execution: ExecutionToRun, node_name: str, workdir: Path) ->
         JOB_CPU_MILLIS=str(job.cpu_millis),
         JOB_MEMORY_MB=str(job.memory_mb),
         JOB_GPU=str(job.gpu),
+        # CUDA's numbering, the order of nvidia-smi and of JOB_GPU_IDS (set with them).
+        CUDA_DEVICE_ORDER="PCI_BUS_ID",
         JOB_TASK_INDEX=str(execution.task_index),
         JOB_TASK_COUNT=str(execution.tasks),
         JOB_TASK_NODES=execution.task_nodes,
@@ -297,6 +300,11 @@ class JobOutput:
         self.dropped += max(0, len(chunk) - max(room, 0))
         self.tail += chunk
         del self.tail[: -self.tail_bytes]
+
+    def note(self, text: str) -> None:
+        """A line of the agent's own about the job, in brackets, on a line of its own."""
+        starts_line = not self.tail or self.tail.endswith(b"\n")
+        self.write(f"{'' if starts_line else chr(10)}[{text}]\n".encode())
 
     def close(self) -> str:
         """Close the log file; its path, or "" when the job printed nothing."""
@@ -343,22 +351,34 @@ def run_job(*, execution: ExecutionToRun, node_name: str, tracked: TrackedExecut
     log_dir.mkdir(parents=True, exist_ok=True)
     env = job_environment(execution, node_name, workdir)
     argv = job_argv(execution)
+    try:
+        devices = gpus.take(execution.gpu, settings.NODE_GPU_WAIT_SECONDS) if execution.gpu else ()
+    except GpusHeld as exc:
+        error = f"could not start: {exc}"
+        log_path.write_text(f"{error}\n")
+        workdir.rmdir()
+        return Outcome(None, error, str(log_path), f"{error}\n")
+    env.update(CUDA_VISIBLE_DEVICES=visible_devices(devices), JOB_GPU_IDS=visible_devices(devices))
     groups = cgroups.groups  # held here: a cold shutdown clears it while jobs still end
     group = None
-    if groups is not None:
-        group = groups.take(memory_mb=execution.memory_mb, cpu_millis=execution.cpu_millis)
-    # Without a control group, the agent samples the job's memory (`enforce_memory_limits`).
-    tracked.memory_limit_mb = 0 if group else execution.memory_mb
-    shipped = shipper.open(execution.execution_id)
     try:
-        return _run_process(
-            execution, node_name, tracked, workdir, log_path, env, argv, shipped, group
-        )
+        if groups is not None:
+            group = groups.take(memory_mb=execution.memory_mb, cpu_millis=execution.cpu_millis)
+        # Without a control group, the agent samples the job's memory
+        # (`enforce_memory_limits`).
+        tracked.memory_limit_mb = 0 if group else execution.memory_mb
+        shipped = shipper.open(execution.execution_id)
+        try:
+            return _run_process(
+                execution, node_name, tracked, workdir, log_path, env, argv, shipped, group
+            )
+        finally:
+            # Its log is stored before its outcome is reported, so a follower sees it all.
+            shipper.close(shipped)
+            if group is not None:
+                groups.give_back(group)
     finally:
-        # Its log is stored before its outcome is reported, so a follower sees it all.
-        shipper.close(shipped)
-        if group is not None:
-            groups.give_back(group)
+        gpus.give_back(devices)  # its processes are gone
 
 
 def _run_process(
@@ -408,13 +428,17 @@ def _run_process(
         try:
             exit_code, timed_out = _follow(proc, output, job.timeout_seconds, group)
             oom_kills = group.oom_kills() if group else 0
+            pids_refused = group.pids_refused() if group else 0
             if oom_kills and exit_code == 0:
-                note = (
-                    f"[the kernel killed {oom_kills} process(es) of this job for going past "
-                    f"its memory limit of {job.memory_mb} MB]\n"
+                output.note(
+                    f"the kernel killed {oom_kills} process(es) of this job for going past "
+                    f"its memory limit of {job.memory_mb} MB"
                 )
-                starts_line = not output.tail or output.tail.endswith(b"\n")
-                output.write((note if starts_line else f"\n{note}").encode())
+            if pids_refused:
+                output.note(
+                    f"the kernel refused this job {pids_refused} new process(es) or "
+                    f"thread(s) at its limit of {group.pids_max} (NODE_JOB_PIDS_MAX)"
+                )
         finally:
             log_path_kept = output.close()
     finally:
@@ -428,6 +452,8 @@ def _run_process(
         error = f"timed out after {job.timeout_seconds} s"
     elif oom_kills and exit_code != 0:
         error = f"exceeded memory limit of {job.memory_mb} MB"
+    elif pids_refused and exit_code != 0:
+        error = f"{describe_exit(exit_code)} after reaching its limit of {group.pids_max} processes"
     else:
         error = describe_exit(exit_code)
     return Outcome(
@@ -503,7 +529,7 @@ def _drain(out: int, output: JobOutput) -> None:
         if not (chunk := os.read(out, 65536)):
             return
         output.write(chunk)
-    output.write(b"\n[output not followed further: a process outside the job's group holds it]\n")
+    output.note("output not followed further: a process outside the job's group holds it")
 
 
 def pidfd_supported() -> bool:

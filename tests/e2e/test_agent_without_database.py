@@ -58,6 +58,7 @@ def test_the_agent_runs_jobs_with_no_database_in_its_environment_or_settings(clu
         ({"DATABASE_URL": "postgres://x@127.0.0.1/x"}, "unset DATABASE_URL"),
         ({"NODE_KEY": ""}, "Set NODE_KEY"),
         ({"NODE_CGROUPS": "sometimes"}, "NODE_CGROUPS must be one of auto, off, required"),
+        ({"NODE_JOB_PIDS_MAX": "-1"}, "NODE_JOB_PIDS_MAX must be 0 (no limit) or more"),
     ],
 )
 def test_the_agent_refuses_to_start_with_a_database_or_without_a_key(

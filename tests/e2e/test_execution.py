@@ -24,7 +24,7 @@ def platform_cluster(django_db_setup, django_db_blocker, tmp_path_factory):
     with shared_cluster(django_db_blocker, tmp_path_factory.mktemp("execution")) as cluster:
         # The log test's cap on what an attempt ships; the others print far less.
         cluster.env["JOB_LOG_SHIP_MAX_BYTES"] = "1048576"
-        cluster.start_node("node-a", cpu=2, memory_mb=1024, slots=4)
+        cluster.start_node("node-a", cpu=2, memory_mb=1024, gpu=2, slots=4)
         cluster.start_scheduler()
         yield cluster
 
@@ -145,9 +145,33 @@ def test_the_agent_runs_each_job_in_a_cgroup_of_its_own(platform_cluster, team_a
     assert job.status == JobStatus.SUCCEEDED
     groups = dict(line.split(":", 2)[1:] for line in job.last_execution.log_tail.splitlines())
     own = re.compile(r"/scheduler-node-a-[0-9a-f]{8}/slot-[0-9]+$")
-    # cgroup v2: the one hierarchy; v1: the memory and cpu ones (cpu may share its mount).
+    # cgroup v2: the one hierarchy; v1: the memory and cpu ones (cpu may share its mount),
+    # and the pids one where the agent limits a job's processes.
     held = [name for name, path in groups.items() if own.search(path)]
-    assert held == [""] or {"memory", "cpu"} <= {c for name in held for c in name.split(",")}
+    v1 = {"memory", "cpu", "pids"} if "processes a job" in said else {"memory", "cpu"}
+    assert held == [""] or v1 <= {c for name in held for c in name.split(",")}
+
+
+def test_two_gpu_jobs_at_once_each_see_a_device_of_their_own(team_api, tmp_path):
+    # node-a offers 2 GPUs (it has none: what a job sees is the agent's assignment). Each
+    # job waits for the other to start, so both hold their device at once.
+    barrier = (
+        f"touch {tmp_path}/$JOB_ID; until [ $(ls {tmp_path} | wc -l) -ge 2 ]; do sleep 0.05; done"
+    )
+    show = 'echo "$CUDA_VISIBLE_DEVICES $JOB_GPU_IDS"'
+    job_ids = [
+        submit(
+            team_api,
+            command=["sh", "-c", f"{barrier}; {show}"],
+            resources={"cpu": 0.5, "gpu": 1},
+            timeout_seconds=30,
+        )
+        for _ in range(2)
+    ]
+    jobs = [wait_finished(job_id) for job_id in job_ids]
+    assert [job.status for job in jobs] == [JobStatus.SUCCEEDED] * 2
+    seen = sorted(job.last_execution.log_tail for job in jobs)
+    assert seen == ["0 0\n", "1 1\n"]
 
 
 def test_a_job_past_its_memory_limit_fails_with_the_memory_reason(team_api):

@@ -27,6 +27,7 @@ from jobs.agent import supervision as agent
 from jobs.agent import tasks  # noqa: F401  (registers the execution task in this worker)
 from jobs.agent.cgroups import MODES, CgroupsUnavailable, cgroups
 from jobs.agent.client import ControlPlane, Refused, Revoked, use_control_plane
+from jobs.agent.gpus import gpus
 from jobs.agent.guard import start_guard
 from jobs.agent.hollow import (
     HollowFleet,
@@ -181,6 +182,8 @@ class Command(BaseCommand):
             )
         if settings.NODE_CGROUPS not in MODES:
             raise CommandError(f"NODE_CGROUPS must be one of {', '.join(MODES)}.")
+        if settings.NODE_JOB_PIDS_MAX < 0:
+            raise CommandError("NODE_JOB_PIDS_MAX must be 0 (no limit) or more.")
         slots = slots or min(64, max(4, 4 * cpu_millis // 1000))
         control_plane = ControlPlane(
             base_url=settings.SCHEDULER_API_URL, key=node_key(), pool_size=slots + 4
@@ -207,11 +210,17 @@ class Command(BaseCommand):
             f"labels {node['labels']}, {slots} slots, queue {node['queue']}, "
             f"control plane {settings.SCHEDULER_API_URL}"
         )
+        gpus.use(gpu)  # as registered: the control plane places no more than that
         reaped = agent.reap_orphans(name)
         if reaped:
             self.stdout.write(f"killed {reaped} job process group(s) left by a previous agent")
         try:  # before the guard starts: with cgroup v2 the agent may move to a group of its own
-            said = cgroups.start(settings.NODE_CGROUPS, name, agent_identity(name))
+            said = cgroups.start(
+                settings.NODE_CGROUPS,
+                name,
+                agent_identity(name),
+                pids_max=settings.NODE_JOB_PIDS_MAX,
+            )
         except CgroupsUnavailable as exc:
             raise CommandError(f"NODE_CGROUPS=required, and {exc}") from exc
         self.stdout.write(f"node {name}: {said}")

@@ -34,18 +34,32 @@ print(round(t.children_user + t.children_system, 2))
 """
 
 
-@pytest.fixture
-def job_groups():
+def agent_job_groups(pids_max: int):
     """node-a's agent with its jobs' cgroups, as `run_node` sets them up, under a name of
     this test's own; removed at the end."""
     try:
-        groups = prepare("node-a", f"test:{uuid.uuid4().hex}")
+        groups = prepare("node-a", f"test:{uuid.uuid4().hex}", pids_max=pids_max)
     except CgroupsUnavailable as exc:
         pytest.skip(f"this host gives no job cgroups: {exc}")
     cgroups.groups = groups
     yield groups
     cgroups.stop()
     assert not any(directory.exists() for directory in groups.dirs)
+
+
+@pytest.fixture
+def job_groups(settings):
+    yield from agent_job_groups(settings.NODE_JOB_PIDS_MAX)
+
+
+@pytest.fixture
+def job_groups_of_20_processes():
+    yield from agent_job_groups(20)
+
+
+@pytest.fixture
+def job_groups_without_a_process_limit():
+    yield from agent_job_groups(0)
 
 
 def job_group_names(groups: JobGroups) -> set[str]:
@@ -181,3 +195,50 @@ def test_a_program_that_cannot_run_is_reported_not_started_as_without_a_cgroup(
     outcome = run(claim([program, "--flag"]))
     assert (outcome.exit_code, outcome.error) == (None, f"could not start {program!r}: {reason}")
     assert processes_in_job_groups(job_groups) == set()
+
+
+FORKS = """import os, sys, time
+started = 0
+for _ in range(30):
+    try:
+        if os.fork() == 0:
+            time.sleep(10)
+            os._exit(0)
+    except BlockingIOError:  # EAGAIN: refused at the cgroup's limit
+        break
+    started += 1
+print(started)
+sys.exit(3 if started < 30 else 0)
+"""
+
+
+def test_a_job_gets_no_more_processes_than_its_limit_and_its_log_says_it_reached_it(
+    claim, job_groups_of_20_processes
+):
+    if not job_groups_of_20_processes.pids_max:
+        pytest.skip("this host gives the agent no pids controller")
+    started = time.monotonic()
+    outcome = run(claim(["python3", "-c", FORKS]))
+    # The job itself and 19 children are 20; its children, killed when it ends, do not
+    # hold it for their 10 s.
+    assert time.monotonic() - started < 8
+    assert (outcome.exit_code, outcome.error) == (
+        3,
+        "exit code 3 after reaching its limit of 20 processes",
+    )
+    assert outcome.log_tail.splitlines() == [
+        "19",
+        "[the kernel refused this job 1 new process(es) or thread(s) at its limit of 20 "
+        "(NODE_JOB_PIDS_MAX)]",
+    ]
+    assert processes_in_job_groups(job_groups_of_20_processes) == set()
+
+
+def test_without_a_limit_of_processes_jobs_stay_out_of_the_pids_hierarchy(
+    claim, job_groups_without_a_process_limit
+):
+    groups = job_groups_without_a_process_limit
+    assert (groups.pids_max, groups.pids_dir) == (0, None)
+    assert not any("pids" in str(d) for d in groups.dirs)
+    outcome = run(claim(["python3", "-c", FORKS]))
+    assert (outcome.exit_code, outcome.log_tail) == (0, "30\n")

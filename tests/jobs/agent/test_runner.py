@@ -76,7 +76,7 @@ def test_without_a_cgroup_a_process_that_left_the_group_holding_the_output_holds
     assert time.monotonic() - started < 5
     assert (outcome.exit_code, outcome.error) == (0, "")
     assert outcome.log_tail == (
-        "left\n\n[output not followed further: a process outside the job's group holds it]\n"
+        "left\n[output not followed further: a process outside the job's group holds it]\n"
     )
 
 
@@ -130,6 +130,9 @@ def test_a_job_sees_its_environment_on_a_minimal_base_and_none_of_the_agents(
         "JOB_CPU_MILLIS": "1500",
         "JOB_MEMORY_MB": "200",
         "JOB_GPU": "0",
+        "JOB_GPU_IDS": "",
+        "CUDA_VISIBLE_DEVICES": "",  # no GPU: CUDA shows it none of the node's
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
         "JOB_TASK_INDEX": "0",
         "JOB_TASK_COUNT": "1",
         "JOB_TASK_NODES": "node-a",  # its address, or its name when it has none
