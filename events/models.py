@@ -26,6 +26,8 @@ class EventType(models.TextChoices):
     JOB_DEAD_LETTERED = "job.dead_lettered", "Job failed for good (dead letter)"
     JOB_REQUEUED = "job.requeued", "Job requeued"
     JOB_ACKNOWLEDGED = "job.acknowledged", "Dead letter acknowledged"
+    JOB_HELD = "job.held", "Job held"
+    JOB_RELEASED = "job.released", "Held job released"
     NODE_REGISTERED = "node.registered", "Node registered"
     NODE_BACK = "node.back", "Node back after being offline"
     NODE_OFFLINE = "node.offline", "Node offline"

@@ -50,12 +50,18 @@ class PendingReason(models.TextChoices):
     # Lower-priority executions on `reservation_node` are being preempted for it; the room
     # they free is held for it.
     PREEMPTING = "preempting", "Lower-priority work is being preempted for it"
+    # Held by a person (`POST /api/jobs/{id}/hold/`) until one releases it (`release/`).
+    HELD = "held", "Held: it waits until released"
 
 
 # A pending job with one of these reasons is held: no scheduling cycle considers it until
-# whoever holds it (its upstreams, its array) releases it, in the transaction of the
-# change that frees it: its reason is cleared and the scheduler woken.
-HELD_REASONS = (PendingReason.WAITING_DEPENDENCIES, PendingReason.WAITING_ARRAY_SLOT)
+# whoever holds it (its upstreams, its array, a person) releases it, in the transaction of
+# the change that frees it: its reason is cleared and the scheduler woken.
+HELD_REASONS = (
+    PendingReason.WAITING_DEPENDENCIES,
+    PendingReason.WAITING_ARRAY_SLOT,
+    PendingReason.HELD,
+)
 
 
 class DependencyCondition(models.TextChoices):

@@ -478,6 +478,11 @@ def _pending_summary(job, reason, due, retry, queue, groups, reservation=None) -
     counts = dict.fromkeys(VERDICT_ORDER, 0)
     for group in groups:
         counts[group.verdict] += group.count
+    if reason == PendingReason.HELD:
+        return (
+            f"The job is held: it is not placed until someone releases it "
+            f"(POST /api/jobs/{job.pk}/release/). It keeps its place in queue {queue['name']}."
+        )
     if reason == WAITING_NOT_BEFORE:
         return f"The job waits for its start time, {job.not_before.isoformat()}."
     if reason == PendingReason.WAITING_RETRY and not due:

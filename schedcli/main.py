@@ -32,6 +32,8 @@ for command in (
     jobs.logs,
     jobs.cancel,
     jobs.retry,
+    jobs.hold,
+    jobs.release,
     nodes.nodes,
     schedules.schedules,
     workflows.workflow,

@@ -26,6 +26,7 @@ from jobs.models import (
     JobExecution,
     JobLogChunk,
     JobStatus,
+    PendingReason,
 )
 from jobs.schedules import schedule_create
 from jobs.scheduling.cycle import place_pending_jobs
@@ -69,7 +70,7 @@ CRIMSON_MARKS = (
     "crimson-limit-mark",
     "crimson-alert-mark",
 )
-AZURE_JOBS, CRIMSON_JOBS = 3, 4
+AZURE_JOBS, CRIMSON_JOBS = 4, 5
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,8 @@ ENDPOINTS = [
     Endpoint("GET", "/api/jobs/{failed_job}/logs/?follow=true", azure_only(404, outsider=404)),
     Endpoint("GET", "/api/jobs/{pending_job}/why/", azure_only(200)),
     Endpoint("POST", "/api/jobs/{pending_job}/cancel/", azure_only(200, viewer=403)),
+    Endpoint("POST", "/api/jobs/{pending_job}/hold/", azure_only(200, viewer=403)),
+    Endpoint("POST", "/api/jobs/{held_job}/release/", azure_only(200, viewer=403)),
     Endpoint("POST", "/api/jobs/{failed_job}/retry/", azure_only(200, viewer=403)),
     Endpoint("POST", "/api/jobs/{failed_job}/acknowledge/", azure_only(200, viewer=403)),
     Endpoint("GET", "/api/jobs/{array_job}/", azure_only(200)),
@@ -424,6 +427,7 @@ def build_world() -> dict:
         failed = submit(team, queues[mark], f"{mark}-job-mark-failed", status=JobStatus.FAILED)
         Job.objects.filter(pk=failed.pk).update(attempts=1, finished_at=timezone.now())
         pending = [submit(team, queues[mark], f"{mark}-job-mark-pending") for _ in range(count - 2)]
+        Job.objects.filter(pk=pending[-1].pk).update(pending_reason=PendingReason.HELD)
         audit_event_record(
             action="job.create", team_id=team.pk, object_repr=f"{mark.upper()}-AUDIT-MARK"
         )
@@ -470,6 +474,7 @@ def build_world() -> dict:
                 "job": execution.job_id,
                 "failed_job": failed.pk,
                 "pending_job": pending[0].pk,
+                "held_job": pending[-1].pk,
                 "allocation": Allocation.objects.get(execution=execution).pk,
                 "concurrency_limit": limit.pk,
                 "array_job": job_submit(
@@ -564,6 +569,7 @@ def test_the_matrix_covers_every_api_route():
             "job",
             "failed_job",
             "pending_job",
+            "held_job",
             "allocation",
             "member_token",
             "schedule",

@@ -29,7 +29,7 @@ from resources.models import Queue
 from ..models import Job, JobExecution, JobStatus
 from ..scheduling.preemption import job_preemption_preview
 from ..selectors import execution_list_for_job, job_list_visible
-from ..services.actions import job_acknowledge, job_cancel, job_requeue
+from ..services.actions import job_acknowledge, job_cancel, job_hold, job_release, job_requeue
 from ..services.arrays import MAX_ARRAY_COUNT, array_cancel, array_parallelism_set, array_retry
 from ..services.definitions import definition_submit
 from ..services.submission import Submission, job_submit
@@ -262,6 +262,16 @@ class JobViewSet(
                 array=job, parallelism=serializer.validated_data["parallelism"], user=request.user
             )
         )
+
+    @action(detail=True, methods=["post"])
+    def hold(self, request, pk=None):
+        """Keep a pending job from being placed until it is released."""
+        return self._changed(job_hold(job=self.get_changeable_object(), user=request.user))
+
+    @action(detail=True, methods=["post"])
+    def release(self, request, pk=None):
+        """Let a held job be placed again."""
+        return self._changed(job_release(job=self.get_changeable_object(), user=request.user))
 
     @action(detail=True, methods=["post"])
     def acknowledge(self, request, pk=None):

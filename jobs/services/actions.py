@@ -1,5 +1,5 @@
-"""What people do to jobs: cancel, requeue (retry), acknowledge a dead letter, and
-release the allocation of an execution that is stuck."""
+"""What people do to jobs: cancel, requeue (retry), hold and release, acknowledge a dead
+letter, and release the allocation of an execution that is stuck."""
 
 import logging
 
@@ -12,7 +12,15 @@ from common.wakeup import scheduler_wake
 from events.models import EventType
 
 from ..accounting import allocation_release
-from ..models import TERMINAL_JOB_STATUSES, ExecutionStatus, Job, JobExecution, JobStatus
+from ..models import (
+    HELD_REASONS,
+    TERMINAL_JOB_STATUSES,
+    ExecutionStatus,
+    Job,
+    JobExecution,
+    JobStatus,
+    PendingReason,
+)
 from .array_slots import array_task_ended
 from .dependencies import dependents_rearm, workflows_refresh
 from .gangs import gang_task_ended
@@ -133,6 +141,63 @@ def job_requeue(*, job: Job, user: User | None = None) -> Job:
         if job.workflow_id is not None:
             workflows_refresh(workflow_ids=[job.workflow_id], now=now)
         scheduler_wake()
+    return job
+
+
+def job_hold(*, job: Job, user: User | None = None) -> Job:
+    """Keep a pending job from being placed until someone releases it (Slurm's `scontrol
+    hold`). It keeps its place in its queue's order; room reserved for it, or being made
+    for it by preemption, goes to the others. A job the scheduler is placing at this
+    moment is locked by its cycle: the hold waits for it, then finds the job placed."""
+    now = timezone.now()
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job.pk)
+        if job.array_count is not None:
+            raise JobStateError("An array job is held task by task: hold its pending tasks.")
+        if job.status != JobStatus.PENDING:
+            raise JobStateError(f"Only a pending job can be held; this one is {job.status}.")
+        if job.pending_reason == PendingReason.HELD:
+            raise JobStateError("The job is already held.")
+        if job.pending_reason in HELD_REASONS:
+            raise JobStateError(
+                f"The job is {job.get_pending_reason_display().lower()}: it can be held once "
+                "that is over, or cancelled."
+            )
+        job.pending_reason = PendingReason.HELD
+        job.reservation_node = job.reservation_start_at = job.reservation_nodes = None
+        job.save(
+            update_fields=[
+                "pending_reason",
+                "reservation_node",
+                "reservation_start_at",
+                "reservation_nodes",
+            ]
+        )
+        who = user.username if user else ""
+        by = f" by {who}" if who else ""
+        job_event(job, EventType.JOB_HELD, f"held{by}", actor=who, at=now)
+        scheduler_wake()  # room reserved or made for it may go to others now
+    logger.info("job held job=%s by=%s", job.id, user.username if user else "-")
+    return job
+
+
+def job_release(*, job: Job, user: User | None = None) -> Job:
+    """Let a held job be placed again, in its old place in its queue's order (a failed
+    attempt's retry still waits for its time)."""
+    now = timezone.now()
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job.pk)
+        if job.status != JobStatus.PENDING or job.pending_reason != PendingReason.HELD:
+            state = "held" if job.pending_reason == PendingReason.HELD else job.status
+            raise JobStateError(f"Only a held job can be released; this one is {state}.")
+        retrying = job.attempts > 0 and job.not_before is not None and job.not_before > now
+        job.pending_reason = PendingReason.WAITING_RETRY if retrying else PendingReason.NONE
+        job.save(update_fields=["pending_reason"])
+        who = user.username if user else ""
+        by = f" by {who}" if who else ""
+        job_event(job, EventType.JOB_RELEASED, f"released{by}", actor=who, at=now)
+        scheduler_wake()
+    logger.info("job released job=%s by=%s", job.id, user.username if user else "-")
     return job
 
 

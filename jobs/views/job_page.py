@@ -13,7 +13,14 @@ from events.selectors import event_list_visible
 from ..log_reading import LIVE_EXECUTION_STATUSES, attempt_log
 from ..models import JobStatus
 from ..selectors import execution_list_for_job, job_list_visible
-from ..services.actions import JobStateError, job_acknowledge, job_cancel, job_requeue
+from ..services.actions import (
+    JobStateError,
+    job_acknowledge,
+    job_cancel,
+    job_hold,
+    job_release,
+    job_requeue,
+)
 from ..services.arrays import array_cancel, array_retry
 from ..why_pending import job_why_pending
 from .common import field_errors, require_may_change, submittable_team_ids
@@ -109,3 +116,20 @@ def job_acknowledge_view(request, pk):
         lambda job, user: job_acknowledge(job=job, user=user),
         "Acknowledged: out of the dead-letter view.",
     )
+
+
+@login_required
+@require_POST
+def job_hold_view(request, pk):
+    return _act(
+        request,
+        pk,
+        lambda job, user: job_hold(job=job, user=user),
+        "Held: it does not start until released.",
+    )
+
+
+@login_required
+@require_POST
+def job_release_view(request, pk):
+    return _act(request, pk, lambda job, user: job_release(job=job, user=user), "Released.")

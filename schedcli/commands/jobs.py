@@ -1,4 +1,5 @@
-"""Jobs: queue, show, why, history, logs, cancel, retry (submit has its own module)."""
+"""Jobs: queue, show, why, history, logs, cancel, retry, hold, release (submit has its own
+module)."""
 
 import json
 import sys
@@ -366,6 +367,10 @@ def act_on_jobs(api: Api, ids: list[int], action: str, *, as_json: bool) -> None
 def describe_outcome(job: dict, action: str) -> str:
     if action == "cancel" and job["status"] in ("reserved", "running"):
         return f"cancel requested; stopping on {job['node']}"
+    if action == "hold":
+        return "held"
+    if action == "release":
+        return f"released; pending ({job['pending_reason'] or 'waiting for the scheduler'})"
     return job["status"]
 
 
@@ -403,10 +408,21 @@ def cancel(api, job_ids, name, state, team, queue_name, mine, as_json):
     act_on_jobs(api, ids, "cancel", as_json=as_json)
 
 
-@click.command()
-@click.argument("job_ids", type=int, nargs=-1, required=True)
-@json_option
-@with_api
-def retry(api, job_ids, as_json):
-    """Requeue failed or cancelled jobs as their next attempt."""
-    act_on_jobs(api, list(job_ids), "retry", as_json=as_json)
+def job_action_command(action: str, help: str) -> click.Command:
+    """`sched ACTION ID...`: POST jobs/ID/ACTION/ for each job given."""
+
+    @click.command(name=action, help=help)
+    @click.argument("job_ids", type=int, nargs=-1, required=True)
+    @json_option
+    @with_api
+    def command(api, job_ids, as_json):
+        act_on_jobs(api, list(job_ids), action, as_json=as_json)
+
+    return command
+
+
+retry = job_action_command("retry", "Requeue failed or cancelled jobs as their next attempt.")
+hold = job_action_command(
+    "hold", "Keep pending jobs from starting until released (like scontrol hold)."
+)
+release = job_action_command("release", "Let held jobs start again (like scontrol release).")

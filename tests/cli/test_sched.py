@@ -389,3 +389,27 @@ def test_logout_revokes_the_profiles_token_and_forgets_it(platform):
         platform.secrets.remove(token)
     # The default profile is untouched.
     assert sched(platform, "queue").returncode == 0
+
+
+def test_hold_and_release(platform):
+    # No node has zone=z: the job stays pending, for the hold to find it so.
+    submitted = sched(platform, "submit", "--parsable", "--select", "zone=z", "--", "true")
+    job_id = int(submitted.stdout)
+    held = sched(platform, "hold", str(job_id))
+    assert (held.returncode, held.stdout) == (0, f"job {job_id}: held\n")
+    assert job(platform, job_id)["pending_reason"] == "held"
+    again = sched(platform, "hold", str(job_id), "999999")
+    assert again.returncode == 1
+    assert again.stderr.splitlines()[:2] == [
+        f"error: job {job_id}: the server refused (400)",
+        "  status: The job is already held.",
+    ]
+    released = sched(platform, "release", str(job_id))
+    assert released.stdout == f"job {job_id}: released; pending (waiting for the scheduler)\n"
+    wait_until(
+        lambda: job(platform, job_id)["pending_reason"] == "node_selector",
+        30,
+        interval=0.2,
+        message="the scheduler to look at it again",
+    )
+    sched(platform, "cancel", str(job_id))

@@ -174,6 +174,43 @@ def test_two_gpu_jobs_at_once_each_see_a_device_of_their_own(team_api, tmp_path)
     assert seen == ["0 0\n", "1 1\n"]
 
 
+def test_holds_racing_the_scheduler_and_finishes_run_no_held_job_and_lose_none(team_api):
+    # 40 short jobs, more than node-a's room: the scheduler places some, the agent's
+    # finishes place more on the room they free (in the web server), and the holds race
+    # both, newest first. A hold either wins (the job is not placed until released) or
+    # finds the job placed already.
+    job_ids = [
+        submit(team_api, command=["sleep", "0.2"], resources={"cpu": 0.25, "memory_mb": 16})
+        for _ in range(40)
+    ]
+    held, too_late = [], []
+    for job_id in reversed(job_ids):
+        response = team_api.post(f"/api/jobs/{job_id}/hold/")
+        if response.status_code == 200:
+            held.append(job_id)
+        else:
+            assert response.json()["status"][0].startswith("Only a pending job can be held")
+            too_late.append(job_id)
+    assert held, "every job was placed before its hold: no race"
+    wait_until(
+        lambda: (
+            Job.objects.filter(id__in=too_late, status=JobStatus.SUCCEEDED).count() == len(too_late)
+        ),
+        30,
+        message="the jobs placed before their holds",
+    )
+    assert not JobExecution.objects.filter(job_id__in=held).exists()
+    assert set(Job.objects.filter(id__in=held).values_list("pending_reason", flat=True)) == {"held"}
+    for job_id in held:
+        assert team_api.post(f"/api/jobs/{job_id}/release/").status_code == 200
+    wait_until(
+        lambda: Job.objects.filter(id__in=job_ids, status=JobStatus.SUCCEEDED).count() == 40,
+        60,
+        message="all 40 jobs to succeed",
+    )
+    assert JobExecution.objects.filter(job_id__in=job_ids).count() == 40  # each ran once
+
+
 def test_a_job_past_its_memory_limit_fails_with_the_memory_reason(team_api):
     job_id = submit(
         team_api,

@@ -81,6 +81,7 @@ def test_a_member_sees_the_queues_their_teams_use_and_only_their_teams_jobs(worl
         "would_delay_reservation": 0,
         "gang_does_not_fit": 0,
         "preempting": 0,
+        "held": 0,
         "waiting_not_before": 0,
     }
     assert 100 <= default["oldest_pending_age_seconds"] < 130

@@ -155,6 +155,21 @@ def test_a_member_cancels_and_requeues_from_the_job_page(member, job):
     assert job.status == JobStatus.PENDING
 
 
+def test_a_member_holds_and_releases_from_the_job_page(member, job):
+    client = logged_in(member)
+    page = client.get(f"/jobs/{job.pk}/").content.decode()
+    assert f'action="/jobs/{job.pk}/hold/"' in page and "/release/" not in page
+    assert csrf_post(client, f"/jobs/{job.pk}/hold/", {}).status_code == 302
+    job.refresh_from_db()
+    assert (job.status, job.pending_reason) == (JobStatus.PENDING, PendingReason.HELD)
+    page = client.get(f"/jobs/{job.pk}/").content.decode()
+    assert f'action="/jobs/{job.pk}/release/"' in page and "/hold/" not in page
+    assert "Held: it waits until released" in page
+    csrf_post(client, f"/jobs/{job.pk}/release/", {})
+    job.refresh_from_db()
+    assert (job.status, job.pending_reason) == (JobStatus.PENDING, PendingReason.NONE)
+
+
 def test_the_submit_form_shows_the_apis_field_errors(member, small_node):
     client = logged_in(member)
     response = csrf_post(

@@ -1,0 +1,141 @@
+"""Hold and release (Slurm's `scontrol hold` and `release`), through the API: a held job is
+placed by no scheduling cycle and by no finish's freed room until it is released, and
+keeps its place in its queue's order."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import Role, User
+from accounts.services import team_add_member
+from events.models import Event, EventType
+from jobs.accounting import Success
+from jobs.models import Job, JobStatus, PendingReason
+from jobs.scheduling.cycle import place_pending_jobs
+from jobs.scheduling.freed_room import place_on_freed_room
+from jobs.services.executions import executions_finish_succeeded
+from nodes.models import Node
+from tests.conftest import token_client
+from tests.jobs.making import make_jobs, start_running, submit
+
+pytestmark = pytest.mark.django_db
+
+
+def reason(job_id: int) -> tuple[str, str]:
+    job = Job.objects.get(pk=job_id)
+    return job.status, job.pending_reason
+
+
+def test_a_held_job_is_not_placed_until_released_and_keeps_its_place(api, small_node, broker):
+    first, second = submit(api), submit(api)
+    response = api.post(f"/api/jobs/{first}/hold/")
+    assert response.status_code == 200
+    assert (response.json()["status"], response.json()["pending_reason"]) == ("pending", "held")
+    why = api.get(f"/api/jobs/{first}/why/").json()
+    assert why["reason"] == "held"
+    assert why["summary"].startswith(
+        f"The job is held: it is not placed until someone releases it "
+        f"(POST /api/jobs/{first}/release/)."
+    )
+    assert "preemption" not in why or why["preemption"] is None
+
+    # The node has room for both: only the other one goes.
+    assert place_pending_jobs(batch_size=10).placed == 1
+    assert reason(first) == (JobStatus.PENDING, PendingReason.HELD)
+    assert reason(second)[0] == JobStatus.RESERVED
+    assert place_pending_jobs(batch_size=10).placed == 0
+
+    response = api.post(f"/api/jobs/{first}/release/")
+    assert response.status_code == 200
+    assert (response.json()["status"], response.json()["pending_reason"]) == ("pending", "")
+    assert place_pending_jobs(batch_size=10).placed == 1
+    assert reason(first)[0] == JobStatus.RESERVED
+    events = Event.objects.filter(
+        job_id=first, type__in=[EventType.JOB_HELD, EventType.JOB_RELEASED]
+    )
+    assert [(e.type, e.message, e.actor) for e in events.order_by("id")] == [
+        (EventType.JOB_HELD, "held by alice", "alice"),
+        (EventType.JOB_RELEASED, "released by alice", "alice"),
+    ]
+
+
+def test_a_held_job_is_not_placed_on_the_room_a_finish_frees(team, api, broker):
+    node = Node.objects.create(name="one", cpu_millis=1000, memory_mb=4096)
+    make_jobs(team, 1)
+    (token,) = start_running(node).values()
+    waiting = make_jobs(team, 1)[0]
+    place_pending_jobs(batch_size=10)  # seen by a cycle: it waits for room
+    assert reason(waiting.id) == (JobStatus.PENDING, PendingReason.INSUFFICIENT_CAPACITY)
+    assert api.post(f"/api/jobs/{waiting.id}/hold/").status_code == 200
+
+    with transaction.atomic():
+        executions_finish_succeeded([Success(token)], wake=False)
+        freed = place_on_freed_room(node_id=node.id)
+    assert freed.placements == [] and freed.room_left
+    assert reason(waiting.id) == (JobStatus.PENDING, PendingReason.HELD)
+
+
+def test_a_held_retry_is_released_to_wait_for_its_retry_time(api, small_node):
+    job_id = submit(api)
+    later = timezone.now() + timedelta(minutes=5)
+    Job.objects.filter(pk=job_id).update(
+        attempts=1, not_before=later, pending_reason=PendingReason.WAITING_RETRY
+    )
+    assert api.post(f"/api/jobs/{job_id}/hold/").status_code == 200
+    assert api.post(f"/api/jobs/{job_id}/release/").json()["pending_reason"] == "waiting_retry"
+    assert Job.objects.get(pk=job_id).not_before == later
+
+
+@pytest.mark.parametrize(
+    ("prepare", "message"),
+    [
+        (
+            lambda job_id: Job.objects.filter(pk=job_id).update(
+                pending_reason=PendingReason.WAITING_DEPENDENCIES
+            ),
+            "The job is waiting for dependencies: it can be held once that is over, or cancelled.",
+        ),
+        (
+            lambda job_id: Job.objects.filter(pk=job_id).update(
+                status=JobStatus.CANCELLED, pending_reason=""
+            ),
+            "Only a pending job can be held; this one is cancelled.",
+        ),
+    ],
+)
+def test_a_job_that_cannot_be_held_is_a_400_and_nothing_changes(api, small_node, prepare, message):
+    job_id = submit(api)
+    prepare(job_id)
+    before = reason(job_id)
+    response = api.post(f"/api/jobs/{job_id}/hold/")
+    assert (response.status_code, response.json()) == (400, {"status": [message]})
+    assert reason(job_id) == before
+    assert not Event.objects.filter(job_id=job_id, type=EventType.JOB_HELD).exists()
+
+
+def test_holding_twice_releasing_what_is_not_held_and_holding_an_array_are_400s(api, small_node):
+    job_id = submit(api)
+    assert api.post(f"/api/jobs/{job_id}/release/").json() == {
+        "status": ["Only a held job can be released; this one is pending."]
+    }
+    api.post(f"/api/jobs/{job_id}/hold/")
+    assert api.post(f"/api/jobs/{job_id}/hold/").json() == {"status": ["The job is already held."]}
+    array_id = submit(api, array={"count": 3, "parallelism": 1})
+    response = api.post(f"/api/jobs/{array_id}/hold/")
+    assert (response.status_code, response.json()) == (
+        400,
+        {"status": ["An array job is held task by task: hold its pending tasks."]},
+    )
+
+
+def test_a_viewer_cannot_hold_and_another_team_does_not_see_the_job(
+    api, outsider_api, small_node, team
+):
+    job_id = submit(api)
+    viewer = User.objects.create_user("vic", password="pw-for-tests-only")
+    team_add_member(team=team, user=viewer, role=Role.VIEWER)
+    assert token_client(viewer).post(f"/api/jobs/{job_id}/hold/").status_code == 403
+    assert outsider_api.post(f"/api/jobs/{job_id}/hold/").status_code == 404
+    assert reason(job_id) == (JobStatus.PENDING, PendingReason.NONE)
