@@ -274,6 +274,11 @@ class JobSubmitSerializer(JobSpecSerializer):
         default=None,
         help_text="Cancelled (stopped, if running) when not ended by then.",
     )
+    hold = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Submit it held: it is not placed until released (POST .../release/).",
+    )
 
 
 class DefinitionOverridesSerializer(SpecLimitsMixin, StrictSerializer):

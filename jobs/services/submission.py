@@ -34,11 +34,13 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
     queue name (the default queue when absent), plus the job's own `idempotency_key` and
     `not_before`, and the `definition` it was made from, if any, and `array` ({count,
     parallelism}) for an array job; `depends_on` (upstream job ids and conditions) and
-    `on_unsatisfied` make it wait for other jobs of the team. Resubmitting a known
-    idempotency key returns the first job unchanged."""
+    `on_unsatisfied` make it wait for other jobs of the team; `hold` submits it held
+    (`actions.job_release` lets it go). Resubmitting a known idempotency key returns the
+    first job unchanged."""
     spec = dict(spec)
     depends_on = spec.pop("depends_on", None) or []
     array = spec.pop("array", None)
+    hold = spec.pop("hold", False)
     key = spec.get("idempotency_key", "")
     if key:
         existing = Job.objects.filter(team=team, idempotency_key=key).first()
@@ -53,9 +55,19 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
         raise ValidationError(
             {"depends_on": ["An array job cannot depend on other jobs; its tasks start at once."]}
         )
+    if hold and array:
+        raise ValidationError(
+            {"hold": ["An array job is held task by task: hold its pending tasks once submitted."]}
+        )
+    if hold and depends_on:
+        raise ValidationError(
+            {"hold": ["A job with dependencies is held by them until they are met: hold it then."]}
+        )
     if depends_on:
         job_dependencies_check(team=team, depends_on=depends_on)
         spec["pending_reason"] = PendingReason.WAITING_DEPENDENCIES
+    if hold:
+        spec["pending_reason"] = PendingReason.HELD
     if array and len(spec.get("env", {})) >= MAX_ENV:  # each task gets JOB_ARRAY_INDEX too
         raise ValidationError({"env": [f"At most {MAX_ENV - 1} variables in an array job."]})
     # The job, its event and the scheduler's wake-up commit together: one statement of its
@@ -63,7 +75,8 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
     # a lost key race leaves that usable. With dependencies, the job, its dependencies and
     # its first settling are one transaction.
     by = f" by {user.username}" if user else ""
-    message, actor = f"submitted{by} to queue {queue.name}", user.username if user else ""
+    held = ", held" if hold else ""
+    message, actor = f"submitted{by} to queue {queue.name}{held}", user.username if user else ""
     fields = spec_in_queue(spec, queue)
     try:
         if array or depends_on:

@@ -56,6 +56,7 @@ SPEC_OPTIONS = (
     "timeout",
     "select",
     "after",
+    "hold",
 )
 
 
@@ -90,6 +91,7 @@ SPEC_OPTIONS = (
 @click.option("--callable", "callable_name", help="Run this allowed Python callable.")
 @click.option("--param", multiple=True, metavar="K=V", help="Parameter (JSON value or text).")
 @click.option("--idempotency-key", help="Resubmitting with the same key returns the first job.")
+@click.option("--hold", is_flag=True, default=None, help="Submit it held: it starts once released.")
 @click.option("--wait", is_flag=True, help="Wait for the job to end; exit with its exit code.")
 @click.option("--parsable", is_flag=True, help="Print only the job's id.")
 @json_option
@@ -181,4 +183,6 @@ def command_spec(opts: dict, team: str | None) -> dict:
         spec["node_selector"] = specs.key_values(opts["select"], "--select")
     if opts["after"]:
         spec["depends_on"] = specs.dependencies(opts["after"])
+    if opts["hold"]:
+        spec["hold"] = True
     return spec

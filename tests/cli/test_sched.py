@@ -413,3 +413,10 @@ def test_hold_and_release(platform):
         message="the scheduler to look at it again",
     )
     sched(platform, "cancel", str(job_id))
+    # Submitted held, it waits so from the start.
+    held_id = int(sched(platform, "submit", "--parsable", "--hold", "--", "true").stdout)
+    assert job(platform, held_id)["pending_reason"] == "held"
+    sched(platform, "release", str(held_id))
+    wait_status(platform, held_id, "succeeded")
+    refused = sched(platform, "submit", "--definition=nothing", "--hold")
+    assert refused.returncode == 2 and "(--hold)" in refused.stderr

@@ -139,3 +139,39 @@ def test_a_viewer_cannot_hold_and_another_team_does_not_see_the_job(
     assert token_client(viewer).post(f"/api/jobs/{job_id}/hold/").status_code == 403
     assert outsider_api.post(f"/api/jobs/{job_id}/hold/").status_code == 404
     assert reason(job_id) == (JobStatus.PENDING, PendingReason.NONE)
+
+
+def test_a_job_submitted_held_waits_until_released(api, small_node, broker):
+    job_id = submit(api, hold=True)
+    assert reason(job_id) == (JobStatus.PENDING, PendingReason.HELD)
+    submitted = Event.objects.get(job_id=job_id, type=EventType.JOB_SUBMITTED)
+    assert submitted.message == "submitted by alice to queue default, held"
+    assert place_pending_jobs(batch_size=10).placed == 0
+    api.post(f"/api/jobs/{job_id}/release/")
+    assert place_pending_jobs(batch_size=10).placed == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            {"array": {"count": 2}},
+            "An array job is held task by task: hold its pending tasks once submitted.",
+        ),
+        (
+            {"depends_on": [{"job": "UPSTREAM"}]},
+            "A job with dependencies is held by them until they are met: hold it then.",
+        ),
+    ],
+)
+def test_a_held_submission_that_cannot_be_held_is_a_400_and_makes_nothing(
+    api, small_node, extra, message
+):
+    upstream = submit(api)
+    if "depends_on" in extra:
+        extra = {"depends_on": [{"job": upstream}]}
+    response = api.post(
+        "/api/jobs/", {"name": "h", "command": ["true"], "hold": True, **extra}, format="json"
+    )
+    assert (response.status_code, response.json()) == (400, {"hold": [message]})
+    assert Job.objects.count() == 1
