@@ -17,7 +17,14 @@ from resources.selectors import queue_list_visible
 from ..api.jobs import JobFilter
 from ..models import JobStatus
 from ..selectors import job_list_visible
-from ..services.actions import JobStateError, job_acknowledge, job_cancel, job_requeue
+from ..services.actions import (
+    JobStateError,
+    job_acknowledge,
+    job_cancel,
+    job_hold,
+    job_release,
+    job_requeue,
+)
 from .common import PAGE_SIZE, back_to, field_errors, submittable_team_ids
 
 FILTER_NAMES = (
@@ -30,7 +37,13 @@ FILTER_NAMES = (
     "created_before",
     "dead_letter",
 )
-BULK_ACTIONS = {"cancel": job_cancel, "requeue": job_requeue, "acknowledge": job_acknowledge}
+BULK_ACTIONS = {
+    "cancel": job_cancel,
+    "hold": job_hold,
+    "release": job_release,
+    "requeue": job_requeue,
+    "acknowledge": job_acknowledge,
+}
 BULK_MAX = 500
 
 

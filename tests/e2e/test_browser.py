@@ -1,7 +1,8 @@
 """The web UI in a real browser (Playwright driving Debian's chromium, headless), against
 the web process as deployed and real scheduler and node-agent processes: a member runs
-jobs from the pages, the why panel says what the API says, viewers and other teams are
-refused, and a schedule is made, previewed, paused and resumed from its pages."""
+jobs from the pages, the why panel says what the API says, a waiting job is held and
+released from its page, viewers and other teams are refused, and a schedule is made,
+previewed, paused and resumed from its pages."""
 
 import os
 import re
@@ -144,6 +145,19 @@ def test_a_waiting_jobs_page_says_what_each_node_lacks_as_why_does(
         [group["verdict"], group["detail"], str(group["count"])] for group in why["nodes"]
     ]
     assert "needs 1 CPU, 0 free" in rows[0]
+
+    # Held from its page, it says so and waits; released, the scheduler weighs it again.
+    page.click("button:text-is('Hold')")
+    page.wait_for_selector("#why-summary:has-text('The job is held')")
+    assert Job.objects.get(pk=waiting).pending_reason == "held"
+    assert page.locator("button:text-is('Hold')").count() == 0
+    page.click("button:text-is('Release')")
+    page.wait_for_selector("button:text-is('Hold')")
+    wait_until(
+        lambda: Job.objects.get(pk=waiting).pending_reason == "insufficient_capacity",
+        30,
+        message="the cycle's reason again",
+    )
 
 
 @pytest.fixture

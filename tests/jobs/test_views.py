@@ -170,6 +170,20 @@ def test_a_member_holds_and_releases_from_the_job_page(member, job):
     assert (job.status, job.pending_reason) == (JobStatus.PENDING, PendingReason.NONE)
 
 
+def test_a_member_holds_the_checked_jobs_and_is_told_which_could_not_be(member, job):
+    running = Job.objects.create(
+        team=job.team, queue=job.queue, name="r", command=["true"], status=JobStatus.RUNNING
+    )
+    client = logged_in(member)
+    response = csrf_post(client, "/jobs/bulk/", {"action": "hold", "job": [job.pk, running.pk]})
+    assert response.status_code == 302
+    job.refresh_from_db()
+    assert job.pending_reason == PendingReason.HELD
+    page = client.get(response.url).content.decode()
+    assert "Hold: 1 job(s)." in page
+    assert f"job {running.pk}: Only a pending job can be held; this one is running." in page
+
+
 def test_the_submit_form_shows_the_apis_field_errors(member, small_node):
     client = logged_in(member)
     response = csrf_post(
