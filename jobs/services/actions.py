@@ -187,9 +187,8 @@ def job_release(*, job: Job, user: User | None = None) -> Job:
     now = timezone.now()
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=job.pk)
-        if job.status != JobStatus.PENDING or job.pending_reason != PendingReason.HELD:
-            state = "held" if job.pending_reason == PendingReason.HELD else job.status
-            raise JobStateError(f"Only a held job can be released; this one is {state}.")
+        if job.pending_reason != PendingReason.HELD:  # held is a reason of pending jobs only
+            raise JobStateError(f"Only a held job can be released; this one is {job.status}.")
         retrying = job.attempts > 0 and job.not_before is not None and job.not_before > now
         job.pending_reason = PendingReason.WAITING_RETRY if retrying else PendingReason.NONE
         job.save(update_fields=["pending_reason"])
