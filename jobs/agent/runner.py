@@ -351,34 +351,40 @@ def run_job(*, execution: ExecutionToRun, node_name: str, tracked: TrackedExecut
     log_dir.mkdir(parents=True, exist_ok=True)
     env = job_environment(execution, node_name, workdir)
     argv = job_argv(execution)
-    try:
-        devices = gpus.take(execution.gpu, settings.NODE_GPU_WAIT_SECONDS) if execution.gpu else ()
-    except GpusHeld as exc:
-        error = f"could not start: {exc}"
-        log_path.write_text(f"{error}\n")
-        workdir.rmdir()
-        return Outcome(None, error, str(log_path), f"{error}\n")
-    env.update(CUDA_VISIBLE_DEVICES=visible_devices(devices), JOB_GPU_IDS=visible_devices(devices))
     groups = cgroups.groups  # held here: a cold shutdown clears it while jobs still end
-    group = None
-    try:
+    # Undone in reverse as the job ends: what its group still holds killed, then its GPUs
+    # free, then its log stored (before its outcome is reported, so a follower sees it all).
+    with contextlib.ExitStack() as ending:
+        shipped = shipper.open(execution.execution_id)
+        ending.callback(shipper.close, shipped)
+        try:
+            devices = (
+                gpus.take(execution.gpu, settings.NODE_GPU_WAIT_SECONDS) if execution.gpu else ()
+            )
+        except GpusHeld as exc:
+            workdir.rmdir()
+            return _not_started(f"could not start: {exc}", log_path, shipped)
+        ending.callback(gpus.give_back, devices)
+        env.update(
+            CUDA_VISIBLE_DEVICES=visible_devices(devices), JOB_GPU_IDS=visible_devices(devices)
+        )
+        group = None
         if groups is not None:
             group = groups.take(memory_mb=execution.memory_mb, cpu_millis=execution.cpu_millis)
+            ending.callback(groups.give_back, group)
         # Without a control group, the agent samples the job's memory
         # (`enforce_memory_limits`).
         tracked.memory_limit_mb = 0 if group else execution.memory_mb
-        shipped = shipper.open(execution.execution_id)
-        try:
-            return _run_process(
-                execution, node_name, tracked, workdir, log_path, env, argv, shipped, group
-            )
-        finally:
-            # Its log is stored before its outcome is reported, so a follower sees it all.
-            shipper.close(shipped)
-            if group is not None:
-                groups.give_back(group)
-    finally:
-        gpus.give_back(devices)  # its processes are gone
+        return _run_process(
+            execution, node_name, tracked, workdir, log_path, env, argv, shipped, group
+        )
+
+
+def _not_started(error: str, log_path: Path, shipped: AttemptLog) -> Outcome:
+    """The outcome of an attempt whose process never started, its reason as its log."""
+    log_path.write_text(f"{error}\n")
+    shipped.write(f"{error}\n".encode())
+    return Outcome(None, error, str(log_path), f"{error}\n")
 
 
 def _run_process(
@@ -409,10 +415,7 @@ def _run_process(
         except OSError as exc:
             missing = isinstance(exc, FileNotFoundError) and os.sep not in argv[0]
             reason = "no such executable on PATH" if missing else exc.strerror or str(exc)
-            error = f"could not start {argv[0]!r}: {reason}"
-            log_path.write_text(f"{error}\n")
-            shipped.write(f"{error}\n".encode())
-            return Outcome(None, error, str(log_path), f"{error}\n")
+            return _not_started(f"could not start {argv[0]!r}: {reason}", log_path, shipped)
         tracked.started(proc.pid)
         logger.info(
             "execution started job=%s attempt=%s node=%s token=%s pid=%s",

@@ -144,6 +144,22 @@ def job_requeue(*, job: Job, user: User | None = None) -> Job:
     return job
 
 
+def job_hold_refusal(job: Job) -> str | None:
+    """Why `job` cannot be held as it is now, or None when it can."""
+    if job.array_count is not None:
+        return "An array job is held task by task: hold its pending tasks."
+    if job.status != JobStatus.PENDING:
+        return f"Only a pending job can be held; this one is {job.status}."
+    if job.pending_reason == PendingReason.HELD:
+        return "The job is already held."
+    if job.pending_reason in HELD_REASONS:
+        return (
+            f"The job is {job.get_pending_reason_display().lower()}: it can be held once "
+            "that is over, or cancelled."
+        )
+    return None
+
+
 def job_hold(*, job: Job, user: User | None = None) -> Job:
     """Keep a pending job from being placed until someone releases it (Slurm's `scontrol
     hold`). It keeps its place in its queue's order; room reserved for it, or being made
@@ -152,17 +168,8 @@ def job_hold(*, job: Job, user: User | None = None) -> Job:
     now = timezone.now()
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=job.pk)
-        if job.array_count is not None:
-            raise JobStateError("An array job is held task by task: hold its pending tasks.")
-        if job.status != JobStatus.PENDING:
-            raise JobStateError(f"Only a pending job can be held; this one is {job.status}.")
-        if job.pending_reason == PendingReason.HELD:
-            raise JobStateError("The job is already held.")
-        if job.pending_reason in HELD_REASONS:
-            raise JobStateError(
-                f"The job is {job.get_pending_reason_display().lower()}: it can be held once "
-                "that is over, or cancelled."
-            )
+        if refusal := job_hold_refusal(job):
+            raise JobStateError(refusal)
         job.pending_reason = PendingReason.HELD
         job.reservation_node = job.reservation_start_at = job.reservation_nodes = None
         job.save(

@@ -18,6 +18,7 @@ from ..services.actions import (
     job_acknowledge,
     job_cancel,
     job_hold,
+    job_hold_refusal,
     job_release,
     job_requeue,
 )
@@ -62,6 +63,7 @@ def job_page(request, pk):
         .filter(job_id=job.pk)
         .order_by("at", "id")[:TIMELINE_EVENTS],
         "may_act": job.team_id in submittable_team_ids(request.user),
+        "may_hold": job_hold_refusal(job) is None,
         "live": job.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
         or job.cancel_requested_at is not None,
     }
