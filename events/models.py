@@ -28,6 +28,7 @@ class EventType(models.TextChoices):
     JOB_ACKNOWLEDGED = "job.acknowledged", "Dead letter acknowledged"
     JOB_HELD = "job.held", "Job held"
     JOB_RELEASED = "job.released", "Held job released"
+    JOB_CHANGED = "job.changed", "Pending job changed"
     NODE_REGISTERED = "node.registered", "Node registered"
     NODE_BACK = "node.back", "Node back after being offline"
     NODE_OFFLINE = "node.offline", "Node offline"

@@ -62,6 +62,10 @@ class Api:
         with self._reaching():
             return _answer(self._http.post(path, json=json, params=params))
 
+    def patch(self, path: str, json=None):
+        with self._reaching():
+            return _answer(self._http.patch(path, json=json))
+
     def pages(self, path: str, **params) -> Iterator[dict]:
         """Every item of a paged list, following its `next` links."""
         page = self.get(path, **params)

@@ -3,7 +3,7 @@
 import click
 
 from .app import SchedGroup
-from .commands import auth, jobs, nodes, schedules, submit, workflows
+from .commands import auth, jobs, nodes, schedules, submit, update, workflows
 
 
 @click.group(cls=SchedGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,6 +34,7 @@ for command in (
     jobs.retry,
     jobs.hold,
     jobs.release,
+    update.update,
     nodes.nodes,
     schedules.schedules,
     workflows.workflow,

@@ -6,7 +6,16 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from accounts import views as account_views
 from alerts import views as alert_views
 from jobs.api.metrics import prometheus_metrics
-from jobs.views import definitions, job_list, job_page, nodes, overview, schedules, submit
+from jobs.views import (
+    definitions,
+    job_change,
+    job_list,
+    job_page,
+    nodes,
+    overview,
+    schedules,
+    submit,
+)
 
 from . import health
 
@@ -37,6 +46,7 @@ urlpatterns = [
     path("jobs/<int:pk>/requeue/", job_page.job_requeue_view, name="job-requeue-page"),
     path("jobs/<int:pk>/acknowledge/", job_page.job_acknowledge_view, name="job-acknowledge-page"),
     path("jobs/<int:pk>/hold/", job_page.job_hold_view, name="job-hold-page"),
+    path("jobs/<int:pk>/change/", job_change.job_change_page, name="job-change-page"),
     path("jobs/<int:pk>/release/", job_page.job_release_view, name="job-release-page"),
     path("definitions/", definitions.definition_list, name="definition-list-page"),
     path("schedules/", schedules.schedule_list, name="schedule-list-page"),

@@ -157,6 +157,9 @@ ENDPOINTS = [
     Endpoint("GET", "/api/jobs/{pending_job}/why/", azure_only(200)),
     Endpoint("POST", "/api/jobs/{pending_job}/cancel/", azure_only(200, viewer=403)),
     Endpoint("POST", "/api/jobs/{pending_job}/hold/", azure_only(200, viewer=403)),
+    Endpoint(
+        "PATCH", "/api/jobs/{pending_job}/", azure_only(200, viewer=403), data={"priority": 3}
+    ),
     Endpoint("POST", "/api/jobs/{held_job}/release/", azure_only(200, viewer=403)),
     Endpoint("POST", "/api/jobs/{failed_job}/retry/", azure_only(200, viewer=403)),
     Endpoint("POST", "/api/jobs/{failed_job}/acknowledge/", azure_only(200, viewer=403)),

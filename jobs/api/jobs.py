@@ -1,5 +1,5 @@
-"""`/api/jobs/`: submit, list, detail, attempts and logs of jobs; cancel, retry and
-acknowledge them; why a job waits."""
+"""`/api/jobs/`: submit, list, detail, attempts and logs of jobs; change a pending one;
+cancel, hold, release, retry and acknowledge them; why a job waits."""
 
 from collections.abc import Mapping
 
@@ -31,12 +31,13 @@ from ..scheduling.preemption import job_preemption_preview
 from ..selectors import execution_list_for_job, job_list_visible
 from ..services.actions import job_acknowledge, job_cancel, job_hold, job_release, job_requeue
 from ..services.arrays import MAX_ARRAY_COUNT, array_cancel, array_parallelism_set, array_retry
+from ..services.changes import job_change
 from ..services.definitions import definition_submit
 from ..services.submission import Submission, job_submit
 from ..why_pending import job_why_pending
 from .logs import AttemptLogQuerySerializer, attempt_log_response
 from .representation import JobDetailSerializer, JobSerializer, job_json, job_rows
-from .specs import JobFromDefinitionSerializer, JobSubmitSerializer
+from .specs import JobChangeSerializer, JobFromDefinitionSerializer, JobSubmitSerializer
 from .why import JobWhySerializer
 
 
@@ -169,6 +170,7 @@ class RetryOptionsSerializer(serializers.Serializer):
         examples=JOB_EXAMPLES,
     ),
     retrieve=extend_schema(responses=JobDetailSerializer),
+    partial_update=extend_schema(request=JobChangeSerializer, responses=CHANGED),
     cancel=extend_schema(request=None, responses=CHANGED),
     retry=extend_schema(request=None, parameters=[RetryOptionsSerializer], responses=CHANGED),
     parallelism=extend_schema(request=ParallelismSerializer, responses=CHANGED),
@@ -222,6 +224,16 @@ class JobViewSet(
     def retrieve(self, request, pk=None):
         job = self.get_object()
         return Response(JobDetailSerializer(job).data)
+
+    def partial_update(self, request, pk=None):
+        """Change a pending job: its priority, resources, queue, node selector, time limit
+        or retries. It keeps its place in its queue's order."""
+        job = self.get_changeable_object()
+        serializer = JobChangeSerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        return self._changed(
+            job_change(job=job, changes=serializer.validated_data, user=request.user)
+        )
 
     def _changed(self, job):
         return Response(JobDetailSerializer(self.get_queryset().get(pk=job.pk)).data)

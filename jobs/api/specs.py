@@ -303,3 +303,33 @@ class JobFromDefinitionSerializer(DefinitionOverridesSerializer):
     def validate_definition(self, pk):
         user = self.context["request"].user
         return definition_for_submission(user=user, pk=pk, viewers_may_not=VIEWERS_MAY_NOT_SUBMIT)
+
+
+class JobChangeSerializer(SpecLimitsMixin, StrictSerializer):
+    """PATCH /api/jobs/{id}/: what may change while a job is pending. Made with
+    `partial=True`: `resources` may name some of its amounts, the others keep theirs."""
+
+    priority = serializers.IntegerField(min_value=-1000, max_value=1000)
+    resources = ResourcesSerializer()
+    queue = serializers.SlugField(max_length=63)
+    node_selector = serializers.DictField(child=serializers.CharField(max_length=63))
+    timeout_seconds = serializers.IntegerField(
+        min_value=1, max_value=7 * 86400, allow_null=True, help_text="null: its queue's default"
+    )
+    max_retries = serializers.IntegerField(min_value=0, max_value=20)
+    retry_backoff_seconds = serializers.IntegerField(min_value=0, max_value=86400)
+
+    def validate_resources(self, value):
+        if not value:
+            raise serializers.ValidationError("Give at least one of cpu, memory_mb and gpu.")
+        return value
+
+    def validate(self, attrs):
+        if not attrs:
+            names = ", ".join(self.fields)
+            raise serializers.ValidationError(f"Nothing to change: give one of {names}.")
+        resources = attrs.pop("resources", {})
+        if "cpu" in resources:
+            attrs["cpu_millis"] = int(resources["cpu"] * 1000)
+        attrs.update((name, resources[name]) for name in ("memory_mb", "gpu") if name in resources)
+        return attrs

@@ -1,8 +1,9 @@
-"""What every page needs: who may act, the field errors of a refused form, and where
-to go back to after an action."""
+"""What every page needs: who may act, the field errors of a refused form (by the job
+forms' fields, too), and where to go back to after an action."""
 
 from django.core.exceptions import PermissionDenied
 from django.utils.http import url_has_allowed_host_and_scheme
+from rest_framework import exceptions as api_exceptions
 
 from accounts.models import User
 from accounts.selectors import team_list_submittable
@@ -44,6 +45,31 @@ def field_errors(exc: Exception) -> dict[str, list[str]]:
 
     walk(detail, "")
     return errors
+
+
+def by_form_field(errors: dict[str, list[str]], fields) -> dict[str, list[str]]:
+    """The API's field names as a job form's: `resources.cpu` is the form's `cpu`, and
+    a message about `resources` as a whole goes beside the CPU."""
+    mapped: dict[str, list[str]] = {}
+    for name, messages_ in errors.items():
+        field = name.removeprefix("resources.")
+        if field not in fields:
+            field = "cpu" if field == "resources" else "form"
+        mapped.setdefault(field, []).extend(
+            messages_ if field != "form" or name == "form" else [f"{name}: {m}" for m in messages_]
+        )
+    return mapped
+
+
+def labels_parse(text: str) -> dict:
+    """A node selector as a form writes it: `zone=a, disk=ssd`."""
+    labels = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise api_exceptions.ValidationError({"node_selector": [f"Not key=value: {item!r}."]})
+        labels[key.strip()] = value.strip()
+    return labels
 
 
 def back_to(request, default: str) -> str:

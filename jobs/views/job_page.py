@@ -1,6 +1,6 @@
 """A job's page: its fields, attempts, timeline, log (followed live while an attempt
-runs), the "why is it waiting" panel, and its actions: cancel, requeue, acknowledge,
-submit again."""
+runs), the "why is it waiting" panel, and its actions: cancel, hold, release, requeue,
+acknowledge, submit again (changing a pending job has a page of its own, job_change)."""
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -23,6 +23,7 @@ from ..services.actions import (
     job_requeue,
 )
 from ..services.arrays import array_cancel, array_retry
+from ..services.changes import job_change_refusal
 from ..why_pending import job_why_pending
 from .common import field_errors, require_may_change, submittable_team_ids
 
@@ -34,14 +35,14 @@ WHY_SHOWN_APART = ("job", "status", "pending", "summary", "nodes", "waits_on")
 LOG_SHOWN_CHARS = 64 * 1024
 
 
-def _job(request, pk):
+def job_visible_or_404(request, pk):
     jobs = job_list_visible(user=request.user).prefetch_related("retries")
     return get_object_or_404(jobs, pk=pk)
 
 
 @login_required
 def job_page(request, pk):
-    job = _job(request, pk)
+    job = job_visible_or_404(request, pk)
     executions = list(execution_list_for_job(job=job))
     latest = executions[-1] if executions else None
     following = latest is not None and latest.status in LIVE_EXECUTION_STATUSES
@@ -64,6 +65,7 @@ def job_page(request, pk):
         .order_by("at", "id")[:TIMELINE_EVENTS],
         "may_act": job.team_id in submittable_team_ids(request.user),
         "may_hold": job_hold_refusal(job) is None,
+        "may_change": job_change_refusal(job) is None,
         "live": job.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
         or job.cancel_requested_at is not None,
     }
@@ -73,7 +75,7 @@ def job_page(request, pk):
 
 
 def _act(request, pk, change, done: str):
-    job = _job(request, pk)
+    job = job_visible_or_404(request, pk)
     require_may_change(request.user, job.team_id)
     try:
         change(job, request.user)

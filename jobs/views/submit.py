@@ -21,7 +21,7 @@ from ..api.specs import JobFromDefinitionSerializer, JobSubmitSerializer
 from ..selectors import definition_list_visible, job_list_visible
 from ..services.definitions import definition_submit
 from ..services.submission import job_submit
-from .common import field_errors
+from .common import by_form_field, field_errors, labels_parse
 
 FIELDS = (
     "team",
@@ -54,7 +54,7 @@ def job_submit_page(request):
         try:
             job = _submit(request, values)
         except (api_exceptions.ValidationError, DjangoValidationError) as exc:
-            errors = _by_form_field(field_errors(exc))
+            errors = by_form_field(field_errors(exc), FIELDS)
         except api_exceptions.PermissionDenied as exc:
             raise PermissionDenied(str(exc.detail)) from exc
         else:
@@ -137,7 +137,7 @@ def _submit(request, values: dict):
         "queue": values["queue"] or "default",
         "priority": values["priority"] or 0,
         "max_retries": values["max_retries"] or 0,
-        "node_selector": _labels(values["node_selector"]),
+        "node_selector": labels_parse(values["node_selector"]),
     }
     if values["tasks"]:
         data["tasks"] = values["tasks"]
@@ -161,31 +161,8 @@ def _command(text: str) -> list[str]:
         raise api_exceptions.ValidationError({"command": [f"Cannot split it: {exc}."]}) from exc
 
 
-def _labels(text: str) -> dict:
-    labels = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise api_exceptions.ValidationError({"node_selector": [f"Not key=value: {item!r}."]})
-        labels[key.strip()] = value.strip()
-    return labels
-
-
 def _json_field(name: str, text: str):
     try:
         return json.loads(text)
     except ValueError as exc:
         raise api_exceptions.ValidationError({name: [f"Not JSON: {exc}."]}) from exc
-
-
-def _by_form_field(errors: dict[str, list[str]]) -> dict[str, list[str]]:
-    """The API's field names as the form's: `resources.cpu` is the form's `cpu`."""
-    mapped: dict[str, list[str]] = {}
-    for name, messages_ in errors.items():
-        field = name.removeprefix("resources.")
-        if field not in FIELDS:
-            field = "cpu" if field == "resources" else "form"
-        mapped.setdefault(field, []).extend(
-            messages_ if field != "form" or name == "form" else [f"{name}: {m}" for m in messages_]
-        )
-    return mapped

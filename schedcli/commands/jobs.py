@@ -1,5 +1,5 @@
-"""Jobs: queue, show, why, history, logs, cancel, retry, hold, release (submit has its own
-module)."""
+"""Jobs: queue, show, why, history, logs, cancel, retry, hold, release (submit and update
+have modules of their own)."""
 
 import json
 import sys
@@ -344,13 +344,19 @@ def write_json_lines(job_id: int, pieces) -> None:
         sys.stdout.write(json.dumps({"job": job_id, "line": pending}) + "\n")
 
 
-def act_on_jobs(api: Api, ids: list[int], action: str, *, as_json: bool) -> None:
-    """POST jobs/ID/<action>/ for each; the refusals are reported per job, and make the
-    command exit 1 after the others were done."""
+def act_on_jobs(
+    api: Api, ids: list[int], action: str, *, as_json: bool, change: dict | None = None
+) -> None:
+    """POST jobs/ID/<action>/ for each (with `change`, PATCH jobs/ID/ with it); the
+    refusals are reported per job, and make the command exit 1 after the others were
+    done."""
     done, refused = [], 0
     for job_id in ids:
         try:
-            done.append(api.post(f"jobs/{job_id}/{action}/"))
+            if change is None:
+                done.append(api.post(f"jobs/{job_id}/{action}/"))
+            else:
+                done.append(api.patch(f"jobs/{job_id}/", json=change))
         except ApiRefused as error:
             refused += 1
             error.message = f"job {job_id}: {error.message}"
@@ -369,8 +375,9 @@ def describe_outcome(job: dict, action: str) -> str:
         return f"cancel requested; stopping on {job['node']}"
     if action == "hold":
         return "held"
-    if action == "release":
-        return f"released; pending ({job['pending_reason'] or 'waiting for the scheduler'})"
+    if action in ("release", "update"):
+        past = {"release": "released", "update": "changed"}[action]
+        return f"{past}; pending ({job['pending_reason'] or 'waiting for the scheduler'})"
     return job["status"]
 
 

@@ -420,3 +420,37 @@ def test_hold_and_release(platform):
     wait_status(platform, held_id, "succeeded")
     refused = sched(platform, "submit", "--definition=nothing", "--hold")
     assert refused.returncode == 2 and "(--hold)" in refused.stderr
+
+
+def test_update_changes_a_pending_job_and_reports_refusals_per_job(platform):
+    # No node has zone=z: the job waits, until its selector is dropped.
+    job_id = int(sched(platform, "submit", "--parsable", "--select", "zone=z", "--", "true").stdout)
+    wait_until(
+        lambda: job(platform, job_id)["pending_reason"] == "node_selector",
+        30,
+        interval=0.2,
+        message="the scheduler to look at it",
+    )
+    held_id = int(sched(platform, "submit", "--parsable", "--hold", "--", "true").stdout)
+    changed = sched(
+        platform, "update", str(held_id), "--priority=7", "--cpus=0.5", "--mem=64M", "--timeout=2m"
+    )
+    assert (changed.returncode, changed.stdout) == (0, f"job {held_id}: changed; pending (held)\n")
+    shown = job(platform, held_id)
+    assert (shown["priority"], shown["resources"], shown["timeout_seconds"]) == (
+        7,
+        {"cpu": 0.5, "memory_mb": 64, "gpu": 0},
+        120,
+    )
+    finished = int(sched(platform, "submit", "--parsable", "--wait", "--", "true").stdout)
+    both = sched(platform, "update", str(job_id), str(finished), "--any-node")
+    assert both.returncode == 1
+    assert both.stdout == f"job {job_id}: changed; pending (waiting for the scheduler)\n"
+    assert both.stderr.splitlines()[:2] == [
+        f"error: job {finished}: the server refused (400)",
+        "  status: Only a pending job can be changed; this one is succeeded.",
+    ]
+    wait_status(platform, job_id, "succeeded")
+    sched(platform, "cancel", str(held_id))
+    nothing = sched(platform, "update", str(job_id))
+    assert nothing.returncode == 2 and "Say what to change" in nothing.stderr

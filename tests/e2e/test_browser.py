@@ -1,8 +1,8 @@
 """The web UI in a real browser (Playwright driving Debian's chromium, headless), against
 the web process as deployed and real scheduler and node-agent processes: a member runs
-jobs from the pages, the why panel says what the API says, a waiting job is held and
-released from its page, viewers and other teams are refused, and a schedule is made,
-previewed, paused and resumed from its pages."""
+jobs from the pages, the why panel says what the API says, a waiting job is held,
+released and changed from its page, viewers and other teams are refused, and a schedule
+is made, previewed, paused and resumed from its pages."""
 
 import os
 import re
@@ -158,6 +158,23 @@ def test_a_waiting_jobs_page_says_what_each_node_lacks_as_why_does(
         30,
         message="the cycle's reason again",
     )
+
+    # Changed from its page: a request no node could hold is refused beside its field;
+    # half a CPU and a higher priority are taken, and the timeline says who did what.
+    page.click("a:text-is('Change')")
+    page.wait_for_url(f"{web}/jobs/{waiting}/change/")
+    page.fill("input[name=cpu]", "2")
+    page.click("form.form button[type=submit]")
+    assert page.locator('[data-field="cpu"]').inner_text() == (
+        "Requests 2 CPU, but the largest node has 1 CPU."
+    )
+    page.fill("input[name=cpu]", "0.5")
+    page.fill("input[name=priority]", "3")
+    page.click("form.form button[type=submit]")
+    page.wait_for_url(f"{web}/jobs/{waiting}/")
+    page.wait_for_selector("td:text-is('changed by alice: priority 0 → 3; cpu 1 → 0.5')")
+    job = Job.objects.get(pk=waiting)
+    assert (job.cpu_millis, job.priority, job.status) == (500, 3, JobStatus.PENDING)
 
 
 @pytest.fixture

@@ -211,6 +211,36 @@ def test_holds_racing_the_scheduler_and_finishes_run_no_held_job_and_lose_none(t
     assert JobExecution.objects.filter(job_id__in=job_ids).count() == 40  # each ran once
 
 
+def test_changes_racing_the_scheduler_and_finishes_are_placed_as_changed_or_refused(team_api):
+    # As the holds above: each change either wins (the job is placed with what it asks
+    # now) or finds the job placed already with what it asked before; no allocation is
+    # made for a request the job no longer has.
+    job_ids = [
+        submit(team_api, command=["sleep", "0.2"], resources={"cpu": 0.25, "memory_mb": 16})
+        for _ in range(40)
+    ]
+    changed, too_late = [], []
+    for job_id in reversed(job_ids):
+        response = team_api.patch(
+            f"/api/jobs/{job_id}/", {"resources": {"memory_mb": 17}}, format="json"
+        )
+        if response.status_code == 200:
+            changed.append(job_id)
+        else:
+            assert response.json()["status"][0].startswith("Only a pending job can be changed")
+            too_late.append(job_id)
+    assert changed and too_late, f"no race: {len(changed)} changed, {len(too_late)} too late"
+    wait_until(
+        lambda: Job.objects.filter(id__in=job_ids, status=JobStatus.SUCCEEDED).count() == 40,
+        60,
+        message="all 40 jobs to succeed",
+    )
+    executions = JobExecution.objects.filter(job_id__in=job_ids).select_related("allocation")
+    assert len(executions) == 40  # each ran once
+    asked = {job_id: 17 if job_id in changed else 16 for job_id in job_ids}
+    assert {e.job_id: e.allocation.memory_mb for e in executions} == asked
+
+
 def test_a_job_past_its_memory_limit_fails_with_the_memory_reason(team_api):
     job_id = submit(
         team_api,

@@ -113,6 +113,7 @@ def test_another_teams_job_page_is_404_and_not_listed(outsider, job):
     assert "visible-job" not in client.get("/jobs/").content.decode()
     assert client.get(f"/jobs/{job.pk}/").status_code == 404
     assert csrf_post(client, f"/jobs/{job.pk}/cancel/", {}).status_code == 404
+    assert client.get(f"/jobs/{job.pk}/change/").status_code == 404
     job.refresh_from_db()
     assert job.status == JobStatus.PENDING
 
@@ -122,7 +123,10 @@ def test_a_viewer_sees_no_action_and_a_forged_post_is_refused(viewer, job):
     page = client.get(f"/jobs/{job.pk}/").content.decode()
     assert "Cancel</button>" not in page
     assert "Submit again" not in page
+    assert f"/jobs/{job.pk}/change/" not in page
     assert "Cancel</button>" not in client.get("/jobs/").content.decode()
+    assert client.get(f"/jobs/{job.pk}/change/").status_code == 403
+    assert csrf_post(client, f"/jobs/{job.pk}/change/", {"priority": "5"}).status_code == 403
 
     assert csrf_post(client, f"/jobs/{job.pk}/cancel/", {}).status_code == 403
     assert csrf_post(client, "/jobs/bulk/", {"action": "cancel", "job": job.pk}).status_code == 403
@@ -133,7 +137,7 @@ def test_a_viewer_sees_no_action_and_a_forged_post_is_refused(viewer, job):
 
 def test_every_form_carries_csrf_protection(member, job, definition, small_node):
     client = logged_in(member)
-    for path in ["/jobs/", f"/jobs/{job.pk}/", "/jobs/new/", "/schedules/new/"]:
+    for path in ["/jobs/", f"/jobs/{job.pk}/", f"/jobs/{job.pk}/change/", "/jobs/new/"]:
         page = client.get(path).content.decode()
         forms = re.findall(r"<form[^>]*method=\"post\".*?</form>", page, re.S)
         assert forms, path
@@ -168,6 +172,68 @@ def test_a_member_holds_and_releases_from_the_job_page(member, job):
     csrf_post(client, f"/jobs/{job.pk}/release/", {})
     job.refresh_from_db()
     assert (job.status, job.pending_reason) == (JobStatus.PENDING, PendingReason.NONE)
+
+
+def change_form(client, job) -> dict:
+    """The change form's fields as the page fills them."""
+    page = client.get(f"/jobs/{job.pk}/change/").content.decode()
+    values = dict(re.findall(r'<input name="(\w+)" value="([^"]*)"', page))
+    return {**values, "queue": re.search(r"<option selected>([^<]+)<", page).group(1)}
+
+
+def test_a_member_changes_a_pending_job_from_its_page_with_the_apis_messages(
+    member, job, small_node
+):
+    client = logged_in(member)
+    assert f'href="/jobs/{job.pk}/change/"' in client.get(f"/jobs/{job.pk}/").content.decode()
+    form = change_form(client, job)
+    assert form == {
+        "queue": "default",
+        "priority": "0",
+        "cpu": "1",
+        "memory_mb": "256",
+        "gpu": "0",
+        "node_selector": "",
+        "timeout_seconds": "",
+        "max_retries": "0",
+        "retry_backoff_seconds": "10",
+    }
+    refused = csrf_post(client, f"/jobs/{job.pk}/change/", {**form, "cpu": "64", "gpu": "x"})
+    assert refused.status_code == 400
+    page = refused.content.decode()
+    assert re.search(r'data-field="gpu"><li>A valid integer is required', page)
+    too_large = csrf_post(client, f"/jobs/{job.pk}/change/", {**form, "cpu": "64"})
+    assert re.search(
+        r'data-field="cpu"><li>Requests 64 CPU, but the largest node has 4 CPU',
+        too_large.content.decode(),
+    )
+    job.refresh_from_db()
+    assert (job.cpu_millis, job.priority) == (1000, 0)
+    response = csrf_post(
+        client, f"/jobs/{job.pk}/change/", {**form, "priority": "4", "node_selector": "zone=a"}
+    )
+    assert response.status_code == 302
+    job.refresh_from_db()
+    assert (job.priority, job.node_selector, job.cpu_millis) == (4, {"zone": "a"}, 1000)
+    page = client.get(response.url).content.decode()
+    assert (
+        "changed by alice: priority 0 → 4; node_selector {} → {&quot;zone&quot;: &quot;a&quot;}"
+        in page
+    )
+    # A job that is no longer pending has no form, and a forged post changes nothing.
+    Job.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, pending_reason="")
+    assert "/change/" not in client.get(f"/jobs/{job.pk}/").content.decode()
+    assert "<form" not in change_form_page(client, job)
+    forged = csrf_post(client, f"/jobs/{job.pk}/change/", {**form, "priority": "9"})
+    assert forged.status_code == 400
+    assert "Only a pending job can be changed; this one is running." in forged.content.decode()
+    job.refresh_from_db()
+    assert job.priority == 4
+
+
+def change_form_page(client, job) -> str:
+    page = client.get(f"/jobs/{job.pk}/change/").content.decode()
+    return page.split("<h1>", 1)[1]
 
 
 def test_a_member_holds_the_checked_jobs_and_is_told_which_could_not_be(member, job):
