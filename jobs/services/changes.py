@@ -63,7 +63,8 @@ def job_change(*, job: Job, changes: dict, user: User | None = None) -> Job:
     moment is locked by its cycle: the change waits for it, then finds the job placed."""
     now = timezone.now()
     with transaction.atomic():
-        job = Job.objects.select_for_update().select_related("queue").get(pk=job.pk)
+        # Its own row only: the queue joined in stays unlocked.
+        job = Job.objects.select_for_update(of=("self",)).select_related("queue").get(pk=job.pk)
         if refusal := job_change_refusal(job):
             raise JobStateError(refusal)
         new = {**changes}
