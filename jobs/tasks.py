@@ -11,6 +11,7 @@ from .schedules import FIRE_BATCH_TASK, FIRE_TASK, schedule_fire, schedules_fire
 from .services.deadlines import jobs_cancel_past_deadline
 from .services.failover import executions_reconcile, nodes_lost_fail_over
 from .services.logs import log_chunks_purge
+from .services.retention import jobs_purge
 
 
 @shared_task(name="jobs.reconcile_executions", ignore_result=True)
@@ -49,3 +50,17 @@ def purge_job_logs() -> int:
     """Shipped logs past JOB_LOG_RETENTION_DAYS go."""
     before = timezone.now() - timedelta(days=settings.JOB_LOG_RETENTION_DAYS)
     return log_chunks_purge(before=before)
+
+
+@shared_task(name="jobs.purge_jobs", ignore_result=True)
+def purge_jobs() -> dict:
+    """Jobs and workflows that ended more than JOB_RETENTION_DAYS ago go (0: none), for
+    at most JOB_PURGE_BUDGET_SECONDS a run, so that the control worker's other work (the
+    schedules' triggers) always has a process soon."""
+    if not settings.JOB_RETENTION_DAYS:
+        return {"jobs": 0, "workflows": 0}
+    purged = jobs_purge(
+        before=timezone.now() - timedelta(days=settings.JOB_RETENTION_DAYS),
+        budget_seconds=settings.JOB_PURGE_BUDGET_SECONDS,
+    )
+    return {"jobs": purged.jobs, "workflows": purged.workflows}

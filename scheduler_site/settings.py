@@ -310,6 +310,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "jobs.purge_job_logs",
         "schedule": env.float("JOB_LOG_PURGE_INTERVAL_SECONDS", default=3600.0),
     },
+    "purge-jobs": {
+        "task": "jobs.purge_jobs",
+        "schedule": env.float("JOB_PURGE_INTERVAL_SECONDS", default=300.0),
+    },
     "purge-events": {
         "task": "events.purge_events",
         "schedule": env.float("EVENT_PURGE_INTERVAL_SECONDS", default=3600.0),
@@ -426,6 +430,13 @@ JOB_LOG_SHIP_CLOSE_TIMEOUT_SECONDS = env.float("JOB_LOG_SHIP_CLOSE_TIMEOUT_SECON
 JOB_LOG_SHIP_MAX_BYTES = env.int("JOB_LOG_SHIP_MAX_BYTES", default=10 * 1024 * 1024)
 # Shipped logs older than this are purged (by beat's purge-job-logs).
 JOB_LOG_RETENTION_DAYS = env.float("JOB_LOG_RETENTION_DAYS", default=30.0)
+# Jobs and workflows that ended more than this long ago are deleted, with their attempts,
+# by beat's purge-jobs (jobs.services.retention); dead letters stay until acknowledged.
+# 0 keeps every job. A run stops after JOB_PURGE_BUDGET_SECONDS (the next goes on):
+# some 2,400 jobs a second here (bench/retention.py), so every 300 s it keeps up with
+# a control plane that ends some 470 jobs a second.
+JOB_RETENTION_DAYS = env.float("JOB_RETENTION_DAYS", default=90.0)
+JOB_PURGE_BUDGET_SECONDS = env.float("JOB_PURGE_BUDGET_SECONDS", default=60.0)
 # How often `?follow=true` looks for a running attempt's new output.
 JOB_LOG_FOLLOW_POLL_SECONDS = env.float("JOB_LOG_FOLLOW_POLL_SECONDS", default=0.5)
 # A follow still open after this closes (its client follows again), so that followers of

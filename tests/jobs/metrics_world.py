@@ -41,6 +41,24 @@ def scrape(client: Client | None = None, **headers) -> dict:
     }
 
 
+# The counters that must never go back, whatever rows are deleted.
+COUNTERS = (
+    "scheduler_jobs_finished_total",
+    "scheduler_job_run_seconds_count",
+    "scheduler_retries_total",
+    "scheduler_schedule_runs_total",
+    "scheduler_schedule_lateness_seconds_count",
+)
+
+
+def assert_counters_kept(before: dict, after: dict) -> None:
+    """Each counter of COUNTERS that counted something in `before` is the same in
+    `after`."""
+    for name in COUNTERS:
+        keys = [key for key in before if key[0] == name and before[key]]
+        assert keys and all(after[key] == before[key] for key in keys), name
+
+
 @dataclass
 class World:
     now: object
