@@ -88,7 +88,7 @@ def job_change(*, job: Job, changes: dict, user: User | None = None) -> Job:
             job.pending_reason = PendingReason.NONE
             job.reservation_node = job.reservation_start_at = job.reservation_nodes = None
             fields += ["pending_reason", "reservation_node", "reservation_start_at"]
-            fields.append("reservation_nodes")
+            fields += ["reservation_nodes"]
         job.save(update_fields=fields)
         who = user.username if user else ""
         by = f" by {who}" if who else ""

@@ -135,13 +135,8 @@ def _purge_batch(sql: str, *, before, after, batch: int) -> tuple[int, tuple | N
         if workflows
         else Job.objects.filter(array_parent_id__in=roots)
     )
+    # (A workflow's steps are single jobs or gangs, never arrays.)
     pairs = list(members.values_list("workflow_id" if workflows else "array_parent_id", "id"))
-    # An array task of a workflow's step goes with it too.
-    steps = [job_id for _, job_id in pairs]
-    if workflows and steps:
-        parent_of = dict(pairs)
-        tasks = Job.objects.filter(array_parent_id__in=steps).values_list("array_parent_id", "id")
-        pairs += [(parent_of[parent], task) for parent, task in tasks]
     if not workflows:
         pairs += [(root, root) for root in roots]
     with connection.cursor() as cursor:
