@@ -406,9 +406,11 @@ _SUCCEEDED_EVENTS = """
 # credential checks its batch in this round trip rather than one of its own.
 _FINISH_SUCCEEDED_SQL = f"""
 WITH outcome AS MATERIALIZED (
-    SELECT DISTINCT ON (o.token) e.job_id, e.node_id, o.token, o.log_path, o.log_tail
-      FROM unnest(%(tokens)s::text[], %(log_paths)s::text[], %(log_tails)s::text[])
-           WITH ORDINALITY AS o(token, log_path, log_tail, n)
+    SELECT DISTINCT ON (o.token) e.job_id, e.node_id, o.token, o.log_path, o.log_tail,
+           o.gpu_ids::smallint[] AS gpu_ids
+      FROM unnest(%(tokens)s::text[], %(log_paths)s::text[], %(log_tails)s::text[],
+                  %(gpu_ids)s::text[])
+           WITH ORDINALITY AS o(token, log_path, log_tail, gpu_ids, n)
       JOIN jobs_jobexecution e ON e.token = o.token
      ORDER BY o.token, o.n
 ), other_node AS MATERIALIZED (
@@ -425,7 +427,7 @@ WITH outcome AS MATERIALIZED (
 ), execution AS (
     UPDATE jobs_jobexecution e
        SET status = %(execution_succeeded)s, exit_code = 0, error = '', finished_at = %(now)s,
-           log_path = outcome.log_path, log_tail = outcome.log_tail
+           log_path = outcome.log_path, log_tail = outcome.log_tail, gpu_ids = outcome.gpu_ids
       FROM job, outcome
      WHERE e.job_id = job.id AND e.token = outcome.token AND e.status = %(execution_running)s
  RETURNING e.id, e.job_id, e.token, e.node_id, e.attempt, job.team_id
@@ -460,6 +462,10 @@ class EndedSuccesses(dict):
         self.to_settle = list(to_settle)
 
 
+def _array_literal(numbers: Sequence[int]) -> str:
+    return "{" + ",".join(str(int(n)) for n in numbers) + "}"
+
+
 class ExecutionOfAnotherNode(Exception):
     """A node reported successes of executions allocated to another node."""
 
@@ -469,6 +475,7 @@ class Success:
     token: str
     log_path: str = ""
     log_tail: str = ""
+    gpu_ids: Sequence[int] = ()  # the node's devices it ran on
 
 
 def successes_finish(
@@ -487,6 +494,8 @@ def successes_finish(
                 "tokens": [s.token for s in successes],
                 "log_paths": [s.log_path for s in successes],
                 "log_tails": [s.log_tail for s in successes],
+                # As array literals: unnest would flatten an array of arrays.
+                "gpu_ids": [_array_literal(s.gpu_ids) for s in successes],
                 "node_id": node_id,
                 "now": now,
                 "job_live": [JobStatus.RESERVED, JobStatus.RUNNING],

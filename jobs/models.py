@@ -1,6 +1,7 @@
 """Job definitions, jobs (requested runs) and executions (attempts on nodes)."""
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import BrinIndex, GinIndex
 from django.db import models
 from django.db.models import F, Q
@@ -519,6 +520,11 @@ class JobExecution(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     log_path = models.CharField(max_length=500, blank=True)
     log_tail = models.TextField(blank=True)
+    # The node's GPU devices (indices) the attempt ran on, as its agent reports them
+    # with its outcome.
+    gpu_ids = ArrayField(
+        models.PositiveSmallIntegerField(), default=list, db_default=[], blank=True
+    )
     # Set when another task of its gang ended badly: its node stops it, as for a cancel.
     stop_requested_at = models.DateTimeField(null=True, blank=True)
     # Set when the scheduler chose it to make room for `preempted_by`: its node stops it.

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from django.conf import settings
@@ -82,6 +82,7 @@ class Outcome:
     log_tail: str
     cancelled: bool = False
     preempted: bool = False
+    gpu_ids: tuple[int, ...] = ()  # the node's devices it ran on
 
 
 class TrackedExecution:
@@ -375,9 +376,10 @@ def run_job(*, execution: ExecutionToRun, node_name: str, tracked: TrackedExecut
         # Without a control group, the agent samples the job's memory
         # (`enforce_memory_limits`).
         tracked.memory_limit_mb = 0 if group else execution.memory_mb
-        return _run_process(
+        outcome = _run_process(
             execution, node_name, tracked, workdir, log_path, env, argv, shipped, group
         )
+        return replace(outcome, gpu_ids=devices)
 
 
 def _not_started(error: str, log_path: Path, shipped: AttemptLog) -> Outcome:

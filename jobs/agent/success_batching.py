@@ -41,6 +41,7 @@ class Success:
     token: str
     log_path: str = ""
     log_tail: str = ""
+    gpu_ids: tuple[int, ...] = ()
 
 
 _STOP = object()  # stop()'s marker, as `_next_waiting` answers it

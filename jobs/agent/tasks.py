@@ -91,7 +91,12 @@ def _run(
             return Ended(job_id, name, None, outcome.exit_code, outcome.error), None
         ended_itself = not (outcome.cancelled or outcome.preempted)
         if outcome.exit_code == 0 and not outcome.error and ended_itself:
-            success = Success(token=token, log_path=outcome.log_path, log_tail=outcome.log_tail)
+            success = Success(
+                token=token,
+                log_path=outcome.log_path,
+                log_tail=outcome.log_tail,
+                gpu_ids=outcome.gpu_ids,
+            )
             reported = successes.report(success)
             if reported.ended:
                 return Ended(job_id, name, ExecutionStatus.SUCCEEDED, 0, ""), reported.next
@@ -103,6 +108,7 @@ def _run(
             log_tail=outcome.log_tail,
             cancelled=outcome.cancelled,
             preempted=outcome.preempted,
+            gpu_ids=outcome.gpu_ids,
         )
         return Ended(job_id, name, status, outcome.exit_code, outcome.error), None
     finally:

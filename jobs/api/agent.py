@@ -35,6 +35,7 @@ from ..services.logs import LogChunk, log_chunks_append
 
 MAX_BATCH = 10_000
 MAX_TOKEN = 100
+MAX_GPU_INDEX = 1023
 
 
 class ExecutionToRunSerializer(serializers.Serializer):
@@ -84,6 +85,15 @@ class ClaimSerializer(TokenSerializer):
     )
 
 
+def gpu_ids_field():
+    return serializers.ListField(
+        child=serializers.IntegerField(min_value=0, max_value=MAX_GPU_INDEX),
+        max_length=MAX_GPU_INDEX + 1,
+        default=list,
+        help_text="The node's GPU devices (indices) the attempt ran on.",
+    )
+
+
 class FinishSerializer(StrictSerializer):
     token = serializers.CharField(max_length=MAX_TOKEN)
     exit_code = serializers.IntegerField(allow_null=True, min_value=-(2**31), max_value=2**31 - 1)
@@ -94,12 +104,14 @@ class FinishSerializer(StrictSerializer):
     preempted = serializers.BooleanField(
         default=False, help_text="The agent stopped it because the scheduler preempted it."
     )
+    gpu_ids = gpu_ids_field()
 
 
 class SuccessSerializer(StrictSerializer):
     token = serializers.CharField(max_length=MAX_TOKEN)
     log_path = serializers.CharField(allow_blank=True, default="")
     log_tail = serializers.CharField(allow_blank=True, default="", trim_whitespace=False)
+    gpu_ids = gpu_ids_field()
 
 
 class SuccessesSerializer(StrictSerializer):

@@ -59,6 +59,7 @@ class ExecutionSerializer(serializers.ModelSerializer):
             "finished_at",
             "log_tail",
             "preempted_by",
+            "gpu_ids",
         ]
         extra_kwargs = {"preempted_by": {"help_text": "Id of the job it was preempted for."}}
 

@@ -65,6 +65,7 @@ def execution_finish(
     log_tail: str = "",
     cancelled: bool = False,
     preempted: bool = False,
+    gpu_ids: Sequence[int] = (),
 ) -> ExecutionStatus | None:
     """Record how a running execution ended, release its allocation, and move the job on:
     to `succeeded`, `cancelled`, back to `pending` for a retry, or to `failed` (the
@@ -74,7 +75,7 @@ def execution_finish(
     again without using a retry. Returns the execution's status as recorded;
     None when it was not running (a late or duplicate report), which changes nothing."""
     if exit_code == 0 and not error and not cancelled and not preempted:
-        success = Success(token=token, log_path=log_path, log_tail=log_tail)
+        success = Success(token=token, log_path=log_path, log_tail=log_tail, gpu_ids=gpu_ids)
         if executions_finish_succeeded([success]):
             return ExecutionStatus.SUCCEEDED
     now = timezone.now()
@@ -111,6 +112,7 @@ def execution_finish(
             finished_at=now,
             log_path=log_path,
             log_tail=log_tail,
+            gpu_ids=list(gpu_ids),
         )
         if not finished:
             logger.warning("execution not running, outcome ignored token=%s", token)

@@ -172,6 +172,22 @@ def test_two_gpu_jobs_at_once_each_see_a_device_of_their_own(team_api, tmp_path)
     assert [job.status for job in jobs] == [JobStatus.SUCCEEDED] * 2
     seen = sorted(job.last_execution.log_tail for job in jobs)
     assert seen == ["0 0\n", "1 1\n"]
+    # Each attempt records the device it ran on (reported with its success), as the API
+    # shows it; a failure reports its devices too.
+    for job in jobs:
+        device = int(job.last_execution.log_tail.split()[0])
+        assert job.last_execution.gpu_ids == [device]
+        attempts = team_api.get(f"/api/jobs/{job.id}/executions/").json()
+        assert [a["gpu_ids"] for a in attempts] == [[device]]
+    failed = wait_finished(
+        submit(
+            team_api,
+            command=["sh", "-c", "exit 3"],
+            resources={"cpu": 0.5, "gpu": 2},
+            timeout_seconds=30,
+        )
+    )
+    assert (failed.status, failed.last_execution.gpu_ids) == (JobStatus.FAILED, [0, 1])
 
 
 def test_holds_racing_the_scheduler_and_finishes_run_no_held_job_and_lose_none(team_api):

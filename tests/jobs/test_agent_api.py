@@ -291,3 +291,22 @@ def test_a_failed_over_execution_is_taken_away_and_its_late_reports_change_nothi
     assert late.status_code == 200 and late.json() == {"status": None}
     assert state(token) == before
     assert Job.objects.get().attempts == 1
+
+
+def test_a_report_with_bad_gpu_ids_is_a_400_that_changes_nothing(agent_a, node_a, team):
+    token = reserved_on(node_a, team)
+    assert claim(agent_a, token).status_code == 200
+    before = state(token)
+    for path, body in (
+        ("/api/agent/finish/", {"token": token, "exit_code": 1, "gpu_ids": [-1]}),
+        ("/api/agent/successes/", {"successes": [{"token": token, "gpu_ids": ["x"]}]}),
+        ("/api/agent/finish/", {"token": token, "exit_code": 1, "gpu_ids": [1024]}),
+    ):
+        response = agent_a.post(path, body, format="json")
+        assert response.status_code == 400, response.content
+    assert state(token) == before
+    response = agent_a.post(
+        "/api/agent/successes/", {"successes": [{"token": token, "gpu_ids": [3, 0]}]}, format="json"
+    )
+    assert response.json()["ended"] == [token]
+    assert JobExecution.objects.get(token=token).gpu_ids == [3, 0]

@@ -9,7 +9,15 @@ from django.test import Client
 
 from accounts.models import Role, User
 from accounts.services import team_add_member
-from jobs.models import Job, JobDefinition, JobSchedule, JobStatus, PendingReason
+from jobs.models import (
+    ExecutionStatus,
+    Job,
+    JobDefinition,
+    JobExecution,
+    JobSchedule,
+    JobStatus,
+    PendingReason,
+)
 from nodes.models import Node
 
 pytestmark = pytest.mark.django_db
@@ -453,3 +461,17 @@ def test_the_pages_cost_the_same_queries_with_more_jobs(member, team, default_qu
         Job(team=team, queue=default_queue, name=f"more-{i}", command=["true"]) for i in range(60)
     )
     assert {path: _queries(client, path) for path in paths} == few
+
+
+def test_the_job_page_names_the_gpus_an_attempt_ran_on(member, job, small_node):
+    JobExecution.objects.create(
+        job=job,
+        attempt=1,
+        node=small_node,
+        token="gpu-attempt",
+        status=ExecutionStatus.SUCCEEDED,
+        reserved_at=job.created_at,
+        gpu_ids=[2, 3],
+    )
+    page = logged_in(member).get(f"/jobs/{job.pk}/").content.decode()
+    assert re.search(r"<td>static-1 <span class=\"muted\">GPU 2, 3</span></td>", page)

@@ -46,6 +46,8 @@ def test_jobs_running_at_once_see_devices_no_other_holds_and_ended_ones_give_the
     assert one[0] == one[1] and two[0] == two[1]
     held = [int(d) for d in one[0].split(",") + two[0].split(",")]
     assert sorted(held) == [0, 1, 2]
+    # Each outcome names the devices its job saw, for the attempt's record.
+    assert [",".join(map(str, o.gpu_ids)) for o in outcomes] == [one[0], two[0], ""]
     assert node_gpus.take(3, wait_seconds=0) == (0, 1, 2)  # all handed back
 
 
