@@ -251,6 +251,9 @@ class Job(JobSpec):
     # Why it was cancelled when not by a person, e.g. "dependency never satisfied: job 12
     # failed".
     cancel_reason = models.TextField(blank=True, db_default="")
+    # An array job a person holds (`POST .../hold/`): none of its tasks is released for a
+    # slot or placed until it is released.
+    held_at = models.DateTimeField(null=True, blank=True)
     # Dependencies (JobDependency): what to do when they can never be met, and how they
     # combine (each its own condition, or a workflow step's trigger rule).
     on_unsatisfied = models.CharField(

@@ -474,10 +474,27 @@ def _not_pending_summary(job: Job) -> str:
     return "The job was cancelled."
 
 
+def _held_array(job) -> int | None:
+    """The id of the array job `job` is a task of, if a person holds that array."""
+    if job.array_parent_id is None:
+        return None
+    held = Job.objects.filter(pk=job.array_parent_id, held_at__isnull=False)
+    return job.array_parent_id if held.exists() else None
+
+
 def _pending_summary(job, reason, due, retry, queue, groups, reservation=None) -> str:
     counts = dict.fromkeys(VERDICT_ORDER, 0)
     for group in groups:
         counts[group.verdict] += group.count
+    held_array = _held_array(job)
+    if held_array is not None and reason in (
+        PendingReason.HELD,
+        PendingReason.WAITING_ARRAY_SLOT,
+    ):
+        return (
+            f"Its array job {held_array} is held: no task of it is placed or given a slot "
+            f"until someone releases the array job (POST /api/jobs/{held_array}/release/)."
+        )
     if reason == PendingReason.HELD:
         return (
             f"The job is held: it is not placed until someone releases it "

@@ -261,8 +261,17 @@ class JobDetailSerializer(JobSerializer):
     array_tasks = serializers.DictField(
         child=serializers.IntegerField(), allow_null=True, read_only=True
     )
+    held_at = serializers.DateTimeField(
+        allow_null=True, read_only=True, help_text="An array job held whole: since when."
+    )
 
     def to_representation(self, job):
         retries = RetrySerializer(job.retries.all(), many=True).data
         tasks = None if job.array_count is None else array_task_counts(array=job)
-        return {**super().to_representation(job), "retries": retries, "array_tasks": tasks}
+        held = job.held_at and serializers.DateTimeField().to_representation(job.held_at)
+        return {
+            **super().to_representation(job),
+            "retries": retries,
+            "array_tasks": tasks,
+            "held_at": held or None,
+        }

@@ -21,7 +21,7 @@ from ..models import (
     JobStatus,
     PendingReason,
 )
-from .array_slots import array_task_ended
+from .array_slots import array_slots_release, array_task_ended
 from .dependencies import dependents_rearm, workflows_refresh
 from .gangs import gang_task_ended
 from .publishing import stop_checks_publish_on_commit
@@ -147,7 +147,13 @@ def job_requeue(*, job: Job, user: User | None = None) -> Job:
 def job_hold_refusal(job: Job) -> str | None:
     """Why `job` cannot be held as it is now, or None when it can."""
     if job.array_count is not None:
-        return "An array job is held task by task: hold its pending tasks."
+        if job.status in TERMINAL_JOB_STATUSES:
+            return f"The array job already ended ({job.status})."
+        if job.cancel_requested_at is not None:
+            return "The array job is being cancelled."
+        if job.held_at is not None:
+            return "The array job is already held."
+        return None
     if job.status != JobStatus.PENDING:
         return f"Only a pending job can be held; this one is {job.status}."
     if job.pending_reason == PendingReason.HELD:
@@ -164,7 +170,10 @@ def job_hold(*, job: Job, user: User | None = None) -> Job:
     """Keep a pending job from being placed until someone releases it (Slurm's `scontrol
     hold`). It keeps its place in its queue's order; room reserved for it, or being made
     for it by preemption, goes to the others. A job the scheduler is placing at this
-    moment is locked by its cycle: the hold waits for it, then finds the job placed."""
+    moment is locked by its cycle: the hold waits for it, then finds the job placed. An
+    array job is held whole (`_array_hold`)."""
+    if job.array_count is not None:
+        return _array_hold(array=job, user=user)
     now = timezone.now()
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=job.pk)
@@ -190,14 +199,22 @@ def job_hold(*, job: Job, user: User | None = None) -> Job:
 
 def job_release(*, job: Job, user: User | None = None) -> Job:
     """Let a held job be placed again, in its old place in its queue's order (a failed
-    attempt's retry still waits for its time)."""
+    attempt's retry still waits for its time). An array job is released whole
+    (`_array_release`); a task of a held array only with it."""
+    if job.array_count is not None:
+        return _array_release(array=job, user=user)
     now = timezone.now()
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=job.pk)
         if job.pending_reason != PendingReason.HELD:  # held is a reason of pending jobs only
             raise JobStateError(f"Only a held job can be released; this one is {job.status}.")
-        retrying = job.attempts > 0 and job.not_before is not None and job.not_before > now
-        job.pending_reason = PendingReason.WAITING_RETRY if retrying else PendingReason.NONE
+        if job.array_parent_id is not None and (
+            Job.objects.filter(pk=job.array_parent_id, held_at__isnull=False).exists()
+        ):
+            raise JobStateError(
+                f"Its array job {job.array_parent_id} is held: release the array job."
+            )
+        job.pending_reason = _released_reason(job, now)
         job.save(update_fields=["pending_reason"])
         who = user.username if user else ""
         by = f" by {who}" if who else ""
@@ -205,6 +222,90 @@ def job_release(*, job: Job, user: User | None = None) -> Job:
         scheduler_wake()
     logger.info("job released job=%s by=%s", job.id, user.username if user else "-")
     return job
+
+
+def _released_reason(job: Job, now) -> str:
+    """A released job waits for the scheduler, or for its retry time if a failed
+    attempt's back-off has not run out."""
+    retrying = job.attempts > 0 and job.not_before is not None and job.not_before > now
+    return PendingReason.WAITING_RETRY if retrying else PendingReason.NONE
+
+
+# A held array's tasks that would be placed (not waiting for a slot, nor held already):
+# held too, in one statement, after the array's hold has committed (no slot is released
+# from then on). It locks the tasks only, in a finish's order (task, then array), and
+# waits for a task a cycle is placing, then finds it placed.
+ARRAY_TASKS_HOLD_SQL = """
+UPDATE jobs_job SET pending_reason = %(held)s, reservation_node_id = NULL,
+       reservation_start_at = NULL, reservation_nodes = NULL
+ WHERE array_parent_id = %(array)s AND status = %(pending)s
+   AND pending_reason <> ALL(%(kept)s)
+"""
+
+
+def _array_hold(*, array: Job, user: User | None) -> Job:
+    """Hold an array job whole: no task waiting for a slot gets one, and its tasks that
+    would be placed are held (`held`), until the array is released. Running tasks run on.
+    Two transactions: the array's mark first, so that no finish releases a task for a
+    slot from then on, then its tasks, locked in a finish's order."""
+    now = timezone.now()
+    who = user.username if user else ""
+    with transaction.atomic():
+        array = Job.objects.select_for_update().get(pk=array.pk)
+        if refusal := job_hold_refusal(array):
+            raise JobStateError(refusal)
+        array.held_at = now
+        array.save(update_fields=["held_at"])
+    with transaction.atomic(), transaction.get_connection().cursor() as cursor:
+        cursor.execute(
+            ARRAY_TASKS_HOLD_SQL,
+            {
+                "held": PendingReason.HELD,
+                "array": array.pk,
+                "pending": JobStatus.PENDING,
+                "kept": list(HELD_REASONS),
+            },
+        )
+        held = cursor.rowcount
+        by = f" by {who}" if who else ""
+        message = f"held{by}: {held} task(s) held, and none is released for a slot"
+        job_event(array, EventType.JOB_HELD, message, actor=who, at=now, data={"tasks": held})
+        scheduler_wake()
+    logger.info("array held job=%s tasks=%s by=%s", array.pk, held, who or "-")
+    return array
+
+
+def _array_release(*, array: Job, user: User | None) -> Job:
+    """Release a held array job: its held tasks wait for a slot again, and as many as
+    its parallelism has room for are released at once, in index order (a retry then
+    waits for its time). Tasks first, then the array, in a finish's order."""
+    now = timezone.now()
+    who = user.username if user else ""
+    with transaction.atomic():
+        tasks = Job.objects.filter(
+            array_parent_id=array.pk, status=JobStatus.PENDING, pending_reason=PendingReason.HELD
+        )
+        tasks.update(pending_reason=PendingReason.WAITING_ARRAY_SLOT)
+        array = Job.objects.select_for_update().get(pk=array.pk)
+        if array.held_at is None:
+            raise JobStateError(f"Only a held job can be released; this one is {array.status}.")
+        array.held_at = None
+        array.save(update_fields=["held_at"])
+        released = array_slots_release(array_ids=[array.pk])
+        Job.objects.filter(id__in=released, attempts__gt=0, not_before__gt=now).update(
+            pending_reason=PendingReason.WAITING_RETRY
+        )
+        by = f" by {who}" if who else ""
+        job_event(
+            array,
+            EventType.JOB_RELEASED,
+            f"released{by}: {len(released)} task(s) released for their slots",
+            actor=who,
+            at=now,
+            data={"tasks": len(released)},
+        )
+    logger.info("array released job=%s tasks=%s by=%s", array.pk, len(released), who or "-")
+    return array
 
 
 def job_acknowledge(*, job: Job, user: User | None = None) -> Job:

@@ -26,8 +26,9 @@ LOCK_ARRAYS_SQL = """
 SELECT id FROM jobs_job WHERE id = ANY(%(arrays)s::bigint[]) AND array_count IS NOT NULL
  ORDER BY id FOR UPDATE
 """
-# For each array with no cancel asked: its free slots (parallelism less the tasks that
-# are candidates, placed or running), filled by its held tasks in index order.
+# For each array with no cancel asked and not held by a person: its free slots
+# (parallelism less the tasks that are candidates, placed or running), filled by its
+# tasks waiting for a slot, in index order.
 RELEASE_SQL = """
 WITH array_job AS (
     SELECT p.id, p.array_parallelism - (
@@ -36,6 +37,7 @@ WITH array_job AS (
                   AND t.pending_reason <> %(held)s) AS free
       FROM jobs_job p
      WHERE p.id = ANY(%(arrays)s::bigint[]) AND p.cancel_requested_at IS NULL
+       AND p.held_at IS NULL
 ), released AS (
     SELECT task.id FROM array_job CROSS JOIN LATERAL (
         SELECT t.id FROM jobs_job t

@@ -32,14 +32,14 @@ ARRAY_INDEX_ENV = "JOB_ARRAY_INDEX"
 
 def array_tasks_create(*, array: Job, count: int, parallelism: int) -> None:
     """The array job's tasks, in the caller's transaction: the first `parallelism` ready
-    for the scheduler, the others held."""
+    for the scheduler (held, if the array is), the others waiting for a slot."""
+    own = {"id", "created_at", "status", "pending_reason", "started_at", "idempotency_key"}
     spec = {
         f.attname: getattr(array, f.attname)
         for f in Job._meta.concrete_fields
-        if f.attname
-        not in {"id", "created_at", "status", "pending_reason", "started_at", "idempotency_key"}
-        and not f.attname.startswith("array_")
+        if f.attname not in {*own, "held_at"} and not f.attname.startswith("array_")
     }
+    first = PendingReason.HELD if array.held_at is not None else PendingReason.NONE
     tasks = Job.objects.bulk_create(
         [
             Job(
@@ -49,7 +49,7 @@ def array_tasks_create(*, array: Job, count: int, parallelism: int) -> None:
                     "env": {**array.env, ARRAY_INDEX_ENV: str(index)},
                     "array_parent_id": array.id,
                     "array_index": index,
-                    "pending_reason": ""
+                    "pending_reason": first
                     if index < parallelism
                     else PendingReason.WAITING_ARRAY_SLOT,
                 }

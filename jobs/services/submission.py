@@ -55,10 +55,6 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
         raise ValidationError(
             {"depends_on": ["An array job cannot depend on other jobs; its tasks start at once."]}
         )
-    if hold and array:
-        raise ValidationError(
-            {"hold": ["An array job is held task by task: hold its pending tasks once submitted."]}
-        )
     if hold and depends_on:
         raise ValidationError(
             {"hold": ["A job with dependencies is held by them until they are met: hold it then."]}
@@ -66,7 +62,7 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
     if depends_on:
         job_dependencies_check(team=team, depends_on=depends_on)
         spec["pending_reason"] = PendingReason.WAITING_DEPENDENCIES
-    if hold:
+    if hold and not array:  # an array is held whole (`_array_create`)
         spec["pending_reason"] = PendingReason.HELD
     if array and len(spec.get("env", {})) >= MAX_ENV:  # each task gets JOB_ARRAY_INDEX too
         raise ValidationError({"env": [f"At most {MAX_ENV - 1} variables in an array job."]})
@@ -82,7 +78,7 @@ def job_submit(*, team: Team, spec: dict, user: User | None = None) -> Submissio
         if array or depends_on:
             with transaction.atomic():
                 if array:
-                    job = _array_create(team=team, spec=fields, user=user, **array)
+                    job = _array_create(team=team, spec=fields, user=user, hold=hold, **array)
                 else:
                     job_dependencies_lock(depends_on=depends_on)
                     job = row_insert(Job(team=team, submitted_by=user, **fields))
@@ -140,15 +136,20 @@ def spec_in_queue(spec: dict, queue: Queue) -> dict:
     }
 
 
-def _array_create(*, team: Team, spec: dict, user: User | None, count: int, parallelism: int):
-    """The array job (running from the start: its tasks run in its place) and its tasks."""
+def _array_create(
+    *, team: Team, spec: dict, user: User | None, count: int, parallelism: int, hold: bool
+):
+    """The array job (running from the start: its tasks run in its place) and its tasks;
+    with `hold`, held whole from the start."""
+    now = timezone.now()
     array = Job.objects.create(
         team=team,
         submitted_by=user,
         status=JobStatus.RUNNING,
-        started_at=timezone.now(),
+        started_at=now,
         array_count=count,
         array_parallelism=parallelism,
+        held_at=now if hold else None,
         **spec,
     )
     array_tasks_create(array=array, count=count, parallelism=parallelism)

@@ -377,6 +377,8 @@ def describe_outcome(job: dict, action: str) -> str:
         return "held"
     if action in ("release", "update"):
         past = {"release": "released", "update": "changed"}[action]
+        if job["status"] != "pending":  # an array job, released whole
+            return f"{past}; {job['status']}"
         return f"{past}; pending ({job['pending_reason'] or 'waiting for the scheduler'})"
     return job["status"]
 

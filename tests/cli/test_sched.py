@@ -420,6 +420,14 @@ def test_hold_and_release(platform):
     wait_status(platform, held_id, "succeeded")
     refused = sched(platform, "submit", "--definition=nothing", "--hold")
     assert refused.returncode == 2 and "(--hold)" in refused.stderr
+    # An array is held and released whole.
+    array_id = int(
+        sched(platform, "submit", "--parsable", "--hold", "--array", "0-2", "--", "true").stdout
+    )
+    assert job(platform, array_id)["held_at"] is not None
+    released = sched(platform, "release", str(array_id))
+    assert released.stdout == f"job {array_id}: released; running\n"
+    wait_status(platform, array_id, "succeeded")
 
 
 def test_update_changes_a_pending_job_and_reports_refusals_per_job(platform):

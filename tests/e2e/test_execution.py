@@ -5,6 +5,7 @@ reaches), each with a team of its own (`team_api`), and leave its node empty."""
 
 import itertools
 import re
+import time
 import uuid
 
 import pytest
@@ -225,6 +226,47 @@ def test_holds_racing_the_scheduler_and_finishes_run_no_held_job_and_lose_none(t
         message="all 40 jobs to succeed",
     )
     assert JobExecution.objects.filter(job_id__in=job_ids).count() == 40  # each ran once
+
+
+def test_an_array_held_while_it_runs_starts_no_task_until_released_and_keeps_parallelism(
+    team_api,
+):
+    # 24 short tasks, 4 at once, on a real agent whose finishes release the next tasks
+    # for their slots (in the web server). Held while they run, the array gets no task
+    # started once what was running or placed has ended; released, it runs the rest, at
+    # most 4 at once, each task once.
+    array_id = submit(
+        team_api,
+        command=["sleep", "0.2"],
+        resources={"cpu": 0.25, "memory_mb": 16},
+        array={"count": 24, "parallelism": 4},
+    )
+    wait_until(
+        lambda: JobExecution.objects.filter(job__array_parent_id=array_id).count() >= 6,
+        30,
+        message="a few tasks to run",
+    )
+    assert team_api.post(f"/api/jobs/{array_id}/hold/").status_code == 200
+    tasks = Job.objects.filter(array_parent_id=array_id)
+    live = [JobStatus.RESERVED, JobStatus.RUNNING]
+    wait_until(lambda: not tasks.filter(status__in=live).exists(), 30, message="quiet")
+    started = JobExecution.objects.filter(job__array_parent_id=array_id).count()
+    time.sleep(1.5)  # several finishes' worth: none releases a task now
+    assert JobExecution.objects.filter(job__array_parent_id=array_id).count() == started < 24
+    assert set(tasks.values_list("status", flat=True)) <= {JobStatus.SUCCEEDED, JobStatus.PENDING}
+
+    assert team_api.post(f"/api/jobs/{array_id}/release/").status_code == 200
+    wait_finished(array_id, timeout=60)
+    executions = list(JobExecution.objects.filter(job__array_parent_id=array_id))
+    assert len(executions) == 24 and {e.job_id for e in executions} == set(
+        tasks.values_list("id", flat=True)
+    )
+    assert Job.objects.get(pk=array_id).status == JobStatus.SUCCEEDED
+    moments = sorted(
+        [(e.started_at, 1) for e in executions] + [(e.finished_at, -1) for e in executions]
+    )
+    running = list(itertools.accumulate(step for _, step in moments))
+    assert max(running) <= 4
 
 
 def test_changes_racing_the_scheduler_and_finishes_are_placed_as_changed_or_refused(team_api):

@@ -115,19 +115,13 @@ def test_a_job_that_cannot_be_held_is_a_400_and_nothing_changes(api, small_node,
     assert not Event.objects.filter(job_id=job_id, type=EventType.JOB_HELD).exists()
 
 
-def test_holding_twice_releasing_what_is_not_held_and_holding_an_array_are_400s(api, small_node):
+def test_holding_twice_and_releasing_what_is_not_held_are_400s(api, small_node):
     job_id = submit(api)
     assert api.post(f"/api/jobs/{job_id}/release/").json() == {
         "status": ["Only a held job can be released; this one is pending."]
     }
     api.post(f"/api/jobs/{job_id}/hold/")
     assert api.post(f"/api/jobs/{job_id}/hold/").json() == {"status": ["The job is already held."]}
-    array_id = submit(api, array={"count": 3, "parallelism": 1})
-    response = api.post(f"/api/jobs/{array_id}/hold/")
-    assert (response.status_code, response.json()) == (
-        400,
-        {"status": ["An array job is held task by task: hold its pending tasks."]},
-    )
 
 
 def test_a_viewer_cannot_hold_and_another_team_does_not_see_the_job(
@@ -155,10 +149,6 @@ def test_a_job_submitted_held_waits_until_released(api, small_node, broker):
     ("extra", "message"),
     [
         (
-            {"array": {"count": 2}},
-            "An array job is held task by task: hold its pending tasks once submitted.",
-        ),
-        (
             {"depends_on": [{"job": "UPSTREAM"}]},
             "A job with dependencies is held by them until they are met: hold it then.",
         ),
@@ -175,3 +165,96 @@ def test_a_held_submission_that_cannot_be_held_is_a_400_and_makes_nothing(
     )
     assert (response.status_code, response.json()) == (400, {"hold": [message]})
     assert Job.objects.count() == 1
+
+
+def array_tasks(array_id: int) -> list[tuple[int, str, str]]:
+    """(index, status, reason) of each task, in index order."""
+    tasks = Job.objects.filter(array_parent_id=array_id).order_by("array_index")
+    return list(tasks.values_list("array_index", "status", "pending_reason"))
+
+
+def test_an_array_held_whole_releases_no_task_for_a_slot_until_it_is_released(api, broker):
+    node = Node.objects.create(name="big", cpu_millis=64000, memory_mb=65536)
+    array_id = submit(api, array={"count": 5, "parallelism": 2})
+    tokens = start_running(node)  # tasks 0 and 1
+    assert api.post(f"/api/jobs/{array_id}/hold/").json()["held_at"] is not None
+
+    # A finish frees a slot, but no task is given it; the cycle places nothing.
+    with transaction.atomic():
+        executions_finish_succeeded([Success(min(tokens.values()))], wake=False)
+    assert place_pending_jobs(batch_size=10).placed == 0
+    assert [reason for _, _, reason in array_tasks(array_id)[2:]] == ["waiting_array_slot"] * 3
+    task = Job.objects.get(array_parent_id=array_id, array_index=2)
+    why = api.get(f"/api/jobs/{task.id}/why/").json()
+    assert why["summary"].startswith(f"Its array job {array_id} is held: no task of it")
+    assert api.post(f"/api/jobs/{array_id}/hold/").json() == {
+        "status": ["The array job is already held."]
+    }
+
+    # Released: as many tasks as its parallelism has room for (one runs), in index order.
+    response = api.post(f"/api/jobs/{array_id}/release/")
+    assert (response.status_code, response.json()["held_at"]) == (200, None)
+    assert [reason for _, _, reason in array_tasks(array_id)[2:]] == [
+        "",
+        "waiting_array_slot",
+        "waiting_array_slot",
+    ]
+    events = Event.objects.filter(job_id=array_id).order_by("id")
+    assert [
+        e.message for e in events if e.type in (EventType.JOB_HELD, EventType.JOB_RELEASED)
+    ] == [
+        "held by alice: 0 task(s) held, and none is released for a slot",
+        "released by alice: 1 task(s) released for their slots",
+    ]
+    assert api.post(f"/api/jobs/{array_id}/release/").json() == {
+        "status": ["Only a held job can be released; this one is running."]
+    }
+
+
+def test_holding_an_array_holds_its_tasks_that_wait_to_be_placed_and_not_one_by_one(
+    api, small_node
+):
+    array_id = submit(api, array={"count": 4, "parallelism": 2})
+    retrying = Job.objects.get(array_parent_id=array_id, array_index=1)
+    later = timezone.now() + timedelta(minutes=5)
+    Job.objects.filter(pk=retrying.pk).update(
+        attempts=1, not_before=later, pending_reason=PendingReason.WAITING_RETRY
+    )
+    api.post(f"/api/jobs/{array_id}/hold/")
+    assert array_tasks(array_id) == [
+        (0, "pending", "held"),
+        (1, "pending", "held"),
+        (2, "pending", "waiting_array_slot"),
+        (3, "pending", "waiting_array_slot"),
+    ]
+    assert place_pending_jobs(batch_size=10).placed == 0
+    first = Job.objects.get(array_parent_id=array_id, array_index=0)
+    assert api.post(f"/api/jobs/{first.id}/release/").json() == {
+        "status": [f"Its array job {array_id} is held: release the array job."]
+    }
+    api.post(f"/api/jobs/{array_id}/release/")
+    # The two slots go to the first two again; the retry still waits for its time.
+    assert array_tasks(array_id) == [
+        (0, "pending", ""),
+        (1, "pending", "waiting_retry"),
+        (2, "pending", "waiting_array_slot"),
+        (3, "pending", "waiting_array_slot"),
+    ]
+    api.post(f"/api/jobs/{array_id}/cancel/")
+    assert api.post(f"/api/jobs/{array_id}/hold/").json() == {
+        "status": ["The array job already ended (cancelled)."]
+    }
+
+
+def test_an_array_submitted_held_places_no_task_until_released(api, small_node):
+    array_id = submit(api, array={"count": 3, "parallelism": 2}, hold=True)
+    assert api.get(f"/api/jobs/{array_id}/").json()["held_at"] is not None
+    assert array_tasks(array_id) == [
+        (0, "pending", "held"),
+        (1, "pending", "held"),
+        (2, "pending", "waiting_array_slot"),
+    ]
+    assert not Job.objects.filter(array_parent_id=array_id, held_at__isnull=False).exists()
+    assert place_pending_jobs(batch_size=10).placed == 0
+    api.post(f"/api/jobs/{array_id}/release/")
+    assert place_pending_jobs(batch_size=10).placed == 2

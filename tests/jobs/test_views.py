@@ -19,6 +19,7 @@ from jobs.models import (
     PendingReason,
 )
 from nodes.models import Node
+from tests.conftest import token_client
 
 pytestmark = pytest.mark.django_db
 
@@ -475,3 +476,19 @@ def test_the_job_page_names_the_gpus_an_attempt_ran_on(member, job, small_node):
     )
     page = logged_in(member).get(f"/jobs/{job.pk}/").content.decode()
     assert re.search(r"<td>static-1 <span class=\"muted\">GPU 2, 3</span></td>", page)
+
+
+def test_an_array_is_held_and_released_whole_from_its_page(member, team, small_node):
+    client = logged_in(member)
+    api = token_client(member)
+    array_id = api.post(
+        "/api/jobs/", {"name": "a", "command": ["true"], "array": {"count": 3}}, format="json"
+    ).json()["id"]
+    page = client.get(f"/jobs/{array_id}/").content.decode()
+    assert f'action="/jobs/{array_id}/hold/"' in page and "/release/" not in page
+    assert csrf_post(client, f"/jobs/{array_id}/hold/", {}).status_code == 302
+    assert Job.objects.get(pk=array_id).held_at is not None
+    page = client.get(f"/jobs/{array_id}/").content.decode()
+    assert f'action="/jobs/{array_id}/release/"' in page and "/hold/" not in page
+    csrf_post(client, f"/jobs/{array_id}/release/", {})
+    assert Job.objects.get(pk=array_id).held_at is None
