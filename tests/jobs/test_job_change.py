@@ -156,18 +156,14 @@ def test_bad_changes_are_400s_that_change_nothing(api, small_node, body, errors)
     assert changed_events(job_id) == []
 
 
-def test_only_a_pending_job_that_is_no_array_and_has_not_run_elsewhere_changes(
-    api, team, small_node
-):
+def test_only_a_pending_job_that_has_not_run_elsewhere_changes(api, team, small_node):
     Queue.objects.create(name="batch").teams.add(team)
     running = submit(api)
     Job.objects.filter(pk=running).update(status=JobStatus.RUNNING, pending_reason="")
-    array = submit(api, array={"count": 2})
     retried = submit(api)
     Job.objects.filter(pk=retried).update(attempts=1)
     refusals = {
         running: {"status": ["Only a pending job can be changed; this one is running."]},
-        array: {"status": ["An array job is changed task by task: change its pending tasks."]},
         retried: {
             "queue": ["A job that has run keeps its queue: its attempts were counted there."]
         },
@@ -176,10 +172,40 @@ def test_only_a_pending_job_that_is_no_array_and_has_not_run_elsewhere_changes(
         response = api.patch(f"/api/jobs/{job_id}/", {"queue": "batch"}, format="json")
         assert (response.status_code, response.json()) == (400, errors)
         assert stored(job_id, "queue__name")[0] == "default"
-    # An array's task is a job of its own.
-    task = Job.objects.filter(array_parent_id=array).order_by("array_index").first()
+
+
+def test_an_array_changes_with_its_tasks_that_have_not_started(api, team, small_node, broker):
+    Queue.objects.create(name="batch").teams.add(team)
+    array = submit(api, array={"count": 3, "parallelism": 1}, resources={"cpu": 1})
+    assert place_pending_jobs(batch_size=10).placed == 1  # task 0
+    response = api.patch(
+        f"/api/jobs/{array}/", {"priority": 4, "resources": {"cpu": 2}}, format="json"
+    )
+    assert response.status_code == 200, response.json()
+    tasks = Job.objects.filter(array_parent_id=array).order_by("array_index")
+    assert list(tasks.values_list("status", "priority", "cpu_millis", "pending_reason")) == [
+        (JobStatus.RESERVED, 0, 1000, ""),
+        (JobStatus.PENDING, 4, 2000, PendingReason.WAITING_ARRAY_SLOT),
+        (JobStatus.PENDING, 4, 2000, PendingReason.WAITING_ARRAY_SLOT),
+    ]
+    assert stored(array, "priority", "cpu_millis") == (4, 2000)
+    assert changed_events(array) == [
+        (
+            "changed by alice: priority 0 → 4; cpu 1 → 2 (2 task(s) not started)",
+            "alice",
+            {"changes": {"priority": [0, 4], "cpu_millis": [1000, 2000]}, "tasks": 2},
+        )
+    ]
+    # One of its tasks has been placed: the array keeps its queue. A task changes alone.
+    response = api.patch(f"/api/jobs/{array}/", {"queue": "batch"}, format="json")
+    assert response.status_code == 400
+    task = tasks.last()
     assert api.patch(f"/api/jobs/{task.id}/", {"priority": 3}, format="json").status_code == 200
     assert stored(task.id, "priority")[0] == 3
+    api.post(f"/api/jobs/{array}/cancel/")
+    assert api.patch(f"/api/jobs/{array}/", {"priority": 1}, format="json").json() == {
+        "status": ["The array job already ended (cancelled)."]
+    }
 
 
 def test_a_viewer_may_not_change_and_put_is_not_allowed(api, team, small_node):
