@@ -299,6 +299,35 @@ def test_changes_racing_the_scheduler_and_finishes_are_placed_as_changed_or_refu
     assert {e.job_id: e.allocation.memory_mb for e in executions} == asked
 
 
+def test_an_array_changed_while_it_runs_places_each_task_with_what_it_asks(team_api):
+    # As the changes above, for a whole array: its tasks that had not started when the
+    # change committed run with the new request, the others with the old; none is
+    # placed with a request it no longer has.
+    array_id = submit(
+        team_api,
+        command=["sleep", "0.2"],
+        resources={"cpu": 0.25, "memory_mb": 16},
+        array={"count": 30, "parallelism": 6},
+    )
+    wait_until(
+        lambda: JobExecution.objects.filter(job__array_parent_id=array_id).count() >= 8,
+        30,
+        message="a few tasks to run",
+    )
+    response = team_api.patch(
+        f"/api/jobs/{array_id}/", {"resources": {"memory_mb": 17}}, format="json"
+    )
+    assert response.status_code == 200
+    wait_finished(array_id, timeout=60)
+    executions = JobExecution.objects.filter(job__array_parent_id=array_id).select_related(
+        "job", "allocation"
+    )
+    asked = {e.job_id: (e.job.memory_mb, e.allocation.memory_mb) for e in executions}
+    assert len(asked) == 30 and all(job == placed for job, placed in asked.values())
+    changed = sum(job == 17 for job, _ in asked.values())
+    assert 0 < changed < 30, changed
+
+
 def test_a_job_past_its_memory_limit_fails_with_the_memory_reason(team_api):
     job_id = submit(
         team_api,
