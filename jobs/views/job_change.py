@@ -5,6 +5,7 @@ what `PATCH /api/jobs/{id}/` refuses, with the same messages beside the fields."
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from rest_framework import exceptions as api_exceptions
@@ -42,6 +43,8 @@ def job_change_page(request, pk):
             _change(request, job, values)
         except (api_exceptions.ValidationError, DjangoValidationError) as exc:
             errors = by_form_field(field_errors(exc), NAMES)
+        except Job.DoesNotExist:  # gone since it was read (purged by retention)
+            raise Http404("No such job.") from None
         else:
             messages.success(request, "Changed: the scheduler looks at it again.")
             return redirect(reverse("job-page", args=[job.pk]))

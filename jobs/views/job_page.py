@@ -4,6 +4,7 @@ acknowledge, submit again (changing a pending job has a page of its own, job_cha
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
@@ -11,7 +12,7 @@ from django.views.decorators.http import require_POST
 from events.selectors import event_list_visible
 
 from ..log_reading import LIVE_EXECUTION_STATUSES, attempt_log
-from ..models import JobStatus
+from ..models import Job, JobStatus
 from ..selectors import execution_list_for_job, job_list_visible
 from ..services.actions import (
     JobStateError,
@@ -82,6 +83,8 @@ def _act(request, pk, change, done: str):
         messages.success(request, done)
     except JobStateError as exc:
         messages.error(request, " ".join(field_errors(exc).get("status", [str(exc)])))
+    except Job.DoesNotExist:  # gone since it was read (purged by retention)
+        raise Http404("No such job.") from None
     return redirect(reverse("job-page", args=[job.pk]))
 
 

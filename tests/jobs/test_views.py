@@ -18,6 +18,8 @@ from jobs.models import (
     JobStatus,
     PendingReason,
 )
+from jobs.views import job_change as job_change_views
+from jobs.views import job_page as job_page_views
 from nodes.models import Node
 from tests.conftest import token_client
 
@@ -492,3 +494,17 @@ def test_an_array_is_held_and_released_whole_from_its_page(member, team, small_n
     assert f'action="/jobs/{array_id}/release/"' in page and "/hold/" not in page
     csrf_post(client, f"/jobs/{array_id}/release/", {})
     assert Job.objects.get(pk=array_id).held_at is None
+
+
+def test_an_action_on_a_job_gone_since_the_page_read_it_is_a_404(member, job, monkeypatch):
+    # The job is purged between the view's read and the service's lock.
+    stale = Job.objects.get(pk=job.pk)
+    Job.objects.filter(pk=job.pk).delete()
+    for view in (job_page_views, job_change_views):
+        monkeypatch.setattr(view, "job_visible_or_404", lambda request, pk: stale)
+    client = logged_in(member)
+    assert csrf_post(client, f"/jobs/{job.pk}/hold/", {}).status_code == 404
+    form = {"queue": "default", "priority": "1", "cpu": "1", "memory_mb": "256", "gpu": "0"}
+    form |= {"node_selector": "", "timeout_seconds": "", "max_retries": "0"}
+    form["retry_backoff_seconds"] = "10"
+    assert csrf_post(client, f"/jobs/{job.pk}/change/", form).status_code == 404
