@@ -228,6 +228,22 @@ def test_holds_racing_the_scheduler_and_finishes_run_no_held_job_and_lose_none(t
     assert JobExecution.objects.filter(job_id__in=job_ids).count() == 40  # each ran once
 
 
+def running_array(team_api, *, count: int, parallelism: int, started: int) -> int:
+    """An array of short tasks (0.25 CPU, 16 MB), once `started` of them have run."""
+    array_id = submit(
+        team_api,
+        command=["sleep", "0.2"],
+        resources={"cpu": 0.25, "memory_mb": 16},
+        array={"count": count, "parallelism": parallelism},
+    )
+    wait_until(
+        lambda: JobExecution.objects.filter(job__array_parent_id=array_id).count() >= started,
+        30,
+        message="a few tasks to run",
+    )
+    return array_id
+
+
 def test_an_array_held_while_it_runs_starts_no_task_until_released_and_keeps_parallelism(
     team_api,
 ):
@@ -235,17 +251,7 @@ def test_an_array_held_while_it_runs_starts_no_task_until_released_and_keeps_par
     # for their slots (in the web server). Held while they run, the array gets no task
     # started once what was running or placed has ended; released, it runs the rest, at
     # most 4 at once, each task once.
-    array_id = submit(
-        team_api,
-        command=["sleep", "0.2"],
-        resources={"cpu": 0.25, "memory_mb": 16},
-        array={"count": 24, "parallelism": 4},
-    )
-    wait_until(
-        lambda: JobExecution.objects.filter(job__array_parent_id=array_id).count() >= 6,
-        30,
-        message="a few tasks to run",
-    )
+    array_id = running_array(team_api, count=24, parallelism=4, started=6)
     assert team_api.post(f"/api/jobs/{array_id}/hold/").status_code == 200
     tasks = Job.objects.filter(array_parent_id=array_id)
     live = [JobStatus.RESERVED, JobStatus.RUNNING]
@@ -303,17 +309,7 @@ def test_an_array_changed_while_it_runs_places_each_task_with_what_it_asks(team_
     # As the changes above, for a whole array: its tasks that had not started when the
     # change committed run with the new request, the others with the old; none is
     # placed with a request it no longer has.
-    array_id = submit(
-        team_api,
-        command=["sleep", "0.2"],
-        resources={"cpu": 0.25, "memory_mb": 16},
-        array={"count": 30, "parallelism": 6},
-    )
-    wait_until(
-        lambda: JobExecution.objects.filter(job__array_parent_id=array_id).count() >= 8,
-        30,
-        message="a few tasks to run",
-    )
+    array_id = running_array(team_api, count=30, parallelism=6, started=8)
     response = team_api.patch(
         f"/api/jobs/{array_id}/", {"resources": {"memory_mb": 17}}, format="json"
     )
