@@ -197,6 +197,20 @@ def job_hold(*, job: Job, user: User | None = None) -> Job:
     return job
 
 
+def job_release_refusal(job: Job) -> str | None:
+    """Why `job` cannot be released as it is now, or None when it can."""
+    if job.array_count is not None:
+        held = job.held_at is not None
+        return None if held else f"Only a held job can be released; this one is {job.status}."
+    if job.pending_reason != PendingReason.HELD:  # held is a reason of pending jobs only
+        return f"Only a held job can be released; this one is {job.status}."
+    if job.array_parent_id is not None and (
+        Job.objects.filter(pk=job.array_parent_id, held_at__isnull=False).exists()
+    ):
+        return f"Its array job {job.array_parent_id} is held: release the array job."
+    return None
+
+
 def job_release(*, job: Job, user: User | None = None) -> Job:
     """Let a held job be placed again, in its old place in its queue's order (a failed
     attempt's retry still waits for its time). An array job is released whole
@@ -206,14 +220,8 @@ def job_release(*, job: Job, user: User | None = None) -> Job:
     now = timezone.now()
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=job.pk)
-        if job.pending_reason != PendingReason.HELD:  # held is a reason of pending jobs only
-            raise JobStateError(f"Only a held job can be released; this one is {job.status}.")
-        if job.array_parent_id is not None and (
-            Job.objects.filter(pk=job.array_parent_id, held_at__isnull=False).exists()
-        ):
-            raise JobStateError(
-                f"Its array job {job.array_parent_id} is held: release the array job."
-            )
+        if refusal := job_release_refusal(job):
+            raise JobStateError(refusal)
         job.pending_reason = _released_reason(job, now)
         job.save(update_fields=["pending_reason"])
         who = user.username if user else ""
@@ -287,8 +295,8 @@ def _array_release(*, array: Job, user: User | None) -> Job:
         )
         tasks.update(pending_reason=PendingReason.WAITING_ARRAY_SLOT)
         array = Job.objects.select_for_update().get(pk=array.pk)
-        if array.held_at is None:
-            raise JobStateError(f"Only a held job can be released; this one is {array.status}.")
+        if refusal := job_release_refusal(array):
+            raise JobStateError(refusal)
         array.held_at = None
         array.save(update_fields=["held_at"])
         released = array_slots_release(array_ids=[array.pk])

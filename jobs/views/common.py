@@ -61,6 +61,21 @@ def by_form_field(errors: dict[str, list[str]], fields) -> dict[str, list[str]]:
     return mapped
 
 
+def job_form_values(job) -> dict[str, str]:
+    """What a job asks, as the submit and change forms write it."""
+    return {
+        "cpu": f"{job.cpu_millis / 1000:g}",
+        "memory_mb": str(job.memory_mb),
+        "gpu": str(job.gpu),
+        "queue": job.queue.name,
+        "priority": str(job.priority),
+        "max_retries": str(job.max_retries),
+        "retry_backoff_seconds": str(job.retry_backoff_seconds),
+        "timeout_seconds": "" if job.timeout_seconds is None else str(job.timeout_seconds),
+        "node_selector": ", ".join(f"{k}={v}" for k, v in job.node_selector.items()),
+    }
+
+
 def labels_parse(text: str) -> dict:
     """A node selector as a form writes it: `zone=a, disk=ssd`."""
     labels = {}

@@ -15,7 +15,13 @@ from resources.selectors import queue_list_visible
 from ..api.specs import JobChangeSerializer
 from ..models import Job
 from ..services.changes import job_change, job_change_refusal
-from .common import by_form_field, field_errors, labels_parse, require_may_change
+from .common import (
+    by_form_field,
+    field_errors,
+    job_form_values,
+    labels_parse,
+    require_may_change,
+)
 from .job_page import job_visible_or_404
 
 # The form's fields, with their labels and keyboards; the queue is a list of its own.
@@ -49,7 +55,7 @@ def job_change_page(request, pk):
             messages.success(request, "Changed: the scheduler looks at it again.")
             return redirect(reverse("job-page", args=[job.pk]))
     else:
-        values = _values(job)
+        values = job_form_values(job)
     refusal = job_change_refusal(job)
     return render(
         request,
@@ -68,20 +74,6 @@ def job_change_page(request, pk):
         },
         status=400 if errors or (refusal and request.method == "POST") else 200,
     )
-
-
-def _values(job: Job) -> dict:
-    return {
-        "queue": job.queue.name,
-        "priority": str(job.priority),
-        "cpu": f"{job.cpu_millis / 1000:g}",
-        "memory_mb": str(job.memory_mb),
-        "gpu": str(job.gpu),
-        "node_selector": ", ".join(f"{k}={v}" for k, v in job.node_selector.items()),
-        "timeout_seconds": "" if job.timeout_seconds is None else str(job.timeout_seconds),
-        "max_retries": str(job.max_retries),
-        "retry_backoff_seconds": str(job.retry_backoff_seconds),
-    }
 
 
 def _change(request, job: Job, values: dict) -> Job:

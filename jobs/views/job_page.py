@@ -21,6 +21,7 @@ from ..services.actions import (
     job_hold,
     job_hold_refusal,
     job_release,
+    job_release_refusal,
     job_requeue,
 )
 from ..services.arrays import array_cancel, array_retry
@@ -66,6 +67,7 @@ def job_page(request, pk):
         .order_by("at", "id")[:TIMELINE_EVENTS],
         "may_act": job.team_id in submittable_team_ids(request.user),
         "may_hold": job_hold_refusal(job) is None,
+        "may_release": job_release_refusal(job) is None,
         "may_change": job_change_refusal(job) is None,
         "live": job.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
         or job.cancel_requested_at is not None,

@@ -21,7 +21,7 @@ from ..api.specs import JobFromDefinitionSerializer, JobSubmitSerializer
 from ..selectors import definition_list_visible, job_list_visible
 from ..services.definitions import definition_submit
 from ..services.submission import job_submit
-from .common import by_form_field, field_errors, labels_parse
+from .common import by_form_field, field_errors, job_form_values, labels_parse
 
 FIELDS = (
     "team",
@@ -90,20 +90,14 @@ def _initial(request) -> dict:
     if source.isdecimal():
         job = job_list_visible(user=request.user).filter(pk=int(source)).first()
         if job is not None:
+            asked = job_form_values(job)
+            values.update({name: asked[name] for name in FIELDS if name in asked})
             values.update(
                 team=job.team.slug,
                 name=job.name,
                 command=shlex.join(job.command),
-                cpu=f"{job.cpu_millis / 1000:g}",
-                memory_mb=str(job.memory_mb),
-                gpu=str(job.gpu),
                 tasks=str(job.tasks),
-                queue=job.queue.name,
-                priority=str(job.priority),
                 preemptible="yes" if job.preemptible else "no",
-                max_retries=str(job.max_retries),
-                timeout_seconds="" if job.timeout_seconds is None else str(job.timeout_seconds),
-                node_selector=", ".join(f"{k}={v}" for k, v in job.node_selector.items()),
                 parameters=json.dumps(job.parameters) if job.parameters else "",
                 definition=str(job.definition_id or ""),
             )

@@ -492,6 +492,11 @@ def test_an_array_is_held_and_released_whole_from_its_page(member, team, small_n
     assert Job.objects.get(pk=array_id).held_at is not None
     page = client.get(f"/jobs/{array_id}/").content.decode()
     assert f'action="/jobs/{array_id}/release/"' in page and "/hold/" not in page
+    # Its tasks are released only with it: no button offers to release one alone.
+    task = Job.objects.filter(array_parent_id=array_id).first()
+    assert (
+        f'action="/jobs/{task.pk}/release/"' not in client.get(f"/jobs/{task.pk}/").content.decode()
+    )
     csrf_post(client, f"/jobs/{array_id}/release/", {})
     assert Job.objects.get(pk=array_id).held_at is None
 
