@@ -25,6 +25,16 @@ def prepared_cursor():
     return db.make_cursor(cursor)
 
 
+def without_jit() -> None:
+    """For the rest of the open transaction. Once the tables are large, the estimated cost
+    of a statement that reads many rows (the metrics' figures, the tallies' folds, the
+    usage report, whose `generate_series` the planner takes for a thousand rows a call)
+    passes jit_above_cost, and compiling it takes longer (250 to 650 ms) than running
+    it."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL jit = off")
+
+
 _INSERTS: dict[tuple, str] = {}
 
 

@@ -1065,3 +1065,52 @@ class RetryTally(models.Model):
 
     def __str__(self):
         return f"{self.queue_id}: {self.retries}"
+
+
+class UsageTally(models.Model):
+    """What folded attempts used (see jobs.services.metrics_tallies), by UTC day, team,
+    queue and submitter: the usage report's history, which outlives the jobs that
+    retention purges. An attempt's run (start to end) is split between the days it spans;
+    it counts as an attempt on the day it ended. Resource-seconds are its allocation's
+    amounts times the seconds it ran that day."""
+
+    day = models.DateField()
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="+")
+    queue = models.ForeignKey(
+        "resources.Queue", on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    # The submitter's username when the attempt was folded (blank: none, such as a
+    # deleted user's jobs): kept as text, so deleting a user keeps their history.
+    username = models.CharField(max_length=150, blank=True)
+    attempts = models.BigIntegerField()
+    succeeded = models.BigIntegerField()
+    run_seconds = models.FloatField()
+    cpu_seconds = models.FloatField()
+    memory_mb_seconds = models.FloatField()
+    gpu_seconds = models.FloatField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["day", "team", "queue", "username"], name="usage_tally_group"
+            ),
+            models.CheckConstraint(
+                condition=Q(
+                    attempts__gte=0,
+                    succeeded__gte=0,
+                    succeeded__lte=F("attempts"),
+                    run_seconds__gte=0,
+                    cpu_seconds__gte=0,
+                    memory_mb_seconds__gte=0,
+                    gpu_seconds__gte=0,
+                ),
+                name="usage_tally_positive",
+            ),
+        ]
+        indexes = [
+            # The report of one team over a span of days (the unique key serves all teams).
+            models.Index(fields=["team", "day"], name="usage_tally_team_day"),
+        ]
+
+    def __str__(self):
+        return f"{self.day} {self.team_id} {self.queue_id} {self.username or '-'}"

@@ -10,6 +10,7 @@ from .api.jobs import JobViewSet
 from .api.logs import LogSearchView
 from .api.metrics import MetricsSummaryView
 from .api.schedules import ScheduleViewSet
+from .api.usage import UsageReportView
 from .api.workflows import WorkflowTemplateViewSet, WorkflowViewSet
 
 router = DefaultRouter(trailing_slash=True)
@@ -33,5 +34,6 @@ urlpatterns = [
     *router.urls,
     path("metrics/summary/", MetricsSummaryView.as_view(), name="metrics-summary"),
     path("logs/", LogSearchView.as_view(), name="log-search"),
+    path("usage/report/", UsageReportView.as_view(), name="usage-report"),
     path("jobs/<int:pk>/events/", JobEventsView.as_view(), name="job-events"),
 ]

@@ -3,7 +3,7 @@
 import click
 
 from .app import SchedGroup
-from .commands import auth, jobs, nodes, schedules, submit, update, workflows
+from .commands import auth, jobs, nodes, report, schedules, submit, update, workflows
 
 
 @click.group(cls=SchedGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,6 +36,7 @@ for command in (
     jobs.release,
     update.update,
     nodes.nodes,
+    report.report,
     schedules.schedules,
     workflows.workflow,
 ):

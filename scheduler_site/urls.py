@@ -15,6 +15,7 @@ from jobs.views import (
     overview,
     schedules,
     submit,
+    usage,
 )
 
 from . import health
@@ -57,6 +58,7 @@ urlpatterns = [
     path("schedules/<int:pk>/pause/", schedules.schedule_pause_view, name="schedule-pause-page"),
     path("schedules/<int:pk>/resume/", schedules.schedule_resume_view, name="schedule-resume-page"),
     path("nodes/", nodes.node_page_list, name="node-list-page"),
+    path("usage/", usage.usage_report_page, name="usage-report-page"),
     path("nodes/<str:name>/<str:action>/", nodes.node_action, name="node-action"),
     path("alerts/", alert_views.alert_list, name="alert-list-page"),
     path("audit/", account_views.audit_list, name="audit-list-page"),

@@ -99,14 +99,17 @@ def main() -> None:
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    # Node agents reach the control plane through a web server (each its own, here).
     processes = [
-        BENCH.start(
+        *BENCH.start_node_agent(
             "node-a",
             [*MANAGE, "run_node", "--name=node-a", "--cpu=4", "--memory-mb=4096", "--label=zone=a"],
+            port=free_port(),
         ),
-        BENCH.start(
+        *BENCH.start_node_agent(
             "node-b",
             [*MANAGE, "run_node", "--name=node-b", "--cpu=2", "--memory-mb=2048", "--label=zone=b"],
+            port=free_port(),
         ),
         BENCH.start("scheduler", [*MANAGE, "run_scheduler"]),
         BENCH.start("web", gunicorn_argv(port)),
@@ -131,6 +134,7 @@ def main() -> None:
             "schedule": f"/schedules/{ids['schedule']}/",
             "schedule-form": "/schedules/new/",
             "nodes": "/nodes/",
+            "usage": "/usage/?by=team&by=user",
             "alerts": "/alerts/",
             "audit": "/audit/",
         }

@@ -285,6 +285,9 @@ ENDPOINTS = [
     Endpoint("GET", "/api/allocations/{allocation}/", azure_only(200)),
     Endpoint("POST", "/api/allocations/{allocation}/release/", STAFF_ONLY),
     Endpoint("GET", "/api/resources/usage/", everyone(200)),
+    # --- the usage report: each caller's own teams; another team is a 400, as unknown
+    Endpoint("GET", "/api/usage/report/?by=team,queue,user", everyone(200)),
+    Endpoint("GET", "/api/usage/report/?team=azure-team", azure_only(200, outsider=400)),
     # --- metrics: each caller's own teams' queues and jobs; every node
     Endpoint("GET", "/api/metrics/summary/", everyone(200)),
     # --- log search: each caller's own teams' lines
@@ -317,6 +320,7 @@ ENDPOINTS = [
     # --- web UI
     Endpoint("GET", "/", everyone(200, anonymous=302), auth="session"),
     Endpoint("GET", "/jobs/{job}/", azure_only(200, anonymous=302), auth="session"),
+    Endpoint("GET", "/usage/?by=team", everyone(200, anonymous=302), auth="session"),
     # --- workflows
     Endpoint("GET", "/api/workflows/", everyone(200), counts={"azure-team": 2, "crimson-team": 2}),
     Endpoint("GET", "/api/workflows/?team=azure-team", everyone(200)),
@@ -605,6 +609,10 @@ def test_the_matrix_covers_every_api_route():
         ("/api/concurrency-limits/", ["azure-limit-mark", "crimson-limit-mark"]),
         ("/api/resources/usage/", ["azure-team", "crimson-team", "azure-q", "crimson-q"]),
         ("/api/metrics/summary/", ["azure-q", "crimson-q"]),
+        (
+            "/api/usage/report/?by=team,queue",
+            ["azure-team", "crimson-team", "azure-q", "crimson-q"],
+        ),
         ("/api/workflows/", ["azure-wf-mark", "crimson-wf-mark"]),
         ("/api/workflow-templates/", ["azure-wf-mark", "crimson-wf-mark"]),
         ("/api/logs/?q=log-mark", ["AZURE-LOG-MARK", "CRIMSON-LOG-MARK"]),

@@ -21,6 +21,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from common.db import without_jit
 from nodes.models import Node, NodeStatus
 from resources.models import Queue
 
@@ -44,7 +45,6 @@ from .figures import (
     nodes_lost_and_leader,
     retry_counts,
     schedule_run_figures,
-    without_jit,
 )
 
 MB = 1024 * 1024

@@ -282,14 +282,6 @@ def nodes_lost_and_leader() -> tuple[int, bool]:
     return lost, leader
 
 
-def without_jit() -> None:
-    """For the rest of the open transaction. Once the tables are large, these statements'
-    estimated cost passes jit_above_cost, and compiling them takes longer (about 250 ms)
-    than running them."""
-    with connection.cursor() as cursor:
-        cursor.execute("SET LOCAL jit = off")
-
-
 def _rows(sql: str, params: dict) -> Iterable[tuple]:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)

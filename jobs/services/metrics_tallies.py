@@ -1,15 +1,18 @@
 """The metrics' counts of rows that never change, folded into tallies so that a scrape
 need not read the whole history: ended executions (per queue), schedule runs and
-retries.
+retries; and what ended executions used, by day, team, queue and submitter
+(`UsageTally`, read by `jobs.usage_report`), which must outlive the jobs that retention
+purges.
 
 An execution that has ended never changes what it counts for (its queue, outcome, run
 time and, on a job's first attempt that started, the job's wait); a schedule run (its
 outcome and lateness) and a retry (its job's queue) never change at all. So each can be
-counted once and for all: `metrics_tallies_fold` adds a batch of them to their tally
-(`ExecutionTally`, `ScheduleRunTally`, `RetryTally`) and marks them `metrics_folded`, in
-one statement. A scrape reads each tally and the rows not yet folded in one statement
-too, so it sees every row exactly once, before or after a fold; and deleting rows (a
-team's jobs, a schedule's runs) takes back only what was not yet folded.
+counted once and for all: `metrics_tallies_fold` adds a batch of them to their tallies
+(`ExecutionTally` and `UsageTally`, `ScheduleRunTally`, `RetryTally`) and marks them
+`metrics_folded`, in one statement. A scrape (and the usage report) reads each tally and
+the rows not yet folded in one statement too, so it sees every row exactly once, before
+or after a fold; and deleting rows (a team's jobs, a schedule's runs) takes back only
+what was not yet folded.
 
 The tallies keep bucket numbers, not seconds: changing RUN_BUCKETS, WAIT_BUCKETS or
 LATENESS_BUCKETS takes a migration that empties the tally and clears `metrics_folded`.
@@ -20,7 +23,10 @@ from collections.abc import Sequence
 
 from django.db import connection, transaction
 
+from common.db import without_jit
+
 from ..models import ExecutionStatus
+from ..usage_report import USAGE_COLUMNS, USAGE_SUMS, usage_rows
 
 # Seconds. A job waits milliseconds on free room, and hours in a backlog.
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400)
@@ -128,6 +134,19 @@ WITH {ENDED_EXECUTIONS_BATCH}, tallies AS (
            run_seconds = t.run_seconds + excluded.run_seconds,
            waits = t.waits + excluded.waits,
            wait_seconds = t.wait_seconds + excluded.wait_seconds
+), used AS (
+    INSERT INTO jobs_usagetally AS t (day, team_id, queue_id, username, {USAGE_COLUMNS})
+    SELECT day, team_id, queue_id, username, {USAGE_SUMS}
+      FROM ({usage_rows("folded", "coalesce(e.finished_at, e.started_at)")}) AS usage
+     GROUP BY day, team_id, queue_id, username
+     ORDER BY day, team_id, queue_id, username
+        ON CONFLICT (day, team_id, queue_id, username) DO UPDATE
+       SET attempts = t.attempts + excluded.attempts,
+           succeeded = t.succeeded + excluded.succeeded,
+           run_seconds = t.run_seconds + excluded.run_seconds,
+           cpu_seconds = t.cpu_seconds + excluded.cpu_seconds,
+           memory_mb_seconds = t.memory_mb_seconds + excluded.memory_mb_seconds,
+           gpu_seconds = t.gpu_seconds + excluded.gpu_seconds
 )
 SELECT count(*) FROM folded
 """
@@ -188,6 +207,7 @@ def _fold_batch(sql: str, params: dict) -> int | None:
         cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [TALLY_FOLD_LOCK_ID])
         if not cursor.fetchone()[0]:
             return None
+        without_jit()
         cursor.execute(sql, params)
         return cursor.fetchone()[0]
 

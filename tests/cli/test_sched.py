@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from schedcli.output import parse_time
 from tests.cli.conftest import PASSWORD, SCHED, sched, sched_json
 from tests.processes import free_port, wait_until
 
@@ -462,3 +463,46 @@ def test_update_changes_a_pending_job_and_reports_refusals_per_job(platform):
     sched(platform, "cancel", str(held_id))
     nothing = sched(platform, "update", str(job_id))
     assert nothing.returncode == 2 and "Say what to change" in nothing.stderr
+
+
+def test_report_sums_what_the_teams_jobs_used(platform):
+    def running() -> list:
+        return sched_json(platform, "queue", "-t", "running,reserved")
+
+    def usage() -> dict:
+        return sched_json(platform, "report", "--by=team,user", "--since=1d")
+
+    wait_until(lambda: not running(), 60, interval=0.2, message="no job running")
+    before = usage()
+    submitted = sched(
+        platform, "submit", "--parsable", "--wait", "--cpus=0.5", "--mem=512M", "--", "sleep", "1"
+    )
+    assert not running()
+    after = usage()
+    with platform.http() as http:
+        query = {"by": "team,user", "since": after["since"]}
+        assert after == http.get("usage/report/", params=query).json()
+        [attempt] = http.get(f"jobs/{int(submitted.stdout)}/executions/").json()
+
+    # The job's one attempt, its run times its 0.5 CPU and 0.5 GiB, and nothing else.
+    ran = parse_time(attempt["finished_at"]) - parse_time(attempt["started_at"])
+    hours = ran.total_seconds() / 3600
+    assert 1 / 3600 <= hours < 30 / 3600
+    [was], [now] = before["rows"] or [dict.fromkeys(after["rows"][0], 0)], after["rows"]
+    assert (now["team"], now["user"]) == ("blue", "alice")
+    assert now["attempts"] - was["attempts"] == 1
+    assert now["succeeded"] - was["succeeded"] == 1
+    assert now["cpu_hours"] - was["cpu_hours"] == pytest.approx(hours / 2, abs=3e-6)
+    assert now["memory_gb_hours"] - was["memory_gb_hours"] == pytest.approx(hours / 2, abs=3e-6)
+
+    table = sched(platform, "report", "--by=user,day", "--since=1d").stdout.splitlines()
+    assert table[0].startswith("Usage from ")
+    assert table[1].split() == [
+        "USER", "DAY", "ATTEMPTS", "OK", "RUN_H", "CPU_H", "MEM_GB_H", "GPU_H"
+    ]  # fmt: skip
+    assert table[2].split()[0] == "alice"
+    for bad in (["--by=colour"], ["--since=lots"]):
+        refused = sched(platform, "report", *bad)
+        assert refused.returncode == 2 and "Invalid value" in refused.stderr
+    refused = sched(platform, "report", "--queue=nope")
+    assert refused.returncode == 1 and 'queue: No queue "nope".' in refused.stderr

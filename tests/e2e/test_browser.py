@@ -1,8 +1,8 @@
 """The web UI in a real browser (Playwright driving Debian's chromium, headless), against
 the web process as deployed and real scheduler and node-agent processes: a member runs
-jobs from the pages, the why panel says what the API says, a waiting job is held,
-released and changed from its page, viewers and other teams are refused, and a schedule
-is made, previewed, paused and resumed from its pages."""
+jobs from the pages and reads what they used, the why panel says what the API says, a
+waiting job is held, released and changed from its page, viewers and other teams are
+refused, and a schedule is made, previewed, paused and resumed from its pages."""
 
 import os
 import re
@@ -118,6 +118,16 @@ def test_a_member_runs_a_job_from_the_form_and_cancels_a_long_one(
     page.goto(f"{web}/")
     assert page.locator('tr[data-node="node-a"] .cpu-allocated').inner_text() == "0"
     assert Node.objects.get(name="node-a").allocated_cpu_millis == 0
+
+    # The usage report: three attempts ended (the blocker and the long one cancelled),
+    # one succeeded; then by day as well.
+    page.goto(f"{web}/usage/")
+    cells = page.locator("#usage tbody tr").first.locator("td").all_inner_texts()
+    assert cells[:3] == ["blue", "3", "1"], cells
+    page.check("input[name=by][value=day]")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url(re.compile(r"by=day"))
+    assert page.locator("#usage thead th").all_inner_texts()[:3] == ["Team", "Day", "Attempts"]
 
 
 def test_a_waiting_jobs_page_says_what_each_node_lacks_as_why_does(

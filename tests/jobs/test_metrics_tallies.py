@@ -3,12 +3,13 @@ changes no figure, counts each row once however folds, scrapes and finishes inte
 and the scheduler's leader runs it at its interval."""
 
 import threading
-from datetime import timedelta
+from datetime import date, timedelta
 
 import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 
+from accounts.models import User
 from jobs.metrics.figures import execution_figures, schedule_run_figures
 from jobs.models import (
     ExecutionStatus,
@@ -21,14 +22,18 @@ from jobs.models import (
     JobScheduleRun,
     RetryTally,
     ScheduleRunTally,
+    UsageTally,
 )
 from jobs.scheduling.leader import Scheduler
 from jobs.services.metrics_tallies import ENDED_EXECUTION_STATUSES, metrics_tallies_fold
+from jobs.usage_report import UsageQuery, usage_report
 from nodes.models import Node
 from tests.jobs.making import make_jobs
 from tests.jobs.metrics_world import EXPECTED, assert_counters_kept, build_world, scrape
 
 AGE = "scheduler_oldest_pending_job_age_seconds"
+# Every attempt there is, by team.
+USAGE = UsageQuery(since=date(2000, 1, 1), until=date(9999, 1, 1), by=("team",))
 FOLDED = (JobExecution, JobScheduleRun, JobRetry)
 TALLIES = (ExecutionTally, ScheduleRunTally, RetryTally)
 
@@ -185,7 +190,7 @@ def test_folds_scrapes_and_finishes_racing_count_every_execution_once(team, defa
         for m in range(300)
     )
     stop = threading.Event()
-    seen, errors = [], []
+    seen, reported, errors = [], [], []
 
     def on_own_connection(work):
         def run():
@@ -207,6 +212,8 @@ def test_folds_scrapes_and_finishes_racing_count_every_execution_once(team, defa
             figures = execution_figures()
             runs, _ = schedule_run_figures()
             seen.append((figures.placements, sum(figures.finished.values()), sum(runs.values())))
+            (usage,) = usage_report(user=User(is_staff=True), query=USAGE)
+            reported.append(usage["attempts"])
 
     def finish():
         for pk in running:
@@ -231,6 +238,8 @@ def test_folds_scrapes_and_finishes_racing_count_every_execution_once(team, defa
     assert {runs for _, _, runs in seen} == {300}
     ended = [n for _, n, _ in seen]
     assert ended == sorted(ended) and ended[0] >= 200 and ended[-1] <= 400
+    # So did every usage report.
+    assert reported == sorted(reported) and reported[0] >= 200 and reported[-1] <= 400
     metrics_tallies_fold()
     assert not JobExecution.objects.filter(metrics_folded=False).exists()
     assert sum(ScheduleRunTally.objects.values_list("runs", flat=True)) == 300
@@ -238,3 +247,4 @@ def test_folds_scrapes_and_finishes_racing_count_every_execution_once(team, defa
     assert sum(tallied.values_list("executions", flat=True)) == 400
     assert set(tallied.values_list("status", flat=True)) == {ExecutionStatus.SUCCEEDED}
     assert sum(ExecutionTally.objects.filter(of_waits=True).values_list("waits", flat=True)) == 400
+    assert sum(UsageTally.objects.values_list("attempts", flat=True)) == 400

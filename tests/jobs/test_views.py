@@ -34,6 +34,7 @@ PAGES = [
     "/schedules/",
     "/schedules/new/",
     "/nodes/",
+    "/usage/",
     "/alerts/",
 ]
 
