@@ -65,6 +65,11 @@ FIGURES = tuple(column.strip() for column in USAGE_COLUMNS.split(","))
 UNFOLDED_STARTED = """(SELECT * FROM jobs_jobexecution
                  WHERE NOT metrics_folded AND started_at IS NOT NULL)"""
 
+# Until when an unfolded execution ran: its end, or now while it runs (an ended one
+# without an end, which nothing writes, ran for no time, as the fold counts it).
+UNFOLDED_END = f"""coalesce(e.finished_at,
+         CASE WHEN e.status = '{ExecutionStatus.RUNNING.value}' THEN now() END, e.started_at)"""
+
 # Each group's column in the report, and what it is read from.
 GROUP_COLUMNS = {
     "team": "tm.slug",
@@ -106,7 +111,7 @@ WITH usage AS (
     SELECT day, team_id, queue_id, username, {USAGE_COLUMNS} FROM jobs_usagetally
     UNION ALL
     SELECT day, team_id, queue_id, username, {USAGE_SUMS}
-      FROM ({usage_rows(UNFOLDED_STARTED, "coalesce(e.finished_at, now())")}) AS live
+      FROM ({usage_rows(UNFOLDED_STARTED, UNFOLDED_END)}) AS live
      GROUP BY day, team_id, queue_id, username
 )
 SELECT {", ".join(groups)}, {sums}

@@ -77,7 +77,10 @@ def usage_report_page(request):
             "rows": rows,
             "total": _shown(answer["total"]) if answer else [],
             "errors": errors,
-            "form": query,
+            # The span shown, the defaults once worked out.
+            "form": {**query, "since": str(answer["since"]), "until": str(answer["until"])}
+            if answer
+            else query,
             "by": query["by"].split(","),
             "groups": GROUPS,
             "figures": [label for _, label in FIGURES],

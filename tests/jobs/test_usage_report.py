@@ -289,6 +289,11 @@ def test_the_usage_page_shows_the_report_and_its_csv(world, member, client):
         ["Total", "3", "2", "2.75", "4.5", "2.375", "2"],
     ]
     assert 'value="queue" checked' in html and 'value="team" >' in html
+    assert 'name="since" value="2026-06-01"' in html
+    assert "From 2026-06-01 to 2026-07-01, the last day excluded." in html
+    # Without a span, the form shows the default one.
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).date()
+    assert f'name="until" value="{tomorrow}"' in client.get("/usage/").content.decode()
 
     download = client.get("/usage/", {**SPAN, "by": "day", "format": "csv"})
     assert download["Content-Type"] == "text/csv; charset=utf-8"
