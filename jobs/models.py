@@ -871,6 +871,13 @@ class Workflow(models.Model):
             models.Index(
                 "status", F("created_at").desc(), F("id").desc(), name="workflow_status_created"
             ),
+            # Used by retention: ended workflows, oldest end first.
+            models.Index(
+                F("finished_at"),
+                F("id"),
+                name="workflow_finished",
+                condition=Q(finished_at__isnull=False),
+            ),
         ]
 
     def __str__(self):
