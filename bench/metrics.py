@@ -1,6 +1,8 @@
-"""Scrape time of /metrics under gunicorn, with 100,000 jobs and 1,000 nodes stored.
+"""Scrape time of /metrics under gunicorn, with 100,000 jobs and 1,000 nodes stored,
+and of the usage report.
 
     .venv/bin/python bench/metrics.py [--jobs 100000] [--nodes 1000] [--scrapes 200]
+        [--reports 50]
 
 Sets up its own database (scheduler_bench_metrics) holding --jobs jobs in four queues,
 over 30 days: most succeeded, some failed after a retry, cancelled, and a backlog
@@ -12,7 +14,10 @@ back --scrapes times from one client, as one Prometheus does, timing each: first
 every row still to be read (as right after an upgrade, or with the scheduler stopped),
 then after folding the ended executions, the schedule runs and the retries into the
 tallies as the scheduler's leader does (timed, then VACUUM ANALYZE as autovacuum would
-after so many updates). Then `GET /api/metrics/summary/` as staff the same way.
+after so many updates). Then `GET /api/metrics/summary/` as staff the same way. The
+usage report of the whole history by team, queue, user and day (`GET
+/api/usage/report/`, as staff) is timed --reports times before the fold and after it,
+and must say the same both times.
 
 The last line printed is one JSON object of the figures.
 """
@@ -27,7 +32,7 @@ import socket
 import statistics
 import sys
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -219,11 +224,14 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--scrapes", type=int, default=200)
+    parser.add_argument("--reports", type=int, default=50)
     args = parser.parse_args()
 
     BENCH.set_up()
     print(f"storing {args.jobs} jobs on {args.nodes} nodes", flush=True)
     token = fill(args.jobs, args.nodes)
+    # The whole history (30 days, spread back from now), by day.
+    since = (datetime.now(UTC) - timedelta(days=45)).date()
     from django.db import connections
 
     connections.close_all()
@@ -243,6 +251,11 @@ def main() -> None:
         timed(port, "/metrics", bearer, 10)  # warm both workers
         print(f"{args.scrapes} scrapes of /metrics, nothing folded, back to back", flush=True)
         unfolded, unfolded_body = timed(port, "/metrics", bearer, args.scrapes)
+        report_path = f"/api/usage/report/?by=team,queue,user,day&since={since}"
+        staff = f"Token {token}"
+        timed(port, report_path, staff, 5)
+        print(f"{args.reports} usage reports, nothing folded, back to back", flush=True)
+        unfolded_reports, unfolded_report = timed(port, report_path, staff, args.reports)
         fold_seconds = fold()
         print(f"folded what never changes again in {fold_seconds:.1f} s", flush=True)
         print(f"{args.scrapes} scrapes of /metrics, back to back", flush=True)
@@ -253,6 +266,10 @@ def main() -> None:
         timed(port, summary_path, f"Token {token}", 10)
         print(f"{args.scrapes} requests of {summary_path}, back to back", flush=True)
         summaries, _ = timed(port, summary_path, f"Token {token}", args.scrapes)
+        print(f"{args.reports} usage reports, back to back", flush=True)
+        reports, report = timed(port, report_path, staff, args.reports)
+        if not _same_report(json.loads(report), json.loads(unfolded_report)):
+            raise SystemExit("the usage report said something else once its rows were folded")
     finally:
         stop([web])
         BENCH.drop_database()
@@ -266,6 +283,13 @@ def main() -> None:
         f"p99 {p99:.1f} ms, mean {statistics.mean(scrapes):.1f} ms, max {max(scrapes):.1f} ms"
     )
     print(f"{summary_path}: p50 {s50:.1f} ms, p99 {s99:.1f} ms, max {max(summaries):.1f} ms")
+    r50, r99 = percentile(reports, 0.5), percentile(reports, 0.99)
+    ru50 = percentile(unfolded_reports, 0.5)
+    rows = len(json.loads(report)["rows"])
+    print(
+        f"usage report ({rows} rows): p50 {r50:.1f} ms, p99 {r99:.1f} ms; "
+        f"with nothing folded p50 {ru50:.1f} ms"
+    )
     print(
         json.dumps(
             {
@@ -276,6 +300,9 @@ def main() -> None:
                 "fold_seconds": round(fold_seconds, 2),
                 "summary_p50_ms": round(s50, 1),
                 "summary_p99_ms": round(s99, 1),
+                "report_p50_ms": round(r50, 1),
+                "report_p99_ms": round(r99, 1),
+                "unfolded_report_p50_ms": round(ru50, 1),
                 "scrape_bytes": len(body),
                 "samples": samples,
                 "jobs": args.jobs,
@@ -283,6 +310,26 @@ def main() -> None:
             }
         )
     )
+
+
+def _same_report(folded: dict, unfolded: dict) -> bool:
+    """The same rows and attempts; hours equal to the microhour (sums in another order),
+    but on today's rows, where the attempts still running have run longer since."""
+    if len(folded["rows"]) != len(unfolded["rows"]):
+        print(f"{len(unfolded['rows'])} rows, then {len(folded['rows'])}")
+        return False
+    today = str(datetime.now(UTC).date())
+    for after, before in zip(folded["rows"], unfolded["rows"], strict=True):
+        for key, a in after.items():
+            b = before[key]
+            if isinstance(a, float):
+                same = after["day"] == today or abs(a - b) <= 2e-6 * max(1, abs(a))
+            else:
+                same = a == b
+            if not same:
+                print(f"{key}: {before}, then {after}")
+                return False
+    return True
 
 
 def fold() -> float:
