@@ -228,6 +228,10 @@ class QueueUsageSerializer(UsageFiguresSerializer):
     dominant_share = serializers.FloatField(
         help_text="The largest share of the cluster it holds in any one resource."
     )
+    past_share = serializers.FloatField(
+        help_text="What it used over the last days, as a share of the cluster "
+        "(FAIR_SHARE_HALF_LIFE_DAYS); fair share adds it to `dominant_share`."
+    )
 
 
 class TeamUsageSerializer(UsageFiguresSerializer):

@@ -57,6 +57,10 @@ class Queue(models.Model):
         help_text="Between SIGTERM and SIGKILL when one of its jobs is preempted, e.g. 30; "
         "empty is the PREEMPTION_GRACE_SECONDS setting.",
     )
+    # What it used over the last days, as a share of the cluster (0 to 1), decayed by
+    # FAIR_SHARE_HALF_LIFE_DAYS; the scheduler's leader keeps it (see
+    # jobs.services.fair_share), and placement adds it to what the queue holds now.
+    past_share = models.FloatField(default=0, db_default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -65,6 +69,9 @@ class Queue(models.Model):
         constraints = [
             models.CheckConstraint(
                 condition=Q(weight__gte=1, weight__lte=1000), name="queue_weight_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(past_share__gte=0, past_share__lte=1), name="queue_past_share_range"
             ),
             models.CheckConstraint(
                 condition=Q(strategy__in=PlacementStrategy.values), name="queue_strategy_valid"

@@ -363,6 +363,9 @@ class QueueState:
     quota_memory_mb: int | None = None
     quota_gpu: int | None = None
     allocated: Resources = field(default_factory=Resources)
+    # What it used over the last days, as a share of the cluster (see
+    # jobs.services.fair_share); 0 unless FAIR_SHARE_HALF_LIFE_DAYS is set.
+    past_share: Fraction = Fraction(0)
 
     def within_quota(self, request: Request) -> bool:
         after = self.allocated + request
@@ -396,9 +399,13 @@ def queue_rank(queue: QueueState, capacity: Resources) -> tuple:
     Higher queue priority first; then the queue furthest below its deserved share, that
     is the lowest dominant share per unit of weight (a queue's deserved share is its
     weight over the weights of the queues that want more, so ordering by share over
-    weight is ordering by share over deserved share); then by name.
+    weight is ordering by share over deserved share), its share being what it holds now
+    plus its `past_share`; then by name.
     """
-    return (-queue.priority, dominant_share(queue.allocated, capacity) / queue.weight, queue.name)
+    share = dominant_share(queue.allocated, capacity)
+    if queue.past_share:
+        share += queue.past_share
+    return (-queue.priority, share / queue.weight, queue.name)
 
 
 @dataclass(frozen=True)

@@ -184,6 +184,7 @@ def usage_summary(*, user: User) -> dict:
                 "weight": queue.weight,
                 "priority": queue.priority,
                 "dominant_share": float(dominant_share(used, cluster)),
+                "past_share": queue.past_share,
                 **_figures(capacity, used, free),
             }
         )

@@ -291,6 +291,12 @@ NODE_LOST_CHECK_SECONDS = env.float("NODE_LOST_CHECK_SECONDS", default=5.0)
 # How often the scheduler leader folds ended executions into the metrics' tallies, so a
 # scrape reads only the executions since (0: never; a scrape then reads them all).
 METRICS_FOLD_SECONDS = env.float("METRICS_FOLD_SECONDS", default=30.0)
+# Fair share on past usage (see jobs.services.fair_share): a queue's usage of the last
+# days counts, halved every this many days, besides what it holds now. 0: only what
+# queues hold now. The scheduler's leader works the shares out every
+# FAIR_SHARE_REFRESH_SECONDS (0: never; they stay as they are).
+FAIR_SHARE_HALF_LIFE_DAYS = env.float("FAIR_SHARE_HALF_LIFE_DAYS", default=0.0)
+FAIR_SHARE_REFRESH_SECONDS = env.float("FAIR_SHARE_REFRESH_SECONDS", default=60.0)
 # Maintenance run by beat on the control worker; DatabaseScheduler (which ScheduleBeat
 # extends) stores these rows.
 CELERY_BEAT_SCHEDULE = {

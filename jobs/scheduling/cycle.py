@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 from django.db import connection, transaction
 from django.db.models import F
@@ -72,7 +73,7 @@ SELECT j.id, j.queue_id, j.cpu_millis, j.memory_mb, j.gpu, j.node_selector, j.at
        j.pending_reason, j.team_id, j.concurrency_key, j.timeout_seconds,
        j.reservation_node_id, j.reservation_start_at, j.reservation_nodes, j.tasks, q.name,
        q.weight, q.priority,
-       q.strategy, q.quota_cpu_millis, q.quota_memory_mb, q.quota_gpu,
+       q.strategy, q.quota_cpu_millis, q.quota_memory_mb, q.quota_gpu, q.past_share,
        coalesce(usage.cpu_millis, 0),
        coalesce(usage.memory_mb, 0), coalesce(usage.gpu, 0)
 FROM resources_queue q
@@ -210,7 +211,9 @@ def lock_pending_jobs(
             )
         )
         if queue_id not in queues:
-            name, weight, priority, strategy, quota_cpu, quota_memory, quota_gpu, *used = queue
+            name, weight, priority, strategy, quota_cpu, quota_memory, quota_gpu, past, *used = (
+                queue
+            )
             queues[queue_id] = QueueState(
                 id=queue_id,
                 name=name,
@@ -221,6 +224,7 @@ def lock_pending_jobs(
                 quota_memory_mb=quota_memory,
                 quota_gpu=quota_gpu,
                 allocated=Resources(*used),
+                past_share=Fraction(past),
             )
     return pending, queues
 

@@ -5,7 +5,8 @@ cycles (never inside a cycle's transaction), so that lost nodes' jobs are failed
 lost messages sent again with beat stopped. Beat's runs of the same services on the
 control worker may overlap them: both are safe to run twice at once. It also folds ended
 executions, schedule runs and retries into the metrics' tallies
-(jobs.services.metrics_tallies).
+(jobs.services.metrics_tallies), and works out the queues' past shares for fair share
+(jobs.services.fair_share).
 
 Leadership is a PostgreSQL session advisory lock held on a connection of its own, so it
 ends the moment the leader's process or connection dies, and a standby takes it on
@@ -30,6 +31,7 @@ from ..services.failover import (
     executions_reconcile,
     nodes_lost_fail_over,
 )
+from ..services.fair_share import queues_past_share_refresh
 from ..services.metrics_tallies import metrics_tallies_fold
 from .cycle import run_cycle
 from .metrics import SchedulerMetrics
@@ -54,6 +56,7 @@ MAINTENANCE = (
     ("detect-lost-nodes", "NODE_LOST_CHECK_SECONDS", nodes_lost_fail_over),
     ("reconcile-executions", "RECONCILE_INTERVAL_SECONDS", executions_reconcile),
     ("fold-metrics-tallies", "METRICS_FOLD_SECONDS", metrics_tallies_fold),
+    ("refresh-fair-share", "FAIR_SHARE_REFRESH_SECONDS", queues_past_share_refresh),
 )
 
 
