@@ -54,7 +54,7 @@ RESOURCES = ("cpu", "memory", "gpu")
 @dataclass
 class ClusterFigures:
     now: object
-    queues: dict  # id -> (name, (quota cpu millis, memory MB, gpu))
+    queues: dict  # id -> (name, (quota cpu millis, memory MB, gpu), past share)
     live: LiveJobs
     executions: ExecutionFigures
     dead_letter: dict
@@ -71,9 +71,9 @@ def read_cluster_figures() -> ClusterFigures:
     with transaction.atomic():
         without_jit()
         queues = {
-            queue_id: (name, quotas)
-            for queue_id, name, *quotas in Queue.objects.order_by("name").values_list(
-                "id", "name", "quota_cpu_millis", "quota_memory_mb", "quota_gpu"
+            queue_id: (name, quotas, past_share)
+            for queue_id, name, past_share, *quotas in Queue.objects.order_by("name").values_list(
+                "id", "name", "past_share", "quota_cpu_millis", "quota_memory_mb", "quota_gpu"
             )
         }
         runs, lateness = schedule_run_figures()
@@ -136,7 +136,7 @@ def jobs(figures: ClusterFigures) -> Iterable[Metric]:
         labels=["queue"],
     )
     live = figures.live
-    for queue_id, (name, _) in figures.queues.items():
+    for queue_id, (name, *_) in figures.queues.items():
         for status in LIVE_JOB_STATUSES:
             by_status.add_metric([name, status], live.counts[queue_id, status])
         for reason in PENDING_REASON_LABELS:
@@ -181,7 +181,7 @@ def executions(figures: ClusterFigures) -> Iterable[Metric]:
         labels=["queue"],
     )
     seen = figures.executions
-    for queue_id, (name, _) in figures.queues.items():
+    for queue_id, (name, *_) in figures.queues.items():
         for outcome in ENDED_EXECUTION_STATUSES:
             finished.add_metric([name, outcome], seen.finished.get((queue_id, outcome), 0))
             add_run([name, outcome], seen.runs.get((queue_id, outcome)))
@@ -213,7 +213,13 @@ def queues(figures: ClusterFigures) -> Iterable[Metric]:
     retries = CounterMetricFamily(
         "scheduler_retries", "Retries planned (automatic and by hand).", labels=["queue"]
     )
-    for queue_id, (name, quotas) in figures.queues.items():
+    past = GaugeMetricFamily(
+        "scheduler_queue_past_share",
+        "What the queue used over the last days, as a share of the cluster, which fair "
+        "share adds to what it holds now (0 unless FAIR_SHARE_HALF_LIFE_DAYS is set).",
+        labels=["queue"],
+    )
+    for queue_id, (name, quotas, past_share) in figures.queues.items():
         held = figures.executions.allocated.get(queue_id, (0, 0, 0))
         for resource, amount, limit in zip(RESOURCES, held, quotas, strict=True):
             allocated.add_metric([name, resource], _base_units(resource, amount))
@@ -221,7 +227,8 @@ def queues(figures: ClusterFigures) -> Iterable[Metric]:
                 quota.add_metric([name, resource], _base_units(resource, limit))
         dead.add_metric([name], figures.dead_letter.get(queue_id, 0))
         retries.add_metric([name], figures.retries.get(queue_id, 0))
-    return allocated, quota, dead, retries
+        past.add_metric([name], past_share)
+    return allocated, quota, dead, retries, past
 
 
 def nodes(figures: ClusterFigures) -> Iterable[Metric]:

@@ -13,6 +13,7 @@ from jobs.scheduling.leader import Scheduler
 from jobs.services.fair_share import queues_past_share_refresh
 from nodes.models import Node, NodeStatus
 from resources.models import Allocation, Queue
+from tests.jobs.metrics_world import scrape
 
 pytestmark = pytest.mark.django_db
 
@@ -77,6 +78,9 @@ def test_a_queues_past_share_is_its_decayed_usage_over_the_clusters(queues, team
     assert Queue.objects.get(name="default").past_share == 0
     shown = {q["queue"]: q["past_share"] for q in api.get("/api/resources/usage/").json()["queues"]}
     assert shown == {"alpha": alpha.past_share, "beta": changed["beta"], "default": 0}
+    scraped = scrape()
+    assert scraped[("scheduler_queue_past_share", (("queue", "alpha"),))] == alpha.past_share
+    assert scraped[("scheduler_queue_past_share", (("queue", "default"),))] == 0
 
     settings.FAIR_SHARE_HALF_LIFE_DAYS = 0
     assert queues_past_share_refresh() == {"alpha": 0, "beta": 0}
