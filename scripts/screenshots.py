@@ -139,10 +139,30 @@ def main() -> None:
             "audit": "/audit/",
         }
         _shoot(base, pages, out)
+        _cancel_unfinished()
     finally:
         stop(processes)
         BENCH.drop_database()
     print(out)
+
+
+def _cancel_unfinished() -> None:
+    """Cancel the demo's jobs that have not ended, and wait for their nodes to stop the
+    running ones: an agent's warm shutdown waits for its jobs, and one killed meanwhile
+    leaves its jobs' cgroups behind."""
+    from jobs.models import ExecutionStatus, Job, JobExecution, JobStatus
+    from jobs.services.actions import job_cancel
+
+    for job in Job.objects.filter(
+        status__in=(JobStatus.PENDING, JobStatus.RESERVED, JobStatus.RUNNING)
+    ):
+        job_cancel(job=job, reason="the screenshots are taken")
+    wait_for(
+        lambda: not JobExecution.objects.filter(status=ExecutionStatus.RUNNING).exists(),
+        60,
+        "the running jobs to stop",
+        0.2,
+    )
 
 
 def _shoot(base: str, pages: dict, out: Path) -> None:
