@@ -56,18 +56,25 @@ USAGE_SUMS = f"""count(*) FILTER (WHERE ends) AS attempts,
        sum(seconds) AS run_seconds, sum(seconds * cpu_millis / 1000.0) AS cpu_seconds,
        sum(seconds * memory_mb) AS memory_mb_seconds, sum(seconds * gpu) AS gpu_seconds"""
 
-USAGE_COLUMNS = "attempts, succeeded, run_seconds, cpu_seconds, memory_mb_seconds, gpu_seconds"
-
-FIGURES = tuple(column.strip() for column in USAGE_COLUMNS.split(","))
+FIGURES = (
+    "attempts",
+    "succeeded",
+    "run_seconds",
+    "cpu_seconds",
+    "memory_mb_seconds",
+    "gpu_seconds",
+)
+USAGE_COLUMNS = ", ".join(FIGURES)
 
 # The executions not yet in the tally that have started: running, or ended since the
 # last fold (through the partial index of unfolded executions).
 UNFOLDED_STARTED = """(SELECT * FROM jobs_jobexecution
                  WHERE NOT metrics_folded AND started_at IS NOT NULL)"""
 
-# Until when an unfolded execution ran: its end, or now while it runs (an ended one
-# without an end, which nothing writes, ran for no time, as the fold counts it).
-UNFOLDED_END = f"""coalesce(e.finished_at,
+# Until when an execution `e` ran, for `usage_rows`: its end, or now while it runs (an
+# ended one without an end, which nothing writes, ran for no time). The fold, which
+# takes ended executions only, and the report count alike.
+RUN_END = f"""coalesce(e.finished_at,
          CASE WHEN e.status = '{ExecutionStatus.RUNNING.value}' THEN now() END, e.started_at)"""
 
 # Each group's column in the report, and what it is read from.
@@ -109,7 +116,7 @@ def usage_report(*, user: User, query: UsageQuery) -> list[dict]:
     sql = f"""
 WITH live AS MATERIALIZED (
     SELECT day, team_id, queue_id, username, {USAGE_SUMS}
-      FROM ({usage_rows(UNFOLDED_STARTED, UNFOLDED_END)}) AS live
+      FROM ({usage_rows(UNFOLDED_STARTED, RUN_END)}) AS live
      GROUP BY day, team_id, queue_id, username
 ), usage AS (
     SELECT day, team_id, queue_id, username, {USAGE_COLUMNS} FROM jobs_usagetally

@@ -26,7 +26,7 @@ from django.db import connection, transaction
 from common.db import without_jit
 
 from ..models import ExecutionStatus
-from ..usage_report import USAGE_COLUMNS, USAGE_SUMS, usage_rows
+from ..usage_report import RUN_END, USAGE_COLUMNS, USAGE_SUMS, usage_rows
 
 # Seconds. A job waits milliseconds on free room, and hours in a backlog.
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400)
@@ -137,7 +137,7 @@ WITH {ENDED_EXECUTIONS_BATCH}, tallies AS (
 ), used AS (
     INSERT INTO jobs_usagetally AS t (day, team_id, queue_id, username, {USAGE_COLUMNS})
     SELECT day, team_id, queue_id, username, {USAGE_SUMS}
-      FROM ({usage_rows("folded", "coalesce(e.finished_at, e.started_at)")}) AS usage
+      FROM ({usage_rows("folded", RUN_END)}) AS usage
      GROUP BY day, team_id, queue_id, username
      ORDER BY day, team_id, queue_id, username
         ON CONFLICT (day, team_id, queue_id, username) DO UPDATE

@@ -14,7 +14,8 @@ from ..api.usage import usage_report_answer
 from ..usage_report import GROUPS
 from .common import field_errors
 
-FIGURES = (
+# The report's figures, with their headings.
+COLUMNS = (
     ("attempts", "Attempts"),
     ("succeeded", "Succeeded"),
     ("run_hours", "Run hours"),
@@ -31,7 +32,7 @@ def _shown(values: dict) -> list[str]:
         str(values[key])
         if isinstance(values[key], int)
         else f"{values[key]:,.3f}".rstrip("0").rstrip(".")
-        for key, _ in FIGURES
+        for key, _ in COLUMNS
     ]
 
 
@@ -48,9 +49,9 @@ def _csv(answer: dict) -> HttpResponse:
     name = f"usage-{answer['since']}-{answer['until']}.csv"
     response["Content-Disposition"] = f'attachment; filename="{name}"'
     writer = csv.writer(response)
-    writer.writerow([*answer["by"], *(key for key, _ in FIGURES)])
+    writer.writerow([*answer["by"], *(key for key, _ in COLUMNS)])
     for row in answer["rows"]:
-        writer.writerow([*(row[group] for group in answer["by"]), *(row[k] for k, _ in FIGURES)])
+        writer.writerow([*(row[group] for group in answer["by"]), *(row[k] for k, _ in COLUMNS)])
     return response
 
 
@@ -83,7 +84,7 @@ def usage_report_page(request):
             else query,
             "by": query["by"].split(","),
             "groups": GROUPS,
-            "figures": [label for _, label in FIGURES],
+            "figures": [label for _, label in COLUMNS],
             "teams": team_list_visible(user=request.user).order_by("slug"),
             "csv_query": request.GET.urlencode(),
         },
