@@ -7,8 +7,8 @@ import click
 
 from .client import Api
 from .config import server_for
-from .errors import EXIT_INTERRUPTED, SchedError
-from .output import report_error
+from .errors import EXIT_INTERRUPTED, ApiRefused, SchedError
+from .output import emit_json, report_error
 
 JSON_KEY = "sched.json"
 
@@ -61,3 +61,42 @@ def with_api(command):
         return command(api_for(click.get_current_context()), *args, **kwargs)
 
     return wrapper
+
+
+def act_on_each(items, act, *, noun: str, describe, as_json: bool) -> None:
+    """`act(item)` for each item, in order. A refusal is reported with the item's noun
+    and id (`job 12: ...`) and the rest are still done; the command then exits 1. The
+    answers are printed as JSON, or each as `noun item: describe(answer)`."""
+    done, refused = [], 0
+    for item in items:
+        try:
+            done.append((item, act(item)))
+        except ApiRefused as error:
+            refused += 1
+            error.message = f"{noun} {item}: {error.message}"
+            report_error(error, as_json=as_json)
+    if as_json:
+        emit_json([answer for _, answer in done])
+    else:
+        for item, answer in done:
+            click.echo(f"{noun} {item}: {describe(answer)}")
+    if refused:
+        raise click.exceptions.Exit(ApiRefused.exit_code)
+
+
+def action_command(
+    action: str, help: str, *, noun: str, path, describe, id_type=str, register=click.command
+) -> click.Command:
+    """`sched [GROUP] ACTION ID...`: POST `path(id)` for each id given (see
+    `act_on_each`). `register` is the group's `command` for a subcommand."""
+
+    @register(name=action, help=help)
+    @click.argument("ids", type=id_type, nargs=-1, required=True, metavar=f"{noun.upper()}...")
+    @json_option
+    @with_api
+    def command(api, ids, as_json):
+        act_on_each(
+            ids, lambda id_: api.post(path(id_)), noun=noun, describe=describe, as_json=as_json
+        )
+
+    return command

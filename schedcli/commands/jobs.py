@@ -10,16 +10,14 @@ from datetime import UTC, datetime, timedelta
 import click
 
 from .. import specs
-from ..app import json_option, with_api
+from ..app import act_on_each, action_command, json_option, with_api
 from ..client import Api
-from ..errors import ApiRefused
 from ..output import (
     elapsed,
     emit_json,
     parse_time,
     print_fields,
     print_table,
-    report_error,
     short_time,
 )
 
@@ -350,24 +348,15 @@ def act_on_jobs(
     """POST jobs/ID/<action>/ for each (with `change`, PATCH jobs/ID/ with it); the
     refusals are reported per job, and make the command exit 1 after the others were
     done."""
-    done, refused = [], 0
-    for job_id in ids:
-        try:
-            if change is None:
-                done.append(api.post(f"jobs/{job_id}/{action}/"))
-            else:
-                done.append(api.patch(f"jobs/{job_id}/", json=change))
-        except ApiRefused as error:
-            refused += 1
-            error.message = f"job {job_id}: {error.message}"
-            report_error(error, as_json=as_json)
-    if as_json:
-        emit_json(done)
-    else:
-        for job in done:
-            click.echo(f"job {job['id']}: {describe_outcome(job, action)}")
-    if refused:
-        raise click.exceptions.Exit(ApiRefused.exit_code)
+
+    def act(job_id: int) -> dict:
+        if change is None:
+            return api.post(f"jobs/{job_id}/{action}/")
+        return api.patch(f"jobs/{job_id}/", json=change)
+
+    act_on_each(
+        ids, act, noun="job", describe=lambda job: describe_outcome(job, action), as_json=as_json
+    )
 
 
 def describe_outcome(job: dict, action: str) -> str:
@@ -418,16 +407,14 @@ def cancel(api, job_ids, name, state, team, queue_name, mine, as_json):
 
 
 def job_action_command(action: str, help: str) -> click.Command:
-    """`sched ACTION ID...`: POST jobs/ID/ACTION/ for each job given."""
-
-    @click.command(name=action, help=help)
-    @click.argument("job_ids", type=int, nargs=-1, required=True)
-    @json_option
-    @with_api
-    def command(api, job_ids, as_json):
-        act_on_jobs(api, list(job_ids), action, as_json=as_json)
-
-    return command
+    return action_command(
+        action,
+        help,
+        noun="job",
+        id_type=int,
+        path=lambda job_id: f"jobs/{job_id}/{action}/",
+        describe=lambda job: describe_outcome(job, action),
+    )
 
 
 retry = job_action_command("retry", "Requeue failed or cancelled jobs as their next attempt.")

@@ -18,6 +18,7 @@ from tests.processes import Cluster, free_port, shared_cluster
 
 SCHED = str(Path(sys.executable).parent / "sched")
 PASSWORD = "correct horse battery"
+OPERATOR = "olga"  # staff, in no team: she cordons and drains nodes
 
 
 @dataclass
@@ -37,6 +38,18 @@ class Platform:
     def token(self) -> str:
         config = json.loads((self.config_home / "sched" / "config.json").read_text())
         return config["profiles"]["default"]["token"]
+
+    def operator_env(self) -> dict:
+        """SCHED_URL and SCHED_TOKEN of the staff user, logged in through the API."""
+        answer = httpx.post(
+            f"{self.url}/api/auth/login/",
+            json={"username": OPERATOR, "password": PASSWORD},
+            timeout=30,
+        )
+        answer.raise_for_status()
+        token = answer.json()["token"]
+        self.secrets.append(token)
+        return {"SCHED_URL": self.url, "SCHED_TOKEN": token}
 
     def http(self) -> httpx.Client:
         """The API as the member, straight, to compare the command's answers with."""
@@ -77,6 +90,7 @@ def platform(django_db_setup, django_db_blocker, tmp_path_factory):
         team = Team.objects.create(name="Blue", slug="blue")
         user = User.objects.create_user("alice", password=PASSWORD)
         team_add_member(team=team, user=user, role=Role.MEMBER)
+        User.objects.create_user(OPERATOR, password=PASSWORD, is_staff=True)
         cluster.start_node("node-a", cpu=2, memory_mb=4096, labels={"zone": "a"})
         cluster.start_scheduler()
         port = free_port()

@@ -506,3 +506,122 @@ def test_report_sums_what_the_teams_jobs_used(platform):
         assert refused.returncode == 2 and "Invalid value" in refused.stderr
     refused = sched(platform, "report", "--queue=nope")
     assert refused.returncode == 1 and 'queue: No queue "nope".' in refused.stderr
+
+
+def test_workflows_are_listed_shown_cancelled_retried_and_run_from_templates(platform):
+    with platform.http() as http:
+        template = http.post(
+            "workflow-templates/",
+            json={
+                "name": "nightly",
+                "parameters": {"seconds": 60},
+                "steps": [
+                    {"name": "wait", "job": {"command": ["sleep", "{{ params.seconds }}"]}},
+                    {"name": "after", "job": {"command": ["true"]}, "depends_on": ["wait"]},
+                ],
+            },
+        ).json()
+    listed = sched(platform, "workflow", "templates").stdout.splitlines()
+    assert listed[0].split() == ["ID", "NAME", "TEAM", "STEPS", "PARAMETERS"]
+    assert listed[1].split() == [str(template["id"]), "nightly", "blue", "2", "seconds=60"]
+
+    run = sched(platform, "workflow", "run", "nightly", "--param=seconds=30", "--name=tonight")
+    assert run.returncode == 0, run.stderr
+    headline, header, wait, after = run.stdout.splitlines()
+    flow_id = int(re.fullmatch(r"Submitted workflow (\d+) tonight", headline)[1])
+    assert header.split() == ["STEP", "JOB", "AFTER", "STATE", "TIME"]
+    assert wait.split()[0] == "wait" and after.split()[:3] == ["after", after.split()[1], "wait"]
+    with platform.http() as http:
+        assert http.get(f"workflows/{flow_id}/").json()["parameters"] == {"seconds": 30}
+    wait_job = int(wait.split()[1])
+    wait_status(platform, wait_job, "running")
+
+    shown = sched_json(platform, "workflow", "show", str(flow_id))
+    with platform.http() as http:
+        assert shown == http.get(f"workflows/{flow_id}/").json()
+    assert [s["status"] for s in shown["steps"]] == ["running", "pending"]
+    fields = sched(platform, "workflow", "show", str(flow_id)).stdout.splitlines()
+    assert fields[:4] == [
+        f"id            {flow_id}",
+        "name          tonight",
+        "team          blue",
+        "state         running",
+    ]
+    assert fields[8].split() == ["STEP", "JOB", "AFTER", "STATE", "TIME"]
+    assert fields[10].split()[:5] == [
+        "after",
+        str(after.split()[1]),
+        "wait",
+        "pending",
+        "(waiting_dependencies)",
+    ]
+
+    running = sched_json(platform, "workflow", "list", "--state=running")
+    assert [f["id"] for f in running] == [flow_id]
+    assert sched_json(platform, "workflow", "list", "--state=succeeded", "--name=tonight") == []
+
+    cancelled = sched(platform, "workflow", "cancel", str(flow_id), "999999")
+    assert cancelled.returncode == 1
+    assert cancelled.stdout == f"workflow {flow_id}: cancelled\n"
+    assert cancelled.stderr.splitlines()[0] == "error: workflow 999999: the server refused (404)"
+    wait_status(platform, wait_job, "cancelled")
+    again = sched(platform, "workflow", "cancel", str(flow_id))
+    assert again.returncode == 1 and f"workflow {flow_id}: the server refused (400)" in again.stderr
+
+    retried = sched_json(platform, "workflow", "retry", str(flow_id))
+    assert [f["status"] for f in retried] == ["running"]
+    wait_status(platform, wait_job, "running")
+    sched(platform, "workflow", "cancel", str(flow_id))
+    wait_status(platform, wait_job, "cancelled")
+    table = sched(platform, "workflow", "list", "--limit=1").stdout.splitlines()
+    assert table[1].split()[:5] == [str(flow_id), "tonight", "blue", "cancelled", "2"]
+
+    unknown = sched(platform, "workflow", "run", "weekly")
+    assert unknown.returncode == 1
+    assert unknown.stderr == 'error: No workflow template "weekly".\n'
+    refused = sched(platform, "workflow", "run", str(template["id"]), "--param=nope")
+    assert refused.returncode == 2 and "--param" in refused.stderr
+
+
+def test_staff_cordon_drain_and_uncordon_nodes_members_may_not(platform):
+    operator = platform.operator_env()
+    refused = sched(platform, "cordon", "node-a")
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines() == [
+        "error: node node-a: the server refused (403)",
+        "  You do not have permission to perform this action.",
+    ]
+    assert node_a(platform)["status"] == "ready"
+    try:
+        cordoned = sched(platform, "cordon", "node-a", "node-z", env=operator)
+        assert cordoned.returncode == 1
+        assert cordoned.stdout == "node node-a: cordoned\n"
+        assert cordoned.stderr.splitlines()[0] == "error: node node-z: the server refused (404)"
+        assert node_a(platform)["status"] == "cordoned"
+        # A cordoned node takes no new work...
+        job_id = int(sched(platform, "submit", "--parsable", "--", "sleep", "60").stdout)
+        wait_until(
+            lambda: job(platform, job_id)["pending_reason"] == "insufficient_capacity",
+            30,
+            interval=0.2,
+            message="the job to wait for a node",
+        )
+        # ...until it is uncordoned.
+        uncordoned = sched_json(platform, "uncordon", "node-a", env=operator)
+        assert [n["status"] for n in uncordoned] == ["ready"]
+        wait_status(platform, job_id, "running")
+        # Drained with a job running: draining, then cordoned once the job has ended.
+        drained = sched(platform, "drain", "node-a", env=operator)
+        assert drained.stdout == (
+            "node node-a: draining (cordoned once what runs there has finished)\n"
+        )
+        sched(platform, "cancel", str(job_id))
+        wait_until(
+            lambda: node_a(platform)["status"] == "cordoned",
+            30,
+            interval=0.2,
+            message="node-a cordoned once its job ended",
+        )
+    finally:
+        assert sched(platform, "uncordon", "node-a", env=operator).returncode == 0
+    assert node_a(platform)["status"] == "ready"
