@@ -16,6 +16,7 @@ from jobs.views import (
     schedules,
     submit,
     usage,
+    workflows,
 )
 
 from . import health
@@ -57,6 +58,10 @@ urlpatterns = [
     path("schedules/<int:pk>/edit/", schedules.schedule_form, name="schedule-edit-page"),
     path("schedules/<int:pk>/pause/", schedules.schedule_pause_view, name="schedule-pause-page"),
     path("schedules/<int:pk>/resume/", schedules.schedule_resume_view, name="schedule-resume-page"),
+    path("workflows/", workflows.workflow_list, name="workflow-list-page"),
+    path("workflows/<int:pk>/", workflows.workflow_page, name="workflow-page"),
+    path("workflows/<int:pk>/cancel/", workflows.workflow_cancel_view, name="workflow-cancel-page"),
+    path("workflows/<int:pk>/retry/", workflows.workflow_retry_view, name="workflow-retry-page"),
     path("nodes/", nodes.node_page_list, name="node-list-page"),
     path("usage/", usage.usage_report_page, name="usage-report-page"),
     path("nodes/<str:name>/<str:action>/", nodes.node_action, name="node-action"),

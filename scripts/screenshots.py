@@ -65,6 +65,34 @@ def demo_data(base: str) -> dict:
         channels=[{"kind": "webhook", "target": "https://example.com/hook"}],
         user=admin,
     )
+    step = {"cpu": 0.5, "memory_mb": 128}
+    flow = requests.post(
+        f"{base}/api/workflows/",
+        json={
+            "team": "demo",
+            "name": "nightly-etl",
+            "parameters": {"day": "2030-01-01"},
+            "steps": [
+                {"name": "extract", "job": {"command": ["sleep", "2"], "resources": step}},
+                *(
+                    {
+                        "name": f"transform-{part}",
+                        "job": {"command": ["sleep", "300"], "resources": step},
+                        "depends_on": ["extract"],
+                    }
+                    for part in ("orders", "users")
+                ),
+                {
+                    "name": "load",
+                    "job": {"command": ["true"], "resources": step},
+                    "depends_on": ["transform-orders", "transform-users"],
+                },
+            ],
+        },
+        headers=headers,
+        timeout=30,
+    )
+    flow.raise_for_status()
     time.sleep(8)
     running = job(
         "train-model",
@@ -83,6 +111,7 @@ def demo_data(base: str) -> dict:
         "running": running,
         "waiting": waiting,
         "schedule": definition.schedules.get().pk,
+        "workflow": flow.json()["id"],
     }
 
 
@@ -133,6 +162,8 @@ def main() -> None:
             "schedules": "/schedules/",
             "schedule": f"/schedules/{ids['schedule']}/",
             "schedule-form": "/schedules/new/",
+            "workflows": "/workflows/",
+            "workflow": f"/workflows/{ids['workflow']}/",
             "nodes": "/nodes/",
             "usage": "/usage/?by=team&by=user",
             "alerts": "/alerts/",

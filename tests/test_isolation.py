@@ -321,6 +321,20 @@ ENDPOINTS = [
     Endpoint("GET", "/", everyone(200, anonymous=302), auth="session"),
     Endpoint("GET", "/jobs/{job}/", azure_only(200, anonymous=302), auth="session"),
     Endpoint("GET", "/usage/?by=team", everyone(200, anonymous=302), auth="session"),
+    Endpoint("GET", "/workflows/", everyone(200, anonymous=302), auth="session"),
+    Endpoint("GET", "/workflows/{workflow}/", azure_only(200, anonymous=302), auth="session"),
+    Endpoint(
+        "POST",
+        "/workflows/{workflow}/cancel/",
+        azure_only(302, viewer=403, anonymous=302),
+        auth="session",
+    ),
+    Endpoint(
+        "POST",
+        "/workflows/{cancelled_workflow}/retry/",
+        azure_only(302, viewer=403, anonymous=302),
+        auth="session",
+    ),
     # --- workflows
     Endpoint("GET", "/api/workflows/", everyone(200), counts={"azure-team": 2, "crimson-team": 2}),
     Endpoint("GET", "/api/workflows/?team=azure-team", everyone(200)),

@@ -38,7 +38,11 @@ LOG_SHOWN_CHARS = 64 * 1024
 
 
 def job_visible_or_404(request, pk):
-    jobs = job_list_visible(user=request.user).prefetch_related("retries")
+    jobs = (
+        job_list_visible(user=request.user)
+        .select_related("workflow_step__workflow")
+        .prefetch_related("retries")
+    )
     return get_object_or_404(jobs, pk=pk)
 
 

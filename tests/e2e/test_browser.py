@@ -2,7 +2,8 @@
 the web process as deployed and real scheduler and node-agent processes: a member runs
 jobs from the pages and reads what they used, the why panel says what the API says, a
 waiting job is held, released and changed from its page, viewers and other teams are
-refused, and a schedule is made, previewed, paused and resumed from its pages."""
+refused, a schedule is made, previewed, paused and resumed from its pages, and a
+workflow's steps are read by level and it is cancelled and retried from its page."""
 
 import os
 import re
@@ -13,7 +14,8 @@ import requests
 
 from accounts.models import Role, User
 from accounts.services import team_add_member
-from jobs.models import Job, JobDefinition, JobSchedule, JobStatus
+from jobs.models import Job, JobDefinition, JobSchedule, JobStatus, Workflow
+from jobs.services.workflows import workflow_create
 from nodes.models import Node
 from tests.jobs.making import submit
 from tests.processes import free_port, wait_until
@@ -262,3 +264,41 @@ def test_a_schedule_from_the_form_previews_runs_and_pauses_and_resumes(
     page.wait_for_selector("#schedule-state:has-text('active')")
     schedule.refresh_from_db()
     assert schedule.enabled
+
+
+def test_a_workflows_steps_are_read_by_level_and_it_is_cancelled_and_retried(
+    live_server, browser, member, team, default_queue, small_node
+):
+    spec = {"command": ["true"], "cpu_millis": 100, "memory_mb": 64, "gpu": 0}
+    workflow = workflow_create(
+        team=team,
+        name="diamond",
+        steps=[
+            {"name": "bottom", "job": spec, "depends_on": ["left", "right"]},
+            {"name": "left", "job": spec, "depends_on": ["top"]},
+            {"name": "right", "job": spec, "depends_on": ["top"]},
+            {"name": "top", "job": spec},
+        ],
+    )
+    page = log_in(browser, live_server.url, member)
+    page.click("header a:has-text('Workflows')")
+    page.click("#workflows a:has-text('diamond')")
+    page.wait_for_url(f"{live_server.url}/workflows/{workflow.pk}/")
+    cells = page.locator("#steps tbody tr td:nth-child(2)").all_inner_texts()
+    levels = page.locator("#steps tbody tr td:nth-child(1)").all_inner_texts()
+    assert list(zip(levels, cells, strict=True)) == [
+        ("0", "top"), ("1", "left"), ("1", "right"), ("2", "bottom")
+    ]  # fmt: skip
+    assert page.inner_text("#step-states") == "4 pending"
+
+    page.click("#steps tbody tr:nth-child(2) td:nth-child(3) a")
+    page.wait_for_url(re.compile(r"/jobs/\d+/$"))
+    assert page.inner_text("#job-workflow") == "diamond"
+    page.click("#job-workflow")
+    page.click("button:has-text('Cancel')")
+    page.wait_for_selector("#workflow-state:has-text('cancelled')")
+    assert page.inner_text("#step-states") == "4 cancelled"
+    page.click("button:has-text('Retry failed steps')")
+    page.wait_for_selector("#workflow-state:has-text('running')")
+    assert Workflow.objects.get().status == "running"
+    assert set(Job.objects.values_list("status", flat=True)) == {JobStatus.PENDING}

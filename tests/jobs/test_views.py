@@ -18,6 +18,7 @@ from jobs.models import (
     JobStatus,
     PendingReason,
 )
+from jobs.services.workflows import workflow_create
 from jobs.views import job_change as job_change_views
 from jobs.views import job_page as job_page_views
 from nodes.models import Node
@@ -33,6 +34,7 @@ PAGES = [
     "/definitions/",
     "/schedules/",
     "/schedules/new/",
+    "/workflows/",
     "/nodes/",
     "/usage/",
     "/alerts/",
@@ -514,3 +516,116 @@ def test_an_action_on_a_job_gone_since_the_page_read_it_is_a_404(member, job, mo
     form |= {"node_selector": "", "timeout_seconds": "", "max_retries": "0"}
     form["retry_backoff_seconds"] = "10"
     assert csrf_post(client, f"/jobs/{job.pk}/change/", form).status_code == 404
+
+
+def diamond(team, name="diamond"):
+    """top -> (left, right) -> bottom, with a lone step beside them."""
+    spec = {"command": ["true"], "cpu_millis": 100, "memory_mb": 64, "gpu": 0}
+    return workflow_create(
+        team=team,
+        name=name,
+        parameters={"day": "monday"},
+        steps=[
+            {"name": "bottom", "job": spec, "depends_on": ["left", "right"]},
+            {"name": "right", "job": spec, "depends_on": ["top"]},
+            {"name": "top", "job": spec},
+            {"name": "left", "job": spec, "depends_on": ["top"]},
+            {"name": "lone", "job": spec},
+        ],
+    )
+
+
+def step_rows(page: str) -> list[list[str]]:
+    """The steps table's cells (level, step, job, waits on, rule, state...), tags dropped."""
+    body = re.search(r'<table id="steps">.*?<tbody>(.*?)</tbody>', page, re.S).group(1)
+    return [
+        [
+            re.sub(r"<[^>]+>", "", cell).strip()
+            for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+        ]
+        for row in re.findall(r"<tr>(.*?)</tr>", body, re.S)
+    ]
+
+
+def test_a_workflows_page_shows_its_steps_by_level_and_it_is_cancelled_and_retried(
+    member, team, default_queue, small_node
+):
+    workflow = diamond(team)
+    client = logged_in(member)
+    listed = client.get("/workflows/").content.decode()
+    assert f'href="/workflows/{workflow.pk}/">diamond</a>' in listed
+
+    page = client.get(f"/workflows/{workflow.pk}/").content.decode()
+    rows = step_rows(page)
+    assert [row[:2] for row in rows] == [
+        ["0", "top"], ["0", "lone"], ["1", "right"], ["1", "left"], ["2", "bottom"]
+    ]  # fmt: skip
+    jobs = {step.name: step.job_id for step in workflow.steps.all()}
+    assert [row[2] for row in rows] == [str(jobs[row[1]]) for row in rows]
+    assert rows[4][3:6] == ["left, right", "all_succeeded", "pending waiting_dependencies"]
+    assert '<span id="step-states">5 pending</span>' in page
+    assert "<code>day=monday</code>" in page
+    assert "Retry failed steps" not in page
+    # Each step's job page links back to the workflow.
+    job_page = client.get(f"/jobs/{jobs['left']}/").content.decode()
+    assert (
+        f'step left of <a href="/workflows/{workflow.pk}/" id="job-workflow">diamond</a>'
+        in job_page
+    )
+
+    response = csrf_post(client, f"/workflows/{workflow.pk}/cancel/", {})
+    assert response.status_code == 302 and response["Location"] == f"/workflows/{workflow.pk}/"
+    page = client.get(f"/workflows/{workflow.pk}/").content.decode()
+    assert 'id="workflow-state">cancelled<' in page
+    assert '<span id="step-states">5 cancelled</span>' in page
+    assert "Cancel asked for every unfinished step." in page
+    assert "Cancel</button>" not in page
+    # Cancelled again: the service's refusal is shown, nothing changes.
+    page = client.get(csrf_post(client, f"/workflows/{workflow.pk}/cancel/", {})["Location"])
+    assert "The workflow already ended (cancelled)." in page.content.decode()
+
+    csrf_post(client, f"/workflows/{workflow.pk}/retry/", {})
+    workflow.refresh_from_db()
+    assert workflow.status == "running"
+    assert set(Job.objects.filter(pk__in=jobs.values()).values_list("status", flat=True)) == {
+        JobStatus.PENDING
+    }
+
+
+def test_the_workflows_list_filters_pages_and_refuses_a_bad_state(
+    member, team, default_queue, small_node
+):
+    made = [diamond(team, name=f"flow-{i}") for i in range(52)]
+    made[0].status = "succeeded"
+    made[0].save(update_fields=["status"])
+    client = logged_in(member)
+    first = client.get("/workflows/").content.decode()
+    assert ">flow-51<" in first and ">flow-2<" in first and ">flow-1<" not in first
+    before = re.search(r'before=(\d+)">Older', first).group(1)
+    second = client.get(f"/workflows/?before={before}").content.decode()
+    assert ">flow-1<" in second and ">flow-0<" in second and ">flow-2<" not in second
+    succeeded = client.get("/workflows/?status=succeeded").content.decode()
+    assert ">flow-0<" in succeeded and ">flow-1<" not in succeeded
+    nobodys = client.get("/workflows/?team=nobody").content.decode()
+    assert ">flow-" not in nobodys and "No workflow matches." in nobodys
+    assert ">flow-51<" in client.get(f"/workflows/?team={team.slug}").content.decode()
+    refused = client.get("/workflows/?status=bogus")
+    assert refused.status_code == 400
+    assert "State: choose one of running, succeeded, failed, cancelled." in refused.content.decode()
+
+
+def test_another_teams_workflow_is_404_and_a_viewer_may_not_act(
+    outsider, viewer, team, default_queue, small_node
+):
+    workflow = diamond(team)
+    client = logged_in(outsider)
+    assert "diamond" not in client.get("/workflows/").content.decode()
+    assert client.get(f"/workflows/{workflow.pk}/").status_code == 404
+    assert csrf_post(client, f"/workflows/{workflow.pk}/cancel/", {}).status_code == 404
+    client = logged_in(viewer)
+    page = client.get(f"/workflows/{workflow.pk}/").content.decode()
+    assert "Cancel</button>" not in page
+    assert csrf_post(client, f"/workflows/{workflow.pk}/cancel/", {}).status_code == 403
+    assert client.post(f"/workflows/{workflow.pk}/cancel/").status_code == 403  # no CSRF token
+    workflow.refresh_from_db()
+    assert workflow.status == "running"
