@@ -864,7 +864,9 @@ class Workflow(models.Model):
             ),
         ]
         indexes = [
-            # Used by the workflows list: newest first, by team and status.
+            # Used by the workflows list: newest first, all of them (staff), by team and
+            # by status.
+            models.Index(F("created_at").desc(), F("id").desc(), name="workflow_created"),
             models.Index(
                 "team", F("created_at").desc(), F("id").desc(), name="workflow_team_created"
             ),

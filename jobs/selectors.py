@@ -21,6 +21,7 @@ from .models import (
     JobScheduleRun,
     JobStatus,
     Workflow,
+    WorkflowStep,
     WorkflowTemplate,
 )
 
@@ -168,6 +169,21 @@ def _of_visible_teams(objects: QuerySet, user: User) -> QuerySet:
 
 def workflow_list_visible(*, user: User) -> QuerySet[Workflow]:
     return _of_visible_teams(Workflow.objects.select_related("team"), user)
+
+
+def workflows_count_steps(workflows: list[Workflow]) -> list[Workflow]:
+    """Sets `step_count` on each of a page of workflows, in one statement. Counted in
+    the list's own statement (an aggregate over the join), every workflow the filter
+    matches would be counted before the page is cut: 430 ms for 200,000 workflows."""
+    counts = dict(
+        WorkflowStep.objects.filter(workflow__in=[w.pk for w in workflows])
+        .values("workflow")
+        .annotate(count=Count("id"))
+        .values_list("workflow", "count")
+    )
+    for workflow in workflows:
+        workflow.step_count = counts.get(workflow.pk, 0)
+    return workflows
 
 
 def workflow_template_list_visible(*, user: User) -> QuerySet[WorkflowTemplate]:

@@ -23,7 +23,11 @@ from ..models import (
     WorkflowStep,
     WorkflowTemplate,
 )
-from ..selectors import workflow_list_visible, workflow_template_list_visible
+from ..selectors import (
+    workflow_list_visible,
+    workflow_template_list_visible,
+    workflows_count_steps,
+)
 from ..services.workflows import (
     MAX_STEPS,
     workflow_cancel,
@@ -223,10 +227,20 @@ class WorkflowViewSet(
     queryset = Workflow.objects.none()  # the schema's model; requests use get_queryset
 
     def get_queryset(self):
-        return workflow_list_visible(user=self.request.user).annotate(step_count=Count("steps"))
+        return workflow_list_visible(user=self.request.user)
+
+    def list(self, request):
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        workflows_count_steps(page)
+        return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
     def _detail(self, workflow, code=status.HTTP_200_OK):
-        workflow = self.get_queryset().prefetch_related("steps__job").get(pk=workflow.pk)
+        workflow = (
+            self.get_queryset()
+            .annotate(step_count=Count("steps"))
+            .prefetch_related("steps__job")
+            .get(pk=workflow.pk)
+        )
         return Response(WorkflowDetailSerializer(workflow).data, status=code)
 
     def create(self, request):

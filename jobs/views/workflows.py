@@ -6,7 +6,7 @@ from collections import Counter
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db.models import Count, Q
+from django.db.models import Q
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -15,7 +15,7 @@ from django.views.decorators.http import require_POST
 from accounts.selectors import team_list_visible
 
 from ..models import JobStatus, WorkflowStatus, WorkflowStep
-from ..selectors import workflow_list_visible
+from ..selectors import workflow_list_visible, workflows_count_steps
 from ..services.actions import JobStateError
 from ..services.workflows import workflow_cancel, workflow_retry
 from .common import PAGE_SIZE, field_errors, require_may_change, submittable_team_ids
@@ -45,15 +45,7 @@ def workflow_list(request):
                 Q(created_at__lt=last) | Q(created_at=last, pk__lt=int(before))
             )
     page = list(workflows.order_by("-created_at", "-id")[: PAGE_SIZE + 1])
-    # Counted for the page's workflows only, not for every one the filter matches.
-    counts = dict(
-        WorkflowStep.objects.filter(workflow__in=page[:PAGE_SIZE])
-        .values("workflow")
-        .annotate(count=Count("id"))
-        .values_list("workflow", "count")
-    )
-    for workflow in page:
-        workflow.step_count = counts.get(workflow.pk, 0)
+    workflows_count_steps(page[:PAGE_SIZE])
     return render(
         request,
         "jobs/workflow_list.html",

@@ -10,9 +10,9 @@ from ..app import action_command, json_option, with_api
 from ..client import Api
 from ..errors import SchedError
 from ..output import elapsed, emit_json, print_fields, print_table, short_time
+from .jobs import MAX_PAGE
 
 WORKFLOW_STATES = ("running", "succeeded", "failed", "cancelled")
-MAX_PAGE = 500
 
 
 @click.group()

@@ -218,6 +218,25 @@ def test_the_list_filters_and_hides_other_teams(api, outsider_api, small_node):
     assert WorkflowStep.objects.count() == 4
 
 
+def test_the_list_counts_each_workflows_steps_in_a_fixed_number_of_queries(
+    api, small_node, django_assert_max_num_queries
+):
+    create(api, DIAMOND)
+    create(api, [step("one")], name="single")
+
+    def listed() -> list:
+        return api.get("/api/workflows/").json()["results"]
+
+    with django_assert_max_num_queries(12) as few:
+        assert [(w["name"], w["step_count"]) for w in listed()] == [("single", 1), ("wf", 4)]
+    queries = len(few)
+    for i in range(20):
+        create(api, [step("a"), step("b", "a")], name=f"two-{i}")
+    with django_assert_max_num_queries(queries):
+        found = listed()
+    assert [w["step_count"] for w in found] == [2] * 20 + [1, 4]
+
+
 def test_the_jobs_list_filters_by_workflow(api, small_node):
     body = create(api, DIAMOND)
     create(api, [step("other")])
