@@ -1,6 +1,6 @@
 """Workflow pages: the list (by state and team, newest first) and a workflow's page (its
-steps by level of the DAG, each with its job, upstream steps and state; cancel and
-retry)."""
+steps by level of the DAG, each with its job, upstream steps and state, refreshed while
+it runs; cancel and retry)."""
 
 from collections import Counter
 
@@ -92,11 +92,13 @@ def workflow_page(request, pk):
         if step.job.started_at is not None:
             step.ran = ((step.job.finished_at or now) - step.job.started_at).total_seconds()
     states = Counter(step.job.status for step in steps)
+    live = request.GET.get("fragment") == "live"
     return render(
         request,
-        "jobs/workflow_page.html",
+        "jobs/_workflow_live.html" if live else "jobs/workflow_page.html",
         {
             "workflow": workflow,
+            "live": workflow.status == WorkflowStatus.RUNNING,
             "steps": steps[:STEPS_SHOWN],
             "step_count": len(steps),
             "states": [(status, states[status]) for status in JobStatus.values if states[status]],

@@ -157,11 +157,16 @@ def workflow_templates(api, team, as_json):
     show_default=True,
     help="The newest this many.",
 )
+@click.option("--all", "all_pages", is_flag=True, help="Every page, not the first.")
 @json_option
 @with_api
-def workflow_list(api, state, team, name, limit, as_json):
+def workflow_list(api, state, team, name, limit, all_pages, as_json):
     """Your teams' workflows, newest first."""
-    found = api.get("workflows/", status=state, team=team, name=name, page_size=limit)["results"]
+    filters = {"status": state, "team": team, "name": name}
+    if all_pages:
+        found = list(api.pages("workflows/", **filters, page_size=MAX_PAGE))
+    else:
+        found = api.get("workflows/", **filters, page_size=limit)["results"]
     if as_json:
         emit_json(found)
         return

@@ -573,6 +573,10 @@ def test_workflows_are_listed_shown_cancelled_retried_and_run_from_templates(pla
     wait_status(platform, wait_job, "running")
     sched(platform, "workflow", "cancel", str(flow_id))
     wait_status(platform, wait_job, "cancelled")
+    every = sched_json(platform, "workflow", "list", "--all")
+    with platform.http() as http:
+        assert every == http.get("workflows/", params={"page_size": 500}).json()["results"]
+    assert flow_id in [f["id"] for f in every]
     table = sched(platform, "workflow", "list", "--limit=1").stdout.splitlines()
     assert table[1].split()[:5] == [str(flow_id), "tonight", "blue", "cancelled", "2"]
 

@@ -302,3 +302,6 @@ def test_a_workflows_steps_are_read_by_level_and_it_is_cancelled_and_retried(
     page.wait_for_selector("#workflow-state:has-text('running')")
     assert Workflow.objects.get().status == "running"
     assert set(Job.objects.values_list("status", flat=True)) == {JobStatus.PENDING}
+    # While it runs, the page follows its steps without a reload.
+    Job.objects.filter(workflow_step__name="top").update(status=JobStatus.RUNNING)
+    page.wait_for_selector("#step-states:has-text('3 pending, 1 running')")

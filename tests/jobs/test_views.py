@@ -566,6 +566,10 @@ def test_a_workflows_page_shows_its_steps_by_level_and_it_is_cancelled_and_retri
     assert '<span id="step-states">5 pending</span>' in page
     assert "<code>day=monday</code>" in page
     assert "Retry failed steps" not in page
+    assert f'data-refresh="/workflows/{workflow.pk}/?fragment=live"' in page
+    fragment = client.get(f"/workflows/{workflow.pk}/?fragment=live").content.decode()
+    assert "<html" not in fragment and step_rows(fragment) == rows
+    assert "data-final" not in fragment
     # Each step's job page links back to the workflow.
     job_page = client.get(f"/jobs/{jobs['left']}/").content.decode()
     assert (
@@ -580,6 +584,9 @@ def test_a_workflows_page_shows_its_steps_by_level_and_it_is_cancelled_and_retri
     assert '<span id="step-states">5 cancelled</span>' in page
     assert "Cancel asked for every unfinished step." in page
     assert "Cancel</button>" not in page
+    # Ended: the page no longer refreshes, and the fragment says it is final.
+    assert "data-refresh" not in page
+    assert "data-final" in client.get(f"/workflows/{workflow.pk}/?fragment=live").content.decode()
     # Cancelled again: the service's refusal is shown, nothing changes.
     page = client.get(csrf_post(client, f"/workflows/{workflow.pk}/cancel/", {})["Location"])
     assert "The workflow already ended (cancelled)." in page.content.decode()
