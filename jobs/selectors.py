@@ -174,7 +174,8 @@ def workflow_list_visible(*, user: User) -> QuerySet[Workflow]:
 def workflows_count_steps(workflows: list[Workflow]) -> list[Workflow]:
     """Sets `step_count` on each of a page of workflows, in one statement. Counted in
     the list's own statement (an aggregate over the join), every workflow the filter
-    matches would be counted before the page is cut: 430 ms for 200,000 workflows."""
+    matches would be counted before the page is cut (GET /api/workflows/ took 372 ms
+    with 200,000 workflows, 7.3 ms this way)."""
     counts = dict(
         WorkflowStep.objects.filter(workflow__in=[w.pk for w in workflows])
         .values("workflow")

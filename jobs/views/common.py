@@ -1,12 +1,15 @@
 """What every page needs: who may act, the field errors of a refused form (by the job
 forms' fields, too), and where to go back to after an action."""
 
+from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.utils.http import url_has_allowed_host_and_scheme
 from rest_framework import exceptions as api_exceptions
 
 from accounts.models import User
 from accounts.selectors import team_list_submittable
+
+from ..services.actions import JobStateError
 
 # Rows per page of the lists.
 PAGE_SIZE = 50
@@ -20,6 +23,17 @@ def require_may_change(user: User, team_id: int) -> None:
     """A 403 unless the user may act for the team (a viewer may only look)."""
     if team_id not in submittable_team_ids(user):
         raise PermissionDenied("Viewers may look at this team's objects but not change them.")
+
+
+def act_and_tell(request, change, done: str) -> None:
+    """Runs `change()` and tells the user on the next page: `done`, or why the service
+    refused it for the object's state."""
+    try:
+        change()
+    except JobStateError as exc:
+        messages.error(request, " ".join(field_errors(exc).get("status", [str(exc)])))
+    else:
+        messages.success(request, done)
 
 
 def field_errors(exc: Exception) -> dict[str, list[str]]:

@@ -2,7 +2,6 @@
 runs), the "why is it waiting" panel, and its actions: cancel, hold, release, requeue,
 acknowledge, submit again (changing a pending job has a page of its own, job_change)."""
 
-from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
@@ -15,7 +14,6 @@ from ..log_reading import LIVE_EXECUTION_STATUSES, attempt_log
 from ..models import Job, JobStatus
 from ..selectors import execution_list_for_job, job_list_visible
 from ..services.actions import (
-    JobStateError,
     job_acknowledge,
     job_cancel,
     job_hold,
@@ -27,7 +25,7 @@ from ..services.actions import (
 from ..services.arrays import array_cancel, array_retry
 from ..services.changes import job_change_refusal
 from ..why_pending import job_why_pending
-from .common import field_errors, require_may_change, submittable_team_ids
+from .common import act_and_tell, require_may_change, submittable_team_ids
 
 TIMELINE_EVENTS = 200
 # Parts of the why answer the panel shows in their own way; every other key (those that
@@ -85,10 +83,7 @@ def _act(request, pk, change, done: str):
     job = job_visible_or_404(request, pk)
     require_may_change(request.user, job.team_id)
     try:
-        change(job, request.user)
-        messages.success(request, done)
-    except JobStateError as exc:
-        messages.error(request, " ".join(field_errors(exc).get("status", [str(exc)])))
+        act_and_tell(request, lambda: change(job, request.user), done)
     except Job.DoesNotExist:  # gone since it was read (purged by retention)
         raise Http404("No such job.") from None
     return redirect(reverse("job-page", args=[job.pk]))

@@ -20,7 +20,13 @@ from ..schedule_times import ScheduleTimeError, Timetable, cron_check, describe,
 from ..schedules import schedule_create, schedule_pause, schedule_resume, schedule_update
 from ..selectors import definition_list_visible, schedule_list_visible, schedule_run_list
 from ..services.actions import JobStateError
-from .common import PAGE_SIZE, field_errors, require_may_change, submittable_team_ids
+from .common import (
+    PAGE_SIZE,
+    act_and_tell,
+    field_errors,
+    require_may_change,
+    submittable_team_ids,
+)
 
 NEXT_RUNS = 5
 RUN_HISTORY = 50
@@ -175,11 +181,7 @@ def schedule_preview(request):
 def _toggle(request, pk, change, done: str):
     schedule = get_object_or_404(schedule_list_visible(user=request.user), pk=pk)
     require_may_change(request.user, schedule.team_id)
-    try:
-        change(schedule)
-        messages.success(request, done)
-    except JobStateError as exc:
-        messages.error(request, " ".join(field_errors(exc).get("status", [])))
+    act_and_tell(request, lambda: change(schedule), done)
     return redirect(reverse("schedule-page", args=[schedule.pk]))
 
 

@@ -4,7 +4,6 @@ it runs; cancel and retry)."""
 
 from collections import Counter
 
-from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Q
 from django.shortcuts import get_object_or_404, redirect, render
@@ -16,9 +15,8 @@ from accounts.selectors import team_list_visible
 
 from ..models import JobStatus, WorkflowStatus, WorkflowStep
 from ..selectors import workflow_list_visible, workflows_count_steps
-from ..services.actions import JobStateError
 from ..services.workflows import workflow_cancel, workflow_retry
-from .common import PAGE_SIZE, field_errors, require_may_change, submittable_team_ids
+from .common import PAGE_SIZE, act_and_tell, require_may_change, submittable_team_ids
 
 # A workflow may have thousands of steps; the page shows this many (the API has them all).
 STEPS_SHOWN = 1000
@@ -114,11 +112,7 @@ def workflow_page(request, pk):
 def _act(request, pk, change, done: str):
     workflow = get_object_or_404(workflow_list_visible(user=request.user), pk=pk)
     require_may_change(request.user, workflow.team_id)
-    try:
-        change(workflow=workflow, user=request.user)
-        messages.success(request, done)
-    except JobStateError as exc:
-        messages.error(request, " ".join(field_errors(exc).get("status", [str(exc)])))
+    act_and_tell(request, lambda: change(workflow=workflow, user=request.user), done)
     return redirect(reverse("workflow-page", args=[workflow.pk]))
 
 
