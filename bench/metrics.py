@@ -150,6 +150,7 @@ def fill(jobs: int, nodes: int) -> str:
                         execution=execution,
                         node=execution.node,
                         queue_id=execution.job.queue_id,
+                        team_id=execution.job.team_id,
                         cpu_millis=1000,
                         memory_mb=1024,
                         status="reserved" if execution.status == "reserved" else "active",

@@ -1,6 +1,6 @@
 """Placements per second of one full scheduling cycle: snapshot, place, commit, publish.
 
-    .venv/bin/python bench/placement.py
+    .venv/bin/python bench/placement.py [--teams N]
 
 Sets itself up and cleans up after itself: creates the database `scheduler_bench`
 (BENCH_DATABASE_URL), migrates it, and publishes to Redis database 13
@@ -20,10 +20,15 @@ The cycle (placement, reservation, preemption, commit, publish) is timed, and it
 placements per second count each gang task. The check adds: no gang partly placed, a
 reservation made, and preemptions started.
 
+With `--teams N` the jobs (and the running ones) belong to N teams in turn, which share
+the queues: the cycle then reads each team's jobs in a queue apart and orders the teams
+of a queue by what they hold.
+
 Each run is made three times on fresh data; the median counts. The last line printed
 is one JSON object with the figures.
 """
 
+import argparse
 import json
 import os
 import random
@@ -54,6 +59,9 @@ import redis  # noqa: E402
 
 JOBS = 10_000
 RUNS = 3
+# The teams the jobs are spread over (`--teams`): the cycle reads each team's jobs in a
+# queue apart, and orders the teams of a queue by what they hold.
+TEAMS = 1
 SEED = 20_26
 
 
@@ -81,8 +89,10 @@ def fill(node_count: int, rng: random.Random) -> None:
     """A cluster of `node_count` nodes with about a fifth more room than the jobs need."""
     from jobs.models import Job
 
-    team, queues = cluster(node_count)
-    jobs = [pending_job(team, queues[i % len(queues)], i, rng) for i in range(JOBS)]
+    teams, queues = cluster(node_count)
+    jobs = [
+        pending_job(teams[i % len(teams)], queues[i % len(queues)], i, rng) for i in range(JOBS)
+    ]
     Job.objects.bulk_create(jobs, batch_size=2000)
 
 
@@ -113,13 +123,13 @@ def pending_job(team, queue, i: int, rng: random.Random, *, mixed: bool = False)
 
 
 def cluster(node_count: int):
-    """The bench team, and its four queues on `node_count` nodes of four shapes with
-    about a fifth more room in all than 10,000 jobs of 0.9 CPU want."""
+    """The bench's TEAMS teams, and four queues they share on `node_count` nodes of four
+    shapes with about a fifth more room in all than 10,000 jobs of 0.9 CPU want."""
     from accounts.models import Team
     from nodes.models import Node
     from resources.models import DEFAULT_QUEUE_NAME, PlacementStrategy, Queue
 
-    team = Team.objects.create(name="Bench", slug="bench")
+    teams = [Team.objects.create(name=f"Bench {i}", slug=f"bench-{i}") for i in range(TEAMS)]
     queues = [
         Queue.objects.get(name=DEFAULT_QUEUE_NAME),
         Queue.objects.create(name="batch", all_teams=True, weight=3, preemptible_default=True),
@@ -149,7 +159,7 @@ def cluster(node_count: int):
             )
         )
     Node.objects.bulk_create(nodes)
-    return team, queues
+    return teams, queues
 
 
 # The mixed run: how much of the CPU already runs when the timed cycle starts.
@@ -167,11 +177,11 @@ def fill_mixed(node_count: int, rng: random.Random, broker: redis.Redis) -> int:
     from jobs.services.executions import execution_claim
     from nodes.models import Node
 
-    team, queues = cluster(node_count)
+    teams, queues = cluster(node_count)
     cores = Node.objects.aggregate(cpu=Sum("cpu_millis"))["cpu"] // 1000
     running = [
         Job(
-            team=team,
+            team=teams[i % len(teams)],
             queue=queues[i % 3],  # not the capped one: all of them start
             name=f"running-{i}",
             command=["true"],
@@ -191,7 +201,10 @@ def fill_mixed(node_count: int, rng: random.Random, broker: redis.Redis) -> int:
         assert execution_claim(token=token, node_id=node_ids[node_name]) is not None
     broker.flushdb()
 
-    jobs = [pending_job(team, queues[i % len(queues)], i, rng, mixed=True) for i in range(JOBS)]
+    jobs = [
+        pending_job(teams[i % len(teams)], queues[i % len(queues)], i, rng, mixed=True)
+        for i in range(JOBS)
+    ]
     Job.objects.bulk_create(jobs, batch_size=2000)
     return len(running)
 
@@ -282,6 +295,10 @@ def measure(node_count: int, broker: redis.Redis, *, mixed: bool = False) -> dic
 
 
 def main() -> None:
+    global TEAMS
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--teams", type=int, default=1, help="teams the jobs are spread over")
+    TEAMS = parser.parse_args().teams
     broker = redis.Redis.from_url(BROKER_URL)
     recreate_database()
     try:
@@ -306,6 +323,7 @@ def main() -> None:
                 "placements_per_second_1000_nodes": large["rate"],
                 "placements_per_second_mixed_1000_nodes": mixed["rate"],
                 "pending_jobs": JOBS,
+                "teams": TEAMS,
                 "runs_per_size": RUNS,
                 "cpu_count": os.cpu_count(),
             }

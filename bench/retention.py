@@ -70,9 +70,10 @@ def fill(jobs: int, chunks: int) -> None:
         )
         cursor.execute(
             """
-            INSERT INTO resources_allocation (execution_id, node_id, queue_id, cpu_millis,
-                   memory_mb, gpu, status, created_at, released_at)
-            SELECT id, %(node)s, %(queue)s, 1000, 256, 0, 'released', reserved_at, finished_at
+            INSERT INTO resources_allocation (execution_id, node_id, queue_id, team_id,
+                   cpu_millis, memory_mb, gpu, status, created_at, released_at)
+            SELECT id, %(node)s, %(queue)s, %(team)s, 1000, 256, 0, 'released', reserved_at,
+                   finished_at
               FROM jobs_jobexecution
             """,
             params,

@@ -120,6 +120,7 @@ def fill(jobs: int, nodes: int) -> tuple[str, list[int], list[int]]:
                 execution=e,
                 node=e.node,
                 queue_id=e.job.queue_id,
+                team_id=e.job.team_id,
                 cpu_millis=1000,
                 memory_mb=1024,
                 status="active",

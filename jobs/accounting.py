@@ -261,9 +261,9 @@ WITH placed AS (
     RETURNING id, token
 ), allocation AS (
     INSERT INTO resources_allocation
-        (execution_id, node_id, queue_id, cpu_millis, memory_mb, gpu, status, created_at,
-         activated_at)
-    SELECT execution.id, placed.node_id, of_job.queue_id, placed.cpu_millis,
+        (execution_id, node_id, queue_id, team_id, cpu_millis, memory_mb, gpu, status,
+         created_at, activated_at)
+    SELECT execution.id, placed.node_id, of_job.queue_id, of_job.team_id, placed.cpu_millis,
            placed.memory_mb, placed.gpu,
            CASE WHEN claimed THEN %(allocation_active)s ELSE %(allocation_reserved)s END,
            %(now)s, CASE WHEN claimed THEN %(now)s END

@@ -368,17 +368,20 @@ class Job(JobSpec):
             ),
         ]
         indexes = [
-            # Used by the scheduling cycle: each queue's pending jobs that are not held,
-            # highest priority, then earliest deadline, then oldest first. Jobs a person
-            # holds are few and stay in it: the cycle's NOT IN HELD_REASONS implies this
-            # condition, so the index serves it, and adding that reason rebuilt no index.
+            # Used by the scheduling cycle: the teams with pending jobs in each queue, and
+            # each team's pending jobs there that are not held, highest priority, then
+            # earliest deadline, then oldest first (fair share within a queue). Jobs a
+            # person holds are few and stay in it: the cycle's NOT IN HELD_REASONS implies
+            # this condition, so the index serves it, and adding that reason rebuilt no
+            # index.
             models.Index(
                 F("queue"),
+                F("team"),
                 F("priority").desc(),
                 F("deadline").asc(nulls_last=True),
                 F("created_at"),
                 F("id"),
-                name="job_pending_by_queue",
+                name="job_pending_by_queue_team",
                 condition=Q(status=JobStatus.PENDING)
                 & ~Q(
                     pending_reason__in=(

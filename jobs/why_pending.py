@@ -65,10 +65,7 @@ def job_why_pending(
     gang = gang_room(tasks=job.tasks, request=request, nodes=nodes) if job.tasks > 1 else None
     summary = _pending_summary(job, reason, due, retry, queue, groups, reservation)
     if gang is not None and reason == PendingReason.GANG_DOES_NOT_FIT:
-        position = (
-            f" It is number {queue['position']} of {queue['pending']} in queue {queue['name']}."
-        )
-        summary = f"The gang does not fit: {gang['summary']}{position}"
+        summary = f"The gang does not fit: {gang['summary']}{_position_words(queue)}"
     return {
         "job": job.pk,
         "status": job.status,
@@ -249,9 +246,11 @@ def _array_slot(job: Job) -> dict:
 
 
 def _queue_figures(job: Job, request: Request, *, now, due: bool) -> dict:
-    """Position among the queue's due pending jobs in the cycle's order (priority desc,
-    then deadline, earliest first and none last, then age, then id), how many there are,
-    and the quota against what the queue holds."""
+    """Position among its team's due pending jobs in the queue in the cycle's order
+    (priority desc, then deadline, earliest first and none last, then age, then id), how
+    many there are, and of all teams, how many teams they are, and the quota against what
+    the queue holds. Between teams of a queue the order moves with what each holds
+    (`resources.placement._Backlog`), so the position is within the job's team."""
     due_pending = Q(status=JobStatus.PENDING) & (
         Q(not_before__isnull=True) | Q(not_before__lte=now)
     )
@@ -264,8 +263,12 @@ def _queue_figures(job: Job, request: Request, *, now, due: bool) -> dict:
         | same & Q(created_at__lt=job.created_at)
         | same & Q(created_at=job.created_at, id__lt=job.pk)
     )
+    own = Q(team_id=job.team_id)
     counts = Job.objects.filter(due_pending, queue_id=job.queue_id).aggregate(
-        pending=Count("id"), ahead=Count("id", filter=ahead)
+        pending=Count("id"),
+        team_pending=Count("id", filter=own),
+        ahead=Count("id", filter=own & ahead),
+        teams=Count("team_id", distinct=True),
     )
     queue = job.queue
     state = QueueState(
@@ -282,6 +285,8 @@ def _queue_figures(job: Job, request: Request, *, now, due: bool) -> dict:
         "name": queue.name,
         "position": counts["ahead"] + 1 if due else None,
         "pending": counts["pending"],
+        "team_pending": counts["team_pending"],
+        "teams": counts["teams"],
         "weight": queue.weight,
         "priority": queue.priority,
         "quota": _amounts(state.quota_cpu_millis, state.quota_memory_mb, state.quota_gpu),
@@ -290,6 +295,18 @@ def _queue_figures(job: Job, request: Request, *, now, due: bool) -> dict:
         ),
         "exceeds_quota": not state.within_quota(request),
     }
+
+
+def _position_words(queue: dict) -> str:
+    words = f" It is number {queue['position']} of {queue['team_pending']}"
+    if queue["teams"] <= 1:
+        return f"{words} in queue {queue['name']}."
+    others = queue["teams"] - 1
+    return (
+        f"{words} of its team's in queue {queue['name']}, where {others} other "
+        f"team{'s' if others > 1 else ''} wait{'' if others > 1 else 's'} too: the team "
+        "holding the least of the queue goes first."
+    )
 
 
 def _amounts(cpu_millis: int | None, memory_mb: int | None, gpu: int | None) -> dict:
@@ -518,7 +535,7 @@ def _pending_summary(job, reason, due, retry, queue, groups, reservation=None) -
         return _concurrency_limit_summary(job)
     if reason == PendingReason.WAITING_ARRAY_SLOT:
         return "The job waits for a slot of its array's parallelism; it runs when one frees."
-    position = f" It is number {queue['position']} of {queue['pending']} in queue {queue['name']}."
+    position = _position_words(queue)
     if reason == PendingReason.RESERVATION and reservation is not None:
         return f"The job is {_reservation_words(reservation)}.{position}"
     if reason == PendingReason.WOULD_DELAY_RESERVATION and reservation is not None:

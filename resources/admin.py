@@ -40,6 +40,7 @@ class AllocationAdmin(AuditedModelAdmin):
         "execution",
         "node",
         "queue",
+        "team",
         "cpu_millis",
         "memory_mb",
         "gpu",
@@ -47,9 +48,9 @@ class AllocationAdmin(AuditedModelAdmin):
         "created_at",
         "released_at",
     ]
-    list_filter = ["status", "queue", "node"]
+    list_filter = ["status", "queue", "team", "node"]
     search_fields = ["execution__token", "node__name"]
-    list_select_related = ["execution", "node", "queue"]
+    list_select_related = ["execution", "node", "queue", "team"]
     readonly_fields = [f.name for f in Allocation._meta.fields]
 
     def has_add_permission(self, request):

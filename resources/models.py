@@ -101,9 +101,14 @@ class Allocation(models.Model):
     )
     # The queue the job was placed from, copied from the job when it is placed: what a
     # queue holds (its quota, its fair share) is summed from its live allocations alone,
-    # through allocation_live_by_queue, with no join to executions and jobs.
+    # through allocation_live_by_queue_team, with no join to executions and jobs.
     queue = models.ForeignKey(
         "resources.Queue", on_delete=models.PROTECT, related_name="allocations", db_index=False
+    )
+    # The job's team, copied alike: what a team holds in a queue orders the teams there
+    # (fair share within a queue), summed through the same index.
+    team = models.ForeignKey(
+        "accounts.Team", on_delete=models.PROTECT, related_name="allocations", db_index=False
     )
     cpu_millis = models.PositiveIntegerField()
     memory_mb = models.PositiveIntegerField()
@@ -138,11 +143,12 @@ class Allocation(models.Model):
                 name="allocation_live_by_node",
                 condition=Q(status__in=LIVE_ALLOCATION_STATUSES),
             ),
-            # What each queue holds, read by every placement, from its amounts alone.
+            # What each queue, and each team in it, holds, read by every placement, from
+            # its amounts alone.
             models.Index(
-                fields=["queue"],
+                fields=["queue", "team"],
                 include=["cpu_millis", "memory_mb", "gpu"],
-                name="allocation_live_by_queue",
+                name="allocation_live_by_queue_team",
                 condition=Q(status__in=LIVE_ALLOCATION_STATUSES),
             ),
         ]

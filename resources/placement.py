@@ -1,10 +1,10 @@
 """Placement: pure functions over an in-memory snapshot of nodes and queues.
 
 Predicates say whether a node may take a request; scorers rank the nodes that may; the
-planner decides which queue is served next (weighted dominant-resource fair share) and
-which node each job gets. Nothing here touches the database, so the scheduling cycle
-can place thousands of jobs between one read and one write, and the rules can be
-property-tested on their own.
+planner decides which queue is served next (weighted dominant-resource fair share),
+which team's job within it (the same, between its teams) and which node each job gets.
+Nothing here touches the database, so the scheduling cycle can place thousands of jobs
+between one read and one write, and the rules can be property-tested on their own.
 
 `choose_node` is the rule, written plainly. `NodeIndex` gives the same answers without
 looking at every node for every job, which is what lets one cycle place ten thousand
@@ -366,6 +366,14 @@ class QueueState:
     # What it used over the last days, as a share of the cluster (see
     # jobs.services.fair_share); 0 unless FAIR_SHARE_HALF_LIFE_DAYS is set.
     past_share: Fraction = Fraction(0)
+    # What each team's jobs in it hold now (team id -> amounts), for the order of its
+    # jobs: see `_Backlog`.
+    team_allocated: dict[Hashable, Resources] = field(default_factory=dict)
+
+    def take(self, team_id: Hashable, request: "Resources | Request") -> None:
+        """Count a placement of the team's in what the queue, and the team in it, hold."""
+        self.allocated += request
+        self.team_allocated[team_id] = self.team_allocated.get(team_id, Resources()) + request
 
     def within_quota(self, request: Request) -> bool:
         after = self.allocated + request
@@ -420,6 +428,8 @@ class PendingJob:
     time_limit: float | None = None
     # A gang of this many tasks, each asking for `request`: placed all together or not at all.
     tasks: int = 1
+    team_id: Hashable | None = None
+    priority: int = 0
 
     @property
     def total(self) -> Request:
@@ -673,13 +683,14 @@ def plan_placements(
 ) -> Plan:
     """Place pending jobs, serving queues by fair share and each queue's jobs in order.
 
-    `jobs` come in each queue's order (priority, then age). The queue ranked first by
-    `queue_rank` offers its next job; a job over its queue's quota, or that no node can
-    take, waits with the reason and the queue offers its next one (a smaller job may
-    still fit); a placed job raises its queue's share, which may let another queue go
-    first. A job whose `limit_key` has no slot left in `limit_slots` (keys not in it
-    have no limit) waits too. `queues`, `nodes` and `limit_slots` are updated in place
-    with what was placed.
+    `jobs` come in each queue's order (priority, then deadline, then age). The queue
+    ranked first by `queue_rank` offers its next job, its teams' next jobs taken in the
+    order of `_Backlog` (priority, then the team holding the least first); a job over
+    its queue's quota, or that no node can take, waits with the reason and the queue
+    offers its next one (a smaller job may still fit); a placed job raises its queue's
+    share, which may let another queue go first. A job whose `limit_key` has no slot
+    left in `limit_slots` (keys not in it have no limit) waits too. `queues`, `nodes`
+    and `limit_slots` are updated in place with what was placed.
 
     With `releases` (node id -> when its running executions end by their time limits;
     a node left out has one with no limit), the first job (or gang) that finds no room
@@ -694,11 +705,11 @@ def plan_placements(
     index = NodeIndex(nodes, smallest_request(job.request for job in jobs))
     ends = _Ends(releases, now)
     unreservable: set[tuple] = set()  # (request key, tasks) no node can be reserved for
-    backlog: dict[int, list[PendingJob]] = {}
-    for job in jobs:
-        backlog.setdefault(job.queue_id, []).append(job)
-    for pending in backlog.values():
-        pending.reverse()  # pop() from the end takes them in order
+    backlog: dict[int, _Backlog] = {}
+    for order, job in enumerate(jobs):
+        backlog.setdefault(job.queue_id, _Backlog()).add(order, job)
+    for qid, pending in backlog.items():
+        pending.start(queues[qid], capacity)
     heap = [(queue_rank(queues[qid], capacity), qid) for qid in backlog]
     heapq.heapify(heap)
     while heap:
@@ -731,14 +742,56 @@ def plan_placements(
                 ends.started(job, choice)
                 if job.limit_key in limit_slots:
                     limit_slots[job.limit_key] -= 1
-                queue.allocated += job.request
+                queue.take(job.team_id, job.request)
                 plan.placements.append((job, choice))
                 rank = queue_rank(queue, capacity)
+        pending.offered(job, queue, capacity)
         if pending:
             heapq.heapreplace(heap, (rank, qid))
         else:
             heapq.heappop(heap)
     return plan
+
+
+class _Backlog:
+    """A queue's pending jobs in the order the planner offers them: by priority; among
+    jobs of equal priority, the team holding the least goes first (the lowest dominant
+    share of the cluster that its jobs in this queue hold, every team weighing alike:
+    fair share between the teams of a queue, as between queues); then in the order they
+    were given (earliest deadline, then oldest). A team's place changes only when one of
+    its own jobs is placed, so each team has one entry in a heap, keyed by its next job."""
+
+    def __init__(self):
+        self._teams: dict[Hashable, list[tuple[int, PendingJob]]] = {}
+        self._heap: list[tuple[int, Fraction, int, Hashable]] = []
+
+    def add(self, order: int, job: PendingJob) -> None:
+        self._teams.setdefault(job.team_id, []).append((order, job))
+
+    def start(self, queue: QueueState, capacity: Resources) -> None:
+        for team_id, jobs in self._teams.items():
+            jobs.reverse()  # pop() from the end takes them in order
+            self._push(team_id, queue, capacity)
+
+    def _push(self, team_id: Hashable, queue: QueueState, capacity: Resources) -> None:
+        order, job = self._teams[team_id][-1]
+        share = 0  # a queue of one team: its jobs in order, with no share to work out
+        if len(self._teams) > 1:
+            share = dominant_share(queue.team_allocated.get(team_id, Resources()), capacity)
+        heapq.heappush(self._heap, (-job.priority, share, order, team_id))
+
+    def pop(self) -> PendingJob:
+        """The next job; `offered` must follow once it has been placed or left waiting."""
+        team_id = self._heap[0][-1]
+        return self._teams[team_id].pop()[1]
+
+    def offered(self, job: PendingJob, queue: QueueState, capacity: Resources) -> None:
+        heapq.heappop(self._heap)
+        if self._teams[job.team_id]:
+            self._push(job.team_id, queue, capacity)
+
+    def __bool__(self) -> bool:
+        return bool(self._heap)
 
 
 def _place_gang(job, queue, index, nodes, plan, ends, limit_slots, now, unreservable) -> bool:
@@ -755,7 +808,7 @@ def _place_gang(job, queue, index, nodes, plan, ends, limit_slots, now, unreserv
             if reservation is not None:
                 reservation.take(job, now, node)
             ends.started(job, node)
-            queue.allocated += job.request
+            queue.take(job.team_id, job.request)
             plan.placements.append((job, node))
         if job.limit_key in limit_slots:
             limit_slots[job.limit_key] -= 1

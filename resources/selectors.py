@@ -1,7 +1,7 @@
 """Reads for resources: queues a team or user may use, allocations, and usage figures."""
 
 from django.db import connection
-from django.db.models import Exists, F, OuterRef, Q, QuerySet, Sum
+from django.db.models import Exists, OuterRef, Q, QuerySet, Sum
 
 from accounts.models import Team, User
 from accounts.selectors import team_list_visible
@@ -158,7 +158,7 @@ def usage_summary(*, user: User) -> dict:
 
     held = (
         Allocation.objects.filter(status__in=LIVE_ALLOCATION_STATUSES)
-        .values("queue", team=F("execution__job__team_id"))
+        .values("queue", "team")
         .annotate(cpu=Sum("cpu_millis"), memory=Sum("memory_mb"), gpu=Sum("gpu"))
         .order_by()
     )

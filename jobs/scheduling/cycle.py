@@ -1,9 +1,10 @@
 """The scheduling cycle: place pending jobs on ready nodes, in one transaction.
 
-Snapshot: lock the nodes, then each queue's next due pending jobs (SKIP LOCKED), as many
-as the free room could take; read the queues and what their jobs hold now. Plan in
-memory with `resources.placement`: queues by fair share, jobs by priority then age,
-nodes by the queue's strategy. Write the executions, allocations, job statuses, node
+Snapshot: lock the nodes, then each team's next due pending jobs in each queue (SKIP
+LOCKED), as many as the free room could take; read the queues and what their jobs, and
+each team's, hold now. Plan in memory with `resources.placement`: queues by fair share,
+jobs by priority, then their teams' fair share within the queue, then age, nodes by the
+queue's strategy. Write the executions, allocations, job statuses, node
 counters and pending reasons in a fixed number of statements, commit once, then publish
 one message per placement over one producer connection. The number of queries does not
 grow with the number of jobs, queues or nodes, and a cycle that finds no room reads only
@@ -56,49 +57,73 @@ from .reservations import reservation_write, running_releases
 
 logger = logging.getLogger(__name__)
 
-# Each queue's next `per_queue` pending jobs that are due (and whose deadline has not
-# passed: the deadline check cancels those), in its order (priority, then deadline), locked so that
-# a second scheduler (or a cancel) skips them rather than waiting. Per queue, so that a
-# long backlog in one queue cannot hide another queue's jobs from the fair-share order.
-# With `reasons`, only jobs waiting for one of them ('' for the jobs no cycle has
-# looked at yet). Served by the job_pending_by_queue index. Each row also carries its
-# queue's rules and what the queue's jobs hold now, read after the node locks, so a
-# cycle that ran just before (a leader that lost its lock mid-cycle) is seen once it
-# has committed. That usage is summed over the live allocations only, by the queue each
-# was placed from, with no join (allocation_live_by_queue serves it), for every queue at
-# once. The statement is prepared: the statuses and held reasons are written into it,
-# not bound, so that its generic plan can see it matches the partial indexes' conditions.
+# Each team's next `per_queue` pending jobs in each queue that are due (and whose
+# deadline has not passed: the deadline check cancels those), in their order (priority,
+# then deadline, then age), locked so that a second scheduler (or a cancel) skips them
+# rather than waiting. Per queue and team, so that a long backlog in one queue cannot
+# hide another queue's jobs from the fair-share order, nor one team's backlog another
+# team's jobs in the same queue. The (queue, team) pairs with pending jobs are found by
+# skipping through the job_pending_by_queue_team index (one probe a pair, however many
+# jobs each has), which then serves each pair's jobs. With `reasons`, only jobs waiting
+# for one of them ('' for the jobs no cycle has looked at yet). Each row also carries
+# its queue's rules, what the queue's jobs hold now and what its team's jobs in the
+# queue hold, read after the node locks, so a cycle that ran just before (a leader that
+# lost its lock mid-cycle) is seen once it has committed. That usage is summed over the
+# live allocations only, by the queue each was placed from and its team, with no join
+# (allocation_live_by_queue_team serves it), for every queue at once. The statement is
+# prepared: the statuses and held reasons are written into it, not bound, so that its
+# generic plan can see it matches the partial indexes' conditions.
+_PENDING = f"""status = {sql_literal(JobStatus.PENDING)}
+      AND pending_reason NOT IN ({sql_literals(HELD_REASONS)})"""
 PENDING_JOBS_SQL = f"""
+WITH RECURSIVE pairs AS (
+    (SELECT queue_id, team_id FROM jobs_job
+      WHERE {_PENDING}
+      ORDER BY queue_id, team_id LIMIT 1)
+    UNION ALL
+    SELECT next.queue_id, next.team_id
+      FROM pairs p CROSS JOIN LATERAL (
+          SELECT queue_id, team_id FROM jobs_job
+           WHERE {_PENDING}
+             AND (queue_id, team_id) > (p.queue_id, p.team_id)
+           ORDER BY queue_id, team_id LIMIT 1
+      ) next
+), usage AS (
+    SELECT queue_id, team_id, sum(cpu_millis) AS cpu_millis,
+           sum(memory_mb) AS memory_mb, sum(gpu) AS gpu
+      FROM resources_allocation
+     WHERE status IN ({sql_literals(LIVE_ALLOCATION_STATUSES)})
+     GROUP BY queue_id, team_id
+), queue_usage AS (
+    SELECT queue_id, sum(cpu_millis)::bigint AS cpu_millis,
+           sum(memory_mb)::bigint AS memory_mb, sum(gpu)::bigint AS gpu
+      FROM usage GROUP BY queue_id
+)
 SELECT j.id, j.queue_id, j.cpu_millis, j.memory_mb, j.gpu, j.node_selector, j.attempts,
        j.pending_reason, j.team_id, j.concurrency_key, j.timeout_seconds,
-       j.reservation_node_id, j.reservation_start_at, j.reservation_nodes, j.tasks, q.name,
-       q.weight, q.priority,
+       j.reservation_node_id, j.reservation_start_at, j.reservation_nodes, j.tasks,
+       j.priority, coalesce(tu.cpu_millis, 0), coalesce(tu.memory_mb, 0),
+       coalesce(tu.gpu, 0), q.name, q.weight, q.priority,
        q.strategy, q.quota_cpu_millis, q.quota_memory_mb, q.quota_gpu, q.past_share,
-       coalesce(usage.cpu_millis, 0),
-       coalesce(usage.memory_mb, 0), coalesce(usage.gpu, 0)
-FROM resources_queue q
+       coalesce(qu.cpu_millis, 0), coalesce(qu.memory_mb, 0), coalesce(qu.gpu, 0)
+FROM pairs
+JOIN resources_queue q ON q.id = pairs.queue_id
 CROSS JOIN LATERAL (
     SELECT id, queue_id, cpu_millis, memory_mb, gpu, node_selector, attempts, pending_reason,
            team_id, concurrency_key, timeout_seconds, reservation_node_id,
            reservation_start_at, reservation_nodes, tasks, priority, deadline, created_at
     FROM jobs_job
-    WHERE queue_id = q.id
-      AND status = {sql_literal(JobStatus.PENDING)}
+    WHERE queue_id = pairs.queue_id AND team_id = pairs.team_id
+      AND {_PENDING}
       AND (not_before IS NULL OR not_before <= %(now)s)
       AND (deadline IS NULL OR deadline > %(now)s)
       AND (%(reasons)s::text[] IS NULL OR pending_reason = ANY(%(reasons)s::text[]))
-      AND pending_reason NOT IN ({sql_literals(HELD_REASONS)})
     ORDER BY priority DESC, deadline ASC NULLS LAST, created_at, id
     LIMIT %(per_queue)s
     FOR UPDATE SKIP LOCKED
 ) j
-LEFT JOIN (
-    SELECT queue_id, sum(cpu_millis) AS cpu_millis, sum(memory_mb) AS memory_mb,
-           sum(gpu) AS gpu
-      FROM resources_allocation
-     WHERE status IN ({sql_literals(LIVE_ALLOCATION_STATUSES)})
-     GROUP BY queue_id
-) AS usage ON usage.queue_id = q.id
+LEFT JOIN usage tu ON tu.queue_id = q.id AND tu.team_id = j.team_id
+LEFT JOIN queue_usage qu ON qu.queue_id = q.id
 ORDER BY q.id, j.priority DESC, j.deadline ASC NULLS LAST, j.created_at, j.id
 """
 
@@ -129,7 +154,7 @@ class CycleResult:
     considered: int = 0
     placements: list[tuple[str, str]] = field(default_factory=list)  # (token, node name)
     waiting: dict[str, int] = field(default_factory=dict)  # reason -> jobs
-    batch_full: bool = False  # some queue may have more due jobs than this cycle read
+    batch_full: bool = False  # some team may have more due jobs in a queue than were read
     full: bool = False  # no ready node had CPU free: only new arrivals were read
     preempted: int = 0  # executions asked to stop for waiting jobs
 
@@ -197,10 +222,11 @@ def lock_pending_jobs(
     pending, queues = [], {}
     for row in rows:
         job_id, queue_id, cpu, memory, gpu, selector, attempts, reason, team_id, key = row[:10]
-        timeout, reservation_node, reservation_start, reservation_nodes, tasks, *queue = row[10:]
+        timeout, reservation_node, reservation_start, reservation_nodes, tasks = row[10:15]
+        priority, team_cpu, team_memory, team_gpu, *queue = row[15:]
         request = Request(cpu, memory, gpu, json_value(selector) or {})
         limit_key = (team_id, key) if key else None
-        job = PendingJob(job_id, queue_id, request, limit_key, timeout, tasks)
+        job = PendingJob(job_id, queue_id, request, limit_key, timeout, tasks, team_id, priority)
         pending.append(
             _Pending(
                 job,
@@ -226,6 +252,9 @@ def lock_pending_jobs(
                 allocated=Resources(*used),
                 past_share=Fraction(past),
             )
+        queues[queue_id].team_allocated.setdefault(
+            team_id, Resources(team_cpu, team_memory, team_gpu)
+        )
     return pending, queues
 
 
@@ -335,8 +364,8 @@ def place(
     result = CycleResult(considered=len(pending))
     if not pending:
         return result, Plan(), []
-    per_queue = Counter(p.job.queue_id for p in pending)
-    result.batch_full = max(per_queue.values()) >= window
+    per_window = Counter((p.job.queue_id, p.team_id) for p in pending)
+    result.batch_full = max(per_window.values()) >= window
     slots = list(slots)
     planned, first = place_on_held_room(pending, queues, slots)
     plan = plan_placements(
@@ -396,7 +425,7 @@ def place_on_held_room(
             and queue.within_quota(p.job.total)
         ):
             slot.take(p.job.request)
-            queue.allocated += p.job.request
+            queue.take(p.job.team_id, p.job.request)
             first.append((p.job, slot))
         elif hold.victims_live:
             hold_take(slot, hold.room)

@@ -1,7 +1,8 @@
 """A node's freed room: when executions end on a node, the finish that released their
 allocations places the jobs waiting for room on that node, in the same transaction, by
-the scheduling cycle's rules (queues by fair share and quota, jobs by priority then age),
-so a freed slot does not wait for a scheduler round trip.
+the scheduling cycle's rules (queues by fair share and quota, jobs by priority, then
+their teams' fair share within the queue, then age), so a freed slot does not wait for
+a scheduler round trip.
 
 The node agent reports its successes in batches (`successes_report`, behind `POST
 /api/agent/successes/`); the jobs claimed there run on the agent threads whose successes

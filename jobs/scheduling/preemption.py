@@ -49,7 +49,7 @@ PREEMPTING_FOR = (PendingReason.INSUFFICIENT_CAPACITY, PendingReason.RESERVATION
 PREEMPTIONS_PER_CYCLE = 16
 
 # Anything to do? A running preemptible job, and a job told it found no room. Served by
-# the job_running_preemptible and job_pending_by_queue indexes. A gang (`tasks` > 1)
+# the job_running_preemptible and job_pending_by_queue_team indexes. A gang (`tasks` > 1)
 # neither preempts nor is preempted: its tasks stand and fall together, on many nodes.
 WORTH_A_LOOK_SQL = f"""
 SELECT EXISTS (SELECT 1 FROM jobs_job

@@ -279,7 +279,10 @@ def why(api, job_id, as_json):
         pairs.append(("retry", f"attempt {retry['attempt']} at {short_time(retry['due_at'])}"))
     if answer.get("queue"):
         queue_ = answer["queue"]
-        pairs.append(("queue", f"{queue_['name']}: {queue_['position']} of {queue_['pending']}"))
+        line = f"{queue_['name']}: {queue_['position']} of {queue_['team_pending']}"
+        if queue_["teams"] > 1:
+            line += f" of its team's; {queue_['pending']} of {queue_['teams']} teams in all"
+        pairs.append(("queue", line))
     print_fields(pairs)
     if answer.get("nodes"):
         print_table(

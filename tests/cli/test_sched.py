@@ -147,6 +147,7 @@ def test_queue_json_parses_and_matches_the_api(platform):
 
     why = sched(platform, "why", str(ids[0]))
     assert why.returncode == 0 and "lacks label zone=b" in why.stdout
+    assert re.search(r"^queue\s+default: \d+ of \d+$", why.stdout, re.MULTILINE), why.stdout
     assert sched_json(platform, "why", str(ids[0]))["reason"] == "node_selector"
 
     cancelled = sched_json(platform, "cancel", "--name=parked", "--state=pending")

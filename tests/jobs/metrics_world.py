@@ -105,6 +105,7 @@ def _execution(world, job, attempt, status, *, started=None, finished=None, held
             execution=execution,
             node=world.node,
             queue_id=job.queue_id,
+            team_id=job.team_id,
             cpu_millis=cpu,
             memory_mb=memory,
             gpu=gpu,

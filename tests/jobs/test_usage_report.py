@@ -44,6 +44,7 @@ def attempt(job, node, *, status, started, finished, held, attempt=1):
             execution=execution,
             node=node,
             queue_id=job.queue_id,
+            team_id=job.team_id,
             cpu_millis=cpu,
             memory_mb=memory,
             gpu=gpu,

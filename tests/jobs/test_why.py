@@ -106,6 +106,8 @@ def test_it_says_when_the_queue_is_at_its_quota(api, team):
         "name": "capped",
         "position": 1,
         "pending": 1,
+        "team_pending": 1,
+        "teams": 1,
         "weight": 1,
         "priority": 0,
         "quota": {"cpu": 2.0, "memory_mb": None, "gpu": None},
@@ -158,8 +160,13 @@ def test_a_running_job_is_not_pending(api, team, default_queue, small_node):
     }
 
 
-def test_queue_position_follows_priority_then_age(api, team, default_queue):
+def test_queue_position_follows_priority_then_age_within_the_team(
+    api, team, other_team, default_queue
+):
     other = Queue.objects.create(name="other", all_teams=True)
+    # Another team's job in the queue: teams take turns by what they hold, so it is not
+    # ahead of this team's in any fixed order, and is counted apart.
+    make_job(other_team, default_queue, name="red", priority=9)
     first = make_job(team, default_queue, name="first")
     urgent = make_job(team, default_queue, name="urgent", priority=5)
     second = make_job(team, default_queue, name="second")
@@ -175,7 +182,13 @@ def test_queue_position_follows_priority_then_age(api, team, default_queue):
     positions = {job.name: why(api, job)["queue"]["position"] for job in (first, urgent, second)}
 
     assert positions == {"urgent": 1, "first": 2, "second": 3}
-    assert why(api, second)["queue"]["pending"] == 3
+    body = why(api, second)
+    assert (body["queue"]["pending"], body["queue"]["team_pending"]) == (4, 3)
+    assert body["queue"]["teams"] == 2
+    assert body["summary"].endswith(
+        "It is number 3 of 3 of its team's in queue default, where 1 other team waits too: "
+        "the team holding the least of the queue goes first."
+    )
     assert why(api, second)["reason"] == "waiting_scheduler"
 
 

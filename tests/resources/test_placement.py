@@ -290,6 +290,48 @@ def test_equal_jobs_are_shared_by_weight_and_priority_comes_first(node_count, sp
                 assert placed[b.id] == demand  # a got something only once b had all it wanted
 
 
+@settings(max_examples=100)
+@given(
+    st.integers(1, 6),
+    st.lists(st.tuples(st.integers(0, 6), st.integers(0, 1)), min_size=2, max_size=4),
+)
+def test_the_teams_of_a_queue_share_its_room_and_priority_comes_first(node_count, specs):
+    """Within one queue, with equal jobs given oldest team first and more demand than
+    room: no team ends more than one job ahead of another of equal priority (counting
+    what each held before), whatever the order the jobs came in; a team's job of higher
+    priority goes before any of lower priority."""
+    nodes = [NodeSlot(i, f"n{i}", 4000, 4096, 0, 4000, 4096, 0) for i in range(node_count)]
+    capacity = Resources(node_count * 4000 * 2, node_count * 4096 * 2, 0)
+    held = {t: Resources(1000 * h, 100 * h, 0) for t, (h, _) in enumerate(specs)}
+    queue = QueueState(id=1, name="shared", team_allocated=dict(held))
+    demand = node_count * 4 + 1  # each team alone could fill the room
+    jobs = sorted(
+        (
+            PendingJob(
+                id=t * 1000 + j, queue_id=1, request=Request(1000, 100), team_id=t, priority=p
+            )
+            for t, (_, p) in enumerate(specs)
+            for j in range(demand)
+        ),
+        key=lambda job: (-job.priority, job.id),  # the cycle's order: priority, then age
+    )
+    plan = plan_placements(jobs=jobs, queues={1: queue}, nodes=nodes, capacity=capacity)
+    placed = dict.fromkeys(range(len(specs)), 0)
+    for job, _ in plan.placements:
+        placed[job.team_id] += 1
+    assert sum(placed.values()) == node_count * 4
+    for a, (held_a, priority_a) in enumerate(specs):
+        for b, (held_b, priority_b) in enumerate(specs):
+            if a == b or placed[a] == 0:
+                continue
+            if priority_a == priority_b:
+                assert held_a + placed[a] - 1 <= held_b + placed[b], (a, b, placed)
+            elif priority_a < priority_b:
+                assert placed[b] == demand  # a got something only once b had all it wanted
+    for t, amounts in held.items():
+        assert queue.team_allocated[t] == amounts + Request(1000 * placed[t], 100 * placed[t])
+
+
 def test_a_quota_caps_a_queue_on_an_idle_cluster():
     nodes = [NodeSlot(1, "big", 64_000, 65_536, 0, 64_000, 65_536, 0)]
     capped = QueueState(1, "capped", quota_cpu_millis=2000)

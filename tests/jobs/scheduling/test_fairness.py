@@ -11,7 +11,7 @@ import pytest
 from django.db.models import Sum
 
 from jobs.models import ExecutionStatus, Job, JobExecution
-from jobs.scheduling.cycle import place_pending_jobs
+from jobs.scheduling.cycle import MIN_JOBS_PER_QUEUE, place_pending_jobs
 from jobs.services.executions import execution_claim, execution_finish
 from nodes.models import Node
 from resources.models import LIVE_ALLOCATION_STATUSES, Allocation, Queue
@@ -28,13 +28,13 @@ def backlog(team, queue, count):
     )
 
 
-def held_cpu(queue) -> int:
-    return (
-        Allocation.objects.filter(
-            status__in=LIVE_ALLOCATION_STATUSES, execution__job__queue=queue
-        ).aggregate(cpu=Sum("cpu_millis"))["cpu"]
-        or 0
+def held_cpu(queue, team=None) -> int:
+    allocations = Allocation.objects.filter(
+        status__in=LIVE_ALLOCATION_STATUSES, execution__job__queue=queue
     )
+    if team is not None:
+        allocations = allocations.filter(execution__job__team=team)
+    return allocations.aggregate(cpu=Sum("cpu_millis"))["cpu"] or 0
 
 
 def finish_some(rng: random.Random, fraction: float) -> int:
@@ -47,13 +47,18 @@ def finish_some(rng: random.Random, fraction: float) -> int:
     return len(ended)
 
 
-def run_rounds(queues, rounds: int, seed: int) -> dict[str, list[int]]:
+def run_rounds(queues, rounds: int, seed: int, teams=()) -> dict[str, list[int]]:
+    """Each queue's CPU held after each cycle, and with `teams`, each team's in the
+    first queue."""
     rng = random.Random(seed)
-    samples: dict[str, list[int]] = {q.name: [] for q in queues}
+    samples: dict[str, list[int]] = {name: [] for name in [q.name for q in queues]}
+    samples |= {t.slug: [] for t in teams}
     for _ in range(rounds):
         place_pending_jobs(batch_size=1000)
         for queue in queues:
             samples[queue.name].append(held_cpu(queue))
+        for t in teams:
+            samples[t.slug].append(held_cpu(queues[0], t))
         finish_some(rng, fraction=0.3)
     return samples
 
@@ -92,3 +97,35 @@ def test_a_queue_at_its_quota_stays_there_and_the_others_share_the_rest_by_weigh
     ratio = sum(samples["heavy"]) / sum(samples["light"])
     assert 2 * 0.9 <= ratio <= 2 * 1.1, ratio
     assert Job.objects.filter(queue=capped, pending_reason="queue_quota").exists()
+
+
+def test_the_teams_of_one_queue_share_a_saturated_cluster_equally(team, other_team, default_queue):
+    for i in range(5):
+        Node.objects.create(name=f"n{i}", cpu_millis=4000, memory_mb=8192)  # 20 CPU in all
+    # Blue's backlog is older, and longer than a cycle reads of one team in a queue
+    # (MIN_JOBS_PER_QUEUE), so none of red's jobs would be among the first it reads of
+    # the queue.
+    backlog(team, default_queue, 400)
+    backlog(other_team, default_queue, 400)
+
+    samples = run_rounds([default_queue], rounds=30, seed=5, teams=[team, other_team])
+
+    assert all(total == 20_000 for total in samples[default_queue.name])
+    assert Job.objects.filter(team=team, status="pending").exists()
+    assert samples["red"][0] == 10_000  # from the first cycle on
+    ratio = sum(samples["blue"]) / sum(samples["red"])
+    assert 0.9 <= ratio <= 1.1, ratio
+
+
+def test_a_teams_long_backlog_does_not_hide_anothers_newer_jobs(team, other_team, default_queue):
+    Node.objects.create(name="n0", cpu_millis=4000, memory_mb=8192)
+    backlog(team, default_queue, MIN_JOBS_PER_QUEUE + 50)
+    late = Job.objects.create(
+        team=other_team, queue=default_queue, name="late", command=["true"], cpu_millis=1000
+    )
+
+    result = place_pending_jobs(batch_size=1000)
+
+    late.refresh_from_db()
+    assert late.status == "reserved"
+    assert result.placed == 4

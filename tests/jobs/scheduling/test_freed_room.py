@@ -59,6 +59,23 @@ def test_a_finish_places_the_next_waiting_job_on_its_node_in_the_cycles_order(te
     assert node.allocated_cpu_millis == 2000
 
 
+def test_a_finish_gives_its_room_to_the_team_holding_least_of_the_queue(team, other_team, broker):
+    node = Node.objects.create(name="one", cpu_millis=2000, memory_mb=4096)
+    make_jobs(team, 2)
+    running = start_running(node)  # blue holds the whole node
+    older = make_jobs(team, 1)[0]
+    newer = make_jobs(other_team, 1)[0]
+    assert place_pending_jobs(batch_size=100).placed == 0  # both told why they wait
+
+    result = finish(node, next(iter(running.values())))
+
+    # Blue still holds a CPU of the queue and red none: red's job goes first, though
+    # blue's is older.
+    assert result.placements == [(f"job-{newer.id}-attempt-1", "one")]
+    assert status(newer) == (JobStatus.RESERVED, "")
+    assert status(older) == (JobStatus.PENDING, PendingReason.INSUFFICIENT_CAPACITY)
+
+
 def test_a_finish_keeps_to_queue_quotas(team, broker):
     node = Node.objects.create(name="one", cpu_millis=3000, memory_mb=4096)
     capped = Queue.objects.create(name="capped", all_teams=True, quota_cpu_millis=1000)
