@@ -196,7 +196,6 @@ class _Pending:
     job: PendingJob
     attempts: int
     pending_reason: str
-    team_id: int
     reservation: tuple  # (pending reason, node id, start, node ids): what the job holds now
 
 
@@ -223,16 +222,17 @@ def lock_pending_jobs(
     for row in rows:
         job_id, queue_id, cpu, memory, gpu, selector, attempts, reason, team_id, key = row[:10]
         timeout, reservation_node, reservation_start, reservation_nodes, tasks = row[10:15]
-        priority, team_cpu, team_memory, team_gpu, *queue = row[15:]
+        job_priority, team_cpu, team_memory, team_gpu, *queue = row[15:]
         request = Request(cpu, memory, gpu, json_value(selector) or {})
         limit_key = (team_id, key) if key else None
-        job = PendingJob(job_id, queue_id, request, limit_key, timeout, tasks, team_id, priority)
+        job = PendingJob(
+            job_id, queue_id, request, limit_key, timeout, tasks, team_id, job_priority
+        )
         pending.append(
             _Pending(
                 job,
                 attempts,
                 reason,
-                team_id,
                 (reason, reservation_node, reservation_start, json_value(reservation_nodes)),
             )
         )
@@ -340,7 +340,7 @@ def waiting_write(
     reservation_write(
         plan=plan,
         held={p.job.id: p.reservation for p in pending},
-        team_ids={p.job.id: p.team_id for p in pending},
+        team_ids={p.job.id: p.job.team_id for p in pending},
     )
 
 
@@ -364,7 +364,7 @@ def place(
     result = CycleResult(considered=len(pending))
     if not pending:
         return result, Plan(), []
-    per_window = Counter((p.job.queue_id, p.team_id) for p in pending)
+    per_window = Counter((p.job.queue_id, p.job.team_id) for p in pending)
     result.batch_full = max(per_window.values()) >= window
     slots = list(slots)
     planned, first = place_on_held_room(pending, queues, slots)
