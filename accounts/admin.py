@@ -18,7 +18,7 @@ class PlatformUserAdmin(AuditedModelAdmin, UserAdmin):
 
 @admin.register(Team)
 class TeamAdmin(AuditedModelAdmin):
-    list_display = ["name", "slug", "created_at"]
+    list_display = ["name", "slug", "fair_share_weight", "created_at"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
     inlines = [MembershipInline]

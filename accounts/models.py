@@ -2,6 +2,7 @@
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -14,10 +15,23 @@ class User(AbstractUser):
 class Team(models.Model):
     name = models.CharField(max_length=100, unique=True)
     slug = models.SlugField(max_length=100, unique=True, help_text="Used in URLs and API input.")
+    fair_share_weight = models.PositiveIntegerField(
+        default=1,
+        db_default=1,
+        validators=[MinValueValidator(1), MaxValueValidator(1000)],
+        help_text="Fair share between the teams of a queue: weight 3 deserves three times "
+        "what weight 1 does of a queue they share.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(fair_share_weight__gte=1, fair_share_weight__lte=1000),
+                name="team_fair_share_weight_range",
+            ),
+        ]
 
     def __str__(self):
         return self.name

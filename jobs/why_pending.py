@@ -287,6 +287,7 @@ def _queue_figures(job: Job, request: Request, *, now, due: bool) -> dict:
         "pending": counts["pending"],
         "team_pending": counts["team_pending"],
         "teams": counts["teams"],
+        "team_weight": job.team.fair_share_weight,
         "weight": queue.weight,
         "priority": queue.priority,
         "quota": _amounts(state.quota_cpu_millis, state.quota_memory_mb, state.quota_gpu),
@@ -305,7 +306,7 @@ def _position_words(queue: dict) -> str:
     return (
         f"{words} of its team's in queue {queue['name']}, where {others} other "
         f"team{'s' if others > 1 else ''} wait{'' if others > 1 else 's'} too: the team "
-        "holding the least of the queue goes first."
+        "holding the least of the queue for its weight goes first."
     )
 
 

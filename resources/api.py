@@ -236,6 +236,9 @@ class QueueUsageSerializer(UsageFiguresSerializer):
 
 class TeamUsageSerializer(UsageFiguresSerializer):
     team = serializers.CharField()
+    fair_share_weight = serializers.IntegerField(
+        help_text="Its weight in fair share between the teams of a queue they share."
+    )
 
 
 class UsageSerializer(serializers.Serializer):

@@ -137,6 +137,10 @@ class Allocation(models.Model):
             models.Index(fields=["status", "-created_at"], name="allocation_status_created"),
             # Used by GET /api/allocations/?node=...
             models.Index(fields=["node", "-created_at"], name="allocation_node_created"),
+            # Used by GET /api/allocations/ for a team's members, and its team and queue
+            # filters (and by the PROTECT checks of a team's or queue's deletion).
+            models.Index(fields=["team", "-created_at"], name="allocation_team_created"),
+            models.Index(fields=["queue", "-created_at"], name="allocation_queue_created"),
             # Used by the usage figures and the consistency checks: live allocations per node.
             models.Index(
                 fields=["node", "status"],

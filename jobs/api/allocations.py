@@ -25,8 +25,8 @@ class AllocationSerializer(serializers.Serializer):
     token = serializers.CharField(source="execution.token")
     execution_status = serializers.CharField(source="execution.status")
     node = serializers.CharField(source="node.name")
-    team = serializers.CharField(source="execution.job.team.slug")
-    queue = serializers.CharField(source="execution.job.queue.name")
+    team = serializers.CharField(source="team.slug")
+    queue = serializers.CharField(source="queue.name")
     resources = serializers.SerializerMethodField()
     status = serializers.CharField()
     created_at = serializers.DateTimeField()
@@ -45,7 +45,7 @@ class AllocationSerializer(serializers.Serializer):
 class AllocationFilter(django_filters.FilterSet):
     node = django_filters.CharFilter(field_name="node__name")
     status = django_filters.ChoiceFilter(choices=AllocationStatus.choices)
-    team = django_filters.CharFilter(field_name="execution__job__team__slug")
+    team = django_filters.CharFilter(field_name="team__slug")
     queue = django_filters.CharFilter(field_name="queue__name")
     job = django_filters.NumberFilter(field_name="execution__job_id")
 

@@ -3,8 +3,8 @@
 Snapshot: lock the nodes, then each team's next due pending jobs in each queue (SKIP
 LOCKED), as many as the free room could take; read the queues and what their jobs, and
 each team's, hold now. Plan in memory with `resources.placement`: queues by fair share,
-jobs by priority, then their teams' fair share within the queue, then age, nodes by the
-queue's strategy. Write the executions, allocations, job statuses, node
+jobs by priority, then their teams' weighted fair share within the queue, then age,
+nodes by the queue's strategy. Write the executions, allocations, job statuses, node
 counters and pending reasons in a fixed number of statements, commit once, then publish
 one message per placement over one producer connection. The number of queries does not
 grow with the number of jobs, queues or nodes, and a cycle that finds no room reads only
@@ -66,9 +66,10 @@ logger = logging.getLogger(__name__)
 # skipping through the job_pending_by_queue_team index (one probe a pair, however many
 # jobs each has), which then serves each pair's jobs. With `reasons`, only jobs waiting
 # for one of them ('' for the jobs no cycle has looked at yet). Each row also carries
-# its queue's rules, what the queue's jobs hold now and what its team's jobs in the
-# queue hold, read after the node locks, so a cycle that ran just before (a leader that
-# lost its lock mid-cycle) is seen once it has committed. That usage is summed over the
+# its queue's rules, its team's fair share weight, what the queue's jobs hold now and
+# what its team's jobs in the queue hold, read after the node locks, so a cycle that
+# ran just before (a leader that lost its lock mid-cycle) is seen once it has
+# committed. That usage is summed over the
 # live allocations only, by the queue each was placed from and its team, with no join
 # (allocation_live_by_queue_team serves it), for every queue at once. The statement is
 # prepared: the statuses and held reasons are written into it, not bound, so that its
@@ -103,11 +104,12 @@ SELECT j.id, j.queue_id, j.cpu_millis, j.memory_mb, j.gpu, j.node_selector, j.at
        j.pending_reason, j.team_id, j.concurrency_key, j.timeout_seconds,
        j.reservation_node_id, j.reservation_start_at, j.reservation_nodes, j.tasks,
        j.priority, coalesce(tu.cpu_millis, 0), coalesce(tu.memory_mb, 0),
-       coalesce(tu.gpu, 0), q.name, q.weight, q.priority,
+       coalesce(tu.gpu, 0), tm.fair_share_weight, q.name, q.weight, q.priority,
        q.strategy, q.quota_cpu_millis, q.quota_memory_mb, q.quota_gpu, q.past_share,
        coalesce(qu.cpu_millis, 0), coalesce(qu.memory_mb, 0), coalesce(qu.gpu, 0)
 FROM pairs
 JOIN resources_queue q ON q.id = pairs.queue_id
+JOIN accounts_team tm ON tm.id = pairs.team_id
 CROSS JOIN LATERAL (
     SELECT id, queue_id, cpu_millis, memory_mb, gpu, node_selector, attempts, pending_reason,
            team_id, concurrency_key, timeout_seconds, reservation_node_id,
@@ -222,7 +224,7 @@ def lock_pending_jobs(
     for row in rows:
         job_id, queue_id, cpu, memory, gpu, selector, attempts, reason, team_id, key = row[:10]
         timeout, reservation_node, reservation_start, reservation_nodes, tasks = row[10:15]
-        job_priority, team_cpu, team_memory, team_gpu, *queue = row[15:]
+        job_priority, team_cpu, team_memory, team_gpu, team_weight, *queue = row[15:]
         request = Request(cpu, memory, gpu, json_value(selector) or {})
         limit_key = (team_id, key) if key else None
         job = PendingJob(
@@ -255,6 +257,7 @@ def lock_pending_jobs(
         queues[queue_id].team_allocated.setdefault(
             team_id, Resources(team_cpu, team_memory, team_gpu)
         )
+        queues[queue_id].team_weights[team_id] = team_weight
     return pending, queues
 
 

@@ -132,6 +132,7 @@ def test_admin_changes_and_deletions_are_recorded(staff, team):
         {
             "name": "Navy",
             "slug": "blue",
+            "fair_share_weight": "1",
             "memberships-TOTAL_FORMS": "0",
             "memberships-INITIAL_FORMS": "0",
             "memberships-MIN_NUM_FORMS": "0",

@@ -108,6 +108,7 @@ def test_it_says_when_the_queue_is_at_its_quota(api, team):
         "pending": 1,
         "team_pending": 1,
         "teams": 1,
+        "team_weight": 1,
         "weight": 1,
         "priority": 0,
         "quota": {"cpu": 2.0, "memory_mb": None, "gpu": None},
@@ -187,7 +188,7 @@ def test_queue_position_follows_priority_then_age_within_the_team(
     assert body["queue"]["teams"] == 2
     assert body["summary"].endswith(
         "It is number 3 of 3 of its team's in queue default, where 1 other team waits too: "
-        "the team holding the least of the queue goes first."
+        "the team holding the least of the queue for its weight goes first."
     )
     assert why(api, second)["reason"] == "waiting_scheduler"
 

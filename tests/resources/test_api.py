@@ -176,9 +176,12 @@ def test_members_see_their_teams_allocations_and_staff_see_all(
     assert staff_api.get("/api/allocations/").json()["count"] == 4
 
 
-def test_allocations_filter_by_node_status_queue_and_job(api, cluster_state):
+def test_allocations_filter_by_node_status_queue_team_and_job(api, staff_api, cluster_state):
     by_node = api.get("/api/allocations/", {"node": "node-a"}).json()["results"]
     assert {a["node"] for a in by_node} == {"node-a"}
+    red = staff_api.get("/api/allocations/", {"team": "red"}).json()["results"]
+    assert [a["team"] for a in red] == ["red"]
+    assert api.get("/api/allocations/", {"team": "red"}).json()["count"] == 0  # not theirs
     assert api.get("/api/allocations/", {"queue": "batch"}).json()["count"] == 2
     assert api.get("/api/allocations/", {"status": "released"}).json()["count"] == 0
     assert api.get("/api/allocations/", {"status": "reserved"}).json()["count"] == 3
@@ -190,8 +193,8 @@ def test_allocations_filter_by_node_status_queue_and_job(api, cluster_state):
 def test_the_allocation_list_has_a_fixed_number_of_queries(
     api, cluster_state, django_assert_max_num_queries
 ):
-    # Authentication (1, plus at most 1 last-used update), count, page.
-    with django_assert_max_num_queries(4):
+    # Authentication (1, plus at most 1 last-used update), the caller's teams, count, page.
+    with django_assert_max_num_queries(5):
         response = api.get("/api/allocations/")
     assert len(response.json()["results"]) == 3
 
@@ -288,6 +291,7 @@ def test_usage_gives_capacity_allocated_and_free_at_every_level(api, cluster_sta
     assert body["teams"] == [
         {
             "team": "blue",
+            "fair_share_weight": 1,
             "capacity": figures(10.0, 17408, 1),
             "allocated": figures(3.0, 1200, 0),
             "free": figures(4.0, 15084, 0),

@@ -293,24 +293,27 @@ def test_equal_jobs_are_shared_by_weight_and_priority_comes_first(node_count, sp
 @settings(max_examples=100)
 @given(
     st.integers(1, 6),
-    st.lists(st.tuples(st.integers(0, 6), st.integers(0, 1)), min_size=2, max_size=4),
+    st.lists(
+        st.tuples(st.integers(0, 6), st.integers(0, 1), st.integers(1, 4)), min_size=2, max_size=4
+    ),
 )
-def test_the_teams_of_a_queue_share_its_room_and_priority_comes_first(node_count, specs):
+def test_the_teams_of_a_queue_share_its_room_by_weight_and_priority_comes_first(node_count, specs):
     """Within one queue, with equal jobs given oldest team first and more demand than
-    room: no team ends more than one job ahead of another of equal priority (counting
-    what each held before), whatever the order the jobs came in; a team's job of higher
-    priority goes before any of lower priority."""
+    room: no team ends more than one job ahead of another of equal priority, for their
+    weights (counting what each held before), whatever the order the jobs came in; a
+    team's job of higher priority goes before any of lower priority."""
     nodes = [NodeSlot(i, f"n{i}", 4000, 4096, 0, 4000, 4096, 0) for i in range(node_count)]
     capacity = Resources(node_count * 4000 * 2, node_count * 4096 * 2, 0)
-    held = {t: Resources(1000 * h, 100 * h, 0) for t, (h, _) in enumerate(specs)}
-    queue = QueueState(id=1, name="shared", team_allocated=dict(held))
+    held = {t: Resources(1000 * h, 100 * h, 0) for t, (h, _, _) in enumerate(specs)}
+    weights = {t: w for t, (_, _, w) in enumerate(specs)}
+    queue = QueueState(id=1, name="shared", team_allocated=dict(held), team_weights=weights)
     demand = node_count * 4 + 1  # each team alone could fill the room
     jobs = sorted(
         (
             PendingJob(
                 id=t * 1000 + j, queue_id=1, request=Request(1000, 100), team_id=t, priority=p
             )
-            for t, (_, p) in enumerate(specs)
+            for t, (_, p, _) in enumerate(specs)
             for j in range(demand)
         ),
         key=lambda job: (-job.priority, job.id),  # the cycle's order: priority, then age
@@ -320,12 +323,13 @@ def test_the_teams_of_a_queue_share_its_room_and_priority_comes_first(node_count
     for job, _ in plan.placements:
         placed[job.team_id] += 1
     assert sum(placed.values()) == node_count * 4
-    for a, (held_a, priority_a) in enumerate(specs):
-        for b, (held_b, priority_b) in enumerate(specs):
+    for a, (held_a, priority_a, weight_a) in enumerate(specs):
+        for b, (held_b, priority_b, weight_b) in enumerate(specs):
             if a == b or placed[a] == 0:
                 continue
             if priority_a == priority_b:
-                assert held_a + placed[a] - 1 <= held_b + placed[b], (a, b, placed)
+                before_last = Fraction(held_a + placed[a] - 1, weight_a)
+                assert before_last <= Fraction(held_b + placed[b], weight_b), (a, b, placed)
             elif priority_a < priority_b:
                 assert placed[b] == demand  # a got something only once b had all it wanted
     for t, amounts in held.items():

@@ -99,9 +99,14 @@ def test_a_queue_at_its_quota_stays_there_and_the_others_share_the_rest_by_weigh
     assert Job.objects.filter(queue=capped, pending_reason="queue_quota").exists()
 
 
-def test_the_teams_of_one_queue_share_a_saturated_cluster_equally(team, other_team, default_queue):
+@pytest.mark.parametrize("red_weight", [1, 3])
+def test_the_teams_of_one_queue_share_a_saturated_cluster_by_their_weights(
+    red_weight, team, other_team, default_queue
+):
     for i in range(5):
         Node.objects.create(name=f"n{i}", cpu_millis=4000, memory_mb=8192)  # 20 CPU in all
+    other_team.fair_share_weight = red_weight
+    other_team.save()  # blue's stays 1
     # Blue's backlog is older, and longer than a cycle reads of one team in a queue
     # (MIN_JOBS_PER_QUEUE), so none of red's jobs would be among the first it reads of
     # the queue.
@@ -112,9 +117,10 @@ def test_the_teams_of_one_queue_share_a_saturated_cluster_equally(team, other_te
 
     assert all(total == 20_000 for total in samples[default_queue.name])
     assert Job.objects.filter(team=team, status="pending").exists()
-    assert samples["red"][0] == 10_000  # from the first cycle on
-    ratio = sum(samples["blue"]) / sum(samples["red"])
-    assert 0.9 <= ratio <= 1.1, ratio
+    # From the first cycle on: half of it, or three quarters.
+    assert samples["red"][0] == 20_000 * red_weight // (red_weight + 1)
+    ratio = sum(samples["red"]) / sum(samples["blue"])
+    assert red_weight * 0.9 <= ratio <= red_weight * 1.1, ratio
 
 
 def test_a_teams_long_backlog_does_not_hide_anothers_newer_jobs(team, other_team, default_queue):
