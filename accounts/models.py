@@ -22,6 +22,11 @@ class Team(models.Model):
         help_text="Fair share between the teams of a queue: weight 3 deserves three times "
         "what weight 1 does of a queue they share.",
     )
+    # What its jobs used over the last days, as a share of the cluster (0 to 1), decayed
+    # by FAIR_SHARE_HALF_LIFE_DAYS; the scheduler's leader keeps it (see
+    # jobs.services.fair_share), and placement adds it to what the team's jobs hold now
+    # in a queue it shares with other teams.
+    past_share = models.FloatField(default=0, db_default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -30,6 +35,9 @@ class Team(models.Model):
             models.CheckConstraint(
                 condition=Q(fair_share_weight__gte=1, fair_share_weight__lte=1000),
                 name="team_fair_share_weight_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(past_share__gte=0, past_share__lte=1), name="team_past_share_range"
             ),
         ]
 

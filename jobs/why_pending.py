@@ -288,6 +288,7 @@ def _queue_figures(job: Job, request: Request, *, now, due: bool) -> dict:
         "team_pending": counts["team_pending"],
         "teams": counts["teams"],
         "team_weight": job.team.fair_share_weight,
+        "team_past_share": job.team.past_share,
         "weight": queue.weight,
         "priority": queue.priority,
         "quota": _amounts(state.quota_cpu_millis, state.quota_memory_mb, state.quota_gpu),

@@ -239,6 +239,10 @@ class TeamUsageSerializer(UsageFiguresSerializer):
     fair_share_weight = serializers.IntegerField(
         help_text="Its weight in fair share between the teams of a queue they share."
     )
+    past_share = serializers.FloatField(
+        help_text="What its jobs used over the last days, as a share of the cluster "
+        "(FAIR_SHARE_HALF_LIFE_DAYS); fair share within a queue adds it to what they hold."
+    )
 
 
 class UsageSerializer(serializers.Serializer):

@@ -366,11 +366,12 @@ class QueueState:
     # What it used over the last days, as a share of the cluster (see
     # jobs.services.fair_share); 0 unless FAIR_SHARE_HALF_LIFE_DAYS is set.
     past_share: Fraction = Fraction(0)
-    # What each team's jobs in it hold now (team id -> amounts), and each team's fair
-    # share weight (team id -> weight; 1 where left out), for the order of its jobs:
-    # see `_Backlog`.
+    # What each team's jobs in it hold now (team id -> amounts), each team's fair share
+    # weight (team id -> weight; 1 where left out) and its past share (of the cluster, in
+    # every queue; 0 where left out), for the order of its jobs: see `_Backlog`.
     team_allocated: dict[Hashable, Resources] = field(default_factory=dict)
     team_weights: dict[Hashable, int] = field(default_factory=dict)
+    team_past_shares: dict[Hashable, Fraction] = field(default_factory=dict)
 
     def take(self, team_id: Hashable, request: "Resources | Request") -> None:
         """Count a placement of the team's in what the queue, and the team in it, hold."""
@@ -759,11 +760,11 @@ def plan_placements(
 class _Backlog:
     """A queue's pending jobs in the order the planner offers them: by priority; among
     jobs of equal priority, the team holding the least for its weight goes first (the
-    lowest dominant share of the cluster that its jobs in this queue hold, over the
-    team's fair share weight: fair share between the teams of a queue, as between
-    queues); then in the order they were given (earliest deadline, then oldest). A team's
-    place changes only when one of its own jobs is placed, so each team has one entry in
-    a heap, keyed by its next job."""
+    lowest dominant share of the cluster that its jobs in this queue hold, plus the
+    team's past share, over the team's fair share weight: fair share between the teams
+    of a queue, as between queues); then in the order they were given (earliest
+    deadline, then oldest). A team's place changes only when one of its own jobs is
+    placed, so each team has one entry in a heap, keyed by its next job."""
 
     def __init__(self):
         self._teams: dict[Hashable, list[tuple[int, PendingJob]]] = {}
@@ -782,6 +783,7 @@ class _Backlog:
         share = 0  # a queue of one team: its jobs in order, with no share to work out
         if len(self._teams) > 1:
             share = dominant_share(queue.team_allocated.get(team_id, Resources()), capacity)
+            share += queue.team_past_shares.get(team_id, 0)
             share /= queue.team_weights.get(team_id, 1)
         heapq.heappush(self._heap, (-job.priority, share, order, team_id))
 

@@ -205,6 +205,7 @@ def usage_summary(*, user: User) -> dict:
             {
                 "team": team.slug,
                 "fair_share_weight": team.fair_share_weight,
+                "past_share": team.past_share,
                 **_figures(capacity, used, free),
             }
         )

@@ -66,14 +66,14 @@ logger = logging.getLogger(__name__)
 # skipping through the job_pending_by_queue_team index (one probe a pair, however many
 # jobs each has), which then serves each pair's jobs. With `reasons`, only jobs waiting
 # for one of them ('' for the jobs no cycle has looked at yet). Each row also carries
-# its queue's rules, its team's fair share weight, what the queue's jobs hold now and
-# what its team's jobs in the queue hold, read after the node locks, so a cycle that
-# ran just before (a leader that lost its lock mid-cycle) is seen once it has
-# committed. That usage is summed over the
-# live allocations only, by the queue each was placed from and its team, with no join
-# (allocation_live_by_queue_team serves it), for every queue at once. The statement is
-# prepared: the statuses and held reasons are written into it, not bound, so that its
-# generic plan can see it matches the partial indexes' conditions.
+# its queue's rules, its team's fair share weight and past share, what the queue's jobs
+# hold now and what its team's jobs in the queue hold, read after the node locks, so a
+# cycle that ran just before (a leader that lost its lock mid-cycle) is seen once it
+# has committed. That usage is summed over the live allocations only, by the queue
+# each was placed from and its team, with no join (allocation_live_by_queue_team
+# serves it), for every queue at once. The statement is prepared: the statuses and
+# held reasons are written into it, not bound, so that its generic plan can see it
+# matches the partial indexes' conditions.
 _PENDING = f"""status = {sql_literal(JobStatus.PENDING)}
       AND pending_reason NOT IN ({sql_literals(HELD_REASONS)})"""
 PENDING_JOBS_SQL = f"""
@@ -104,7 +104,7 @@ SELECT j.id, j.queue_id, j.cpu_millis, j.memory_mb, j.gpu, j.node_selector, j.at
        j.pending_reason, j.team_id, j.concurrency_key, j.timeout_seconds,
        j.reservation_node_id, j.reservation_start_at, j.reservation_nodes, j.tasks,
        j.priority, coalesce(tu.cpu_millis, 0), coalesce(tu.memory_mb, 0),
-       coalesce(tu.gpu, 0), tm.fair_share_weight, q.name, q.weight, q.priority,
+       coalesce(tu.gpu, 0), tm.fair_share_weight, tm.past_share, q.name, q.weight, q.priority,
        q.strategy, q.quota_cpu_millis, q.quota_memory_mb, q.quota_gpu, q.past_share,
        coalesce(qu.cpu_millis, 0), coalesce(qu.memory_mb, 0), coalesce(qu.gpu, 0)
 FROM pairs
@@ -224,7 +224,7 @@ def lock_pending_jobs(
     for row in rows:
         job_id, queue_id, cpu, memory, gpu, selector, attempts, reason, team_id, key = row[:10]
         timeout, reservation_node, reservation_start, reservation_nodes, tasks = row[10:15]
-        job_priority, team_cpu, team_memory, team_gpu, team_weight, *queue = row[15:]
+        job_priority, team_cpu, team_memory, team_gpu, team_weight, team_past, *queue = row[15:]
         request = Request(cpu, memory, gpu, json_value(selector) or {})
         limit_key = (team_id, key) if key else None
         job = PendingJob(
@@ -258,6 +258,8 @@ def lock_pending_jobs(
             team_id, Resources(team_cpu, team_memory, team_gpu)
         )
         queues[queue_id].team_weights[team_id] = team_weight
+        if team_past:
+            queues[queue_id].team_past_shares[team_id] = Fraction(team_past)
     return pending, queues
 
 

@@ -31,7 +31,7 @@ from ..services.failover import (
     executions_reconcile,
     nodes_lost_fail_over,
 )
-from ..services.fair_share import queues_past_share_refresh
+from ..services.fair_share import past_shares_refresh
 from ..services.metrics_tallies import metrics_tallies_fold
 from .cycle import run_cycle
 from .metrics import SchedulerMetrics
@@ -56,7 +56,7 @@ MAINTENANCE = (
     ("detect-lost-nodes", "NODE_LOST_CHECK_SECONDS", nodes_lost_fail_over),
     ("reconcile-executions", "RECONCILE_INTERVAL_SECONDS", executions_reconcile),
     ("fold-metrics-tallies", "METRICS_FOLD_SECONDS", metrics_tallies_fold),
-    ("refresh-fair-share", "FAIR_SHARE_REFRESH_SECONDS", queues_past_share_refresh),
+    ("refresh-fair-share", "FAIR_SHARE_REFRESH_SECONDS", past_shares_refresh),
 )
 
 

@@ -7,10 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from accounts.models import Team
 from jobs.models import Job, UsageTally
 from jobs.scheduling.cycle import place_pending_jobs
 from jobs.scheduling.leader import Scheduler
-from jobs.services.fair_share import queues_past_share_refresh
+from jobs.services.fair_share import past_shares_refresh
 from nodes.models import Node, NodeStatus
 from resources.models import Allocation, Queue
 from tests.jobs.metrics_world import scrape
@@ -65,27 +66,37 @@ def test_a_queues_past_share_is_its_decayed_usage_over_the_clusters(queues, team
     # beta: one CPU for an hour, today.
     used(beta, team, days_ago=0, cpu_seconds=3600)
 
-    changed = queues_past_share_refresh()
+    changed = past_shares_refresh()
     span = span_seconds(1, 7)
     expected_alpha = (2 * DAY * 0.5 + 4 * DAY * 0.25) / (4 * span)
     expected_beta = 3600 / (4 * span)
     assert changed == {
-        "alpha": pytest.approx(expected_alpha, rel=1e-3),
-        "beta": pytest.approx(expected_beta, rel=1e-3),
+        "queues": {
+            "alpha": pytest.approx(expected_alpha, rel=1e-3),
+            "beta": pytest.approx(expected_beta, rel=1e-3),
+        },
+        # The team's jobs used both queues' (CPU the dominant resource in each).
+        "teams": {"blue": pytest.approx(expected_alpha + expected_beta, rel=1e-3)},
     }
+    team.refresh_from_db()
+    assert team.past_share == pytest.approx(expected_alpha + expected_beta, rel=1e-3)
     alpha.refresh_from_db()
     assert alpha.past_share == pytest.approx(expected_alpha, rel=1e-3)
     assert Queue.objects.get(name="default").past_share == 0
     shown = {q["queue"]: q["past_share"] for q in api.get("/api/resources/usage/").json()["queues"]}
-    assert shown == {"alpha": alpha.past_share, "beta": changed["beta"], "default": 0}
+    assert shown == {"alpha": alpha.past_share, "beta": changed["queues"]["beta"], "default": 0}
+    shown = [t["past_share"] for t in api.get("/api/resources/usage/").json()["teams"]]
+    assert shown == [team.past_share]
     scraped = scrape()
     assert scraped[("scheduler_queue_past_share", (("queue", "alpha"),))] == alpha.past_share
     assert scraped[("scheduler_queue_past_share", (("queue", "default"),))] == 0
 
     settings.FAIR_SHARE_HALF_LIFE_DAYS = 0
-    assert queues_past_share_refresh() == {"alpha": 0, "beta": 0}
+    assert past_shares_refresh() == {"queues": {"alpha": 0, "beta": 0}, "teams": {"blue": 0}}
     assert set(Queue.objects.values_list("past_share", flat=True)) == {0}
-    assert queues_past_share_refresh() == {}  # nothing changed, nothing written
+    assert set(Team.objects.values_list("past_share", flat=True)) == {0}
+    # Nothing changed, nothing written.
+    assert past_shares_refresh() == {"queues": {}, "teams": {}}
 
 
 def test_the_queue_that_used_less_is_served_first_until_the_other_holds_that_much_more(
@@ -117,6 +128,35 @@ def test_the_queue_that_used_less_is_served_first_until_the_other_holds_that_muc
     assert place_one_cpu_jobs() == {"alpha": 1, "beta": 3}
     Queue.objects.filter(pk=alpha.pk).update(past_share=1)
     assert place_one_cpu_jobs() == {"alpha": 0, "beta": 4}
+
+
+def test_the_team_that_used_less_is_served_first_in_a_queue_they_share(queues, team, other_team):
+    alpha, _ = queues
+
+    def place_one_cpu_jobs() -> dict[str, int]:
+        for owner in (team, other_team):  # blue's jobs older
+            Job.objects.bulk_create(
+                Job(team=owner, queue=alpha, name="j", command=["true"], cpu_millis=1000)
+                for _ in range(4)
+            )
+        place_pending_jobs(batch_size=10)
+        placed = {t.slug: Allocation.objects.filter(team=t).count() for t in (team, other_team)}
+        Allocation.objects.all().delete()
+        Job.objects.all().delete()
+        Node.objects.filter(name="n1").update(allocated_cpu_millis=0, allocated_memory_mb=0)
+        return placed
+
+    assert place_one_cpu_jobs() == {"blue": 2, "red": 2}
+    # Blue used half the cluster lately: red is served until its jobs in the queue hold
+    # half the cluster; then they take turns (blue first on a tie, its jobs older).
+    Team.objects.filter(pk=team.pk).update(past_share=0.5)
+    assert place_one_cpu_jobs() == {"blue": 1, "red": 3}
+    Team.objects.filter(pk=team.pk).update(past_share=1)
+    assert place_one_cpu_jobs() == {"blue": 0, "red": 4}
+    # Weighed by the team's weight, as what it holds now is: at weight 2, a past share of
+    # 1 counts as one of 1/2 at weight 1.
+    Team.objects.filter(pk=team.pk).update(fair_share_weight=2)
+    assert place_one_cpu_jobs() == {"blue": 1, "red": 3}
 
 
 @pytest.mark.django_db(transaction=True)

@@ -109,6 +109,7 @@ def test_it_says_when_the_queue_is_at_its_quota(api, team):
         "team_pending": 1,
         "teams": 1,
         "team_weight": 1,
+        "team_past_share": 0,
         "weight": 1,
         "priority": 0,
         "quota": {"cpu": 2.0, "memory_mb": None, "gpu": None},

@@ -292,6 +292,7 @@ def test_usage_gives_capacity_allocated_and_free_at_every_level(api, cluster_sta
         {
             "team": "blue",
             "fair_share_weight": 1,
+            "past_share": 0,
             "capacity": figures(10.0, 17408, 1),
             "allocated": figures(3.0, 1200, 0),
             "free": figures(4.0, 15084, 0),
