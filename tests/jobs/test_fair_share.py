@@ -99,64 +99,61 @@ def test_a_queues_past_share_is_its_decayed_usage_over_the_clusters(queues, team
     assert past_shares_refresh() == {"queues": {}, "teams": {}}
 
 
+def place_one_cpu_jobs(groups) -> dict[str, int]:
+    """Four 1-CPU jobs for each (team, queue) of `groups`, in that order (the first
+    group's oldest), placed on the 4 CPU of n1 by one cycle; how many of each group were
+    placed, by the group's queue name or team slug (whichever differs between them).
+    Then it clears the jobs and the allocations."""
+    for team, queue in groups:
+        Job.objects.bulk_create(
+            Job(team=team, queue=queue, name="j", command=["true"], cpu_millis=1000)
+            for _ in range(4)
+        )
+    place_pending_jobs(batch_size=10)
+    by_queue = len({queue for _, queue in groups}) > 1
+    placed = {
+        queue.name if by_queue else team.slug: Allocation.objects.filter(
+            queue=queue, team=team
+        ).count()
+        for team, queue in groups
+    }
+    Allocation.objects.all().delete()
+    Job.objects.all().delete()
+    Node.objects.filter(name="n1").update(allocated_cpu_millis=0, allocated_memory_mb=0)
+    return placed
+
+
 def test_the_queue_that_used_less_is_served_first_until_the_other_holds_that_much_more(
     queues, team
 ):
     alpha, beta = queues
-
-    def place_one_cpu_jobs() -> dict[str, int]:
-        Job.objects.filter(status="pending").delete()
-        for queue in (alpha, beta):
-            Job.objects.bulk_create(
-                Job(team=team, queue=queue, name="j", command=["true"], cpu_millis=1000)
-                for _ in range(4)
-            )
-        place_pending_jobs(batch_size=10)
-        placed = {
-            name: Allocation.objects.filter(queue__name=name).count() for name in ("alpha", "beta")
-        }
-        Allocation.objects.all().delete()
-        Job.objects.all().delete()
-        Node.objects.filter(name="n1").update(allocated_cpu_millis=0, allocated_memory_mb=0)
-        return placed
+    groups = [(team, alpha), (team, beta)]
 
     # Equal weights, nothing used before: they take turns.
-    assert place_one_cpu_jobs() == {"alpha": 2, "beta": 2}
+    assert place_one_cpu_jobs(groups) == {"alpha": 2, "beta": 2}
     # alpha used half the cluster lately: beta is served until it holds half the cluster
     # more than alpha does; then they take turns again (alpha first on a tie, by name).
     Queue.objects.filter(pk=alpha.pk).update(past_share=0.5)
-    assert place_one_cpu_jobs() == {"alpha": 1, "beta": 3}
+    assert place_one_cpu_jobs(groups) == {"alpha": 1, "beta": 3}
     Queue.objects.filter(pk=alpha.pk).update(past_share=1)
-    assert place_one_cpu_jobs() == {"alpha": 0, "beta": 4}
+    assert place_one_cpu_jobs(groups) == {"alpha": 0, "beta": 4}
 
 
 def test_the_team_that_used_less_is_served_first_in_a_queue_they_share(queues, team, other_team):
     alpha, _ = queues
+    groups = [(team, alpha), (other_team, alpha)]  # blue's jobs older
 
-    def place_one_cpu_jobs() -> dict[str, int]:
-        for owner in (team, other_team):  # blue's jobs older
-            Job.objects.bulk_create(
-                Job(team=owner, queue=alpha, name="j", command=["true"], cpu_millis=1000)
-                for _ in range(4)
-            )
-        place_pending_jobs(batch_size=10)
-        placed = {t.slug: Allocation.objects.filter(team=t).count() for t in (team, other_team)}
-        Allocation.objects.all().delete()
-        Job.objects.all().delete()
-        Node.objects.filter(name="n1").update(allocated_cpu_millis=0, allocated_memory_mb=0)
-        return placed
-
-    assert place_one_cpu_jobs() == {"blue": 2, "red": 2}
+    assert place_one_cpu_jobs(groups) == {"blue": 2, "red": 2}
     # Blue used half the cluster lately: red is served until its jobs in the queue hold
     # half the cluster; then they take turns (blue first on a tie, its jobs older).
     Team.objects.filter(pk=team.pk).update(past_share=0.5)
-    assert place_one_cpu_jobs() == {"blue": 1, "red": 3}
+    assert place_one_cpu_jobs(groups) == {"blue": 1, "red": 3}
     Team.objects.filter(pk=team.pk).update(past_share=1)
-    assert place_one_cpu_jobs() == {"blue": 0, "red": 4}
+    assert place_one_cpu_jobs(groups) == {"blue": 0, "red": 4}
     # Weighed by the team's weight, as what it holds now is: at weight 2, a past share of
     # 1 counts as one of 1/2 at weight 1.
     Team.objects.filter(pk=team.pk).update(fair_share_weight=2)
-    assert place_one_cpu_jobs() == {"blue": 1, "red": 3}
+    assert place_one_cpu_jobs(groups) == {"blue": 1, "red": 3}
 
 
 @pytest.mark.django_db(transaction=True)
