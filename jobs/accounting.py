@@ -44,6 +44,7 @@ JOB_RUN_FIELDS = (
     "memory_mb",
     "gpu",
     "timeout_seconds",
+    "cpu_time_limit_seconds",
     "tasks",
 )
 _JSON_RUN_FIELDS = {"command", "env", "parameters"}
@@ -109,6 +110,7 @@ class ClaimedExecution:
     memory_mb: int
     gpu: int
     timeout_seconds: int | None
+    cpu_time_limit_seconds: int | None
     tasks: int
     task_nodes: str  # its gang's node addresses, in task order
     releases_on_start: bool

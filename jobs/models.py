@@ -148,6 +148,14 @@ class JobSpec(models.Model):
     max_retries = models.PositiveIntegerField(default=0)
     retry_backoff_seconds = models.PositiveIntegerField(default=10)
     timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
+    # The most CPU time each of its processes may use, in seconds (RLIMIT_CPU); none is
+    # no limit. The timeout bounds wall time, a cgroup the rate.
+    cpu_time_limit_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        db_default=None,
+        help_text="CPU seconds each of its processes may use, e.g. 3600; empty: no limit.",
+    )
     node_selector = models.JSONField(default=dict, blank=True, help_text='e.g. {"zone": "b"}')
     # Columns added since the first release have database defaults as well, so rows that
     # benches and bulk loads insert with SQL need not name them.

@@ -44,6 +44,12 @@ logger = logging.getLogger(__name__)
 DRAIN_SECONDS = 1.0
 # Passed through from the agent so ordinary commands behave; nothing else is.
 BASE_ENV_NAMES = ("PATH", "LANG", "LC_ALL", "TZ")
+# util-linux's prlimit, which sets a job's CPU time limit and execs it (Debian's
+# util-linux is essential: every node has it). Found on the agent's PATH, not the job's.
+PRLIMIT = shutil.which("prlimit")
+# After its limit, a process gets SIGXCPU (whose default is to end it); one that
+# handles it gets this many more CPU seconds before SIGKILL.
+CPU_TIME_LIMIT_GRACE_SECONDS = 1
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class ExecutionToRun:
     memory_mb: int
     gpu: int
     timeout_seconds: int | None
+    cpu_time_limit_seconds: int | None
     task_index: int
     tasks: int
     task_nodes: str  # comma-separated, in task order
@@ -331,6 +338,16 @@ def kill_process_group(pgid: int, grace_seconds: float):
     _signal_group(pgid, signal.SIGKILL)
 
 
+def cpu_time_limited(argv: list[str], seconds: int) -> list[str]:
+    """`argv` run with RLIMIT_CPU set: each of its processes (each child inherits the
+    limit, and counts its own time) gets SIGXCPU after `seconds` of CPU time, and
+    SIGKILL CPU_TIME_LIMIT_GRACE_SECONDS later. prlimit sets it and execs `argv` in its
+    place, so nothing runs before the limit holds (a `preexec_fn` would make subprocess
+    fork the whole agent rather than vfork it; see `cgroups.JobCgroup.command`)."""
+    hard = seconds + CPU_TIME_LIMIT_GRACE_SECONDS
+    return [PRLIMIT, f"--cpu={seconds}:{hard}", "--", *argv]
+
+
 def describe_exit(returncode: int) -> str:
     if returncode == 0:
         return ""
@@ -401,12 +418,20 @@ def _run_process(
     group: JobCgroup | None,
 ) -> Outcome:
     job = execution
+    command, cpu_limit = argv, job.cpu_time_limit_seconds
+    if cpu_limit is not None and PRLIMIT is not None:
+        command = cpu_time_limited(command, cpu_limit)
+    if group is not None:
+        command = group.command(command)
     try:
+        if cpu_limit is not None and PRLIMIT is None:
+            error = "this node cannot limit CPU time: prlimit (util-linux) is not installed"
+            return _not_started(error, log_path, shipped)
         try:
-            if group is not None:
+            if command is not argv:  # a wrapper would start, and fail only then
                 _check_executable(argv[0], env["PATH"], workdir)  # as Popen would
             proc = subprocess.Popen(
-                group.command(argv) if group else argv,
+                command,
                 cwd=workdir,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -455,6 +480,8 @@ def _run_process(
         error = tracked.kill_reason
     elif timed_out:
         error = f"timed out after {job.timeout_seconds} s"
+    elif cpu_limit is not None and exit_code == -signal.SIGXCPU:
+        error = f"exceeded its CPU time limit of {cpu_limit} s"
     elif oom_kills and exit_code != 0:
         error = f"exceeded memory limit of {job.memory_mb} MB"
     elif pids_refused and exit_code != 0:

@@ -55,6 +55,9 @@ class ExecutionToRunSerializer(serializers.Serializer):
     memory_mb = serializers.IntegerField(source="job.memory_mb")
     gpu = serializers.IntegerField(source="job.gpu")
     timeout_seconds = serializers.IntegerField(source="job.timeout_seconds", allow_null=True)
+    cpu_time_limit_seconds = serializers.IntegerField(
+        source="job.cpu_time_limit_seconds", allow_null=True
+    )
     task_index = serializers.IntegerField()
     tasks = serializers.IntegerField(source="job.tasks")
     task_nodes = serializers.CharField(help_text="Its gang's node addresses, in task order.")

@@ -60,6 +60,7 @@ class DefinitionSerializer(serializers.ModelSerializer):
             "max_retries",
             "retry_backoff_seconds",
             "timeout_seconds",
+            "cpu_time_limit_seconds",
             "node_selector",
             "concurrency_key",
             "tasks",

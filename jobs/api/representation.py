@@ -148,6 +148,7 @@ JOB_FIELDS = (
     field("priority", serializers.IntegerField()),
     field("max_retries", serializers.IntegerField()),
     field("timeout_seconds", serializers.IntegerField(allow_null=True)),
+    field("cpu_time_limit_seconds", serializers.IntegerField(allow_null=True)),
     field("node_selector", serializers.DictField()),
     field("idempotency_key", serializers.CharField()),
     field("not_before", serializers.DateTimeField(allow_null=True), write=iso_datetime),

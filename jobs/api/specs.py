@@ -146,6 +146,14 @@ class JobSpecSerializer(SpecLimitsMixin, StrictSerializer):
     timeout_seconds = serializers.IntegerField(
         min_value=1, max_value=7 * 86400, required=False, allow_null=True, default=None
     )
+    cpu_time_limit_seconds = serializers.IntegerField(
+        min_value=1,
+        max_value=365 * 86400,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="CPU seconds each of its processes may use (RLIMIT_CPU); null: no limit.",
+    )
     node_selector = serializers.DictField(
         child=serializers.CharField(max_length=63), required=False, default=dict
     )

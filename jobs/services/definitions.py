@@ -30,6 +30,7 @@ DEFINITION_SPEC_FIELDS = (
     "max_retries",
     "retry_backoff_seconds",
     "timeout_seconds",
+    "cpu_time_limit_seconds",
     "node_selector",
     "concurrency_key",
     "tasks",

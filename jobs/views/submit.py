@@ -36,6 +36,7 @@ FIELDS = (
     "preemptible",
     "max_retries",
     "timeout_seconds",
+    "cpu_time_limit_seconds",
     "node_selector",
     "definition",
     "parameters",
@@ -97,6 +98,7 @@ def _initial(request) -> dict:
                 name=job.name,
                 command=shlex.join(job.command),
                 tasks=str(job.tasks),
+                cpu_time_limit_seconds=str(job.cpu_time_limit_seconds or ""),
                 preemptible="yes" if job.preemptible else "no",
                 parameters=json.dumps(job.parameters) if job.parameters else "",
                 definition=str(job.definition_id or ""),
@@ -137,8 +139,9 @@ def _submit(request, values: dict):
         data["tasks"] = values["tasks"]
     if values["preemptible"]:  # else the queue's default
         data["preemptible"] = values["preemptible"] == "yes"
-    if values["timeout_seconds"]:
-        data["timeout_seconds"] = values["timeout_seconds"]
+    for limit in ("timeout_seconds", "cpu_time_limit_seconds"):
+        if values[limit]:
+            data[limit] = values[limit]
     if values["parameters"]:
         data["parameters"] = _json_field("parameters", values["parameters"])
     serializer = JobSubmitSerializer(data=data, context={"request": request})

@@ -54,6 +54,7 @@ SPEC_OPTIONS = (
     "queue_name",
     "retries",
     "timeout",
+    "cpu_time",
     "select",
     "after",
     "hold",
@@ -81,6 +82,7 @@ SPEC_OPTIONS = (
 )
 @click.option("--retries", type=click.IntRange(min=0), help="Retries after a failed attempt.")
 @click.option("--timeout", help="Wall-time limit: 90, 90s, 10m, 2h, 1d.")
+@click.option("--cpu-time", help="CPU-time limit of each of its processes: 90, 10m, 2h.")
 @click.option("--env", "env_pairs", multiple=True, metavar="K=V", help="Environment variable.")
 @click.option("--select", multiple=True, metavar="K=V", help="Run on nodes with this label.")
 @click.option(
@@ -179,6 +181,8 @@ def command_spec(opts: dict, team: str | None) -> dict:
         spec["max_retries"] = opts["retries"]
     if opts["timeout"]:
         spec["timeout_seconds"] = specs.seconds(opts["timeout"], "--timeout")
+    if opts["cpu_time"]:
+        spec["cpu_time_limit_seconds"] = specs.seconds(opts["cpu_time"], "--cpu-time")
     if opts["select"]:
         spec["node_selector"] = specs.key_values(opts["select"], "--select")
     if opts["after"]:

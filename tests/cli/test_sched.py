@@ -90,6 +90,7 @@ def test_submit_sends_every_option_as_the_apis_fields(platform):
         "--priority=5",
         "--retries=2",
         "--timeout=10m",
+        "--cpu-time=2m",
         "--env=GREETING=hi there",
         "--select=zone=a",
         f"--after={upstream}:any",
@@ -101,6 +102,7 @@ def test_submit_sends_every_option_as_the_apis_fields(platform):
     assert submitted["resources"] == {"cpu": 0.5, "memory_mb": 1024, "gpu": 0}
     assert submitted["priority"] == 5 and submitted["max_retries"] == 2
     assert submitted["timeout_seconds"] == 600 and submitted["node_selector"] == {"zone": "a"}
+    assert submitted["cpu_time_limit_seconds"] == 120
     assert submitted["depends_on"] == [{"job": upstream, "on": "finished"}]
     wait_status(platform, submitted["id"], "succeeded")
     assert sched(platform, "logs", str(submitted["id"])).stdout == "hi there\n"

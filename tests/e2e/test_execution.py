@@ -1,4 +1,5 @@
-"""Execution on a real node agent: duplicates, timeouts, retries, environment.
+"""Execution on a real node agent: duplicates, timeouts, CPU time limits, retries,
+environment.
 
 The tests share one platform (a node agent, the scheduler and the web server its agent
 reaches), each with a team of its own (`team_api`), and leave its node empty."""
@@ -90,6 +91,21 @@ def test_a_job_past_its_timeout_fails_and_leaves_no_process(team_api):
     assert execution.error == "timed out after 1 s"
     assert execution.allocation.status == AllocationStatus.RELEASED
     wait_until(lambda: not processes_matching(marker), 5, message="no process left behind")
+
+
+def test_a_job_past_its_cpu_time_limit_fails_saying_so_and_one_asleep_does_not(team_api):
+    busy = submit(
+        team_api,
+        command=["python3", "-c", "while True: pass"],
+        cpu_time_limit_seconds=1,
+        timeout_seconds=30,
+    )
+    asleep = submit(team_api, command=["sleep", "2"], cpu_time_limit_seconds=1)
+    job = wait_finished(busy)
+    assert job.status == JobStatus.FAILED
+    assert job.last_execution.error == "exceeded its CPU time limit of 1 s"
+    assert job.last_execution.allocation.status == AllocationStatus.RELEASED
+    assert wait_finished(asleep).status == JobStatus.SUCCEEDED
 
 
 def test_a_failing_job_is_retried_then_fails_with_every_attempt_recorded(team_api):

@@ -38,6 +38,15 @@ def test_it_submits_a_pending_job(api, small_node, team):
     assert (job.cpu_millis, job.memory_mb, job.gpu, job.env) == (500, 128, 1, {"A": "1"})
 
 
+def test_a_cpu_time_limit_is_kept_and_shown(api, small_node):
+    limited = api.post("/api/jobs/", {**ECHO, "cpu_time_limit_seconds": 3600}, format="json")
+    assert limited.status_code == 201, limited.json()
+    assert limited.json()["cpu_time_limit_seconds"] == 3600
+    assert Job.objects.get(pk=limited.json()["id"]).cpu_time_limit_seconds == 3600
+    unlimited = api.post("/api/jobs/", ECHO, format="json").json()
+    assert api.get(f"/api/jobs/{unlimited['id']}/").json()["cpu_time_limit_seconds"] is None
+
+
 def test_it_rejects_more_cpu_than_any_node_has(api, small_node):
     response = api.post("/api/jobs/", {**ECHO, "resources": {"cpu": 8}}, format="json")
     assert response.status_code == 400
@@ -76,6 +85,8 @@ def test_it_rejects_when_no_node_is_registered(api, team):
         ({**ECHO, "env": {"A=B": "1"}}, "env"),
         ({**ECHO, "env": ["A"]}, "env"),
         ({**ECHO, "timeout_seconds": 0}, "timeout_seconds"),
+        ({**ECHO, "cpu_time_limit_seconds": 0}, "cpu_time_limit_seconds"),
+        ({**ECHO, "cpu_time_limit_seconds": "an hour"}, "cpu_time_limit_seconds"),
         ({**ECHO, "kind": "shell"}, "kind"),
         ({**ECHO, "team": "red"}, "team"),
         ({**ECHO, "priority": "high"}, "priority"),

@@ -50,6 +50,7 @@ def test_it_creates_a_definition_and_shows_its_whole_spec(api, small_node):
             "env": {"A": "1"},
             "resources": {"cpu": "1.5", "memory_mb": 512, "gpu": 1},
             "timeout_seconds": 60,
+            "cpu_time_limit_seconds": 120,
             "node_selector": {"zone": "a"},
         },
         format="json",
@@ -63,8 +64,11 @@ def test_it_creates_a_definition_and_shows_its_whole_spec(api, small_node):
     assert body["env"] == {"A": "1"} and body["node_selector"] == {"zone": "a"}
     assert body["timeout_seconds"] == 60 and body["schedule_count"] == 0
     assert body["created_at"] and body["updated_at"]
+    assert body["cpu_time_limit_seconds"] == 120
     stored = JobDefinition.objects.get(pk=body["id"])
     assert (stored.cpu_millis, stored.memory_mb, stored.gpu) == (1500, 512, 1)
+    job = api.post(f"/api/definitions/{stored.pk}/submit/", {}, format="json").json()
+    assert job["cpu_time_limit_seconds"] == 120
 
 
 def test_it_creates_a_callable_definition(api, small_node):

@@ -299,9 +299,11 @@ def test_the_submit_form_shows_the_apis_field_errors(member, small_node):
             "queue": "default",
             "priority": "0",
             "max_retries": "0",
+            "cpu_time_limit_seconds": "0",
         },
     )
     page = response.content.decode()
+    assert re.search(r'data-field="cpu_time_limit_seconds">.*greater than or equal to 1', page)
     assert re.search(r'data-field="name">.*This field may not be blank', page)
     assert re.search(r'data-field="memory_mb">.*valid integer', page)
     assert not Job.objects.exists()
@@ -322,6 +324,7 @@ def test_the_submit_form_submits_and_submit_again_fills_it(member, small_node):
             "queue": "default",
             "priority": "2",
             "max_retries": "1",
+            "cpu_time_limit_seconds": "90",
             "node_selector": "zone=a",
         },
     )
@@ -330,8 +333,14 @@ def test_the_submit_form_submits_and_submit_again_fills_it(member, small_node):
     assert (job.command, job.cpu_millis, job.priority) == (["sh", "-c", "echo hi"], 500, 2)
     assert job.node_selector == {"zone": "a"}
     assert (job.tasks, job.preemptible) == (1, False)  # the queue's default
+    assert job.cpu_time_limit_seconds == 90
+    assert (
+        "<th>CPU time limit</th><td>90 s a process</td>"
+        in client.get(response["Location"]).content.decode()
+    )
     again = client.get(f"/jobs/new/?from={job.pk}").content.decode()
     assert 'value="from-form"' in again and "sh -c &#x27;echo hi&#x27;" in again
+    assert 'name="cpu_time_limit_seconds" value="90"' in again
 
 
 def test_the_submit_form_submits_a_preemptible_gang(member, small_node):

@@ -154,6 +154,58 @@ def test_a_timeout_kills_the_whole_process_group(claim):
     wait_until(lambda: gone(child), 5, message="the job's child to be killed with it")
 
 
+BUSY = ["python3", "-c", "while True: pass"]
+
+
+def test_a_job_past_its_cpu_time_limit_ends_with_sigxcpu_and_says_so(claim):
+    execution = claim(BUSY, cpu_time_limit_seconds=1, timeout_seconds=20)  # not to hang
+    started = time.monotonic()
+    outcome = run(execution)
+
+    assert (outcome.exit_code, outcome.error) == (
+        -signal.SIGXCPU,
+        "exceeded its CPU time limit of 1 s",
+    )
+    assert 0.9 <= time.monotonic() - started < 10
+
+
+def test_the_cpu_time_limit_counts_cpu_not_wall_time_and_holds_in_each_process(claim):
+    # Two seconds asleep under a one-second limit; the shell and its child each see it.
+    execution = claim(
+        ["sh", "-c", "ulimit -t; ulimit -Ht; sh -c 'ulimit -t'; sleep 2"],
+        cpu_time_limit_seconds=1,
+    )
+    outcome = run(execution)
+
+    assert (outcome.exit_code, outcome.error) == (0, "")
+    assert Path(outcome.log_path).read_text().split() == ["1", "2", "1"]
+
+
+def test_a_job_that_handles_sigxcpu_is_killed_a_cpu_second_later(claim):
+    execution = claim(
+        [
+            "python3",
+            "-c",
+            "import signal\n"
+            "signal.signal(signal.SIGXCPU, lambda *_: print('xcpu', flush=True))\n"
+            "while True: pass",
+        ],
+        cpu_time_limit_seconds=1,
+        timeout_seconds=20,
+    )
+    outcome = run(execution)
+
+    assert (outcome.exit_code, outcome.error) == (-signal.SIGKILL, "killed by signal SIGKILL")
+    assert "xcpu" in Path(outcome.log_path).read_text()
+
+
+def test_a_missing_program_under_a_cpu_time_limit_is_refused_as_without_one(claim):
+    outcome = run(claim(["no-such-program-here"], cpu_time_limit_seconds=5))
+
+    assert outcome.exit_code is None
+    assert outcome.error == "could not start 'no-such-program-here': no such executable on PATH"
+
+
 def test_a_job_that_floods_its_output_past_its_timeout_is_killed_and_its_log_capped(
     claim, settings
 ):
