@@ -324,6 +324,9 @@ class JobChangeSerializer(SpecLimitsMixin, StrictSerializer):
     timeout_seconds = serializers.IntegerField(
         min_value=1, max_value=7 * 86400, allow_null=True, help_text="null: its queue's default"
     )
+    cpu_time_limit_seconds = serializers.IntegerField(
+        min_value=1, max_value=365 * 86400, allow_null=True, help_text="null: no limit"
+    )
     max_retries = serializers.IntegerField(min_value=0, max_value=20)
     retry_backoff_seconds = serializers.IntegerField(min_value=0, max_value=86400)
 

@@ -32,6 +32,7 @@ CHANGEABLE_FIELDS = (
     "queue",
     "node_selector",
     "timeout_seconds",
+    "cpu_time_limit_seconds",
     "max_retries",
     "retry_backoff_seconds",
 )
@@ -206,5 +207,9 @@ def _describe(name: str, old, new) -> str:
             return json.dumps(value, sort_keys=True)
         return "none" if value is None else str(value)
 
-    label = {"cpu_millis": "cpu", "timeout_seconds": "timeout"}.get(name, name)
+    label = {
+        "cpu_millis": "cpu",
+        "timeout_seconds": "timeout",
+        "cpu_time_limit_seconds": "cpu_time_limit",
+    }.get(name, name)
     return f"{label} {shown(old)} → {shown(new)}"

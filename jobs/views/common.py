@@ -86,6 +86,7 @@ def job_form_values(job) -> dict[str, str]:
         "max_retries": str(job.max_retries),
         "retry_backoff_seconds": str(job.retry_backoff_seconds),
         "timeout_seconds": "" if job.timeout_seconds is None else str(job.timeout_seconds),
+        "cpu_time_limit_seconds": str(job.cpu_time_limit_seconds or ""),
         "node_selector": ", ".join(f"{k}={v}" for k, v in job.node_selector.items()),
     }
 

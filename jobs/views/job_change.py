@@ -32,6 +32,7 @@ FIELDS = (
     ("gpu", "GPU", "numeric"),
     ("node_selector", "Node selector", "text"),
     ("timeout_seconds", "Timeout (seconds; empty: its queue's default)", "numeric"),
+    ("cpu_time_limit_seconds", "CPU time limit (seconds, each process; empty: none)", "numeric"),
     ("max_retries", "Retries after a failed attempt", "numeric"),
     ("retry_backoff_seconds", "Retry back-off (seconds)", "numeric"),
 )
@@ -85,6 +86,7 @@ def _change(request, job: Job, values: dict) -> Job:
         "queue": values["queue"],
         "node_selector": labels_parse(values["node_selector"]),
         "timeout_seconds": values["timeout_seconds"] or None,
+        "cpu_time_limit_seconds": values["cpu_time_limit_seconds"] or None,
         "max_retries": values["max_retries"],
         "retry_backoff_seconds": values["retry_backoff_seconds"],
     }

@@ -98,7 +98,6 @@ def _initial(request) -> dict:
                 name=job.name,
                 command=shlex.join(job.command),
                 tasks=str(job.tasks),
-                cpu_time_limit_seconds=str(job.cpu_time_limit_seconds or ""),
                 preemptible="yes" if job.preemptible else "no",
                 parameters=json.dumps(job.parameters) if job.parameters else "",
                 definition=str(job.definition_id or ""),

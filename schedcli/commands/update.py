@@ -17,6 +17,7 @@ from .submit import SPEC_OPTIONS, command_spec
 @click.option("--queue", "queue_name", help="Another queue (a job that has run keeps its own).")
 @click.option("--retries", type=click.IntRange(min=0), help="Retries after a failed attempt.")
 @click.option("--timeout", help="Wall-time limit: 90, 90s, 10m, 2h, 1d.")
+@click.option("--cpu-time", help="CPU-time limit of each of its processes: 90, 10m, 2h.")
 @click.option(
     "--select", multiple=True, metavar="K=V", help="Run on nodes with these labels (replaces)."
 )
@@ -36,6 +37,6 @@ def update(api, job_ids, priority, any_node, as_json, **opts):
     if not change:
         raise click.UsageError(
             "Say what to change: --priority, --cpus, --mem, --gpus, --queue, --retries, "
-            "--timeout, --select or --any-node."
+            "--timeout, --cpu-time, --select or --any-node."
         )
     act_on_jobs(api, list(job_ids), "update", as_json=as_json, change=change)

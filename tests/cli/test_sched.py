@@ -445,7 +445,14 @@ def test_update_changes_a_pending_job_and_reports_refusals_per_job(platform):
     )
     held_id = int(sched(platform, "submit", "--parsable", "--hold", "--", "true").stdout)
     changed = sched(
-        platform, "update", str(held_id), "--priority=7", "--cpus=0.5", "--mem=64M", "--timeout=2m"
+        platform,
+        "update",
+        str(held_id),
+        "--priority=7",
+        "--cpus=0.5",
+        "--mem=64M",
+        "--timeout=2m",
+        "--cpu-time=90",
     )
     assert (changed.returncode, changed.stdout) == (0, f"job {held_id}: changed; pending (held)\n")
     shown = job(platform, held_id)
@@ -454,6 +461,7 @@ def test_update_changes_a_pending_job_and_reports_refusals_per_job(platform):
         {"cpu": 0.5, "memory_mb": 64, "gpu": 0},
         120,
     )
+    assert shown["cpu_time_limit_seconds"] == 90
     finished = int(sched(platform, "submit", "--parsable", "--wait", "--", "true").stdout)
     both = sched(platform, "update", str(job_id), str(finished), "--any-node")
     assert both.returncode == 1

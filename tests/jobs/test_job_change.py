@@ -76,16 +76,22 @@ def test_a_change_to_another_queue_and_back_to_the_queue_default_time_limit(api,
     job_id = submit(api, timeout_seconds=60)
     response = api.patch(
         f"/api/jobs/{job_id}/",
-        {"queue": "batch", "timeout_seconds": None, "node_selector": {"zone": "b"}},
+        {
+            "queue": "batch",
+            "timeout_seconds": None,
+            "cpu_time_limit_seconds": 30,
+            "node_selector": {"zone": "b"},
+        },
         format="json",
     )
     assert response.status_code == 200, response.json()
     job = Job.objects.select_related("queue").get(pk=job_id)
     assert (job.queue.name, job.timeout_seconds, job.node_selector) == ("batch", 900, {"zone": "b"})
+    assert job.cpu_time_limit_seconds == 30
     ((message, _, data),) = changed_events(job_id)
     assert message == (
         'changed by alice: queue default → batch; node_selector {} → {"zone": "b"}; '
-        "timeout 60 → 900"
+        "timeout 60 → 900; cpu_time_limit none → 30"
     )
     assert data["changes"]["queue"] == ["default", "batch"]
 
@@ -123,7 +129,7 @@ def test_a_change_to_what_the_job_already_has_records_nothing(api, small_node):
             {
                 "non_field_errors": [
                     "Nothing to change: give one of priority, resources, queue, "
-                    "node_selector, timeout_seconds, max_retries, "
+                    "node_selector, timeout_seconds, cpu_time_limit_seconds, max_retries, "
                     "retry_backoff_seconds."
                 ]
             },

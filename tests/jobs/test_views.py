@@ -209,6 +209,7 @@ def test_a_member_changes_a_pending_job_from_its_page_with_the_apis_messages(
         "gpu": "0",
         "node_selector": "",
         "timeout_seconds": "",
+        "cpu_time_limit_seconds": "",
         "max_retries": "0",
         "retry_backoff_seconds": "10",
     }
@@ -523,6 +524,7 @@ def test_an_action_on_a_job_gone_since_the_page_read_it_is_a_404(member, job, mo
     assert csrf_post(client, f"/jobs/{job.pk}/hold/", {}).status_code == 404
     form = {"queue": "default", "priority": "1", "cpu": "1", "memory_mb": "256", "gpu": "0"}
     form |= {"node_selector": "", "timeout_seconds": "", "max_retries": "0"}
+    form["cpu_time_limit_seconds"] = ""
     form["retry_backoff_seconds"] = "10"
     assert csrf_post(client, f"/jobs/{job.pk}/change/", form).status_code == 404
 
