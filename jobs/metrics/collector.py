@@ -21,6 +21,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from accounts.models import Team
 from common.db import without_jit
 from nodes.models import Node, NodeStatus
 from resources.models import Queue
@@ -64,6 +65,7 @@ class ClusterFigures:
     lateness: Observations
     nodes_lost: int
     leader: bool
+    team_past_shares: list  # (team slug, past share)
 
 
 def read_cluster_figures() -> ClusterFigures:
@@ -90,6 +92,7 @@ def read_cluster_figures() -> ClusterFigures:
             lateness=lateness,
             nodes_lost=lost,
             leader=leader,
+            team_past_shares=list(Team.objects.order_by("slug").values_list("slug", "past_share")),
         )
 
 
@@ -105,6 +108,7 @@ class ClusterCollector:
         yield from jobs(figures)
         yield from executions(figures)
         yield from queues(figures)
+        yield from teams(figures)
         yield from nodes(figures)
         yield from schedules(figures)
         yield CounterMetricFamily(
@@ -229,6 +233,19 @@ def queues(figures: ClusterFigures) -> Iterable[Metric]:
         retries.add_metric([name], figures.retries.get(queue_id, 0))
         past.add_metric([name], past_share)
     return allocated, quota, dead, retries, past
+
+
+def teams(figures: ClusterFigures) -> Iterable[Metric]:
+    past = GaugeMetricFamily(
+        "scheduler_team_past_share",
+        "What the team's jobs used over the last days, as a share of the cluster, which fair "
+        "share between the teams of a queue adds to what they hold there (0 unless "
+        "FAIR_SHARE_HALF_LIFE_DAYS is set).",
+        labels=["team"],
+    )
+    for slug, past_share in figures.team_past_shares:
+        past.add_metric([slug], past_share)
+    return (past,)
 
 
 def nodes(figures: ClusterFigures) -> Iterable[Metric]:

@@ -27,6 +27,7 @@ EXPORTED_METRICS = [
     "scheduler_queue_allocated",
     "scheduler_queue_quota",
     "scheduler_queue_past_share",
+    "scheduler_team_past_share",
     "scheduler_dead_letter_jobs",
     "scheduler_retries_total",
     "scheduler_nodes_lost_total",

@@ -271,6 +271,7 @@ EXPECTED = {
     ("scheduler_queue_quota", (("queue", "gpu"), ("resource", "memory"))): 2048 * MB,
     ("scheduler_queue_past_share", (("queue", "default"),)): 0,
     ("scheduler_queue_past_share", (("queue", "gpu"),)): 0,
+    ("scheduler_team_past_share", (("team", "blue"),)): 0,
     ("scheduler_dead_letter_jobs", (("queue", "default"),)): 0,
     ("scheduler_dead_letter_jobs", (("queue", "gpu"),)): 1,
     ("scheduler_retries_total", (("queue", "default"),)): 2,

@@ -90,6 +90,7 @@ def test_a_queues_past_share_is_its_decayed_usage_over_the_clusters(queues, team
     scraped = scrape()
     assert scraped[("scheduler_queue_past_share", (("queue", "alpha"),))] == alpha.past_share
     assert scraped[("scheduler_queue_past_share", (("queue", "default"),))] == 0
+    assert scraped[("scheduler_team_past_share", (("team", "blue"),))] == team.past_share
 
     settings.FAIR_SHARE_HALF_LIFE_DAYS = 0
     assert past_shares_refresh() == {"queues": {"alpha": 0, "beta": 0}, "teams": {"blue": 0}}

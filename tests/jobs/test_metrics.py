@@ -9,6 +9,7 @@ from django.db.models import Count
 from django.test import Client
 from django.utils import timezone
 
+from accounts.models import Team
 from jobs.models import ExecutionStatus, Job, JobExecution
 from jobs.scheduling.leader import LEADER_LOCK_ID
 from nodes.models import Node
@@ -19,7 +20,7 @@ from tests.processes import raw_connection
 pytestmark = pytest.mark.django_db
 
 TOKEN = "s3cret-metrics-token"
-ALLOWED_LABELS = {"queue", "node", "resource", "outcome", "reason", "status", "le"}
+ALLOWED_LABELS = {"queue", "team", "node", "resource", "outcome", "reason", "status", "le"}
 
 
 @pytest.fixture
@@ -178,15 +179,17 @@ def test_the_leader_is_whoever_holds_the_scheduler_lock_in_this_database(world):
 def test_a_scrape_takes_the_same_statements_for_a_larger_cluster(world, django_assert_num_queries):
     client = Client()
     client.get("/metrics")  # a first request may set up the connection
-    # Nine statements, and the savepoint that the test's transaction makes of the scrape's.
-    with django_assert_num_queries(11):
+    # Ten statements, and the savepoint that the test's transaction makes of the scrape's.
+    with django_assert_num_queries(12):
         scrape(client)
     for i in range(20):
         Queue.objects.create(name=f"more-{i}", quota_cpu_millis=1000)
         Node.objects.create(name=f"more-{i}", cpu_millis=1000, memory_mb=1024)
-    with django_assert_num_queries(11):
+        Team.objects.create(name=f"More {i}", slug=f"more-{i}")
+    with django_assert_num_queries(12):
         values = scrape(client)
     assert values["scheduler_node_up", (("node", "more-19"),)] == 0
+    assert values["scheduler_team_past_share", (("team", "more-19"),)] == 0
     assert values["scheduler_jobs", (("queue", "more-19"), ("status", "pending"))] == 0
 
 
