@@ -689,12 +689,11 @@ def plan_placements(
     `jobs` come in each queue's order (priority, then deadline, then age). The queue
     ranked first by `queue_rank` offers its next job, its teams' next jobs taken in the
     order of `_Backlog` (priority, then the team holding the least for its weight
-    first); a job over
-    its queue's quota, or that no node can take, waits with the reason and the queue
-    offers its next one (a smaller job may still fit); a placed job raises its queue's
-    share, which may let another queue go first. A job whose `limit_key` has no slot
-    left in `limit_slots` (keys not in it have no limit) waits too. `queues`, `nodes`
-    and `limit_slots` are updated in place with what was placed.
+    first); a job over its queue's quota, or that no node can take, waits with the
+    reason and the queue offers its next one (a smaller job may still fit); a placed job
+    raises its queue's share, which may let another queue go first. A job whose
+    `limit_key` has no slot left in `limit_slots` (keys not in it have no limit) waits
+    too. `queues`, `nodes` and `limit_slots` are updated in place with what was placed.
 
     With `releases` (node id -> when its running executions end by their time limits;
     a node left out has one with no limit), the first job (or gang) that finds no room
