@@ -18,7 +18,8 @@ class PlatformUserAdmin(AuditedModelAdmin, UserAdmin):
 
 @admin.register(Team)
 class TeamAdmin(AuditedModelAdmin):
-    list_display = ["name", "slug", "fair_share_weight", "created_at"]
+    list_display = ["name", "slug", "fair_share_weight", "past_share", "created_at"]
+    readonly_fields = ["past_share"]  # the scheduler's leader keeps it
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
     inlines = [MembershipInline]

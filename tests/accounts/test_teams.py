@@ -1,5 +1,7 @@
 """A team's fair share weight: set by staff in the admin, bounded by the database."""
 
+import re
+
 import pytest
 from django.db import IntegrityError, transaction
 from django.test import Client
@@ -33,14 +35,20 @@ def browser(staff):
     return client
 
 
-def test_staff_set_a_teams_weight_in_the_admin(browser, team):
+def test_staff_set_a_teams_weight_in_the_admin_and_see_its_past_share(browser, team):
     assert team.fair_share_weight == 1  # the default
+    Team.objects.filter(pk=team.pk).update(past_share=0.25)
+    page = browser.get(f"/admin/accounts/team/{team.pk}/change/").content.decode()
+    assert 'name="fair_share_weight" value="1"' in page
+    assert "0.25" in page and 'name="past_share"' not in page  # shown, not editable
+    listed = browser.get("/admin/accounts/team/").content.decode()
+    assert re.search(r'field-fair_share_weight">1<.*field-past_share">0\.25<', listed, re.S)
 
     response = admin_change(browser, team, "3")
 
     assert response.status_code == 302, response.content[:500]
     team.refresh_from_db()
-    assert team.fair_share_weight == 3
+    assert (team.fair_share_weight, team.past_share) == (3, 0.25)
     change = AuditEvent.objects.get(action="admin.change")
     assert "fair_share_weight" in str(change.change).lower().replace(" ", "_")
 
